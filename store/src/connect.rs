@@ -1,0 +1,229 @@
+//! Opening the database: the private cluster or a configured server, migrations, start-up
+//! checks, and the two handles ([`AdminDb`] as the owner role, [`AppDb`] as `fleet_app`).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool, Row};
+
+use crate::cluster::{self, ClusterOptions, PrivateCluster};
+use crate::tenants::{tenant_from_row, Tenant};
+use crate::{StoreError, TenantId, TenantTx};
+
+/// The role fleetd works as: no superuser, no BYPASSRLS, owns nothing. Created by the migrations.
+pub const APP_ROLE: &str = "fleet_app";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Where the database is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    /// The owner role's URL. `None`: a private cluster in `data_dir/postgres`.
+    pub url: Option<String>,
+    /// fleetd's data directory (home of the private cluster).
+    pub data_dir: PathBuf,
+    /// Password of the application role, when the server asks for one.
+    pub app_password: Option<String>,
+    /// Where the PostgreSQL server binaries are, for the private cluster; found when `None`.
+    pub postgres_bindir: Option<PathBuf>,
+    /// Connections in the application pool.
+    pub max_connections: u32,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// The private cluster's directory.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.data_dir.join("postgres")
+    }
+}
+
+/// An open database: both handles, and the private cluster when fleetplane runs one.
+pub struct Database {
+    /// The owner role's handle.
+    pub admin: AdminDb,
+    /// The application role's handle.
+    pub app: AppDb,
+    cluster: Option<PrivateCluster>,
+}
+
+impl Database {
+    /// Starts or reaches the database, applies migrations, checks that every tenant has its audit
+    /// chain head, and opens the application pool. `attach` lets a second process (fleetctl)
+    /// use a private cluster that a running fleetd already serves.
+    pub async fn open(settings: &DatabaseSettings, attach: bool) -> Result<Self, StoreError> {
+        let (owner_options, cluster) = match &settings.url {
+            Some(url) => (parse_url(url)?, None),
+            None => {
+                let options = ClusterOptions {
+                    dir: settings.cluster_dir(),
+                    bindir: settings.postgres_bindir.clone(),
+                    durable: true,
+                    remove_when_stopped: false,
+                };
+                let cluster = if attach {
+                    PrivateCluster::attach_or_start(&options).await?
+                } else {
+                    PrivateCluster::start(&options).await?
+                };
+                (cluster.connect_options(cluster::DATABASE), Some(cluster))
+            }
+        };
+        let admin = AdminDb::connect(&owner_options, settings.connect_timeout).await?;
+        admin.migrate().await?;
+        admin.check_can_see_all_tenants().await?;
+        admin.check_chain_heads().await?;
+        let app_options = app_role_options(&owner_options, settings.app_password.as_deref());
+        let app = AppDb::connect(
+            &app_options,
+            settings.max_connections,
+            settings.connect_timeout,
+        )
+        .await?;
+        Ok(Self {
+            admin,
+            app,
+            cluster,
+        })
+    }
+
+    /// The private cluster, when fleetplane runs one.
+    pub fn cluster(&self) -> Option<&PrivateCluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Closes the pools, then stops the private cluster if this process started it.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.app.pool.close().await;
+        self.admin.pool.close().await;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))
+}
+
+/// The owner's server and database, as the application role. Built afresh rather than edited so
+/// that nothing of the owner's credentials carries over.
+fn app_role_options(owner: &PgConnectOptions, password: Option<&str>) -> PgConnectOptions {
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .host(owner.get_host())
+        .port(owner.get_port())
+        .username(APP_ROLE)
+        .ssl_mode(owner.get_ssl_mode())
+        .application_name("fleetd");
+    if let Some(socket) = owner.get_socket() {
+        options = options.socket(socket);
+    }
+    if let Some(database) = owner.get_database() {
+        options = options.database(database);
+    }
+    if let Some(password) = password {
+        options = options.password(password);
+    }
+    options.log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
+}
+
+/// The owner role: migrations, start-up checks, and the cross-tenant listings that bootstrap
+/// needs. Not for request work.
+#[derive(Clone)]
+pub struct AdminDb {
+    pool: PgPool,
+}
+
+impl AdminDb {
+    async fn connect(options: &PgConnectOptions, timeout: Duration) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(timeout)
+            .connect_with(options.clone().application_name("fleetd-admin"))
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn check_can_see_all_tenants(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT current_user AS role, rolsuper OR rolbypassrls AS sees_all FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&self.pool)
+            .await?;
+        if row.try_get("sees_all")? {
+            Ok(())
+        } else {
+            Err(StoreError::OwnerCannotSeeAllTenants {
+                role: row.try_get("role")?,
+            })
+        }
+    }
+
+    /// Refuses when any tenant lacks the head row of its audit chain.
+    pub async fn check_chain_heads(&self) -> Result<(), StoreError> {
+        let missing = sqlx::query(
+            "SELECT t.tenant_id, t.name FROM tenants t
+               LEFT JOIN audit_chain_heads h USING (tenant_id)
+              WHERE h.tenant_id IS NULL ORDER BY t.created_at LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        match missing {
+            None => Ok(()),
+            Some(row) => Err(StoreError::MissingChainHead {
+                tenant_id: row.try_get("tenant_id")?,
+                name: row.try_get("name")?,
+            }),
+        }
+    }
+
+    /// Every tenant, oldest first.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, name, created_at FROM tenants ORDER BY created_at, tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+}
+
+/// The application role's pool. Tenant rows are reachable only through [`AppDb::begin`].
+#[derive(Clone)]
+pub struct AppDb {
+    pool: PgPool,
+}
+
+impl AppDb {
+    async fn connect(
+        options: &PgConnectOptions,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(timeout)
+            .connect_with(options.clone())
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Opens a transaction scoped to `tenant`.
+    pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, StoreError> {
+        TenantTx::begin(self.pool.begin().await?, tenant).await
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

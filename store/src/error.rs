@@ -1,0 +1,57 @@
+//! The storage layer's errors.
+
+use crate::TenantId;
+
+/// Everything that can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a statement, or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// Applying the embedded migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// The private cluster could not be prepared, started or reached.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+
+    /// The configured database URL does not parse.
+    #[error("database URL: {0}")]
+    InvalidUrl(String),
+
+    /// The owner role is subject to row-level security, so start-up checks that must see every
+    /// tenant (the audit chain heads) would see none and pass vacuously.
+    #[error(
+        "database role `{role}` (from the database URL) is neither superuser nor BYPASSRLS; \
+         fleetd runs migrations and start-up checks as this owner role and they must see every tenant"
+    )]
+    OwnerCannotSeeAllTenants {
+        /// The role of the database URL.
+        role: String,
+    },
+
+    /// A tenant exists without the head row of its audit chain: its history cannot be extended
+    /// without breaking verification, so fleetd refuses to start.
+    #[error("tenant {tenant_id} ({name}) has no audit chain head; restore it from a backup before starting fleetd")]
+    MissingChainHead {
+        /// The tenant without a head.
+        tenant_id: TenantId,
+        /// Its display name.
+        name: String,
+    },
+
+    /// A row that must exist for the current tenant does not.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+
+    /// A value was refused before reaching the database.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field that was refused.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,26 @@
+//! fleetplane's storage layer: the Postgres schema, its migrations, the tenant-scoped
+//! transaction through which all tenant data is reached, and the per-tenant audit chain.
+//!
+//! Nothing else in fleetplane talks SQL. Two kinds of handle exist:
+//!
+//! - [`AppDb`] works as the `fleet_app` role (no superuser, no BYPASSRLS, owns nothing). Its only
+//!   way to tenant rows is [`AppDb::begin`], which opens a [`TenantTx`] for exactly one tenant;
+//!   the repository functions ([`tenants`], [`devices`], [`audit`]) take that transaction.
+//! - [`AdminDb`] works as the owner role: migrations, start-up checks and cross-tenant listings
+//!   that bootstrap needs. It never reads or writes tenant data on behalf of a request.
+//!
+//! [`Database::open`] gives both, starting a private cluster ([`cluster`]) when no URL is set.
+
+pub mod audit;
+pub mod cluster;
+mod connect;
+pub mod devices;
+mod error;
+mod ids;
+pub mod tenants;
+mod tx;
+
+pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, APP_ROLE};
+pub use error::StoreError;
+pub use ids::{DeviceId, TenantId};
+pub use tx::TenantTx;

@@ -1,0 +1,182 @@
+//! The test harness: every test gets a fresh database on a real PostgreSQL server.
+//!
+//! The server is `TEST_DATABASE_URL` when set (a superuser URL; CI points it at the machine's
+//! PostgreSQL), otherwise a private cluster started once per test binary exactly as fleetd starts
+//! its own (fsync off, in a temporary directory, gone when the test binary exits). Each
+//! [`TestDb`] creates its own database and drops it when dropped.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use store::cluster::{ClusterOptions, PrivateCluster, RunAs};
+use store::{Database, DatabaseSettings, APP_ROLE};
+use tokio::sync::OnceCell;
+
+/// Where test databases are created.
+enum Server {
+    /// A server from `TEST_DATABASE_URL`.
+    External(url::Url),
+    /// A private cluster owned by this test binary.
+    Private(PrivateCluster, #[allow(dead_code)] tempfile::TempDir),
+}
+
+static SERVER: OnceCell<Server> = OnceCell::const_new();
+
+async fn server() -> &'static Server {
+    SERVER
+        .get_or_init(|| async {
+            match std::env::var("TEST_DATABASE_URL") {
+                Ok(url) if !url.is_empty() => {
+                    Server::External(url::Url::parse(&url).expect("TEST_DATABASE_URL is a URL"))
+                }
+                _ => start_private_cluster().await,
+            }
+        })
+        .await
+}
+
+async fn start_private_cluster() -> Server {
+    let root = tempfile::Builder::new()
+        .prefix("fleet-test-")
+        .tempdir()
+        .expect("temporary directory");
+    // As root the cluster runs as `postgres`, which must own its parent to remove it afterwards.
+    if let Some(user) = RunAs::detect().expect("cluster user") {
+        user.chown(root.path()).expect("chown test cluster root");
+    }
+    let options = ClusterOptions {
+        dir: root.path().join("postgres"),
+        bindir: None,
+        durable: false,
+        remove_when_stopped: true,
+    };
+    let cluster = PrivateCluster::start(&options)
+        .await
+        .expect("private PostgreSQL cluster for tests (or set TEST_DATABASE_URL)");
+    Server::Private(cluster, root)
+}
+
+impl Server {
+    fn url_for(&self, database: &str) -> String {
+        match self {
+            Server::External(base) => {
+                let mut url = base.clone();
+                url.set_path(database);
+                url.to_string()
+            }
+            Server::Private(cluster, _) => cluster.url(database),
+        }
+    }
+
+    fn admin_url(&self) -> String {
+        match self {
+            Server::External(base) => base.to_string(),
+            Server::Private(cluster, _) => cluster.url("postgres"),
+        }
+    }
+}
+
+/// A fresh, empty database; dropped with the value.
+pub struct TestDb {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates a database with a unique name. Migrations run when it is opened.
+    pub async fn new() -> Self {
+        let server = server().await;
+        let name = format!("fleet_test_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = server.admin_url();
+        let mut admin = connect(&admin_url).await;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        Self {
+            url: server.url_for(&name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// The owner (superuser) URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Settings that make fleetd or fleetctl use this database.
+    pub fn settings(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Some(self.url.clone()),
+            data_dir: PathBuf::from("/nonexistent-test-data-dir"),
+            app_password: None,
+            postgres_bindir: None,
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Opens it through the store: migrations, start-up checks, both pools.
+    pub async fn open(&self) -> Database {
+        Database::open(&self.settings(), false)
+            .await
+            .expect("open test database")
+    }
+
+    /// A raw connection as the owner (superuser): for tests that act behind the application's back.
+    pub async fn connect_as_owner(&self) -> PgConnection {
+        connect(&self.url).await
+    }
+
+    /// A raw connection as the application role, bypassing the store's API but not the
+    /// database's rules: for tests that prove what the role itself can and cannot do.
+    pub async fn connect_as_app(&self) -> PgConnection {
+        let options = PgConnectOptions::from_str(&self.url)
+            .expect("test URL")
+            .username(APP_ROLE)
+            .disable_statement_logging();
+        PgConnection::connect_with(&options)
+            .await
+            .expect("connect as the application role")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let admin_url = self.admin_url.clone();
+        // Drop runs inside a test's runtime, which cannot be blocked on: use a thread of our own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let mut admin = connect(&admin_url).await;
+                sqlx::query(&statement)
+                    .execute(&mut admin)
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+async fn connect(url: &str) -> PgConnection {
+    let options = PgConnectOptions::from_str(url)
+        .expect("database URL")
+        .disable_statement_logging();
+    PgConnection::connect_with(&options)
+        .await
+        .expect("connect to the test PostgreSQL server")
+}

@@ -1,0 +1,312 @@
+//! The per-tenant audit chain: concurrency, tamper detection, append-only enforcement.
+
+use std::time::Duration;
+
+use fleet_tests::TestDb;
+use serde_json::json;
+use store::audit::{self, ChainBreak, ChainVerdict};
+use store::{tenants, StoreError};
+
+#[tokio::test]
+async fn eight_concurrent_writers_leave_one_unbroken_chain() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let tenant = tenants::create(&db.app, "busy", "test").await.unwrap().id;
+    let writers = (0..8).map(|writer| {
+        let app = db.app.clone();
+        tokio::spawn(async move {
+            for i in 0..1_000 {
+                let mut tx = app.begin(tenant).await.unwrap();
+                audit::append(
+                    &mut tx,
+                    &format!("writer:{writer}"),
+                    "test.append",
+                    "x",
+                    &json!({ "i": i }),
+                )
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        })
+    });
+    for writer in writers.collect::<Vec<_>>() {
+        writer.await.unwrap();
+    }
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    // 8,000 appends plus the tenant's creation event.
+    assert_eq!(
+        audit::verify(&mut tx).await.unwrap(),
+        ChainVerdict::Intact { events: 8_001 }
+    );
+    tx.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn appends_to_different_tenants_do_not_block_each_other() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenants::create(&db.app, "a", "test").await.unwrap().id;
+    let b = tenants::create(&db.app, "b", "test").await.unwrap().id;
+
+    // A's head stays locked by an open transaction.
+    let mut holding_a = db.app.begin(a).await.unwrap();
+    audit::append(&mut holding_a, "test", "hold", "a", &json!({}))
+        .await
+        .unwrap();
+
+    let append_b = async {
+        let mut tx = db.app.begin(b).await.unwrap();
+        audit::append(&mut tx, "test", "free", "b", &json!({}))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(5), append_b)
+        .await
+        .expect("tenant B waited for tenant A's lock");
+
+    // The same append to A does wait: the lock is real, so the test above can fail.
+    let append_a = async {
+        let mut tx = db.app.begin(a).await.unwrap();
+        audit::append(&mut tx, "test", "queued", "a", &json!({}))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    let blocked = tokio::time::timeout(Duration::from_millis(500), append_a).await;
+    assert!(
+        blocked.is_err(),
+        "an append to A did not wait for A's head lock"
+    );
+    holding_a.commit().await.unwrap();
+    db.close().await.unwrap();
+}
+
+async fn tenant_with_events(db: &store::Database, events: usize) -> store::TenantId {
+    let tenant = tenants::create(&db.app, "audited", "test")
+        .await
+        .unwrap()
+        .id;
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    for i in 0..events {
+        audit::append(
+            &mut tx,
+            "operator:alice",
+            "device.rename",
+            &format!("device:{i}"),
+            &json!({ "to": i }),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    tenant
+}
+
+async fn verdict(db: &store::Database, tenant: store::TenantId) -> ChainVerdict {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let verdict = audit::verify(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    verdict
+}
+
+/// Runs `statement` as the superuser with triggers disabled, as an attacker with database access would.
+async fn tamper(test_db: &TestDb, statement: &str, tenant: store::TenantId) {
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let done = sqlx::query(statement)
+        .bind(tenant)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    assert!(
+        done.rows_affected() >= 1,
+        "tamper statement changed nothing: {statement}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_changed_behind_the_applications_back_is_named_by_its_sequence_number() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let tenant = tenant_with_events(&db, 1_500).await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Intact { events: 1_501 }
+    );
+
+    tamper(
+        &test_db,
+        "UPDATE audit_events SET details = '{\"to\":\"evil\"}' WHERE tenant_id = $1 AND seq = 1234",
+        tenant,
+    )
+    .await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Broken {
+            seq: 1234,
+            reason: ChainBreak::ContentChanged
+        }
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_row_a_relinked_row_and_a_cut_tail_are_each_detected() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+
+    let tenant = tenant_with_events(&db, 20).await;
+    tamper(
+        &test_db,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 7",
+        tenant,
+    )
+    .await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Broken {
+            seq: 7,
+            reason: ChainBreak::RowMissing
+        }
+    );
+
+    let tenant = tenant_with_events(&db, 20).await;
+    tamper(&test_db, "UPDATE audit_events SET prev_hash = decode(repeat('ab', 32), 'hex') WHERE tenant_id = $1 AND seq = 9", tenant).await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Broken {
+            seq: 9,
+            reason: ChainBreak::LinkBroken
+        }
+    );
+
+    let tenant = tenant_with_events(&db, 20).await;
+    tamper(
+        &test_db,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq > 18",
+        tenant,
+    )
+    .await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Broken {
+            seq: 19,
+            reason: ChainBreak::HeadMismatch
+        }
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_application_role_cannot_update_delete_or_truncate_audit_events() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let tenant = tenant_with_events(&db, 3).await;
+    let mut app = test_db.connect_as_app().await;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+        .bind(tenant.to_string())
+        .execute(&mut app)
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE audit_events SET actor = 'x'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+        "DELETE FROM audit_chain_heads",
+    ] {
+        let err = sqlx::query(statement).execute(&mut app).await.unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{statement}: {err}"
+        );
+    }
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_trigger_refuses_changes_even_from_the_owner() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    tenant_with_events(&db, 3).await;
+    let mut owner = test_db.connect_as_owner().await;
+    for statement in [
+        "UPDATE audit_events SET actor = 'x'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = sqlx::query(statement)
+            .execute(&mut owner)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_without_a_chain_head_stops_the_start_up_checks_and_is_named() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let tenant = tenants::create(&db.app, "headless", "test").await.unwrap();
+    db.close().await.unwrap();
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("DELETE FROM audit_chain_heads WHERE tenant_id = $1")
+        .bind(tenant.id)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+
+    let err = store::Database::open(&test_db.settings(), false)
+        .await
+        .err()
+        .expect("open must fail");
+    assert!(
+        matches!(err, StoreError::MissingChainHead { tenant_id, .. } if tenant_id == tenant.id),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&tenant.id.to_string()) && message.contains("headless"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn chain_hashes_survive_a_dump_and_restore_round_trip_of_their_columns() {
+    // What a dump preserves is the text form of each column; re-reading rows through that form
+    // must give the same hashes.
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let tenant = tenant_with_events(&db, 5).await;
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("CREATE TABLE audit_copy AS SELECT tenant_id::text, seq::text, occurred_at::text, actor, action, target, details, prev_hash::text, hash::text FROM audit_events")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO audit_events SELECT tenant_id::uuid, seq::bigint, occurred_at::timestamptz, actor, action, target, details, prev_hash::bytea, hash::bytea FROM audit_copy")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Intact { events: 6 }
+    );
+    db.close().await.unwrap();
+}
