@@ -1,1 +1,10 @@
-//! placeholder
+//! fleetd, the fleetplane server: the composition root that reads the configuration, opens the
+//! database (starting the private cluster when no URL is configured) and serves the listeners,
+//! in that order, until it is told to stop.
+
+pub mod config;
+mod http;
+mod server;
+
+pub use config::Config;
+pub use server::{start, Running};

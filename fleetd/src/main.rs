@@ -1,1 +1,118 @@
-fn main() {}
+//! The fleetd binary: parses the command line, sets up logging, runs until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleetd::config::{self, LogFormat, Overrides};
+use fleetd::Config;
+use tracing_subscriber::EnvFilter;
+
+/// The fleetplane server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "FLEETD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Where fleetd keeps what it creates (private PostgreSQL cluster, dev PKI).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of the owner role, instead of the private cluster.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Address of the HTTP listener.
+    #[arg(long, global = true)]
+    api_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Run,
+    /// Print a commented configuration file holding every default.
+    Configfile,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Configfile) = cli.command {
+        print!("{}", config::template());
+        return ExitCode::SUCCESS;
+    }
+    let overrides = Overrides {
+        data_dir: cli.data_dir,
+        database_url: cli.database_url,
+        api_listen: cli.api_listen,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("fleetd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal that arrives once start-up has begun gets a clean shutdown.
+    let mut signals = ShutdownSignals::install()?;
+    let running = fleetd::start(config).await?;
+    let fatal = tokio::select! {
+        signal = signals.recv() => { tracing::info!(signal, "shutdown requested"); None }
+        status = running.fatal() => Some(status),
+    };
+    running.shutdown().await?;
+    match fatal {
+        Some(status) => {
+            anyhow::bail!("the private PostgreSQL cluster exited unexpectedly ({status})")
+        }
+        None => Ok(()),
+    }
+}
+
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -41,6 +41,16 @@ impl DatabaseSettings {
     }
 }
 
+/// Who opens the database, which decides the start-up checks and who runs the private cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// fleetd: starts the private cluster itself and refuses a tenant without a chain head.
+    Server,
+    /// fleetctl: uses the private cluster of a running fleetd if there is one, and skips the
+    /// chain-head check so that `audit verify` can report the damage.
+    Tool,
+}
+
 /// An open database: both handles, and the private cluster when fleetplane runs one.
 pub struct Database {
     /// The owner role's handle.
@@ -51,10 +61,10 @@ pub struct Database {
 }
 
 impl Database {
-    /// Starts or reaches the database, applies migrations, checks that every tenant has its audit
-    /// chain head, and opens the application pool. `attach` lets a second process (fleetctl)
-    /// use a private cluster that a running fleetd already serves.
-    pub async fn open(settings: &DatabaseSettings, attach: bool) -> Result<Self, StoreError> {
+    /// Starts or reaches the database, applies migrations, runs the start-up checks of `purpose`
+    /// and opens the application pool.
+    pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> Result<Self, StoreError> {
+        let attach = purpose == Purpose::Tool;
         let (owner_options, cluster) = match &settings.url {
             Some(url) => (parse_url(url)?, None),
             None => {
@@ -75,7 +85,9 @@ impl Database {
         let admin = AdminDb::connect(&owner_options, settings.connect_timeout).await?;
         admin.migrate().await?;
         admin.check_can_see_all_tenants().await?;
-        admin.check_chain_heads().await?;
+        if purpose == Purpose::Server {
+            admin.check_chain_heads().await?;
+        }
         let app_options = app_role_options(&owner_options, settings.app_password.as_deref());
         let app = AppDb::connect(
             &app_options,

@@ -5,13 +5,14 @@ use crate::TenantId;
 /// Everything that can go wrong in the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused or failed a statement, or could not be reached.
+    /// The database refused or failed a statement, or could not be reached. (Not marked as a
+    /// source: its text is already in the message, and error chains would print it twice.)
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 
     /// Applying the embedded migrations failed.
     #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
 
     /// The private cluster could not be prepared, started or reached.
     #[error(transparent)]
@@ -54,4 +55,16 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }

@@ -20,7 +20,7 @@ mod ids;
 pub mod tenants;
 mod tx;
 
-pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, APP_ROLE};
+pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, Purpose, APP_ROLE};
 pub use error::StoreError;
 pub use ids::{DeviceId, TenantId};
 pub use tx::TenantTx;

@@ -5,6 +5,8 @@
 //! its own (fsync off, in a temporary directory, gone when the test binary exits). Each
 //! [`TestDb`] creates its own database and drops it when dropped.
 
+pub mod http;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -124,7 +126,7 @@ impl TestDb {
 
     /// Opens it through the store: migrations, start-up checks, both pools.
     pub async fn open(&self) -> Database {
-        Database::open(&self.settings(), false)
+        Database::open(&self.settings(), store::Purpose::Server)
             .await
             .expect("open test database")
     }
@@ -179,4 +181,16 @@ async fn connect(url: &str) -> PgConnection {
     PgConnection::connect_with(&options)
         .await
         .expect("connect to the test PostgreSQL server")
+}
+
+/// A data directory the private cluster's system user can reach even when tests run as root
+/// (tempfile makes 0700 directories).
+pub fn data_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("fleetd-data-")
+        .tempdir()
+        .expect("temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
 }

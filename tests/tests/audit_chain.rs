@@ -265,7 +265,7 @@ async fn a_tenant_without_a_chain_head_stops_the_start_up_checks_and_is_named() 
         .await
         .unwrap();
 
-    let err = store::Database::open(&test_db.settings(), false)
+    let err = store::Database::open(&test_db.settings(), store::Purpose::Server)
         .await
         .err()
         .expect("open must fail");

@@ -1,0 +1,373 @@
+//! fleetd's configuration: built-in defaults, then a TOML file, then `FLEETD_*` environment
+//! variables, then command-line flags. Every field has a default that works on a laptop.
+//!
+//! Environment names are the field path in upper case with `__` between sections:
+//! `FLEETD_API_LISTEN`, `FLEETD_DATABASE_URL`, `FLEETD_DATABASE__MAX_CONNECTIONS`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything fleetd can be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where fleetd keeps what it creates: the private PostgreSQL cluster, later the dev PKI.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL of the owner role. Empty: a private cluster in `data_dir`.
+    pub database_url: String,
+    /// Address of the HTTP listener (`/healthz`, `/readyz`).
+    pub api_listen: SocketAddr,
+    /// Logging.
+    pub log: LogConfig,
+    /// Database tuning.
+    pub database: DatabaseConfig,
+    /// How long in-flight requests get to finish at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` for people, `json` for log collectors.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,store=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Database settings beyond the URL.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connections in the application pool.
+    pub max_connections: u32,
+    /// How long to wait for a database connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Password of the `fleet_app` role, for servers that ask for one. Empty: none.
+    pub app_password: SecretString,
+    /// Directory of the PostgreSQL server binaries for the private cluster. Empty: found
+    /// with `pg_config --bindir` or under /usr/lib/postgresql.
+    pub postgres_bindir: PathBuf,
+}
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "SecretString(<empty>)"
+        } else {
+            "SecretString(<redacted>)"
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("fleetd-data"),
+            database_url: String::new(),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log: LogConfig::default(),
+            database: DatabaseConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Plain,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout: Duration::from_secs(10),
+            app_password: SecretString::default(),
+            postgres_bindir: PathBuf::new(),
+        }
+    }
+}
+
+/// Values given on the command line; they override everything else.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// `--api-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<String>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named configuration file does not exist.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value is of the wrong type or unknown; the message names the field and its source.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A value parsed but makes no sense.
+    #[error("invalid configuration: {field}: {reason}")]
+    Rejected {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Layers the file (when given), the environment and the overrides on the defaults.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("FLEETD_").ignore(&["CONFIG"]).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let reject = |field, reason| Err(ConfigError::Rejected { field, reason });
+        if self.data_dir.as_os_str().is_empty() {
+            return reject("data_dir", "must not be empty");
+        }
+        let scheme = self
+            .database_url
+            .split_once("://")
+            .map(|(scheme, _)| scheme);
+        if !self.database_url.is_empty() && !matches!(scheme, Some("postgres" | "postgresql")) {
+            return reject(
+                "database_url",
+                "must be a postgres:// or postgresql:// URL, or empty for the private cluster",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return reject("database.max_connections", "must be at least 1");
+        }
+        if self.database.connect_timeout.is_zero() {
+            return reject("database.connect_timeout", "must be longer than zero");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return reject(
+                "log.level",
+                "is not a tracing filter such as `info` or `info,store=debug`",
+            );
+        }
+        Ok(())
+    }
+
+    /// The store's view of the database settings.
+    pub fn database_settings(&self) -> store::DatabaseSettings {
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        store::DatabaseSettings {
+            url: non_empty(&self.database_url),
+            data_dir: self.data_dir.clone(),
+            app_password: non_empty(self.database.app_password.expose()),
+            postgres_bindir: (!self.database.postgres_bindir.as_os_str().is_empty())
+                .then(|| self.database.postgres_bindir.clone()),
+            max_connections: self.database.max_connections,
+            connect_timeout: self.database.connect_timeout,
+        }
+    }
+}
+
+/// figment's errors name the key and where its value came from; keep all of them.
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A commented configuration file holding every default, printed by `fleetd configfile`.
+pub fn template() -> String {
+    let d = Config::default();
+    format!(
+        r#"# fleetd configuration. Every value shown is the default; delete what you do not change.
+# Environment variables override this file: FLEETD_<FIELD>, with __ between sections
+# (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS). Command-line flags override both.
+
+# Where fleetd keeps what it creates: the private PostgreSQL cluster, the development PKI.
+data_dir = {data_dir:?}
+
+# PostgreSQL URL of the owner role (migrations run as it; it must be superuser or BYPASSRLS).
+# fleetd itself works as the role fleet_app, created by the migrations.
+# Empty: fleetd creates and supervises a private cluster in data_dir.
+database_url = {database_url:?}
+
+# Address of the HTTP listener: /healthz, /readyz.
+api_listen = "{api_listen}"
+
+# How long in-flight requests get to finish at shutdown.
+shutdown_grace = "{shutdown_grace}"
+
+[log]
+# "plain" for people, "json" for log collectors.
+format = "{log_format}"
+# A tracing filter such as "info" or "info,store=debug". RUST_LOG wins when set.
+level = {log_level:?}
+
+[database]
+# Connections in fleetd's application pool.
+max_connections = {max_connections}
+# How long to wait for a database connection.
+connect_timeout = "{connect_timeout}"
+# Password of the fleet_app role, if the server asks for one.
+app_password = ""
+# Directory of initdb and postgres for the private cluster. Empty: found automatically.
+postgres_bindir = {postgres_bindir:?}
+"#,
+        data_dir = d.data_dir.display().to_string(),
+        database_url = d.database_url,
+        api_listen = d.api_listen,
+        shutdown_grace = humantime::format_duration(d.shutdown_grace),
+        log_format = match d.log.format {
+            LogFormat::Plain => "plain",
+            LogFormat::Json => "json",
+        },
+        log_level = d.log.level,
+        max_connections = d.database.max_connections,
+        connect_timeout = humantime::format_duration(d.database.connect_timeout),
+        postgres_bindir = d.database.postgres_bindir.display().to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetd.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn the_template_parses_back_to_the_defaults() {
+        assert_eq!(load_toml(&template()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_naming_its_field() {
+        let err = load_toml("api_listen = \"not an address\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_listen"), "{err}");
+        let err = load_toml("[database]\nmax_connections = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
+        let err = load_toml("[database]\nmax_connections = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.max_connections"), "{err}");
+        let err = load_toml("[log]\nformat = \"xml\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format"), "{err}");
+        let err = load_toml("database_url = \"mysql://db/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+        let err = load_toml("shutdown_grace = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shutdown_grace"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_so_typos_do_not_pass_silently() {
+        let err = load_toml("api_listn = \"127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_listn"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/fleetd.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/fleetd.toml"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetd.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\napi_listen = \"127.0.0.1:1\"",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            data_dir: Some("/from/flag".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.api_listen, "127.0.0.1:1".parse().unwrap());
+    }
+
+    #[test]
+    fn the_app_password_is_redacted_in_debug_output() {
+        let mut config = Config::default();
+        config.database.app_password = SecretString("hunter2".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+}

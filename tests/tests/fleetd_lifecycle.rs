@@ -1,0 +1,104 @@
+//! fleetd started in-process: readiness, start-up refusals, and the private cluster's lifetime.
+
+use fleet_tests::{http, TestDb};
+use fleetd::Config;
+use store::audit::{self, ChainVerdict};
+use store::tenants;
+
+fn config_for(db: &TestDb) -> Config {
+    Config {
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_over_http() {
+    let db = TestDb::new().await;
+    let running = fleetd::start(config_for(&db)).await.unwrap();
+    let (status, body) = http::get(running.api_addr(), "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = http::get(running.api_addr(), "/readyz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    let (status, _) = http::get(running.api_addr(), "/nope").await.unwrap();
+    assert_eq!(status, 404);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fleetd_refuses_to_start_when_a_tenant_lacks_its_chain_head() {
+    let db = TestDb::new().await;
+    let running = fleetd::start(config_for(&db)).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "orphaned", "test")
+        .await
+        .unwrap();
+    running.shutdown().await.unwrap();
+
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query("DELETE FROM audit_chain_heads WHERE tenant_id = $1")
+        .bind(tenant.id)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+
+    let err = fleetd::start(config_for(&db))
+        .await
+        .err()
+        .expect("fleetd must refuse to start");
+    let message = format!("{err:#}");
+    assert!(message.contains(&tenant.id.to_string()), "{message}");
+    assert!(message.contains("no audit chain head"), "{message}");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error() {
+    let mut config = Config {
+        database_url: "postgres://fleet@127.0.0.1:1/fleet".into(),
+        ..Config::default()
+    };
+    config.database.connect_timeout = std::time::Duration::from_secs(1);
+    let err = fleetd::start(config).await.err().expect("must fail");
+    let message = format!("{err:#}");
+    assert!(
+        message.starts_with("opening the database: database:"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
+    let data_dir = fleet_tests::data_dir();
+    let config = Config {
+        data_dir: data_dir.path().to_path_buf(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+
+    let first = fleetd::start(config.clone()).await.unwrap();
+    assert!(
+        first.database().cluster().is_some(),
+        "no URL configured: a private cluster"
+    );
+    let tenant = tenants::create(&first.database().app, "kept", "test")
+        .await
+        .unwrap();
+    let (status, _) = http::get(first.api_addr(), "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    first.shutdown().await.unwrap();
+    assert!(
+        !data_dir.path().join("postgres/postmaster.pid").exists(),
+        "postgres still running after shutdown"
+    );
+
+    let second = fleetd::start(config).await.unwrap();
+    let listed = second.database().admin.list_tenants().await.unwrap();
+    assert_eq!(listed, vec![tenant.clone()]);
+    let mut tx = second.database().app.begin(tenant.id).await.unwrap();
+    assert_eq!(
+        audit::verify(&mut tx).await.unwrap(),
+        ChainVerdict::Intact { events: 1 }
+    );
+    tx.rollback().await.unwrap();
+    second.shutdown().await.unwrap();
+}
