@@ -1,0 +1,89 @@
+//! Helpers shared by the certs tests. Every certificate and key is generated here, at
+//! test time; no PEM is pasted into a test.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+use std::process::Command;
+
+use certs::{DeviceIdentity, Pki, PkiParams};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SignatureAlgorithm};
+use tempfile::TempDir;
+use uuid::Uuid;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+/// A fresh PKI in a temporary directory (kept alive by the returned guard).
+pub fn fresh_pki() -> (TempDir, Pki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&pki_dir(&dir), &PkiParams::default()).unwrap();
+    (dir, pki)
+}
+
+/// Where tests put the PKI: a subdirectory, so `generate` creates it.
+pub fn pki_dir(tmp: &TempDir) -> std::path::PathBuf {
+    tmp.path().join("pki")
+}
+
+pub fn random_identity() -> DeviceIdentity {
+    DeviceIdentity {
+        tenant_id: Uuid::new_v4(),
+        device_id: Uuid::new_v4(),
+    }
+}
+
+/// A CSR as a device would make it: its own key, a subject of its choosing.
+pub fn device_csr_pem(key: &KeyPair, common_name: &str) -> String {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+pub fn key_for(alg: &'static SignatureAlgorithm) -> KeyPair {
+    KeyPair::generate_for(alg).unwrap()
+}
+
+pub fn parse(der: &[u8]) -> X509Certificate<'_> {
+    let (rest, cert) = X509Certificate::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    cert
+}
+
+/// Checks `child` is signed by `issuer` with x509-parser (ring underneath).
+pub fn assert_signed_by(child: &[u8], issuer: &[u8]) {
+    let child = parse(child);
+    let issuer = parse(issuer);
+    child
+        .verify_signature(Some(issuer.public_key()))
+        .expect("signature verifies with the issuer's key");
+    assert_eq!(child.issuer().as_raw(), issuer.subject().as_raw());
+}
+
+/// The openssl command line tool, if installed: an implementation nobody here wrote.
+pub fn openssl() -> Option<Command> {
+    let found = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !found {
+        eprintln!("openssl not installed: skipping the openssl part of this test");
+    }
+    found.then(|| Command::new("openssl"))
+}
+
+pub fn run(mut command: Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn write(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+}
