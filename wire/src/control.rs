@@ -1,0 +1,60 @@
+//! The small messages outside the record stream: the ack (server → device) and
+//! presence (the device's will).
+
+use serde::{Deserialize, Serialize};
+
+use crate::SchemaVersion;
+
+/// The server's acknowledgement, published to the device's
+/// [`ack`](crate::topic::ack) topic after a database commit.
+///
+/// `watermark` is the highest sequence number such that every record the device
+/// sent with a sequence number at or below it is durably handled: stored, or
+/// refused for good (a refused record is never worth resending). The device may
+/// delete those records from its outbox. A watermark never moves backwards;
+/// acks may be lost or repeated, and each one supersedes the earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The schema version the sender wrote. Key `v`.
+    #[serde(rename = "v")]
+    pub version: SchemaVersion,
+    /// The ack watermark. Key `w`.
+    #[serde(rename = "w")]
+    pub watermark: u64,
+}
+
+impl Ack {
+    /// An ack in the current schema version.
+    pub fn new(watermark: u64) -> Self {
+        Self {
+            version: SchemaVersion::CURRENT,
+            watermark,
+        }
+    }
+}
+
+/// Whether the device is connected, on its [`presence`](crate::topic::presence)
+/// topic.
+///
+/// The agent publishes `online: true` (retained) after connecting, and registers
+/// `online: false` (retained) as its MQTT will, which the broker publishes when
+/// the connection dies without a clean disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The schema version the sender wrote. Key `v`.
+    #[serde(rename = "v")]
+    pub version: SchemaVersion,
+    /// Whether the device is connected. Key `o`.
+    #[serde(rename = "o")]
+    pub online: bool,
+}
+
+impl Presence {
+    /// A presence message in the current schema version.
+    pub fn new(online: bool) -> Self {
+        Self {
+            version: SchemaVersion::CURRENT,
+            online,
+        }
+    }
+}
