@@ -37,6 +37,20 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The fleet PKI.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a root CA and an online issuing CA (keys at mode 0600) in DIR; refuses to
+    /// overwrite. fleetd needs only the issuing CA: keep root-ca.key offline.
+    Init {
+        /// Directory for the PKI; created if missing.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +87,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Commands that need no database.
+    if let Command::Pki(PkiCommand::Init { dir }) = &cli.command {
+        return init_pki(dir);
+    }
     let settings = DatabaseSettings {
         url: cli.database_url.filter(|url| !url.is_empty()),
         data_dir: cli.data_dir,
@@ -88,9 +106,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant(TenantCommand::Create { name }) => create_tenant(&db, &name).await,
         Command::Tenant(TenantCommand::List) => list_tenants(&db).await,
         Command::Audit(AuditCommand::Verify { tenant }) => verify_audit(&db, tenant).await,
+        Command::Pki(_) => unreachable!("handled before opening the database"),
     };
     db.close().await.context("closing the database")?;
     outcome
+}
+
+fn init_pki(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let pki = certs::Pki::generate(dir, &certs::PkiParams::default())
+        .with_context(|| format!("creating a PKI in {}", dir.display()))?;
+    let layout = certs::PkiLayout::in_dir(dir);
+    println!(
+        "root CA:    {} (key {})",
+        layout.root_cert.display(),
+        layout.root_key.display()
+    );
+    println!(
+        "issuing CA: {} (key {})",
+        layout.issuing_cert.display(),
+        layout.issuing_key.display()
+    );
+    println!("issuing CA expires {}", pki.issuing_ca().not_after());
+    println!("Set pki.dir = {:?} for fleetd; move root-ca.key offline, it is needed only to rotate the issuing CA.", dir.display().to_string());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn create_tenant(db: &Database, name: &str) -> anyhow::Result<ExitCode> {

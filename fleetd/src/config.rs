@@ -5,7 +5,7 @@
 //! `FLEETD_API_LISTEN`, `FLEETD_DATABASE_URL`, `FLEETD_DATABASE__MAX_CONNECTIONS`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,8 +21,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL URL of the owner role. Empty: a private cluster in `data_dir`.
     pub database_url: String,
-    /// Address of the HTTP listener (`/healthz`, `/readyz`).
+    /// Address of the HTTPS API listener (`/v1/...`, `/healthz`, `/readyz`).
     pub api_listen: SocketAddr,
+    /// Address of the devices' MQTT-over-mutual-TLS listener.
+    pub broker_listen: SocketAddr,
+    /// The fleet PKI and the server certificates fleetd issues itself.
+    pub pki: PkiConfig,
+    /// Device onboarding.
+    pub enrollment: EnrollmentConfig,
     /// Logging.
     pub log: LogConfig,
     /// Database tuning.
@@ -30,6 +36,33 @@ pub struct Config {
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+/// Where the fleet PKI is and what the listeners' certificates name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkiConfig {
+    /// Directory of the root and issuing CA (`fleetctl pki init` makes one). Empty:
+    /// `<data_dir>/pki`, created as a development PKI on first start.
+    pub dir: PathBuf,
+    /// DNS names in the API and broker server certificates.
+    pub server_names: Vec<String>,
+    /// IP addresses in the API and broker server certificates.
+    pub server_ips: Vec<IpAddr>,
+    /// Lifetime of device certificates issued at enrollment.
+    #[serde(with = "humantime_serde")]
+    pub device_cert_lifetime: Duration,
+}
+
+/// Device onboarding settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// The broker URL enrolled devices are told to use. Empty:
+    /// `mqtts://<first server name>:<broker_listen port>`.
+    pub broker_url: String,
+    /// Proxies whose `X-Forwarded-For` is believed for the client address (CIDRs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Logging settings.
@@ -95,10 +128,36 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("fleetd-data"),
             database_url: String::new(),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            broker_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            pki: PkiConfig::default(),
+            enrollment: EnrollmentConfig::default(),
             log: LogConfig::default(),
             database: DatabaseConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            server_names: vec!["localhost".into()],
+            server_ips: vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ],
+            device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
+        }
+    }
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            broker_url: String::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -135,6 +194,9 @@ pub struct Overrides {
     /// `--api-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<String>,
+    /// `--broker-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_listen: Option<String>,
 }
 
 /// Why the configuration was refused.
@@ -196,6 +258,23 @@ impl Config {
         if self.database.connect_timeout.is_zero() {
             return reject("database.connect_timeout", "must be longer than zero");
         }
+        if self.pki.server_names.is_empty() && self.pki.server_ips.is_empty() {
+            return reject(
+                "pki.server_names",
+                "server certificates need at least one name or IP address",
+            );
+        }
+        if self.pki.device_cert_lifetime < Duration::from_secs(3600) {
+            return reject("pki.device_cert_lifetime", "must be at least 1h");
+        }
+        if !self.enrollment.broker_url.is_empty()
+            && !self.enrollment.broker_url.starts_with("mqtts://")
+        {
+            return reject(
+                "enrollment.broker_url",
+                "must be an mqtts:// URL, or empty to derive it",
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return reject(
                 "log.level",
@@ -203,6 +282,35 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The PKI directory: configured, or the development PKI's place in the data directory.
+    pub fn pki_dir(&self) -> PathBuf {
+        if self.pki.dir.as_os_str().is_empty() {
+            self.data_dir.join("pki")
+        } else {
+            self.pki.dir.clone()
+        }
+    }
+
+    /// Whether the PKI is fleetd's own development PKI (created on demand) rather than one an
+    /// operator set up.
+    pub fn uses_dev_pki(&self) -> bool {
+        self.pki.dir.as_os_str().is_empty()
+    }
+
+    /// The broker URL devices are told at enrollment.
+    pub fn broker_url(&self) -> String {
+        if !self.enrollment.broker_url.is_empty() {
+            return self.enrollment.broker_url.clone();
+        }
+        let host = match (self.pki.server_names.first(), self.pki.server_ips.first()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(IpAddr::V6(ip))) => format!("[{ip}]"),
+            (None, Some(ip)) => ip.to_string(),
+            (None, None) => "localhost".into(),
+        };
+        format!("mqtts://{host}:{}", self.broker_listen.port())
     }
 
     /// The store's view of the database settings.
@@ -245,11 +353,30 @@ data_dir = {data_dir:?}
 # Empty: fleetd creates and supervises a private cluster in data_dir.
 database_url = {database_url:?}
 
-# Address of the HTTP listener: /healthz, /readyz.
+# Address of the HTTPS API listener: /v1/enroll, /healthz, /readyz.
 api_listen = "{api_listen}"
+
+# Address of the devices' MQTT listener (mutual TLS).
+broker_listen = "{broker_listen}"
 
 # How long in-flight requests get to finish at shutdown.
 shutdown_grace = "{shutdown_grace}"
+
+[pki]
+# Directory of the fleet root and issuing CA (made by `fleetctl pki init`).
+# Empty: <data_dir>/pki, created as a development PKI on first start.
+dir = {pki_dir:?}
+# Names and addresses in the server certificates fleetd issues for its listeners at start.
+server_names = {server_names:?}
+server_ips = {server_ips:?}
+# Lifetime of device certificates; agents renew well before expiry.
+device_cert_lifetime = "{device_cert_lifetime}"
+
+[enrollment]
+# Broker URL given to enrolled devices. Empty: mqtts://<first server name>:<broker_listen port>.
+broker_url = ""
+# Proxies (CIDRs) whose X-Forwarded-For header is believed for the client address.
+trusted_proxies = []
 
 [log]
 # "plain" for people, "json" for log collectors.
@@ -270,6 +397,16 @@ postgres_bindir = {postgres_bindir:?}
         data_dir = d.data_dir.display().to_string(),
         database_url = d.database_url,
         api_listen = d.api_listen,
+        broker_listen = d.broker_listen,
+        pki_dir = d.pki.dir.display().to_string(),
+        server_names = d.pki.server_names,
+        server_ips = d
+            .pki
+            .server_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        device_cert_lifetime = humantime::format_duration(d.pki.device_cert_lifetime),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
         log_format = match d.log.format {
             LogFormat::Plain => "plain",
@@ -332,6 +469,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("api_listn"), "{err}");
+        let err = load_toml("[pki]\nservr_names = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("servr_names"), "{err}");
+    }
+
+    #[test]
+    fn pki_and_enrollment_values_are_checked() {
+        let err = load_toml("[pki]\ndevice_cert_lifetime = \"5m\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pki.device_cert_lifetime"), "{err}");
+        let err = load_toml("[pki]\nserver_names = []\nserver_ips = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pki.server_names"), "{err}");
+        let err = load_toml("[enrollment]\nbroker_url = \"tcp://x:1883\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enrollment.broker_url"), "{err}");
+        let err = load_toml("[enrollment]\ntrusted_proxies = [\"10.0.0.0/33\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
+        let err = load_toml("[pki]\nserver_ips = [\"localhost\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server_ips"), "{err}");
+    }
+
+    #[test]
+    fn the_broker_url_is_derived_from_the_server_name_and_broker_port() {
+        let config = load_toml(
+            "broker_listen = \"0.0.0.0:18883\"\n[pki]\nserver_names = [\"fleet.example\"]",
+        )
+        .unwrap();
+        assert_eq!(config.broker_url(), "mqtts://fleet.example:18883");
+        let config = load_toml("[pki]\nserver_names = []\nserver_ips = [\"::1\"]").unwrap();
+        assert_eq!(config.broker_url(), "mqtts://[::1]:8883");
+        let config = load_toml("[enrollment]\nbroker_url = \"mqtts://lb:443\"").unwrap();
+        assert_eq!(config.broker_url(), "mqtts://lb:443");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod config;
 mod http;
+pub mod pki;
 mod server;
 
 pub use config::Config;

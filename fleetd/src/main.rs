@@ -21,9 +21,12 @@ struct Cli {
     /// PostgreSQL URL of the owner role, instead of the private cluster.
     #[arg(long, global = true)]
     database_url: Option<String>,
-    /// Address of the HTTP listener.
+    /// Address of the HTTPS API listener.
     #[arg(long, global = true)]
     api_listen: Option<String>,
+    /// Address of the devices' MQTT listener.
+    #[arg(long, global = true)]
+    broker_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         data_dir: cli.data_dir,
         database_url: cli.database_url,
         api_listen: cli.api_listen,
+        broker_listen: cli.broker_listen,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,

@@ -16,11 +16,13 @@ pub struct Running {
     stop: watch::Sender<bool>,
     api: JoinHandle<std::io::Result<()>>,
     config: Config,
+    pki: crate::pki::ServerPki,
 }
 
 /// Opens the database (creating and starting the private cluster when no URL is configured,
 /// applying migrations, checking every tenant's audit chain head) and starts the listeners.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let pki = crate::pki::prepare(&config)?;
     let database = Database::open(&config.database_settings(), Purpose::Server)
         .await
         .context("opening the database")?;
@@ -46,6 +48,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         api,
         config,
+        pki,
     })
 }
 
@@ -65,6 +68,11 @@ impl Running {
     /// Where the HTTP listener is (useful with port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The PKI in use.
+    pub fn pki(&self) -> &crate::pki::ServerPki {
+        &self.pki
     }
 
     /// The open database.

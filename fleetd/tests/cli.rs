@@ -12,7 +12,7 @@ fn configfile_prints_a_template_that_fleetd_accepts() {
     assert!(out.status.success());
     let template = String::from_utf8(out.stdout).unwrap();
     assert!(
-        template.contains("api_listen = \"127.0.0.1:8080\""),
+        template.contains("api_listen = \"127.0.0.1:8443\""),
         "{template}"
     );
     let dir = tempfile::tempdir().unwrap();

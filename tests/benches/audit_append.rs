@@ -19,7 +19,15 @@ async fn append_for(app: AppDb, tenant: TenantId, until: Instant) -> u64 {
     let mut done = 0;
     while Instant::now() < until {
         let mut tx = app.begin(tenant).await.expect("begin");
-        audit::append(&mut tx, "bench", "bench.append", "bench", &json!({ "n": done })).await.expect("append");
+        audit::append(
+            &mut tx,
+            "bench",
+            "bench.append",
+            "bench",
+            &json!({ "n": done }),
+        )
+        .await
+        .expect("append");
         tx.commit().await.expect("commit");
         done += 1;
     }
@@ -45,13 +53,27 @@ async fn main() {
     let test_db = TestDb::new().await;
     let mut settings = test_db.settings();
     settings.max_connections = 32;
-    let db = store::Database::open(&settings, store::Purpose::Server).await.expect("open");
+    let db = store::Database::open(&settings, store::Purpose::Server)
+        .await
+        .expect("open");
     let mut all = Vec::new();
     for i in 0..16 {
-        all.push(tenants::create(&db.app, &format!("bench-{i}"), "bench").await.expect("tenant").id);
+        all.push(
+            tenants::create(&db.app, &format!("bench-{i}"), "bench")
+                .await
+                .expect("tenant")
+                .id,
+        );
     }
-    let server = if std::env::var("TEST_DATABASE_URL").is_ok() { "TEST_DATABASE_URL" } else { "private cluster (fsync off)" };
-    println!("audit appends, one transaction each, {}s per case, server: {server}", RUN_FOR.as_secs());
+    let server = if std::env::var("TEST_DATABASE_URL").is_ok() {
+        "TEST_DATABASE_URL"
+    } else {
+        "private cluster (fsync off)"
+    };
+    println!(
+        "audit appends, one transaction each, {}s per case, server: {server}",
+        RUN_FOR.as_secs()
+    );
     println!("{:<44} {:>12}", "case", "appends/s");
     for (label, tenants, writers) in [
         ("1 tenant, 1 writer", &all[..1], 1),
@@ -64,7 +86,10 @@ async fn main() {
     for tenant in &all {
         let mut tx = db.app.begin(*tenant).await.expect("begin");
         let verdict = audit::verify(&mut tx).await.expect("verify");
-        assert!(matches!(verdict, audit::ChainVerdict::Intact { .. }), "{verdict:?}");
+        assert!(
+            matches!(verdict, audit::ChainVerdict::Intact { .. }),
+            "{verdict:?}"
+        );
         tx.rollback().await.expect("rollback");
     }
     println!("every chain verified intact afterwards");

@@ -5,10 +5,13 @@ use fleetd::Config;
 use store::audit::{self, ChainVerdict};
 use store::tenants;
 
-fn config_for(db: &TestDb) -> Config {
+/// fleetd on `db`, with its own data directory (for the development PKI) and ephemeral ports.
+fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
     Config {
+        data_dir: data_dir.path().to_path_buf(),
         database_url: db.url().to_owned(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     }
 }
@@ -16,7 +19,8 @@ fn config_for(db: &TestDb) -> Config {
 #[tokio::test]
 async fn health_and_readiness_answer_over_http() {
     let db = TestDb::new().await;
-    let running = fleetd::start(config_for(&db)).await.unwrap();
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
     let (status, body) = http::get(running.api_addr(), "/healthz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
     let (status, body) = http::get(running.api_addr(), "/readyz").await.unwrap();
@@ -29,7 +33,8 @@ async fn health_and_readiness_answer_over_http() {
 #[tokio::test]
 async fn fleetd_refuses_to_start_when_a_tenant_lacks_its_chain_head() {
     let db = TestDb::new().await;
-    let running = fleetd::start(config_for(&db)).await.unwrap();
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
     let tenant = tenants::create(&running.database().app, "orphaned", "test")
         .await
         .unwrap();
@@ -42,7 +47,7 @@ async fn fleetd_refuses_to_start_when_a_tenant_lacks_its_chain_head() {
         .await
         .unwrap();
 
-    let err = fleetd::start(config_for(&db))
+    let err = fleetd::start(config_for(&db, &data_dir))
         .await
         .err()
         .expect("fleetd must refuse to start");
@@ -72,6 +77,7 @@ async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
     let config = Config {
         data_dir: data_dir.path().to_path_buf(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
 
@@ -101,4 +107,45 @@ async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
     );
     tx.rollback().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_development_pki_is_created_once_and_reused() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let first = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
+    let root = first.pki().issuing_ca.root_der().clone();
+    let server_chain = first.pki().server_cert.chain_der();
+    assert_eq!(server_chain.len(), 2, "server certificate and issuing CA");
+    first.shutdown().await.unwrap();
+    let key = data_dir.path().join("pki/issuing-ca.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    let second = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
+    assert_eq!(
+        second.pki().issuing_ca.root_der(),
+        &root,
+        "the same PKI after a restart"
+    );
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_configured_pki_directory_must_exist() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = config_for(&db, &data_dir);
+    config.pki.dir = data_dir.path().join("no-such-pki");
+    let err = fleetd::start(config).await.err().expect("must refuse");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("pki.dir") && message.contains("no-such-pki"),
+        "{message}"
+    );
+    assert!(
+        !data_dir.path().join("no-such-pki").exists(),
+        "a configured PKI is never generated"
+    );
 }
