@@ -55,7 +55,7 @@ pub struct PkiConfig {
 }
 
 /// Device onboarding settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnrollmentConfig {
     /// The broker URL enrolled devices are told to use. Empty:
@@ -149,15 +149,6 @@ impl Default for PkiConfig {
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
             device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
-        }
-    }
-}
-
-impl Default for EnrollmentConfig {
-    fn default() -> Self {
-        Self {
-            broker_url: String::new(),
-            trusted_proxies: Vec::new(),
         }
     }
 }

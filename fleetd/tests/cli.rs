@@ -25,6 +25,8 @@ fn configfile_prints_a_template_that_fleetd_accepts() {
             path.to_str().unwrap(),
             "--database-url",
             "postgres://nobody@127.0.0.1:1/x",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
         ])
         .env("FLEETD_DATABASE__CONNECT_TIMEOUT", "1s")
         .output()
