@@ -416,8 +416,9 @@ fn check_socket_path(dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// Inside the cluster directory, so a throw-away cluster leaves nothing behind.
 fn log_path(dir: &Path) -> PathBuf {
-    dir.with_extension("log")
+    dir.join("fleetd-postgres.log")
 }
 
 fn run_initdb(

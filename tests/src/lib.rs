@@ -22,7 +22,7 @@ enum Server {
     /// A server from `TEST_DATABASE_URL`.
     External(url::Url),
     /// A private cluster owned by this test binary.
-    Private(PrivateCluster, #[allow(dead_code)] tempfile::TempDir),
+    Private(PrivateCluster),
 }
 
 static SERVER: OnceCell<Server> = OnceCell::const_new();
@@ -41,16 +41,19 @@ async fn server() -> &'static Server {
 }
 
 async fn start_private_cluster() -> Server {
-    let root = tempfile::Builder::new()
+    // The cluster directory is the temporary directory itself: postgres removes it when it stops
+    // (at the latest when this test binary exits), so nothing is left in /tmp.
+    let dir = tempfile::Builder::new()
         .prefix("fleet-test-")
         .tempdir()
-        .expect("temporary directory");
-    // As root the cluster runs as `postgres`, which must own its parent to remove it afterwards.
+        .expect("temporary directory")
+        .keep();
+    // As root the cluster runs as `postgres`, which must own the directory to initialise it.
     if let Some(user) = RunAs::detect().expect("cluster user") {
-        user.chown(root.path()).expect("chown test cluster root");
+        user.chown(&dir).expect("chown test cluster directory");
     }
     let options = ClusterOptions {
-        dir: root.path().join("postgres"),
+        dir,
         bindir: None,
         durable: false,
         remove_when_stopped: true,
@@ -58,7 +61,7 @@ async fn start_private_cluster() -> Server {
     let cluster = PrivateCluster::start(&options)
         .await
         .expect("private PostgreSQL cluster for tests (or set TEST_DATABASE_URL)");
-    Server::Private(cluster, root)
+    Server::Private(cluster)
 }
 
 impl Server {
@@ -69,14 +72,14 @@ impl Server {
                 url.set_path(database);
                 url.to_string()
             }
-            Server::Private(cluster, _) => cluster.url(database),
+            Server::Private(cluster) => cluster.url(database),
         }
     }
 
     fn admin_url(&self) -> String {
         match self {
             Server::External(base) => base.to_string(),
-            Server::Private(cluster, _) => cluster.url("postgres"),
+            Server::Private(cluster) => cluster.url("postgres"),
         }
     }
 }
