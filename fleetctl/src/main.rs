@@ -1,14 +1,18 @@
 //! fleetctl, the operator CLI. Bootstrap commands talk to the database directly: the private
 //! cluster of `--data-dir` (attaching to a running fleetd's) or the server of `--database-url`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 use store::audit::{self, ChainVerdict};
-use store::{tenants, Database, DatabaseSettings, Purpose, TenantId};
+use store::devices::{self, DeviceRevocation};
+use store::enrollment_tokens::{self, NewEnrollmentToken, TokenRevocation};
+use store::{tenants, Database, DatabaseSettings, DeviceId, EnrollmentTokenId, Purpose, TenantId};
 
 /// fleetplane operator CLI.
 #[derive(Parser)]
@@ -37,6 +41,12 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Enrollment tokens: what devices exchange for their certificate.
+    #[command(subcommand)]
+    EnrollmentToken(EnrollmentTokenCommand),
+    /// Devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// The fleet PKI.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -74,6 +84,69 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum EnrollmentTokenCommand {
+    /// Create a token; prints its secret once (it is stored only as a hash).
+    Create {
+        /// The tenant whose devices it enrolls.
+        #[arg(long)]
+        tenant: TenantId,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Source network allowed to enroll (repeatable; 0.0.0.0/0 and ::/0 must be explicit).
+        #[arg(long = "cidr", required = true)]
+        cidrs: Vec<IpNet>,
+        /// Enrollments per UTC day.
+        #[arg(long)]
+        daily_limit: u32,
+        /// How long the token works, e.g. 7d, 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Duration,
+        /// Enrollments in total (default: unlimited until expiry).
+        #[arg(long)]
+        max_uses: Option<u64>,
+        /// Group of the enrolled devices.
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// Label of the enrolled devices, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List a tenant's tokens (never their secrets).
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a token: it enrolls nothing more (devices it enrolled stay).
+    Revoke {
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The token's id (the second field of the token string; shown by `list`).
+        token_id: EnrollmentTokenId,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List a tenant's devices.
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+    },
+    /// Revoke a device: its next handshake fails and live connections are closed.
+    Revoke {
+        /// The tenant.
+        #[arg(long)]
+        tenant: TenantId,
+        /// The device.
+        device_id: DeviceId,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -106,8 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tenant(TenantCommand::Create { name }) => create_tenant(&db, &name).await,
         Command::Tenant(TenantCommand::List) => list_tenants(&db).await,
         Command::Audit(AuditCommand::Verify { tenant }) => verify_audit(&db, tenant).await,
+        Command::EnrollmentToken(command) => enrollment_token(&db, command).await,
+        Command::Device(command) => device(&db, command).await,
         Command::Pki(_) => unreachable!("handled before opening the database"),
     };
+
     db.close().await.context("closing the database")?;
     outcome
 }
@@ -184,6 +260,128 @@ async fn verify_audit(db: &Database, only: Option<TenantId>) -> anyhow::Result<E
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn enrollment_token(
+    db: &Database,
+    command: EnrollmentTokenCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        EnrollmentTokenCommand::Create {
+            tenant,
+            name,
+            cidrs,
+            daily_limit,
+            expires_in,
+            max_uses,
+            group,
+            labels,
+        } => {
+            let expires_in = time::Duration::try_from(expires_in).context("--expires-in")?;
+            let new = NewEnrollmentToken {
+                name,
+                allowed_cidrs: cidrs,
+                daily_limit,
+                max_uses,
+                expires_at: time::OffsetDateTime::now_utc() + expires_in,
+                device_group: group,
+                device_labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+            };
+            let mut tx = db.app.begin(tenant).await?;
+            let issued = enrollment_tokens::create(&mut tx, &new, &operator()).await?;
+            tx.commit().await?;
+            let token = &issued.token;
+            eprintln!("enrollment token {} created for tenant {tenant}", token.id);
+            eprintln!(
+                "  expires {}, {} per day",
+                token.expires_at, token.daily_limit
+            );
+            eprintln!("The secret below is shown once and cannot be recovered; store it now.");
+            println!("{}", issued.secret.expose());
+        }
+        EnrollmentTokenCommand::List { tenant } => {
+            let mut tx = db.app.begin(tenant).await?;
+            let tokens = enrollment_tokens::list(&mut tx).await?;
+            tx.rollback().await?;
+            println!("ID\tNAME\tSTATE\tEXPIRES\tTODAY\tUSES\tCIDRS\tGROUP");
+            let now = time::OffsetDateTime::now_utc();
+            for t in tokens {
+                let state = match (t.revoked_at, t.expires_at <= now) {
+                    (Some(_), _) => "revoked",
+                    (None, true) => "expired",
+                    (None, false) => "active",
+                };
+                let cidrs: Vec<String> = t.allowed_cidrs.iter().map(ToString::to_string).collect();
+                let max = t.max_uses.map_or("-".to_string(), |m| m.to_string());
+                println!(
+                    "{}\t{}\t{state}\t{}\t{}/{}\t{}/{max}\t{}\t{}",
+                    t.id,
+                    t.name,
+                    t.expires_at,
+                    t.used_today,
+                    t.daily_limit,
+                    t.uses,
+                    cidrs.join(","),
+                    t.device_group
+                );
+            }
+        }
+        EnrollmentTokenCommand::Revoke { tenant, token_id } => {
+            let mut tx = db.app.begin(tenant).await?;
+            let outcome = enrollment_tokens::revoke(&mut tx, token_id, &operator()).await?;
+            tx.commit().await?;
+            match outcome {
+                TokenRevocation::Revoked => println!("enrollment token {token_id} revoked"),
+                TokenRevocation::AlreadyRevoked => {
+                    println!("enrollment token {token_id} was already revoked")
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn device(db: &Database, command: DeviceCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeviceCommand::List { tenant } => {
+            let mut tx = db.app.begin(tenant).await?;
+            println!("ID\tSTATUS\tONLINE\tGROUP\tNAME");
+            let mut after = None;
+            loop {
+                let page = devices::list(&mut tx, after, 500).await?;
+                for d in &page {
+                    println!(
+                        "{}\t{:?}\t{}\t{}\t{}",
+                        d.id, d.status, d.online, d.group, d.name
+                    );
+                }
+                match page.last() {
+                    Some(last) if page.len() == 500 => after = Some(last.id),
+                    _ => break,
+                }
+            }
+            tx.rollback().await?;
+        }
+        DeviceCommand::Revoke { tenant, device_id } => {
+            let mut tx = db.app.begin(tenant).await?;
+            let outcome = devices::revoke(&mut tx, device_id, &operator()).await?;
+            tx.commit().await?;
+            match outcome {
+                DeviceRevocation::Revoked => println!("device {device_id} revoked"),
+                DeviceRevocation::AlreadyRevoked => {
+                    println!("device {device_id} was already revoked (notified again)")
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
 }
 
 /// The audit actor for commands run here: the local user, as far as the OS tells.

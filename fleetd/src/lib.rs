@@ -3,7 +3,6 @@
 //! in that order, until it is told to stop.
 
 pub mod config;
-mod http;
 pub mod pki;
 mod server;
 

@@ -233,6 +233,12 @@ impl AppDb {
         TenantTx::begin(self.pool.begin().await?, tenant).await
     }
 
+    /// The pool itself, for the modules of this crate that need a connection outside a tenant
+    /// transaction (the revocation listener's LISTEN connection).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

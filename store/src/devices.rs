@@ -1,12 +1,13 @@
-//! Devices of a tenant: create, read, list, status, presence, delete.
+//! Devices of a tenant: create, read, list, status, revocation, presence, delete.
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
 use sqlx::types::Json;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::{DeviceId, StoreError, TenantId, TenantTx};
+use crate::{audit, revocations, DeviceId, StoreError, TenantId, TenantTx};
 
 /// Whether a device may connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,13 +77,23 @@ const COLUMNS: &str =
 
 /// Creates a device in the transaction's tenant with a fresh id.
 pub async fn create(tx: &mut TenantTx, new: &NewDevice) -> Result<Device, StoreError> {
+    create_with_id(tx, DeviceId::new_random(), new).await
+}
+
+/// Creates a device in the transaction's tenant with an id the caller chose (enrollment picks
+/// it first, to name the device after it).
+pub async fn create_with_id(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    new: &NewDevice,
+) -> Result<Device, StoreError> {
     let tenant = tx.tenant();
     let row = sqlx::query(&format!(
         "INSERT INTO devices (tenant_id, device_id, name, device_group, labels)
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     ))
     .bind(tenant)
-    .bind(DeviceId::new_random())
+    .bind(id)
     .bind(&new.name)
     .bind(&new.group)
     .bind(Json(&new.labels))
@@ -131,6 +142,64 @@ pub async fn set_status(
         .execute(tx.conn())
         .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// What [`revoke`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRevocation {
+    /// The device was active and is now revoked.
+    Revoked,
+    /// The device had been revoked before; nothing changed but the notification was sent again.
+    AlreadyRevoked,
+}
+
+/// Revokes a device of the transaction's tenant: sets its status, appends the audit event and
+/// queues a notification on [`revocations::CHANNEL`] with `pg_notify`, all in the caller's
+/// transaction. Postgres delivers the notification at commit, to every listening fleetd
+/// ([`revocations::RevocationListener`]), and not at all on rollback.
+/// [`StoreError::NotFound`] when the tenant has no such device.
+pub async fn revoke(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    actor: &str,
+) -> Result<DeviceRevocation, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE devices SET status = 'revoked' WHERE device_id = $1 AND status <> 'revoked'",
+    )
+    .bind(id)
+    .execute(tx.conn())
+    .await?;
+    let outcome = if changed.rows_affected() == 1 {
+        DeviceRevocation::Revoked
+    } else if get(tx, id).await?.is_some() {
+        DeviceRevocation::AlreadyRevoked
+    } else {
+        return Err(StoreError::NotFound("device"));
+    };
+    if outcome == DeviceRevocation::Revoked {
+        audit::append(
+            tx,
+            actor,
+            "device.revoke",
+            &format!("device:{id}"),
+            &json!({}),
+        )
+        .await?;
+    }
+    // Sent again for an already revoked device: harmless, and it repairs a missed delivery.
+    revocations::notify(tx, id).await?;
+    Ok(outcome)
+}
+
+/// Whether the device exists in the transaction's tenant and may connect. The broker asks this
+/// at every handshake.
+pub async fn is_active(tx: &mut TenantTx, id: DeviceId) -> Result<bool, StoreError> {
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT status = 'active' FROM devices WHERE device_id = $1")
+            .bind(id)
+            .fetch_optional(tx.conn())
+            .await?;
+    Ok(active.unwrap_or(false))
 }
 
 /// Records a connect or disconnect; false when the tenant has no such device.

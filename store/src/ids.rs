@@ -44,3 +44,7 @@ uuid_id!(
     /// A device, unique across tenants (it is the certificate's common name).
     DeviceId
 );
+uuid_id!(
+    /// An enrollment token; its public half, printed in the token string and in listings.
+    EnrollmentTokenId
+);

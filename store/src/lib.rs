@@ -14,13 +14,16 @@
 pub mod audit;
 pub mod cluster;
 mod connect;
+pub mod device_certificates;
 pub mod devices;
+pub mod enrollment_tokens;
 mod error;
 mod ids;
+pub mod revocations;
 pub mod tenants;
 mod tx;
 
 pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, Purpose, APP_ROLE};
 pub use error::StoreError;
-pub use ids::{DeviceId, TenantId};
+pub use ids::{DeviceId, EnrollmentTokenId, TenantId};
 pub use tx::TenantTx;

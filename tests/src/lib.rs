@@ -5,7 +5,7 @@
 //! its own (fsync off, in a temporary directory, gone when the test binary exits). Each
 //! [`TestDb`] creates its own database and drops it when dropped.
 
-pub mod http;
+pub mod https;
 
 use std::path::PathBuf;
 use std::str::FromStr;

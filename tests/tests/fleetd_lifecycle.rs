@@ -1,9 +1,17 @@
 //! fleetd started in-process: readiness, start-up refusals, and the private cluster's lifetime.
 
-use fleet_tests::{http, TestDb};
+use fleet_tests::https::https_request;
+use fleet_tests::TestDb;
 use fleetd::Config;
 use store::audit::{self, ChainVerdict};
 use store::tenants;
+
+/// `GET path` over HTTPS, trusting exactly the fleet root of `running`.
+async fn get(running: &fleetd::Running, path: &str) -> (u16, String) {
+    let response = https_request(running.api_addr(), &running.pki().issuing_ca, "GET", path, &[], b"").await;
+    assert_eq!(response.header("strict-transport-security"), Some("max-age=31536000"));
+    (response.status, String::from_utf8(response.body).unwrap())
+}
 
 /// fleetd on `db`, with its own data directory (for the development PKI) and ephemeral ports.
 fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
@@ -17,15 +25,15 @@ fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
 }
 
 #[tokio::test]
-async fn health_and_readiness_answer_over_http() {
+async fn health_and_readiness_answer_over_https() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
-    let (status, body) = http::get(running.api_addr(), "/healthz").await.unwrap();
+    let (status, body) = get(&running, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, body) = http::get(running.api_addr(), "/readyz").await.unwrap();
+    let (status, body) = get(&running, "/readyz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
-    let (status, _) = http::get(running.api_addr(), "/nope").await.unwrap();
+    let (status, _) = get(&running, "/nope").await;
     assert_eq!(status, 404);
     running.shutdown().await.unwrap();
 }
@@ -89,7 +97,7 @@ async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
     let tenant = tenants::create(&first.database().app, "kept", "test")
         .await
         .unwrap();
-    let (status, _) = http::get(first.api_addr(), "/readyz").await.unwrap();
+    let (status, _) = get(&first, "/readyz").await;
     assert_eq!(status, 200);
     first.shutdown().await.unwrap();
     assert!(

@@ -1,0 +1,161 @@
+//! Who the client is: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+//!
+//! `X-Forwarded-For` is read only when the peer is a trusted proxy. Each proxy appends the
+//! address it received the request from, so the list is read right to left, skipping trusted
+//! proxies; the first address that is not one is the client (an untrusted hop may have written
+//! anything to its left). If every hop is trusted, the left-most is the client. A header that
+//! does not parse, from a trusted proxy, is refused rather than guessed around.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::connect_info::Connected;
+use axum::http::HeaderMap;
+use axum::serve::IncomingStream;
+use ipnet::IpNet;
+
+use crate::error::ApiError;
+use crate::tls::TlsListener;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The TCP peer of a connection, as connect info for handlers
+/// (`ConnectInfo<PeerAddr>`); provided by [`crate::serve_tls`] and by plain `axum::serve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The client's address for a request from `peer` with `headers`.
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, ApiError> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return Ok(client);
+    }
+    let hops = forwarded_hops(headers)?;
+    for hop in hops.iter().rev() {
+        client = hop.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Ok(client)
+}
+
+/// Every address in every `X-Forwarded-For` header, in order.
+fn forwarded_hops(headers: &HeaderMap) -> Result<Vec<IpAddr>, ApiError> {
+    let malformed = || ApiError::InvalidRequest("malformed X-Forwarded-For header".into());
+    let mut hops = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        let value = value.to_str().map_err(|_| malformed())?;
+        for entry in value.split(',') {
+            hops.push(parse_hop(entry.trim()).ok_or_else(malformed)?);
+        }
+    }
+    Ok(hops)
+}
+
+/// An address, with or without a port (`192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`,
+/// `[2001:db8::1]:443`).
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        let got = client_ip(
+            ip("203.0.113.7"),
+            &headers(&["10.1.1.1"]),
+            &nets(&["10.0.0.0/8"]),
+        );
+        assert_eq!(got.unwrap(), ip("203.0.113.7"));
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let got = client_ip(ip("10.0.0.2"), &headers(&["198.51.100.4"]), &trusted);
+        assert_eq!(got.unwrap(), ip("198.51.100.4"));
+        // No header: the proxy itself.
+        let got = client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted);
+        assert_eq!(got.unwrap(), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_wins_over_spoofed_entries() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        // The client sent "1.1.1.1" itself; 198.51.100.4 is what our first proxy saw.
+        let got = client_ip(
+            ip("10.0.0.2"),
+            &headers(&["1.1.1.1, 198.51.100.4", "10.0.0.9"]),
+            &trusted,
+        );
+        assert_eq!(got.unwrap(), ip("198.51.100.4"));
+        // Every hop trusted: the left-most.
+        let got = client_ip(ip("10.0.0.2"), &headers(&["10.3.3.3, 10.0.0.9"]), &trusted);
+        assert_eq!(got.unwrap(), ip("10.3.3.3"));
+    }
+
+    #[test]
+    fn ports_brackets_and_mapped_addresses_are_understood() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let got = client_ip(
+            ip("::ffff:10.0.0.2"),
+            &headers(&["[2001:db8::5]:443"]),
+            &trusted,
+        );
+        assert_eq!(got.unwrap(), ip("2001:db8::5"));
+        let got = client_ip(ip("10.0.0.2"), &headers(&["192.0.2.1:5000"]), &trusted);
+        assert_eq!(got.unwrap(), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn garbage_from_a_trusted_proxy_is_refused() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        for bad in ["unknown", "", "1.2.3.4,,5.6.7.8", "1.2.3.999"] {
+            let got = client_ip(ip("10.0.0.2"), &headers(&[bad]), &trusted);
+            assert!(
+                matches!(got, Err(ApiError::InvalidRequest(_))),
+                "{bad:?}: {got:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Every error the API answers, mapped to HTTP in one place as RFC 7807 problem details.
+//!
+//! The `type` of each problem is a stable URN (`urn:fleetplane:problem:<slug>`) that clients may
+//! match on. No detail ever names another tenant, and database or internal failures answer 500
+//! without detail (the cause is logged).
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// A refusal or failure, as the API answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: the token is malformed, unknown, of an unknown tenant, or its secret is wrong. One
+    /// answer for all, so nothing tells which.
+    #[error("invalid enrollment token")]
+    InvalidToken,
+    /// 403: the client address is not in the token's allowed CIDRs.
+    #[error("enrollment from this address is not allowed by the token")]
+    SourceNotAllowed,
+    /// 429 with `Retry-After`: the token's enrollments for this UTC day are used up.
+    #[error("the token's daily enrollment limit is reached")]
+    DailyLimitReached {
+        /// Seconds until the next UTC day.
+        retry_after_secs: u64,
+    },
+    /// 410: the token has expired.
+    #[error("the enrollment token has expired")]
+    TokenExpired,
+    /// 410: the token was revoked.
+    #[error("the enrollment token was revoked")]
+    TokenRevoked,
+    /// 410: the token's total enrollments are used up (for good, so not 429).
+    #[error("the enrollment token's total use limit is reached")]
+    TokenUsedUp,
+    /// 400: the CSR was refused; the detail says why (e.g. the key type found).
+    #[error("{0}")]
+    InvalidCsr(#[from] certs::CsrError),
+    /// 400: the request is not what the route expects (malformed JSON, missing field, bad
+    /// `X-Forwarded-For` from a trusted proxy).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 413: the body is larger than [`crate::MAX_BODY_LEN`].
+    #[error("request body is larger than {} bytes", crate::MAX_BODY_LEN)]
+    BodyTooLarge,
+    /// 415: the body is not declared as JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 503 with `Retry-After`: too many token verifications are queued.
+    #[error("too many enrollments in progress; retry shortly")]
+    Busy,
+    /// 404.
+    #[error("no such route")]
+    NotFound,
+    /// 405.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// 500: logged with its cause, answered without detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        Self::Internal(format!("store: {e}"))
+    }
+}
+
+impl From<certs::IssueError> for ApiError {
+    fn from(e: certs::IssueError) -> Self {
+        Self::Internal(format!("issuing a certificate: {e}"))
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Internal(format!("blocking task: {e}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(rejection.body_text()),
+            _ => Self::InvalidRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::SourceNotAllowed => StatusCode::FORBIDDEN,
+            Self::DailyLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TokenExpired | Self::TokenRevoked | Self::TokenUsedUp => StatusCode::GONE,
+            Self::InvalidCsr(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The last part of the problem type URN.
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::InvalidToken => "invalid-token",
+            Self::SourceNotAllowed => "source-not-allowed",
+            Self::DailyLimitReached { .. } => "daily-limit-reached",
+            Self::TokenExpired => "token-expired",
+            Self::TokenRevoked => "token-revoked",
+            Self::TokenUsedUp => "token-used-up",
+            Self::InvalidCsr(certs::CsrError::UnsupportedKey { .. }) => "unsupported-key",
+            Self::InvalidCsr(_) => "invalid-csr",
+            Self::InvalidRequest(_) => "invalid-request",
+            Self::BodyTooLarge => "body-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::Busy => "busy",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// What the client is told. Internal errors say nothing of their cause.
+    fn detail(&self) -> String {
+        match self {
+            Self::Internal(_) => "the server failed; the error was logged".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::DailyLimitReached { retry_after_secs } => Some(*retry_after_secs),
+            Self::Busy => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(%cause, "request failed");
+        }
+        let body = json!({
+            "type": format!("urn:fleetplane:problem:{}", self.slug()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.detail(),
+        });
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
+            body.to_string(),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_answer_without_their_cause() {
+        let error = ApiError::Internal("password authentication failed for tenant x".into());
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.detail().contains("tenant"));
+    }
+
+    #[test]
+    fn only_rate_refusals_carry_retry_after() {
+        assert_eq!(
+            ApiError::DailyLimitReached {
+                retry_after_secs: 7
+            }
+            .retry_after_secs(),
+            Some(7)
+        );
+        assert_eq!(ApiError::Busy.retry_after_secs(), Some(1));
+        assert_eq!(ApiError::InvalidToken.retry_after_secs(), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! Enrollment tokens, device revocation and its cross-process notification, in the store, as the
+//! application role on a real Postgres.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_tests::TestDb;
+use sqlx::Row;
+use store::audit::{self, ChainVerdict};
+use store::devices::{self, DeviceRevocation, DeviceStatus, NewDevice};
+use store::enrollment_tokens::{self, NewEnrollmentToken, TokenRevocation};
+use store::revocations::{Revocation, RevocationListener};
+use store::{tenants, StoreError, TenantId};
+use time::OffsetDateTime;
+
+fn new_token() -> NewEnrollmentToken {
+    NewEnrollmentToken {
+        name: "factory line".into(),
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "::/0".parse().unwrap()],
+        daily_limit: 10,
+        max_uses: Some(100),
+        expires_at: OffsetDateTime::now_utc() + time::Duration::days(7),
+        device_group: "line-3".into(),
+        device_labels: BTreeMap::from([("site".to_string(), "berlin".to_string())]),
+    }
+}
+
+async fn tenant(db: &store::Database, name: &str) -> TenantId {
+    tenants::create(&db.app, name, "test").await.unwrap().id
+}
+
+async fn actions(db: &store::Database, tenant: TenantId) -> Vec<(String, String, String)> {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let events = audit::list_after(&mut tx, 0, 1_000).await.unwrap();
+    assert!(matches!(
+        audit::verify(&mut tx).await.unwrap(),
+        ChainVerdict::Intact { .. }
+    ));
+    tx.rollback().await.unwrap();
+    events
+        .into_iter()
+        .map(|e| (e.actor, e.action, e.target))
+        .collect()
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_secret() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+
+    let mut tx = db.app.begin(a).await.unwrap();
+    let issued = enrollment_tokens::create(&mut tx, &new_token(), "operator:alice")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let text = issued.secret.expose().to_owned();
+    assert!(text.starts_with(&format!(
+        "fpe_{}_{}_",
+        a.0.simple(),
+        issued.token.id.0.simple()
+    )));
+    assert_eq!(issued.token.allowed_cidrs, new_token().allowed_cidrs);
+    assert_eq!(issued.token.created_by, "operator:alice");
+
+    // Neither the secret nor the token string is anywhere in the row; the hash is argon2id.
+    let mut owner = test_db.connect_as_owner().await;
+    let row = sqlx::query("SELECT row_to_json(t)::text AS j, secret_hash FROM enrollment_tokens t")
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    let stored: String = row.get("j");
+    assert!(!stored.contains(&text[70..]), "secret stored: {stored}");
+    assert!(row
+        .get::<String, _>("secret_hash")
+        .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+
+    let mut tx = db.app.begin(a).await.unwrap();
+    let listed = enrollment_tokens::list(&mut tx).await.unwrap();
+    assert_eq!(listed, vec![issued.token.clone()]);
+    assert_eq!(
+        enrollment_tokens::revoke(&mut tx, issued.token.id, "operator:bob")
+            .await
+            .unwrap(),
+        TokenRevocation::Revoked
+    );
+    assert_eq!(
+        enrollment_tokens::revoke(&mut tx, issued.token.id, "operator:bob")
+            .await
+            .unwrap(),
+        TokenRevocation::AlreadyRevoked
+    );
+    let revoked = enrollment_tokens::get(&mut tx, issued.token.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(revoked.revoked_by.as_deref(), Some("operator:bob"));
+    tx.commit().await.unwrap();
+
+    let target = format!("enrollment_token:{}", issued.token.id);
+    let events = actions(&db, a).await;
+    assert!(events.contains(&(
+        "operator:alice".into(),
+        "enrollment_token.create".into(),
+        target.clone()
+    )));
+    // One revoke event: the second call changed nothing.
+    let revokes: Vec<_> = events
+        .iter()
+        .filter(|e| e.1 == "enrollment_token.revoke")
+        .collect();
+    assert_eq!(
+        revokes,
+        vec![&(
+            "operator:bob".into(),
+            "enrollment_token.revoke".into(),
+            target
+        )]
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn another_tenant_can_neither_see_nor_revoke_a_token() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let b = tenant(&db, "b").await;
+    let mut tx = db.app.begin(a).await.unwrap();
+    let issued = enrollment_tokens::create(&mut tx, &new_token(), "test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let mut tx = db.app.begin(b).await.unwrap();
+    assert!(enrollment_tokens::list(&mut tx).await.unwrap().is_empty());
+    assert!(
+        enrollment_tokens::load_for_enrollment(&mut tx, issued.token.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        enrollment_tokens::revoke(&mut tx, issued.token.id, "test").await,
+        Err(StoreError::NotFound(_))
+    ));
+    tx.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_are_refused_without_cidrs_or_with_bad_limits() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let mut tx = db.app.begin(a).await.unwrap();
+    let mut no_cidrs = new_token();
+    no_cidrs.allowed_cidrs.clear();
+    let err = enrollment_tokens::create(&mut tx, &no_cidrs, "test")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("0.0.0.0/0"), "{err}");
+    let mut no_daily = new_token();
+    no_daily.daily_limit = 0;
+    assert!(enrollment_tokens::create(&mut tx, &no_daily, "test")
+        .await
+        .is_err());
+    tx.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_application_role_cannot_delete_tokens_rewrite_hashes_or_certificates() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let mut tx = db.app.begin(a).await.unwrap();
+    enrollment_tokens::create(&mut tx, &new_token(), "test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut app = test_db.connect_as_app().await;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+        .bind(a.to_string())
+        .execute(&mut app)
+        .await
+        .unwrap();
+    for statement in [
+        "DELETE FROM enrollment_tokens",
+        "UPDATE enrollment_tokens SET secret_hash = '$argon2id$x'",
+        "UPDATE enrollment_tokens SET daily_limit = 1000000",
+        "UPDATE enrollment_tokens SET expires_at = now() + interval '10 years'",
+        "UPDATE device_certificates SET not_after = now()",
+        "DELETE FROM device_certificates",
+    ] {
+        let err = sqlx::query(statement).execute(&mut app).await.unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{statement}: {err}"
+        );
+    }
+    db.close().await.unwrap();
+}
+
+async fn device(db: &store::Database, tenant: TenantId) -> store::DeviceId {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let device = devices::create(
+        &mut tx,
+        &NewDevice {
+            name: "d".into(),
+            group: "default".into(),
+            labels: BTreeMap::new(),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    device.id
+}
+
+#[tokio::test]
+async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_seconds() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let id = device(&db, a).await;
+    let mut listener = RevocationListener::connect(&db.app).await.unwrap();
+
+    // A second, independent process: its own pools.
+    let other = test_db.open().await;
+    let mut tx = other.app.begin(a).await.unwrap();
+    assert!(devices::is_active(&mut tx, id).await.unwrap());
+    assert_eq!(
+        devices::revoke(&mut tx, id, "operator:alice")
+            .await
+            .unwrap(),
+        DeviceRevocation::Revoked
+    );
+    // Not delivered before commit.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "notification delivered before commit"
+    );
+    tx.commit().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .expect("revocation received within 2 s");
+    assert_eq!(
+        got,
+        Revocation::Device {
+            tenant_id: a,
+            device_id: id
+        }
+    );
+
+    let mut tx = db.app.begin(a).await.unwrap();
+    assert!(!devices::is_active(&mut tx, id).await.unwrap());
+    assert_eq!(
+        devices::get(&mut tx, id).await.unwrap().unwrap().status,
+        DeviceStatus::Revoked
+    );
+    tx.rollback().await.unwrap();
+    let events = actions(&db, a).await;
+    assert!(events.contains(&(
+        "operator:alice".into(),
+        "device.revoke".into(),
+        format!("device:{id}")
+    )));
+    other.close().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let id = device(&db, a).await;
+    let mut listener = RevocationListener::connect(&db.app).await.unwrap();
+    let mut tx = db.app.begin(a).await.unwrap();
+    devices::revoke(&mut tx, id, "test").await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.recv())
+            .await
+            .is_err()
+    );
+    let mut tx = db.app.begin(a).await.unwrap();
+    assert!(devices::is_active(&mut tx, id).await.unwrap());
+    tx.rollback().await.unwrap();
+    // Unknown devices (or another tenant's) are not found.
+    let b = tenant(&db, "b").await;
+    let mut tx = db.app.begin(b).await.unwrap();
+    assert!(matches!(
+        devices::revoke(&mut tx, id, "test").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!devices::is_active(&mut tx, id).await.unwrap());
+    tx.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn after_losing_its_connection_the_listener_says_so_and_keeps_receiving() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    let id = device(&db, a).await;
+    let mut listener = RevocationListener::connect(&db.app).await.unwrap();
+
+    let mut owner = test_db.connect_as_owner().await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE application_name = 'fleetd-revocations' AND datname = current_database()",
+    )
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    let got = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("listener noticed the lost connection");
+    assert_eq!(got, Revocation::MaybeMissed);
+
+    let mut tx = db.app.begin(a).await.unwrap();
+    devices::revoke(&mut tx, id, "test").await.unwrap();
+    tx.commit().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .expect("revocation received after the reconnect");
+    assert_eq!(
+        got,
+        Revocation::Device {
+            tenant_id: a,
+            device_id: id
+        }
+    );
+    db.close().await.unwrap();
+}
