@@ -1,0 +1,197 @@
+//! Broker configuration, with defaults that work on a laptop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::BrokerError;
+
+/// Default device listener: every interface, the IANA port for MQTT over TLS.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8883);
+
+/// Default time a TCP connection has to finish its TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time an authenticated TLS connection has to send its MQTT CONNECT.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time the admission hook (revocation check) has to answer.
+pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default cap on TLS handshakes in progress at once.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 1024;
+
+/// Default cap on device connections (handshaking or connected).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// Default maximum MQTT packet size (remaining length): a full-size wire message plus
+/// room for the topic and header.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = wire::limits::DEFAULT_MAX_MESSAGE_BYTES + 1024;
+
+/// Default sustained PUBLISH rate per device, in packets per second.
+pub const DEFAULT_PUBLISH_RATE: f64 = 20.0;
+
+/// Default PUBLISH burst per device (token bucket depth): an agent replaying its
+/// outbox after a reconnect sends batches back to back.
+pub const DEFAULT_PUBLISH_BURST: u32 = 200;
+
+/// Default cap on subscriptions per device connection. An agent needs one.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 8;
+
+/// Default longest keep-alive a device may ask for, in seconds.
+pub const DEFAULT_MAX_KEEP_ALIVE: u16 = 900;
+
+/// Default size of one segment of rumqttd's in-memory log, for every filter but the
+/// ingest filter. Small: a device's `down/#` filter holds a few acks, and its log is kept
+/// (up to `size × (count + 1)`) for as long as the broker runs.
+pub const DEFAULT_ENGINE_SEGMENT_SIZE: usize = 16 * 1024;
+
+/// Default size of one segment of the log of [`wire::topic::INGEST_FILTER`], which every
+/// device publish lands in. Its size is how far ingest may fall behind before rumqttd
+/// drops the oldest messages (silently): 32 MiB × 3 is about 600,000 small messages.
+pub const DEFAULT_INGEST_SEGMENT_SIZE: usize = 32 * 1024 * 1024;
+
+/// Default number of full segments rumqttd keeps per filter (beside the active one).
+pub const DEFAULT_ENGINE_SEGMENT_COUNT: usize = 2;
+
+/// Everything the broker needs to run.
+///
+/// Build it with [`BrokerConfig::new`] and adjust the public fields; [`Broker::start`]
+/// validates it.
+///
+/// [`Broker::start`]: crate::Broker::start
+#[derive(Debug)]
+pub struct BrokerConfig {
+    /// Where the device listener binds. Port 0 picks an ephemeral port (tests).
+    pub listen: SocketAddr,
+    /// The chain the server presents: its certificate, then the issuing CA.
+    pub server_cert_chain: Vec<CertificateDer<'static>>,
+    /// The server's private key.
+    pub server_key: PrivateKeyDer<'static>,
+    /// The trust anchor for device certificates: the fleet root CA. Devices present
+    /// their leaf and the issuing CA.
+    pub client_ca_root: CertificateDer<'static>,
+    /// Time a TCP connection has to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time an authenticated connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Time the admission hook has to answer; past it the device is refused as if
+    /// the hook had failed (fail closed).
+    pub admission_timeout: Duration,
+    /// TLS handshakes in progress at once. A connection arriving when all are taken is
+    /// closed at once (and counted), so a flood of silent sockets cannot queue up in
+    /// front of real devices.
+    pub max_handshakes_in_flight: usize,
+    /// Device connections at once, handshaking or connected; above it new TCP
+    /// connections are closed at once (and counted).
+    pub max_connections: usize,
+    /// Largest MQTT packet (remaining length) a device may send.
+    pub max_packet_size: usize,
+    /// Sustained PUBLISH packets per second per device.
+    pub publish_rate: f64,
+    /// PUBLISH burst per device.
+    pub publish_burst: u32,
+    /// Subscriptions per device connection.
+    pub max_subscriptions: usize,
+    /// Longest keep-alive a device may ask for, in seconds. Zero (no keep-alive) and
+    /// longer values are refused at CONNECT.
+    pub max_keep_alive: u16,
+    /// rumqttd's in-memory log: bytes per segment, per filter (every filter but the
+    /// ingest filter).
+    pub engine_segment_size: usize,
+    /// rumqttd's in-memory log for [`wire::topic::INGEST_FILTER`]: bytes per segment.
+    pub ingest_segment_size: usize,
+    /// rumqttd's in-memory log: segments kept per filter.
+    pub engine_segment_count: usize,
+}
+
+impl BrokerConfig {
+    /// A configuration with the given certificates and every other field at its
+    /// default.
+    pub fn new(
+        server_cert_chain: Vec<CertificateDer<'static>>,
+        server_key: PrivateKeyDer<'static>,
+        client_ca_root: CertificateDer<'static>,
+    ) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            server_cert_chain,
+            server_key,
+            client_ca_root,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
+            max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            publish_rate: DEFAULT_PUBLISH_RATE,
+            publish_burst: DEFAULT_PUBLISH_BURST,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_keep_alive: DEFAULT_MAX_KEEP_ALIVE,
+            engine_segment_size: DEFAULT_ENGINE_SEGMENT_SIZE,
+            ingest_segment_size: DEFAULT_INGEST_SEGMENT_SIZE,
+            engine_segment_count: DEFAULT_ENGINE_SEGMENT_COUNT,
+        }
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let checks: [(bool, &'static str); 12] = [
+            (
+                self.server_cert_chain.is_empty(),
+                "server_cert_chain is empty",
+            ),
+            (
+                self.handshake_timeout.is_zero(),
+                "handshake_timeout must be positive",
+            ),
+            (
+                self.connect_timeout.is_zero(),
+                "connect_timeout must be positive",
+            ),
+            (
+                self.admission_timeout.is_zero(),
+                "admission_timeout must be positive",
+            ),
+            (
+                self.max_handshakes_in_flight == 0,
+                "max_handshakes_in_flight must be at least 1",
+            ),
+            (
+                self.max_connections == 0,
+                "max_connections must be at least 1",
+            ),
+            (
+                self.max_packet_size < 64,
+                "max_packet_size must be at least 64 bytes",
+            ),
+            (
+                !(self.publish_rate.is_finite() && self.publish_rate > 0.0)
+                    || self.publish_burst == 0,
+                "publish_rate and publish_burst must be positive",
+            ),
+            (
+                self.max_keep_alive == 0,
+                "max_keep_alive must be at least 1 second",
+            ),
+            (
+                self.engine_segment_size < 1024,
+                "engine_segment_size must be at least 1024 bytes (rumqttd panics below)",
+            ),
+            (
+                self.ingest_segment_size < 1024,
+                "ingest_segment_size must be at least 1024 bytes (rumqttd panics below)",
+            ),
+            (
+                self.engine_segment_count == 0,
+                "engine_segment_count must be at least 1",
+            ),
+        ];
+        match checks.into_iter().find(|(failed, _)| *failed) {
+            Some((_, message)) => Err(BrokerError::InvalidConfig(message)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What the composition root plugs into the broker: the admission check and the
+//! presence channel.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use certs::DeviceIdentity;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+/// The error an admission check may return. The broker only logs it and refuses the
+/// device (fail closed).
+pub type AdmissionError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The future an [`AdmissionCheck`] returns.
+pub type AdmissionFuture = Pin<Box<dyn Future<Output = Result<bool, AdmissionError>> + Send>>;
+
+/// "Is this device allowed to connect?", asked after the TLS handshake for every
+/// session. `Ok(true)` admits, `Ok(false)` refuses as revoked (CONNACK 0x05), an error
+/// or a timeout refuses as unavailable (CONNACK 0x03): the check fails closed.
+pub type AdmissionCheck = Arc<dyn Fn(DeviceIdentity) -> AdmissionFuture + Send + Sync>;
+
+/// The composition root's side of the broker.
+pub struct BrokerHooks {
+    /// The revocation check at connect.
+    pub admission: AdmissionCheck,
+    /// Where presence events go; `None` drops them. Unbounded so that a connection
+    /// never waits on the store: the receiver must keep up (one event per connect and
+    /// per disconnect).
+    pub presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
+}
+
+impl BrokerHooks {
+    /// Hooks that admit every device with a valid certificate and drop presence
+    /// events: for tests and benchmarks, never for fleetd.
+    pub fn admit_all() -> Self {
+        Self {
+            admission: Arc::new(|_| Box::pin(async { Ok(true) })),
+            presence: None,
+        }
+    }
+}
+
+impl fmt::Debug for BrokerHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerHooks")
+            .field("presence", &self.presence.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A device came online or went offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// Who.
+    pub identity: DeviceIdentity,
+    /// A number unique to this connection within the running broker. A device that
+    /// reconnects quickly may have its new session's `online` delivered before its old
+    /// session's `offline`: the store should ignore an `offline` whose session is not
+    /// the one it last saw online.
+    pub session: u64,
+    /// `true` once CONNACK was sent, `false` when that session ended.
+    pub online: bool,
+    /// When.
+    pub at: OffsetDateTime,
+    /// The device's address as seen by the listener.
+    pub remote_addr: SocketAddr,
+    /// Why the session ended; `None` for `online` events.
+    pub reason: Option<DisconnectReason>,
+}
+
+/// Why a device session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The device sent DISCONNECT. Its will is discarded.
+    ClientDisconnect,
+    /// The connection closed or failed without DISCONNECT. The will is published.
+    ConnectionLost,
+    /// Nothing arrived for 1.5 × the keep-alive. The will is published.
+    KeepAliveTimeout,
+    /// [`RunningBroker::disconnect`](crate::RunningBroker::disconnect) was called. The
+    /// will is not published: a revoked device gets no data in.
+    Revoked,
+    /// A newer connection with the same device id took over. The will is not
+    /// published.
+    Replaced,
+    /// The embedded engine closed the session (it stopped, or dropped the link). The
+    /// will is not published; the device reconnects and replays from its outbox.
+    EngineClosed,
+    /// The device broke a rule (topic, rate, size, protocol); see the refusal
+    /// counters. The will is published, as MQTT asks after a protocol violation.
+    Refused(crate::Refusal),
+    /// The broker is shutting down. The will is not published.
+    Shutdown,
+}
+
+impl DisconnectReason {
+    /// A stable, low-cardinality label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientDisconnect => "client_disconnect",
+            Self::ConnectionLost => "connection_lost",
+            Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::Revoked => "revoked",
+            Self::Replaced => "replaced",
+            Self::EngineClosed => "engine_closed",
+            Self::Refused(_) => "refused",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the device's will is published when its session ends for this reason.
+    pub(crate) fn publishes_will(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionLost | Self::KeepAliveTimeout | Self::Refused(_)
+        )
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(refusal) => write!(f, "refused: {refusal}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}

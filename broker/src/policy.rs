@@ -1,0 +1,263 @@
+//! What a device may do: the topic rules and the per-device limits.
+//!
+//! The topic rules themselves live in [`wire::topic`], shared with the agent and with
+//! the Mosquitto ACL of external mode; this module applies them to MQTT packets.
+
+use std::collections::HashSet;
+
+use rumqttd::protocol::{Filter, LastWill, QoS};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::stats::Refusal;
+
+/// May `device_id` publish to `topic`? Only to its own `up` topics.
+pub(crate) fn check_publish_topic(device_id: Uuid, topic: &[u8]) -> Result<(), Refusal> {
+    let allowed = std::str::from_utf8(topic)
+        .is_ok_and(|topic| wire::topic::device_may_publish(device_id, topic));
+    if allowed {
+        Ok(())
+    } else {
+        Err(Refusal::PublishTopic)
+    }
+}
+
+/// May `device_id` set this will? Only on one of its own `up` topics, at QoS 0 or 1.
+pub(crate) fn check_will(device_id: Uuid, will: Option<&LastWill>) -> Result<(), Refusal> {
+    let Some(will) = will else {
+        return Ok(());
+    };
+    let qos_ok = matches!(will.qos, QoS::AtMostOnce | QoS::AtLeastOnce);
+    if qos_ok && check_publish_topic(device_id, &will.topic).is_ok() {
+        Ok(())
+    } else {
+        Err(Refusal::WillTopic)
+    }
+}
+
+/// May `device_id` subscribe to `filter`? Only within its own `down` topics, which
+/// also refuses `#`, `+` and `$share/...` at or above the device level.
+pub(crate) fn check_subscribe_filter(device_id: Uuid, filter: &str) -> Result<(), Refusal> {
+    if wire::topic::device_may_subscribe(device_id, filter) {
+        Ok(())
+    } else {
+        Err(Refusal::SubscribeTopic)
+    }
+}
+
+/// The subscriptions of one connection, bounded.
+#[derive(Debug)]
+pub(crate) struct Subscriptions {
+    filters: HashSet<String>,
+    max: usize,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            filters: HashSet::new(),
+            max,
+        }
+    }
+
+    /// Checks a SUBSCRIBE as a whole: every filter must be allowed and the total must
+    /// stay within the limit. On success the filters are recorded and their QoS capped
+    /// at 1 (QoS 2 is not offered). On refusal nothing is recorded: the packet is
+    /// refused whole.
+    pub(crate) fn admit(&mut self, device_id: Uuid, filters: &mut [Filter]) -> Result<(), Refusal> {
+        for filter in filters.iter() {
+            check_subscribe_filter(device_id, &filter.path)?;
+        }
+        let new = filters
+            .iter()
+            .map(|filter| filter.path.as_str())
+            .filter(|path| !self.filters.contains(*path))
+            .collect::<HashSet<_>>()
+            .len();
+        if self.filters.len() + new > self.max {
+            return Err(Refusal::SubscriptionLimit);
+        }
+        for filter in filters.iter_mut() {
+            if filter.qos == QoS::ExactlyOnce {
+                filter.qos = QoS::AtLeastOnce;
+            }
+            self.filters.insert(filter.path.clone());
+        }
+        Ok(())
+    }
+
+    /// Forgets unsubscribed filters.
+    pub(crate) fn remove(&mut self, filters: &[String]) {
+        for filter in filters {
+            self.filters.remove(filter);
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token, or says the bucket is empty.
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use rumqttd::protocol::RetainForwardRule;
+
+    use super::*;
+
+    const DEVICE: &str = "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94";
+    const OTHER: &str = "0b9d7c3e-1a2f-4e5d-8c6b-7a9f0e1d2c3b";
+
+    fn device() -> Uuid {
+        Uuid::parse_str(DEVICE).unwrap()
+    }
+
+    fn filter(path: &str) -> Filter {
+        Filter {
+            path: path.to_owned(),
+            qos: QoS::ExactlyOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::Never,
+        }
+    }
+
+    fn will(topic: &str, qos: QoS) -> LastWill {
+        LastWill {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            message: Bytes::from_static(b"offline"),
+            qos,
+            retain: true,
+        }
+    }
+
+    #[test]
+    fn publish_only_to_own_up_topics() {
+        let own = format!("fleet/v1/{DEVICE}/up/telemetry");
+        assert_eq!(check_publish_topic(device(), own.as_bytes()), Ok(()));
+        for topic in [
+            format!("fleet/v1/{OTHER}/up/telemetry"),
+            format!("fleet/v1/{DEVICE}/down/ack"),
+            format!("fleet/v1/{DEVICE}/up/#"),
+            "fleet/v1/+/up/telemetry".to_owned(),
+            "anything".to_owned(),
+        ] {
+            assert_eq!(
+                check_publish_topic(device(), topic.as_bytes()),
+                Err(Refusal::PublishTopic),
+                "{topic}"
+            );
+        }
+        assert_eq!(
+            check_publish_topic(device(), b"fleet/v1/\xff/up/telemetry"),
+            Err(Refusal::PublishTopic)
+        );
+    }
+
+    #[test]
+    fn will_only_on_own_up_topics_at_qos_0_or_1() {
+        let presence = format!("fleet/v1/{DEVICE}/up/presence");
+        assert_eq!(check_will(device(), None), Ok(()));
+        assert_eq!(
+            check_will(device(), Some(&will(&presence, QoS::AtLeastOnce))),
+            Ok(())
+        );
+        assert_eq!(
+            check_will(device(), Some(&will(&presence, QoS::ExactlyOnce))),
+            Err(Refusal::WillTopic)
+        );
+        let foreign = format!("fleet/v1/{OTHER}/up/presence");
+        assert_eq!(
+            check_will(device(), Some(&will(&foreign, QoS::AtMostOnce))),
+            Err(Refusal::WillTopic)
+        );
+    }
+
+    #[test]
+    fn a_subscribe_with_one_bad_filter_is_refused_whole() {
+        let mut subscriptions = Subscriptions::new(8);
+        let mut filters = [filter(&format!("fleet/v1/{DEVICE}/down/#")), filter("#")];
+        assert_eq!(
+            subscriptions.admit(device(), &mut filters),
+            Err(Refusal::SubscribeTopic)
+        );
+        assert!(subscriptions.filters.is_empty());
+        for path in [
+            format!("fleet/v1/{OTHER}/down/#"),
+            "fleet/v1/+/down/#".to_owned(),
+            format!("fleet/v1/{DEVICE}/up/telemetry"),
+            format!("$share/g/fleet/v1/{DEVICE}/down/#"),
+        ] {
+            assert_eq!(
+                subscriptions.admit(device(), &mut [filter(&path)]),
+                Err(Refusal::SubscribeTopic),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_capped_and_qos_2_downgraded() {
+        let mut subscriptions = Subscriptions::new(2);
+        let ack = format!("fleet/v1/{DEVICE}/down/ack");
+        let cmd = format!("fleet/v1/{DEVICE}/down/cmd");
+        let all = format!("fleet/v1/{DEVICE}/down/#");
+        let mut first = [filter(&ack), filter(&cmd)];
+        assert_eq!(subscriptions.admit(device(), &mut first), Ok(()));
+        assert!(first.iter().all(|f| f.qos == QoS::AtLeastOnce));
+        // Re-subscribing to a held filter does not count twice.
+        assert_eq!(subscriptions.admit(device(), &mut [filter(&ack)]), Ok(()));
+        assert_eq!(
+            subscriptions.admit(device(), &mut [filter(&all)]),
+            Err(Refusal::SubscriptionLimit)
+        );
+        subscriptions.remove(&[cmd]);
+        assert_eq!(subscriptions.admit(device(), &mut [filter(&all)]), Ok(()));
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 3, start);
+        assert!((0..3).all(|_| bucket.take(start)));
+        assert!(!bucket.take(start));
+        assert!(bucket.take(start + Duration::from_millis(100)));
+        assert!(!bucket.take(start + Duration::from_millis(100)));
+        // Refill stops at the burst.
+        let later = start + Duration::from_secs(60);
+        assert!((0..3).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+}

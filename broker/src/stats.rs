@@ -1,0 +1,237 @@
+//! Counters: plain atomics, read as a [`BrokerStats`] snapshot.
+//!
+//! Labels are reasons, never device ids: the composition root turns these into
+//! Prometheus counters (`fleet_broker_refusals_total{reason="publish_topic"}`).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why the gateway refused a connection, a packet or a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A TCP connection arrived with `max_connections` in use; it was closed at once.
+    ConnectionLimit,
+    /// A TCP connection arrived with `max_handshakes_in_flight` in use; it was closed at
+    /// once.
+    HandshakeCapacity,
+    /// The TLS handshake failed: no client certificate, one from another CA, an expired
+    /// one, or a protocol version below TLS 1.2, among others.
+    TlsHandshake,
+    /// The TLS handshake did not finish within `handshake_timeout`.
+    TlsHandshakeTimeout,
+    /// The verified client certificate carries no readable device identity.
+    Identity,
+    /// No CONNECT within `connect_timeout` after the handshake.
+    ConnectTimeout,
+    /// The first packet was not a CONNECT, a second CONNECT arrived, a packet was
+    /// malformed, or the device sent a packet only a server sends. Disconnected.
+    ProtocolError,
+    /// CONNECT asked for a protocol other than MQTT 3.1.1. CONNACK 0x01.
+    ProtocolVersion,
+    /// CONNECT's client id is not the certificate's device id. CONNACK 0x02.
+    ClientId,
+    /// CONNECT's keep-alive is zero or above `max_keep_alive`. CONNACK 0x02.
+    KeepAlive,
+    /// CONNECT's will is not one of the device's own `up` topics, or asks for QoS 2.
+    /// CONNACK 0x05.
+    WillTopic,
+    /// The admission hook said the device is not allowed (revoked). CONNACK 0x05.
+    Revoked,
+    /// The admission hook failed or timed out: refused, fail closed. CONNACK 0x03.
+    AdmissionError,
+    /// The embedded engine refused the session. CONNACK 0x03.
+    EngineUnavailable,
+    /// PUBLISH to a topic that is not one of the device's own `up` topics. Disconnected.
+    PublishTopic,
+    /// PUBLISH at QoS 2 (not supported). Disconnected.
+    PublishQos,
+    /// PUBLISH above the device's rate (token bucket empty). Disconnected.
+    PublishRate,
+    /// A packet above `max_packet_size`. Disconnected.
+    PacketTooLarge,
+    /// SUBSCRIBE with a filter outside the device's own `down` topics. SUBACK 0x80.
+    SubscribeTopic,
+    /// SUBSCRIBE that would exceed `max_subscriptions`. SUBACK 0x80.
+    SubscriptionLimit,
+}
+
+impl Refusal {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 20] = [
+        Self::ConnectionLimit,
+        Self::HandshakeCapacity,
+        Self::TlsHandshake,
+        Self::TlsHandshakeTimeout,
+        Self::Identity,
+        Self::ConnectTimeout,
+        Self::ProtocolError,
+        Self::ProtocolVersion,
+        Self::ClientId,
+        Self::KeepAlive,
+        Self::WillTopic,
+        Self::Revoked,
+        Self::AdmissionError,
+        Self::EngineUnavailable,
+        Self::PublishTopic,
+        Self::PublishQos,
+        Self::PublishRate,
+        Self::PacketTooLarge,
+        Self::SubscribeTopic,
+        Self::SubscriptionLimit,
+    ];
+
+    /// A stable, low-cardinality metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLimit => "connection_limit",
+            Self::HandshakeCapacity => "handshake_capacity",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Self::Identity => "identity",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ProtocolError => "protocol_error",
+            Self::ProtocolVersion => "protocol_version",
+            Self::ClientId => "client_id",
+            Self::KeepAlive => "keep_alive",
+            Self::WillTopic => "will_topic",
+            Self::Revoked => "revoked",
+            Self::AdmissionError => "admission_error",
+            Self::EngineUnavailable => "engine_unavailable",
+            Self::PublishTopic => "publish_topic",
+            Self::PublishQos => "publish_qos",
+            Self::PublishRate => "publish_rate",
+            Self::PacketTooLarge => "packet_too_large",
+            Self::SubscribeTopic => "subscribe_topic",
+            Self::SubscriptionLimit => "subscription_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The live counters, shared by every connection task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    tcp_accepted: AtomicU64,
+    handshakes_completed: AtomicU64,
+    sessions_started: AtomicU64,
+    sessions_active: AtomicU64,
+    publishes_received: AtomicU64,
+    packets_sent: AtomicU64,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Counters {
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn tcp_accepted(&self) {
+        self.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_completed(&self) {
+        self.handshakes_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_started(&self) {
+        self.sessions_started.fetch_add(1, Ordering::Relaxed);
+        self.sessions_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_ended(&self) {
+        self.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn publishes_received(&self, count: u64) {
+        self.publishes_received.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn packets_sent(&self, count: u64) {
+        self.packets_sent.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> BrokerStats {
+        let mut refusals = [0; Refusal::ALL.len()];
+        for (slot, counter) in refusals.iter_mut().zip(&self.refusals) {
+            *slot = counter.load(Ordering::Relaxed);
+        }
+        BrokerStats {
+            tcp_accepted: self.tcp_accepted.load(Ordering::Relaxed),
+            handshakes_completed: self.handshakes_completed.load(Ordering::Relaxed),
+            sessions_started: self.sessions_started.load(Ordering::Relaxed),
+            sessions_active: self.sessions_active.load(Ordering::Relaxed),
+            publishes_received: self.publishes_received.load(Ordering::Relaxed),
+            packets_sent: self.packets_sent.load(Ordering::Relaxed),
+            refusals,
+        }
+    }
+}
+
+/// A snapshot of the broker's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// TCP connections accepted by the listener (before any limit).
+    pub tcp_accepted: u64,
+    /// TLS handshakes that completed with a verified client certificate.
+    pub handshakes_completed: u64,
+    /// MQTT sessions accepted (CONNACK 0x00 sent).
+    pub sessions_started: u64,
+    /// MQTT sessions open now.
+    pub sessions_active: u64,
+    /// PUBLISH packets accepted from devices and handed to the engine.
+    pub publishes_received: u64,
+    /// Packets written to devices (CONNACK excluded).
+    pub packets_sent: u64,
+    refusals: [u64; Refusal::ALL.len()],
+}
+
+impl BrokerStats {
+    /// How many times the gateway refused for `reason`.
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refusals[reason.index()]
+    }
+
+    /// Every reason with its count, for exporting.
+    pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
+        Refusal::ALL.into_iter().zip(self.refusals.iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_label() {
+        for (position, reason) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), position);
+        }
+        let mut labels: Vec<_> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+    }
+
+    #[test]
+    fn refusals_are_counted_per_reason() {
+        let counters = Counters::default();
+        counters.refused(Refusal::PublishTopic);
+        counters.refused(Refusal::PublishTopic);
+        counters.refused(Refusal::Revoked);
+        let stats = counters.snapshot();
+        assert_eq!(stats.refused(Refusal::PublishTopic), 2);
+        assert_eq!(stats.refused(Refusal::Revoked), 1);
+        assert_eq!(stats.refused(Refusal::ClientId), 0);
+        assert_eq!(stats.refusals().map(|(_, n)| n).sum::<u64>(), 3);
+    }
+}

@@ -1,0 +1,115 @@
+//! Revocation: a live session closes within 2 s of `disconnect`, and the device's next
+//! attempt is refused by the admission hook.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker::{BrokerHooks, DisconnectReason, Refusal};
+use common::*;
+use rumqttc::{ConnectReturnCode, QoS};
+use uuid::Uuid;
+
+/// An admission hook backed by an in-memory revocation list, as the store would be.
+fn revocation_list() -> (BrokerHooks, Arc<Mutex<HashSet<Uuid>>>) {
+    let revoked = Arc::new(Mutex::new(HashSet::new()));
+    let list = Arc::clone(&revoked);
+    let mut hooks = BrokerHooks::admit_all();
+    hooks.admission = Arc::new(move |identity: certs::DeviceIdentity| {
+        let allowed = !list.lock().unwrap().contains(&identity.device_id);
+        Box::pin(async move { Ok(allowed) })
+    });
+    (hooks, revoked)
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_dropped_within_two_seconds_and_cannot_reconnect() {
+    let pki = TestPki::new();
+    let (mut hooks, revoked) = revocation_list();
+    let (presence_tx, mut presence) = tokio::sync::mpsc::unbounded_channel();
+    hooks.presence = Some(presence_tx);
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let mut ingest = broker
+        .subscribe_local(wire::topic::INGEST_FILTER)
+        .await
+        .unwrap();
+    let device = pki.device();
+    let bystander = pki.device();
+    let (_bystander_client, bystander_loop) =
+        connect(device_options(&pki, &broker, &bystander)).await;
+    let bystander_driver = drive(bystander_loop);
+
+    let mut options = device_options(&pki, &broker, &device);
+    options.set_last_will(rumqttc::LastWill::new(
+        wire::topic::presence(device.id()),
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = connect(options).await;
+    revoked.lock().unwrap().insert(device.id());
+    assert!(broker.disconnect(device.id()));
+    let took = wait_disconnected(&mut eventloop, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    drop(client);
+
+    let offline = loop {
+        let event = presence.recv().await.unwrap();
+        if event.identity == device.identity && !event.online {
+            break event;
+        }
+    };
+    assert_eq!(offline.reason, Some(DisconnectReason::Revoked));
+    // A revoked device's will is not published: it gets no data in.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ingest.recv())
+            .await
+            .is_err()
+    );
+
+    assert_eq!(
+        connect_code(device_options(&pki, &broker, &device)).await,
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    assert_eq!(broker.stats().refused(Refusal::Revoked), 1);
+    assert!(!broker.disconnect(device.id()), "no session left");
+    assert!(
+        !bystander_driver.is_finished(),
+        "other devices stay connected"
+    );
+    assert_eq!(broker.stats().sessions_active, 1);
+    bystander_driver.abort();
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revocation_during_the_admission_check_is_not_lost() {
+    let pki = TestPki::new();
+    let device = pki.device();
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let mut hooks = BrokerHooks::admit_all();
+    hooks.admission = Arc::new(move |_| {
+        let mut gate = gate_rx.clone();
+        Box::pin(async move {
+            // The check read the database before the revocation committed.
+            let _ = gate.wait_for(|open| *open).await;
+            Ok(true)
+        })
+    });
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let attempt = tokio::spawn(connect_code(device_options(&pki, &broker, &device)));
+    eventually(&broker, |stats| stats.handshakes_completed == 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        broker.disconnect(device.id()),
+        "registered before the check"
+    );
+    gate_tx.send(true).unwrap();
+    let code = attempt.await.unwrap();
+    assert_eq!(code, Some(ConnectReturnCode::NotAuthorized));
+    assert_eq!(broker.stats().sessions_started, 0);
+    assert_eq!(broker.stats().refused(Refusal::Revoked), 1);
+    broker.shutdown().await;
+}

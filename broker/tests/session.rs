@@ -1,0 +1,193 @@
+//! A device's happy path through the gateway: connect, publish, be seen in-process,
+//! receive server messages, presence, will.
+
+mod common;
+
+use std::time::Duration;
+
+use broker::{BrokerHooks, DisconnectReason, PresenceEvent};
+use common::*;
+use rumqttc::{Event, LastWill, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+async fn next_presence(rx: &mut mpsc::UnboundedReceiver<PresenceEvent>) -> PresenceEvent {
+    timeout(TIMEOUT, rx.recv())
+        .await
+        .expect("presence event in time")
+        .expect("presence channel open")
+}
+
+#[tokio::test]
+async fn a_device_publishes_under_its_prefix_and_an_in_process_subscriber_sees_it() {
+    let pki = TestPki::new();
+    let (hooks, mut presence) = hooks_with_presence();
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let mut ingest = broker
+        .subscribe_local(wire::topic::INGEST_FILTER)
+        .await
+        .unwrap();
+    let device = pki.device();
+
+    let (client, eventloop) = connect(device_options(&pki, &broker, &device)).await;
+    let online = next_presence(&mut presence).await;
+    assert_eq!(online.identity, device.identity);
+    assert!(online.online);
+    assert_eq!(online.reason, None);
+    assert!(online.remote_addr.ip().is_loopback());
+
+    let driver = drive(eventloop);
+    let topic = wire::topic::telemetry(device.id());
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, b"batch-1".to_vec())
+        .await
+        .unwrap();
+    let message = timeout(TIMEOUT, ingest.recv()).await.unwrap().unwrap();
+    assert_eq!(message.topic, topic);
+    assert_eq!(&message.payload[..], b"batch-1");
+
+    client.disconnect().await.unwrap();
+    let events = timeout(TIMEOUT, driver).await.unwrap().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, Event::Incoming(Packet::PubAck(_)))),
+        "the QoS 1 publish was acknowledged: {events:?}"
+    );
+    let offline = next_presence(&mut presence).await;
+    assert_eq!(offline.identity, device.identity);
+    assert!(!offline.online);
+    assert_eq!(offline.session, online.session);
+    assert_eq!(offline.reason, Some(DisconnectReason::ClientDisconnect));
+
+    let stats = broker.stats();
+    assert_eq!(stats.sessions_started, 1);
+    assert_eq!(stats.publishes_received, 1);
+    assert_eq!(stats.refusals().map(|(_, n)| n).sum::<u64>(), 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_message_reaches_the_subscribed_device_at_qos_1() {
+    let pki = TestPki::new();
+    let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
+    let device = pki.device();
+    let (client, mut eventloop) = connect(device_options(&pki, &broker, &device)).await;
+    client
+        .subscribe(
+            wire::topic::device_subscription(device.id()),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(suback)) = eventloop.poll().await.unwrap() {
+                assert_eq!(
+                    suback.return_codes,
+                    vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+                );
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let ack_topic = wire::topic::ack(device.id());
+    broker
+        .publish_local(&ack_topic, &b"watermark"[..])
+        .await
+        .unwrap();
+    let publish = timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.unwrap() {
+                return publish;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(publish.topic, ack_topic);
+    assert_eq!(&publish.payload[..], b"watermark");
+    assert_eq!(publish.qos, QoS::AtLeastOnce);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_will_is_published_when_the_connection_is_lost_and_not_after_disconnect() {
+    let pki = TestPki::new();
+    let (hooks, mut presence) = hooks_with_presence();
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let mut ingest = broker
+        .subscribe_local(wire::topic::INGEST_FILTER)
+        .await
+        .unwrap();
+    let device = pki.device();
+    let presence_topic = wire::topic::presence(device.id());
+
+    // A clean DISCONNECT: no will.
+    let mut options = device_options(&pki, &broker, &device);
+    options.set_last_will(LastWill::new(
+        &presence_topic,
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, eventloop) = connect(options.clone()).await;
+    let driver = drive(eventloop);
+    client.disconnect().await.unwrap();
+    timeout(TIMEOUT, driver).await.unwrap().unwrap();
+    assert!(next_presence(&mut presence).await.online);
+    assert_eq!(
+        next_presence(&mut presence).await.reason,
+        Some(DisconnectReason::ClientDisconnect)
+    );
+
+    // The connection drops: the will goes in.
+    let (_client, eventloop) = connect(options).await;
+    drop(eventloop);
+    assert!(next_presence(&mut presence).await.online);
+    assert_eq!(
+        next_presence(&mut presence).await.reason,
+        Some(DisconnectReason::ConnectionLost)
+    );
+    let will = timeout(TIMEOUT, ingest.recv()).await.unwrap().unwrap();
+    assert_eq!(will.topic, presence_topic);
+    assert_eq!(&will.payload[..], b"gone");
+    assert!(
+        timeout(Duration::from_millis(200), ingest.recv())
+            .await
+            .is_err(),
+        "only one will"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_device_replaces_the_first() {
+    let pki = TestPki::new();
+    let (hooks, mut presence) = hooks_with_presence();
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let device = pki.device();
+    let (_first, mut first_loop) = connect(device_options(&pki, &broker, &device)).await;
+    let first_online = next_presence(&mut presence).await;
+    let (_second, second_loop) = connect(device_options(&pki, &broker, &device)).await;
+    wait_disconnected(&mut first_loop, TIMEOUT).await;
+
+    let mut events = [
+        next_presence(&mut presence).await,
+        next_presence(&mut presence).await,
+    ];
+    events.sort_by_key(|event| event.online);
+    assert_eq!(events[0].session, first_online.session);
+    assert_eq!(events[0].reason, Some(DisconnectReason::Replaced));
+    assert!(events[1].online);
+    assert_ne!(events[1].session, first_online.session);
+
+    // The second session still works.
+    let driver = drive(second_loop);
+    assert_eq!(broker.stats().sessions_active, 1);
+    driver.abort();
+    broker.shutdown().await;
+}
