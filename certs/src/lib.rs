@@ -37,6 +37,7 @@ pub mod identity;
 mod key;
 mod pem;
 mod pki;
+mod service;
 
 pub use ca::{
     IssuingCa, PkiParams, RootCa, ServerCertParams, ServerCertificate, Validity,
@@ -50,6 +51,7 @@ pub use error::{
 pub use identity::{DeviceCertificate, DeviceIdentity, SerialNumber, IDENTITY_URI_PREFIX};
 pub use key::{PrivateKey, KEY_FILE_MODE};
 pub use pki::{Pki, PkiLayout, PkiOrigin};
+pub use service::ServiceClientCertificate;
 /// DER types shared with rustls, re-exported so callers need not name the crate.
 pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 

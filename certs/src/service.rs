@@ -1,0 +1,128 @@
+//! Service client certificates: how a fleetplane service (ingest in external mode) proves who it
+//! is to an external broker.
+//!
+//! CN is the service name (`fleetd-ingest`), which Mosquitto's `use_identity_as_username` turns
+//! into the user its ACL names. There is no organisation (tenant) and no identity URI, so
+//! [`DeviceIdentity::from_certificate_der`](crate::DeviceIdentity::from_certificate_der) refuses
+//! it: a service certificate can never pass for a device at fleetplane's own gateway.
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyUsagePurpose, PublicKeyData, SerialNumber, SigningKey,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::error::IssueError;
+use crate::{IssuingCa, PrivateKey, Validity, DEFAULT_SERVER_CERT_LIFETIME};
+
+/// A service client certificate with its key.
+#[derive(Debug)]
+pub struct ServiceClientCertificate {
+    der: CertificateDer<'static>,
+    key: PrivateKey,
+    issuing_ca: CertificateDer<'static>,
+    not_after: OffsetDateTime,
+}
+
+impl ServiceClientCertificate {
+    /// The chain to present: this certificate, then the issuing CA.
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.der.clone(), self.issuing_ca.clone()]
+    }
+
+    /// [`Self::chain_der`] in PEM, leaf first.
+    pub fn chain_pem(&self) -> String {
+        crate::pem::certificates_pem(&self.chain_der())
+    }
+
+    /// The certificate alone, in DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+
+    /// The private key.
+    pub fn key(&self) -> &PrivateKey {
+        &self.key
+    }
+
+    /// When the certificate expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+}
+
+/// The issuing CA's key, borrowed for one signature.
+struct BorrowedKey<'a>(&'a PrivateKey);
+
+impl PublicKeyData for BorrowedKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.key_pair().der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        PublicKeyData::algorithm(self.0.key_pair())
+    }
+}
+
+impl SigningKey for BorrowedKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.key_pair().sign(msg)
+    }
+}
+
+impl IssuingCa {
+    /// Issues a client certificate, with a fresh key, for the service `name` (such as
+    /// `fleetd-ingest`): CN = `name`, clientAuth only, no tenant, no device URI. Valid for
+    /// [`DEFAULT_SERVER_CERT_LIFETIME`] (fleetd can issue a fresh one at start-up).
+    pub fn issue_service_client_cert(
+        &self,
+        name: &str,
+    ) -> Result<ServiceClientCertificate, IssueError> {
+        let plausible = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !plausible {
+            return Err(IssueError::InvalidDnsName {
+                name: name.to_owned(),
+            });
+        }
+        let validity = Validity::from_now(DEFAULT_SERVER_CERT_LIFETIME)?;
+        let not_after = validity.not_after().min(self.not_after());
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        params.not_before = validity.not_before();
+        params.not_after = not_after;
+        let key = PrivateKey::generate().map_err(|_| IssueError::Crypto {
+            reason: "key generation failed".to_owned(),
+        })?;
+        let issuer = Issuer::from_ca_cert_der(self.der(), BorrowedKey(self.key()))?;
+        let cert = params.signed_by(key.key_pair(), &issuer)?;
+        Ok(ServiceClientCertificate {
+            der: cert.der().clone(),
+            key,
+            issuing_ca: self.der().clone(),
+            not_after,
+        })
+    }
+}
+
+fn random_serial() -> Result<SerialNumber, IssueError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| IssueError::Crypto {
+            reason: "system random source failed".to_owned(),
+        })?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}

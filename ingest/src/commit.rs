@@ -1,0 +1,297 @@
+//! One tenant batch, one transaction: lock the devices' ingest state in id order, drop what is
+//! already handled, insert the rest with `ON CONFLICT DO NOTHING`, apply new patch reports,
+//! advance each watermark, save, commit. Acks are built from what was committed.
+
+use std::collections::{BTreeMap, HashSet};
+
+use store::ingest_state::{self, IngestState, LockedDevice};
+use store::patch_inventory::{self, PackageRow, PatchReport};
+use store::records::{self, NewRecords, RecordKind};
+use store::{AppDb, DeviceId, StoreError, TenantTx};
+use time::OffsetDateTime;
+use wire::topic::{self, TopicKind};
+use wire::{AgentEvent, Body, PatchStatus, Record, UnixMillis};
+
+use crate::batch::{DeviceInput, TenantBatch};
+use crate::watermark::HandledSeqs;
+
+/// What a committed batch did.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// The durable watermark of every device that may be acknowledged.
+    pub(crate) acks: Vec<(DeviceId, i64)>,
+    pub(crate) committed: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) rejects: BTreeMap<&'static str, u64>,
+}
+
+impl Outcome {
+    fn reject(&mut self, reason: &'static str) {
+        *self.rejects.entry(reason).or_default() += 1;
+    }
+}
+
+/// A device's work in progress inside the transaction.
+struct DeviceWork {
+    device: DeviceId,
+    state: IngestState,
+    handled: HandledSeqs,
+    new_rows: i64,
+}
+
+/// Writes `batch` in one transaction of its tenant.
+pub(crate) async fn write_batch(
+    app: &AppDb,
+    batch: &TenantBatch,
+    max_pending_ranges: usize,
+) -> Result<Outcome, StoreError> {
+    let mut tx = app.begin(batch.tenant).await?;
+    let device_ids: Vec<DeviceId> = batch.devices.keys().copied().collect();
+    let locked: BTreeMap<DeviceId, LockedDevice> = ingest_state::lock(&mut tx, &device_ids)
+        .await?
+        .into_iter()
+        .map(|locked| (locked.device_id, locked))
+        .collect();
+    let now = OffsetDateTime::now_utc();
+    let mut outcome = Outcome::default();
+    let mut rows = NewRecords::with_capacity(batch.weight);
+    let mut patches: Vec<(DeviceId, PatchReport)> = Vec::new();
+    let mut work: Vec<DeviceWork> = Vec::with_capacity(locked.len());
+    for (device, inputs) in &batch.devices {
+        let Some(locked) = locked.get(device) else {
+            // Deleted since the directory answered: no state row to charge it to.
+            inputs.iter().for_each(|_| outcome.reject("unknown_device"));
+            continue;
+        };
+        let mut device_work = DeviceWork {
+            device: *device,
+            state: locked.state.clone(),
+            handled: HandledSeqs::new(locked.state.watermark, locked.state.pending.clone()),
+            new_rows: 0,
+        };
+        for input in inputs {
+            plan_input(
+                &mut device_work,
+                locked.revoked,
+                input,
+                now,
+                max_pending_ranges,
+                &mut rows,
+                &mut patches,
+                &mut outcome,
+            );
+        }
+        if !locked.revoked {
+            outcome
+                .acks
+                .push((*device, device_work.handled.watermark()));
+        }
+        work.push(device_work);
+    }
+    let inserted: HashSet<(DeviceId, i64)> =
+        records::insert(&mut tx, &rows).await?.into_iter().collect();
+    outcome.committed = inserted.len() as u64;
+    outcome.duplicates += (rows.len() - inserted.len()) as u64;
+    apply_patch_reports(&mut tx, patches, &inserted).await?;
+    let mut new_rows: BTreeMap<DeviceId, i64> = BTreeMap::new();
+    for (device, _) in &inserted {
+        *new_rows.entry(*device).or_default() += 1;
+    }
+    for device_work in &mut work {
+        device_work.new_rows = new_rows.get(&device_work.device).copied().unwrap_or(0);
+        device_work.state.watermark = device_work.handled.watermark();
+        device_work.state.pending = device_work.handled.ranges().to_vec();
+    }
+    let saves: Vec<(DeviceId, &IngestState, i64)> = work
+        .iter()
+        .map(|w| (w.device, &w.state, w.new_rows))
+        .collect();
+    ingest_state::save(&mut tx, &saves).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_input(
+    work: &mut DeviceWork,
+    revoked: bool,
+    input: &DeviceInput,
+    now: OffsetDateTime,
+    max_pending_ranges: usize,
+    rows: &mut NewRecords,
+    patches: &mut Vec<(DeviceId, PatchReport)>,
+    outcome: &mut Outcome,
+) {
+    let (topic, records, received_at) = match input {
+        DeviceInput::Refused { reason, error } => {
+            work.state.record_reject(reason, error, now);
+            outcome.reject(reason);
+            return;
+        }
+        DeviceInput::Records {
+            topic,
+            records,
+            received_at,
+        } => (*topic, records, *received_at),
+    };
+    if revoked {
+        if !records.is_empty() {
+            let error = format!("device revoked: {} records refused", records.len());
+            work.state.record_reject("revoked", &error, now);
+            *outcome.rejects.entry("revoked").or_default() += records.len() as u64;
+        }
+        return;
+    }
+    for record in records {
+        plan_record(
+            work,
+            topic,
+            record,
+            received_at,
+            now,
+            max_pending_ranges,
+            rows,
+            patches,
+            outcome,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_record(
+    work: &mut DeviceWork,
+    topic: TopicKind,
+    record: &Record,
+    received_at: OffsetDateTime,
+    now: OffsetDateTime,
+    max_pending_ranges: usize,
+    rows: &mut NewRecords,
+    patches: &mut Vec<(DeviceId, PatchReport)>,
+    outcome: &mut Outcome,
+) {
+    let Ok(seq) = i64::try_from(record.seq) else {
+        let error = format!("sequence number {} is beyond 2^63-1", record.seq);
+        work.state.record_reject("seq_out_of_range", &error, now);
+        outcome.reject("seq_out_of_range");
+        return;
+    };
+    if work.handled.contains(seq) {
+        outcome.duplicates += 1;
+        return;
+    }
+    if let Err(e) = topic::check_record(topic, record) {
+        // Refused for good: handled, so the watermark passes it.
+        work.state
+            .record_reject(e.reason(), &format!("seq {seq}: {e}"), now);
+        outcome.reject(e.reason());
+        work.handled.insert(seq);
+        return;
+    }
+    if work.handled.opens_new_range(seq) && work.handled.ranges().len() >= max_pending_ranges {
+        // Not handled: the device sends it again once the holes below have filled.
+        let error = format!("seq {seq}: more than {max_pending_ranges} gaps above the watermark");
+        work.state.record_reject("too_many_gaps", &error, now);
+        outcome.reject("too_many_gaps");
+        return;
+    }
+    let recorded_at = device_time(record.recorded_at);
+    let (kind, body) = ledger_body(&record.body);
+    rows.push(work.device, seq, recorded_at, received_at, kind, body);
+    work.handled.insert(seq);
+    match &record.body {
+        Body::Event(AgentEvent::OutboxOverflow(lost)) => {
+            // The agent dropped these and will never send them: do not wait for them.
+            let from = i64::try_from(lost.first_seq).unwrap_or(i64::MAX);
+            let to = i64::try_from(lost.last_seq).unwrap_or(i64::MAX);
+            work.handled.insert_range(from.max(1), to);
+        }
+        Body::PatchStatus(status) => patches.push((
+            work.device,
+            patch_report(seq, recorded_at, received_at, status),
+        )),
+        _ => {}
+    }
+}
+
+/// Applies the new patch reports, oldest first per device, so the newest wins.
+async fn apply_patch_reports(
+    tx: &mut TenantTx,
+    mut patches: Vec<(DeviceId, PatchReport)>,
+    inserted: &HashSet<(DeviceId, i64)>,
+) -> Result<(), StoreError> {
+    patches.retain(|(device, report)| inserted.contains(&(*device, report.seq)));
+    patches.sort_by_key(|(device, report)| (*device, report.recorded_at, report.seq));
+    for (device, report) in patches {
+        patch_inventory::apply(tx, device, report).await?;
+    }
+    Ok(())
+}
+
+/// The ledger's kind and CBOR body of a record that passed `check_record`.
+fn ledger_body(body: &Body) -> (RecordKind, Vec<u8>) {
+    let kind = match body {
+        Body::Telemetry(_) => RecordKind::Telemetry,
+        Body::PatchStatus(_) => RecordKind::PatchStatus,
+        // check_record refuses Unknown before this point.
+        Body::Event(_) | Body::Unknown { .. } => RecordKind::Event,
+    };
+    let mut bytes = Vec::with_capacity(128);
+    // Writing to a Vec cannot fail and wire's Serialize impls raise no errors.
+    ciborium::into_writer(body, &mut bytes).expect("encoding a record body into memory");
+    (kind, bytes)
+}
+
+/// The device's clock as a timestamp; times past year 9999 are clamped (deterministically, so a
+/// replay lands on the same row).
+pub(crate) fn device_time(at: UnixMillis) -> OffsetDateTime {
+    let latest = time::macros::datetime!(9999-12-31 23:59:59.999 UTC);
+    let nanos = i128::from(at.as_millis()) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .unwrap_or(latest)
+        .min(latest)
+}
+
+fn patch_report(
+    seq: i64,
+    recorded_at: OffsetDateTime,
+    received_at: OffsetDateTime,
+    status: &PatchStatus,
+) -> PatchReport {
+    PatchReport {
+        seq,
+        recorded_at,
+        received_at,
+        os_id: status.os_id.clone(),
+        os_version: status.os_version.clone(),
+        package_manager: status.package_manager.as_str().to_owned(),
+        reboot_required: status.reboot_required,
+        lists_refreshed_at: status.lists_refreshed_at.map(device_time),
+        packages: status
+            .packages
+            .iter()
+            .map(|p| PackageRow {
+                name: p.name.clone(),
+                installed: p.installed.clone(),
+                candidate: p.candidate.clone(),
+                security: p.security,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_time_is_exact_in_range_and_clamped_beyond() {
+        assert_eq!(device_time(UnixMillis(0)), OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(
+            device_time(UnixMillis(1_700_000_000_123)).unix_timestamp_nanos(),
+            1_700_000_000_123_000_000
+        );
+        let far = device_time(UnixMillis(u64::MAX));
+        assert_eq!(far.year(), 9999);
+        assert_eq!(far, device_time(UnixMillis(u64::MAX - 1)));
+    }
+}

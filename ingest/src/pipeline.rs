@@ -1,0 +1,363 @@
+//! The running pipeline: one batcher task and `writers` writer tasks.
+//!
+//! ```text
+//! IngestSender ──bounded queue──▶ batcher ──bounded channel──▶ writers (N) ──COMMIT──▶ AckSink
+//!   (byte budget)                 per-tenant batches              one TenantTx each     then handled signals
+//! ```
+//!
+//! Backpressure: every message holds its payload's share of the byte budget until it is handled.
+//! While Postgres is down a writer retries its batch with backoff; the batch channel fills, the
+//! batcher stops reading, the queue fills, the budget runs out, and `IngestSender::send` waits:
+//! nothing is acknowledged and memory stays bounded. When Postgres returns, all of it drains.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store::{AppDb, StoreError, TenantId};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::batch::{classify, topic_label, Classified, TenantBatch};
+use crate::commit::{write_batch, Outcome};
+use crate::directory::Directory;
+use crate::metrics::{Metrics, TopicLabel};
+use crate::sink::AckSink;
+use crate::source::{IngestSender, Queued};
+use crate::{IngestConfig, IngestError};
+
+/// The running ingest pipeline.
+pub struct IngestHandle {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    sender: IngestSender,
+}
+
+impl IngestHandle {
+    /// Stops taking messages, commits what is batched (giving up on a batch whose database stays
+    /// down: its messages are then never acknowledged, so the broker or device sends them again),
+    /// and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Payload bytes held right now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.sender.buffered_bytes()
+    }
+}
+
+/// Starts ingest: records from `IngestSender` into the database as `app`, acks to `acks`.
+pub fn start(
+    config: IngestConfig,
+    app: AppDb,
+    acks: Arc<dyn AckSink>,
+    metrics: Metrics,
+) -> Result<(IngestSender, IngestHandle), IngestError> {
+    config.validate()?;
+    let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
+    let sender = IngestSender::new(queue_tx, config.max_buffered_bytes);
+    let (batch_tx, batch_rx) = mpsc::channel(config.writers);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let batch_rx = Arc::new(Mutex::new(batch_rx));
+    let config = Arc::new(config);
+    let mut tasks = Vec::with_capacity(config.writers + 1);
+    let batcher = Batcher {
+        directory: Directory::new(
+            app.clone(),
+            config.directory_ttl,
+            config.directory_negative_ttl,
+            config.directory_capacity,
+        ),
+        config: Arc::clone(&config),
+        metrics: metrics.clone(),
+        open: HashMap::new(),
+        out: batch_tx,
+        shutdown: shutdown_rx.clone(),
+    };
+    tasks.push(tokio::spawn(batcher.run(queue_rx)));
+    for _ in 0..config.writers {
+        let writer = Writer {
+            app: app.clone(),
+            acks: Arc::clone(&acks),
+            config: Arc::clone(&config),
+            metrics: metrics.clone(),
+            shutdown: shutdown_rx.clone(),
+            sender: sender.clone(),
+        };
+        tasks.push(tokio::spawn(writer.run(Arc::clone(&batch_rx))));
+    }
+    let handle = IngestHandle {
+        shutdown,
+        tasks,
+        sender: sender.clone(),
+    };
+    Ok((sender, handle))
+}
+
+struct Batcher {
+    directory: Directory,
+    config: Arc<IngestConfig>,
+    metrics: Metrics,
+    open: HashMap<TenantId, TenantBatch>,
+    out: mpsc::Sender<TenantBatch>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Batcher {
+    async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+        loop {
+            let deadline = self
+                .open
+                .values()
+                .map(|batch| batch.opened + self.config.batch_window)
+                .min();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                message = queue.recv() => match message {
+                    Some(message) => {
+                        if self.accept(message).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if self.flush_due().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let tenants: Vec<TenantId> = self.open.keys().copied().collect();
+        for tenant in tenants {
+            if self.flush(tenant).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Classifies a message and adds it to its tenant's batch. Err: the writers are gone.
+    async fn accept(&mut self, queued: Queued) -> Result<(), Closed> {
+        let (message, completion) = queued.into_parts();
+        self.metrics
+            .messages
+            .get_or_create(&TopicLabel {
+                topic: topic_label(&message.topic),
+            })
+            .inc();
+        let (device, input) = match classify(&message, self.config.max_message_bytes) {
+            Classified::ForDevice { device, input } => (device, input),
+            Classified::Ignored => {
+                completion.complete();
+                return Ok(());
+            }
+            Classified::Refused { reason } => {
+                self.metrics.reject(reason, 1);
+                completion.complete();
+                return Ok(());
+            }
+        };
+        let Some(tenant) = self.tenant_of(device).await? else {
+            self.metrics.reject("unknown_device", 1);
+            completion.complete();
+            return Ok(());
+        };
+        let batch = self
+            .open
+            .entry(tenant)
+            .or_insert_with(|| TenantBatch::new(tenant));
+        batch.push(device, input, completion, message.received_at);
+        if batch.weight >= self.config.batch_max_records {
+            self.flush(tenant).await?;
+        }
+        Ok(())
+    }
+
+    /// The device's tenant, retrying while the database is unreachable.
+    async fn tenant_of(&mut self, device: store::DeviceId) -> Result<Option<TenantId>, Closed> {
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            match self.directory.tenant_of(device).await {
+                Ok(tenant) => return Ok(tenant),
+                Err(e) => {
+                    tracing::warn!(error = %e, "device directory lookup failed; retrying");
+                    backoff.wait(&mut self.shutdown).await?;
+                }
+            }
+        }
+    }
+
+    async fn flush_due(&mut self) -> Result<(), Closed> {
+        let now = Instant::now();
+        let due: Vec<TenantId> = self
+            .open
+            .iter()
+            .filter(|(_, batch)| batch.opened + self.config.batch_window <= now)
+            .map(|(tenant, _)| *tenant)
+            .collect();
+        for tenant in due {
+            self.flush(tenant).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tenant: TenantId) -> Result<(), Closed> {
+        if let Some(batch) = self.open.remove(&tenant) {
+            self.out.send(batch).await.map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+}
+
+struct Writer {
+    app: AppDb,
+    acks: Arc<dyn AckSink>,
+    config: Arc<IngestConfig>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    sender: IngestSender,
+}
+
+impl Writer {
+    async fn run(mut self, batches: Arc<Mutex<mpsc::Receiver<TenantBatch>>>) {
+        loop {
+            let next = { batches.lock().await.recv().await };
+            let Some(batch) = next else { break };
+            let started = Instant::now();
+            let Ok(outcome) = self.commit_with_retry(&batch).await else {
+                // Shut down while the database was away: nothing acknowledged, nothing lost.
+                break;
+            };
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_records.observe(batch.weight as f64);
+            self.publish_acks(&outcome).await;
+            self.finish(batch, &outcome);
+        }
+    }
+
+    /// Commits, retrying transient failures with backoff. A permanent failure (a bug, a
+    /// constraint) refuses the batch's messages as `storage_error` without acknowledging any
+    /// record: the devices send them again later.
+    async fn commit_with_retry(&mut self, batch: &TenantBatch) -> Result<Outcome, Closed> {
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            match write_batch(&self.app, batch, self.config.max_pending_ranges).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %e, tenant = %batch.tenant, "batch commit failed; retrying");
+                    self.metrics.commit_retries.inc();
+                    backoff.wait(&mut self.shutdown).await?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, tenant = %batch.tenant, "batch refused by the database");
+                    let mut outcome = Outcome::default();
+                    outcome
+                        .rejects
+                        .insert("storage_error", batch.completions.len() as u64);
+                    return Ok(outcome);
+                }
+            }
+        }
+    }
+
+    async fn publish_acks(&self, outcome: &Outcome) {
+        for (device, watermark) in &outcome.acks {
+            let watermark = u64::try_from(*watermark).unwrap_or(0);
+            let payload = wire::encode_ack(&wire::Ack::new(watermark));
+            match self.acks.publish_ack(*device, payload).await {
+                Ok(()) => {
+                    self.metrics.acks_published.inc();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ack not published");
+                    self.metrics.ack_failures.inc();
+                }
+            }
+        }
+    }
+
+    fn finish(&self, batch: TenantBatch, outcome: &Outcome) {
+        self.metrics.records_committed.inc_by(outcome.committed);
+        self.metrics.records_duplicate.inc_by(outcome.duplicates);
+        for (reason, count) in &outcome.rejects {
+            self.metrics.reject(reason, *count);
+        }
+        let now = OffsetDateTime::now_utc();
+        for (completion, received_at) in batch.completions {
+            let lag = (now - received_at).as_seconds_f64().max(0.0);
+            self.metrics.commit_lag_seconds.observe(lag);
+            completion.complete();
+        }
+        self.metrics
+            .buffered_bytes
+            .set(self.sender.buffered_bytes() as i64);
+    }
+}
+
+/// Database failures worth retrying: the connection, the server going away or restarting,
+/// serialization failures and deadlocks, resource exhaustion.
+fn is_transient(error: &StoreError) -> bool {
+    let StoreError::Database(e) = error else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// The writers or the whole pipeline are gone.
+#[derive(Debug)]
+struct Closed;
+
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &IngestConfig) -> Self {
+        Self {
+            next: config.retry_initial,
+            max: config.retry_max,
+        }
+    }
+
+    /// Sleeps, unless shutdown comes first.
+    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Closed> {
+        if *shutdown.borrow() {
+            return Err(Closed);
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = shutdown.changed() => Err(Closed),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

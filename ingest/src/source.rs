@@ -1,0 +1,124 @@
+//! The input seam: whoever receives device messages (the embedded broker's local link, the
+//! external MQTT client, a test) hands them to ingest through an [`IngestSender`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::IngestError;
+
+/// One MQTT message from a device, as the broker delivered it.
+///
+/// The device comes from the topic, which the gateway (embedded mode) or the broker's ACL
+/// (external mode) guarantees is the publisher's own; the tenant is resolved from the device.
+#[derive(Debug)]
+pub struct InboundMessage {
+    /// The topic it was published to, such as `fleet/v1/{device}/up/telemetry`.
+    pub topic: String,
+    /// The payload (a CBOR batch).
+    pub payload: Bytes,
+    /// When the server received it.
+    pub received_at: OffsetDateTime,
+    handled: Option<oneshot::Sender<()>>,
+}
+
+impl InboundMessage {
+    /// A message received now.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            received_at: OffsetDateTime::now_utc(),
+            handled: None,
+        }
+    }
+
+    /// Asks to be told when ingest is done with the message: its records committed, or it was
+    /// refused for good. The receiver fails (without a value) if ingest stops before that, so
+    /// the message must then not be acknowledged to the broker. The external MQTT source PUBACKs
+    /// on this signal.
+    pub fn with_handled_signal(mut self) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        self.handled = Some(tx);
+        (self, rx)
+    }
+}
+
+/// A message inside ingest, holding its share of the memory budget until it is handled.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) message: InboundMessage,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Proof that a message was handled; completing it signals the source and frees its budget.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    handled: Option<oneshot::Sender<()>>,
+    _budget: OwnedSemaphorePermit,
+}
+
+impl Queued {
+    /// Splits the message into its content and its completion.
+    pub(crate) fn into_parts(self) -> (InboundMessage, Completion) {
+        let Queued {
+            mut message,
+            _budget,
+        } = self;
+        let handled = message.handled.take();
+        (message, Completion { handled, _budget })
+    }
+}
+
+impl Completion {
+    /// The message is handled (committed or refused for good).
+    pub(crate) fn complete(mut self) {
+        if let Some(handled) = self.handled.take() {
+            // The source may have gone away (a reconnect); nothing to tell then.
+            let _ = handled.send(());
+        }
+    }
+}
+
+/// Hands messages to ingest. Cheap to clone; `send` waits while ingest is at its memory bound
+/// (that is the backpressure: a source that waits stops reading from its broker).
+#[derive(Clone, Debug)]
+pub struct IngestSender {
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+    max_permits: usize,
+}
+
+impl IngestSender {
+    pub(crate) fn new(queue: mpsc::Sender<Queued>, max_buffered_bytes: usize) -> Self {
+        Self {
+            queue,
+            budget: Arc::new(Semaphore::new(max_buffered_bytes)),
+            max_permits: max_buffered_bytes,
+        }
+    }
+
+    /// Queues a message, waiting for room in the memory budget and the queue.
+    pub async fn send(&self, message: InboundMessage) -> Result<(), IngestError> {
+        let cost = message.payload.len().clamp(1, self.max_permits);
+        let cost = u32::try_from(cost).map_err(|_| IngestError::Closed)?;
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| IngestError::Closed)?;
+        self.queue
+            .send(Queued {
+                message,
+                _budget: permit,
+            })
+            .await
+            .map_err(|_| IngestError::Closed)
+    }
+
+    /// Payload bytes ingest holds right now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.max_permits - self.budget.available_permits()
+    }
+}

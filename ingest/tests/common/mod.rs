@@ -1,0 +1,211 @@
+//! Helpers shared by ingest's integration tests: a database with tenants and devices, simulated
+//! device records, ack sinks that record or check what they are given.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_tests::TestDb;
+use ingest::{AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, IngestSender};
+use store::devices::{self, NewDevice};
+use store::{tenants, Database, DeviceId, TenantId};
+use wire::topic::TopicKind;
+use wire::{
+    AgentEvent, Batch, Body, OutboxOverflow, Package, PackageManager, PatchStatus, Record, Started,
+    Telemetry, UnixMillis,
+};
+
+/// A tenant with `n` devices; returns its id and the device ids.
+pub async fn tenant_with_devices(db: &Database, name: &str, n: usize) -> (TenantId, Vec<DeviceId>) {
+    let tenant = tenants::create(&db.app, name, "test").await.unwrap().id;
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let device = devices::create(
+            &mut tx,
+            &NewDevice {
+                name: format!("{name}-d{i}"),
+                group: "default".into(),
+                labels: BTreeMap::new(),
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(device.id);
+    }
+    tx.commit().await.unwrap();
+    (tenant, ids)
+}
+
+/// Fast batching for tests.
+pub fn test_config() -> IngestConfig {
+    IngestConfig {
+        batch_window: Duration::from_millis(5),
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(500),
+        ..IngestConfig::default()
+    }
+}
+
+pub fn telemetry(seq: u64) -> Record {
+    Record {
+        seq,
+        recorded_at: UnixMillis::now(),
+        body: Body::Telemetry(Telemetry {
+            cpu_usage_percent: Some(12.5),
+            uptime_secs: Some(seq),
+            ..Telemetry::default()
+        }),
+    }
+}
+
+pub fn started(seq: u64) -> Record {
+    Record {
+        seq,
+        recorded_at: UnixMillis::now(),
+        body: Body::Event(AgentEvent::Started(Started {
+            agent_version: "0.1.0".into(),
+        })),
+    }
+}
+
+pub fn overflow(seq: u64, first_seq: u64, last_seq: u64) -> Record {
+    Record {
+        seq,
+        recorded_at: UnixMillis::now(),
+        body: Body::Event(AgentEvent::OutboxOverflow(OutboxOverflow {
+            dropped: last_seq - first_seq + 1,
+            first_seq,
+            last_seq,
+        })),
+    }
+}
+
+pub fn patch(seq: u64, recorded_at: UnixMillis, packages: &[(&str, &str, Option<&str>)]) -> Record {
+    Record {
+        seq,
+        recorded_at,
+        body: Body::PatchStatus(PatchStatus {
+            os_id: "debian".into(),
+            os_version: "12".into(),
+            package_manager: PackageManager::Apt,
+            packages: packages
+                .iter()
+                .map(|(name, installed, candidate)| Package {
+                    name: (*name).into(),
+                    installed: (*installed).into(),
+                    candidate: candidate.map(Into::into),
+                    security: false,
+                })
+                .collect(),
+            reboot_required: false,
+            lists_refreshed_at: None,
+        }),
+    }
+}
+
+/// The topic a record belongs on.
+pub fn topic_of(record: &Record) -> TopicKind {
+    match record.body {
+        Body::Telemetry(_) => TopicKind::Telemetry,
+        Body::PatchStatus(_) => TopicKind::PatchStatus,
+        _ => TopicKind::Events,
+    }
+}
+
+/// Sends `records` (all on the topic of the first) as one message.
+pub async fn send(sender: &IngestSender, device: DeviceId, records: Vec<Record>) {
+    let topic = topic_of(&records[0]).topic(device.0);
+    let payload = wire::encode_batch(&Batch::new(records));
+    sender
+        .send(InboundMessage::new(topic, payload))
+        .await
+        .unwrap();
+}
+
+/// Sends raw bytes to a device topic.
+pub async fn send_raw(sender: &IngestSender, topic: String, payload: Vec<u8>) {
+    sender
+        .send(InboundMessage::new(topic, payload))
+        .await
+        .unwrap();
+}
+
+/// Remembers every ack, per device, in order.
+#[derive(Clone, Default)]
+pub struct RecordingSink {
+    acks: Arc<Mutex<HashMap<DeviceId, Vec<u64>>>>,
+}
+
+impl RecordingSink {
+    pub fn acks_of(&self, device: DeviceId) -> Vec<u64> {
+        self.acks
+            .lock()
+            .unwrap()
+            .get(&device)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn last_ack(&self, device: DeviceId) -> Option<u64> {
+        self.acks_of(device).last().copied()
+    }
+
+    /// Waits until every device's last ack is `watermark`.
+    pub async fn wait_for_watermark(&self, devices: &[DeviceId], watermark: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let behind: Vec<(DeviceId, Option<u64>)> = devices
+                .iter()
+                .map(|d| (*d, self.acks_of(*d).into_iter().max()))
+                .filter(|(_, w)| *w != Some(watermark))
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} devices never reached watermark {watermark}, e.g. {:?}",
+                behind.len(),
+                &behind[..behind.len().min(3)]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl AckSink for RecordingSink {
+    fn publish_ack(
+        &self,
+        device: DeviceId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), AckError>> {
+        let ack = wire::decode_ack(&payload).expect("ingest encodes valid acks");
+        self.acks
+            .lock()
+            .unwrap()
+            .entry(device)
+            .or_default()
+            .push(ack.watermark);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Opens a fresh test database.
+pub async fn open() -> (TestDb, Database) {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    (test_db, db)
+}
+
+/// A device's ledger seqs, as the owner would see them.
+pub async fn stored_seqs(db: &Database, tenant: TenantId, device: DeviceId) -> Vec<i64> {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let rows = store::records::list_for_device(&mut tx, device, 0, 1_000_000)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    rows.iter().map(|r| r.seq).collect()
+}

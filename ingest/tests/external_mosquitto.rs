@@ -1,0 +1,307 @@
+//! Two ingest instances in external mode share one Mosquitto, configured as documented for
+//! production (docs in ingest/README.md): TLS with client certificates from the fleet PKI,
+//! `use_identity_as_username`, a pattern ACL per device, and the `fleetd-ingest` identity allowed
+//! to `$share`. Simulated devices publish records, some twice: each record is written once,
+//! both instances did work, every device gets its final ack watermark.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, ServerCertParams, Validity};
+use common::*;
+use ingest::{start, ExternalBrokerConfig, ExternalSource, Metrics};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use store::{DeviceId, TenantId};
+use wire::Batch;
+
+/// The ACL documented in ingest/README.md.
+const ACL: &str = "\
+# Devices: CN = device id = username; each device only its own topics.
+pattern write fleet/v1/%u/up/#
+pattern read fleet/v1/%u/down/#
+
+# Ingest: consume every device's up topics through the shared group, publish acks.
+user fleetd-ingest
+topic read $share/fleet-ingest/fleet/v1/+/up/#
+topic read fleet/v1/+/up/#
+topic write fleet/v1/+/down/ack
+";
+
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+async fn start_mosquitto(dir: &Path, ca: &IssuingCa) -> Mosquitto {
+    let server = ca
+        .issue_server_cert(&ServerCertParams::new(
+            vec!["localhost".into()],
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        ))
+        .unwrap();
+    let cafile = write(dir, "ca.pem", &format!("{}{}", ca.root_pem(), ca.pem()));
+    let certfile = write(dir, "server.pem", &server.chain_pem());
+    let keyfile = write(dir, "server.key", &server.key().to_pkcs8_pem());
+    let aclfile = write(dir, "acl", ACL);
+    let port = free_port();
+    let running_as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let config = format!(
+        "{user}per_listener_settings false
+allow_anonymous false
+persistence false
+max_queued_messages 0
+max_packet_size 1114112
+log_dest stderr
+log_type error
+log_type warning
+listener {port} 127.0.0.1
+cafile {cafile}
+certfile {certfile}
+keyfile {keyfile}
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+acl_file {aclfile}
+",
+        user = if running_as_root { "user root\n" } else { "" },
+    );
+    let conf = write(dir, "mosquitto.conf", &config);
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("mosquitto installed");
+    // Dropping the guard kills and waits for the broker on every path, panics included.
+    let broker = Mosquitto { child, port };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return broker;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mosquitto did not listen on {port}");
+}
+
+fn client_tls(root_pem: &str, chain_pem: &str, key_pem: &str) -> Transport {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    Transport::Tls(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// A device certificate chain and key, from a CSR made with the device's own key.
+fn device_credentials(ca: &IssuingCa, tenant: TenantId, device: DeviceId) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr_pem = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let csr = DeviceCsr::from_pem(csr_pem.as_bytes()).unwrap();
+    let identity = DeviceIdentity {
+        tenant_id: tenant.0,
+        device_id: device.0,
+    };
+    let cert = ca
+        .sign_device_csr(
+            &csr,
+            identity,
+            Validity::from_now(Duration::from_secs(86_400)).unwrap(),
+        )
+        .unwrap();
+    (ca.chain_pem(cert.der()), key.serialize_pem())
+}
+
+/// A simulated device: publishes its batches QoS 1 and records the highest ack watermark.
+async fn run_device(
+    port: u16,
+    ca: Arc<IssuingCa>,
+    tenant: TenantId,
+    device: DeviceId,
+    per_device: u64,
+    acks: Arc<Mutex<HashMap<DeviceId, u64>>>,
+) {
+    let (chain, key) = device_credentials(&ca, tenant, device);
+    let mut options = MqttOptions::new(device.to_string(), "localhost", port);
+    options
+        .set_transport(client_tls(&ca.root_pem(), &chain, &key))
+        .set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    client
+        .subscribe(wire::topic::device_subscription(device.0), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let publisher = client.clone();
+    tokio::spawn(async move {
+        for chunk in 0..per_device / 10 {
+            let records: Vec<_> = (1..=10).map(|i| telemetry(chunk * 10 + i)).collect();
+            let payload = wire::encode_batch(&Batch::new(records));
+            let times = if chunk % 3 == 0 { 2 } else { 1 };
+            for _ in 0..times {
+                publisher
+                    .publish(
+                        wire::topic::telemetry(device.0),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while tokio::time::Instant::now() < deadline {
+        let event = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+        match event {
+            Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                let ack = wire::decode_ack(&publish.payload).unwrap();
+                let mut acks = acks.lock().unwrap();
+                let best = acks.entry(device).or_default();
+                *best = (*best).max(ack.watermark);
+                if *best == per_device {
+                    return;
+                }
+            }
+            Ok(Err(e)) => {
+                eprintln!("device {device}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_instances_share_one_mosquitto_and_write_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &PkiParams::default()).unwrap();
+    let ca = Arc::new(pki.into_issuing_ca());
+    let broker = start_mosquitto(dir.path(), &ca).await;
+
+    let (_test_db, db) = open().await;
+    let (tenant, devices) = tenant_with_devices(&db, "acme", 10).await;
+    let service = ca.issue_service_client_cert("fleetd-ingest").unwrap();
+    let mut instances = Vec::new();
+    for n in 0..2 {
+        let config = ExternalBrokerConfig::new(
+            "localhost",
+            broker.port,
+            format!("fleetd-ingest-{n}"),
+            ca.root_pem(),
+            service.chain_pem(),
+            service.key().to_pkcs8_pem().to_string(),
+        );
+        let source = ExternalSource::new(&config).unwrap();
+        let metrics = Metrics::default();
+        let (sender, handle) = start(
+            test_config(),
+            db.app.clone(),
+            source.ack_sink(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let external = source.run(sender);
+        instances.push((metrics, handle, external));
+    }
+    // Let both instances subscribe before devices publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    const PER_DEVICE: u64 = 200;
+    let acks = Arc::new(Mutex::new(HashMap::new()));
+    let runs: Vec<_> = devices
+        .iter()
+        .map(|device| {
+            tokio::spawn(run_device(
+                broker.port,
+                Arc::clone(&ca),
+                tenant,
+                *device,
+                PER_DEVICE,
+                Arc::clone(&acks),
+            ))
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+
+    let acks = acks.lock().unwrap().clone();
+    for device in &devices {
+        assert_eq!(
+            acks.get(device),
+            Some(&PER_DEVICE),
+            "device {device} final ack"
+        );
+        assert_eq!(
+            stored_seqs(&db, tenant, *device).await,
+            (1..=PER_DEVICE as i64).collect::<Vec<_>>()
+        );
+    }
+    let total: u64 = instances
+        .iter()
+        .map(|(m, _, _)| m.records_committed_total())
+        .sum();
+    assert_eq!(total, devices.len() as u64 * PER_DEVICE);
+    for (n, (metrics, _, _)) in instances.iter().enumerate() {
+        assert!(
+            metrics.records_committed_total() + metrics.records_duplicate_total() > 0,
+            "instance {n} did no work"
+        );
+    }
+    for (_, handle, external) in instances {
+        external.shutdown().await;
+        handle.shutdown().await;
+    }
+}

@@ -1,0 +1,59 @@
+//! The device directory: which tenant a device belongs to, for ingest, which learns only the
+//! device id (from the MQTT topic) and needs the tenant to open a [`TenantTx`].
+//!
+//! `fleet_app` cannot read devices across tenants: row-level security hides them. The lookup goes
+//! through `fleet_device_directory(uuid[])`, a `SECURITY DEFINER` function owned by the migration
+//! role (superuser or BYPASSRLS, checked at start), which answers only for the ids it is given and
+//! returns only tenant and status: it cannot list devices. Maintenance functions of the same kind
+//! ([`crate::records::ensure_partitions`]) are called the same way.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{AppDb, DeviceId, StoreError, TenantId, TenantTx};
+
+/// Most ids one lookup may carry (the SQL function refuses more).
+pub const MAX_LOOKUP: usize = 1000;
+
+/// Where a device belongs and whether it may send data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its tenant.
+    pub tenant_id: TenantId,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// The directory entries of those `devices` that exist; unknown ids are simply absent.
+pub async fn lookup(app: &AppDb, devices: &[DeviceId]) -> Result<Vec<DirectoryEntry>, StoreError> {
+    let mut entries = Vec::with_capacity(devices.len());
+    for chunk in devices.chunks(MAX_LOOKUP) {
+        let ids: Vec<Uuid> = chunk.iter().map(|d| d.0).collect();
+        let mut tx = begin_without_tenant(app).await?;
+        let rows = sqlx::query(
+            "SELECT device_id, tenant_id, status = 'revoked' AS revoked
+               FROM fleet_device_directory($1::uuid[])",
+        )
+        .bind(&ids)
+        .fetch_all(tx.conn())
+        .await?;
+        tx.commit().await?;
+        for row in rows {
+            entries.push(DirectoryEntry {
+                device_id: DeviceId(row.try_get("device_id")?),
+                tenant_id: TenantId(row.try_get("tenant_id")?),
+                revoked: row.try_get("revoked")?,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// A transaction as `fleet_app` scoped to no tenant: `app.tenant_id` is the nil UUID, which no
+/// tenant has (ids are random v4), so every tenant table reads empty. Only for calling the
+/// narrow `SECURITY DEFINER` functions of this schema.
+pub(crate) async fn begin_without_tenant(app: &AppDb) -> Result<TenantTx, StoreError> {
+    app.begin(TenantId(Uuid::nil())).await
+}

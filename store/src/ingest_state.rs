@@ -1,0 +1,216 @@
+//! Per-device ingest state: the ack watermark, the handled ranges above it, and what ingest
+//! refused (counters by reason, the last error).
+//!
+//! Ingest locks the rows of every device in a batch ([`lock`]) before writing its records, in
+//! device-id order so that two ingest instances holding batches for the same devices cannot
+//! deadlock, and writes them back ([`save`]) in the same transaction.
+
+use std::collections::BTreeMap;
+
+use sqlx::types::Json;
+use sqlx::Row;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{DeviceId, StoreError, TenantTx};
+
+/// Longest last-error text kept (the schema enforces the same).
+pub const MAX_ERROR_CHARS: usize = 1000;
+
+/// A device's ingest state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestState {
+    /// Every seq in `(0, watermark]` is handled: committed, refused for good, or declared lost.
+    pub watermark: i64,
+    /// Handled ranges above the watermark, inclusive, sorted and disjoint.
+    pub pending: Vec<(i64, i64)>,
+    /// Records committed to the ledger, ever.
+    pub records_committed: i64,
+    /// Refusals by reason (stable labels such as `malformed`, `wrong_topic`).
+    pub rejects: BTreeMap<String, i64>,
+    /// The last refusal, for humans.
+    pub last_error: Option<String>,
+    /// Its reason label.
+    pub last_error_reason: Option<String>,
+    /// When it happened.
+    pub last_error_at: Option<OffsetDateTime>,
+}
+
+impl IngestState {
+    /// Counts one refusal and makes it the last error.
+    pub fn record_reject(&mut self, reason: &str, error: &str, at: OffsetDateTime) {
+        *self.rejects.entry(reason.to_owned()).or_default() += 1;
+        self.last_error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
+        self.last_error_reason = Some(reason.to_owned());
+        self.last_error_at = Some(at);
+    }
+}
+
+/// A device of the batch's tenant, locked for the rest of the transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockedDevice {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether it was revoked (its records are refused).
+    pub revoked: bool,
+    /// Its ingest state as of the lock.
+    pub state: IngestState,
+}
+
+/// Locks the ingest state of those `devices` that exist in the transaction's tenant (creating
+/// missing rows), in device-id order; devices the tenant does not have are absent from the result.
+pub async fn lock(
+    tx: &mut TenantTx,
+    devices: &[DeviceId],
+) -> Result<Vec<LockedDevice>, StoreError> {
+    let mut ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let tenant = tx.tenant();
+    sqlx::query(
+        "INSERT INTO device_ingest_state (tenant_id, device_id)
+         SELECT $1, d.device_id FROM devices d
+          WHERE d.device_id = ANY ($2::uuid[])
+          ORDER BY d.device_id
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .execute(tx.conn())
+    .await?;
+    let rows = sqlx::query(
+        "SELECT s.device_id, d.status = 'revoked' AS revoked, s.watermark, s.pending_ranges,
+                s.records_committed, s.rejects, s.last_error, s.last_error_reason, s.last_error_at
+           FROM device_ingest_state s
+           JOIN devices d USING (tenant_id, device_id)
+          WHERE s.device_id = ANY ($1::uuid[])
+          ORDER BY s.device_id
+            FOR UPDATE OF s",
+    )
+    .bind(&ids)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LockedDevice {
+                device_id: DeviceId(row.try_get("device_id")?),
+                revoked: row.try_get("revoked")?,
+                state: state_from_row(row)?,
+            })
+        })
+        .collect()
+}
+
+/// Writes back the state of devices locked by [`lock`] in this transaction, adding
+/// `committed[i]` to the committed count of `devices[i]`.
+pub async fn save(
+    tx: &mut TenantTx,
+    devices: &[(DeviceId, &IngestState, i64)],
+) -> Result<(), StoreError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(devices.len());
+    let mut watermarks = Vec::with_capacity(devices.len());
+    let mut pending = Vec::with_capacity(devices.len());
+    let mut committed = Vec::with_capacity(devices.len());
+    let mut rejects = Vec::with_capacity(devices.len());
+    let mut errors = Vec::with_capacity(devices.len());
+    let mut reasons = Vec::with_capacity(devices.len());
+    let mut error_times = Vec::with_capacity(devices.len());
+    for (device, state, new_records) in devices {
+        ids.push(device.0);
+        watermarks.push(state.watermark);
+        pending.push(ranges_literal(&state.pending));
+        committed.push(state.records_committed + new_records);
+        rejects.push(Json(&state.rejects));
+        errors.push(state.last_error.as_deref());
+        reasons.push(state.last_error_reason.as_deref());
+        error_times.push(state.last_error_at);
+    }
+    sqlx::query(
+        "UPDATE device_ingest_state s
+            SET watermark = u.watermark, pending_ranges = u.pending::bigint[],
+                records_committed = u.committed, rejects = u.rejects, last_error = u.last_error,
+                last_error_reason = u.last_error_reason, last_error_at = u.last_error_at,
+                updated_at = now()
+           FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::jsonb[], $6::text[],
+                       $7::text[], $8::timestamptz[])
+                AS u(device_id, watermark, pending, committed, rejects, last_error,
+                     last_error_reason, last_error_at)
+          WHERE s.device_id = u.device_id",
+    )
+    .bind(&ids)
+    .bind(&watermarks)
+    .bind(&pending)
+    .bind(&committed)
+    .bind(&rejects)
+    .bind(&errors)
+    .bind(&reasons)
+    .bind(&error_times)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// One device's ingest state, if it has one in the transaction's tenant.
+pub async fn get(tx: &mut TenantTx, device: DeviceId) -> Result<Option<IngestState>, StoreError> {
+    let row = sqlx::query(
+        "SELECT watermark, pending_ranges, records_committed, rejects, last_error,
+                last_error_reason, last_error_at
+           FROM device_ingest_state WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.as_ref().map(state_from_row).transpose()
+}
+
+fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<IngestState, StoreError> {
+    let flat: Vec<i64> = row.try_get("pending_ranges")?;
+    let Json(rejects): Json<BTreeMap<String, i64>> = row.try_get("rejects")?;
+    Ok(IngestState {
+        watermark: row.try_get("watermark")?,
+        pending: flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect(),
+        records_committed: row.try_get("records_committed")?,
+        rejects,
+        last_error: row.try_get("last_error")?,
+        last_error_reason: row.try_get("last_error_reason")?,
+        last_error_at: row.try_get("last_error_at")?,
+    })
+}
+
+/// `{from1,to1,from2,to2}`: a bigint[] literal, since unnest cannot take ragged arrays.
+fn ranges_literal(ranges: &[(i64, i64)]) -> String {
+    let items: Vec<String> = ranges
+        .iter()
+        .flat_map(|(from, to)| [from.to_string(), to.to_string()])
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_literal_flattens_pairs() {
+        assert_eq!(ranges_literal(&[]), "{}");
+        assert_eq!(ranges_literal(&[(3, 4), (9, 12)]), "{3,4,9,12}");
+    }
+
+    #[test]
+    fn a_reject_is_counted_and_its_text_bounded() {
+        let mut state = IngestState::default();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        state.record_reject("malformed", &"x".repeat(5000), at);
+        state.record_reject("malformed", "short", at);
+        assert_eq!(state.rejects["malformed"], 2);
+        assert_eq!(state.last_error.as_deref(), Some("short"));
+        state.record_reject("oversize", &"é".repeat(2000), at);
+        assert_eq!(state.last_error.unwrap().chars().count(), MAX_ERROR_CHARS);
+    }
+}

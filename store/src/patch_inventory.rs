@@ -1,0 +1,521 @@
+//! Each device's current patch state (OS, package manager, packages with candidate versions) and
+//! the history of its changes.
+//!
+//! Every report is a full inventory. The newest report (by the device's clock, then seq) wins; a
+//! report identical to the current state (same content hash) only moves the "as of" columns; a
+//! different one rewrites the changed packages and appends one history row with the difference.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::{DeviceId, StoreError, TenantTx};
+
+/// One package of a report.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PackageRow {
+    /// Package name (unique within a report; a repeated name keeps its last entry).
+    pub name: String,
+    /// Installed version.
+    pub installed: String,
+    /// Version an upgrade would install, if any.
+    pub candidate: Option<String>,
+    /// Whether the candidate is a security update.
+    pub security: bool,
+}
+
+/// A patch status report, as ingest hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchReport {
+    /// The record's sequence number.
+    pub seq: i64,
+    /// The device's clock.
+    pub recorded_at: OffsetDateTime,
+    /// When ingest received it.
+    pub received_at: OffsetDateTime,
+    /// OS id (`debian`).
+    pub os_id: String,
+    /// OS version (`12`).
+    pub os_version: String,
+    /// Package manager name (`apt`).
+    pub package_manager: String,
+    /// Whether a reboot is pending.
+    pub reboot_required: bool,
+    /// When the package lists were last refreshed.
+    pub lists_refreshed_at: Option<OffsetDateTime>,
+    /// Every installed package.
+    pub packages: Vec<PackageRow>,
+}
+
+/// What [`apply`] did with a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The device already has a newer report: nothing changed.
+    Stale,
+    /// Same inventory as the current one: only the "as of" columns moved.
+    Unchanged,
+    /// The inventory changed (or is the first): packages rewritten, one history row appended.
+    Changed,
+}
+
+/// The device's current patch state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentPatchStatus {
+    /// Seq of the report it comes from.
+    pub seq: i64,
+    /// Its device clock.
+    pub recorded_at: OffsetDateTime,
+    /// OS id.
+    pub os_id: String,
+    /// OS version.
+    pub os_version: String,
+    /// Package manager.
+    pub package_manager: String,
+    /// Whether a reboot is pending.
+    pub reboot_required: bool,
+    /// Packages, by name.
+    pub packages: Vec<PackageRow>,
+}
+
+struct Current {
+    seq: i64,
+    recorded_at: OffsetDateTime,
+    content_hash: Vec<u8>,
+    os: Value,
+}
+
+/// Applies a newly stored report to the device's inventory.
+pub async fn apply(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    mut report: PatchReport,
+) -> Result<Applied, StoreError> {
+    normalize(&mut report.packages);
+    let current = current_summary(tx, device).await?;
+    if let Some(current) = &current {
+        if (current.recorded_at, current.seq) >= (report.recorded_at, report.seq) {
+            return Ok(Applied::Stale);
+        }
+    }
+    let hash = content_hash(&report);
+    match current {
+        Some(current) if current.content_hash == hash => {
+            touch_status(tx, device, &report).await?;
+            Ok(Applied::Unchanged)
+        }
+        Some(current) => {
+            let old = packages(tx, device).await?;
+            let mut changes = package_changes(&old, &report.packages);
+            if current.os != os_summary(&report) {
+                changes["os"] = json!({ "from": current.os, "to": os_summary(&report) });
+            }
+            rewrite_packages(tx, device, &old, &report.packages).await?;
+            write_status(tx, device, &report, &hash).await?;
+            append_history(tx, device, &report, &changes).await?;
+            Ok(Applied::Changed)
+        }
+        None => {
+            rewrite_packages(tx, device, &[], &report.packages).await?;
+            write_status(tx, device, &report, &hash).await?;
+            append_history(tx, device, &report, &json!({ "initial": true })).await?;
+            Ok(Applied::Changed)
+        }
+    }
+}
+
+/// The device's current patch state, if it ever reported one.
+pub async fn current(
+    tx: &mut TenantTx,
+    device: DeviceId,
+) -> Result<Option<CurrentPatchStatus>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, recorded_at, os_id, os_version, package_manager, reboot_required
+           FROM device_patch_status WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(CurrentPatchStatus {
+        seq: row.try_get("seq")?,
+        recorded_at: row.try_get("recorded_at")?,
+        os_id: row.try_get("os_id")?,
+        os_version: row.try_get("os_version")?,
+        package_manager: row.try_get("package_manager")?,
+        reboot_required: row.try_get("reboot_required")?,
+        packages: packages(tx, device).await?,
+    }))
+}
+
+/// The device's history rows, oldest first: (seq, changes).
+pub async fn history(tx: &mut TenantTx, device: DeviceId) -> Result<Vec<(i64, Value)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT seq, changes FROM device_patch_history WHERE device_id = $1 ORDER BY recorded_at, seq",
+    )
+    .bind(device)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let Json(changes): Json<Value> = row.try_get("changes")?;
+            Ok((row.try_get("seq")?, changes))
+        })
+        .collect()
+}
+
+/// Sorts by name and keeps the last entry of a repeated name.
+fn normalize(packages: &mut Vec<PackageRow>) {
+    let by_name: BTreeMap<String, PackageRow> = packages
+        .drain(..)
+        .map(|package| (package.name.clone(), package))
+        .collect();
+    packages.extend(by_name.into_values());
+}
+
+/// SHA-256 over a length-prefixed encoding of everything but the timestamps.
+fn content_hash(report: &PatchReport) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(report.os_id.as_bytes());
+    field(report.os_version.as_bytes());
+    field(report.package_manager.as_bytes());
+    field(&[u8::from(report.reboot_required)]);
+    for package in &report.packages {
+        field(package.name.as_bytes());
+        field(package.installed.as_bytes());
+        field(
+            package
+                .candidate
+                .as_deref()
+                .unwrap_or("\u{0}none")
+                .as_bytes(),
+        );
+        field(&[u8::from(package.security)]);
+    }
+    hasher.finalize().to_vec()
+}
+
+fn os_summary(report: &PatchReport) -> Value {
+    json!({
+        "os_id": report.os_id,
+        "os_version": report.os_version,
+        "package_manager": report.package_manager,
+        "reboot_required": report.reboot_required,
+    })
+}
+
+fn package_json(package: &PackageRow) -> Value {
+    json!({
+        "installed": package.installed,
+        "candidate": package.candidate,
+        "security": package.security,
+    })
+}
+
+/// `{"added": [...], "removed": [...], "changed": [...]}` between two sorted package lists.
+fn package_changes(old: &[PackageRow], new: &[PackageRow]) -> Value {
+    let old_by_name: BTreeMap<&str, &PackageRow> =
+        old.iter().map(|p| (p.name.as_str(), p)).collect();
+    let new_by_name: BTreeMap<&str, &PackageRow> =
+        new.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    for (name, package) in &new_by_name {
+        match old_by_name.get(name) {
+            None => added.push(json!({ "name": name, "to": package_json(package) })),
+            Some(before) if *before != *package => changed.push(json!({
+                "name": name,
+                "from": package_json(before),
+                "to": package_json(package),
+            })),
+            Some(_) => {}
+        }
+    }
+    let removed: Vec<&str> = old_by_name
+        .keys()
+        .filter(|name| !new_by_name.contains_key(*name))
+        .copied()
+        .collect();
+    json!({ "added": added, "removed": removed, "changed": changed })
+}
+
+async fn current_summary(
+    tx: &mut TenantTx,
+    device: DeviceId,
+) -> Result<Option<Current>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, recorded_at, content_hash, os_id, os_version, package_manager, reboot_required
+           FROM device_patch_status WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Current {
+        seq: row.try_get("seq")?,
+        recorded_at: row.try_get("recorded_at")?,
+        content_hash: row.try_get("content_hash")?,
+        os: json!({
+            "os_id": row.try_get::<String, _>("os_id")?,
+            "os_version": row.try_get::<String, _>("os_version")?,
+            "package_manager": row.try_get::<String, _>("package_manager")?,
+            "reboot_required": row.try_get::<bool, _>("reboot_required")?,
+        }),
+    }))
+}
+
+async fn packages(tx: &mut TenantTx, device: DeviceId) -> Result<Vec<PackageRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT name, installed, candidate, security FROM device_packages
+          WHERE device_id = $1 ORDER BY name",
+    )
+    .bind(device)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(PackageRow {
+                name: row.try_get("name")?,
+                installed: row.try_get("installed")?,
+                candidate: row.try_get("candidate")?,
+                security: row.try_get("security")?,
+            })
+        })
+        .collect()
+}
+
+async fn rewrite_packages(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    old: &[PackageRow],
+    new: &[PackageRow],
+) -> Result<(), StoreError> {
+    let new_names: std::collections::BTreeSet<&str> = new.iter().map(|p| p.name.as_str()).collect();
+    let removed: Vec<&str> = old
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|name| !new_names.contains(name))
+        .collect();
+    if !removed.is_empty() {
+        sqlx::query("DELETE FROM device_packages WHERE device_id = $1 AND name = ANY ($2::text[])")
+            .bind(device)
+            .bind(&removed)
+            .execute(tx.conn())
+            .await?;
+    }
+    let old_set: std::collections::BTreeSet<&PackageRow> = old.iter().collect();
+    let upserts: Vec<&PackageRow> = new.iter().filter(|p| !old_set.contains(p)).collect();
+    if upserts.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant();
+    let names: Vec<&str> = upserts.iter().map(|p| p.name.as_str()).collect();
+    let installed: Vec<&str> = upserts.iter().map(|p| p.installed.as_str()).collect();
+    let candidates: Vec<Option<&str>> = upserts.iter().map(|p| p.candidate.as_deref()).collect();
+    let security: Vec<bool> = upserts.iter().map(|p| p.security).collect();
+    sqlx::query(
+        "INSERT INTO device_packages (tenant_id, device_id, name, installed, candidate, security)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::bool[])
+         ON CONFLICT (tenant_id, device_id, name) DO UPDATE
+            SET installed = EXCLUDED.installed, candidate = EXCLUDED.candidate,
+                security = EXCLUDED.security",
+    )
+    .bind(tenant)
+    .bind(device)
+    .bind(&names)
+    .bind(&installed)
+    .bind(&candidates)
+    .bind(&security)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+struct Counts {
+    packages: i32,
+    upgradable: i32,
+    security: i32,
+}
+
+fn counts(report: &PatchReport) -> Counts {
+    let upgradable = report
+        .packages
+        .iter()
+        .filter(|p| p.candidate.is_some())
+        .count();
+    let security = report
+        .packages
+        .iter()
+        .filter(|p| p.candidate.is_some() && p.security)
+        .count();
+    // Reports hold at most 10,000 packages (wire's limit): these fit an i32.
+    let as_i32 = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    Counts {
+        packages: as_i32(report.packages.len()),
+        upgradable: as_i32(upgradable),
+        security: as_i32(security),
+    }
+}
+
+async fn write_status(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    report: &PatchReport,
+    hash: &[u8],
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant();
+    let counts = counts(report);
+    sqlx::query(
+        "INSERT INTO device_patch_status (tenant_id, device_id, seq, recorded_at, received_at,
+                os_id, os_version, package_manager, reboot_required, lists_refreshed_at,
+                package_count, upgradable_count, security_upgradable_count, content_hash, changed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $4)
+         ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+                seq = EXCLUDED.seq, recorded_at = EXCLUDED.recorded_at,
+                received_at = EXCLUDED.received_at, os_id = EXCLUDED.os_id,
+                os_version = EXCLUDED.os_version, package_manager = EXCLUDED.package_manager,
+                reboot_required = EXCLUDED.reboot_required,
+                lists_refreshed_at = EXCLUDED.lists_refreshed_at,
+                package_count = EXCLUDED.package_count,
+                upgradable_count = EXCLUDED.upgradable_count,
+                security_upgradable_count = EXCLUDED.security_upgradable_count,
+                content_hash = EXCLUDED.content_hash, changed_at = EXCLUDED.changed_at",
+    )
+    .bind(tenant)
+    .bind(device)
+    .bind(report.seq)
+    .bind(report.recorded_at)
+    .bind(report.received_at)
+    .bind(&report.os_id)
+    .bind(&report.os_version)
+    .bind(&report.package_manager)
+    .bind(report.reboot_required)
+    .bind(report.lists_refreshed_at)
+    .bind(counts.packages)
+    .bind(counts.upgradable)
+    .bind(counts.security)
+    .bind(hash)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+async fn touch_status(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    report: &PatchReport,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE device_patch_status
+            SET seq = $2, recorded_at = $3, received_at = $4, lists_refreshed_at = $5
+          WHERE device_id = $1",
+    )
+    .bind(device)
+    .bind(report.seq)
+    .bind(report.recorded_at)
+    .bind(report.received_at)
+    .bind(report.lists_refreshed_at)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+async fn append_history(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    report: &PatchReport,
+    changes: &Value,
+) -> Result<(), StoreError> {
+    let tenant = tx.tenant();
+    let counts = counts(report);
+    sqlx::query(
+        "INSERT INTO device_patch_history (tenant_id, device_id, seq, recorded_at, received_at,
+                os_id, os_version, package_manager, reboot_required, package_count,
+                upgradable_count, security_upgradable_count, changes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(device)
+    .bind(report.seq)
+    .bind(report.recorded_at)
+    .bind(report.received_at)
+    .bind(&report.os_id)
+    .bind(&report.os_version)
+    .bind(&report.package_manager)
+    .bind(report.reboot_required)
+    .bind(counts.packages)
+    .bind(counts.upgradable)
+    .bind(counts.security)
+    .bind(Json(changes))
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(name: &str, installed: &str, candidate: Option<&str>) -> PackageRow {
+        PackageRow {
+            name: name.into(),
+            installed: installed.into(),
+            candidate: candidate.map(Into::into),
+            security: false,
+        }
+    }
+
+    fn report(packages: Vec<PackageRow>) -> PatchReport {
+        PatchReport {
+            seq: 1,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            received_at: OffsetDateTime::UNIX_EPOCH,
+            os_id: "debian".into(),
+            os_version: "12".into(),
+            package_manager: "apt".into(),
+            reboot_required: false,
+            lists_refreshed_at: None,
+            packages,
+        }
+    }
+
+    #[test]
+    fn the_hash_ignores_order_and_timestamps_but_not_content() {
+        let mut a = report(vec![package("b", "1", None), package("a", "1", Some("2"))]);
+        let mut b = report(vec![package("a", "1", Some("2")), package("b", "1", None)]);
+        normalize(&mut a.packages);
+        normalize(&mut b.packages);
+        b.recorded_at = OffsetDateTime::now_utc();
+        b.seq = 7;
+        assert_eq!(content_hash(&a), content_hash(&b));
+        b.packages[0].candidate = None;
+        assert_ne!(content_hash(&a), content_hash(&b));
+    }
+
+    #[test]
+    fn a_repeated_package_name_keeps_the_last_entry() {
+        let mut packages = vec![package("a", "1", None), package("a", "2", None)];
+        normalize(&mut packages);
+        assert_eq!(packages, vec![package("a", "2", None)]);
+    }
+
+    #[test]
+    fn changes_list_added_removed_and_changed_packages() {
+        let old = vec![package("a", "1", None), package("b", "1", Some("2"))];
+        let new = vec![package("b", "2", None), package("c", "1", None)];
+        let changes = package_changes(&old, &new);
+        assert_eq!(changes["removed"], json!(["a"]));
+        assert_eq!(changes["added"][0]["name"], "c");
+        assert_eq!(changes["changed"][0]["name"], "b");
+        assert_eq!(changes["changed"][0]["from"]["installed"], "1");
+        assert_eq!(changes["changed"][0]["to"]["installed"], "2");
+    }
+}

@@ -1,0 +1,265 @@
+//! The record ledger: every accepted device record, once per (tenant, device, seq), in a table
+//! partitioned by week of the device's clock; per-tenant retention; partition maintenance.
+
+use sqlx::Row;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::device_directory::begin_without_tenant;
+use crate::{AppDb, DeviceId, StoreError, TenantTx};
+
+/// What kind of record a ledger row holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A telemetry sample.
+    Telemetry,
+    /// A patch status report.
+    PatchStatus,
+    /// An agent event.
+    Event,
+}
+
+impl RecordKind {
+    /// The value of the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Telemetry => "telemetry",
+            RecordKind::PatchStatus => "patch_status",
+            RecordKind::Event => "event",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "telemetry" => Ok(RecordKind::Telemetry),
+            "patch_status" => Ok(RecordKind::PatchStatus),
+            "event" => Ok(RecordKind::Event),
+            other => Err(StoreError::Invalid {
+                field: "record kind",
+                reason: format!("unknown value {other:?}"),
+            }),
+        }
+    }
+}
+
+/// Rows for [`insert`], column by column (the shape `unnest` takes).
+#[derive(Clone, Debug, Default)]
+pub struct NewRecords {
+    device_ids: Vec<Uuid>,
+    seqs: Vec<i64>,
+    recorded_at: Vec<OffsetDateTime>,
+    received_at: Vec<OffsetDateTime>,
+    kinds: Vec<&'static str>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl NewRecords {
+    /// An empty set with room for `capacity` rows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            device_ids: Vec::with_capacity(capacity),
+            seqs: Vec::with_capacity(capacity),
+            recorded_at: Vec::with_capacity(capacity),
+            received_at: Vec::with_capacity(capacity),
+            kinds: Vec::with_capacity(capacity),
+            bodies: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds one row.
+    pub fn push(
+        &mut self,
+        device: DeviceId,
+        seq: i64,
+        recorded_at: OffsetDateTime,
+        received_at: OffsetDateTime,
+        kind: RecordKind,
+        body: Vec<u8>,
+    ) {
+        self.device_ids.push(device.0);
+        self.seqs.push(seq);
+        self.recorded_at.push(recorded_at);
+        self.received_at.push(received_at);
+        self.kinds.push(kind.as_str());
+        self.bodies.push(body);
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// Inserts the rows into the transaction's tenant, skipping those already stored; returns the
+/// (device, seq) of the rows that were new.
+///
+/// One statement, `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`: COPY is
+/// refused under row-level security, and batched unnest is within noise of it here.
+pub async fn insert(
+    tx: &mut TenantTx,
+    rows: &NewRecords,
+) -> Result<Vec<(DeviceId, i64)>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenant = tx.tenant();
+    let inserted = sqlx::query(
+        "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
+         SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
+                                  $6::text[], $7::bytea[])
+         ON CONFLICT DO NOTHING
+         RETURNING device_id, seq",
+    )
+    .bind(tenant)
+    .bind(&rows.device_ids)
+    .bind(&rows.seqs)
+    .bind(&rows.recorded_at)
+    .bind(&rows.received_at)
+    .bind(&rows.kinds)
+    .bind(&rows.bodies)
+    .fetch_all(tx.conn())
+    .await?;
+    inserted
+        .iter()
+        .map(|row| Ok((DeviceId(row.try_get("device_id")?), row.try_get("seq")?)))
+        .collect()
+}
+
+/// A ledger row as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its sequence number.
+    pub seq: i64,
+    /// The device's clock.
+    pub recorded_at: OffsetDateTime,
+    /// When ingest received it.
+    pub received_at: OffsetDateTime,
+    /// What kind of record.
+    pub kind: RecordKind,
+    /// The body as CBOR.
+    pub body: Vec<u8>,
+}
+
+/// A device's records with seq above `after`, in seq order, at most `limit`.
+pub async fn list_for_device(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT device_id, seq, recorded_at, received_at, kind, body FROM device_records
+          WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(device)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredRecord {
+                device_id: DeviceId(row.try_get("device_id")?),
+                seq: row.try_get("seq")?,
+                recorded_at: row.try_get("recorded_at")?,
+                received_at: row.try_get("received_at")?,
+                kind: RecordKind::parse(row.try_get("kind")?)?,
+                body: row.try_get("body")?,
+            })
+        })
+        .collect()
+}
+
+/// How many ledger rows the transaction's tenant has.
+pub async fn count(tx: &mut TenantTx) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM device_records")
+        .fetch_one(tx.conn())
+        .await?)
+}
+
+/// The tenant's record retention in days (its setting, or the default of 30).
+pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce((SELECT record_retention_days FROM tenant_ingest_settings),
+                         fleet_default_record_retention_days())",
+    )
+    .fetch_one(tx.conn())
+    .await?)
+}
+
+/// Sets the tenant's record retention, 1 to 3650 days.
+pub async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
+    if !(1..=3650).contains(&days) {
+        return Err(StoreError::Invalid {
+            field: "record retention",
+            reason: format!("{days} days is outside 1 to 3650"),
+        });
+    }
+    let tenant = tx.tenant();
+    sqlx::query(
+        "INSERT INTO tenant_ingest_settings (tenant_id, record_retention_days) VALUES ($1, $2)
+         ON CONFLICT (tenant_id) DO UPDATE
+            SET record_retention_days = EXCLUDED.record_retention_days, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(days)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Deletes at most `limit` of the tenant's records older than its retention (by the device's
+/// clock); returns how many. Call until it returns less than `limit`.
+pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreError> {
+    let tenant = tx.tenant();
+    let done = sqlx::query(
+        "WITH cutoff AS (
+             SELECT now() - make_interval(days => coalesce(
+                 (SELECT record_retention_days FROM tenant_ingest_settings),
+                 fleet_default_record_retention_days())) AS at
+         ), expired AS (
+             SELECT device_id, seq, recorded_at FROM device_records, cutoff
+              WHERE tenant_id = $1 AND recorded_at < cutoff.at
+              LIMIT $2
+         )
+         DELETE FROM device_records r USING expired e
+          WHERE r.tenant_id = $1 AND r.device_id = e.device_id AND r.seq = e.seq
+            AND r.recorded_at = e.recorded_at",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .execute(tx.conn())
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Creates the weekly partitions from this week to `weeks_ahead` ahead that are missing; returns
+/// how many it created.
+pub async fn ensure_partitions(app: &AppDb, weeks_ahead: i32) -> Result<i32, StoreError> {
+    let mut tx = begin_without_tenant(app).await?;
+    let created: i32 = sqlx::query_scalar("SELECT fleet_ensure_record_partitions($1)")
+        .bind(weeks_ahead)
+        .fetch_one(tx.conn())
+        .await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Drops at most `max_partitions` weekly partitions older than every tenant's retention; returns
+/// how many it dropped.
+pub async fn drop_expired_partitions(app: &AppDb, max_partitions: i32) -> Result<i32, StoreError> {
+    let mut tx = begin_without_tenant(app).await?;
+    let dropped: i32 = sqlx::query_scalar("SELECT fleet_drop_expired_record_partitions($1)")
+        .bind(max_partitions)
+        .fetch_one(tx.conn())
+        .await?;
+    tx.commit().await?;
+    Ok(dropped)
+}
