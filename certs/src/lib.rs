@@ -51,9 +51,9 @@ pub use error::{
 pub use identity::{DeviceCertificate, DeviceIdentity, SerialNumber, IDENTITY_URI_PREFIX};
 pub use key::{PrivateKey, KEY_FILE_MODE};
 pub use pki::{Pki, PkiLayout, PkiOrigin};
-pub use service::ServiceClientCertificate;
 /// DER types shared with rustls, re-exported so callers need not name the crate.
 pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+pub use service::ServiceClientCertificate;
 
 #[cfg(test)]
 mod tests {

@@ -25,10 +25,14 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// Address of the devices' MQTT-over-mutual-TLS listener.
     pub broker_listen: SocketAddr,
+    /// Address of the plain-HTTP Prometheus listener (`/metrics`); keep it internal.
+    pub metrics_listen: SocketAddr,
     /// The fleet PKI and the server certificates fleetd issues itself.
     pub pki: PkiConfig,
     /// Device onboarding.
     pub enrollment: EnrollmentConfig,
+    /// How device records are batched into the database.
+    pub ingest: ingest::IngestConfig,
     /// Logging.
     pub log: LogConfig,
     /// Database tuning.
@@ -130,6 +134,8 @@ impl Default for Config {
             database_url: String::new(),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            ingest: ingest::IngestConfig::default(),
             pki: PkiConfig::default(),
             enrollment: EnrollmentConfig::default(),
             log: LogConfig::default(),
@@ -266,6 +272,9 @@ impl Config {
                 "must be an mqtts:// URL, or empty to derive it",
             );
         }
+        if let Err(e) = self.ingest.validate() {
+            return Err(ConfigError::Invalid(format!("ingest: {e}")));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return reject(
                 "log.level",
@@ -290,8 +299,9 @@ impl Config {
         self.pki.dir.as_os_str().is_empty()
     }
 
-    /// The broker URL devices are told at enrollment.
-    pub fn broker_url(&self) -> String {
+    /// The broker URL devices are told at enrollment, given the port the broker listener
+    /// actually bound (it differs from `broker_listen` when that asks for port 0).
+    pub fn broker_url(&self, bound_port: u16) -> String {
         if !self.enrollment.broker_url.is_empty() {
             return self.enrollment.broker_url.clone();
         }
@@ -301,7 +311,7 @@ impl Config {
             (None, Some(ip)) => ip.to_string(),
             (None, None) => "localhost".into(),
         };
-        format!("mqtts://{host}:{}", self.broker_listen.port())
+        format!("mqtts://{host}:{bound_port}")
     }
 
     /// The store's view of the database settings.
@@ -350,6 +360,9 @@ api_listen = "{api_listen}"
 # Address of the devices' MQTT listener (mutual TLS).
 broker_listen = "{broker_listen}"
 
+# Address of the plain-HTTP Prometheus listener (/metrics). Keep it on an internal network.
+metrics_listen = "{metrics_listen}"
+
 # How long in-flight requests get to finish at shutdown.
 shutdown_grace = "{shutdown_grace}"
 
@@ -369,6 +382,11 @@ broker_url = ""
 # Proxies (CIDRs) whose X-Forwarded-For header is believed for the client address.
 trusted_proxies = []
 
+# How device records are batched into PostgreSQL: records per batch and the time window,
+# writer tasks, queue and memory bounds (while the database is down, ingest stops taking
+# messages once these fill and acknowledges nothing), directory cache, retry backoff.
+[ingest]
+{ingest}
 [log]
 # "plain" for people, "json" for log collectors.
 format = "{log_format}"
@@ -389,6 +407,8 @@ postgres_bindir = {postgres_bindir:?}
         database_url = d.database_url,
         api_listen = d.api_listen,
         broker_listen = d.broker_listen,
+        metrics_listen = d.metrics_listen,
+        ingest = toml::to_string(&d.ingest).expect("ingest defaults serialise"),
         pki_dir = d.pki.dir.display().to_string(),
         server_names = d.pki.server_names,
         server_ips = d
@@ -496,11 +516,11 @@ mod tests {
             "broker_listen = \"0.0.0.0:18883\"\n[pki]\nserver_names = [\"fleet.example\"]",
         )
         .unwrap();
-        assert_eq!(config.broker_url(), "mqtts://fleet.example:18883");
+        assert_eq!(config.broker_url(18883), "mqtts://fleet.example:18883");
         let config = load_toml("[pki]\nserver_names = []\nserver_ips = [\"::1\"]").unwrap();
-        assert_eq!(config.broker_url(), "mqtts://[::1]:8883");
+        assert_eq!(config.broker_url(8883), "mqtts://[::1]:8883");
         let config = load_toml("[enrollment]\nbroker_url = \"mqtts://lb:443\"").unwrap();
-        assert_eq!(config.broker_url(), "mqtts://lb:443");
+        assert_eq!(config.broker_url(8883), "mqtts://lb:443");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! in that order, until it is told to stop.
 
 pub mod config;
+mod data_path;
+mod device_sessions;
+mod metrics;
 pub mod pki;
 mod server;
 

@@ -1,13 +1,17 @@
 //! Start-up in order (PKI, database, then listeners), and shutdown in reverse.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
+use broker::{Broker, BrokerConfig, BrokerHooks, RunningBroker};
+use rustls::pki_types::PrivateKeyDer;
 use store::{Database, Purpose};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::device_sessions::{self, OnlineDevices};
 use crate::pki::ServerPki;
 use crate::Config;
 
@@ -19,6 +23,20 @@ pub struct Running {
     api_addr: SocketAddr,
     stop: watch::Sender<bool>,
     api: JoinHandle<std::io::Result<()>>,
+    devices: DeviceServices,
+}
+
+/// The device side: the broker, ingest, and the tasks that connect them to the store.
+struct DeviceServices {
+    broker: Arc<RunningBroker>,
+    presence: JoinHandle<()>,
+    revocations: JoinHandle<()>,
+    ingest: ingest::IngestHandle,
+    feed: JoinHandle<()>,
+    retention: JoinHandle<()>,
+    metrics: JoinHandle<std::io::Result<()>>,
+    metrics_addr: SocketAddr,
+    stop_background: watch::Sender<bool>,
 }
 
 /// Loads the PKI, opens the database (creating and starting the private cluster when no URL is
@@ -30,21 +48,148 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("opening the database")?;
     let (stop, stopped) = watch::channel(false);
-    let api = match start_api(&config, &pki, &database, stopped).await {
-        Ok(api) => api,
+    let devices = match start_devices(&config, &pki, &database).await {
+        Ok(devices) => devices,
         Err(e) => {
             database.close().await.ok();
             return Err(e);
         }
     };
-    let (api_addr, api) = api;
+    let broker_url = config.broker_url(devices.broker.local_addr().port());
+    let (api_addr, api) = match start_api(&config, &pki, &database, broker_url, stopped).await {
+        Ok(api) => api,
+        Err(e) => {
+            devices.stop().await;
+            database.close().await.ok();
+            return Err(e);
+        }
+    };
     tracing::info!(
         api = %format!("https://{api_addr}"),
+        broker = %format!("mqtts://{}", devices.broker.local_addr()),
         database = if config.database_url.is_empty() { "private cluster" } else { "external" },
         data_dir = %config.data_dir.display(),
         "fleetd ready",
     );
-    Ok(Running { config, pki, database, api_addr, stop, api })
+    Ok(Running {
+        config,
+        pki,
+        database,
+        api_addr,
+        stop,
+        api,
+        devices,
+    })
+}
+
+/// The broker, with admission, presence and revocation wired to the store.
+async fn start_devices(
+    config: &Config,
+    pki: &ServerPki,
+    database: &Database,
+) -> anyhow::Result<DeviceServices> {
+    let mut broker_config = BrokerConfig::new(
+        pki.server_cert.chain_der(),
+        PrivateKeyDer::Pkcs8(pki.server_cert.key().to_pkcs8_der()),
+        pki.issuing_ca.root_der().clone(),
+    );
+    broker_config.listen = config.broker_listen;
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let hooks = BrokerHooks {
+        admission: device_sessions::admission_check(database.app.clone()),
+        presence: Some(presence_tx),
+    };
+    let broker = Broker::start(broker_config, hooks).await.with_context(|| {
+        format!(
+            "starting the broker on broker_listen {}",
+            config.broker_listen
+        )
+    })?;
+    let broker = Arc::new(broker);
+    let online = OnlineDevices::default();
+    let presence = tokio::spawn(device_sessions::record_presence(
+        database.app.clone(),
+        online.clone(),
+        presence_rx,
+    ));
+    let revocations = tokio::spawn(device_sessions::enforce_revocations(
+        database.app.clone(),
+        broker.clone(),
+        online,
+    ));
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ingest::Metrics::register(&mut registry);
+    let acks = Arc::new(crate::data_path::BrokerAcks(broker.clone()));
+    let (sender, ingest) = ingest::start(
+        config.ingest.clone(),
+        database.app.clone(),
+        acks,
+        metrics.clone(),
+    )
+    .context("starting ingest")?;
+    let subscription = broker
+        .subscribe_local(wire::topic::INGEST_FILTER)
+        .await
+        .context("subscribing ingest")?;
+    let feed = tokio::spawn(crate::data_path::feed_ingest(subscription, sender));
+    let (stop_background, stopped) = watch::channel(false);
+    let retention = ingest::Retention::new(
+        database.admin.clone(),
+        database.app.clone(),
+        ingest::RetentionConfig::default(),
+        metrics,
+    )
+    .spawn(stopped);
+    let listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
+    let metrics_addr = listener.local_addr()?;
+    let metrics = tokio::spawn(crate::metrics::serve(
+        listener,
+        registry,
+        stop_background.subscribe(),
+    ));
+    Ok(DeviceServices {
+        broker,
+        presence,
+        revocations,
+        ingest,
+        feed,
+        retention,
+        metrics,
+        metrics_addr,
+        stop_background,
+    })
+}
+
+impl DeviceServices {
+    /// Closes every device session, then lets the presence recorder write the resulting
+    /// offline states before it ends.
+    async fn stop(self) {
+        let _ = self.stop_background.send(true);
+        self.revocations.abort();
+        let _ = self.revocations.await;
+        // Devices first, so nothing new arrives; then what ingest holds is committed and acked
+        // where possible (the rest is resent by the devices' outboxes).
+        self.feed.abort();
+        let _ = self.feed.await;
+        self.ingest.shutdown().await;
+        let _ = self.retention.await;
+        let _ = self.metrics.await;
+        match Arc::try_unwrap(self.broker) {
+            Ok(broker) => broker.shutdown().await,
+            Err(_) => {
+                tracing::warn!("broker still shared at shutdown; sessions end with the process")
+            }
+        }
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.presence)
+            .await
+            .is_err()
+        {
+            tracing::warn!("presence updates did not finish within 5 s");
+        }
+    }
 }
 
 /// The HTTPS API: enrollment, health.
@@ -52,6 +197,7 @@ async fn start_api(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
+    broker_url: String,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(config.api_listen)
@@ -62,7 +208,7 @@ async fn start_api(
     let state = api::ApiState {
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
-        ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), config.broker_url())
+        ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -72,6 +218,16 @@ async fn start_api(
 }
 
 impl Running {
+    /// Where the devices' MQTT listener is (useful with port 0).
+    pub fn broker_addr(&self) -> SocketAddr {
+        self.devices.broker.local_addr()
+    }
+
+    /// Where the Prometheus listener is (useful with port 0).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.devices.metrics_addr
+    }
+
     /// Where the HTTPS API listens (useful with port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
@@ -104,7 +260,11 @@ impl Running {
             Ok(joined) => joined.context("API task")?.context("API listener")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within shutdown_grace"),
         }
-        self.database.close().await.context("closing the database")?;
+        self.devices.stop().await;
+        self.database
+            .close()
+            .await
+            .context("closing the database")?;
         tracing::info!("fleetd stopped");
         Ok(())
     }

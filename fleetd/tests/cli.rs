@@ -64,7 +64,10 @@ fn sigterm_stops_fleetd_and_its_private_cluster_cleanly() {
             data_dir.path().to_str().unwrap(),
             "--api-listen",
             "127.0.0.1:0",
+            "--broker-listen",
+            "127.0.0.1:0",
         ])
+        .env("FLEETD_METRICS_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

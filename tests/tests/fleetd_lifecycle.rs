@@ -8,8 +8,19 @@ use store::tenants;
 
 /// `GET path` over HTTPS, trusting exactly the fleet root of `running`.
 async fn get(running: &fleetd::Running, path: &str) -> (u16, String) {
-    let response = https_request(running.api_addr(), &running.pki().issuing_ca, "GET", path, &[], b"").await;
-    assert_eq!(response.header("strict-transport-security"), Some("max-age=31536000"));
+    let response = https_request(
+        running.api_addr(),
+        &running.pki().issuing_ca,
+        "GET",
+        path,
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        response.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
     (response.status, String::from_utf8(response.body).unwrap())
 }
 
@@ -20,6 +31,7 @@ fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
         database_url: db.url().to_owned(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     }
 }
@@ -86,6 +98,7 @@ async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
         data_dir: data_dir.path().to_path_buf(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
 

@@ -15,14 +15,11 @@ use certs::{IssuingCa, Pki, PkiParams, ServerCertParams};
 use fleet_tests::TestDb;
 use ipnet::IpNet;
 use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::ServerName;
 use store::enrollment_tokens::{self, IssuedToken, NewEnrollmentToken};
 use store::{tenants, Database, TenantId};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_rustls::TlsConnector;
 
 pub const BROKER_URL: &str = "mqtts://broker.test:8883";
 
@@ -216,4 +213,4 @@ pub fn rsa_csr() -> Option<String> {
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
-pub use fleet_tests::https::{client_config, https_request, Response};
+pub use fleet_tests::https::{https_request, Response};

@@ -1,0 +1,357 @@
+//! Devices against a real fleetd: enrollment over HTTPS, MQTT over mutual TLS through the
+//! gateway, records committed in Postgres exactly once and acknowledged, revocation from
+//! another database connection closing the live session.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_tests::https::https_request;
+use fleet_tests::TestDb;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use store::devices::{self, NewDevice};
+use store::enrollment_tokens::{self, NewEnrollmentToken};
+use store::{tenants, DeviceId, Purpose, TenantId};
+use uuid::Uuid;
+use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn start_fleetd(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Running {
+    let config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    fleetd::start(config).await.expect("fleetd starts")
+}
+
+/// A device's credentials: its key and the chain fleetd issued.
+struct DeviceCredentials {
+    device_id: Uuid,
+    key: rcgen::KeyPair,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+fn csr() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key, csr)
+}
+
+/// A device of `tenant` created in the store, with a certificate from fleetd's issuing CA.
+async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> DeviceCredentials {
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    let new = NewDevice {
+        name: "sim".into(),
+        group: "default".into(),
+        labels: BTreeMap::new(),
+    };
+    let device = devices::create(&mut tx, &new).await.unwrap();
+    tx.commit().await.unwrap();
+    let (key, csr) = csr();
+    let ca = &running.pki().issuing_ca;
+    let identity = certs::DeviceIdentity {
+        tenant_id: tenant.0,
+        device_id: device.id.0,
+    };
+    let cert = ca
+        .sign_device_csr(
+            &certs::DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
+            identity,
+            certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
+        )
+        .unwrap();
+    DeviceCredentials {
+        device_id: device.id.0,
+        key,
+        chain: ca.chain_der(cert.der()),
+    }
+}
+
+fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(running.pki().issuing_ca.root_der().clone())
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device.key.serialize_der()));
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(device.chain.clone(), key)
+    .unwrap();
+    let addr = running.broker_addr();
+    let mut options = MqttOptions::new(
+        device.device_id.to_string(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    options
+}
+
+/// Connects, subscribes to the device's ack topic and waits for the SUBACK.
+async fn connect(
+    running: &fleetd::Running,
+    device: &DeviceCredentials,
+) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(mqtt_options(running, device), 64);
+    client
+        .subscribe(wire::topic::ack(device.device_id), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) =
+                events.poll().await.expect("device connects")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK in time");
+    (client, events)
+}
+
+fn telemetry_batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let records = seqs
+        .map(|seq| Record {
+            seq,
+            recorded_at: UnixMillis::now(),
+            body: Body::Telemetry(Telemetry {
+                uptime_secs: Some(seq),
+                ..Telemetry::default()
+            }),
+        })
+        .collect();
+    wire::encode_batch(&Batch::new(records))
+}
+
+/// Polls until an ack with at least `watermark` arrives; returns the highest seen.
+async fn wait_for_ack(events: &mut EventLoop, watermark: u64) -> u64 {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                events.poll().await.expect("connection stays up")
+            {
+                let ack = wire::decode_ack(&publish.payload).expect("an ack");
+                if ack.watermark >= watermark {
+                    return ack.watermark;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no ack for {watermark} in time"))
+}
+
+async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_elsewhere() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = start_fleetd(&db, &data_dir).await;
+    let tenant = tenants::create(&running.database().app, "e2e", "test")
+        .await
+        .unwrap()
+        .id;
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    let token = enrollment_tokens::create(
+        &mut tx,
+        &NewEnrollmentToken {
+            name: "lab".into(),
+            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+            daily_limit: 10,
+            max_uses: None,
+            expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
+            device_group: "lab".into(),
+            device_labels: BTreeMap::new(),
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // Enrollment over HTTPS, pinning the fleet root.
+    let (key, csr) = csr();
+    let body = serde_json::json!({ "token": token.secret.expose(), "csr": csr }).to_string();
+    let response = https_request(
+        running.api_addr(),
+        &running.pki().issuing_ca,
+        "POST",
+        "/v1/enroll",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let enrolled = response.json();
+    let broker_url = format!("mqtts://localhost:{}", running.broker_addr().port());
+    assert_eq!(
+        enrolled["broker_url"],
+        broker_url.as_str(),
+        "server name and the bound broker port"
+    );
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(enrolled["certificate_chain"].as_str().unwrap().as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let device = DeviceCredentials {
+        device_id: enrolled["device_id"].as_str().unwrap().parse().unwrap(),
+        key,
+        chain,
+    };
+
+    // Records in, ack after commit.
+    let (client, mut events) = connect(&running, &device).await;
+    client
+        .publish(
+            wire::topic::telemetry(device.device_id),
+            QoS::AtLeastOnce,
+            false,
+            telemetry_batch(1..=3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait_for_ack(&mut events, 3).await, 3);
+    assert_eq!(committed_records(&db, tenant).await, (3, 3));
+
+    // Revoked through another connection to the database, as `fleetctl device revoke` does.
+    let elsewhere = store::Database::open(&db.settings(), Purpose::Tool)
+        .await
+        .unwrap();
+    let mut tx = elsewhere.app.begin(tenant).await.unwrap();
+    devices::revoke(&mut tx, DeviceId(device.device_id), "operator:test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let revoked_at = Instant::now();
+    let dropped = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if events.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        dropped.is_ok(),
+        "the live session outlived its revocation by 2 s"
+    );
+    eprintln!(
+        "session closed {:?} after the revocation committed",
+        revoked_at.elapsed()
+    );
+
+    // And it cannot come back.
+    let (_client, mut events) = AsyncClient::new(mqtt_options(&running, &device), 8);
+    let refused = tokio::time::timeout(TIMEOUT, events.poll())
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(
+            refused,
+            Err(ConnectionError::ConnectionRefused(
+                ConnectReturnCode::NotAuthorized
+            ))
+        ),
+        "{refused:?}"
+    );
+    elsewhere.close().await.unwrap();
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once() {
+    const DEVICES: usize = 100;
+    const RECORDS: u64 = 500;
+    const PER_MESSAGE: u64 = 50;
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = Arc::new(start_fleetd(&db, &data_dir).await);
+    let tenant = tenants::create(&running.database().app, "load", "test")
+        .await
+        .unwrap()
+        .id;
+    let mut devices = Vec::new();
+    for _ in 0..DEVICES {
+        devices.push(provisioned_device(&running, tenant).await);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|device| {
+            let running = running.clone();
+            tokio::spawn(async move {
+                let (client, mut events) = connect(&running, &device).await;
+                let topic = wire::topic::telemetry(device.device_id);
+                for first in (1..=RECORDS).step_by(PER_MESSAGE as usize) {
+                    let batch = telemetry_batch(first..=first + PER_MESSAGE - 1);
+                    client
+                        .publish(&topic, QoS::AtLeastOnce, false, batch.clone())
+                        .await
+                        .unwrap();
+                    // Every third message is sent twice, as a device replaying its outbox would.
+                    if (first / PER_MESSAGE).is_multiple_of(3) {
+                        client
+                            .publish(&topic, QoS::AtLeastOnce, false, batch)
+                            .await
+                            .unwrap();
+                    }
+                }
+                wait_for_ack(&mut events, RECORDS).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap(),
+            RECORDS,
+            "every device gets its final watermark"
+        );
+    }
+    let total = DEVICES as i64 * RECORDS as i64;
+    assert_eq!(committed_records(&db, tenant).await, (total, total));
+    eprintln!(
+        "{total} records from {DEVICES} devices committed and acknowledged in {:?}",
+        started.elapsed()
+    );
+    Arc::try_unwrap(running)
+        .ok()
+        .expect("no other owner")
+        .shutdown()
+        .await
+        .unwrap();
+}
