@@ -33,6 +33,8 @@ pub struct Config {
     pub enrollment: EnrollmentConfig,
     /// How device records are batched into the database.
     pub ingest: ingest::IngestConfig,
+    /// An external MQTT broker to consume device messages from, instead of the embedded one.
+    pub external_broker: ExternalBrokerSettings,
     /// Logging.
     pub log: LogConfig,
     /// Database tuning.
@@ -56,6 +58,40 @@ pub struct PkiConfig {
     /// Lifetime of device certificates issued at enrollment.
     #[serde(with = "humantime_serde")]
     pub device_cert_lifetime: Duration,
+}
+
+/// Ingest-only mode: device messages come from an external MQTT broker (Mosquitto, EMQX, ...)
+/// through an MQTT v5 shared subscription, so any number of fleetd instances split the load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalBrokerSettings {
+    /// `mqtts://host:port` of the broker. Empty: the embedded broker on `broker_listen`.
+    pub url: String,
+    /// MQTT client id of this instance: unique per instance and stable across restarts (it
+    /// names the persistent session the broker redelivers from).
+    pub client_id: String,
+    /// Shared-subscription group; instances in one group split the messages.
+    pub share_group: String,
+}
+
+impl Default for ExternalBrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: String::new(),
+            share_group: "fleet-ingest".into(),
+        }
+    }
+}
+
+impl ExternalBrokerSettings {
+    /// Host and port of `url`, when one is set.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let rest = self.url.strip_prefix("mqtts://")?;
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Some((host.to_owned(), port.parse().ok()?))
+    }
 }
 
 /// Device onboarding settings.
@@ -136,6 +172,7 @@ impl Default for Config {
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             ingest: ingest::IngestConfig::default(),
+            external_broker: ExternalBrokerSettings::default(),
             pki: PkiConfig::default(),
             enrollment: EnrollmentConfig::default(),
             log: LogConfig::default(),
@@ -272,6 +309,20 @@ impl Config {
                 "must be an mqtts:// URL, or empty to derive it",
             );
         }
+        if !self.external_broker.url.is_empty() {
+            if self.external_broker.host_port().is_none() {
+                return reject(
+                    "external_broker.url",
+                    "must be mqtts://host:port, or empty for the embedded broker",
+                );
+            }
+            if self.external_broker.client_id.is_empty() {
+                return reject(
+                    "external_broker.client_id",
+                    "must be set (unique and stable per instance) with external_broker.url",
+                );
+            }
+        }
         if let Err(e) = self.ingest.validate() {
             return Err(ConfigError::Invalid(format!("ingest: {e}")));
         }
@@ -304,6 +355,9 @@ impl Config {
     pub fn broker_url(&self, bound_port: u16) -> String {
         if !self.enrollment.broker_url.is_empty() {
             return self.enrollment.broker_url.clone();
+        }
+        if !self.external_broker.url.is_empty() {
+            return self.external_broker.url.clone();
         }
         let host = match (self.pki.server_names.first(), self.pki.server_ips.first()) {
             (Some(name), _) => name.clone(),
@@ -387,6 +441,16 @@ trusted_proxies = []
 # messages once these fill and acknowledges nothing), directory cache, retry backoff.
 [ingest]
 {ingest}
+[external_broker]
+# Ingest-only mode: consume device messages from this broker (mqtts://host:port) through an
+# MQTT v5 shared subscription instead of running the embedded broker; start any number of
+# fleetd instances with the same share_group. fleetd authenticates as "fleetd-ingest" with a
+# client certificate it issues itself from the PKI. Set up the broker as ingest/README.md says.
+url = ""
+# Unique and stable per instance: it names the broker session that survives restarts.
+client_id = ""
+share_group = "fleet-ingest"
+
 [log]
 # "plain" for people, "json" for log collectors.
 format = "{log_format}"
@@ -508,6 +572,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server_ips"), "{err}");
+    }
+
+    #[test]
+    fn external_mode_needs_a_url_and_a_client_id() {
+        let err = load_toml("[external_broker]\nurl = \"tcp://x:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("external_broker.url"), "{err}");
+        let err = load_toml("[external_broker]\nurl = \"mqtts://mq:8883\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("external_broker.client_id"), "{err}");
+        let config =
+            load_toml("[external_broker]\nurl = \"mqtts://[::1]:8883\"\nclient_id = \"a\"")
+                .unwrap();
+        assert_eq!(
+            config.external_broker.host_port(),
+            Some(("::1".into(), 8883))
+        );
+        assert_eq!(
+            config.broker_url(1),
+            "mqtts://[::1]:8883",
+            "devices are sent to the external broker"
+        );
     }
 
     #[test]

@@ -26,17 +26,27 @@ pub struct Running {
     devices: DeviceServices,
 }
 
-/// The device side: the broker, ingest, and the tasks that connect them to the store.
+/// The device side: where device messages come from, ingest, and the background tasks.
 struct DeviceServices {
-    broker: Arc<RunningBroker>,
-    presence: JoinHandle<()>,
-    revocations: JoinHandle<()>,
+    front: DeviceFront,
     ingest: ingest::IngestHandle,
-    feed: JoinHandle<()>,
     retention: JoinHandle<()>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
+}
+
+/// Where device messages come from.
+enum DeviceFront {
+    /// The embedded broker, with admission, presence and revocation wired to the store.
+    Embedded {
+        broker: Arc<RunningBroker>,
+        presence: JoinHandle<()>,
+        revocations: JoinHandle<()>,
+        feed: JoinHandle<()>,
+    },
+    /// An external broker, consumed through a shared subscription (ingest-only instance).
+    External(ingest::ExternalHandle),
 }
 
 /// Loads the PKI, opens the database (creating and starting the private cluster when no URL is
@@ -55,7 +65,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             return Err(e);
         }
     };
-    let broker_url = config.broker_url(devices.broker.local_addr().port());
+    let bound_port = devices
+        .broker_addr()
+        .map_or(config.broker_listen.port(), |addr| addr.port());
+    let broker_url = config.broker_url(bound_port);
     let (api_addr, api) = match start_api(&config, &pki, &database, broker_url, stopped).await {
         Ok(api) => api,
         Err(e) => {
@@ -66,7 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     tracing::info!(
         api = %format!("https://{api_addr}"),
-        broker = %format!("mqtts://{}", devices.broker.local_addr()),
+        broker = %devices.broker_addr().map_or(config.external_broker.url.clone(), |addr| format!("mqtts://{addr}")),
         database = if config.database_url.is_empty() { "private cluster" } else { "external" },
         data_dir = %config.data_dir.display(),
         "fleetd ready",
@@ -82,57 +95,60 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// The broker, with admission, presence and revocation wired to the store.
+/// The device side: the embedded broker or an external one, ingest, retention, metrics.
 async fn start_devices(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
 ) -> anyhow::Result<DeviceServices> {
-    let mut broker_config = BrokerConfig::new(
-        pki.server_cert.chain_der(),
-        PrivateKeyDer::Pkcs8(pki.server_cert.key().to_pkcs8_der()),
-        pki.issuing_ca.root_der().clone(),
-    );
-    broker_config.listen = config.broker_listen;
-    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
-    let hooks = BrokerHooks {
-        admission: device_sessions::admission_check(database.app.clone()),
-        presence: Some(presence_tx),
-    };
-    let broker = Broker::start(broker_config, hooks).await.with_context(|| {
-        format!(
-            "starting the broker on broker_listen {}",
-            config.broker_listen
-        )
-    })?;
-    let broker = Arc::new(broker);
-    let online = OnlineDevices::default();
-    let presence = tokio::spawn(device_sessions::record_presence(
-        database.app.clone(),
-        online.clone(),
-        presence_rx,
-    ));
-    let revocations = tokio::spawn(device_sessions::enforce_revocations(
-        database.app.clone(),
-        broker.clone(),
-        online,
-    ));
-
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ingest::Metrics::register(&mut registry);
-    let acks = Arc::new(crate::data_path::BrokerAcks(broker.clone()));
-    let (sender, ingest) = ingest::start(
-        config.ingest.clone(),
-        database.app.clone(),
-        acks,
-        metrics.clone(),
-    )
-    .context("starting ingest")?;
-    let subscription = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .context("subscribing ingest")?;
-    let feed = tokio::spawn(crate::data_path::feed_ingest(subscription, sender));
+    let start_ingest = |acks: Arc<dyn ingest::AckSink>| {
+        ingest::start(
+            config.ingest.clone(),
+            database.app.clone(),
+            acks,
+            metrics.clone(),
+        )
+        .context("starting ingest")
+    };
+    let (front, ingest) = match config.external_broker.host_port() {
+        None => {
+            let (broker, presence_rx) = start_embedded_broker(config, pki, database).await?;
+            let (sender, ingest) =
+                start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
+            let subscription = broker
+                .subscribe_local(wire::topic::INGEST_FILTER)
+                .await
+                .context("subscribing ingest")?;
+            let feed = tokio::spawn(crate::data_path::feed_ingest(subscription, sender));
+            let online = OnlineDevices::default();
+            let presence = tokio::spawn(device_sessions::record_presence(
+                database.app.clone(),
+                online.clone(),
+                presence_rx,
+            ));
+            let revocations = tokio::spawn(device_sessions::enforce_revocations(
+                database.app.clone(),
+                broker.clone(),
+                online,
+            ));
+            (
+                DeviceFront::Embedded {
+                    broker,
+                    presence,
+                    revocations,
+                    feed,
+                },
+                ingest,
+            )
+        }
+        Some((host, port)) => {
+            let source = external_source(config, pki, host, port)?;
+            let (sender, ingest) = start_ingest(source.ack_sink())?;
+            (DeviceFront::External(source.run(sender)), ingest)
+        }
+    };
     let (stop_background, stopped) = watch::channel(false);
     let retention = ingest::Retention::new(
         database.admin.clone(),
@@ -151,11 +167,8 @@ async fn start_devices(
         stop_background.subscribe(),
     ));
     Ok(DeviceServices {
-        broker,
-        presence,
-        revocations,
+        front,
         ingest,
-        feed,
         retention,
         metrics,
         metrics_addr,
@@ -163,31 +176,106 @@ async fn start_devices(
     })
 }
 
+/// The embedded broker on `broker_listen`, admitting active devices only.
+async fn start_embedded_broker(
+    config: &Config,
+    pki: &ServerPki,
+    database: &Database,
+) -> anyhow::Result<(
+    Arc<RunningBroker>,
+    mpsc::UnboundedReceiver<broker::PresenceEvent>,
+)> {
+    let mut broker_config = BrokerConfig::new(
+        pki.server_cert.chain_der(),
+        PrivateKeyDer::Pkcs8(pki.server_cert.key().to_pkcs8_der()),
+        pki.issuing_ca.root_der().clone(),
+    );
+    broker_config.listen = config.broker_listen;
+    let (presence_tx, presence_rx) = mpsc::unbounded_channel();
+    let hooks = BrokerHooks {
+        admission: device_sessions::admission_check(database.app.clone()),
+        presence: Some(presence_tx),
+    };
+    let broker = Broker::start(broker_config, hooks).await.with_context(|| {
+        format!(
+            "starting the broker on broker_listen {}",
+            config.broker_listen
+        )
+    })?;
+    Ok((Arc::new(broker), presence_rx))
+}
+
+/// The external broker's consumer, authenticated as `fleetd-ingest` with a client certificate
+/// issued at start from the issuing CA (the broker's ACL grants that name the shared group).
+fn external_source(
+    config: &Config,
+    pki: &ServerPki,
+    host: String,
+    port: u16,
+) -> anyhow::Result<ingest::ExternalSource> {
+    let identity = pki
+        .issuing_ca
+        .issue_service_client_cert(INGEST_IDENTITY)
+        .context("issuing ingest's client certificate")?;
+    let mut external = ingest::ExternalBrokerConfig::new(
+        host,
+        port,
+        config.external_broker.client_id.clone(),
+        pki.issuing_ca.root_pem(),
+        identity.chain_pem(),
+        identity.key().to_pkcs8_pem().to_string(),
+    );
+    external.share_group = config.external_broker.share_group.clone();
+    tracing::info!(url = %config.external_broker.url, client_id = %external.client_id, share_group = %external.share_group, "ingest-only: consuming from the external broker");
+    ingest::ExternalSource::new(&external).context("external_broker")
+}
+
+/// The identity ingest presents to an external broker (its certificate's common name).
+const INGEST_IDENTITY: &str = "fleetd-ingest";
+
 impl DeviceServices {
-    /// Closes every device session, then lets the presence recorder write the resulting
-    /// offline states before it ends.
+    /// Stops taking device messages, lets ingest commit (and acknowledge) what it holds, then
+    /// lets the presence recorder write the resulting offline states.
     async fn stop(self) {
         let _ = self.stop_background.send(true);
-        self.revocations.abort();
-        let _ = self.revocations.await;
-        // Devices first, so nothing new arrives; then what ingest holds is committed and acked
-        // where possible (the rest is resent by the devices' outboxes).
-        self.feed.abort();
-        let _ = self.feed.await;
-        self.ingest.shutdown().await;
-        let _ = self.retention.await;
-        let _ = self.metrics.await;
-        match Arc::try_unwrap(self.broker) {
-            Ok(broker) => broker.shutdown().await,
-            Err(_) => {
-                tracing::warn!("broker still shared at shutdown; sessions end with the process")
+        match self.front {
+            DeviceFront::Embedded {
+                broker,
+                presence,
+                revocations,
+                feed,
+            } => {
+                revocations.abort();
+                let _ = revocations.await;
+                feed.abort();
+                let _ = feed.await;
+                self.ingest.shutdown().await;
+                match Arc::try_unwrap(broker) {
+                    Ok(broker) => broker.shutdown().await,
+                    Err(_) => tracing::warn!(
+                        "broker still shared at shutdown; sessions end with the process"
+                    ),
+                }
+                if tokio::time::timeout(std::time::Duration::from_secs(5), presence)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("presence updates did not finish within 5 s");
+                }
+            }
+            DeviceFront::External(source) => {
+                source.shutdown().await;
+                self.ingest.shutdown().await;
             }
         }
-        if tokio::time::timeout(std::time::Duration::from_secs(5), self.presence)
-            .await
-            .is_err()
-        {
-            tracing::warn!("presence updates did not finish within 5 s");
+        let _ = self.retention.await;
+        let _ = self.metrics.await;
+    }
+
+    fn broker_addr(&self) -> Option<SocketAddr> {
+        match &self.front {
+            DeviceFront::Embedded { broker, .. } => Some(broker.local_addr()),
+            DeviceFront::External(_) => None,
         }
     }
 }
@@ -218,9 +306,9 @@ async fn start_api(
 }
 
 impl Running {
-    /// Where the devices' MQTT listener is (useful with port 0).
-    pub fn broker_addr(&self) -> SocketAddr {
-        self.devices.broker.local_addr()
+    /// Where the embedded broker listens (useful with port 0); `None` in ingest-only mode.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.devices.broker_addr()
     }
 
     /// Where the Prometheus listener is (useful with port 0).

@@ -6,6 +6,7 @@
 //! [`TestDb`] creates its own database and drops it when dropped.
 
 pub mod https;
+pub mod mosquitto;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -95,7 +95,7 @@ fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOp
     .with_root_certificates(roots)
     .with_client_auth_cert(device.chain.clone(), key)
     .unwrap();
-    let addr = running.broker_addr();
+    let addr = running.broker_addr().expect("the embedded broker");
     let mut options = MqttOptions::new(
         device.device_id.to_string(),
         addr.ip().to_string(),
@@ -218,7 +218,10 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         String::from_utf8_lossy(&response.body)
     );
     let enrolled = response.json();
-    let broker_url = format!("mqtts://localhost:{}", running.broker_addr().port());
+    let broker_url = format!(
+        "mqtts://localhost:{}",
+        running.broker_addr().unwrap().port()
+    );
     assert_eq!(
         enrolled["broker_url"],
         broker_url.as_str(),

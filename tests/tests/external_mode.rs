@@ -1,0 +1,225 @@
+//! Scale-out: two fleetd instances in ingest-only mode share one external Mosquitto (configured
+//! as ingest/README.md documents for production) through an MQTT v5 shared subscription. Every
+//! record is written exactly once, both instances do work, every device gets its final ack.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
+use fleet_tests::mosquitto::start_mosquitto;
+use fleet_tests::TestDb;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use store::devices::{self, NewDevice};
+use store::{tenants, TenantId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+
+const DEVICES: usize = 20;
+const MESSAGES: u64 = 10;
+const PER_MESSAGE: u64 = 20;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn ingest_only(
+    db: &TestDb,
+    pki_dir: &std::path::Path,
+    data_dir: &tempfile::TempDir,
+    mqtt_port: u16,
+    name: &str,
+) -> fleetd::Config {
+    let mut config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    config.pki.dir = pki_dir.to_path_buf();
+    config.external_broker.url = format!("mqtts://localhost:{mqtt_port}");
+    config.external_broker.client_id = name.to_owned();
+    config
+}
+
+/// Runs one device against Mosquitto: publishes its records (every third message twice) and
+/// returns the final ack watermark.
+async fn run_device(ca: Arc<IssuingCa>, tenant: TenantId, device: Uuid, port: u16) -> u64 {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let identity = DeviceIdentity {
+        tenant_id: tenant.0,
+        device_id: device,
+    };
+    let validity = Validity::from_now(Duration::from_secs(3600)).unwrap();
+    let cert = ca
+        .sign_device_csr(
+            &DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
+            identity,
+            validity,
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        ca.chain_der(cert.der()),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    let mut options = MqttOptions::new(device.to_string(), "localhost", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    let (client, mut events) = AsyncClient::new(options, 64);
+    client
+        .subscribe(wire::topic::ack(device), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let topic = wire::topic::telemetry(device);
+    for message in 0..MESSAGES {
+        let first = message * PER_MESSAGE + 1;
+        let records = (first..first + PER_MESSAGE)
+            .map(|seq| Record {
+                seq,
+                recorded_at: UnixMillis::now(),
+                body: Body::Telemetry(Telemetry::default()),
+            })
+            .collect();
+        let payload = wire::encode_batch(&Batch::new(records));
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+        if message % 3 == 0 {
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    }
+    let last = MESSAGES * PER_MESSAGE;
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                events.poll().await.expect("device stays connected")
+            {
+                let watermark = wire::decode_ack(&publish.payload).unwrap().watermark;
+                if watermark >= last {
+                    return watermark;
+                }
+            }
+        }
+    })
+    .await
+    .expect("final ack in time")
+}
+
+/// `fleet_ingest_records_committed_total` from an instance's metrics listener.
+async fn records_committed(addr: std::net::SocketAddr) -> u64 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("fleet_ingest_records_committed_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no committed counter in {response}"))
+}
+
+#[tokio::test]
+async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_record_once() {
+    let db = TestDb::new().await;
+    let pki_dir = tempfile::tempdir().unwrap();
+    Pki::generate(&pki_dir.path().join("pki"), &PkiParams::default()).unwrap();
+    let pki_path = pki_dir.path().join("pki");
+    let ca = Arc::new(IssuingCa::load(&pki_path).unwrap());
+    let mosquitto_dir = tempfile::tempdir().unwrap();
+    let mosquitto = start_mosquitto(mosquitto_dir.path(), &ca).await;
+
+    let (dir_a, dir_b) = (fleet_tests::data_dir(), fleet_tests::data_dir());
+    let a = fleetd::start(ingest_only(
+        &db,
+        &pki_path,
+        &dir_a,
+        mosquitto.port,
+        "fleetd-a",
+    ))
+    .await
+    .unwrap();
+    let b = fleetd::start(ingest_only(
+        &db,
+        &pki_path,
+        &dir_b,
+        mosquitto.port,
+        "fleetd-b",
+    ))
+    .await
+    .unwrap();
+    assert!(
+        a.broker_addr().is_none() && b.broker_addr().is_none(),
+        "ingest-only: no embedded broker"
+    );
+
+    let tenant = tenants::create(&a.database().app, "scale-out", "test")
+        .await
+        .unwrap()
+        .id;
+    let mut ids = Vec::new();
+    let mut tx = a.database().app.begin(tenant).await.unwrap();
+    for _ in 0..DEVICES {
+        let new = NewDevice {
+            name: "sim".into(),
+            group: "default".into(),
+            labels: BTreeMap::new(),
+        };
+        ids.push(devices::create(&mut tx, &new).await.unwrap().id.0);
+    }
+    tx.commit().await.unwrap();
+    // Give both instances' shared subscriptions time to be in place before devices publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|device| tokio::spawn(run_device(ca.clone(), tenant, *device, mosquitto.port)))
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), MESSAGES * PER_MESSAGE);
+    }
+    let total = (DEVICES as u64 * MESSAGES * PER_MESSAGE) as i64;
+    let mut owner = db.connect_as_owner().await;
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    assert_eq!(
+        (rows, distinct),
+        (total, total),
+        "every record exactly once"
+    );
+    let (by_a, by_b) = (
+        records_committed(a.metrics_addr()).await,
+        records_committed(b.metrics_addr()).await,
+    );
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both instances did work: {by_a} and {by_b}"
+    );
+    assert_eq!(by_a + by_b, total as u64, "no record committed twice");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
