@@ -163,6 +163,29 @@ async fn wait_for_ack(events: &mut EventLoop, watermark: u64) -> u64 {
     .unwrap_or_else(|_| panic!("no ack for {watermark} in time"))
 }
 
+/// Waits until the store says the device's online flag is `online`, with a last-seen time.
+async fn wait_for_presence(db: &TestDb, device: Uuid, online: bool) {
+    let mut owner = db.connect_as_owner().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (now_online, seen): (bool, bool) = sqlx::query_as(
+            "SELECT online, last_seen_at IS NOT NULL FROM devices WHERE device_id = $1",
+        )
+        .bind(device)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+        if now_online == online && seen {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence never became online={online}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
     let mut owner = db.connect_as_owner().await;
     sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
@@ -250,6 +273,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         .unwrap();
     assert_eq!(wait_for_ack(&mut events, 3).await, 3);
     assert_eq!(committed_records(&db, tenant).await, (3, 3));
+    wait_for_presence(&db, device.device_id, true).await;
 
     // Revoked through another connection to the database, as `fleetctl device revoke` does.
     let elsewhere = store::Database::open(&db.settings(), Purpose::Tool)
@@ -277,6 +301,8 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         "session closed {:?} after the revocation committed",
         revoked_at.elapsed()
     );
+
+    wait_for_presence(&db, device.device_id, false).await;
 
     // And it cannot come back.
     let (_client, mut events) = AsyncClient::new(mqtt_options(&running, &device), 8);
