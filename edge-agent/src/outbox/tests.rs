@@ -513,17 +513,22 @@ fn kill_9_during_appends_loses_nothing_that_was_reported_durable() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let (mut appended, mut acked) = (Vec::new(), 0);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(seq) = line.strip_prefix("APPENDED ") {
                     appended.push(seq.parse::<Seq>().unwrap());
+                    let _ = started_tx.send(());
                 } else if let Some(seq) = line.strip_prefix("ACKED ") {
                     acked = seq.parse::<Seq>().unwrap();
                 }
             }
             (appended, acked)
         });
+        // Start the kill timer once the child is appending: on a loaded machine, starting
+        // the test binary alone can take longer than the shortest delay.
+        let _ = started_rx.recv_timeout(Duration::from_secs(60));
         let delay = 20 + next_random(&mut seed) % 180;
         std::thread::sleep(Duration::from_millis(delay));
         child.kill().unwrap(); // SIGKILL
