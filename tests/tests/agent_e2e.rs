@@ -1,0 +1,164 @@
+//! The real `fleet-agent` binary against a real fleetd: enrollment over HTTPS with a token,
+//! one round of telemetry and patch status over mutual-TLS MQTT acknowledged after commit, the
+//! records in Postgres; then a revoked agent stops and says why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use fleet_tests::TestDb;
+use store::enrollment_tokens::{self, NewEnrollmentToken};
+use store::{devices, tenants, DeviceId, TenantId};
+use uuid::Uuid;
+
+/// The agent binary next to this test's own directory in the target dir, built if missing.
+fn agent_binary() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let binary = deps.parent().unwrap().join("fleet-agent");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "edge-agent", "--bin", "fleet-agent"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building fleet-agent");
+    }
+    binary
+}
+
+/// Runs the agent on the blocking pool: fleetd serves from this test's runtime meanwhile.
+async fn agent(state: &Path, args: &[&str]) -> Output {
+    let state = state.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || run_agent(&state, &args))
+        .await
+        .unwrap()
+}
+
+fn run_agent(state: &Path, args: &[String]) -> Output {
+    Command::new(agent_binary())
+        .arg("--state-dir")
+        .arg(state.join("state"))
+        .arg("--config")
+        .arg(state.join("agent.toml"))
+        .args(args)
+        .env("FLEET_AGENT_ALLOW_ROOT", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn token_for(running: &fleetd::Running, tenant: TenantId) -> String {
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    let new = NewEnrollmentToken {
+        name: "agents".into(),
+        allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+        daily_limit: 10,
+        max_uses: None,
+        expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
+        device_group: "agents".into(),
+        device_labels: BTreeMap::new(),
+    };
+    let issued = enrollment_tokens::create(&mut tx, &new, "test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issued.secret.expose().to_owned()
+}
+
+#[tokio::test]
+async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    let running = fleetd::start(config).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "agents", "test")
+        .await
+        .unwrap()
+        .id;
+    let token = token_for(&running, tenant).await;
+
+    let device_dir = tempfile::tempdir().unwrap();
+    let root = device_dir.path().join("root-ca.pem");
+    std::fs::write(&root, running.pki().issuing_ca.root_pem()).unwrap();
+    let template = agent(device_dir.path(), &["configfile"]).await;
+    assert!(template.status.success(), "{}", text(&template));
+    std::fs::write(device_dir.path().join("agent.toml"), &template.stdout).unwrap();
+
+    let server = format!("https://localhost:{}", running.api_addr().port());
+    let enrolled = agent(
+        device_dir.path(),
+        &[
+            "enroll",
+            "--server",
+            &server,
+            "--ca",
+            root.to_str().unwrap(),
+            "--token",
+            &token,
+        ],
+    )
+    .await;
+    assert!(enrolled.status.success(), "{}", text(&enrolled));
+    let status = agent(device_dir.path(), &["status", "--json"]).await;
+    assert!(status.status.success(), "{}", text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let device: Uuid = status["device_id"]
+        .as_str()
+        .expect("status names the device")
+        .parse()
+        .unwrap();
+
+    // One round: telemetry and patch status, acknowledged after commit, then exit 0.
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let mut owner = db.connect_as_owner().await;
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT kind::text FROM device_records WHERE device_id = $1 ORDER BY 1",
+    )
+    .bind(device)
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert!(
+        kinds.iter().any(|k| k.contains("telemetry")),
+        "records of kinds {kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| k.contains("patch")),
+        "records of kinds {kinds:?}"
+    );
+
+    // Revoked: the next run is refused at the broker and the agent says so.
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    devices::revoke(&mut tx, DeviceId(device), "operator:test")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let refused = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
+    assert!(
+        text(&refused).to_lowercase().contains("revoked"),
+        "{}",
+        text(&refused)
+    );
+    running.shutdown().await.unwrap();
+}
