@@ -1,6 +1,11 @@
 //! The real `fleet-agent` binary against a real fleetd: enrollment over HTTPS with a token,
 //! one round of telemetry and patch status over mutual-TLS MQTT acknowledged after commit, the
 //! records in Postgres; then a revoked agent stops and says why.
+//!
+//! By default the native debug build runs. CI also runs this test with an ARM release build
+//! under qemu-user: `FLEET_AGENT_BIN` names the binary and `FLEET_AGENT_RUNNER` the command line
+//! that runs it, e.g. `cross/qemu-run aarch64-unknown-linux-musl` (split on spaces; relative
+//! paths are taken from the workspace root).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,8 +16,12 @@ use store::enrollment_tokens::{self, NewEnrollmentToken};
 use store::{devices, tenants, DeviceId, TenantId};
 use uuid::Uuid;
 
-/// The agent binary next to this test's own directory in the target dir, built if missing.
+/// `FLEET_AGENT_BIN`, or the agent binary next to this test's own directory in the target
+/// dir, built if missing.
 fn agent_binary() -> PathBuf {
+    if let Ok(binary) = std::env::var("FLEET_AGENT_BIN") {
+        return workspace_root().join(binary);
+    }
     let deps = std::env::current_exe()
         .unwrap()
         .parent()
@@ -39,8 +48,29 @@ async fn agent(state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The agent binary, behind `FLEET_AGENT_RUNNER` when set (an emulator).
+fn agent_command() -> Command {
+    let runner = std::env::var("FLEET_AGENT_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        None => Command::new(agent_binary()),
+        Some(program) => {
+            let mut command = Command::new(workspace_root().join(program));
+            command.args(words).arg(agent_binary());
+            command
+        }
+    }
+}
+
 fn run_agent(state: &Path, args: &[String]) -> Output {
-    Command::new(agent_binary())
+    agent_command()
         .arg("--state-dir")
         .arg(state.join("state"))
         .arg("--config")
