@@ -192,3 +192,124 @@ async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// Enrolls an agent with fleetd's API, with `config` as its configuration file (every value
+/// left out keeps its default); returns the device id.
+async fn enrolled_agent(
+    running: &fleetd::Running,
+    tenant: TenantId,
+    dir: &Path,
+    config: &str,
+) -> Uuid {
+    let token = token_for(running, tenant).await;
+    let root = dir.join("root-ca.pem");
+    std::fs::write(&root, running.pki().issuing_ca.root_pem()).unwrap();
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let server = format!("https://localhost:{}", running.api_addr().port());
+    let enrolled = agent(
+        dir,
+        &[
+            "enroll",
+            "--server",
+            &server,
+            "--ca",
+            root.to_str().unwrap(),
+            "--token",
+            &token,
+        ],
+    )
+    .await;
+    assert!(enrolled.status.success(), "{}", text(&enrolled));
+    let status = agent(dir, &["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    status["device_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// (rows, distinct seqs, lowest seq, highest seq) of the device's records.
+async fn ledger(db: &TestDb, device: Uuid) -> (i64, i64, i64, i64) {
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query_as("SELECT count(*), count(DISTINCT seq), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM device_records WHERE device_id = $1")
+        .bind(device)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_returns() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    let first = fleetd::start(config.clone()).await.unwrap();
+    let broker_addr = first.broker_addr().unwrap();
+    let tenant = tenants::create(&first.database().app, "outage", "test")
+        .await
+        .unwrap()
+        .id;
+    let device_dir = tempfile::tempdir().unwrap();
+    let fast = "[telemetry]\ninterval_secs = 1\n[mqtt]\nbackoff_max_secs = 1\n";
+    let device = enrolled_agent(&first, tenant, device_dir.path(), fast).await;
+    first.shutdown().await.unwrap();
+
+    // The agent runs while nothing listens: its records wait in the outbox.
+    let log = std::fs::File::create(device_dir.path().join("agent.log")).unwrap();
+    let mut running_agent = agent_command()
+        .arg("--state-dir")
+        .arg(device_dir.path().join("state"))
+        .arg("--config")
+        .arg(device_dir.path().join("agent.toml"))
+        .arg("run")
+        .env("FLEET_AGENT_ALLOW_ROOT", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        ledger(&db, device).await.0,
+        0,
+        "nothing can have arrived yet"
+    );
+
+    // The broker returns on the same address.
+    config.broker_listen = broker_addr;
+    let second = fleetd::start(config).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, distinct, _, _) = ledger(&db, device).await;
+        if distinct >= 6 {
+            break;
+        }
+        let log = std::fs::read_to_string(device_dir.path().join("agent.log")).unwrap_or_default();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox did not drain; agent log:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running_agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = tokio::task::spawn_blocking(move || running_agent.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stopped.success(), "agent exit: {stopped}");
+    let (rows, distinct, lowest, highest) = ledger(&db, device).await;
+    assert_eq!(rows, distinct, "no record twice");
+    assert_eq!(
+        (lowest, highest - lowest + 1),
+        (1, rows),
+        "no gap: every record from the outage arrived"
+    );
+    second.shutdown().await.unwrap();
+}
