@@ -89,9 +89,8 @@ fn text(output: &Output) -> String {
     )
 }
 
-async fn token_for(running: &fleetd::Running, tenant: TenantId) -> String {
-    let mut tx = running.database().app.begin(tenant).await.unwrap();
-    let new = NewEnrollmentToken {
+fn loopback_token() -> NewEnrollmentToken {
+    NewEnrollmentToken {
         name: "agents".into(),
         allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         daily_limit: 10,
@@ -99,7 +98,19 @@ async fn token_for(running: &fleetd::Running, tenant: TenantId) -> String {
         expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
         device_group: "agents".into(),
         device_labels: BTreeMap::new(),
-    };
+    }
+}
+
+async fn token_for(running: &fleetd::Running, tenant: TenantId) -> String {
+    issue_token(running, tenant, loopback_token()).await
+}
+
+async fn issue_token(
+    running: &fleetd::Running,
+    tenant: TenantId,
+    new: NewEnrollmentToken,
+) -> String {
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
     let issued = enrollment_tokens::create(&mut tx, &new, "test")
         .await
         .unwrap();
@@ -312,4 +323,98 @@ async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_retu
         "no gap: every record from the outage arrived"
     );
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    let running = fleetd::start(config).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "refusals", "test")
+        .await
+        .unwrap()
+        .id;
+    let elsewhere = NewEnrollmentToken {
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        ..loopback_token()
+    };
+    let once_a_day = NewEnrollmentToken {
+        daily_limit: 1,
+        ..loopback_token()
+    };
+    let used_daily = issue_token(&running, tenant, once_a_day).await;
+    let revoked = {
+        let mut tx = running.database().app.begin(tenant).await.unwrap();
+        let issued = enrollment_tokens::create(&mut tx, &loopback_token(), "test")
+            .await
+            .unwrap();
+        enrollment_tokens::revoke(&mut tx, issued.token.id, "test")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        issued.secret.expose().to_owned()
+    };
+    let cases = [
+        ("fpe_not-a-token", "not valid"),
+        (
+            issue_token(&running, tenant, elsewhere).await.as_str(),
+            "address is not allowed",
+        ),
+        (revoked.as_str(), "was revoked"),
+        (used_daily.as_str(), "daily limit"),
+    ]
+    .map(|(token, says)| (token.to_owned(), says));
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = root_dir.path().join("root-ca.pem");
+    std::fs::write(&root, running.pki().issuing_ca.root_pem()).unwrap();
+    let server = format!("https://localhost:{}", running.api_addr().port());
+    // The daily token's one use, so that its next use is refused.
+    let first = tempfile::tempdir().unwrap();
+    let ok = agent(
+        first.path(),
+        &[
+            "enroll",
+            "--server",
+            &server,
+            "--ca",
+            root.to_str().unwrap(),
+            "--token",
+            &used_daily,
+        ],
+    )
+    .await;
+    assert!(ok.status.success(), "{}", text(&ok));
+    for (token, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = agent(
+            dir.path(),
+            &[
+                "enroll",
+                "--server",
+                &server,
+                "--ca",
+                root.to_str().unwrap(),
+                "--token",
+                &token,
+            ],
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{says}: {}", text(&refused));
+        assert!(stderr.contains(says), "expected {says:?} in {stderr:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(
+            !dir.path().join("state/device.json").exists(),
+            "no identity after a refusal"
+        );
+    }
+    running.shutdown().await.unwrap();
 }
