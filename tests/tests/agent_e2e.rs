@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 use fleet_tests::TestDb;
 use store::enrollment_tokens::{self, NewEnrollmentToken};
 use store::{devices, tenants, DeviceId, TenantId};
@@ -122,14 +124,7 @@ async fn issue_token(
 async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let config = common::fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
     let tenant = tenants::create(&running.database().app, "agents", "test")
         .await
@@ -250,14 +245,7 @@ async fn ledger(db: &TestDb, device: Uuid) -> (i64, i64, i64, i64) {
 async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_returns() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let mut config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let mut config = common::fleetd_config(&db, &data_dir);
     let first = fleetd::start(config.clone()).await.unwrap();
     let broker_addr = first.broker_addr().unwrap();
     let tenant = tenants::create(&first.database().app, "outage", "test")
@@ -329,14 +317,7 @@ async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_retu
 async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let config = common::fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
     let tenant = tenants::create(&running.database().app, "refusals", "test")
         .await

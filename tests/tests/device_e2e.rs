@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use fleet_tests::https::https_request;
 use fleet_tests::TestDb;
 use rumqttc::{
@@ -13,7 +15,7 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use store::devices::{self, NewDevice};
 use store::enrollment_tokens::{self, NewEnrollmentToken};
 use store::{tenants, DeviceId, Purpose, TenantId};
@@ -23,14 +25,7 @@ use wire::{Batch, Body, Record, Telemetry, UnixMillis};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn start_fleetd(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Running {
-    let config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let config = common::fleetd_config(db, data_dir);
     fleetd::start(config).await.expect("fleetd starts")
 }
 
@@ -39,16 +34,6 @@ struct DeviceCredentials {
     device_id: Uuid,
     key: rcgen::KeyPair,
     chain: Vec<CertificateDer<'static>>,
-}
-
-fn csr() -> (rcgen::KeyPair, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (key, csr)
 }
 
 /// A device of `tenant` created in the store, with a certificate from fleetd's issuing CA.
@@ -61,7 +46,7 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
     };
     let device = devices::create(&mut tx, &new).await.unwrap();
     tx.commit().await.unwrap();
-    let (key, csr) = csr();
+    let (key, csr) = common::device_key_and_csr();
     let ca = &running.pki().issuing_ca;
     let identity = certs::DeviceIdentity {
         tenant_id: tenant.0,
@@ -82,19 +67,11 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
 }
 
 fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(running.pki().issuing_ca.root_der().clone())
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device.key.serialize_der()));
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(device.chain.clone(), key)
-    .unwrap();
+    let tls = common::device_tls(
+        running.pki().issuing_ca.root_der(),
+        device.chain.clone(),
+        &device.key,
+    );
     let addr = running.broker_addr().expect("the embedded broker");
     let mut options = MqttOptions::new(
         device.device_id.to_string(),
@@ -223,7 +200,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
     tx.commit().await.unwrap();
 
     // Enrollment over HTTPS, pinning the fleet root.
-    let (key, csr) = csr();
+    let (key, csr) = common::device_key_and_csr();
     let body = serde_json::json!({ "token": token.secret.expose(), "csr": csr }).to_string();
     let response = https_request(
         running.api_addr(),

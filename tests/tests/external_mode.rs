@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
 use fleet_tests::mosquitto::start_mosquitto;
 use fleet_tests::TestDb;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use store::devices::{self, NewDevice};
 use store::{tenants, TenantId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,13 +30,7 @@ fn ingest_only(
     mqtt_port: u16,
     name: &str,
 ) -> fleetd::Config {
-    let mut config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let mut config = common::fleetd_config(db, data_dir);
     config.pki.dir = pki_dir.to_path_buf();
     config.external_broker.url = format!("mqtts://localhost:{mqtt_port}");
     config.external_broker.client_id = name.to_owned();
@@ -45,12 +40,7 @@ fn ingest_only(
 /// Runs one device against Mosquitto: publishes its records (every third message twice) and
 /// returns the final ack watermark.
 async fn run_device(ca: Arc<IssuingCa>, tenant: TenantId, device: Uuid, port: u16) -> u64 {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (key, csr) = common::device_key_and_csr();
     let identity = DeviceIdentity {
         tenant_id: tenant.0,
         device_id: device,
@@ -63,19 +53,7 @@ async fn run_device(ca: Arc<IssuingCa>, tenant: TenantId, device: Uuid, port: u1
             validity,
         )
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.root_der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        ca.chain_der(cert.der()),
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
-    .unwrap();
+    let tls = common::device_tls(ca.root_der(), ca.chain_der(cert.der()), &key);
     let mut options = MqttOptions::new(device.to_string(), "localhost", port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));

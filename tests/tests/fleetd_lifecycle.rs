@@ -1,5 +1,7 @@
 //! fleetd started in-process: readiness, start-up refusals, and the private cluster's lifetime.
 
+mod common;
+
 use fleet_tests::https::https_request;
 use fleet_tests::TestDb;
 use fleetd::Config;
@@ -24,16 +26,8 @@ async fn get(running: &fleetd::Running, path: &str) -> (u16, String) {
     (response.status, String::from_utf8(response.body).unwrap())
 }
 
-/// fleetd on `db`, with its own data directory (for the development PKI) and ephemeral ports.
 fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
-    Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    }
+    common::fleetd_config(db, data_dir)
 }
 
 #[tokio::test]
