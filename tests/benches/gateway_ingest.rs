@@ -1,0 +1,919 @@
+//! Devices through the real gateway into Postgres, against this machine's Postgres ceilings, in
+//! one run. A program that prints numbers, not a test.
+//!
+//!     TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!         cargo bench -p fleet-tests --bench gateway_ingest -- [devices] [records_per_device] [records_per_message]
+//!
+//! Defaults: 100 devices x 2,000 records, 50 records per message. An optional fourth argument,
+//! messages per second per device, paces every device evenly below capacity (a latency run);
+//! without it every device sends its burst at once (a throughput run: latency is then queueing).
+//! Prints:
+//! 1. end to end: committed records/s from the first publish to the last final ack, and the
+//!    publish-to-commit latency of every message (the arrival of the first ack whose watermark
+//!    covers the message's last seq, minus the moment the device published it): p50/p99/max;
+//! 2. in the same run, on the same server, for the same row shape (the same CBOR telemetry body):
+//!    INSERT ... unnest, 1,000 rows per transaction, forced RLS, as fleet_app with app.tenant_id
+//!    set (the real ceiling: COPY is refused under RLS), and COPY into an identical table without
+//!    RLS (the physical ceiling); the ratio ours / RLS ceiling;
+//! 3. where the time went during the end-to-end phase: CPU of fleetd's runtime threads, the load
+//!    generator's (two separate runtimes, so /proc tells them apart; rumqttd's router thread is
+//!    among "other threads"), the PostgreSQL processes and the whole machine; what fleet_app's
+//!    sessions were doing (pg_stat_activity sampled every 2 ms); ingest's Prometheus metrics
+//!    from fleetd's /metrics.
+//!
+//! Each simulated device keeps under the gateway's per-device publish limit (20 messages/s,
+//! burst 200) with its own token bucket at 95% of it. With the defaults (40 messages per device)
+//! that is the burst alone; the offered load is capped at devices x 19 x records_per_message
+//! records/s once bursts are spent.
+//!
+//! `GATEWAY_BENCH_PERF=<file>`: runs `perf record -a` (cpu-clock) over the end-to-end phase only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_tests::TestDb;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sqlx::Connection;
+use store::devices::{self, NewDevice};
+use store::{tenants, DeviceId, TenantId};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The gateway's defaults (broker::config), with a margin.
+const PUBLISH_RATE: f64 = 20.0 * 0.95;
+const PUBLISH_BURST: f64 = 200.0 * 0.95;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let arg = |i: usize, default: u64| -> u64 {
+        args.get(i)
+            .map(|s| s.parse().expect("numeric argument"))
+            .unwrap_or(default)
+    };
+    let device_count = arg(0, 100) as usize;
+    let records = arg(1, 2000);
+    let per_message = arg(2, 50);
+    // Optional: messages per second per device, evenly paced (no burst); 0 = burst then 95% of the limit.
+    let paced = arg(3, 0) as f64;
+    assert!(
+        per_message > 0 && records.is_multiple_of(per_message),
+        "records_per_device must be a multiple of records_per_message"
+    );
+
+    // Two runtimes, so that /proc/self/task tells fleetd's CPU from the load generator's.
+    let fleetd_rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fleetd-rt")
+            .enable_all()
+            .build()
+            .expect("fleetd runtime"),
+    );
+    let loadgen_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("loadgen-rt")
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+    loadgen_rt.block_on(run(
+        fleetd_rt.clone(),
+        device_count,
+        records,
+        per_message,
+        paced,
+    ));
+    drop(loadgen_rt);
+    if let Ok(rt) = Arc::try_unwrap(fleetd_rt) {
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+async fn run(
+    fleetd_rt: Arc<tokio::runtime::Runtime>,
+    device_count: usize,
+    records: u64,
+    per_message: u64,
+    paced: f64,
+) {
+    let test_db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let config = fleetd::Config {
+        data_dir: data_dir.path().to_path_buf(),
+        database_url: test_db.url().to_owned(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        broker_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        ..fleetd::Config::default()
+    };
+    let ingest_config = config.ingest.clone();
+    let running = Arc::new(
+        fleetd_rt
+            .spawn(fleetd::start(config))
+            .await
+            .unwrap()
+            .expect("fleetd starts"),
+    );
+    let server = if std::env::var("TEST_DATABASE_URL").is_ok() {
+        "TEST_DATABASE_URL"
+    } else {
+        "private cluster (fsync off)"
+    };
+    println!(
+        "gateway_ingest: {device_count} devices x {records} records, {per_message} per message, QoS1, mutual TLS; server: {server}"
+    );
+    println!(
+        "ingest: batch_max_records {}, batch_window {:?}, writers {}; gateway limit 20 msg/s burst 200 per device (bench paces at 95%)",
+        ingest_config.batch_max_records, ingest_config.batch_window, ingest_config.writers
+    );
+
+    // Devices in the store, certificates from fleetd's issuing CA, all connected before the clock starts.
+    let tenant = {
+        let running = running.clone();
+        fleetd_rt
+            .spawn(async move {
+                tenants::create(&running.database().app, "bench", "bench")
+                    .await
+                    .unwrap()
+                    .id
+            })
+            .await
+            .unwrap()
+    };
+    let creds = {
+        let running = running.clone();
+        fleetd_rt
+            .spawn(async move { provision(&running, tenant, device_count).await })
+            .await
+            .unwrap()
+    };
+    let connect_started = Instant::now();
+    let mut connected = Vec::new();
+    for chunk in creds.chunks(16) {
+        let mut handles = Vec::new();
+        for device in chunk {
+            let options = mqtt_options(&running, device);
+            let id = device.device_id;
+            handles.push(tokio::spawn(
+                async move { (id, connect(options, id).await) },
+            ));
+        }
+        for h in handles {
+            connected.push(h.await.unwrap());
+        }
+    }
+    println!(
+        "{device_count} devices connected and subscribed in {:.2?}",
+        connect_started.elapsed()
+    );
+
+    let sampler = tokio::spawn(sample_waits(test_db.connect_as_owner().await));
+    let cpu_before = CpuSnapshot::take();
+    let perf = start_perf();
+    let start = Instant::now() + Duration::from_millis(50);
+    let tasks: Vec<_> = connected
+        .into_iter()
+        .map(|(device_id, (client, events))| {
+            tokio::spawn(device(
+                device_id,
+                client,
+                events,
+                records,
+                per_message,
+                start,
+                paced,
+            ))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let cpu_after = CpuSnapshot::take();
+    stop_perf(perf);
+    sampler.abort();
+    let waits = sampler.await.err();
+    drop(waits);
+
+    let first_publish = results.iter().map(|r| r.publishes[0].0).min().unwrap();
+    let last_ack = results.iter().map(|r| r.final_ack).max().unwrap();
+    let elapsed = last_ack - first_publish;
+    let total = device_count as u64 * records;
+    let mut latencies = Vec::with_capacity((total / per_message) as usize);
+    for r in &results {
+        let mut acks = r.acks.iter().peekable();
+        for (published, last_seq) in &r.publishes {
+            while acks.peek().is_some_and(|(_, w)| w < last_seq) {
+                acks.next();
+            }
+            let (at, _) = acks.peek().expect("an ack covers every message");
+            latencies.push(at.saturating_duration_since(*published));
+        }
+    }
+    latencies.sort();
+    let q = |p: f64| {
+        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    let (count, distinct) = committed_records(&test_db, tenant).await;
+    assert_eq!(
+        (count, distinct),
+        (total as i64, total as i64),
+        "every record exactly once"
+    );
+    let ours = total as f64 / elapsed.as_secs_f64();
+    println!();
+    println!("end to end, first publish -> last final ack: {total} records in {elapsed:.2?}");
+    println!("  committed records/s                     : {ours:>9.0}");
+    println!(
+        "  publish->commit-ack latency per message : p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} messages)",
+        ms(q(0.50)),
+        ms(q(0.99)),
+        ms(*latencies.last().unwrap()),
+        latencies.len()
+    );
+    cpu_before.report(&cpu_after, elapsed);
+    print_waits();
+    let metrics = http_get_metrics(running.metrics_addr()).await;
+
+    // Ceilings, same server, same row shape, after the end-to-end phase (nothing else running).
+    let ceiling_rows = (total as usize).div_ceil(10_000) * 10_000;
+    let (ceiling_tenant, ceiling_devices) = {
+        let running = running.clone();
+        fleetd_rt
+            .spawn(async move { tenant_with_devices(&running.database().app, 100).await })
+            .await
+            .unwrap()
+    };
+    let body = stored_body(&test_db, tenant).await;
+    println!();
+    println!(
+        "ceilings, {ceiling_rows} rows each, same {}-byte body:",
+        body.len()
+    );
+    let rls = unnest_rls(
+        &test_db,
+        ceiling_tenant,
+        &ceiling_devices,
+        ceiling_rows,
+        1,
+        0,
+        &body,
+        false,
+    )
+    .await;
+    println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rls:>9.0} rows/s");
+    let rls_ingest = unnest_rls(
+        &test_db,
+        ceiling_tenant,
+        &ceiling_devices,
+        ceiling_rows,
+        1,
+        20_000_000,
+        &body,
+        true,
+    )
+    .await;
+    println!("  the same + ON CONFLICT DO NOTHING RETURNING (ingest's) : {rls_ingest:>9.0} rows/s");
+    let rls2 = unnest_rls(
+        &test_db,
+        ceiling_tenant,
+        &ceiling_devices,
+        ceiling_rows,
+        2,
+        10_000_000,
+        &body,
+        false,
+    )
+    .await;
+    println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rls2:>9.0} rows/s");
+    let copy = copy_without_rls(
+        &test_db,
+        ceiling_tenant,
+        &ceiling_devices,
+        ceiling_rows,
+        &body,
+    )
+    .await;
+    println!("  COPY text, 10,000/tx, identical table without RLS      : {copy:>9.0} rows/s");
+    println!();
+    println!(
+        "ours / RLS ceiling (1 conn): {:.2}; ours / RLS ceiling (2 conns): {:.2}; ours / COPY: {:.2}",
+        ours / rls,
+        ours / rls2,
+        ours / copy
+    );
+    print_metrics(&metrics);
+
+    let running = Arc::try_unwrap(running).ok().expect("no other owner");
+    fleetd_rt
+        .spawn(async move { running.shutdown().await })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct DeviceResult {
+    /// (published at, last seq of the message)
+    publishes: Vec<(Instant, u64)>,
+    /// (arrived at, watermark), in arrival order
+    acks: Vec<(Instant, u64)>,
+    final_ack: Instant,
+}
+
+async fn device(
+    device_id: Uuid,
+    client: AsyncClient,
+    mut events: EventLoop,
+    records: u64,
+    per_message: u64,
+    start: Instant,
+    paced: f64,
+) -> DeviceResult {
+    let (rate, burst) = if paced > 0.0 {
+        assert!(paced <= PUBLISH_RATE, "keep under the gateway's limit");
+        (paced, 1.0)
+    } else {
+        (PUBLISH_RATE, PUBLISH_BURST)
+    };
+    // The event loop drives the connection (publishes go out from here) and collects acks.
+    let poller = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Event::Incoming(Packet::Publish(publish)) =
+                    events.poll().await.expect("connection stays up")
+                {
+                    let at = Instant::now();
+                    let ack = wire::decode_ack(&publish.payload).expect("an ack");
+                    acks.push((at, ack.watermark));
+                    if ack.watermark >= records {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no final ack in time"));
+        (acks, events)
+    });
+    tokio::time::sleep_until(start.into()).await;
+    let topic = wire::topic::telemetry(device_id);
+    let mut publishes = Vec::with_capacity((records / per_message) as usize);
+    // Devices start spread over one pacing interval, not in lockstep.
+    if paced > 0.0 {
+        let offset = (device_id.as_u128() % 1000) as f64 / 1000.0 / rate;
+        tokio::time::sleep(Duration::from_secs_f64(offset)).await;
+    }
+    let mut tokens = burst;
+    let mut refilled = Instant::now();
+    for first in (1..=records).step_by(per_message as usize) {
+        let now = Instant::now();
+        tokens = (tokens + (now - refilled).as_secs_f64() * rate).min(burst);
+        refilled = now;
+        if tokens < 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - tokens) / rate)).await;
+            tokens = 1.0;
+            refilled = Instant::now();
+        }
+        tokens -= 1.0;
+        let last = first + per_message - 1;
+        let payload = wire::encode_batch(&Batch::new((first..=last).map(record).collect()));
+        publishes.push((Instant::now(), last));
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let (acks, _events) = poller.await.unwrap();
+    let final_ack = acks.last().unwrap().0;
+    drop(client);
+    DeviceResult {
+        publishes,
+        acks,
+        final_ack,
+    }
+}
+
+/// A telemetry record whose stored CBOR body is about 200 bytes (as ingest's bench_ceiling).
+fn record(seq: u64) -> Record {
+    let custom = (0..14)
+        .map(|i| (format!("metric_{i:02}"), seq as f64 + f64::from(i)))
+        .collect();
+    Record {
+        seq,
+        recorded_at: UnixMillis::now(),
+        body: Body::Telemetry(Telemetry {
+            cpu_usage_percent: Some(12.5),
+            uptime_secs: Some(seq),
+            custom,
+            ..Telemetry::default()
+        }),
+    }
+}
+
+/// A body exactly as ingest stored it (the CBOR of a record's body), for the ceilings' rows.
+async fn stored_body(db: &TestDb, tenant: TenantId) -> Vec<u8> {
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query_scalar(
+        "SELECT body FROM device_records WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap()
+}
+
+// ---- provisioning and MQTT (as tests/tests/device_e2e.rs) ----
+
+struct DeviceCredentials {
+    device_id: Uuid,
+    key: rcgen::KeyPair,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+async fn provision(
+    running: &fleetd::Running,
+    tenant: TenantId,
+    n: usize,
+) -> Vec<DeviceCredentials> {
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let new = NewDevice {
+            name: format!("sim-{i}"),
+            group: "default".into(),
+            labels: BTreeMap::new(),
+        };
+        ids.push(devices::create(&mut tx, &new).await.unwrap().id);
+    }
+    tx.commit().await.unwrap();
+    let ca = &running.pki().issuing_ca;
+    ids.into_iter()
+        .map(|id| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap()
+                .pem()
+                .unwrap();
+            let cert = ca
+                .sign_device_csr(
+                    &certs::DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
+                    certs::DeviceIdentity {
+                        tenant_id: tenant.0,
+                        device_id: id.0,
+                    },
+                    certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
+                )
+                .unwrap();
+            DeviceCredentials {
+                device_id: id.0,
+                key,
+                chain: ca.chain_der(cert.der()),
+            }
+        })
+        .collect()
+}
+
+fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(running.pki().issuing_ca.root_der().clone())
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device.key.serialize_der()));
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(device.chain.clone(), key)
+    .unwrap();
+    let addr = running.broker_addr().expect("the embedded broker");
+    let mut options = MqttOptions::new(
+        device.device_id.to_string(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
+    options
+}
+
+async fn connect(options: MqttOptions, device_id: Uuid) -> (AsyncClient, EventLoop) {
+    let (client, mut events) = AsyncClient::new(options, 256);
+    client
+        .subscribe(wire::topic::ack(device_id), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) =
+                events.poll().await.expect("device connects")
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK in time");
+    (client, events)
+}
+
+async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap()
+}
+
+// ---- ceilings (the approach and SQL of ingest/examples/bench_ceiling.rs) ----
+
+async fn tenant_with_devices(app: &store::AppDb, n: usize) -> (TenantId, Vec<DeviceId>) {
+    let tenant = tenants::create(app, "ceiling", "bench").await.unwrap().id;
+    let mut tx = app.begin(tenant).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let new = NewDevice {
+            name: format!("c{i}"),
+            group: "default".into(),
+            labels: Default::default(),
+        };
+        ids.push(devices::create(&mut tx, &new).await.unwrap().id);
+    }
+    tx.commit().await.unwrap();
+    (tenant, ids)
+}
+
+/// Raw INSERT ... unnest as fleet_app under forced RLS, `connections` in parallel.
+async fn unnest_rls(
+    test_db: &TestDb,
+    tenant: TenantId,
+    devices: &[DeviceId],
+    rows: usize,
+    connections: usize,
+    seq_base: i64,
+    body: &[u8],
+    ingest_shape: bool,
+) -> f64 {
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        conns.push(test_db.connect_as_app().await);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut conn) in conns.into_iter().enumerate() {
+        let devices = devices.to_vec();
+        let share = rows / connections;
+        let body = body.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let now = OffsetDateTime::now_utc();
+            for chunk in 0..share / 1000 {
+                let mut tx = conn.begin().await.unwrap();
+                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+                    .bind(tenant.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                let mut ids = Vec::with_capacity(1000);
+                let mut seqs = Vec::with_capacity(1000);
+                for i in 0..1000 {
+                    let n = chunk * 1000 + i;
+                    ids.push(devices[n % devices.len()].0);
+                    seqs.push(seq_base + (c * share + n) as i64 + 1);
+                }
+                let times = vec![now; 1000];
+                let kinds = vec!["telemetry"; 1000];
+                let bodies = vec![body.clone(); 1000];
+                // ingest_shape: ingest's own statement (store::records::insert), which also
+                // returns what it inserted.
+                let sql = if ingest_shape {
+                    "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
+                     SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])
+                     ON CONFLICT DO NOTHING RETURNING device_id, seq"
+                } else {
+                    "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
+                     SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])"
+                };
+                sqlx::query(sql)
+                .bind(tenant).bind(&ids).bind(&seqs).bind(&times).bind(&times).bind(&kinds).bind(&bodies)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn copy_without_rls(
+    test_db: &TestDb,
+    tenant: TenantId,
+    devices: &[DeviceId],
+    rows: usize,
+    body: &[u8],
+) -> f64 {
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("CREATE TABLE bench_copy (LIKE device_records INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (tenant_id, device_id, seq, recorded_at))")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let body_hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    let now = OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let started = Instant::now();
+    for chunk in 0..rows / 10_000 {
+        let mut tx = owner.begin().await.unwrap();
+        let mut copy = tx
+            .copy_in_raw("COPY bench_copy (tenant_id, device_id, seq, recorded_at, received_at, kind, body) FROM STDIN")
+            .await
+            .unwrap();
+        let mut text = String::with_capacity(10_000 * (body_hex.len() + 200));
+        for i in 0..10_000 {
+            let n = chunk * 10_000 + i;
+            let device = devices[n % devices.len()];
+            text.push_str(&format!(
+                "{tenant}\t{device}\t{}\t{now}\t{now}\ttelemetry\t\\\\x{body_hex}\n",
+                n + 1
+            ));
+        }
+        copy.send(text.into_bytes()).await.unwrap();
+        copy.finish().await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+// ---- where the CPU went ----
+
+/// CPU ticks (utime + stime) by consumer, and the machine's busy/idle ticks.
+struct CpuSnapshot {
+    threads: BTreeMap<String, u64>,
+    postgres: BTreeMap<u32, u64>,
+    machine_busy: u64,
+    machine_total: u64,
+}
+
+fn stat_ticks(path: &str) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_owned();
+    let fields: Vec<&str> = text[close + 2..].split(' ').collect();
+    // fields[0] is state (field 3); utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+impl CpuSnapshot {
+    fn take() -> Self {
+        let mut threads = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let path = format!("{}/stat", entry.path().display());
+            if let Some((comm, ticks)) = stat_ticks(&path) {
+                let group = if comm.starts_with("fleetd-rt") {
+                    "fleetd runtime"
+                } else if comm.starts_with("loadgen-rt") {
+                    "load generator runtime"
+                } else {
+                    "other threads of the bench process"
+                };
+                *threads.entry(group.to_owned()).or_default() += ticks;
+            }
+        }
+        let mut postgres = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Some((comm, ticks)) = stat_ticks(&format!("/proc/{pid}/stat")) {
+                if comm.starts_with("postgres") {
+                    postgres.insert(pid, ticks);
+                }
+            }
+        }
+        let cpu = std::fs::read_to_string("/proc/stat").unwrap();
+        let line: Vec<u64> = cpu
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = line.iter().take(8).sum();
+        let idle = line[3] + line[4];
+        Self {
+            threads,
+            postgres,
+            machine_busy: total - idle,
+            machine_total: total,
+        }
+    }
+
+    fn report(&self, after: &CpuSnapshot, wall: Duration) {
+        let hz = 100.0;
+        let secs = |ticks: u64| ticks as f64 / hz;
+        println!(
+            "CPU during the end-to-end phase ({:.2} s wall, 2 cores = {:.2} core-s):",
+            wall.as_secs_f64(),
+            2.0 * wall.as_secs_f64()
+        );
+        for (group, ticks) in &after.threads {
+            let before = self.threads.get(group).copied().unwrap_or(0);
+            println!("  {group:<36}: {:>6.2} core-s", secs(ticks - before));
+        }
+        let pg: u64 = after
+            .postgres
+            .iter()
+            .map(|(pid, t)| t - self.postgres.get(pid).copied().unwrap_or(0).min(*t))
+            .sum();
+        println!(
+            "  {:<36}: {:>6.2} core-s",
+            "postgres processes (all)",
+            secs(pg)
+        );
+        let busy = after.machine_busy - self.machine_busy;
+        let total = after.machine_total - self.machine_total;
+        println!(
+            "  {:<36}: {:>6.2} core-s busy of {:.2} ({:.0}% of both cores; includes other jobs on the machine)",
+            "machine (/proc/stat)",
+            secs(busy),
+            secs(total),
+            100.0 * busy as f64 / total.max(1) as f64
+        );
+    }
+}
+
+fn start_perf() -> Option<std::process::Child> {
+    let file = std::env::var("GATEWAY_BENCH_PERF").ok()?;
+    let child = std::process::Command::new("perf")
+        .args([
+            "record",
+            "-a",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "999",
+            "-g",
+            "-o",
+            &file,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    Some(child)
+}
+
+fn stop_perf(perf: Option<std::process::Child>) {
+    if let Some(mut child) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
+
+// ---- what fleetd's database sessions were doing ----
+
+static WAITS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
+static SAMPLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Every 2 ms: the state and wait event of fleet_app's sessions in this database.
+async fn sample_waits(mut owner: sqlx::PgConnection) {
+    loop {
+        let rows: Vec<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
+            "SELECT coalesce(state, ''), wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 40)
+             FROM pg_stat_activity WHERE datname = current_database() AND usename = 'fleet_app'",
+        )
+        .fetch_all(&mut owner)
+        .await
+        .unwrap_or_default();
+        SAMPLES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut waits = WAITS.lock().unwrap();
+            for (state, wtype, wevent, query) in rows {
+                let key = match (state.as_str(), wtype, wevent) {
+                    ("active", None, _) => format!("active on CPU   | {query}"),
+                    ("active", Some(t), Some(e)) => format!("active, {t}:{e} | {query}"),
+                    (s, _, _) => s.to_owned(),
+                };
+                *waits.entry(key).or_default() += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn print_waits() {
+    let samples = SAMPLES.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+    let waits = WAITS.lock().unwrap();
+    let mut sorted: Vec<_> = waits.iter().collect();
+    sorted.sort_by(|a, b| b.1.cmp(a.1));
+    println!(
+        "fleet_app sessions in pg_stat_activity, {samples} samples (mean sessions in each state):"
+    );
+    for (key, n) in sorted.into_iter().take(12) {
+        println!("  {:>5.2}  {key}", *n as f64 / samples);
+    }
+}
+
+// ---- fleetd's /metrics ----
+
+async fn http_get_metrics(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(response)
+}
+
+/// Counters as they are; histograms as count, mean and bucket quantiles.
+fn print_metrics(text: &str) {
+    println!();
+    println!("fleetd /metrics (ingest) after the end-to-end phase:");
+    let mut histograms: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("fleet_ingest_")) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(f64::NAN);
+        if let Some(name) = key.split_once("_bucket{").map(|(n, _)| n) {
+            let le = key
+                .split("le=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("+Inf");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            histograms
+                .entry(name.to_owned())
+                .or_default()
+                .push((le, value));
+        } else if let Some(name) = key.strip_suffix("_sum") {
+            sums.insert(name.to_owned(), value);
+        } else if key.ends_with("_count") || value == 0.0 {
+            continue;
+        } else {
+            println!("  {key} {value}");
+        }
+    }
+    for (name, mut buckets) in histograms {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let count = buckets.last().map(|b| b.1).unwrap_or(0.0);
+        if count == 0.0 {
+            continue;
+        }
+        let quantile = |q: f64| {
+            buckets
+                .iter()
+                .find(|b| b.1 >= q * count)
+                .map(|b| b.0)
+                .unwrap_or(f64::NAN)
+        };
+        let sum = sums.get(&name).copied().unwrap_or(f64::NAN);
+        println!(
+            "  {name}: count {count}, sum {sum:.3}, mean {:.4}, p50 <= {}, p99 <= {}",
+            sum / count,
+            quantile(0.5),
+            quantile(0.99)
+        );
+    }
+}
