@@ -259,41 +259,18 @@ async fn run(
         "ceilings, {ceiling_rows} rows each, same {}-byte body:",
         body.len()
     );
-    let rls = unnest_rls(
-        &test_db,
-        ceiling_tenant,
-        &ceiling_devices,
-        ceiling_rows,
-        1,
-        0,
-        &body,
-        false,
-    )
-    .await;
+    let ceiling = Ceiling {
+        test_db: &test_db,
+        tenant: ceiling_tenant,
+        devices: &ceiling_devices,
+        rows: ceiling_rows,
+        body: &body,
+    };
+    let rls = unnest_rls(&ceiling, 1, 0, false).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rls:>9.0} rows/s");
-    let rls_ingest = unnest_rls(
-        &test_db,
-        ceiling_tenant,
-        &ceiling_devices,
-        ceiling_rows,
-        1,
-        20_000_000,
-        &body,
-        true,
-    )
-    .await;
+    let rls_ingest = unnest_rls(&ceiling, 1, 20_000_000, true).await;
     println!("  the same + ON CONFLICT DO NOTHING RETURNING (ingest's) : {rls_ingest:>9.0} rows/s");
-    let rls2 = unnest_rls(
-        &test_db,
-        ceiling_tenant,
-        &ceiling_devices,
-        ceiling_rows,
-        2,
-        10_000_000,
-        &body,
-        false,
-    )
-    .await;
+    let rls2 = unnest_rls(&ceiling, 2, 10_000_000, false).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rls2:>9.0} rows/s");
     let copy = copy_without_rls(
         &test_db,
@@ -561,17 +538,30 @@ async fn tenant_with_devices(app: &store::AppDb, n: usize) -> (TenantId, Vec<Dev
     (tenant, ids)
 }
 
+/// What every ceiling measurement of one run shares: the server, tenant, devices, row count
+/// and the stored body.
+struct Ceiling<'a> {
+    test_db: &'a TestDb,
+    tenant: TenantId,
+    devices: &'a [DeviceId],
+    rows: usize,
+    body: &'a [u8],
+}
+
 /// Raw INSERT ... unnest as fleet_app under forced RLS, `connections` in parallel.
 async fn unnest_rls(
-    test_db: &TestDb,
-    tenant: TenantId,
-    devices: &[DeviceId],
-    rows: usize,
+    ceiling: &Ceiling<'_>,
     connections: usize,
     seq_base: i64,
-    body: &[u8],
     ingest_shape: bool,
 ) -> f64 {
+    let Ceiling {
+        test_db,
+        tenant,
+        devices,
+        rows,
+        body,
+    } = *ceiling;
     let mut conns = Vec::new();
     for _ in 0..connections {
         conns.push(test_db.connect_as_app().await);
