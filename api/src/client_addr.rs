@@ -7,11 +7,15 @@
 //! does not parse, from a trusted proxy, is refused rather than guessed around.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use axum::serve::IncomingStream;
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
 
 use crate::error::ApiError;
 use crate::tls::TlsListener;
@@ -32,6 +36,62 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The connect info of a TLS connection, as [`crate::serve_tls`] provides it
+/// (`ConnectInfo<TlsPeer>`): the TCP peer, and the client certificate chain (leaf first) if the
+/// client presented one. rustls verified that chain during the handshake (it chains to the
+/// configured client root, is unexpired and allows client authentication); a connection whose
+/// certificate did not verify never reaches axum.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// The verified client certificate chain, leaf first; `None` without a client certificate.
+    pub client_chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        let (_, connection) = stream.io().get_ref();
+        let client_chain = connection
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+            .map(|chain| Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect()));
+        TlsPeer {
+            addr: *stream.remote_addr(),
+            client_chain,
+        }
+    }
+}
+
+/// The TCP peer of the request and its verified client certificate chain, from [`TlsPeer`] or
+/// [`PeerAddr`] connect info, whichever the server provides (with [`PeerAddr`], no chain).
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) client_chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if let Some(ConnectInfo(tls)) = parts.extensions.get::<ConnectInfo<TlsPeer>>() {
+            return Ok(Peer {
+                addr: tls.addr,
+                client_chain: tls.client_chain.clone(),
+            });
+        }
+        if let Some(ConnectInfo(PeerAddr(addr))) = parts.extensions.get::<ConnectInfo<PeerAddr>>() {
+            return Ok(Peer {
+                addr: *addr,
+                client_chain: None,
+            });
+        }
+        Err(ApiError::Internal(
+            "no connect info: serve the router with serve_tls".into(),
+        ))
     }
 }
 

@@ -25,7 +25,7 @@
 use std::fmt;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use certs::{DeviceCsr, DeviceIdentity, Validity};
@@ -39,7 +39,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::client_addr::{client_ip, PeerAddr};
+use crate::client_addr::{client_ip, Peer};
 use crate::error::ApiError;
 use crate::Ctx;
 
@@ -80,7 +80,7 @@ pub struct EnrollResponse {
 
 pub(crate) async fn enroll(
     State(ctx): State<Ctx>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Peer { addr: peer, .. }: Peer,
     headers: HeaderMap,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
@@ -205,7 +205,7 @@ fn seconds_until(at: OffsetDateTime) -> u64 {
     u64::try_from(secs).unwrap_or(0).max(1)
 }
 
-fn rfc3339(at: OffsetDateTime) -> Result<String, ApiError> {
+pub(crate) fn rfc3339(at: OffsetDateTime) -> Result<String, ApiError> {
     at.format(&Rfc3339)
         .map_err(|e| ApiError::Internal(format!("formatting a date: {e}")))
 }

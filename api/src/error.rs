@@ -16,6 +16,15 @@ pub enum ApiError {
     /// answer for all, so nothing tells which.
     #[error("invalid enrollment token")]
     InvalidToken,
+    /// 401: renewal without a valid device certificate: none was presented, or it is not a
+    /// device certificate of this fleet, or it is outside its validity period. (A certificate
+    /// that does not chain to the fleet root, or has expired, already fails the TLS handshake.)
+    #[error("a valid device certificate is required")]
+    DeviceCertificateRequired,
+    /// 403: renewal for a device that is unknown or revoked, or with a certificate the server
+    /// did not issue to that device.
+    #[error("this device is not allowed to renew its certificate")]
+    DeviceNotAllowed,
     /// 403: the client address is not in the token's allowed CIDRs.
     #[error("enrollment from this address is not allowed by the token")]
     SourceNotAllowed,
@@ -92,8 +101,8 @@ impl From<JsonRejection> for ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::SourceNotAllowed => StatusCode::FORBIDDEN,
+            Self::InvalidToken | Self::DeviceCertificateRequired => StatusCode::UNAUTHORIZED,
+            Self::SourceNotAllowed | Self::DeviceNotAllowed => StatusCode::FORBIDDEN,
             Self::DailyLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TokenExpired | Self::TokenRevoked | Self::TokenUsedUp => StatusCode::GONE,
             Self::InvalidCsr(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -111,6 +120,8 @@ impl ApiError {
         match self {
             Self::InvalidToken => "invalid-token",
             Self::SourceNotAllowed => "source-not-allowed",
+            Self::DeviceCertificateRequired => "device-certificate-required",
+            Self::DeviceNotAllowed => "device-not-allowed",
             Self::DailyLimitReached { .. } => "daily-limit-reached",
             Self::TokenExpired => "token-expired",
             Self::TokenRevoked => "token-revoked",

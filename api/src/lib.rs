@@ -8,24 +8,28 @@
 //! | `GET /healthz`   | the process answers                                            |
 //! | `GET /readyz`    | the database answers within 2 s                                |
 //! | `POST /v1/enroll`| enrollment token + CSR in, device certificate chain out        |
+//! | `POST /v1/renew` | current device certificate (mutual TLS) + CSR in, new chain out |
 //!
 //! The composition root builds an [`ApiState`], a TLS configuration with
 //! [`tls_server_config`], and runs [`serve_tls`] with the [`router`]:
 //!
 //! ```no_run
 //! # async fn run(state: api::ApiState, cert: certs::ServerCertificate) -> std::io::Result<()> {
-//! let tls = api::tls_server_config_for(&cert).expect("usable certificate");
+//! # let root: rustls::pki_types::CertificateDer<'static> = unimplemented!();
+//! let tls = api::tls_server_config_for(&cert, root).expect("usable certificate");
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
 //! api::serve_tls(listener, tls, api::router(state), std::future::pending()).await
 //! # }
 //! ```
 //!
-//! `POST /v1/enroll` is described in the `enroll` module, its refusals in [`ApiError`].
+//! `POST /v1/enroll` is described in the `enroll` module, `POST /v1/renew` in the `renew`
+//! module, their refusals in [`ApiError`].
 
 mod client_addr;
 mod enroll;
 mod error;
 mod health;
+mod renew;
 mod tls;
 
 use std::sync::Arc;
@@ -40,9 +44,10 @@ use ipnet::IpNet;
 use store::AppDb;
 use tokio::sync::Semaphore;
 
-pub use client_addr::PeerAddr;
+pub use client_addr::{PeerAddr, TlsPeer};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use error::ApiError;
+pub use renew::RenewRequest;
 pub use tls::{serve_tls, tls_server_config, tls_server_config_for, TlsLimits, TlsListener};
 
 /// Largest request body accepted, in bytes. An enrollment request is about 1 KiB.
@@ -60,7 +65,7 @@ pub struct ApiState {
     pub issuing_ca: Arc<certs::IssuingCa>,
     /// Where enrolled devices connect, returned to them as is (e.g. `mqtts://fleet.example:8883`).
     pub broker_url: String,
-    /// Lifetime of device certificates issued at enrollment.
+    /// Lifetime of device certificates issued at enrollment and renewal.
     pub device_cert_lifetime: Duration,
     /// Proxies whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
@@ -122,8 +127,9 @@ impl std::ops::Deref for Ctx {
 /// Every route of the API, with the HSTS header, a 64 KiB body limit and problem+json answers
 /// for unknown routes and methods.
 ///
-/// Handlers read the client address from [`PeerAddr`] connect info: serve the router with
-/// [`serve_tls`] (or `into_make_service_with_connect_info::<PeerAddr>()`). Call it inside a
+/// Handlers read the client address and certificate from [`TlsPeer`] connect info: serve the
+/// router with [`serve_tls`]. (With `into_make_service_with_connect_info::<PeerAddr>()`,
+/// enrollment works and renewal answers 401: there is no client certificate.) Call it inside a
 /// tokio runtime: it starts computing the dummy hash on the blocking pool.
 pub fn router(state: ApiState) -> Router {
     let permits = state.enroll_limits.max_concurrent_verifications.max(1);
@@ -137,6 +143,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/renew", post(renew::renew))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))

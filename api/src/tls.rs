@@ -16,37 +16,58 @@ use std::time::Duration;
 use axum::serve::Listener;
 use axum::Router;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_addr::PeerAddr;
+use crate::client_addr::TlsPeer;
 
 /// A rustls server configuration for the API: ring provider, TLS 1.3 and 1.2 only (rustls has
 /// no older versions and no legacy cipher suites), the server prefers 1.3, ALPN `http/1.1`.
+///
+/// With `client_root`, the server requests (but does not require) a client certificate chaining
+/// to that root: `/v1/renew` needs one, `/v1/enroll` works without. A presented certificate
+/// that does not verify (unknown CA, expired, not for client authentication) fails the
+/// handshake. Without `client_root`, no client certificate is requested.
 pub fn tls_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_root: Option<CertificateDer<'static>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_root {
+        None => builder.with_no_client_auth(),
+        Some(root) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(root)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// [`tls_server_config`] for a server certificate issued by the fleet's issuing CA.
+/// [`tls_server_config`] for a server certificate issued by the fleet's issuing CA, accepting
+/// device certificates that chain to `client_root` (the fleet root, `IssuingCa::root_der`).
 pub fn tls_server_config_for(
     cert: &certs::ServerCertificate,
+    client_root: CertificateDer<'static>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     tls_server_config(
         cert.chain_der(),
         PrivateKeyDer::Pkcs8(cert.key().to_pkcs8_der()),
+        Some(client_root),
     )
 }
 
@@ -179,8 +200,8 @@ async fn accept_error(e: io::Error) {
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (the caller bounds how long it waits). Handlers see the TCP peer as
-/// [`PeerAddr`] connect info.
+/// requests finish (the caller bounds how long it waits). Handlers see the TCP peer and the
+/// verified client certificate chain, if any, as [`TlsPeer`] connect info.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -190,7 +211,7 @@ pub async fn serve_tls(
     let listener = TlsListener::new(listener, tls, TlsLimits::default())?;
     axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<PeerAddr>(),
+        router.into_make_service_with_connect_info::<TlsPeer>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -292,7 +292,8 @@ async fn start_api(
         .await
         .with_context(|| format!("binding api_listen {}", config.api_listen))?;
     let addr = listener.local_addr()?;
-    let tls = api::tls_server_config_for(&pki.server_cert).context("API TLS configuration")?;
+    let tls = api::tls_server_config_for(&pki.server_cert, pki.issuing_ca.root_der().clone())
+        .context("API TLS configuration")?;
     let state = api::ApiState {
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),

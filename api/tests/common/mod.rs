@@ -11,15 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::{ApiState, EnrollLimits};
+use base64::Engine;
 use certs::{IssuingCa, Pki, PkiParams, ServerCertParams};
 use fleet_tests::TestDb;
 use ipnet::IpNet;
 use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use store::enrollment_tokens::{self, IssuedToken, NewEnrollmentToken};
 use store::{tenants, Database, TenantId};
 use time::OffsetDateTime;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
 
 pub const BROKER_URL: &str = "mqtts://broker.test:8883";
 
@@ -58,7 +62,7 @@ impl TestServer {
                 vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             ))
             .unwrap();
-        let tls = api::tls_server_config_for(&server_cert).unwrap();
+        let tls = api::tls_server_config_for(&server_cert, ca.root_der().clone()).unwrap();
         let state = ApiState {
             trusted_proxies,
             // Debug builds run argon2 unoptimised (~0.5 s a verification): let the queue wait.
@@ -140,6 +144,43 @@ impl TestServer {
         https_request(self.addr, &self.ca, method, path, headers, body).await
     }
 
+    /// `POST /v1/renew` with `csr`, presenting `client` (chain and key) as the TLS client
+    /// certificate, or none. `Err` when the TLS connection failed (e.g. the server refused the
+    /// client certificate) before an HTTP answer arrived.
+    pub async fn renew(
+        &self,
+        client: Option<&DeviceCredentials>,
+        csr: &str,
+    ) -> Result<Response, String> {
+        let body = serde_json::json!({ "csr": csr }).to_string();
+        https_request_as(
+            self.addr,
+            &self.ca,
+            client,
+            "POST",
+            "/v1/renew",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    /// Enrolls a new device with a fresh token and key: its credentials and the answer.
+    pub async fn enroll_device(&self) -> (DeviceCredentials, api::EnrollResponse) {
+        let issued = self.token(|_| {}).await;
+        let (key, csr) = p256_key_and_csr();
+        let response = self.enroll_with(issued.secret.expose(), &csr, &[]).await;
+        assert_eq!(
+            response.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let answer: api::EnrollResponse = serde_json::from_slice(&response.body).unwrap();
+        let credentials = DeviceCredentials::new(&key, &answer.certificate_chain);
+        (credentials, answer)
+    }
+
     /// Counts rows of a tenant table for `tenant`, as the owner (behind RLS's back).
     pub async fn count(&self, table: &str, tenant: TenantId) -> i64 {
         let mut owner = self.test_db.connect_as_owner().await;
@@ -188,6 +229,146 @@ pub fn csr_with(alg: &'static SignatureAlgorithm) -> String {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "chosen-by-device");
     params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// A fresh P-256 key and a CSR for it, as the agent makes them.
+pub fn p256_key_and_csr() -> (KeyPair, String) {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleet-agent");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+/// What a device presents as its TLS client certificate: its chain (leaf first) and key.
+pub struct DeviceCredentials {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key_pkcs8: Vec<u8>,
+}
+
+impl DeviceCredentials {
+    /// From a key and a chain in PEM (as `certificate_chain` in an enrollment answer).
+    pub fn new(key: &KeyPair, chain_pem: &str) -> Self {
+        Self {
+            chain: pem_certs(chain_pem),
+            key_pkcs8: key.serialize_der(),
+        }
+    }
+}
+
+/// Every certificate in `pem_text`, in order, as DER.
+pub fn pem_certs(pem_text: &str) -> Vec<CertificateDer<'static>> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem_text;
+    while let Some(start) = rest.find(BEGIN) {
+        let end = rest.find(END).unwrap();
+        let b64: String = rest[start + BEGIN.len()..end]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        out.push(CertificateDer::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        ));
+        rest = &rest[end + END.len()..];
+    }
+    out
+}
+
+/// One request on a fresh TLS connection trusting exactly the fleet root, presenting `client`
+/// as the client certificate if given. `Err` when TLS failed before an answer was read.
+pub async fn https_request_as(
+    addr: SocketAddr,
+    ca: &IssuingCa,
+    client: Option<&DeviceCredentials>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.root_der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(c) => builder
+            .with_client_auth_cert(
+                c.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_pkcs8.clone())),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    // With TLS 1.3 the server judges the client certificate after the client's handshake is
+    // done: a refusal shows up as an error here.
+    tls.write_all(&request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    tls.flush().await.map_err(|e| format!("flush: {e}"))?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 answer with a `Content-Length` body (what axum sends for these routes).
+fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    assert!(
+        !headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")),
+        "chunked answers are not parsed here"
+    );
+    Ok(Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
 }
 
 pub fn p256_csr() -> String {

@@ -1,0 +1,139 @@
+//! `POST /v1/renew`: a device presents its current certificate as the TLS client certificate
+//! and a CSR for a new key, and gets a new certificate for the same identity.
+//!
+//! Request (`Content-Type: application/json`, at most 64 KiB), over mutual TLS:
+//!
+//! ```json
+//! {"csr": "-----BEGIN CERTIFICATE REQUEST-----\n…"}
+//! ```
+//!
+//! Answer `201 Created`, exactly the shape of an enrollment answer ([`crate::EnrollResponse`]).
+//!
+//! The identity (tenant and device) comes from the verified client certificate only, never
+//! from the body; the CSR's subject is ignored (only its P-256 public key is used). In one
+//! transaction of the certificate's tenant: the device must exist and be active, and the
+//! presented certificate must be one recorded for it; then the new certificate is signed,
+//! recorded (with no enrollment token) and the `device.certificate_renewed` audit event
+//! appended. The old certificate is not revoked: it stays valid until its own expiry.
+//!
+//! Refusals, in order: no client certificate, or not a device certificate of this fleet, or
+//! outside its validity → 401 (a certificate that does not chain to the fleet root, or has
+//! expired, already fails the TLS handshake: the client sees a handshake alert, no 401);
+//! unknown or revoked device, or a certificate not issued to it → 403; bad body or CSR → 400
+//! (413 over 64 KiB, 415 not JSON), as for enrollment.
+
+use std::fmt;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, Validity};
+use serde::Deserialize;
+use serde_json::json;
+use store::device_certificates::{self, NewDeviceCertificate};
+use store::{audit, devices, DeviceId, TenantId};
+use time::OffsetDateTime;
+
+use crate::client_addr::{client_ip, Peer};
+use crate::enroll::rfc3339;
+use crate::error::ApiError;
+use crate::{Ctx, EnrollResponse};
+
+/// The body of `POST /v1/renew`. Unknown fields are ignored.
+#[derive(Deserialize)]
+pub struct RenewRequest {
+    /// The device's PKCS#10 request for its new key, PEM. Only its (P-256) public key is used.
+    pub csr: String,
+}
+
+impl fmt::Debug for RenewRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewRequest")
+            .field("csr_len", &self.csr.len())
+            .finish()
+    }
+}
+
+pub(crate) async fn renew(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Json<RenewRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+    // 401: who is asking, from the certificate rustls verified, and nothing else.
+    let leaf = peer
+        .client_chain
+        .as_ref()
+        .and_then(|chain| chain.first())
+        .ok_or(ApiError::DeviceCertificateRequired)?;
+    let current =
+        DeviceCertificate::from_der(leaf).map_err(|_| ApiError::DeviceCertificateRequired)?;
+    let identity = DeviceIdentity::from_certificate_der(leaf)
+        .map_err(|_| ApiError::DeviceCertificateRequired)?;
+    current
+        .check_validity(OffsetDateTime::now_utc())
+        .map_err(|_| ApiError::DeviceCertificateRequired)?;
+    let source = client_ip(peer.addr.ip(), &headers, &ctx.state.trusted_proxies)?;
+    let tenant_id = TenantId(identity.tenant_id);
+    let device_id = DeviceId(identity.device_id);
+    let old_serial = current.serial().to_string();
+
+    let mut tx = ctx.state.app.begin(tenant_id).await?;
+    // 403: the device must be active and the certificate one we issued to it.
+    if !devices::is_active(&mut tx, device_id).await? {
+        return Err(ApiError::DeviceNotAllowed);
+    }
+    let issued = device_certificates::list_for_device(&mut tx, device_id).await?;
+    if !issued.iter().any(|c| c.serial == old_serial) {
+        return Err(ApiError::DeviceNotAllowed);
+    }
+
+    // 400: the request itself.
+    let Json(request) = body?;
+    let csr = DeviceCsr::from_pem(request.csr.as_bytes())?;
+    drop(request);
+
+    let validity = Validity::from_now(ctx.state.device_cert_lifetime)?;
+    let cert = ctx
+        .state
+        .issuing_ca
+        .sign_device_csr(&csr, identity, validity)?;
+    let serial = cert.serial().to_string();
+    device_certificates::record(
+        &mut tx,
+        &NewDeviceCertificate {
+            serial: serial.clone(),
+            device_id,
+            not_before: cert.not_before(),
+            not_after: cert.not_after(),
+            enrollment_token_id: None,
+        },
+    )
+    .await?;
+    audit::append(
+        &mut tx,
+        &format!("device:{device_id}"),
+        "device.certificate_renewed",
+        &format!("device:{device_id}"),
+        &json!({
+            "source_ip": source.to_string(),
+            "old_certificate_serial": old_serial,
+            "certificate_serial": serial,
+            "not_after": cert.not_after().unix_timestamp(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+
+    tracing::info!(tenant = %tenant_id, device = %device_id, %source, old_serial = %old_serial, serial = %serial, "device certificate renewed");
+    let response = EnrollResponse {
+        device_id,
+        tenant_id,
+        certificate_chain: ctx.state.issuing_ca.chain_pem(cert.der()),
+        ca_certificate: ctx.state.issuing_ca.root_pem(),
+        broker_url: ctx.state.broker_url.clone(),
+        expires_at: rfc3339(cert.not_after())?,
+    };
+    Ok((StatusCode::CREATED, Json(response)))
+}
