@@ -399,3 +399,67 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     }
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = common::fleetd_config(&db, &data_dir);
+    // With 5 minutes of clock-skew allowance before "now", a 2-minute certificate is already in
+    // the last third of its life when issued: the agent renews it at its first check.
+    config.pki.device_cert_lifetime = std::time::Duration::from_secs(120);
+    let running = fleetd::start(config).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "renewal", "test")
+        .await
+        .unwrap()
+        .id;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let key_before = std::fs::read_dir(device_dir.path().join("state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".key"))
+        .collect::<Vec<_>>();
+
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+
+    let mut owner = db.connect_as_owner().await;
+    let certificates: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM device_certificates WHERE device_id = $1")
+            .bind(device)
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    assert!(
+        certificates >= 2,
+        "enrollment and at least one renewal, got {certificates}"
+    );
+    let renewals: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE tenant_id = $1 AND action = 'device.certificate_renewed'")
+        .bind(tenant)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert!(renewals >= 1, "the renewal is audited");
+    let key_after = std::fs::read_dir(device_dir.path().join("state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".key"))
+        .collect::<Vec<_>>();
+    assert_ne!(
+        key_before, key_after,
+        "a new key was generated on the device"
+    );
+    let kinds: i64 = sqlx::query_scalar("SELECT count(*) FROM device_records WHERE device_id = $1")
+        .bind(device)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert!(
+        kinds > 0,
+        "records still arrive with the renewed certificate"
+    );
+    running.shutdown().await.unwrap();
+}
