@@ -14,9 +14,9 @@
 //! [`tls_server_config`], and runs [`serve_tls`] with the [`router`]:
 //!
 //! ```no_run
-//! # async fn run(state: api::ApiState, cert: certs::ServerCertificate) -> std::io::Result<()> {
-//! # let root: rustls::pki_types::CertificateDer<'static> = unimplemented!();
-//! let tls = api::tls_server_config_for(&cert, root).expect("usable certificate");
+//! # async fn run(state: api::ApiState, cert: certs::ServerCertificate, ca: certs::IssuingCa) -> std::io::Result<()> {
+//! // Client certificates (for /v1/renew) are checked against the fleet root.
+//! let tls = api::tls_server_config_for(&cert, ca.root_der().clone()).expect("usable certificate");
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:8443").await?;
 //! api::serve_tls(listener, tls, api::router(state), std::future::pending()).await
 //! # }
