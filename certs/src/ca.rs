@@ -367,16 +367,20 @@ impl ServerCertParams {
     }
 }
 
-/// A server certificate with its key and chain, ready for a TLS server configuration.
+/// A certificate the issuing CA made for one of fleetplane's own services, with its key and
+/// chain: a listener's server certificate or ingest's client certificate.
 #[derive(Debug)]
-pub struct ServerCertificate {
-    der: CertificateDer<'static>,
-    key: PrivateKey,
-    issuing_ca: CertificateDer<'static>,
-    not_after: OffsetDateTime,
+pub struct IssuedCertificate {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) key: PrivateKey,
+    pub(crate) issuing_ca: CertificateDer<'static>,
+    pub(crate) not_after: OffsetDateTime,
 }
 
-impl ServerCertificate {
+/// A server certificate for the broker and API listeners (serverAuth).
+pub type ServerCertificate = IssuedCertificate;
+
+impl IssuedCertificate {
     /// The chain to present: this certificate, then the issuing CA.
     pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
         vec![self.der.clone(), self.issuing_ca.clone()]
@@ -392,7 +396,7 @@ impl ServerCertificate {
         &self.der
     }
 
-    /// The server's private key.
+    /// The certificate's private key.
     pub fn key(&self) -> &PrivateKey {
         &self.key
     }

@@ -40,7 +40,7 @@ mod pki;
 mod service;
 
 pub use ca::{
-    IssuingCa, PkiParams, RootCa, ServerCertParams, ServerCertificate, Validity,
+    IssuedCertificate, IssuingCa, PkiParams, RootCa, ServerCertParams, ServerCertificate, Validity,
     CLOCK_SKEW_ALLOWANCE, DEFAULT_DEVICE_CERT_LIFETIME, DEFAULT_ISSUING_CA_LIFETIME,
     DEFAULT_ROOT_CA_LIFETIME, DEFAULT_SERVER_CERT_LIFETIME,
 };

@@ -11,47 +11,12 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, SerialNumber, SigningKey,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::CertificateDer;
-use time::OffsetDateTime;
 
 use crate::error::IssueError;
 use crate::{IssuingCa, PrivateKey, Validity, DEFAULT_SERVER_CERT_LIFETIME};
 
-/// A service client certificate with its key.
-#[derive(Debug)]
-pub struct ServiceClientCertificate {
-    der: CertificateDer<'static>,
-    key: PrivateKey,
-    issuing_ca: CertificateDer<'static>,
-    not_after: OffsetDateTime,
-}
-
-impl ServiceClientCertificate {
-    /// The chain to present: this certificate, then the issuing CA.
-    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.der.clone(), self.issuing_ca.clone()]
-    }
-
-    /// [`Self::chain_der`] in PEM, leaf first.
-    pub fn chain_pem(&self) -> String {
-        crate::pem::certificates_pem(&self.chain_der())
-    }
-
-    /// The certificate alone, in DER.
-    pub fn der(&self) -> &CertificateDer<'static> {
-        &self.der
-    }
-
-    /// The private key.
-    pub fn key(&self) -> &PrivateKey {
-        &self.key
-    }
-
-    /// When the certificate expires.
-    pub fn not_after(&self) -> OffsetDateTime {
-        self.not_after
-    }
-}
+/// A client certificate for one of fleetplane's services (clientAuth, no device identity).
+pub type ServiceClientCertificate = crate::IssuedCertificate;
 
 /// The issuing CA's key, borrowed for one signature.
 struct BorrowedKey<'a>(&'a PrivateKey);
