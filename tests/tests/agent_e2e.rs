@@ -130,38 +130,12 @@ async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
         .await
         .unwrap()
         .id;
-    let token = token_for(&running, tenant).await;
-
     let device_dir = tempfile::tempdir().unwrap();
-    let root = device_dir.path().join("root-ca.pem");
-    std::fs::write(&root, running.pki().issuing_ca.root_pem()).unwrap();
+    // The agent's own commented template is a working configuration.
     let template = agent(device_dir.path(), &["configfile"]).await;
     assert!(template.status.success(), "{}", text(&template));
-    std::fs::write(device_dir.path().join("agent.toml"), &template.stdout).unwrap();
-
-    let server = format!("https://localhost:{}", running.api_addr().port());
-    let enrolled = agent(
-        device_dir.path(),
-        &[
-            "enroll",
-            "--server",
-            &server,
-            "--ca",
-            root.to_str().unwrap(),
-            "--token",
-            &token,
-        ],
-    )
-    .await;
-    assert!(enrolled.status.success(), "{}", text(&enrolled));
-    let status = agent(device_dir.path(), &["status", "--json"]).await;
-    assert!(status.status.success(), "{}", text(&status));
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let device: Uuid = status["device_id"]
-        .as_str()
-        .expect("status names the device")
-        .parse()
-        .unwrap();
+    let template = String::from_utf8(template.stdout).unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), &template).await;
 
     // One round: telemetry and patch status, acknowledged after commit, then exit 0.
     let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
@@ -227,8 +201,13 @@ async fn enrolled_agent(
     .await;
     assert!(enrolled.status.success(), "{}", text(&enrolled));
     let status = agent(dir, &["status", "--json"]).await;
+    assert!(status.status.success(), "{}", text(&status));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    status["device_id"].as_str().unwrap().parse().unwrap()
+    status["device_id"]
+        .as_str()
+        .expect("status names the device")
+        .parse()
+        .unwrap()
 }
 
 /// (rows, distinct seqs, lowest seq, highest seq) of the device's records.
