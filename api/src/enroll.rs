@@ -30,11 +30,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use certs::{DeviceCsr, DeviceIdentity, Validity};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use store::device_certificates::{self, NewDeviceCertificate};
-use store::devices::{self, NewDevice};
+use store::devices::{self, SignedCertificate};
 use store::enrollment_tokens::{self, secret, EnrollmentToken, PresentedToken, Refusal};
-use store::{audit, DeviceId, TenantId, TenantTx};
+use store::{DeviceId, TenantId, TenantTx};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -98,12 +96,6 @@ pub(crate) async fn enroll(
         .map_err(refusal)?;
 
     let device_id = DeviceId::new_random();
-    let new_device = NewDevice {
-        name: device_id.to_string(),
-        group: token.device_group.clone(),
-        labels: token.device_labels.clone(),
-    };
-    devices::create_with_id(&mut tx, device_id, &new_device).await?;
     let identity = DeviceIdentity {
         tenant_id: tenant_id.0,
         device_id: device_id.0,
@@ -113,32 +105,8 @@ pub(crate) async fn enroll(
         .state
         .issuing_ca
         .sign_device_csr(&csr, identity, validity)?;
-    let serial = cert.serial().to_string();
-    device_certificates::record(
-        &mut tx,
-        &NewDeviceCertificate {
-            serial: serial.clone(),
-            device_id,
-            not_before: cert.not_before(),
-            not_after: cert.not_after(),
-            enrollment_token_id: Some(token.id),
-        },
-    )
-    .await?;
-    audit::append(
-        &mut tx,
-        &format!("enrollment_token:{}", token.id),
-        "device.enroll",
-        &format!("device:{device_id}"),
-        &json!({
-            "source_ip": source.to_string(),
-            "certificate_serial": serial,
-            "not_after": cert.not_after().unix_timestamp(),
-            "device_group": token.device_group,
-            "token_uses": admission.uses,
-        }),
-    )
-    .await?;
+    let signed = signed_certificate(&cert);
+    devices::enroll(&mut tx, device_id, &token, &admission, &signed, source).await?;
     tx.commit().await?;
 
     tracing::info!(tenant = %tenant_id, device = %device_id, token = %token.id, %source, "device enrolled");
@@ -203,6 +171,15 @@ fn seconds_until(at: OffsetDateTime) -> u64 {
     let remaining = at - OffsetDateTime::now_utc();
     let secs = remaining.whole_seconds() + i64::from(remaining.subsec_nanoseconds() > 0);
     u64::try_from(secs).unwrap_or(0).max(1)
+}
+
+/// What the store records of a certificate just signed.
+pub(crate) fn signed_certificate(cert: &certs::DeviceCertificate) -> SignedCertificate {
+    SignedCertificate {
+        serial: cert.serial().to_string(),
+        not_before: cert.not_before(),
+        not_after: cert.not_after(),
+    }
 }
 
 pub(crate) fn rfc3339(at: OffsetDateTime) -> Result<String, ApiError> {

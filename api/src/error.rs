@@ -9,6 +9,23 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// An RFC 7807 problem document, as every error answers (for the OpenAPI document).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A stable URN, `urn:fleetplane:problem:<slug>`, to match on.
+    #[schema(example = "urn:fleetplane:problem:invalid-field")]
+    pub r#type: String,
+    /// The HTTP status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong, for people.
+    pub detail: String,
+    /// For `invalid-field`: the field (a JSON path or a query parameter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 /// A refusal or failure, as the API answers it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -43,6 +60,40 @@ pub enum ApiError {
     /// 410: the token's total enrollments are used up (for good, so not 429).
     #[error("the enrollment token's total use limit is reached")]
     TokenUsedUp,
+    /// 401 with `WWW-Authenticate: Bearer`: no API key, a malformed one, an unknown one, a
+    /// wrong secret, a revoked or expired key, or a source address the key does not allow. One
+    /// answer for all, so nothing tells which (the log and the metrics do).
+    #[error("a valid API key is required (Authorization: Bearer fpk_...)")]
+    InvalidApiKey,
+    /// 429 with `Retry-After`: too many failed authentications from this address.
+    #[error("too many failed authentications from this address; retry later")]
+    TooManyFailures {
+        /// Seconds until the address may try again.
+        retry_after_secs: u64,
+    },
+    /// 403: the caller's role (or group scope) does not allow this route or this change.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403: the request's `Origin` is not one of the key's CORS origins.
+    #[error("this API key may not be used from origin {0:?}")]
+    OriginNotAllowed(String),
+    /// 404: no such resource, or not visible to the caller (another tenant, another group).
+    #[error("{0} not found")]
+    ResourceNotFound(&'static str),
+    /// 409: the change conflicts with the current state.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// 422: a field of the request is refused; `field` names it.
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The field (a JSON path such as `group_ids[2]`, or a query parameter).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// 400: the `cursor` parameter is not one this server gave out.
+    #[error("cursor: not a cursor from a previous page of this list")]
+    InvalidCursor,
     /// 400: the CSR was refused; the detail says why (e.g. the key type found).
     #[error("{0}")]
     InvalidCsr(#[from] certs::CsrError),
@@ -72,7 +123,15 @@ pub enum ApiError {
 
 impl From<store::StoreError> for ApiError {
     fn from(e: store::StoreError) -> Self {
-        Self::Internal(format!("store: {e}"))
+        match e {
+            store::StoreError::NotFound(what) => Self::ResourceNotFound(what),
+            store::StoreError::Conflict(why) => Self::Conflict(why),
+            store::StoreError::Invalid { field, reason } => Self::InvalidField {
+                field: field.to_owned(),
+                reason,
+            },
+            other => Self::Internal(format!("store: {other}")),
+        }
     }
 }
 
@@ -101,9 +160,20 @@ impl From<JsonRejection> for ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidToken | Self::DeviceCertificateRequired => StatusCode::UNAUTHORIZED,
-            Self::SourceNotAllowed | Self::DeviceNotAllowed => StatusCode::FORBIDDEN,
-            Self::DailyLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidToken | Self::DeviceCertificateRequired | Self::InvalidApiKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::SourceNotAllowed
+            | Self::DeviceNotAllowed
+            | Self::Forbidden(_)
+            | Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::DailyLimitReached { .. } | Self::TooManyFailures { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::ResourceNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidCursor => StatusCode::BAD_REQUEST,
             Self::TokenExpired | Self::TokenRevoked | Self::TokenUsedUp => StatusCode::GONE,
             Self::InvalidCsr(_) | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -116,8 +186,16 @@ impl ApiError {
     }
 
     /// The last part of the problem type URN.
-    fn slug(&self) -> &'static str {
+    pub(crate) fn slug(&self) -> &'static str {
         match self {
+            Self::InvalidApiKey => "invalid-api-key",
+            Self::TooManyFailures { .. } => "too-many-failures",
+            Self::Forbidden(_) => "forbidden",
+            Self::OriginNotAllowed(_) => "origin-not-allowed",
+            Self::ResourceNotFound(_) => "not-found",
+            Self::Conflict(_) => "conflict",
+            Self::InvalidField { .. } => "invalid-field",
+            Self::InvalidCursor => "invalid-cursor",
             Self::InvalidToken => "invalid-token",
             Self::SourceNotAllowed => "source-not-allowed",
             Self::DeviceCertificateRequired => "device-certificate-required",
@@ -148,7 +226,8 @@ impl ApiError {
 
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Self::DailyLimitReached { retry_after_secs } => Some(*retry_after_secs),
+            Self::DailyLimitReached { retry_after_secs }
+            | Self::TooManyFailures { retry_after_secs } => Some(*retry_after_secs),
             Self::Busy => Some(1),
             _ => None,
         }
@@ -161,12 +240,15 @@ impl IntoResponse for ApiError {
         if let Self::Internal(cause) = &self {
             tracing::error!(%cause, "request failed");
         }
-        let body = json!({
+        let mut body = json!({
             "type": format!("urn:fleetplane:problem:{}", self.slug()),
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "detail": self.detail(),
         });
+        if let Self::InvalidField { field, .. } = &self {
+            body["field"] = json!(field);
+        }
         let mut response = (
             status,
             [(
@@ -181,9 +263,20 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if matches!(self, Self::InvalidApiKey) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // Handlers and middleware read this to count refusals by reason.
+        response.extensions_mut().insert(ProblemSlug(self.slug()));
         response
     }
 }
+
+/// The problem type of an error response, for metrics.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProblemSlug(pub(crate) &'static str);
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound

@@ -21,13 +21,17 @@ pub(crate) async fn healthz() -> impl IntoResponse {
 pub(crate) async fn readyz(State(ctx): State<Ctx>) -> Response {
     match tokio::time::timeout(READINESS_TIMEOUT, ctx.state.app.ping()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready" })).into_response(),
-        Ok(Err(e)) => not_ready(&format!("database: {e}")),
-        Err(_) => not_ready("database did not answer within 2 s"),
+        Ok(Err(e)) => {
+            // The cause goes to the log only: the caller is unauthenticated, and database
+            // errors can name hosts, roles and databases.
+            tracing::warn!(error = %e, "not ready: the database refused or failed the check");
+            not_ready("the database is not answering")
+        }
+        Err(_) => not_ready("the database did not answer within 2 s"),
     }
 }
 
-/// 503 as problem details. Readiness is for operators and orchestrators, so the detail names the
-/// failing dependency (never tenant data).
+/// 503 as problem details. The detail names the failing dependency, never its error text.
 fn not_ready(detail: &str) -> Response {
     tracing::warn!(detail, "not ready");
     let body = json!({

@@ -25,28 +25,39 @@
 //! `POST /v1/enroll` is described in the `enroll` module, `POST /v1/renew` in the `renew`
 //! module, their refusals in [`ApiError`].
 
+mod auth;
 mod client_addr;
 mod enroll;
 mod error;
+mod extract;
 mod health;
+mod management;
+mod metrics;
+mod openapi;
+pub mod permissions;
 mod renew;
 mod tls;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use ipnet::IpNet;
 use store::AppDb;
 use tokio::sync::Semaphore;
 
+pub use auth::{AuthLimits, Caller};
 pub use client_addr::{PeerAddr, TlsPeer};
 pub use enroll::{EnrollRequest, EnrollResponse};
-pub use error::ApiError;
+pub use error::{ApiError, Problem};
+pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use metrics::ApiMetrics;
+pub use openapi::openapi;
 pub use renew::RenewRequest;
 pub use tls::{serve_tls, tls_server_config, tls_server_config_for, TlsLimits, TlsListener};
 
@@ -71,6 +82,12 @@ pub struct ApiState {
     pub trusted_proxies: Vec<IpNet>,
     /// Bounds on the CPU that token verification may take.
     pub enroll_limits: EnrollLimits,
+    /// Bounds on API key authentication.
+    pub auth_limits: AuthLimits,
+    /// What new API keys say they are for (`fpk_<env>_…`).
+    pub key_env: store::api_keys::KeyEnv,
+    /// Where the API counts requests.
+    pub metrics: ApiMetrics,
 }
 
 impl ApiState {
@@ -83,6 +100,9 @@ impl ApiState {
             device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
             trusted_proxies: Vec::new(),
             enroll_limits: EnrollLimits::default(),
+            auth_limits: AuthLimits::default(),
+            key_env: store::api_keys::KeyEnv::live(),
+            metrics: ApiMetrics::default(),
         }
     }
 }
@@ -114,7 +134,13 @@ pub(crate) struct Ctx(Arc<CtxInner>);
 
 pub(crate) struct CtxInner {
     pub(crate) state: ApiState,
+    /// Enrollment token verifications (argon2) running at once.
     pub(crate) verify_permits: Semaphore,
+    /// API key verifications (argon2) running at once.
+    pub(crate) key_verify_permits: Semaphore,
+    pub(crate) key_cache: auth::KeyCache,
+    pub(crate) failures: auth::FailureLimiter,
+    pub(crate) metrics: ApiMetrics,
 }
 
 impl std::ops::Deref for Ctx {
@@ -133,22 +159,81 @@ impl std::ops::Deref for Ctx {
 /// tokio runtime: it starts computing the dummy hash on the blocking pool.
 pub fn router(state: ApiState) -> Router {
     let permits = state.enroll_limits.max_concurrent_verifications.max(1);
+    let limits = state.auth_limits;
     let ctx = Ctx(Arc::new(CtxInner {
+        metrics: state.metrics.clone(),
         state,
         verify_permits: Semaphore::new(permits),
+        key_verify_permits: Semaphore::new(limits.verify_concurrency.max(1)),
+        key_cache: auth::KeyCache::new(limits.key_cache_ttl, limits.key_cache_capacity),
+        failures: auth::FailureLimiter::new(limits.failures_per_window, limits.failure_window),
     }));
     // The dummy hash for unknown tokens costs one argon2 run: pay it now, off the executor.
     tokio::task::spawn_blocking(store::enrollment_tokens::secret::warm_up);
-    Router::new()
+    let management = permissions::management_router().route_layer(middleware::from_fn_with_state(
+        ctx.clone(),
+        permissions::authorize,
+    ));
+    let public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/renew", post(renew::renew))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            permissions::count_public,
+        ));
+    Router::new()
+        .merge(public)
+        .merge(management)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::from_fn(cors_preflight))
         .with_state(ctx)
+}
+
+/// Answers CORS preflight requests (they carry no credentials, so no key can be checked yet):
+/// the methods and headers the API takes. The real request is then allowed only from the
+/// key's own origins ([`auth`]), and only then does its answer carry
+/// `Access-Control-Allow-Origin`.
+async fn cors_preflight(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let is_preflight = request.method() == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if let (true, Some(origin)) = (is_preflight, &origin) {
+        let mut response = axum::http::StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PATCH, DELETE"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        return response;
+    }
+    let mut response = next.run(request).await;
+    // A request that passed the key's origin check: let the browser read the answer.
+    if let Some(origin) = origin {
+        if response.extensions().get::<auth::OriginAllowed>().is_some() {
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+    response
 }
 
 /// Headers every response carries, errors included.

@@ -30,13 +30,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, Validity};
 use serde::Deserialize;
-use serde_json::json;
-use store::device_certificates::{self, NewDeviceCertificate};
-use store::{audit, devices, DeviceId, TenantId};
+use store::device_certificates;
+use store::{devices, DeviceId, TenantId};
 use time::OffsetDateTime;
 
 use crate::client_addr::{client_ip, Peer};
-use crate::enroll::rfc3339;
+use crate::enroll::{rfc3339, signed_certificate};
 use crate::error::ApiError;
 use crate::{Ctx, EnrollResponse};
 
@@ -99,31 +98,9 @@ pub(crate) async fn renew(
         .state
         .issuing_ca
         .sign_device_csr(&csr, identity, validity)?;
-    let serial = cert.serial().to_string();
-    device_certificates::record(
-        &mut tx,
-        &NewDeviceCertificate {
-            serial: serial.clone(),
-            device_id,
-            not_before: cert.not_before(),
-            not_after: cert.not_after(),
-            enrollment_token_id: None,
-        },
-    )
-    .await?;
-    audit::append(
-        &mut tx,
-        &format!("device:{device_id}"),
-        "device.certificate_renewed",
-        &format!("device:{device_id}"),
-        &json!({
-            "source_ip": source.to_string(),
-            "old_certificate_serial": old_serial,
-            "certificate_serial": serial,
-            "not_after": cert.not_after().unix_timestamp(),
-        }),
-    )
-    .await?;
+    let signed = signed_certificate(&cert);
+    let serial = signed.serial.clone();
+    device_certificates::record_renewal(&mut tx, device_id, &signed, &old_serial, source).await?;
     tx.commit().await?;
 
     tracing::info!(tenant = %tenant_id, device = %device_id, %source, old_serial = %old_serial, serial = %serial, "device certificate renewed");

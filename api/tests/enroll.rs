@@ -237,7 +237,7 @@ async fn expired_revoked_and_used_up_tokens_get_410() {
 
     let revoked = server.token(|_| {}).await;
     let mut tx = server.db.app.begin(server.tenant).await.unwrap();
-    enrollment_tokens::revoke(&mut tx, revoked.token.id, "operator:test")
+    enrollment_tokens::revoke(&mut tx, revoked.token.id, &store::audit::Actor::System)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -459,9 +459,14 @@ async fn a_revoked_device_is_no_longer_active() {
     let tenant: TenantId = serde_json::from_value(response.json()["tenant_id"].clone()).unwrap();
     let mut tx = server.db.app.begin(tenant).await.unwrap();
     assert!(devices::is_active(&mut tx, device).await.unwrap());
-    devices::revoke(&mut tx, device, "operator:test")
-        .await
-        .unwrap();
+    devices::revoke(
+        &mut tx,
+        device,
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     assert!(!devices::is_active(&mut tx, device).await.unwrap());
     tx.commit().await.unwrap();
     server.stop().await;

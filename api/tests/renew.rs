@@ -144,9 +144,14 @@ async fn a_revoked_device_gets_403_and_nothing_is_issued() {
     let server = TestServer::start().await;
     let (credentials, enrolled) = server.enroll_device().await;
     let mut tx = server.db.app.begin(server.tenant).await.unwrap();
-    devices::revoke(&mut tx, enrolled.device_id, "operator:test")
-        .await
-        .unwrap();
+    devices::revoke(
+        &mut tx,
+        enrolled.device_id,
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let response = server.renew(Some(&credentials), &p256_csr()).await.unwrap();

@@ -58,7 +58,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .context("opening the database")?;
     let (stop, stopped) = watch::channel(false);
-    let devices = match start_devices(&config, &pki, &database).await {
+    // One registry for every component, served on metrics_listen.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let api_metrics = api::ApiMetrics::register(&mut registry);
+    let devices = match start_devices(&config, &pki, &database, registry).await {
         Ok(devices) => devices,
         Err(e) => {
             database.close().await.ok();
@@ -69,7 +72,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .broker_addr()
         .map_or(config.broker_listen.port(), |addr| addr.port());
     let broker_url = config.broker_url(bound_port);
-    let (api_addr, api) = match start_api(&config, &pki, &database, broker_url, stopped).await {
+    let api = start_api(&config, &pki, &database, broker_url, api_metrics, stopped).await;
+    let (api_addr, api) = match api {
         Ok(api) => api,
         Err(e) => {
             devices.stop().await;
@@ -100,8 +104,8 @@ async fn start_devices(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
+    mut registry: prometheus_client::registry::Registry,
 ) -> anyhow::Result<DeviceServices> {
-    let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ingest::Metrics::register(&mut registry);
     let start_ingest = |acks: Arc<dyn ingest::AckSink>| {
         ingest::start(
@@ -280,12 +284,13 @@ impl DeviceServices {
     }
 }
 
-/// The HTTPS API: enrollment, health.
+/// The HTTPS API: enrollment, management, health.
 async fn start_api(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
     broker_url: String,
+    metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(config.api_listen)
@@ -297,6 +302,7 @@ async fn start_api(
     let state = api::ApiState {
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
+        metrics,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {

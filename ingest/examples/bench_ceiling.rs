@@ -62,7 +62,9 @@ async fn tenant_with_devices(
     db: &store::Database,
     n: usize,
 ) -> anyhow::Result<(TenantId, Vec<DeviceId>)> {
-    let tenant = tenants::create(&db.app, "bench", "bench").await?.id;
+    let tenant = tenants::create(&db.app, "bench", &store::audit::Actor::System)
+        .await?
+        .id;
     let mut tx = db.app.begin(tenant).await?;
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -71,7 +73,11 @@ async fn tenant_with_devices(
             group: "default".into(),
             labels: Default::default(),
         };
-        ids.push(devices::create(&mut tx, &new).await?.id);
+        ids.push(
+            devices::create(&mut tx, &new, &store::audit::Actor::System)
+                .await?
+                .id,
+        );
     }
     tx.commit().await?;
     Ok((tenant, ids))

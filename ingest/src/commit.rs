@@ -235,10 +235,7 @@ fn ledger_body(body: &Body) -> (RecordKind, Vec<u8>) {
         // check_record refuses Unknown before this point.
         Body::Event(_) | Body::Unknown { .. } => RecordKind::Event,
     };
-    let mut bytes = Vec::with_capacity(128);
-    // Writing to a Vec cannot fail and wire's Serialize impls raise no errors.
-    ciborium::into_writer(body, &mut bytes).expect("encoding a record body into memory");
-    (kind, bytes)
+    (kind, wire::encode_body(body))
 }
 
 /// The device's clock as a timestamp; times past year 9999 are clamped (deterministically, so a

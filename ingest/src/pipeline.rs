@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use store::{AppDb, StoreError, TenantId};
+use store::{AppDb, TenantId};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
@@ -251,7 +251,7 @@ impl Writer {
         loop {
             match write_batch(&self.app, batch, self.config.max_pending_ranges).await {
                 Ok(outcome) => return Ok(outcome),
-                Err(e) if is_transient(&e) => {
+                Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, tenant = %batch.tenant, "batch commit failed; retrying");
                     self.metrics.commit_retries.inc();
                     backoff.wait(&mut self.shutdown).await?;
@@ -299,28 +299,6 @@ impl Writer {
         self.metrics
             .buffered_bytes
             .set(self.sender.buffered_bytes() as i64);
-    }
-}
-
-/// Database failures worth retrying: the connection, the server going away or restarting,
-/// serialization failures and deadlocks, resource exhaustion.
-fn is_transient(error: &StoreError) -> bool {
-    let StoreError::Database(e) = error else {
-        return false;
-    };
-    match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "40", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
     }
 }
 

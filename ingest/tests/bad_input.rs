@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ingest::{start, Metrics};
-use store::devices::{self, DeviceStatus};
+use store::devices;
 use store::{ingest_state, DeviceId};
 use wire::topic::{self, TopicKind};
 use wire::{Batch, Body, Record, UnixMillis};
@@ -19,9 +19,14 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
     let (tenant, devices) = tenant_with_devices(&db, "acme", 3).await;
     let (good, bad, revoked) = (devices[0], devices[1], devices[2]);
     let mut tx = db.app.begin(tenant).await.unwrap();
-    devices::set_status(&mut tx, revoked, DeviceStatus::Revoked)
-        .await
-        .unwrap();
+    devices::revoke(
+        &mut tx,
+        revoked,
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 
     let sink = RecordingSink::default();

@@ -4,6 +4,8 @@
 mod common;
 
 use std::time::Duration;
+use store::audit::Actor;
+use store::tenants::{self, SettingsChange};
 
 use common::*;
 use ingest::{Metrics, Retention, RetentionConfig};
@@ -41,6 +43,13 @@ async fn ages_left(db: &store::Database, tenant: TenantId, device: DeviceId) -> 
         .collect()
 }
 
+fn retention(days: i32) -> SettingsChange {
+    SettingsChange {
+        record_retention_days: Some(days),
+        ..SettingsChange::default()
+    }
+}
+
 #[tokio::test]
 async fn retention_deletes_only_what_is_older_than_each_tenants_setting() {
     let (_test_db, db) = open().await;
@@ -50,9 +59,15 @@ async fn retention_deletes_only_what_is_older_than_each_tenants_setting() {
     insert_aged(&db, short, short_devices[0], &ages).await;
     insert_aged(&db, default, default_devices[0], &ages).await;
     let mut tx = db.app.begin(short).await.unwrap();
-    records::set_retention_days(&mut tx, 7).await.unwrap();
+    tenants::update_settings(&mut tx, &retention(7), &db.app, &Actor::System)
+        .await
+        .unwrap();
     assert_eq!(records::retention_days(&mut tx).await.unwrap(), 7);
-    assert!(records::set_retention_days(&mut tx, 0).await.is_err());
+    assert!(
+        tenants::update_settings(&mut tx, &retention(0), &db.app, &Actor::System)
+            .await
+            .is_err()
+    );
     tx.commit().await.unwrap();
 
     let metrics = Metrics::default();
@@ -83,7 +98,9 @@ async fn partitions_are_created_ahead_and_dropped_only_past_every_retention() {
         .execute(&mut owner).await.unwrap();
     let (tenant, _) = tenant_with_devices(&db, "long", 1).await;
     let mut tx = db.app.begin(tenant).await.unwrap();
-    records::set_retention_days(&mut tx, 3650).await.unwrap();
+    tenants::update_settings(&mut tx, &retention(3650), &db.app, &Actor::System)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         records::drop_expired_partitions(&db.app, 10).await.unwrap(),
@@ -91,7 +108,9 @@ async fn partitions_are_created_ahead_and_dropped_only_past_every_retention() {
         "one tenant keeps 10 years"
     );
     let mut tx = db.app.begin(tenant).await.unwrap();
-    records::set_retention_days(&mut tx, 30).await.unwrap();
+    tenants::update_settings(&mut tx, &retention(30), &db.app, &Actor::System)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
         records::drop_expired_partitions(&db.app, 10).await.unwrap(),

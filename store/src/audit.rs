@@ -13,7 +13,7 @@
 //!
 //! | field         | encoding                                                       |
 //! |---------------|----------------------------------------------------------------|
-//! | domain tag    | the 20 ASCII bytes `fleetplane.audit.v1` followed by one `0x00` |
+//! | domain tag    | 20 bytes: the 19 ASCII bytes `fleetplane.audit.v1`, then one `0x00` |
 //! | `tenant_id`   | the UUID's 16 bytes                                            |
 //! | `seq`         | `i64`, 8 bytes big-endian                                      |
 //! | `occurred_at` | microseconds since 1970-01-01T00:00:00Z, `i64`, 8 bytes big-endian |
@@ -32,6 +32,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use time::OffsetDateTime;
 
+pub use crate::audit_names::{Action, Actor, OperatorName, Target};
 use crate::{StoreError, TenantId, TenantTx};
 
 /// The `prev_hash` of a tenant's first event.
@@ -128,8 +129,38 @@ pub(crate) async fn create_chain_head(tx: &mut TenantTx) -> Result<(), StoreErro
 }
 
 /// Appends an event to the transaction's tenant chain, in the caller's transaction: the event
-/// becomes durable exactly when the change it records does.
-pub async fn append(
+/// becomes durable exactly when the change it records does. Only the store's mutations call it:
+/// each writes its own event, so no caller can forget or forge one.
+pub(crate) async fn append(
+    tx: &mut TenantTx,
+    actor: &Actor,
+    action: Action,
+    target: &Target,
+    details: &Value,
+) -> Result<AuditEvent, StoreError> {
+    append_raw(
+        tx,
+        &actor.to_string(),
+        action.as_str(),
+        &target.to_string(),
+        details,
+    )
+    .await
+}
+
+/// [`append`] with free text, for tests of the chain itself (feature `test-support`).
+#[cfg(feature = "test-support")]
+pub async fn append_for_tests(
+    tx: &mut TenantTx,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details: &Value,
+) -> Result<AuditEvent, StoreError> {
+    append_raw(tx, actor, action, target, details).await
+}
+
+async fn append_raw(
     tx: &mut TenantTx,
     actor: &str,
     action: &str,
@@ -388,6 +419,148 @@ fn from_unix_micros(micros: i64) -> OffsetDateTime {
         .expect("microseconds from a valid timestamp are valid")
 }
 
+/// Which events a listing or an export wants; every field narrows, `None` does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Exactly this actor, e.g. `api-key:AbCdEf123456`.
+    pub actor: Option<String>,
+    /// Exactly this action, e.g. `device.revoke`.
+    pub action: Option<String>,
+    /// Exactly this target, e.g. `device:<id>`.
+    pub target: Option<String>,
+    /// Occurred at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Occurred before this instant (so consecutive ranges do not overlap).
+    pub until: Option<OffsetDateTime>,
+    /// Seq at most this: an export pins the end of the chain when it starts
+    /// ([`last_event_seq`]), so appends during a long export do not extend it.
+    pub through_seq: Option<i64>,
+}
+
+/// Events of the transaction's tenant matching `filter` with `seq > after_seq`, by seq, at most
+/// `limit` of them. Walks the primary key in seq order; the text filters are not indexed, so a
+/// rare actor on a long chain costs a scan of the rows after `after_seq`.
+pub async fn list(
+    tx: &mut TenantTx,
+    filter: &AuditFilter,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<AuditEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash
+           FROM audit_events
+          WHERE seq > $1
+            AND ($2::text IS NULL OR actor = $2)
+            AND ($3::text IS NULL OR action = $3)
+            AND ($4::text IS NULL OR target = $4)
+            AND ($5::timestamptz IS NULL OR occurred_at >= $5)
+            AND ($6::timestamptz IS NULL OR occurred_at < $6)
+            AND ($7::bigint IS NULL OR seq <= $7)
+          ORDER BY seq LIMIT $8",
+    )
+    .bind(after_seq)
+    .bind(&filter.actor)
+    .bind(&filter.action)
+    .bind(&filter.target)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.through_seq)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The highest seq among the transaction's tenant events; 0 when it has none.
+pub async fn last_event_seq(tx: &mut TenantTx) -> Result<i64, StoreError> {
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_events")
+        .fetch_one(tx.conn())
+        .await?;
+    Ok(last.unwrap_or(0))
+}
+
+impl ChainBreak {
+    /// The stable snake_case name, e.g. `content_changed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainBreak::ContentChanged => "content_changed",
+            ChainBreak::LinkBroken => "link_broken",
+            ChainBreak::RowMissing => "row_missing",
+            ChainBreak::HeadMismatch => "head_mismatch",
+            ChainBreak::HeadMissing => "head_missing",
+        }
+    }
+}
+
+/// An event time as RFC 3339 in UTC with exactly six fractional digits
+/// (`2026-12-01T09:30:00.123456Z`): all the precision the hash covers, in a fixed width.
+pub fn rfc3339_micros(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    )
+}
+
+/// The header row of the CSV export of a chain, with its CRLF.
+///
+/// # CSV export
+///
+/// RFC 4180: one event per row, rows end in CRLF, a field containing `,`, `"`, CR or LF is
+/// enclosed in double quotes with its quotes doubled; no other escaping, so every field is the
+/// stored text byte for byte. Columns: `tenant_id` (hyphenated UUID), `seq`, `occurred_at`
+/// ([`rfc3339_micros`]), `occurred_at_micros` (the integer the hash covers), `actor`, `action`,
+/// `target`, `details` (the exact JSON text hashed), `prev_hash` and `hash` (lowercase hex).
+/// A third party re-verifies it with SHA-256 and the canonical encoding of this module's
+/// documentation: each row's `hash` is `SHA-256(prev_hash || canonical)`, each row's `prev_hash`
+/// is the previous row's `hash`, and the first event of a tenant has 32 zero bytes before it.
+/// Fields are not defused for spreadsheets (a leading `=` stays), since that would change them.
+pub const CSV_HEADER: &str =
+    "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash\r\n";
+
+/// One event as a row of the CSV export ([`CSV_HEADER`]), with its CRLF.
+pub fn csv_row(event: &AuditEvent) -> String {
+    let mut out = String::with_capacity(
+        160 + event.actor.len() + event.action.len() + event.target.len() + event.details.len(),
+    );
+    let fields = [
+        event.tenant_id.to_string(),
+        event.seq.to_string(),
+        rfc3339_micros(event.occurred_at),
+        unix_micros(event.occurred_at).to_string(),
+    ];
+    for field in &fields {
+        push_csv_field(&mut out, field);
+        out.push(',');
+    }
+    for field in [&event.actor, &event.action, &event.target, &event.details] {
+        push_csv_field(&mut out, field);
+        out.push(',');
+    }
+    out.push_str(&hex::encode(event.prev_hash));
+    out.push(',');
+    out.push_str(&hex::encode(event.hash));
+    out.push_str("\r\n");
+    out
+}
+
+/// Appends one CSV field, quoted (RFC 4180) when it contains `,`, `"`, CR or LF.
+pub fn push_csv_field(out: &mut String, field: &str) {
+    if field.contains([',', '"', '\r', '\n']) {
+        out.push('"');
+        out.push_str(&field.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(field);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +655,230 @@ mod tests {
     fn timestamps_are_truncated_to_what_postgres_stores() {
         let at = now_micros();
         assert_eq!(at.nanosecond() % 1_000, 0);
+    }
+}
+
+#[cfg(test)]
+mod export_tests {
+    //! The CSV export, checked the way a third party would: parsed as plain RFC 4180 and
+    //! re-hashed with SHA-256 from the documented encoding alone, without this module's code.
+
+    use super::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn field(text: &str) -> String {
+        let mut out = String::new();
+        push_csv_field(&mut out, text);
+        out
+    }
+
+    #[test]
+    fn fields_are_quoted_only_when_needed_and_quotes_doubled() {
+        assert_eq!(field("device.revoke"), "device.revoke");
+        assert_eq!(field(""), "");
+        assert_eq!(field(" spaced "), " spaced ");
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field(r#"say "hi""#), r#""say ""hi""""#);
+        assert_eq!(field("\""), "\"\"\"\"");
+        assert_eq!(field("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(field("cr\rhere"), "\"cr\rhere\"");
+        assert_eq!(field(r#"{"a":1,"b":"x"}"#), r#""{""a"":1,""b"":""x""}""#);
+        assert_eq!(field("=SUM(A1)"), "=SUM(A1)");
+    }
+
+    #[test]
+    fn times_have_six_fractional_digits_in_utc() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_000_001_000).unwrap();
+        assert_eq!(rfc3339_micros(at), "2023-11-14T22:13:20.000001Z");
+        let offset = at.to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(rfc3339_micros(offset), "2023-11-14T22:13:20.000001Z");
+        assert_eq!(
+            rfc3339_micros(OffsetDateTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn chain_break_names_are_snake_case() {
+        assert_eq!(ChainBreak::ContentChanged.as_str(), "content_changed");
+        assert_eq!(ChainBreak::HeadMissing.as_str(), "head_missing");
+    }
+
+    /// A chain of a tenant whose texts need every kind of quoting.
+    fn chain() -> Vec<AuditEvent> {
+        let tenant = TenantId(Uuid::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
+        let entries = [
+            (
+                "system",
+                "tenant.create",
+                "tenant:x",
+                json!({ "name": "acme, inc." }),
+            ),
+            (
+                "operator:o\"brien",
+                "device.rename",
+                "device:1",
+                json!({ "from": "a\r\nb", "to": "c,\"d\"" }),
+            ),
+            (
+                "api-key:AbCdEf123456",
+                "device.revoke",
+                "device:2",
+                json!({}),
+            ),
+            ("=cmd", "api_key.create", "api-key:x", json!({ "ü": "ß\n" })),
+        ];
+        let mut events = Vec::new();
+        let (mut seq, mut prev) = (0, GENESIS_HASH);
+        for (actor, action, target, details) in entries {
+            let mut event =
+                seal_next_event(tenant, seq, prev, actor, action, target, &details).unwrap();
+            // Distinct, fixed times (sealing takes the clock, which may repeat a microsecond).
+            event.occurred_at = from_unix_micros(1_700_000_000_000_000 + event.seq * 1_234_567);
+            event.hash = event.recompute_hash();
+            (seq, prev) = (event.seq, event.hash);
+            events.push(event);
+        }
+        events
+    }
+
+    fn export(events: &[AuditEvent]) -> String {
+        let mut csv = CSV_HEADER.to_owned();
+        for event in events {
+            csv.push_str(&csv_row(event));
+        }
+        csv
+    }
+
+    /// RFC 4180 records (CRLF line ends, quoted fields with doubled quotes).
+    fn parse_csv(text: &str) -> Vec<Vec<String>> {
+        let mut records = Vec::new();
+        let mut record = Vec::new();
+        let mut field = String::new();
+        let mut chars = text.chars().peekable();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            match (quoted, c) {
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                (true, '"') => quoted = false,
+                (true, c) => field.push(c),
+                (false, '"') if field.is_empty() => quoted = true,
+                (false, ',') => record.push(std::mem::take(&mut field)),
+                (false, '\r') if chars.peek() == Some(&'\n') => {
+                    chars.next();
+                    record.push(std::mem::take(&mut field));
+                    records.push(std::mem::take(&mut record));
+                }
+                (false, c) => field.push(c),
+            }
+        }
+        assert!(
+            !quoted && field.is_empty() && record.is_empty(),
+            "ends in CRLF"
+        );
+        records
+    }
+
+    fn decode<const N: usize>(text: &str) -> [u8; N] {
+        hex::decode(text).unwrap().try_into().unwrap()
+    }
+
+    /// Re-verifies an exported chain from its first event, with only SHA-256 and the canonical
+    /// encoding as documented; the seq of the first bad row, or the count of events.
+    fn verify_csv(text: &str) -> Result<usize, i64> {
+        let records = parse_csv(text);
+        assert_eq!(
+            records[0].join(","),
+            "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash"
+        );
+        let mut prev = [0u8; 32];
+        for (expected_seq, r) in (1i64..).zip(&records[1..]) {
+            let seq: i64 = r[1].parse().unwrap();
+            let micros: i64 = r[3].parse().unwrap();
+            let row_prev: [u8; 32] = decode(&r[8]);
+            let row_hash: [u8; 32] = decode(&r[9]);
+            if seq != expected_seq || row_prev != prev {
+                return Err(expected_seq);
+            }
+            let mut hasher = Sha256::new();
+            hasher.update(prev);
+            hasher.update(b"fleetplane.audit.v1\0");
+            hasher.update(decode::<16>(&r[0].replace('-', "")));
+            hasher.update(seq.to_be_bytes());
+            hasher.update(micros.to_be_bytes());
+            for text in &r[4..8] {
+                hasher.update(u32::try_from(text.len()).unwrap().to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+            let hash: [u8; 32] = hasher.finalize().into();
+            if hash != row_hash {
+                return Err(seq);
+            }
+            prev = hash;
+        }
+        Ok(records.len() - 1)
+    }
+
+    #[test]
+    fn an_export_re_verifies_from_its_text_alone() {
+        let events = chain();
+        let csv = export(&events);
+        assert_eq!(verify_csv(&csv), Ok(events.len()));
+        // The fields come back byte for byte, and the two times agree.
+        let records = parse_csv(&csv);
+        for (event, record) in events.iter().zip(&records[1..]) {
+            assert_eq!(record[0], event.tenant_id.to_string());
+            assert_eq!(record[4], event.actor);
+            assert_eq!(record[7], event.details);
+            let micros: i128 = record[3].parse().unwrap();
+            let at =
+                OffsetDateTime::parse(&record[2], &time::format_description::well_known::Rfc3339)
+                    .unwrap();
+            assert_eq!(at.unix_timestamp_nanos(), micros * 1_000);
+        }
+    }
+
+    #[test]
+    fn the_pinned_event_re_verifies_from_csv() {
+        // The event whose hash tests::canonical_encoding_is_stable pins.
+        let mut event = AuditEvent {
+            tenant_id: TenantId(Uuid::from_u128(7)),
+            seq: 1,
+            occurred_at: from_unix_micros(1_700_000_000_123_456),
+            actor: "operator:alice".into(),
+            action: "device.revoke".into(),
+            target: "device:1".into(),
+            details: r#"{"reason":"lost"}"#.into(),
+            prev_hash: GENESIS_HASH,
+            hash: [0; 32],
+        };
+        event.hash = event.recompute_hash();
+        let csv = export(&[event]);
+        assert!(
+            csv.contains(",4c0e565901a45bc9fcc18e22bd4d8bd95f467c910dedbc00432ae0b74ef604f8\r\n")
+        );
+        assert_eq!(verify_csv(&csv), Ok(1));
+    }
+
+    #[test]
+    fn a_changed_or_missing_row_fails_re_verification() {
+        let events = chain();
+        let csv = export(&events);
+        let changed = csv.replacen("acme, inc.", "acme, ltd.", 1);
+        assert_ne!(changed, csv);
+        assert_eq!(verify_csv(&changed), Err(1));
+        let mut without_second = vec![events[0].clone()];
+        without_second.extend_from_slice(&events[2..]);
+        assert_eq!(verify_csv(&export(&without_second)), Err(2));
+        let later_time = csv.replacen(
+            &unix_micros(events[2].occurred_at).to_string(),
+            &(unix_micros(events[2].occurred_at) + 1).to_string(),
+            1,
+        );
+        assert_eq!(verify_csv(&later_time), Err(3));
     }
 }

@@ -103,6 +103,20 @@ pub enum ClusterError {
     /// Talking to the cluster failed once it was up.
     #[error("private cluster: {0}")]
     Database(#[from] sqlx::Error),
+    /// A tool asked for the cluster of a directory that holds none. Only fleetd creates a
+    /// cluster: a mistyped data directory must not become a new, empty one.
+    #[error(
+        "{} holds no fleetd database (no PostgreSQL cluster in {}); only fleetd creates one: \
+         check the data directory, or start fleetd with it first",
+        data_dir.display(),
+        dir.display()
+    )]
+    NoCluster {
+        /// The data directory the cluster was looked for in (the cluster directory's parent).
+        data_dir: PathBuf,
+        /// The cluster directory that holds no cluster.
+        dir: PathBuf,
+    },
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -188,6 +202,13 @@ pub struct PrivateCluster {
 impl PrivateCluster {
     /// Starts the cluster, creating it first if `options.dir` holds none.
     pub async fn start(options: &ClusterOptions) -> Result<Self, ClusterError> {
+        // postgres changes into its data directory before it creates the socket, so a relative
+        // socket directory would name a path below the data directory ("could not create lock
+        // file"). Resolve the directory once, against the current directory, before anything.
+        let options = &ClusterOptions {
+            dir: absolute(&options.dir)?,
+            ..options.clone()
+        };
         let bindir = find_bindir(options.bindir.as_deref())?;
         let run_as = RunAs::detect()?;
         if let Some(user) = &run_as {
@@ -213,8 +234,32 @@ impl PrivateCluster {
     }
 
     /// Uses the cluster in `options.dir` if a process (a running fleetd) already serves it,
-    /// otherwise starts it; for fleetctl, which may run beside fleetd or alone.
+    /// otherwise starts it; for fleetctl, which may run beside fleetd or alone. Never creates a
+    /// cluster (nor any directory): [`ClusterError::NoCluster`] when `options.dir` holds none.
     pub async fn attach_or_start(options: &ClusterOptions) -> Result<Self, ClusterError> {
+        let options = &ClusterOptions {
+            dir: absolute(&options.dir)?,
+            ..options.clone()
+        };
+        match fs::metadata(options.dir.join("PG_VERSION")) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::NoCluster {
+                    data_dir: options
+                        .dir
+                        .parent()
+                        .map_or_else(|| options.dir.clone(), Path::to_path_buf),
+                    dir: options.dir.clone(),
+                })
+            }
+            // Not ours to read (another user's fleetd): say so rather than "no cluster".
+            Err(e) => {
+                return Err(io_error(format!(
+                    "looking for the cluster in {}",
+                    options.dir.display()
+                ))(e))
+            }
+        }
         if socket_path(&options.dir).exists() {
             let (_tx, exited) = watch::channel(None);
             let attached = Self {
@@ -403,6 +448,11 @@ fn check_traversable(dir: &Path, user: &RunAs) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// `dir` made absolute against the current directory (without resolving symbolic links).
+fn absolute(dir: &Path) -> Result<PathBuf, ClusterError> {
+    std::path::absolute(dir).map_err(io_error(format!("resolving {}", dir.display())))
+}
+
 fn socket_path(dir: &Path) -> PathBuf {
     dir.join(format!(".s.PGSQL.{SOCKET_PORT}"))
 }
@@ -572,6 +622,22 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("apt-get install postgresql"), "{message}");
         assert!(message.contains("/nonexistent"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_tool_never_creates_a_cluster_where_there_is_none() {
+        let base = std::env::temp_dir().join(format!("fleet-no-cluster-{}", std::process::id()));
+        let dir = base.join("typo").join("postgres");
+        let err = PrivateCluster::attach_or_start(&ClusterOptions::new(&dir))
+            .await
+            .err()
+            .expect("no cluster to attach to");
+        assert!(matches!(err, ClusterError::NoCluster { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
+        assert!(!base.exists(), "nothing was created");
     }
 
     #[test]

@@ -2,25 +2,15 @@
 //! token it was issued through. For operators ("what is out there, until when") and as the key
 //! of a future revocation list.
 
+use std::net::IpAddr;
+
+use serde_json::json;
 use sqlx::Row;
 use time::OffsetDateTime;
 
+use crate::audit::{self, Action, Actor, Target};
+use crate::devices::SignedCertificate;
 use crate::{DeviceId, EnrollmentTokenId, StoreError, TenantId, TenantTx};
-
-/// A certificate to record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewDeviceCertificate {
-    /// Serial number, lowercase hex as `certs::SerialNumber` prints it.
-    pub serial: String,
-    /// The device it identifies.
-    pub device_id: DeviceId,
-    /// Start of its validity.
-    pub not_before: OffsetDateTime,
-    /// End of its validity.
-    pub not_after: OffsetDateTime,
-    /// The enrollment token it was issued through, if any (renewals have none).
-    pub enrollment_token_id: Option<EnrollmentTokenId>,
-}
 
 /// A recorded certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,10 +34,13 @@ pub struct DeviceCertificateRecord {
 const COLUMNS: &str =
     "tenant_id, serial, device_id, not_before, not_after, issued_at, enrollment_token_id";
 
-/// Records an issued certificate in the transaction's tenant.
-pub async fn record(
+/// Records a certificate issued to `device` (enrollment calls it from
+/// [`crate::devices::enroll`], which writes the audit event).
+pub(crate) async fn record(
     tx: &mut TenantTx,
-    cert: &NewDeviceCertificate,
+    device: DeviceId,
+    cert: &SignedCertificate,
+    enrollment_token: Option<EnrollmentTokenId>,
 ) -> Result<DeviceCertificateRecord, StoreError> {
     let tenant = tx.tenant();
     let row = sqlx::query(&format!(
@@ -57,13 +50,39 @@ pub async fn record(
     ))
     .bind(tenant)
     .bind(&cert.serial)
-    .bind(cert.device_id)
+    .bind(device)
     .bind(cert.not_before)
     .bind(cert.not_after)
-    .bind(cert.enrollment_token_id)
+    .bind(enrollment_token)
     .fetch_one(tx.conn())
     .await?;
     record_from_row(&row)
+}
+
+/// Records the certificate a device obtained by renewal and appends the
+/// `device.certificate_renewed` event with the device as actor.
+pub async fn record_renewal(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    cert: &SignedCertificate,
+    old_serial: &str,
+    source: IpAddr,
+) -> Result<DeviceCertificateRecord, StoreError> {
+    let recorded = record(tx, device, cert, None).await?;
+    audit::append(
+        tx,
+        &Actor::Device(device),
+        Action::DeviceCertificateRenewed,
+        &Target::Device(device),
+        &json!({
+            "source_ip": source.to_string(),
+            "old_certificate_serial": old_serial,
+            "certificate_serial": cert.serial,
+            "not_after": cert.not_after.unix_timestamp(),
+        }),
+    )
+    .await?;
+    Ok(recorded)
 }
 
 /// Certificates of one device, newest expiry first.

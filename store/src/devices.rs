@@ -1,13 +1,27 @@
-//! Devices of a tenant: create, read, list, status, revocation, presence, delete.
+//! Devices of a tenant: create, read, list with filters, rename, labels, group, revocation,
+//! presence.
+//!
+//! Reads and changes made for a caller take a [`GroupScope`]: a device outside it does not
+//! exist for that caller (not found, not counted). Every change writes its audit event.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde_json::json;
 use sqlx::types::Json;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::{audit, revocations, DeviceId, StoreError, TenantId, TenantTx};
+use crate::audit::{self, Action, Actor, Target};
+use crate::device_groups::{self, GroupScope};
+use crate::enrollment_tokens::{Admission, EnrollmentToken};
+use crate::{revocations, DeviceId, StoreError, TenantId, TenantTx};
+
+/// Longest device name, label key or label value, in bytes.
+pub const MAX_TEXT_LEN: usize = 200;
+
+/// Most labels a device may carry.
+pub const MAX_LABELS: usize = 64;
 
 /// Whether a device may connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,14 +33,16 @@ pub enum DeviceStatus {
 }
 
 impl DeviceStatus {
-    fn as_str(self) -> &'static str {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
         match self {
             DeviceStatus::Active => "active",
             DeviceStatus::Revoked => "revoked",
         }
     }
 
-    fn parse(s: &str) -> Result<Self, StoreError> {
+    /// The status with this name.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
         match s {
             "active" => Ok(DeviceStatus::Active),
             "revoked" => Ok(DeviceStatus::Revoked),
@@ -72,24 +88,81 @@ pub struct Device {
     pub last_seen_at: Option<OffsetDateTime>,
 }
 
-const COLUMNS: &str =
-    "tenant_id, device_id, name, device_group, labels, status, online, created_at, last_seen_at";
+const COLUMNS: &str = "d.tenant_id, d.device_id, d.name, d.device_group, d.labels, d.status, \
+     d.online, d.created_at, d.last_seen_at";
 
-/// Creates a device in the transaction's tenant with a fresh id.
-pub async fn create(tx: &mut TenantTx, new: &NewDevice) -> Result<Device, StoreError> {
-    create_with_id(tx, DeviceId::new_random(), new).await
+/// Creates a device in the transaction's tenant with a fresh id, outside enrollment (imports,
+/// tests); audited as `device.create`. The group must exist.
+pub async fn create(
+    tx: &mut TenantTx,
+    new: &NewDevice,
+    actor: &Actor,
+) -> Result<Device, StoreError> {
+    let device = insert(tx, DeviceId::new_random(), new).await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceCreate,
+        &Target::Device(device.id),
+        &json!({ "name": device.name, "device_group": device.group }),
+    )
+    .await?;
+    Ok(device)
 }
 
-/// Creates a device in the transaction's tenant with an id the caller chose (enrollment picks
-/// it first, to name the device after it).
-pub async fn create_with_id(
+/// A certificate just signed for a device, as the store records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCertificate {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Start of its validity.
+    pub not_before: OffsetDateTime,
+    /// End of its validity.
+    pub not_after: OffsetDateTime,
+}
+
+/// Enrollment's writes, in the transaction that admitted the token: creates the device `id` in
+/// the token's group with its labels, records its first certificate and appends the
+/// `device.enroll` event, with the token as actor.
+pub async fn enroll(
     tx: &mut TenantTx,
     id: DeviceId,
-    new: &NewDevice,
+    token: &EnrollmentToken,
+    admission: &Admission,
+    cert: &SignedCertificate,
+    source: IpAddr,
 ) -> Result<Device, StoreError> {
+    let new = NewDevice {
+        name: id.to_string(),
+        group: token.device_group.clone(),
+        labels: token.device_labels.clone(),
+    };
+    let device = insert(tx, id, &new).await?;
+    crate::device_certificates::record(tx, id, cert, Some(token.id)).await?;
+    audit::append(
+        tx,
+        &Actor::EnrollmentToken(token.id),
+        Action::DeviceEnroll,
+        &Target::Device(id),
+        &json!({
+            "source_ip": source.to_string(),
+            "certificate_serial": cert.serial,
+            "not_after": cert.not_after.unix_timestamp(),
+            "device_group": token.device_group,
+            "token_uses": admission.uses,
+        }),
+    )
+    .await?;
+    Ok(device)
+}
+
+async fn insert(tx: &mut TenantTx, id: DeviceId, new: &NewDevice) -> Result<Device, StoreError> {
+    check_text("name", &new.name)?;
+    check_labels(&new.labels)?;
+    require_group(tx, &new.group).await?;
     let tenant = tx.tenant();
     let row = sqlx::query(&format!(
-        "INSERT INTO devices (tenant_id, device_id, name, device_group, labels)
+        "INSERT INTO devices AS d (tenant_id, device_id, name, device_group, labels)
          VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     ))
     .bind(tenant)
@@ -102,46 +175,242 @@ pub async fn create_with_id(
     device_from_row(&row)
 }
 
-/// One device of the transaction's tenant, if it exists there.
+async fn require_group(tx: &mut TenantTx, name: &str) -> Result<(), StoreError> {
+    match device_groups::find_by_name(tx, name).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Invalid {
+            field: "group",
+            reason: format!("no device group named {name:?}"),
+        }),
+    }
+}
+
+/// One device of the transaction's tenant, if it exists there (any group: for the device
+/// itself, ingest and the broker).
 pub async fn get(tx: &mut TenantTx, id: DeviceId) -> Result<Option<Device>, StoreError> {
+    get_scoped(tx, id, &GroupScope::All).await
+}
+
+/// One device, if it exists in a group of `scope`.
+pub async fn get_scoped(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    scope: &GroupScope,
+) -> Result<Option<Device>, StoreError> {
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE device_id = $1"
+        "SELECT {COLUMNS} FROM devices d WHERE d.device_id = $1 AND {IN_SCOPE_2}"
     ))
     .bind(id)
+    .bind(scope.bind_value())
     .fetch_optional(tx.conn())
     .await?;
     row.as_ref().map(device_from_row).transpose()
 }
 
-/// Devices of the transaction's tenant ordered by id, after `after`, at most `limit`.
+/// The scope condition on `d.device_group`, with the scope bound as `$2`.
+const IN_SCOPE_2: &str = "($2::uuid[] IS NULL OR d.device_group IN
+     (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))";
+
+/// Which devices a listing wants; every field narrows, `None` does not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// In this group (by name).
+    pub group: Option<String>,
+    /// Carrying this label with this value.
+    pub label: Option<(String, String)>,
+    /// With this status.
+    pub status: Option<DeviceStatus>,
+    /// Connected now, or not.
+    pub online: Option<bool>,
+    /// Whose current patch status has security updates pending (or not).
+    pub pending_security_updates: Option<bool>,
+    /// Last seen before this instant (devices never seen do not match).
+    pub last_seen_before: Option<OffsetDateTime>,
+    /// Last seen at or after this instant.
+    pub last_seen_after: Option<OffsetDateTime>,
+    /// Whose name starts with this.
+    pub name_prefix: Option<String>,
+}
+
+/// Devices of the transaction's tenant in `scope` matching `filter`, ordered by id, after
+/// `after`, at most `limit`.
 pub async fn list(
     tx: &mut TenantTx,
+    scope: &GroupScope,
+    filter: &DeviceFilter,
     after: Option<DeviceId>,
     limit: i64,
 ) -> Result<Vec<Device>, StoreError> {
+    let label = filter
+        .label
+        .as_ref()
+        .map(|(k, v)| Json(BTreeMap::from([(k.clone(), v.clone())])));
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE ($1::uuid IS NULL OR device_id > $1)
-         ORDER BY device_id LIMIT $2"
+        "SELECT {COLUMNS} FROM devices d
+          WHERE {IN_SCOPE_2}
+            AND ($1::uuid IS NULL OR d.device_id > $1)
+            AND ($3::text IS NULL OR d.device_group = $3)
+            AND ($4::jsonb IS NULL OR d.labels @> $4)
+            AND ($5::text IS NULL OR d.status = $5)
+            AND ($6::bool IS NULL OR d.online = $6)
+            AND ($7::bool IS NULL OR EXISTS (
+                    SELECT 1 FROM device_patch_status p
+                     WHERE p.device_id = d.device_id AND p.security_upgradable_count > 0) = $7)
+            AND ($8::timestamptz IS NULL OR d.last_seen_at < $8)
+            AND ($9::timestamptz IS NULL OR d.last_seen_at >= $9)
+            AND ($10::text IS NULL OR starts_with(d.name, $10))
+          ORDER BY d.device_id LIMIT $11"
     ))
     .bind(after)
+    .bind(scope.bind_value())
+    .bind(&filter.group)
+    .bind(label)
+    .bind(filter.status.map(DeviceStatus::as_str))
+    .bind(filter.online)
+    .bind(filter.pending_security_updates)
+    .bind(filter.last_seen_before)
+    .bind(filter.last_seen_after)
+    .bind(&filter.name_prefix)
     .bind(limit)
     .fetch_all(tx.conn())
     .await?;
     rows.iter().map(device_from_row).collect()
 }
 
-/// Sets a device's status; false when the tenant has no such device.
-pub async fn set_status(
+/// Renames a device in `scope`.
+pub async fn rename(
     tx: &mut TenantTx,
     id: DeviceId,
-    status: DeviceStatus,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query("UPDATE devices SET status = $2 WHERE device_id = $1")
+    name: &str,
+    scope: &GroupScope,
+    actor: &Actor,
+) -> Result<Device, StoreError> {
+    check_text("name", name)?;
+    let before = get_scoped(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device"))?;
+    sqlx::query("UPDATE devices SET name = $2 WHERE device_id = $1")
         .bind(id)
-        .bind(status.as_str())
+        .bind(name)
         .execute(tx.conn())
         .await?;
-    Ok(done.rows_affected() == 1)
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceRename,
+        &Target::Device(id),
+        &json!({ "from": before.name, "to": name }),
+    )
+    .await?;
+    reread(tx, id).await
+}
+
+/// Replaces a device's labels.
+pub async fn set_labels(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    labels: &BTreeMap<String, String>,
+    scope: &GroupScope,
+    actor: &Actor,
+) -> Result<Device, StoreError> {
+    check_labels(labels)?;
+    let before = get_scoped(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device"))?;
+    sqlx::query("UPDATE devices SET labels = $2 WHERE device_id = $1")
+        .bind(id)
+        .bind(Json(labels))
+        .execute(tx.conn())
+        .await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceLabelsSet,
+        &Target::Device(id),
+        &json!({ "from": before.labels, "to": labels }),
+    )
+    .await?;
+    reread(tx, id).await
+}
+
+/// Moves a device to another group; both must be in `scope`.
+pub async fn move_to_group(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    group: &str,
+    scope: &GroupScope,
+    actor: &Actor,
+) -> Result<Device, StoreError> {
+    let before = get_scoped(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device"))?;
+    let target = device_groups::find_by_name(tx, group).await?;
+    let target_in_scope = match (&target, scope) {
+        (Some(_), GroupScope::All) => true,
+        (Some(g), GroupScope::Only(ids)) => ids.contains(&g.id),
+        (None, _) => false,
+    };
+    if !target_in_scope {
+        return Err(StoreError::Invalid {
+            field: "group",
+            reason: format!("no device group named {group:?}"),
+        });
+    }
+    sqlx::query("UPDATE devices SET device_group = $2 WHERE device_id = $1")
+        .bind(id)
+        .bind(group)
+        .execute(tx.conn())
+        .await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceMove,
+        &Target::Device(id),
+        &json!({ "from": before.group, "to": group }),
+    )
+    .await?;
+    reread(tx, id).await
+}
+
+async fn reread(tx: &mut TenantTx, id: DeviceId) -> Result<Device, StoreError> {
+    get(tx, id).await?.ok_or(StoreError::NotFound("device"))
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), StoreError> {
+    let reason = if text.trim().is_empty() {
+        "must not be empty"
+    } else if text.len() > MAX_TEXT_LEN {
+        "must be at most 200 bytes"
+    } else if text.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::Invalid {
+        field,
+        reason: reason.into(),
+    })
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    if labels.len() > MAX_LABELS {
+        return Err(StoreError::Invalid {
+            field: "labels",
+            reason: "at most 64".into(),
+        });
+    }
+    for (key, value) in labels {
+        check_text("labels", key)?;
+        if value.len() > MAX_TEXT_LEN || value.chars().any(char::is_control) {
+            return Err(StoreError::Invalid {
+                field: "labels",
+                reason: format!(
+                    "the value of {key:?} must be at most 200 bytes without control characters"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What [`revoke`] did.
@@ -161,27 +430,27 @@ pub enum DeviceRevocation {
 pub async fn revoke(
     tx: &mut TenantTx,
     id: DeviceId,
-    actor: &str,
+    scope: &GroupScope,
+    actor: &Actor,
 ) -> Result<DeviceRevocation, StoreError> {
-    let changed = sqlx::query(
-        "UPDATE devices SET status = 'revoked' WHERE device_id = $1 AND status <> 'revoked'",
-    )
-    .bind(id)
-    .execute(tx.conn())
-    .await?;
-    let outcome = if changed.rows_affected() == 1 {
-        DeviceRevocation::Revoked
-    } else if get(tx, id).await?.is_some() {
+    let device = get_scoped(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device"))?;
+    let outcome = if device.status == DeviceStatus::Revoked {
         DeviceRevocation::AlreadyRevoked
     } else {
-        return Err(StoreError::NotFound("device"));
+        sqlx::query("UPDATE devices SET status = 'revoked' WHERE device_id = $1")
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        DeviceRevocation::Revoked
     };
     if outcome == DeviceRevocation::Revoked {
         audit::append(
             tx,
             actor,
-            "device.revoke",
-            &format!("device:{id}"),
+            Action::DeviceRevoke,
+            &Target::Device(id),
             &json!({}),
         )
         .await?;
@@ -216,15 +485,6 @@ pub async fn record_presence(
             .bind(at)
             .execute(tx.conn())
             .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Deletes a device; false when the tenant has no such device.
-pub async fn delete(tx: &mut TenantTx, id: DeviceId) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM devices WHERE device_id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -28,7 +28,8 @@ use time::{Date, OffsetDateTime, Time};
 
 pub use secret::{MalformedToken, PresentedToken, SecretHash, TokenSecret, TokenString};
 
-use crate::{audit, EnrollmentTokenId, StoreError, TenantId, TenantTx};
+use crate::audit::{self, Action, Actor, Target};
+use crate::{device_groups, EnrollmentTokenId, StoreError, TenantId, TenantTx};
 
 /// Longest accepted token name, group name, label key or label value, in bytes.
 pub const MAX_TEXT_LEN: usize = 200;
@@ -95,7 +96,45 @@ pub struct EnrollmentToken {
     pub last_used_at: Option<OffsetDateTime>,
 }
 
+/// Whether a token can enroll now, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    /// It can enroll (within today's limit).
+    Active,
+    /// Revoked by an operator.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Its total uses are spent.
+    UsedUp,
+}
+
+impl TokenState {
+    /// The displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Revoked => "revoked",
+            TokenState::Expired => "expired",
+            TokenState::UsedUp => "used_up",
+        }
+    }
+}
+
 impl EnrollmentToken {
+    /// Its state at `now`: revocation first, then expiry, then the use limit.
+    pub fn state(&self, now: OffsetDateTime) -> TokenState {
+        if self.revoked_at.is_some() {
+            TokenState::Revoked
+        } else if self.expires_at <= now {
+            TokenState::Expired
+        } else if self.max_uses.is_some_and(|max| self.uses >= max) {
+            TokenState::UsedUp
+        } else {
+            TokenState::Active
+        }
+    }
+
     /// Whether `source` lies in one of the allowed CIDRs. IPv4-mapped IPv6 addresses count as
     /// their IPv4 address.
     pub fn allows_source(&self, source: IpAddr) -> bool {
@@ -124,9 +163,18 @@ const COLUMNS: &str = "tenant_id, token_id, name, allowed_cidrs::text[] AS allow
 pub async fn create(
     tx: &mut TenantTx,
     new: &NewEnrollmentToken,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<IssuedToken, StoreError> {
     check_new(new)?;
+    if device_groups::find_by_name(tx, &new.device_group)
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::Invalid {
+            field: "device_group",
+            reason: format!("no device group named {:?}", new.device_group),
+        });
+    }
     let tenant = tx.tenant();
     let id = EnrollmentTokenId::new_random();
     let token_secret = TokenSecret::generate();
@@ -159,15 +207,15 @@ pub async fn create(
     .bind(new.expires_at)
     .bind(&new.device_group)
     .bind(Json(&new.device_labels))
-    .bind(actor)
+    .bind(actor.to_string())
     .fetch_one(tx.conn())
     .await?;
     let token = token_from_row(&row)?;
     audit::append(
         tx,
         actor,
-        "enrollment_token.create",
-        &format!("enrollment_token:{id}"),
+        Action::EnrollmentTokenCreate,
+        &Target::EnrollmentToken(id),
         &json!({
             "name": token.name,
             "allowed_cidrs": cidrs,
@@ -185,11 +233,18 @@ pub async fn create(
     })
 }
 
-/// Tokens of the transaction's tenant, newest first.
-pub async fn list(tx: &mut TenantTx) -> Result<Vec<EnrollmentToken>, StoreError> {
+/// Tokens of the transaction's tenant ordered by id, after `after`, at most `limit`.
+pub async fn list(
+    tx: &mut TenantTx,
+    after: Option<EnrollmentTokenId>,
+    limit: i64,
+) -> Result<Vec<EnrollmentToken>, StoreError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, token_id"
+        "SELECT {COLUMNS} FROM enrollment_tokens WHERE ($1::uuid IS NULL OR token_id > $1)
+         ORDER BY token_id LIMIT $2"
     ))
+    .bind(after)
+    .bind(limit)
     .fetch_all(tx.conn())
     .await?;
     rows.iter().map(token_from_row).collect()
@@ -223,14 +278,14 @@ pub enum TokenRevocation {
 pub async fn revoke(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<TokenRevocation, StoreError> {
     let revoked = sqlx::query(
         "UPDATE enrollment_tokens SET revoked_at = now(), revoked_by = $2
           WHERE token_id = $1 AND revoked_at IS NULL",
     )
     .bind(id)
-    .bind(actor)
+    .bind(actor.to_string())
     .execute(tx.conn())
     .await?;
     if revoked.rows_affected() == 0 {
@@ -242,8 +297,8 @@ pub async fn revoke(
     audit::append(
         tx,
         actor,
-        "enrollment_token.revoke",
-        &format!("enrollment_token:{id}"),
+        Action::EnrollmentTokenRevoke,
+        &Target::EnrollmentToken(id),
         &json!({}),
     )
     .await?;

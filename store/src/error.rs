@@ -47,6 +47,10 @@ pub enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
 
+    /// The change conflicts with the current state (a name is taken, a group is not empty).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+
     /// A value was refused before reaching the database.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -55,6 +59,31 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+}
+
+impl StoreError {
+    /// Whether retrying the same work later may succeed: the connection, the server going away
+    /// or restarting, serialization failures and deadlocks, resource exhaustion. Refusals and
+    /// bugs are not transient.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                ["08", "40", "53", "57", "58"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -11,11 +11,15 @@
 //!
 //! [`Database::open`] gives both, starting a private cluster ([`cluster`]) when no URL is set.
 
+pub mod api_keys;
 pub mod audit;
+mod audit_names;
 pub mod cluster;
 mod connect;
+pub mod credentials;
 pub mod device_certificates;
 pub mod device_directory;
+pub mod device_groups;
 pub mod devices;
 pub mod enrollment_tokens;
 mod error;
@@ -29,5 +33,7 @@ mod tx;
 
 pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, Purpose, APP_ROLE};
 pub use error::StoreError;
-pub use ids::{DeviceId, EnrollmentTokenId, TenantId};
+pub use ids::{
+    ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,
+};
 pub use tx::TenantTx;

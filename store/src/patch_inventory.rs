@@ -460,6 +460,130 @@ async fn append_history(
     Ok(())
 }
 
+/// A device's current patch status as the management API shows it: the newest report's
+/// inventory with its counts and times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchStatusDetail {
+    /// Seq of the report it comes from.
+    pub seq: i64,
+    /// Its device clock.
+    pub recorded_at: OffsetDateTime,
+    /// When ingest received it.
+    pub received_at: OffsetDateTime,
+    /// OS id.
+    pub os_id: String,
+    /// OS version.
+    pub os_version: String,
+    /// Package manager.
+    pub package_manager: String,
+    /// Whether a reboot is pending.
+    pub reboot_required: bool,
+    /// When the device last refreshed its package lists, if it said.
+    pub lists_refreshed_at: Option<OffsetDateTime>,
+    /// Installed packages.
+    pub package_count: i32,
+    /// Packages with a candidate version.
+    pub upgradable_count: i32,
+    /// Packages whose candidate is a security update.
+    pub security_upgradable_count: i32,
+    /// When the inventory last changed (device clock of that report).
+    pub changed_at: OffsetDateTime,
+    /// Packages, by name: at most wire's `MAX_PACKAGES` (10,000), what one report may hold.
+    pub packages: Vec<PackageRow>,
+}
+
+/// The device's current patch status with counts and times, if it ever reported one. The
+/// caller checks first that the device is visible to it ([`crate::devices::get_scoped`]).
+pub async fn detail(
+    tx: &mut TenantTx,
+    device: DeviceId,
+) -> Result<Option<PatchStatusDetail>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, recorded_at, received_at, os_id, os_version, package_manager,
+                reboot_required, lists_refreshed_at, package_count, upgradable_count,
+                security_upgradable_count, changed_at
+           FROM device_patch_status WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_optional(tx.conn())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(PatchStatusDetail {
+        seq: row.try_get("seq")?,
+        recorded_at: row.try_get("recorded_at")?,
+        received_at: row.try_get("received_at")?,
+        os_id: row.try_get("os_id")?,
+        os_version: row.try_get("os_version")?,
+        package_manager: row.try_get("package_manager")?,
+        reboot_required: row.try_get("reboot_required")?,
+        lists_refreshed_at: row.try_get("lists_refreshed_at")?,
+        package_count: row.try_get("package_count")?,
+        upgradable_count: row.try_get("upgradable_count")?,
+        security_upgradable_count: row.try_get("security_upgradable_count")?,
+        changed_at: row.try_get("changed_at")?,
+        packages: packages(tx, device).await?,
+    }))
+}
+
+/// Patch posture of the devices of one group, as counted by [`summary`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupPatchSummary {
+    /// The group's name.
+    pub group: String,
+    /// Devices in the group.
+    pub devices: i64,
+    /// Devices whose current inventory has at least one security update pending.
+    pub pending_security_updates: i64,
+    /// Devices whose current inventory says a reboot is pending.
+    pub reboot_required: i64,
+    /// Devices whose current inventory was recorded before `stale_before`.
+    pub stale_inventories: i64,
+    /// Devices that never reported an inventory.
+    pub never_reported: i64,
+}
+
+/// Per group, by name, the patch posture of the devices in `scope`: one query, one row per
+/// group that has devices. Nothing about devices outside `scope` is read or counted.
+/// Revoked devices count like any other.
+pub async fn summary(
+    tx: &mut TenantTx,
+    scope: &crate::device_groups::GroupScope,
+    stale_before: OffsetDateTime,
+) -> Result<Vec<GroupPatchSummary>, StoreError> {
+    // The scope condition is devices::IN_SCOPE_2, with the scope bound as $2.
+    let rows = sqlx::query(
+        "SELECT d.device_group,
+                count(*) AS devices,
+                count(*) FILTER (WHERE p.security_upgradable_count > 0) AS pending_security_updates,
+                count(*) FILTER (WHERE p.reboot_required) AS reboot_required,
+                count(*) FILTER (WHERE p.recorded_at < $1) AS stale_inventories,
+                count(*) FILTER (WHERE p.device_id IS NULL) AS never_reported
+           FROM devices d
+           LEFT JOIN device_patch_status p
+                  ON p.tenant_id = d.tenant_id AND p.device_id = d.device_id
+          WHERE ($2::uuid[] IS NULL OR d.device_group IN
+                (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))
+          GROUP BY d.device_group
+          ORDER BY d.device_group",
+    )
+    .bind(stale_before)
+    .bind(scope.bind_value())
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(GroupPatchSummary {
+                group: row.try_get("device_group")?,
+                devices: row.try_get("devices")?,
+                pending_security_updates: row.try_get("pending_security_updates")?,
+                reboot_required: row.try_get("reboot_required")?,
+                stale_inventories: row.try_get("stale_inventories")?,
+                never_reported: row.try_get("never_reported")?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

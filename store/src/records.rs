@@ -194,27 +194,6 @@ pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
     .await?)
 }
 
-/// Sets the tenant's record retention, 1 to 3650 days.
-pub async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
-    if !(1..=3650).contains(&days) {
-        return Err(StoreError::Invalid {
-            field: "record retention",
-            reason: format!("{days} days is outside 1 to 3650"),
-        });
-    }
-    let tenant = tx.tenant();
-    sqlx::query(
-        "INSERT INTO tenant_ingest_settings (tenant_id, record_retention_days) VALUES ($1, $2)
-         ON CONFLICT (tenant_id) DO UPDATE
-            SET record_retention_days = EXCLUDED.record_retention_days, updated_at = now()",
-    )
-    .bind(tenant)
-    .bind(days)
-    .execute(tx.conn())
-    .await?;
-    Ok(())
-}
-
 /// Deletes at most `limit` of the tenant's records older than its retention (by the device's
 /// clock); returns how many. Call until it returns less than `limit`.
 pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreError> {
@@ -262,4 +241,45 @@ pub async fn drop_expired_partitions(app: &AppDb, max_partitions: i32) -> Result
         .await?;
     tx.commit().await?;
     Ok(dropped)
+}
+
+/// A device's records of `kind` recorded in `[from, to)`, ordered by (recorded_at, seq), after
+/// the position `after`, at most `limit`.
+pub async fn list_in_range(
+    tx: &mut TenantTx,
+    device: DeviceId,
+    kind: RecordKind,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+    after: Option<(OffsetDateTime, i64)>,
+    limit: i64,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let (after_at, after_seq) = after.unzip();
+    let rows = sqlx::query(
+        "SELECT device_id, seq, recorded_at, received_at, kind, body FROM device_records
+          WHERE device_id = $1 AND kind = $2 AND recorded_at >= $3 AND recorded_at < $4
+            AND ($5::timestamptz IS NULL OR (recorded_at, seq) > ($5, $6))
+          ORDER BY recorded_at, seq LIMIT $7",
+    )
+    .bind(device)
+    .bind(kind.as_str())
+    .bind(from)
+    .bind(to)
+    .bind(after_at)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(stored_from_row).collect()
+}
+
+fn stored_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredRecord, StoreError> {
+    Ok(StoredRecord {
+        device_id: DeviceId(row.try_get("device_id")?),
+        seq: row.try_get("seq")?,
+        recorded_at: row.try_get("recorded_at")?,
+        received_at: row.try_get("received_at")?,
+        kind: RecordKind::parse(row.try_get("kind")?)?,
+        body: row.try_get("body")?,
+    })
 }

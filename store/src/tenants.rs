@@ -1,10 +1,13 @@
-//! Tenants: creation (with the head of their audit chain) and reading.
+//! Tenants: creation (with the head of their audit chain and the `default` device group),
+//! reading, and their settings.
 
 use serde_json::json;
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::{audit, AppDb, StoreError, TenantId, TenantTx};
+use crate::api_keys::{self, IssuedKey, KeyEnv};
+use crate::audit::{self, Action, Actor, Target};
+use crate::{device_groups, AppDb, StoreError, TenantId, TenantTx};
 
 /// A tenant as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,8 +24,36 @@ pub struct Tenant {
 pub const MAX_NAME_LEN: usize = 200;
 
 /// Creates a tenant, the head of its audit chain and the chain's first event, in one transaction.
-pub async fn create(app: &AppDb, name: &str, actor: &str) -> Result<Tenant, StoreError> {
+/// [`StoreError::Conflict`] when another tenant has the same name (ignoring case).
+pub async fn create(app: &AppDb, name: &str, actor: &Actor) -> Result<Tenant, StoreError> {
+    let (tenant, tx) = create_in_tx(app, name, actor).await?;
+    tx.commit().await?;
+    Ok(tenant)
+}
+
+/// [`create`], and the tenant's first owner key in the same transaction (bootstrap: `fleetctl
+/// tenant create`). The key text is the only copy.
+pub async fn create_with_owner_key(
+    app: &AppDb,
+    name: &str,
+    env: &KeyEnv,
+    actor: &Actor,
+) -> Result<(Tenant, IssuedKey), StoreError> {
+    let (tenant, mut tx) = create_in_tx(app, name, actor).await?;
+    let key = api_keys::create_break_glass(&mut tx, "first owner key", env, actor).await?;
+    tx.commit().await?;
+    Ok((tenant, key))
+}
+
+async fn create_in_tx(
+    app: &AppDb,
+    name: &str,
+    actor: &Actor,
+) -> Result<(Tenant, TenantTx), StoreError> {
     check_name(name)?;
+    if name_taken(app, name).await? {
+        return Err(StoreError::Conflict("a tenant with this name exists"));
+    }
     let id = TenantId::new_random();
     let mut tx = app.begin(id).await?;
     let row = sqlx::query(
@@ -34,16 +65,119 @@ pub async fn create(app: &AppDb, name: &str, actor: &str) -> Result<Tenant, Stor
     .await?;
     let tenant = tenant_from_row(&row)?;
     audit::create_chain_head(&mut tx).await?;
+    device_groups::create_default(&mut tx).await?;
     audit::append(
         &mut tx,
         actor,
-        "tenant.create",
-        &format!("tenant:{id}"),
+        Action::TenantCreate,
+        &Target::Tenant(id),
         &json!({ "name": name }),
     )
     .await?;
+    Ok((tenant, tx))
+}
+
+/// Whether a tenant of this name (ignoring case) exists. Names are an installation-wide
+/// namespace chosen at bootstrap, so `fleetctl --tenant NAME` is unambiguous.
+async fn name_taken(app: &AppDb, name: &str) -> Result<bool, StoreError> {
+    let mut tx = crate::device_directory::begin_without_tenant(app).await?;
+    let taken: bool = sqlx::query_scalar("SELECT fleet_tenant_name_taken($1)")
+        .bind(name)
+        .fetch_one(tx.conn())
+        .await?;
     tx.commit().await?;
-    Ok(tenant)
+    Ok(taken)
+}
+
+/// A tenant's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// The tenant.
+    pub tenant: Tenant,
+    /// How long telemetry and other records are kept, in days.
+    pub record_retention_days: i32,
+}
+
+/// What a settings change asks for; `None` keeps the current value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettingsChange {
+    /// A new display name.
+    pub name: Option<String>,
+    /// A new record retention, 1 to 3650 days.
+    pub record_retention_days: Option<i32>,
+}
+
+/// The transaction's tenant and its settings.
+pub async fn settings(tx: &mut TenantTx) -> Result<TenantSettings, StoreError> {
+    let tenant = get(tx).await?;
+    let record_retention_days = crate::records::retention_days(tx).await?;
+    Ok(TenantSettings {
+        tenant,
+        record_retention_days,
+    })
+}
+
+/// Changes the transaction's tenant's settings and records what changed.
+pub async fn update_settings(
+    tx: &mut TenantTx,
+    change: &SettingsChange,
+    app: &AppDb,
+    actor: &Actor,
+) -> Result<TenantSettings, StoreError> {
+    let before = settings(tx).await?;
+    if let Some(name) = &change.name {
+        check_name(name)?;
+        if !name.eq_ignore_ascii_case(&before.tenant.name) && name_taken(app, name).await? {
+            return Err(StoreError::Conflict("a tenant with this name exists"));
+        }
+        sqlx::query("UPDATE tenants SET name = $2 WHERE tenant_id = $1")
+            .bind(tx.tenant())
+            .bind(name)
+            .execute(tx.conn())
+            .await?;
+    }
+    if let Some(days) = change.record_retention_days {
+        set_retention_days(tx, days).await?;
+    }
+    let after = settings(tx).await?;
+    audit::append(
+        tx,
+        actor,
+        Action::TenantSettingsUpdate,
+        &Target::Tenant(tx.tenant()),
+        &json!({
+            "name": { "from": before.tenant.name, "to": after.tenant.name },
+            "record_retention_days": {
+                "from": before.record_retention_days,
+                "to": after.record_retention_days,
+            },
+        }),
+    )
+    .await?;
+    Ok(after)
+}
+
+/// Most days of record retention.
+pub const MAX_RETENTION_DAYS: i32 = 3650;
+
+async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
+    if !(1..=MAX_RETENTION_DAYS).contains(&days) {
+        return Err(StoreError::Invalid {
+            field: "record_retention_days",
+            reason: format!("{days} days is outside 1 to 3650"),
+        });
+    }
+    let tenant = tx.tenant();
+    sqlx::query(
+        "INSERT INTO tenant_ingest_settings (tenant_id, record_retention_days) VALUES ($1, $2)
+         ON CONFLICT (tenant_id) DO UPDATE
+            SET record_retention_days = EXCLUDED.record_retention_days, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(days)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// The transaction's own tenant.
@@ -67,7 +201,7 @@ pub(crate) fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant, Sto
 
 fn check_name(name: &str) -> Result<(), StoreError> {
     let invalid = |reason: &str| StoreError::Invalid {
-        field: "tenant name",
+        field: "name",
         reason: reason.into(),
     };
     if name.trim().is_empty() {

@@ -19,7 +19,7 @@ async fn append_for(app: AppDb, tenant: TenantId, until: Instant) -> u64 {
     let mut done = 0;
     while Instant::now() < until {
         let mut tx = app.begin(tenant).await.expect("begin");
-        audit::append(
+        audit::append_for_tests(
             &mut tx,
             "bench",
             "bench.append",
@@ -59,7 +59,7 @@ async fn main() {
     let mut all = Vec::new();
     for i in 0..16 {
         all.push(
-            tenants::create(&db.app, &format!("bench-{i}"), "bench")
+            tenants::create(&db.app, &format!("bench-{i}"), &store::audit::Actor::System)
                 .await
                 .expect("tenant")
                 .id,

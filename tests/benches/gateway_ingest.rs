@@ -141,10 +141,14 @@ async fn run(
         let running = running.clone();
         fleetd_rt
             .spawn(async move {
-                tenants::create(&running.database().app, "bench", "bench")
-                    .await
-                    .unwrap()
-                    .id
+                tenants::create(
+                    &running.database().app,
+                    "bench",
+                    &store::audit::Actor::System,
+                )
+                .await
+                .unwrap()
+                .id
             })
             .await
             .unwrap()
@@ -434,7 +438,12 @@ async fn provision(
             group: "default".into(),
             labels: BTreeMap::new(),
         };
-        ids.push(devices::create(&mut tx, &new).await.unwrap().id);
+        ids.push(
+            devices::create(&mut tx, &new, &store::audit::Actor::System)
+                .await
+                .unwrap()
+                .id,
+        );
     }
     tx.commit().await.unwrap();
     let ca = &running.pki().issuing_ca;
@@ -523,7 +532,10 @@ async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
 // ---- ceilings (the approach and SQL of ingest/examples/bench_ceiling.rs) ----
 
 async fn tenant_with_devices(app: &store::AppDb, n: usize) -> (TenantId, Vec<DeviceId>) {
-    let tenant = tenants::create(app, "ceiling", "bench").await.unwrap().id;
+    let tenant = tenants::create(app, "ceiling", &store::audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
     let mut tx = app.begin(tenant).await.unwrap();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -532,7 +544,12 @@ async fn tenant_with_devices(app: &store::AppDb, n: usize) -> (TenantId, Vec<Dev
             group: "default".into(),
             labels: Default::default(),
         };
-        ids.push(devices::create(&mut tx, &new).await.unwrap().id);
+        ids.push(
+            devices::create(&mut tx, &new, &store::audit::Actor::System)
+                .await
+                .unwrap()
+                .id,
+        );
     }
     tx.commit().await.unwrap();
     (tenant, ids)

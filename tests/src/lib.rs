@@ -198,3 +198,17 @@ pub fn data_dir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
 }
+
+/// Creates the device group `name` in the transaction's tenant unless it exists (tests make
+/// tokens and devices in groups of their own; the store requires the group to exist).
+pub async fn ensure_group(tx: &mut store::TenantTx, name: &str) {
+    if store::device_groups::find_by_name(tx, name)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        store::device_groups::create(tx, name, &store::audit::Actor::System)
+            .await
+            .unwrap();
+    }
+}

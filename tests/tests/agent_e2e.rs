@@ -113,7 +113,8 @@ async fn issue_token(
     new: NewEnrollmentToken,
 ) -> String {
     let mut tx = running.database().app.begin(tenant).await.unwrap();
-    let issued = enrollment_tokens::create(&mut tx, &new, "test")
+    fleet_tests::ensure_group(&mut tx, &new.device_group).await;
+    let issued = enrollment_tokens::create(&mut tx, &new, &store::audit::Actor::System)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -126,10 +127,14 @@ async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
     let data_dir = fleet_tests::data_dir();
     let config = common::fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(&running.database().app, "agents", "test")
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenants::create(
+        &running.database().app,
+        "agents",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap()
+    .id;
     let device_dir = tempfile::tempdir().unwrap();
     // The agent's own commented template is a working configuration.
     let template = agent(device_dir.path(), &["configfile"]).await;
@@ -159,9 +164,14 @@ async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
 
     // Revoked: the next run is refused at the broker and the agent says so.
     let mut tx = running.database().app.begin(tenant).await.unwrap();
-    devices::revoke(&mut tx, DeviceId(device), "operator:test")
-        .await
-        .unwrap();
+    devices::revoke(
+        &mut tx,
+        DeviceId(device),
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let refused = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
     assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
@@ -227,10 +237,14 @@ async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_retu
     let mut config = common::fleetd_config(&db, &data_dir);
     let first = fleetd::start(config.clone()).await.unwrap();
     let broker_addr = first.broker_addr().unwrap();
-    let tenant = tenants::create(&first.database().app, "outage", "test")
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenants::create(
+        &first.database().app,
+        "outage",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap()
+    .id;
     let device_dir = tempfile::tempdir().unwrap();
     let fast = "[telemetry]\ninterval_secs = 1\n[mqtt]\nbackoff_max_secs = 1\n";
     let device = enrolled_agent(&first, tenant, device_dir.path(), fast).await;
@@ -298,10 +312,14 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let data_dir = fleet_tests::data_dir();
     let config = common::fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(&running.database().app, "refusals", "test")
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenants::create(
+        &running.database().app,
+        "refusals",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap()
+    .id;
     let elsewhere = NewEnrollmentToken {
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         ..loopback_token()
@@ -313,10 +331,11 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let used_daily = issue_token(&running, tenant, once_a_day).await;
     let revoked = {
         let mut tx = running.database().app.begin(tenant).await.unwrap();
-        let issued = enrollment_tokens::create(&mut tx, &loopback_token(), "test")
-            .await
-            .unwrap();
-        enrollment_tokens::revoke(&mut tx, issued.token.id, "test")
+        let issued =
+            enrollment_tokens::create(&mut tx, &loopback_token(), &store::audit::Actor::System)
+                .await
+                .unwrap();
+        enrollment_tokens::revoke(&mut tx, issued.token.id, &store::audit::Actor::System)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -388,10 +407,14 @@ async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
     // the last third of its life when issued: the agent renews it at its first check.
     config.pki.device_cert_lifetime = std::time::Duration::from_secs(120);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(&running.database().app, "renewal", "test")
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenants::create(
+        &running.database().app,
+        "renewal",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap()
+    .id;
     let device_dir = tempfile::tempdir().unwrap();
     let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
     let key_before = std::fs::read_dir(device_dir.path().join("state"))

@@ -11,13 +11,16 @@ use store::{tenants, StoreError};
 async fn eight_concurrent_writers_leave_one_unbroken_chain() {
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
-    let tenant = tenants::create(&db.app, "busy", "test").await.unwrap().id;
+    let tenant = tenants::create(&db.app, "busy", &store::audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
     let writers = (0..8).map(|writer| {
         let app = db.app.clone();
         tokio::spawn(async move {
             for i in 0..1_000 {
                 let mut tx = app.begin(tenant).await.unwrap();
-                audit::append(
+                audit::append_for_tests(
                     &mut tx,
                     &format!("writer:{writer}"),
                     "test.append",
@@ -47,18 +50,24 @@ async fn eight_concurrent_writers_leave_one_unbroken_chain() {
 async fn appends_to_different_tenants_do_not_block_each_other() {
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
-    let a = tenants::create(&db.app, "a", "test").await.unwrap().id;
-    let b = tenants::create(&db.app, "b", "test").await.unwrap().id;
+    let a = tenants::create(&db.app, "a", &store::audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
+    let b = tenants::create(&db.app, "b", &store::audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
 
     // A's head stays locked by an open transaction.
     let mut holding_a = db.app.begin(a).await.unwrap();
-    audit::append(&mut holding_a, "test", "hold", "a", &json!({}))
+    audit::append_for_tests(&mut holding_a, "test", "hold", "a", &json!({}))
         .await
         .unwrap();
 
     let append_b = async {
         let mut tx = db.app.begin(b).await.unwrap();
-        audit::append(&mut tx, "test", "free", "b", &json!({}))
+        audit::append_for_tests(&mut tx, "test", "free", "b", &json!({}))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -70,7 +79,7 @@ async fn appends_to_different_tenants_do_not_block_each_other() {
     // The same append to A does wait: the lock is real, so the test above can fail.
     let append_a = async {
         let mut tx = db.app.begin(a).await.unwrap();
-        audit::append(&mut tx, "test", "queued", "a", &json!({}))
+        audit::append_for_tests(&mut tx, "test", "queued", "a", &json!({}))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -85,13 +94,14 @@ async fn appends_to_different_tenants_do_not_block_each_other() {
 }
 
 async fn tenant_with_events(db: &store::Database, events: usize) -> store::TenantId {
-    let tenant = tenants::create(&db.app, "audited", "test")
+    let name = format!("audited-{}", uuid::Uuid::new_v4().simple());
+    let tenant = tenants::create(&db.app, &name, &store::audit::Actor::System)
         .await
         .unwrap()
         .id;
     let mut tx = db.app.begin(tenant).await.unwrap();
     for i in 0..events {
-        audit::append(
+        audit::append_for_tests(
             &mut tx,
             "operator:alice",
             "device.rename",
@@ -256,7 +266,9 @@ async fn the_trigger_refuses_changes_even_from_the_owner() {
 async fn a_tenant_without_a_chain_head_stops_the_start_up_checks_and_is_named() {
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
-    let tenant = tenants::create(&db.app, "headless", "test").await.unwrap();
+    let tenant = tenants::create(&db.app, "headless", &store::audit::Actor::System)
+        .await
+        .unwrap();
     db.close().await.unwrap();
     let mut owner = test_db.connect_as_owner().await;
     sqlx::query("DELETE FROM audit_chain_heads WHERE tenant_id = $1")

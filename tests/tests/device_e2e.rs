@@ -44,7 +44,9 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
         group: "default".into(),
         labels: BTreeMap::new(),
     };
-    let device = devices::create(&mut tx, &new).await.unwrap();
+    let device = devices::create(&mut tx, &new, &store::audit::Actor::System)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let (key, csr) = common::device_key_and_csr();
     let ca = &running.pki().issuing_ca;
@@ -177,11 +179,12 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = start_fleetd(&db, &data_dir).await;
-    let tenant = tenants::create(&running.database().app, "e2e", "test")
+    let tenant = tenants::create(&running.database().app, "e2e", &store::audit::Actor::System)
         .await
         .unwrap()
         .id;
     let mut tx = running.database().app.begin(tenant).await.unwrap();
+    fleet_tests::ensure_group(&mut tx, "lab").await;
     let token = enrollment_tokens::create(
         &mut tx,
         &NewEnrollmentToken {
@@ -193,7 +196,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
             device_group: "lab".into(),
             device_labels: BTreeMap::new(),
         },
-        "test",
+        &store::audit::Actor::System,
     )
     .await
     .unwrap();
@@ -257,9 +260,14 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         .await
         .unwrap();
     let mut tx = elsewhere.app.begin(tenant).await.unwrap();
-    devices::revoke(&mut tx, DeviceId(device.device_id), "operator:test")
-        .await
-        .unwrap();
+    devices::revoke(
+        &mut tx,
+        DeviceId(device.device_id),
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let revoked_at = Instant::now();
     let dropped = tokio::time::timeout(Duration::from_secs(2), async {
@@ -307,10 +315,14 @@ async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once(
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = Arc::new(start_fleetd(&db, &data_dir).await);
-    let tenant = tenants::create(&running.database().app, "load", "test")
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenants::create(
+        &running.database().app,
+        "load",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap()
+    .id;
     let mut devices = Vec::new();
     for _ in 0..DEVICES {
         devices.push(provisioned_device(&running, tenant).await);

@@ -26,7 +26,7 @@ fn new_token() -> NewEnrollmentToken {
 }
 
 async fn tenant(db: &store::Database, name: &str) -> TenantId {
-    tenants::create(&db.app, name, "test").await.unwrap().id
+    tenants::create(&db.app, name, &alice()).await.unwrap().id
 }
 
 async fn actions(db: &store::Database, tenant: TenantId) -> Vec<(String, String, String)> {
@@ -50,7 +50,8 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
     let a = tenant(&db, "a").await;
 
     let mut tx = db.app.begin(a).await.unwrap();
-    let issued = enrollment_tokens::create(&mut tx, &new_token(), "operator:alice")
+    fleet_tests::ensure_group(&mut tx, "line-3").await;
+    let issued = enrollment_tokens::create(&mut tx, &new_token(), &alice())
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -61,7 +62,7 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
         issued.token.id.0.simple()
     )));
     assert_eq!(issued.token.allowed_cidrs, new_token().allowed_cidrs);
-    assert_eq!(issued.token.created_by, "operator:alice");
+    assert_eq!(issued.token.created_by, "operator:alice@fleetctl");
 
     // Neither the secret nor the token string is anywhere in the row; the hash is argon2id.
     let mut owner = test_db.connect_as_owner().await;
@@ -76,16 +77,16 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
         .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
 
     let mut tx = db.app.begin(a).await.unwrap();
-    let listed = enrollment_tokens::list(&mut tx).await.unwrap();
+    let listed = enrollment_tokens::list(&mut tx, None, 500).await.unwrap();
     assert_eq!(listed, vec![issued.token.clone()]);
     assert_eq!(
-        enrollment_tokens::revoke(&mut tx, issued.token.id, "operator:bob")
+        enrollment_tokens::revoke(&mut tx, issued.token.id, &bob())
             .await
             .unwrap(),
         TokenRevocation::Revoked
     );
     assert_eq!(
-        enrollment_tokens::revoke(&mut tx, issued.token.id, "operator:bob")
+        enrollment_tokens::revoke(&mut tx, issued.token.id, &bob())
             .await
             .unwrap(),
         TokenRevocation::AlreadyRevoked
@@ -95,13 +96,13 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
         .unwrap()
         .unwrap();
     assert!(revoked.revoked_at.is_some());
-    assert_eq!(revoked.revoked_by.as_deref(), Some("operator:bob"));
+    assert_eq!(revoked.revoked_by.as_deref(), Some("operator:bob@fleetctl"));
     tx.commit().await.unwrap();
 
     let target = format!("enrollment_token:{}", issued.token.id);
     let events = actions(&db, a).await;
     assert!(events.contains(&(
-        "operator:alice".into(),
+        "operator:alice@fleetctl".into(),
         "enrollment_token.create".into(),
         target.clone()
     )));
@@ -113,7 +114,7 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
     assert_eq!(
         revokes,
         vec![&(
-            "operator:bob".into(),
+            "operator:bob@fleetctl".into(),
             "enrollment_token.revoke".into(),
             target
         )]
@@ -128,13 +129,17 @@ async fn another_tenant_can_neither_see_nor_revoke_a_token() {
     let a = tenant(&db, "a").await;
     let b = tenant(&db, "b").await;
     let mut tx = db.app.begin(a).await.unwrap();
-    let issued = enrollment_tokens::create(&mut tx, &new_token(), "test")
+    fleet_tests::ensure_group(&mut tx, "line-3").await;
+    let issued = enrollment_tokens::create(&mut tx, &new_token(), &alice())
         .await
         .unwrap();
     tx.commit().await.unwrap();
 
     let mut tx = db.app.begin(b).await.unwrap();
-    assert!(enrollment_tokens::list(&mut tx).await.unwrap().is_empty());
+    assert!(enrollment_tokens::list(&mut tx, None, 500)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(
         enrollment_tokens::load_for_enrollment(&mut tx, issued.token.id)
             .await
@@ -142,7 +147,7 @@ async fn another_tenant_can_neither_see_nor_revoke_a_token() {
             .is_none()
     );
     assert!(matches!(
-        enrollment_tokens::revoke(&mut tx, issued.token.id, "test").await,
+        enrollment_tokens::revoke(&mut tx, issued.token.id, &alice()).await,
         Err(StoreError::NotFound(_))
     ));
     tx.rollback().await.unwrap();
@@ -157,13 +162,14 @@ async fn tokens_are_refused_without_cidrs_or_with_bad_limits() {
     let mut tx = db.app.begin(a).await.unwrap();
     let mut no_cidrs = new_token();
     no_cidrs.allowed_cidrs.clear();
-    let err = enrollment_tokens::create(&mut tx, &no_cidrs, "test")
+    fleet_tests::ensure_group(&mut tx, &no_cidrs.device_group).await;
+    let err = enrollment_tokens::create(&mut tx, &no_cidrs, &alice())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("0.0.0.0/0"), "{err}");
     let mut no_daily = new_token();
     no_daily.daily_limit = 0;
-    assert!(enrollment_tokens::create(&mut tx, &no_daily, "test")
+    assert!(enrollment_tokens::create(&mut tx, &no_daily, &alice())
         .await
         .is_err());
     tx.rollback().await.unwrap();
@@ -176,7 +182,8 @@ async fn the_application_role_cannot_delete_tokens_rewrite_hashes_or_certificate
     let db = test_db.open().await;
     let a = tenant(&db, "a").await;
     let mut tx = db.app.begin(a).await.unwrap();
-    enrollment_tokens::create(&mut tx, &new_token(), "test")
+    fleet_tests::ensure_group(&mut tx, "line-3").await;
+    enrollment_tokens::create(&mut tx, &new_token(), &alice())
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -212,6 +219,7 @@ async fn device(db: &store::Database, tenant: TenantId) -> store::DeviceId {
             group: "default".into(),
             labels: BTreeMap::new(),
         },
+        &alice(),
     )
     .await
     .unwrap();
@@ -232,9 +240,14 @@ async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_
     let mut tx = other.app.begin(a).await.unwrap();
     assert!(devices::is_active(&mut tx, id).await.unwrap());
     assert_eq!(
-        devices::revoke(&mut tx, id, "operator:alice")
-            .await
-            .unwrap(),
+        devices::revoke(
+            &mut tx,
+            id,
+            &store::device_groups::GroupScope::All,
+            &alice()
+        )
+        .await
+        .unwrap(),
         DeviceRevocation::Revoked
     );
     // Not delivered before commit.
@@ -265,7 +278,7 @@ async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_
     tx.rollback().await.unwrap();
     let events = actions(&db, a).await;
     assert!(events.contains(&(
-        "operator:alice".into(),
+        "operator:alice@fleetctl".into(),
         "device.revoke".into(),
         format!("device:{id}")
     )));
@@ -281,7 +294,14 @@ async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
     let id = device(&db, a).await;
     let mut listener = RevocationListener::connect(&db.app).await.unwrap();
     let mut tx = db.app.begin(a).await.unwrap();
-    devices::revoke(&mut tx, id, "test").await.unwrap();
+    devices::revoke(
+        &mut tx,
+        id,
+        &store::device_groups::GroupScope::All,
+        &alice(),
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), listener.recv())
@@ -295,7 +315,13 @@ async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
     let b = tenant(&db, "b").await;
     let mut tx = db.app.begin(b).await.unwrap();
     assert!(matches!(
-        devices::revoke(&mut tx, id, "test").await,
+        devices::revoke(
+            &mut tx,
+            id,
+            &store::device_groups::GroupScope::All,
+            &alice()
+        )
+        .await,
         Err(StoreError::NotFound(_))
     ));
     assert!(!devices::is_active(&mut tx, id).await.unwrap());
@@ -326,7 +352,14 @@ async fn after_losing_its_connection_the_listener_says_so_and_keeps_receiving() 
     assert_eq!(got, Revocation::MaybeMissed);
 
     let mut tx = db.app.begin(a).await.unwrap();
-    devices::revoke(&mut tx, id, "test").await.unwrap();
+    devices::revoke(
+        &mut tx,
+        id,
+        &store::device_groups::GroupScope::All,
+        &alice(),
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
         .await
@@ -339,4 +372,13 @@ async fn after_losing_its_connection_the_listener_says_so_and_keeps_receiving() 
         }
     );
     db.close().await.unwrap();
+}
+
+/// The actor these tests change things as.
+fn alice() -> store::audit::Actor {
+    store::audit::Actor::Operator(store::audit::OperatorName::new("alice").unwrap())
+}
+
+fn bob() -> store::audit::Actor {
+    store::audit::Actor::Operator(store::audit::OperatorName::new("bob").unwrap())
 }

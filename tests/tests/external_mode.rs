@@ -151,7 +151,7 @@ async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_rec
         "ingest-only: no embedded broker"
     );
 
-    let tenant = tenants::create(&a.database().app, "scale-out", "test")
+    let tenant = tenants::create(&a.database().app, "scale-out", &store::audit::Actor::System)
         .await
         .unwrap()
         .id;
@@ -163,7 +163,13 @@ async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_rec
             group: "default".into(),
             labels: BTreeMap::new(),
         };
-        ids.push(devices::create(&mut tx, &new).await.unwrap().id.0);
+        ids.push(
+            devices::create(&mut tx, &new, &store::audit::Actor::System)
+                .await
+                .unwrap()
+                .id
+                .0,
+        );
     }
     tx.commit().await.unwrap();
     // Give both instances' shared subscriptions time to be in place before devices publish.

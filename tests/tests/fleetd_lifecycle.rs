@@ -49,9 +49,13 @@ async fn fleetd_refuses_to_start_when_a_tenant_lacks_its_chain_head() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
-    let tenant = tenants::create(&running.database().app, "orphaned", "test")
-        .await
-        .unwrap();
+    let tenant = tenants::create(
+        &running.database().app,
+        "orphaned",
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
     running.shutdown().await.unwrap();
 
     let mut owner = db.connect_as_owner().await;
@@ -101,7 +105,7 @@ async fn the_private_cluster_survives_a_restart_of_fleetd_with_its_data() {
         first.database().cluster().is_some(),
         "no URL configured: a private cluster"
     );
-    let tenant = tenants::create(&first.database().app, "kept", "test")
+    let tenant = tenants::create(&first.database().app, "kept", &store::audit::Actor::System)
         .await
         .unwrap();
     let (status, _) = get(&first, "/readyz").await;

@@ -25,18 +25,22 @@ fn device(name: &str) -> NewDevice {
 
 /// Two tenants with two devices each; returns (a, b).
 async fn two_tenants(db: &store::Database) -> (TenantId, TenantId) {
-    let a = tenants::create(&db.app, "tenant-a", "test")
+    let a = tenants::create(&db.app, "tenant-a", &store::audit::Actor::System)
         .await
         .unwrap()
         .id;
-    let b = tenants::create(&db.app, "tenant-b", "test")
+    let b = tenants::create(&db.app, "tenant-b", &store::audit::Actor::System)
         .await
         .unwrap()
         .id;
     for tenant in [a, b] {
         let mut tx = db.app.begin(tenant).await.unwrap();
-        devices::create(&mut tx, &device("d1")).await.unwrap();
-        devices::create(&mut tx, &device("d2")).await.unwrap();
+        devices::create(&mut tx, &device("d1"), &store::audit::Actor::System)
+            .await
+            .unwrap();
+        devices::create(&mut tx, &device("d2"), &store::audit::Actor::System)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
     (a, b)
@@ -97,7 +101,15 @@ async fn reads_updates_and_deletes_never_reach_another_tenant() {
 
     // B's rows are untouched, seen from B.
     let mut tx = db.app.begin(b).await.unwrap();
-    let b_devices = devices::list(&mut tx, None, 100).await.unwrap();
+    let b_devices = devices::list(
+        &mut tx,
+        &store::device_groups::GroupScope::All,
+        &Default::default(),
+        None,
+        100,
+    )
+    .await
+    .unwrap();
     assert_eq!(b_devices.len(), 2);
     assert!(b_devices
         .iter()
@@ -182,7 +194,19 @@ async fn a_tenant_transaction_does_not_leak_its_tenant_into_the_pool() {
     // Run many tenant transactions and check each is scoped, on a pool of a few connections.
     for _ in 0..20 {
         let mut tx = db.app.begin(a).await.unwrap();
-        assert_eq!(devices::list(&mut tx, None, 100).await.unwrap().len(), 2);
+        assert_eq!(
+            devices::list(
+                &mut tx,
+                &store::device_groups::GroupScope::All,
+                &Default::default(),
+                None,
+                100
+            )
+            .await
+            .unwrap()
+            .len(),
+            2
+        );
         tx.commit().await.unwrap();
     }
     let mut app = test_db.connect_as_app().await;

@@ -134,12 +134,7 @@ impl Record {
     /// The agent must run this before a record enters its outbox: a record that
     /// fails it would be refused by ingest on every retry.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        match &self.body {
-            Body::Telemetry(telemetry) => telemetry.validate(),
-            Body::PatchStatus(status) => status.validate(),
-            Body::Event(event) => event.validate(),
-            Body::Unknown { kind } => limits::check_name("record.kind", kind),
-        }
+        self.body.validate()
     }
 
     /// The kind of the record, or `None` for [`Body::Unknown`].
@@ -156,6 +151,18 @@ impl Body {
             Self::PatchStatus(_) => Some(RecordKind::PatchStatus),
             Self::Event(_) => Some(RecordKind::Event),
             Self::Unknown { .. } => None,
+        }
+    }
+
+    /// Checks the body's counts and string lengths against
+    /// [`limits`](crate::limits): what [`Record::validate`] and
+    /// [`decode_body`](crate::decode_body) check.
+    pub(crate) fn validate(&self) -> Result<(), DecodeError> {
+        match self {
+            Self::Telemetry(telemetry) => telemetry.validate(),
+            Self::PatchStatus(status) => status.validate(),
+            Self::Event(event) => event.validate(),
+            Self::Unknown { kind } => limits::check_name("record.kind", kind),
         }
     }
 

@@ -7,7 +7,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Vis
 use serde::Serialize;
 
 use crate::limits::{DEFAULT_MAX_MESSAGE_BYTES, MAX_CONTROL_MESSAGE_BYTES, MAX_NESTING};
-use crate::{Ack, Batch, DecodeError, Presence, SchemaVersion};
+use crate::{Ack, Batch, Body, DecodeError, Presence, SchemaVersion};
 
 /// Encodes a batch as CBOR.
 ///
@@ -35,6 +35,44 @@ pub fn decode_batch_with_limit(
     let batch: Batch = decode(bytes, max_message_bytes)?;
     batch.validate()?;
     Ok(batch)
+}
+
+/// Encodes one record body as CBOR: the one-entry map `{ kind: payload }`,
+/// byte for byte as it appears inside an encoded [`Batch`].
+///
+/// This is the form the ingest ledger stores, so that the API can read a body
+/// back with [`decode_body`] without knowing the encoding. Like
+/// [`encode_batch`], it does not check limits.
+pub fn encode_body(body: &Body) -> Vec<u8> {
+    encode(body)
+}
+
+/// Decodes one record body written by [`encode_body`], refusing input over
+/// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::limits::DEFAULT_MAX_MESSAGE_BYTES).
+///
+/// A stored body was re-encoded from a message that passed ingest's size
+/// check, and is never longer than that message; a deployment that raised the
+/// message limit reads its bodies with [`decode_body_with_limit`].
+pub fn decode_body(bytes: &[u8]) -> Result<Body, DecodeError> {
+    decode_body_with_limit(bytes, DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// Decodes one record body, refusing input over `max_body_bytes` before
+/// parsing it.
+///
+/// Same bounds as [`decode_batch_with_limit`]: the size first, then a parse
+/// that never pre-allocates from declared lengths and refuses deep nesting and
+/// trailing bytes, then the limit checks of [`Record::validate`]. A body has no
+/// version key of its own (the batch it came in had one), so none is checked.
+/// An unknown kind decodes as [`Body::Unknown`](crate::Body::Unknown), as in a
+/// batch.
+///
+/// [`Record::validate`]: crate::Record::validate
+pub fn decode_body_with_limit(bytes: &[u8], max_body_bytes: usize) -> Result<Body, DecodeError> {
+    check_size(bytes, max_body_bytes)?;
+    let body: Body = parse_whole(bytes)?;
+    body.validate()?;
+    Ok(body)
 }
 
 /// Encodes an ack as CBOR.
@@ -72,16 +110,22 @@ fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, DecodeError> {
     // First, before reading a single byte: the whole input bounds every
     // allocation the decoder can make.
+    check_size(bytes, max_bytes)?;
+    // Then the version, so that a message of another major version is refused as
+    // such rather than as malformed, and is never half-read with the wrong schema.
+    check_major_version(read_version(bytes)?)?;
+    parse_whole(bytes)
+}
+
+/// Refuses input over `max_bytes`, before any parsing or allocation.
+fn check_size(bytes: &[u8], max_bytes: usize) -> Result<(), DecodeError> {
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
             max: max_bytes,
         });
     }
-    // Then the version, so that a message of another major version is refused as
-    // such rather than as malformed, and is never half-read with the wrong schema.
-    check_major_version(read_version(bytes)?)?;
-    parse_whole(bytes)
+    Ok(())
 }
 
 fn check_major_version(version: SchemaVersion) -> Result<(), DecodeError> {

@@ -22,6 +22,10 @@
 //! after the commit. The tenant and the device are never in a payload: they come
 //! from the authenticated connection.
 //!
+//! Ingest's ledger keeps each record's [`Body`] alone, as [`encode_body`]
+//! writes it; the management API reads it back with [`decode_body`], under the
+//! same bounds as a batch.
+//!
 //! ```
 //! use wire::{topic, AgentEvent, Batch, Body, Record, Started, UnixMillis, Uuid};
 //!
@@ -135,8 +139,8 @@ mod version;
 
 pub use batch::{Batch, Body, Record, RecordKind};
 pub use codec::{
-    decode_ack, decode_batch, decode_batch_with_limit, decode_presence, encode_ack, encode_batch,
-    encode_presence,
+    decode_ack, decode_batch, decode_batch_with_limit, decode_body, decode_body_with_limit,
+    decode_presence, encode_ack, encode_batch, encode_body, encode_presence,
 };
 pub use control::{Ack, Presence};
 pub use error::{DecodeError, RecordError};

@@ -5,7 +5,7 @@ mod common;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use wire::{decode_ack, decode_batch, decode_presence, encode_batch};
+use wire::{decode_ack, decode_batch, decode_body, decode_presence, encode_batch, encode_body};
 
 /// How to damage a valid encoding.
 #[derive(Debug, Clone)]
@@ -71,6 +71,11 @@ fn decode_everything(bytes: &[u8]) {
         let again = decode_batch(&encoded).expect("a decoded batch re-encodes validly");
         assert_eq!(encode_batch(&again), encoded);
     }
+    if let Ok(body) = decode_body(bytes) {
+        let encoded = encode_body(&body);
+        let again = decode_body(&encoded).expect("a decoded body re-encodes validly");
+        assert_eq!(encode_body(&again), encoded);
+    }
 }
 
 proptest! {
@@ -87,6 +92,18 @@ proptest! {
         mutations in vec(mutation(), 1..6),
     ) {
         let mut bytes = encode_batch(&batch);
+        for mutation in &mutations {
+            apply(&mut bytes, mutation);
+        }
+        decode_everything(&bytes);
+    }
+
+    #[test]
+    fn mutated_bodies_never_panic(
+        body in common::body(),
+        mutations in vec(mutation(), 1..6),
+    ) {
+        let mut bytes = encode_body(&body);
         for mutation in &mutations {
             apply(&mut bytes, mutation);
         }

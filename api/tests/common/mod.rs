@@ -49,7 +49,10 @@ impl TestServer {
     pub async fn start_with(trusted_proxies: Vec<IpNet>) -> Self {
         let test_db = TestDb::new().await;
         let db = test_db.open().await;
-        let tenant = tenants::create(&db.app, "acme", "test").await.unwrap().id;
+        let tenant = tenants::create(&db.app, "acme", &store::audit::Actor::System)
+            .await
+            .unwrap()
+            .id;
         let pki_dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(
             Pki::generate(&pki_dir.path().join("pki"), &PkiParams::default())
@@ -92,7 +95,7 @@ impl TestServer {
 
     /// A second tenant in the same database.
     pub async fn other_tenant(&self) -> TenantId {
-        tenants::create(&self.db.app, "globex", "test")
+        tenants::create(&self.db.app, "globex", &store::audit::Actor::System)
             .await
             .unwrap()
             .id
@@ -107,7 +110,8 @@ impl TestServer {
         let mut new = default_token();
         edit(&mut new);
         let mut tx = self.db.app.begin(tenant).await.unwrap();
-        let issued = enrollment_tokens::create(&mut tx, &new, "operator:test")
+        fleet_tests::ensure_group(&mut tx, &new.device_group).await;
+        let issued = enrollment_tokens::create(&mut tx, &new, &store::audit::Actor::System)
             .await
             .unwrap();
         tx.commit().await.unwrap();

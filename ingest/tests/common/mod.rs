@@ -19,7 +19,10 @@ use wire::{
 
 /// A tenant with `n` devices; returns its id and the device ids.
 pub async fn tenant_with_devices(db: &Database, name: &str, n: usize) -> (TenantId, Vec<DeviceId>) {
-    let tenant = tenants::create(&db.app, name, "test").await.unwrap().id;
+    let tenant = tenants::create(&db.app, name, &store::audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
     let mut tx = db.app.begin(tenant).await.unwrap();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -30,6 +33,7 @@ pub async fn tenant_with_devices(db: &Database, name: &str, n: usize) -> (Tenant
                 group: "default".into(),
                 labels: BTreeMap::new(),
             },
+            &store::audit::Actor::System,
         )
         .await
         .unwrap();

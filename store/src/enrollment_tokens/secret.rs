@@ -3,10 +3,11 @@
 //! # Format
 //!
 //! ```text
-//! fpe_<tenant id: 32 lowercase hex>_<token id: 32 lowercase hex>_<secret: 43 base64url chars>
+//! fpe_<tenant id: 32 lowercase hex>_<token id: 32 lowercase hex>_<secret: 43 base64url chars><checksum: 6 base62 chars>
 //! ```
 //!
-//! 113 ASCII characters. The prefix makes a leaked token recognisable to secret scanners and
+//! 119 ASCII characters, the last 6 the checksum of the rest ([`crate::credentials`]), so a
+//! mistyped token is refused before any lookup. The prefix makes a leaked token recognisable to secret scanners and
 //! people. The tenant id and token id are public (they also appear in listings, the audit trail
 //! and, for the tenant, in every device certificate): carrying them in clear lets enrollment open
 //! a transaction for exactly that tenant and find the row under row-level security, so there is
@@ -25,16 +26,15 @@
 //! costs.
 
 use std::fmt;
-use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+pub use crate::credentials::SecretHash;
+use crate::credentials::{self, CHECKSUM_LEN};
 use crate::{EnrollmentTokenId, StoreError, TenantId};
 
 /// What every enrollment token starts with.
@@ -46,7 +46,8 @@ pub const SECRET_LEN: usize = 32;
 const ID_HEX_LEN: usize = 32;
 const SECRET_B64_LEN: usize = 43;
 /// Length of a well-formed token string.
-pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + ID_HEX_LEN + 1 + ID_HEX_LEN + 1 + SECRET_B64_LEN;
+pub const TOKEN_LEN: usize =
+    TOKEN_PREFIX.len() + ID_HEX_LEN + 1 + ID_HEX_LEN + 1 + SECRET_B64_LEN + CHECKSUM_LEN;
 
 /// The secret half of a token. Wiped from memory when dropped; never printed.
 #[derive(Zeroize, ZeroizeOnDrop)]
@@ -106,10 +107,11 @@ impl PresentedToken {
     /// Parses the exact format above; anything else (other length, upper-case hex, padding,
     /// whitespace) is refused.
     pub fn parse(text: &str) -> Result<Self, MalformedToken> {
-        let bytes = text.as_bytes();
-        if bytes.len() != TOKEN_LEN || !text.starts_with(TOKEN_PREFIX) {
+        if text.len() != TOKEN_LEN || !text.starts_with(TOKEN_PREFIX) {
             return Err(MalformedToken);
         }
+        let text = credentials::split_checksum(text).ok_or(MalformedToken)?;
+        let bytes = text.as_bytes();
         let tenant_start = TOKEN_PREFIX.len();
         let token_start = tenant_start + ID_HEX_LEN + 1;
         let secret_start = token_start + ID_HEX_LEN + 1;
@@ -177,79 +179,24 @@ pub(crate) fn format_token(
     text.push_str(&token_id.0.simple().to_string());
     text.push('_');
     URL_SAFE_NO_PAD.encode_string(secret.as_bytes(), &mut text);
+    credentials::push_checksum(&mut text);
     TokenString(text)
 }
 
-/// The stored argon2id hash of a secret, as a PHC string.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretHash(String);
-
-impl fmt::Debug for SecretHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Not secret, but of no use in a log either.
-        f.write_str("SecretHash(argon2id)")
-    }
-}
-
-impl SecretHash {
-    pub(crate) fn from_stored(phc: String) -> Self {
-        Self(phc)
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Hashes a secret with argon2id and a fresh salt. CPU-bound (about 25 ms): call it off the
-/// async executor.
+/// Hashes a secret with argon2id and a fresh salt ([`crate::credentials::hash`]).
 pub(crate) fn hash(secret: &TokenSecret) -> Result<SecretHash, StoreError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|phc| SecretHash(phc.to_string()))
-        .map_err(|e| StoreError::Invalid {
-            field: "enrollment token secret",
-            reason: format!("argon2: {e}"),
-        })
+    credentials::hash(secret.as_bytes())
 }
 
-/// Whether `secret` matches `stored`. With `stored = None` (no such token) it verifies against a
-/// dummy hash and returns false, so both cases cost the same. CPU-bound (about 25 ms): run it
-/// with `spawn_blocking` and bound how many run at once.
+/// Whether `secret` matches `stored`, at the same cost when there is no stored hash
+/// ([`crate::credentials::verify`]). CPU-bound (about 25 ms): run it with `spawn_blocking`.
 pub fn verify(stored: Option<&SecretHash>, secret: &TokenSecret) -> bool {
-    match stored {
-        Some(stored) => verify_phc(stored.as_str(), secret),
-        None => {
-            let _ = verify_phc(dummy_hash().as_str(), secret);
-            false
-        }
-    }
-}
-
-fn verify_phc(phc: &str, secret: &TokenSecret) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "stored enrollment token hash does not parse");
-            false
-        }
-    }
-}
-
-/// A hash with the same parameters as real ones, of a secret nobody knows.
-fn dummy_hash() -> &'static SecretHash {
-    static DUMMY: OnceLock<SecretHash> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        hash(&TokenSecret::generate()).expect("argon2 hashes 32 bytes with its default parameters")
-    })
+    credentials::verify(stored, secret.as_bytes())
 }
 
 /// Computes the dummy hash now, so the first request for an unknown token does not pay for it.
 pub fn warm_up() {
-    let _ = dummy_hash();
+    credentials::warm_up();
 }
 
 #[cfg(test)]
@@ -287,6 +234,12 @@ mod tests {
         assert!(PresentedToken::parse(text.expose()).is_ok());
     }
 
+    fn with_checksum(body: &str) -> String {
+        let mut text = body.to_owned();
+        credentials::push_checksum(&mut text);
+        text
+    }
+
     #[test]
     fn anything_but_the_exact_format_is_malformed() {
         let (tenant, token) = ids();
@@ -300,8 +253,10 @@ mod tests {
             format!(" {good}"),
             good[..good.len() - 1].to_string(),
             good.replacen('_', "-", 2),
-            // Non-canonical final character (low bits set).
-            format!("{}{}", &good[..good.len() - 1], "x"),
+            // A typo anywhere: the checksum no longer matches.
+            good.replacen("0123", "0124", 1),
+            // Non-canonical final secret character (low bits set), with a matching checksum.
+            with_checksum(&format!("{}x", &good[..good.len() - CHECKSUM_LEN - 1])),
         ];
         for text in bad {
             assert_eq!(
@@ -327,21 +282,5 @@ mod tests {
             assert!(!printed.contains(&encoded), "{printed}");
             assert!(!printed.contains("AAAA"), "{printed}");
         }
-    }
-
-    #[test]
-    fn hashes_verify_only_their_secret() {
-        let secret = TokenSecret::generate();
-        let stored = hash(&secret).unwrap();
-        assert!(stored
-            .as_str()
-            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify(Some(&stored), &secret));
-        assert!(!verify(Some(&stored), &TokenSecret::generate()));
-        assert!(!verify(None, &secret));
-        assert!(!verify(
-            Some(&SecretHash("not a phc string".into())),
-            &secret
-        ));
     }
 }

@@ -1,0 +1,439 @@
+//! Who is calling: an API key from `Authorization: Bearer …`, resolved once per request into a
+//! typed [`Caller`] (tenant, role, group scope) before any handler runs.
+//!
+//! # Cost
+//!
+//! A presented key is checked in this order, cheapest first, and stops at the first failure:
+//!
+//! 1. the source address is not being slowed for earlier failures ([`FailureLimiter`]);
+//! 2. the text is a well-formed key with a matching checksum (no I/O);
+//! 3. the [`KeyCache`], keyed by SHA-256 of the presented text: a hit skips 4 and 5;
+//! 4. the fingerprint lookup (one indexed query; a wrong key finds nothing and ends here);
+//! 5. argon2id of the secret (about 25 ms), off the executor, at most `verify_concurrency` at
+//!    once, with no database connection held.
+//!
+//! Role, scope, expiry, CIDRs and origins are fixed at key creation, so a cached key is the key.
+//! Revocation is not cached: [`Caller::begin`] re-reads it in the request's own transaction, so a
+//! revoked key is refused by the next request on every fleetd, and is then dropped from the
+//! cache. Revoking through this fleetd also drops it at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+use store::api_keys::{self, ApiKey, PresentedKey, Role};
+use store::audit::Actor;
+use store::device_groups::GroupScope;
+use store::{credentials, ApiKeyId, TenantId, TenantTx};
+
+use crate::error::ApiError;
+use crate::Ctx;
+
+/// Bounds on authentication work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthLimits {
+    /// How long a verified key stays in the cache.
+    pub key_cache_ttl: Duration,
+    /// Most keys in the cache (per fleetd).
+    pub key_cache_capacity: usize,
+    /// Failed authentications one address may make per window before it is slowed (429).
+    pub failures_per_window: u32,
+    /// The window of `failures_per_window`.
+    pub failure_window: Duration,
+    /// argon2 verifications running at once.
+    pub verify_concurrency: usize,
+}
+
+impl Default for AuthLimits {
+    fn default() -> Self {
+        Self {
+            key_cache_ttl: Duration::from_secs(300),
+            key_cache_capacity: 10_000,
+            failures_per_window: 20,
+            failure_window: Duration::from_secs(60),
+            verify_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// How often a key's last-used time and address are written, per fleetd.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    key: Arc<ApiKey>,
+    scope: GroupScope,
+    source: IpAddr,
+    touch: bool,
+}
+
+impl Caller {
+    /// The caller's tenant: the only one this request may touch.
+    pub fn tenant(&self) -> TenantId {
+        self.key.tenant_id
+    }
+
+    /// The caller's role.
+    pub fn role(&self) -> Role {
+        self.key.role
+    }
+
+    /// The groups the caller may see.
+    pub fn scope(&self) -> &GroupScope {
+        &self.scope
+    }
+
+    /// The key itself.
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
+    /// The audit actor for what this caller changes.
+    pub fn actor(&self) -> Actor {
+        Actor::ApiKey(self.key.id.clone())
+    }
+
+    /// Opens the request's transaction in the caller's tenant, after re-reading in it that the
+    /// key is not revoked. Handlers reach the database only through this.
+    pub(crate) async fn begin(&self, ctx: &Ctx) -> Result<TenantTx, ApiError> {
+        let mut tx = ctx.state.app.begin(self.tenant()).await?;
+        let touch = self.touch.then_some(self.source);
+        if !api_keys::check_live(&mut tx, &self.key.id, touch).await? {
+            ctx.key_cache.purge(&self.key.id);
+            ctx.metrics.auth_refusal("revoked");
+            return Err(ApiError::InvalidApiKey);
+        }
+        Ok(tx)
+    }
+}
+
+/// Marks an answer to a browser request whose origin the key allows, so that the answer carries
+/// `Access-Control-Allow-Origin`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OriginAllowed;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::Internal("no caller: route outside the permission table".into())
+        })
+    }
+}
+
+/// Resolves the caller of a request, or says why not (and counts it).
+pub(crate) async fn authenticate(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    source: IpAddr,
+) -> Result<Caller, ApiError> {
+    if let Some(retry_after_secs) = ctx.failures.blocked(source) {
+        ctx.metrics.auth_refusal("slowed");
+        return Err(ApiError::TooManyFailures { retry_after_secs });
+    }
+    match resolve(ctx, headers, source).await {
+        Ok(caller) => check_origin(caller, headers),
+        Err(Refused(reason)) => {
+            ctx.failures.record(source);
+            ctx.metrics.auth_refusal(reason);
+            tracing::info!(%source, reason, "API key refused");
+            Err(ApiError::InvalidApiKey)
+        }
+        Err(Failed(e)) => Err(e),
+    }
+}
+
+/// Why authentication did not produce a caller.
+enum Failure {
+    /// The key is not good; the label is for metrics and logs.
+    Refused(&'static str),
+    /// The server could not decide (database down).
+    Failed(ApiError),
+}
+use Failure::{Failed, Refused};
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failed(e)
+    }
+}
+
+impl From<store::StoreError> for Failure {
+    fn from(e: store::StoreError) -> Self {
+        Failed(e.into())
+    }
+}
+
+async fn resolve(ctx: &Ctx, headers: &HeaderMap, source: IpAddr) -> Result<Caller, Failure> {
+    let text = bearer(headers).ok_or(Refused("missing"))?;
+    let presented = PresentedKey::parse(text).map_err(|_| Refused("malformed"))?;
+    let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    let cached = ctx.key_cache.get(&digest);
+    ctx.metrics
+        .key_cache(if cached.is_some() { "hit" } else { "miss" });
+    let (key, touch) = match cached {
+        Some(hit) => hit,
+        None => {
+            let key = Arc::new(verify(ctx, &presented).await?);
+            ctx.key_cache.insert(digest, key.clone());
+            (key, true)
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    if key.revoked_at.is_some() {
+        return Err(Refused("revoked"));
+    }
+    if key.is_expired(now) {
+        ctx.key_cache.purge(&key.id);
+        return Err(Refused("expired"));
+    }
+    if !key.allows_source(source) {
+        return Err(Refused("source_not_allowed"));
+    }
+    let scope = GroupScope::from_key(key.group_scope.as_deref());
+    Ok(Caller {
+        key,
+        scope,
+        source,
+        touch,
+    })
+}
+
+/// Finds the key by fingerprint and verifies the secret: the uncached path.
+async fn verify(ctx: &Ctx, presented: &PresentedKey) -> Result<ApiKey, Failure> {
+    let (tenant, id) = api_keys::locate(&ctx.state.app, presented)
+        .await?
+        .ok_or(Refused("unknown"))?;
+    if &id != presented.id() {
+        return Err(Refused("unknown"));
+    }
+    // A short transaction for the row; the connection goes back before the hash runs.
+    let mut tx = ctx.state.app.begin(tenant).await?;
+    let loaded = api_keys::load_for_auth(&mut tx, &id).await?;
+    tx.commit().await?;
+    let (key, hash) = loaded.ok_or(Refused("unknown"))?;
+    let permit = ctx
+        .key_verify_permits
+        .acquire()
+        .await
+        .map_err(|_| Failed(ApiError::Internal("verification permits closed".into())))?;
+    let secret = zeroize::Zeroizing::new(presented.secret().to_vec());
+    let matches = tokio::task::spawn_blocking(move || credentials::verify(Some(&hash), &secret))
+        .await
+        .map_err(ApiError::from)?;
+    drop(permit);
+    if matches {
+        Ok(key)
+    } else {
+        Err(Refused("wrong_secret"))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A browser request (it carries `Origin`) is allowed only from the key's CORS origins.
+fn check_origin(caller: Caller, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(caller);
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let allowed = caller
+        .key
+        .cors_origins
+        .as_ref()
+        .is_some_and(|origins| origins.iter().any(|o| o == origin));
+    if allowed {
+        Ok(caller)
+    } else {
+        Err(ApiError::OriginNotAllowed(origin.to_owned()))
+    }
+}
+
+/// Verified keys by SHA-256 of the presented text. Holds no secret: a digest of a 256-bit key
+/// is as hard to invert as the key, and entries expire after `ttl`.
+pub(crate) struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+struct CacheEntry {
+    key: Arc<ApiKey>,
+    verified_at: Instant,
+    touched_at: Instant,
+}
+
+impl KeyCache {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The cached key and whether its last use is due to be written.
+    fn get(&self, digest: &[u8; 32]) -> Option<(Arc<ApiKey>, bool)> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let entry = entries.get_mut(digest)?;
+        if now.duration_since(entry.verified_at) >= self.ttl {
+            entries.remove(digest);
+            return None;
+        }
+        let touch = now.duration_since(entry.touched_at) >= TOUCH_INTERVAL;
+        if touch {
+            entry.touched_at = now;
+        }
+        Some((entry.key.clone(), touch))
+    }
+
+    fn insert(&self, digest: [u8; 32], key: Arc<ApiKey>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if entries.len() >= self.capacity {
+            entries.retain(|_, e| now.duration_since(e.verified_at) < self.ttl);
+        }
+        if entries.len() >= self.capacity {
+            // Still full of live keys: forget one; it costs its owner one verification.
+            if let Some(victim) = entries.keys().next().copied() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(
+            digest,
+            CacheEntry {
+                key,
+                verified_at: now,
+                touched_at: now,
+            },
+        );
+    }
+
+    /// Drops every entry of this key (revoked, expired).
+    pub(crate) fn purge(&self, id: &ApiKeyId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, e| &e.key.id != id);
+    }
+}
+
+/// Failed authentications per source address in a fixed window; past the limit the address is
+/// answered 429 before any lookup until the window ends. Bounded in memory.
+pub(crate) struct FailureLimiter {
+    windows: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    limit: u32,
+    window: Duration,
+}
+
+/// Most addresses tracked at once; beyond it, expired windows are dropped first.
+const MAX_TRACKED_SOURCES: usize = 100_000;
+
+impl FailureLimiter {
+    pub(crate) fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            windows: Mutex::new(HashMap::new()),
+            limit: limit.max(1),
+            window,
+        }
+    }
+
+    /// Seconds to wait when `source` is over the limit.
+    fn blocked(&self, source: IpAddr) -> Option<u64> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, started) = windows.get(&source)?;
+        let elapsed = started.elapsed();
+        (*count >= self.limit && elapsed < self.window)
+            .then(|| (self.window - elapsed).as_secs().max(1))
+    }
+
+    fn record(&self, source: IpAddr) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if windows.len() >= MAX_TRACKED_SOURCES {
+            windows.retain(|_, (_, started)| now.duration_since(*started) < self.window);
+        }
+        let entry = windows.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+    }
+}
+
+/// Whether `creator` may create a key with `role` and `scope`: never more power than its own
+/// (a lower or equal role, a scope within its own).
+pub(crate) fn may_create_key(
+    creator: &Caller,
+    role: Role,
+    scope: Option<&[store::DeviceGroupId]>,
+) -> Result<(), ApiError> {
+    if role.rank() > creator.role().rank() {
+        return Err(ApiError::Forbidden(format!(
+            "a key with role {} cannot create a key with role {role}",
+            creator.role()
+        )));
+    }
+    if let GroupScope::Only(own) = creator.scope() {
+        let within = scope.is_some_and(|asked| asked.iter().all(|g| own.contains(g)));
+        if !within {
+            return Err(ApiError::Forbidden(
+                "a group-scoped key can only create keys limited to its own groups".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `caller` may revoke `target`: only keys of a role at most its own.
+pub(crate) fn may_revoke_key(caller: &Caller, target: &ApiKey) -> Result<(), ApiError> {
+    if target.role.rank() > caller.role().rank() {
+        return Err(ApiError::Forbidden(format!(
+            "a key with role {} cannot revoke a key with role {}",
+            caller.role(),
+            target.role
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_slowed_per_address_and_forgotten_after_the_window() {
+        let limiter = FailureLimiter::new(3, Duration::from_millis(200));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(limiter.blocked(a), None);
+            limiter.record(a);
+        }
+        assert!(limiter.blocked(a).is_some());
+        assert_eq!(limiter.blocked(b), None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limiter.blocked(a), None);
+    }
+
+    #[test]
+    fn bearer_takes_only_the_bearer_scheme() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "bearer fpk_x".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("fpk_x"));
+    }
+}

@@ -1,0 +1,83 @@
+//! `/v1/tenant`: the caller's tenant and its settings.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use store::tenants::{self, SettingsChange, TenantSettings};
+use store::TenantId;
+use utoipa::ToSchema;
+
+use super::rfc3339;
+use crate::auth::Caller;
+use crate::error::{ApiError, Problem};
+use crate::extract::ApiJson;
+use crate::Ctx;
+
+/// The tenant and its settings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// The tenant's id.
+    #[schema(value_type = String, format = Uuid)]
+    pub id: TenantId,
+    /// Its display name, unique in the installation.
+    pub name: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Days telemetry and other device records are kept.
+    pub record_retention_days: i32,
+}
+
+impl From<TenantSettings> for TenantView {
+    fn from(s: TenantSettings) -> Self {
+        Self {
+            id: s.tenant.id,
+            name: s.tenant.name,
+            created_at: rfc3339(s.tenant.created_at),
+            record_retention_days: s.record_retention_days,
+        }
+    }
+}
+
+/// A change of settings; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUpdate {
+    /// A new display name.
+    pub name: Option<String>,
+    /// Days to keep device records, 1 to 3650.
+    #[schema(minimum = 1, maximum = 3650)]
+    pub record_retention_days: Option<i32>,
+}
+
+/// The caller's tenant.
+#[utoipa::path(get, path = "/v1/tenant", tag = "tenant",
+    responses((status = 200, body = TenantView), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub(crate) async fn show(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut tx = caller.begin(&ctx).await?;
+    let settings = tenants::settings(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Json(settings.into()))
+}
+
+/// Changes the tenant's name or record retention.
+#[utoipa::path(patch, path = "/v1/tenant", tag = "tenant", request_body = TenantUpdate,
+    responses((status = 200, body = TenantView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn update(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    ApiJson(update): ApiJson<TenantUpdate>,
+) -> Result<Json<TenantView>, ApiError> {
+    let change = SettingsChange {
+        name: update.name,
+        record_retention_days: update.record_retention_days,
+    };
+    let mut tx = caller.begin(&ctx).await?;
+    let settings =
+        tenants::update_settings(&mut tx, &change, &ctx.state.app, &caller.actor()).await?;
+    tx.commit().await?;
+    Ok(Json(settings.into()))
+}

@@ -1,0 +1,258 @@
+//! Device groups of a tenant: create, rename, delete (only when empty), list.
+//!
+//! Every tenant starts with the group `default`. Devices and enrollment tokens name their group;
+//! the schema's foreign keys carry a rename to them and refuse to delete a group that still has
+//! devices or tokens. Group-scoped API keys hold group ids ([`DeviceGroupId`]), so a rename
+//! changes nothing about what a key may see.
+
+use serde_json::json;
+use sqlx::Row;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{self, Action, Actor, Target};
+use crate::{DeviceGroupId, StoreError, TenantTx};
+
+/// The group every tenant starts with, and where devices go when nothing else is said.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// Longest group name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A device group as stored, with its device count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceGroup {
+    /// Its id.
+    pub id: DeviceGroupId,
+    /// Its name, unique in the tenant.
+    pub name: String,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// Devices in it now.
+    pub device_count: i64,
+}
+
+/// Which groups a caller may see: all of them, or only some.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupScope {
+    /// Every group of the tenant.
+    All,
+    /// Only these.
+    Only(Vec<DeviceGroupId>),
+}
+
+impl GroupScope {
+    /// The scope of a key whose stored scope is `groups`.
+    pub fn from_key(groups: Option<&[DeviceGroupId]>) -> Self {
+        match groups {
+            None => GroupScope::All,
+            Some(ids) => GroupScope::Only(ids.to_vec()),
+        }
+    }
+
+    /// The ids to bind as `$n::uuid[]` in a filter `($n IS NULL OR group_id = ANY($n))`.
+    pub(crate) fn bind_value(&self) -> Option<Vec<Uuid>> {
+        match self {
+            GroupScope::All => None,
+            GroupScope::Only(ids) => Some(ids.iter().map(|g| g.0).collect()),
+        }
+    }
+}
+
+const COLUMNS: &str = "g.group_id, g.name, g.created_at,
+     (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS device_count";
+
+/// Creates a tenant's `default` group (tenant creation calls it; not audited on its own).
+pub(crate) async fn create_default(tx: &mut TenantTx) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO device_groups (tenant_id, group_id, name) VALUES ($1, $2, $3)")
+        .bind(tx.tenant())
+        .bind(Uuid::new_v4())
+        .bind(DEFAULT_GROUP)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Creates a group. [`StoreError::Conflict`] when the name is taken.
+pub async fn create(
+    tx: &mut TenantTx,
+    name: &str,
+    actor: &Actor,
+) -> Result<DeviceGroup, StoreError> {
+    check_name(name)?;
+    if find_by_name(tx, name).await?.is_some() {
+        return Err(StoreError::Conflict("a device group with this name exists"));
+    }
+    let id = DeviceGroupId::new_random();
+    sqlx::query("INSERT INTO device_groups (tenant_id, group_id, name) VALUES ($1, $2, $3)")
+        .bind(tx.tenant())
+        .bind(id)
+        .bind(name)
+        .execute(tx.conn())
+        .await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceGroupCreate,
+        &Target::DeviceGroup(id),
+        &json!({ "name": name }),
+    )
+    .await?;
+    get(tx, id, &GroupScope::All)
+        .await?
+        .ok_or(StoreError::NotFound("device group"))
+}
+
+/// Renames a group; its devices and tokens follow. [`StoreError::NotFound`] outside `scope`.
+pub async fn rename(
+    tx: &mut TenantTx,
+    id: DeviceGroupId,
+    new_name: &str,
+    scope: &GroupScope,
+    actor: &Actor,
+) -> Result<DeviceGroup, StoreError> {
+    check_name(new_name)?;
+    let current = get(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device group"))?;
+    if current.name == new_name {
+        return Ok(current);
+    }
+    if find_by_name(tx, new_name).await?.is_some() {
+        return Err(StoreError::Conflict("a device group with this name exists"));
+    }
+    sqlx::query("UPDATE device_groups SET name = $2 WHERE group_id = $1")
+        .bind(id)
+        .bind(new_name)
+        .execute(tx.conn())
+        .await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceGroupRename,
+        &Target::DeviceGroup(id),
+        &json!({ "from": current.name, "to": new_name }),
+    )
+    .await?;
+    get(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device group"))
+}
+
+/// Deletes a group that has no devices and no enrollment tokens.
+pub async fn delete(
+    tx: &mut TenantTx,
+    id: DeviceGroupId,
+    scope: &GroupScope,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    let group = get(tx, id, scope)
+        .await?
+        .ok_or(StoreError::NotFound("device group"))?;
+    if group.device_count > 0 {
+        return Err(StoreError::Conflict(
+            "the device group still has devices; move them first",
+        ));
+    }
+    let tokens: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM enrollment_tokens WHERE device_group = $1")
+            .bind(&group.name)
+            .fetch_one(tx.conn())
+            .await?;
+    if tokens > 0 {
+        return Err(StoreError::Conflict(
+            "enrollment tokens still enroll into this device group",
+        ));
+    }
+    sqlx::query("DELETE FROM device_groups WHERE group_id = $1")
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    audit::append(
+        tx,
+        actor,
+        Action::DeviceGroupDelete,
+        &Target::DeviceGroup(id),
+        &json!({ "name": group.name }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One group, if it exists and is in `scope`.
+pub async fn get(
+    tx: &mut TenantTx,
+    id: DeviceGroupId,
+    scope: &GroupScope,
+) -> Result<Option<DeviceGroup>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM device_groups g
+          WHERE g.group_id = $1 AND ($2::uuid[] IS NULL OR g.group_id = ANY($2))"
+    ))
+    .bind(id)
+    .bind(scope.bind_value())
+    .fetch_optional(tx.conn())
+    .await?;
+    row.as_ref().map(group_from_row).transpose()
+}
+
+/// The group with this name, if it exists (any scope: for uniqueness and references).
+pub async fn find_by_name(
+    tx: &mut TenantTx,
+    name: &str,
+) -> Result<Option<DeviceGroup>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM device_groups g WHERE g.name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(tx.conn())
+    .await?;
+    row.as_ref().map(group_from_row).transpose()
+}
+
+/// Groups in `scope` ordered by name, after `after`, at most `limit`.
+pub async fn list(
+    tx: &mut TenantTx,
+    scope: &GroupScope,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeviceGroup>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM device_groups g
+          WHERE ($1::uuid[] IS NULL OR g.group_id = ANY($1))
+            AND ($2::text IS NULL OR g.name > $2)
+          ORDER BY g.name LIMIT $3"
+    ))
+    .bind(scope.bind_value())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(tx.conn())
+    .await?;
+    rows.iter().map(group_from_row).collect()
+}
+
+/// Checks a group name before the database does.
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let reason = if name.trim().is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "must be at most 200 bytes"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::Invalid {
+        field: "name",
+        reason: reason.into(),
+    })
+}
+
+fn group_from_row(row: &sqlx::postgres::PgRow) -> Result<DeviceGroup, StoreError> {
+    Ok(DeviceGroup {
+        id: row.try_get("group_id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        device_count: row.try_get("device_count")?,
+    })
+}

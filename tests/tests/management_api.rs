@@ -1,0 +1,819 @@
+//! The management API against a real fleetd (real Postgres, real TLS): the permission table as
+//! a matrix, display-once secrets, revocation/expiry/CIDR on the next request and on a second
+//! fleetd, group scopes, bad input, and the OpenAPI document against the router's table.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+
+use api::permissions::{RouteRule, ROUTES};
+use fleet_tests::https::{https_request, Response};
+use fleet_tests::TestDb;
+use serde_json::{json, Value};
+use store::api_keys::{KeyEnv, Role};
+use store::audit::Actor;
+use store::devices::{self, NewDevice};
+use store::{tenants, TenantId};
+
+/// What fleetd logged during the test: every secret must be absent from it.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = LogCapture::default();
+            let writer = capture.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+            capture
+        })
+        .clone()
+}
+
+struct Fleet {
+    _db: TestDb,
+    _dir: tempfile::TempDir,
+    running: fleetd::Running,
+    tenant: TenantId,
+    owner_key: String,
+}
+
+impl Fleet {
+    async fn start() -> Self {
+        capture_logs();
+        let db = TestDb::new().await;
+        let dir = fleet_tests::data_dir();
+        let running = fleetd::start(common::fleetd_config(&db, &dir))
+            .await
+            .expect("fleetd starts");
+        let (tenant, key) = tenants::create_with_owner_key(
+            &running.database().app,
+            "acme",
+            &KeyEnv::live(),
+            &Actor::System,
+        )
+        .await
+        .unwrap();
+        Fleet {
+            _db: db,
+            _dir: dir,
+            running,
+            tenant: tenant.id,
+            owner_key: key.secret.expose().to_owned(),
+        }
+    }
+
+    async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Response {
+        call(&self.running, key, method, path, body).await
+    }
+
+    /// Creates a key with `role` (and optionally a group scope) as the owner; returns its text.
+    async fn key(&self, role: &str, group_ids: Option<Vec<String>>) -> (String, String) {
+        let mut body = json!({ "name": format!("{role} key"), "role": role });
+        if let Some(groups) = group_ids {
+            body["group_ids"] = json!(groups);
+        }
+        let created = self
+            .call(&self.owner_key, "POST", "/v1/api-keys", Some(body))
+            .await;
+        assert_eq!(created.status, 201, "{}", text(&created));
+        let json = created.json();
+        (
+            json["key"].as_str().unwrap().to_owned(),
+            json["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn device_in(&self, group: &str, name: &str) -> String {
+        let mut tx = self
+            .running
+            .database()
+            .app
+            .begin(self.tenant)
+            .await
+            .unwrap();
+        let device = devices::create(
+            &mut tx,
+            &NewDevice {
+                name: name.into(),
+                group: group.into(),
+                labels: BTreeMap::from([("site".into(), name.into())]),
+            },
+            &Actor::System,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        device.id.to_string()
+    }
+}
+
+async fn call(
+    running: &fleetd::Running,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    if !bytes.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    https_request(
+        running.api_addr(),
+        &running.pki().issuing_ca,
+        method,
+        path,
+        &headers,
+        &bytes,
+    )
+    .await
+}
+
+fn text(response: &Response) -> String {
+    String::from_utf8_lossy(&response.body).into_owned()
+}
+
+/// A concrete path for a route template, with ids of real objects.
+fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
+    let id = match rule.path {
+        p if p.starts_with("/v1/api-keys/") => &ids["key"],
+        p if p.starts_with("/v1/enrollment-tokens/") => &ids["token"],
+        p if p.starts_with("/v1/device-groups/") => &ids["group"],
+        _ => &ids["device"],
+    };
+    rule.path.replace("{id}", id)
+}
+
+/// A body that passes validation for the mutating routes, so a 403 can only come from the table.
+fn body_for(rule: &RouteRule, run: usize) -> Option<Value> {
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    match (rule.method, rule.path) {
+        ("PATCH", "/v1/tenant") => Some(json!({ "record_retention_days": 30 })),
+        ("POST", "/v1/api-keys") => Some(json!({ "name": "made", "role": "auditor" })),
+        ("POST", "/v1/enrollment-tokens") => Some(json!({
+            "name": "t", "allowed_cidrs": ["127.0.0.0/8"], "daily_limit": 1, "expires_at": expires,
+        })),
+        ("POST", "/v1/device-groups") => Some(json!({ "name": format!("made-{run}") })),
+        ("PATCH", "/v1/device-groups/{id}") => Some(json!({ "name": "lab" })),
+        ("PATCH", "/v1/devices/{id}") => Some(json!({ "name": "lab-1" })),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
+    let fleet = Fleet::start().await;
+    let lab = fleet
+        .call(
+            &fleet.owner_key,
+            "POST",
+            "/v1/device-groups",
+            Some(json!({"name": "lab"})),
+        )
+        .await
+        .json();
+    let lab_id = lab["id"].as_str().unwrap().to_owned();
+    let device = fleet.device_in("lab", "lab-1").await;
+    let mut keys = Vec::new();
+    for role in Role::ALL {
+        keys.push((role, false, fleet.key(role.as_str(), None).await.0));
+        keys.push((
+            role,
+            true,
+            fleet.key(role.as_str(), Some(vec![lab_id.clone()])).await.0,
+        ));
+    }
+    let mut run = 0;
+    for rule in ROUTES {
+        for (role, scoped, key) in &keys {
+            run += 1;
+            // Objects that a DELETE may consume are made fresh for each call.
+            let (spare_key, spare_key_id) = fleet.key("auditor", None).await;
+            drop(spare_key);
+            let token = fleet
+                .call(
+                    &fleet.owner_key,
+                    "POST",
+                    "/v1/enrollment-tokens",
+                    body_for(
+                        &RouteRule {
+                            method: "POST",
+                            path: "/v1/enrollment-tokens",
+                            ..*rule
+                        },
+                        run,
+                    ),
+                )
+                .await
+                .json();
+            let spare_group = fleet
+                .call(
+                    &fleet.owner_key,
+                    "POST",
+                    "/v1/device-groups",
+                    Some(json!({"name": format!("spare-{run}")})),
+                )
+                .await
+                .json();
+            let group_id = if rule.method == "DELETE" {
+                spare_group["id"].as_str().unwrap().to_owned()
+            } else {
+                lab_id.clone()
+            };
+            let ids = BTreeMap::from([
+                ("key", spare_key_id),
+                ("token", token["id"].as_str().unwrap().to_owned()),
+                ("group", group_id),
+                ("device", device.clone()),
+            ]);
+            let path = concrete(rule, &ids);
+            let answer = fleet
+                .call(key, rule.method, &path, body_for(rule, run))
+                .await;
+            let allowed = rule.allows(*role, *scoped);
+            if allowed {
+                assert!(
+                    answer.status < 400
+                        || (rule.path.contains("patch-status") && answer.status == 404),
+                    "{} {path} as {role:?} scoped={scoped}: expected success, got {} {}",
+                    rule.method,
+                    answer.status,
+                    text(&answer)
+                );
+            } else {
+                answer.assert_problem(403, "forbidden");
+            }
+        }
+    }
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_appear_only_in_the_creating_response_never_in_the_database_or_the_logs() {
+    let logs = capture_logs();
+    let fleet = Fleet::start().await;
+    let (key, key_id) = fleet.key("admin", None).await;
+    let expires = "2099-01-01T00:00:00Z";
+    let token_created = fleet
+        .call(&key, "POST", "/v1/enrollment-tokens", Some(json!({
+            "name": "line", "allowed_cidrs": ["0.0.0.0/0"], "daily_limit": 5, "expires_at": expires,
+        })))
+        .await;
+    assert_eq!(token_created.status, 201, "{}", text(&token_created));
+    let token = token_created.json()["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("fpe_"));
+    let secrets = [fleet.owner_key.clone(), key.clone(), token.clone()];
+    // The secret parts alone, too: a column holding just the secret would also leak.
+    let secret_parts: Vec<String> = secrets
+        .iter()
+        .map(|s| s[s.len() - 49..s.len() - 6].to_owned())
+        .collect();
+
+    // Every other response.
+    let token_id = token_created.json()["id"].as_str().unwrap().to_owned();
+    for path in [
+        "/v1/api-keys".to_owned(),
+        format!("/v1/api-keys/{key_id}"),
+        "/v1/enrollment-tokens".to_owned(),
+        format!("/v1/enrollment-tokens/{token_id}"),
+        "/v1/audit-events".to_owned(),
+        "/v1/audit-events.csv".to_owned(),
+        "/v1/tenant".to_owned(),
+    ] {
+        let answer = fleet.call(&fleet.owner_key, "GET", &path, None).await;
+        assert_eq!(answer.status, 200, "{path}: {}", text(&answer));
+        for secret in secrets.iter().chain(&secret_parts) {
+            assert!(
+                !text(&answer).contains(secret.as_str()),
+                "{path} shows a secret"
+            );
+        }
+    }
+
+    // Every column of every table, as text.
+    let mut owner = fleet._db.connect_as_owner().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert!(tables.contains(&"api_keys".to_owned()));
+    for table in tables {
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+            .fetch_all(&mut owner)
+            .await
+            .unwrap();
+        for row in rows {
+            for secret in secrets.iter().chain(&secret_parts) {
+                assert!(
+                    !row.contains(secret.as_str()),
+                    "table {table} holds a secret"
+                );
+            }
+        }
+    }
+
+    // Everything logged during the test run, including failed uses of the keys.
+    let _ = fleet
+        .call(&format!("{key}x"), "GET", "/v1/devices", None)
+        .await;
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(logged.contains("API key created"), "the capture works");
+    for secret in secrets.iter().chain(&secret_parts) {
+        assert!(!logged.contains(secret.as_str()), "a secret was logged");
+    }
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fleetd() {
+    let fleet = Fleet::start().await;
+    // A second fleetd on the same database.
+    let dir_b = fleet_tests::data_dir();
+    let mut config_b = common::fleetd_config(&fleet._db, &dir_b);
+    config_b.pki.dir = fleet._dir.path().join("pki");
+    let b = fleetd::start(config_b).await.expect("second fleetd");
+
+    let (key, key_id) = fleet.key("operator", None).await;
+    // Both instances have verified (and cached) the key.
+    for running in [&fleet.running, &b] {
+        for _ in 0..2 {
+            assert_eq!(
+                call(running, &key, "GET", "/v1/devices", None).await.status,
+                200
+            );
+        }
+    }
+    let revoked = fleet
+        .call(
+            &fleet.owner_key,
+            "DELETE",
+            &format!("/v1/api-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.json()["state"], "revoked");
+    for running in [&fleet.running, &b] {
+        call(running, &key, "GET", "/v1/devices", None)
+            .await
+            .assert_problem(401, "invalid-api-key");
+    }
+
+    // Expiry.
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::seconds(2))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let created = fleet
+        .call(
+            &fleet.owner_key,
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "brief", "role": "auditor", "expires_at": soon})),
+        )
+        .await
+        .json();
+    let brief = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&b, &brief, "GET", "/v1/devices", None).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    call(&b, &brief, "GET", "/v1/devices", None)
+        .await
+        .assert_problem(401, "invalid-api-key");
+
+    // A CIDR allowlist without the test's address.
+    let elsewhere = fleet
+        .call(
+            &fleet.owner_key,
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "lan only", "role": "auditor", "allowed_cidrs": ["10.0.0.0/8"]})),
+        )
+        .await
+        .json();
+    let lan = elsewhere["key"].as_str().unwrap();
+    for running in [&fleet.running, &b] {
+        call(running, lan, "GET", "/v1/devices", None)
+            .await
+            .assert_problem(401, "invalid-api-key");
+    }
+    b.shutdown().await.unwrap();
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_group_scoped_key_sees_nothing_of_other_groups() {
+    let fleet = Fleet::start().await;
+    let lab = fleet
+        .call(
+            &fleet.owner_key,
+            "POST",
+            "/v1/device-groups",
+            Some(json!({"name": "lab"})),
+        )
+        .await
+        .json();
+    let mine = fleet.device_in("lab", "mine").await;
+    let theirs = fleet.device_in("default", "theirs").await;
+    let (key, _) = fleet
+        .key(
+            "operator",
+            Some(vec![lab["id"].as_str().unwrap().to_owned()]),
+        )
+        .await;
+
+    let listed = fleet.call(&key, "GET", "/v1/devices", None).await.json();
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![mine.as_str()]);
+    let groups = fleet
+        .call(&key, "GET", "/v1/device-groups", None)
+        .await
+        .json();
+    assert_eq!(groups["items"].as_array().unwrap().len(), 1, "{groups}");
+    let summary = fleet
+        .call(&key, "GET", "/v1/patch-summary", None)
+        .await
+        .json();
+    assert_eq!(summary["devices"], 1, "{summary}");
+
+    for (method, path, body) in [
+        ("GET", format!("/v1/devices/{theirs}"), None),
+        ("GET", format!("/v1/devices/{theirs}/health"), None),
+        ("GET", format!("/v1/devices/{theirs}/telemetry"), None),
+        ("GET", format!("/v1/devices/{theirs}/patch-status"), None),
+        (
+            "PATCH",
+            format!("/v1/devices/{theirs}"),
+            Some(json!({"name": "x"})),
+        ),
+        ("POST", format!("/v1/devices/{theirs}/revoke"), None),
+    ] {
+        fleet
+            .call(&key, method, &path, body)
+            .await
+            .assert_problem(404, "not-found");
+    }
+    // Nor can it move its device out of its groups.
+    let moved = fleet
+        .call(
+            &key,
+            "PATCH",
+            &format!("/v1/devices/{mine}"),
+            Some(json!({"group": "default"})),
+        )
+        .await;
+    moved.assert_problem(422, "invalid-field");
+    // And its revocation did not happen.
+    let other = fleet
+        .call(
+            &fleet.owner_key,
+            "GET",
+            &format!("/v1/devices/{theirs}"),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(other["status"], "active");
+    assert_eq!(other["name"], "theirs");
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
+    let fleet = Fleet::start().await;
+    let owner = fleet.owner_key.clone();
+    // (method, path, body, status, problem type, field named)
+    type Case<'a> = (&'a str, &'a str, Option<Value>, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "x", "role": "root"})),
+            422,
+            "invalid-field",
+            Some("role"),
+        ),
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "x", "role": "admin", "colour": 1})),
+            422,
+            "invalid-field",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "", "role": "admin"})),
+            422,
+            "invalid-field",
+            Some("name"),
+        ),
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "x", "role": "admin", "allowed_cidrs": ["10.0.0.0/33"]})),
+            422,
+            "invalid-field",
+            Some("allowed_cidrs[0]"),
+        ),
+        (
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "x", "role": "admin", "expires_at": "yesterday"})),
+            422,
+            "invalid-field",
+            Some("expires_at"),
+        ),
+        (
+            "POST",
+            "/v1/enrollment-tokens",
+            Some(
+                json!({"name": "t", "allowed_cidrs": [], "daily_limit": 1, "expires_at": "2099-01-01T00:00:00Z"}),
+            ),
+            422,
+            "invalid-field",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/enrollment-tokens",
+            Some(
+                json!({"name": "t", "allowed_cidrs": ["0.0.0.0/0"], "daily_limit": 1, "expires_at": "2099-01-01T00:00:00Z", "device_group": "nope"}),
+            ),
+            422,
+            "invalid-field",
+            Some("device_group"),
+        ),
+        (
+            "PATCH",
+            "/v1/tenant",
+            Some(json!({"record_retention_days": 0})),
+            422,
+            "invalid-field",
+            Some("record_retention_days"),
+        ),
+        (
+            "GET",
+            "/v1/devices?limit=0",
+            None,
+            422,
+            "invalid-field",
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/v1/devices?limit=501",
+            None,
+            422,
+            "invalid-field",
+            Some("limit"),
+        ),
+        (
+            "GET",
+            "/v1/devices?cursor=garbage",
+            None,
+            400,
+            "invalid-cursor",
+            None,
+        ),
+        (
+            "GET",
+            "/v1/devices?colour=red",
+            None,
+            422,
+            "invalid-field",
+            Some("colour"),
+        ),
+        (
+            "GET",
+            "/v1/devices?online=maybe",
+            None,
+            422,
+            "invalid-field",
+            Some("online"),
+        ),
+        (
+            "GET",
+            "/v1/devices?last_seen_before=noon",
+            None,
+            422,
+            "invalid-field",
+            Some("last_seen_before"),
+        ),
+        (
+            "GET",
+            "/v1/devices/not-a-uuid",
+            None,
+            404,
+            "not-found",
+            None,
+        ),
+        ("GET", "/v1/api-keys/short", None, 404, "not-found", None),
+    ];
+    for (method, path, body, status, slug, field) in cases {
+        let answer = fleet.call(&owner, method, path, body).await;
+        let problem = answer.assert_problem(status, slug);
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{method} {path}: {problem}");
+        }
+    }
+    // Oversize and not JSON.
+    let big = json!({"name": "x".repeat(70 * 1024), "role": "admin"});
+    fleet
+        .call(&owner, "POST", "/v1/api-keys", Some(big))
+        .await
+        .assert_problem(413, "body-too-large");
+    let not_json = https_request(
+        fleet.running.api_addr(),
+        &fleet.running.pki().issuing_ca,
+        "POST",
+        "/v1/api-keys",
+        &[
+            ("Authorization", &format!("Bearer {owner}")),
+            ("Content-Type", "text/plain"),
+        ],
+        b"name=x",
+    )
+    .await;
+    not_json.assert_problem(415, "unsupported-media-type");
+    // No key, a malformed key, a key whose checksum fails.
+    for auth in [
+        "",
+        "Bearer nope",
+        "Bearer fpk_live_AAAAAAAAAAAA_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000",
+    ] {
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("Authorization", auth)]
+        };
+        https_request(
+            fleet.running.api_addr(),
+            &fleet.running.pki().issuing_ca,
+            "GET",
+            "/v1/devices",
+            &headers,
+            b"",
+        )
+        .await
+        .assert_problem(401, "invalid-api-key");
+    }
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_failures_from_one_address_are_slowed_without_starving_good_keys() {
+    let fleet = Fleet::start().await;
+    let mut slowed = None;
+    for _ in 0..40 {
+        let answer = fleet
+            .call(
+                "fpk_live_AAAAAAAAAAAA_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa000000",
+                "GET",
+                "/v1/devices",
+                None,
+            )
+            .await;
+        if answer.status == 429 {
+            slowed = Some(answer);
+            break;
+        }
+        answer.assert_problem(401, "invalid-api-key");
+    }
+    let slowed = slowed.expect("slowed after repeated failures");
+    slowed.assert_problem(429, "too-many-failures");
+    assert!(slowed.header("retry-after").is_some());
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_never_creates_a_key_with_more_power_than_its_own() {
+    let fleet = Fleet::start().await;
+    let (admin, _) = fleet.key("admin", None).await;
+    fleet
+        .call(
+            &admin,
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "up", "role": "owner"})),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+    let owner_id = fleet
+        .call(&fleet.owner_key, "GET", "/v1/api-keys", None)
+        .await
+        .json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "owner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fleet
+        .call(&admin, "DELETE", &format!("/v1/api-keys/{owner_id}"), None)
+        .await
+        .assert_problem(403, "forbidden");
+    let made = fleet
+        .call(
+            &admin,
+            "POST",
+            "/v1/api-keys",
+            Some(json!({"name": "down", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    // The audit trail names the key that did it.
+    let events = fleet
+        .call(
+            &fleet.owner_key,
+            "GET",
+            "/v1/audit-events?action=api_key.create",
+            None,
+        )
+        .await
+        .json();
+    let actors: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert!(actors.iter().any(|a| a.starts_with("api_key:")), "{events}");
+    fleet.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_openapi_document_has_exactly_the_routes_of_the_permission_table() {
+    let doc = api::openapi();
+    let json = serde_json::to_value(&doc).unwrap();
+    assert_eq!(json["openapi"].as_str().unwrap().get(..3), Some("3.1"));
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in json["paths"].as_object().unwrap() {
+        for method in ["get", "post", "patch", "delete", "put"] {
+            if let Some(op) = item.get(method) {
+                documented.insert((method.to_uppercase(), path.clone()));
+                assert!(
+                    op["x-fleet-roles"].is_array(),
+                    "{method} {path} lacks its roles"
+                );
+            }
+        }
+    }
+    let table: std::collections::BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (r.method.to_owned(), r.path.to_owned()))
+        .collect();
+    assert_eq!(documented, table);
+
+    // And fleetd serves it without authentication.
+    let fleet = Fleet::start().await;
+    let served = https_request(
+        fleet.running.api_addr(),
+        &fleet.running.pki().issuing_ca,
+        "GET",
+        "/v1/openapi.json",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(served.status, 200);
+    assert_eq!(
+        served.json()["paths"].as_object().unwrap().len(),
+        json["paths"].as_object().unwrap().len()
+    );
+    fleet.running.shutdown().await.unwrap();
+}
