@@ -1,163 +1,549 @@
-//! fleetctl's enrollment-token and device commands, run as the binary against a real database.
+//! fleetctl run as the binary: bootstrap and break-glass on a real database here, every HTTPS
+//! command against a fleetd started in the test in `cli/https.rs`.
 
-use std::collections::BTreeMap;
-use std::process::{Command, Output};
+#[path = "cli/https.rs"]
+mod https;
+
+use std::path::Path;
+use std::process::Output;
 
 use fleet_tests::TestDb;
-use store::devices::{self, NewDevice};
+use store::api_keys::{self, PresentedKey};
 use store::TenantId;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
-fn fleetctl(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .arg("--database-url")
-        .arg(db.url())
-        .args(args)
-        .env("USER", "alice")
-        .env_remove("SUDO_USER")
-        .output()
-        .unwrap()
+/// The fleetctl binary with a clean environment: no server, key or database from the machine
+/// running the tests, and `alice` at the terminal.
+pub fn fleetctl() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    for var in [
+        "FLEETCTL_SERVER",
+        "FLEETCTL_CA",
+        "FLEETCTL_API_KEY",
+        "FLEETD_DATA_DIR",
+        "FLEETD_DATABASE_URL",
+        "SUDO_USER",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("USER", "alice").kill_on_drop(true);
+    command
 }
 
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "fleetctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// A finished run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().expect("fleetctl exited, not killed"),
+            stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
+            stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
+        }
+    }
+
+    /// Asserts success; returns stdout.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "fleetctl failed: {}", self.stderr);
+        self.stdout
+    }
+
+    /// Asserts this exit code and a one-line error naming `slug`; returns the line.
+    pub fn fails(self, code: i32, slug: &str) -> String {
+        assert_eq!(
+            self.code, code,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let line = self.stderr.trim_end();
+        assert!(!line.contains('\n'), "one line: {line:?}");
+        assert!(line.starts_with("fleetctl: "), "{line}");
+        assert!(line.ends_with(&format!("({slug})")), "{line}");
+        line.to_owned()
+    }
+
+    /// stdout as JSON.
+    pub fn json(self) -> serde_json::Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+/// Runs fleetctl with `args`.
+pub async fn run(mut command: tokio::process::Command, args: &[&str]) -> Run {
+    Run::from(command.args(args).output().await.expect("fleetctl runs"))
+}
+
+/// Runs fleetctl on the test database.
+async fn on_db(db: &TestDb, args: &[&str]) -> Run {
+    let mut command = fleetctl();
+    command.arg("--database-url").arg(db.url());
+    run(command, args).await
+}
+
+/// The data rows of a table (after its header), split into cells at runs of two spaces.
+pub fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether `text` is a time as fleetctl prints it: RFC 3339, UTC, to the second.
+pub fn is_display_time(text: &str) -> bool {
+    text.len() == 20 && text.ends_with('Z') && OffsetDateTime::parse(text, &Rfc3339).is_ok()
+}
+
+/// `tenant create NAME` on `db`: the tenant id and its owner key.
+async fn create_tenant(db: &TestDb, name: &str) -> (TenantId, String) {
+    let out = on_db(db, &["tenant", "create", name]).await.ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let id = lines[0]
+        .strip_prefix("tenant ")
+        .expect("tenant line")
+        .parse()
+        .unwrap();
+    let key = lines[1]
+        .strip_prefix("owner key ")
+        .expect("owner key line")
+        .to_owned();
+    (id, key)
+}
+
+async fn audit_events(db: &TestDb, tenant: TenantId) -> Vec<store::audit::AuditEvent> {
+    let database = db.open().await;
+    let mut tx = database.app.begin(tenant).await.unwrap();
+    let events = store::audit::list_after(&mut tx, 0, 100).await.unwrap();
+    tx.rollback().await.unwrap();
+    database.close().await.unwrap();
+    events
 }
 
 #[tokio::test]
-async fn tokens_are_created_once_listed_without_secrets_and_revoked() {
+async fn tenant_create_prints_the_tenant_and_its_first_owner_key_once() {
     let db = TestDb::new().await;
-    let tenant = ok(fleetctl(&db, &["tenant", "create", "acme"]));
-    let tenant = tenant.trim();
+    let created = on_db(&db, &["tenant", "create", "acme"]).await;
+    assert!(
+        created.stderr.contains("shown this once"),
+        "{}",
+        created.stderr
+    );
+    assert!(
+        !created.stderr.contains("fpk_"),
+        "the key goes to stdout only"
+    );
+    let out = created.ok();
+    let (tenant, key) = {
+        let mut lines = out.lines();
+        let tenant: TenantId = lines
+            .next()
+            .unwrap()
+            .strip_prefix("tenant ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let key = lines
+            .next()
+            .unwrap()
+            .strip_prefix("owner key ")
+            .unwrap()
+            .to_owned();
+        assert_eq!(lines.next(), None, "{out}");
+        (tenant, key)
+    };
+    assert!(key.starts_with("fpk_live_"), "{key}");
 
-    let created = fleetctl(
-        &db,
+    // The key is a working owner key of that tenant, recorded as made by alice on the database.
+    let presented = PresentedKey::parse(&key).expect("well-formed key");
+    let database = db.open().await;
+    let (found_tenant, key_id) = api_keys::locate(&database.app, &presented)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found_tenant, tenant);
+    let mut tx = database.app.begin(tenant).await.unwrap();
+    let stored = api_keys::get(&mut tx, &key_id).await.unwrap().unwrap();
+    tx.rollback().await.unwrap();
+    database.close().await.unwrap();
+    assert_eq!(stored.role, api_keys::Role::Owner);
+    let events = audit_events(&db, tenant).await;
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("operator:alice@fleetctl", "tenant.create"),
+            ("operator:alice@fleetctl", "api_key.break_glass_create"),
+        ]
+    );
+
+    // For scripts: the same two values as JSON.
+    let json = on_db(&db, &["--json", "tenant", "create", "beta"])
+        .await
+        .json();
+    assert!(
+        json["tenant_id"]
+            .as_str()
+            .unwrap()
+            .parse::<TenantId>()
+            .is_ok(),
+        "{json}"
+    );
+    assert!(
+        json["owner_key"].as_str().unwrap().starts_with("fpk_live_"),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_tenant_name_is_refused_with_exit_1() {
+    let db = TestDb::new().await;
+    create_tenant(&db, "acme").await;
+    let line = on_db(&db, &["tenant", "create", "Acme"])
+        .await
+        .fails(1, "conflict");
+    assert!(
+        line.contains(r#"a tenant named "Acme" exists already"#),
+        "{line}"
+    );
+    let listed = on_db(&db, &["tenant", "list"]).await.ok();
+    assert_eq!(rows(&listed).len(), 1, "{listed}");
+}
+
+#[tokio::test]
+async fn tenant_list_has_a_header_and_rfc3339_times() {
+    let db = TestDb::new().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    let (beta, _) = create_tenant(&db, "beta corp").await;
+    let listed = on_db(&db, &["tenant", "list"]).await.ok();
+    let header: Vec<&str> = listed.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["ID", "NAME", "CREATED"], "{listed}");
+    let rows = rows(&listed);
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!(rows[0][..2], [acme.to_string(), "acme".to_owned()]);
+    assert_eq!(rows[1][..2], [beta.to_string(), "beta corp".to_owned()]);
+    for row in &rows {
+        assert!(is_display_time(&row[2]), "{listed}");
+    }
+    // Columns are aligned: every row starts its name where the header does.
+    let name_at = listed.lines().next().unwrap().find("NAME").unwrap();
+    for line in listed.lines().skip(1) {
+        assert!(
+            line[name_at..].starts_with("acme") || line[name_at..].starts_with("beta"),
+            "{listed}"
+        );
+    }
+
+    let json = on_db(&db, &["--json", "tenant", "list"]).await.json();
+    assert_eq!(json["items"][1]["name"], "beta corp");
+}
+
+#[tokio::test]
+async fn tenants_are_named_by_id_or_unique_name_and_an_unknown_one_exits_3() {
+    let db = TestDb::new().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    for name in [acme.to_string(), "acme".into(), "ACME".into()] {
+        let out = on_db(&db, &["audit", "verify", "--tenant", &name])
+            .await
+            .ok();
+        assert_eq!(rows(&out).len(), 1, "{out}");
+        assert!(
+            out.contains(&acme.to_string()) && out.contains("intact"),
+            "{out}"
+        );
+    }
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for name in ["nope", unknown.as_str()] {
+        let line = on_db(&db, &["audit", "verify", "--tenant", name])
+            .await
+            .fails(3, "not-found");
+        assert!(line.contains(name), "{line}");
+        on_db(
+            &db,
+            &["api-key", "create", "--tenant", name, "--role", "owner"],
+        )
+        .await
+        .fails(3, "not-found");
+    }
+}
+
+#[tokio::test]
+async fn break_glass_makes_an_owner_key_on_the_database_audited_as_such() {
+    let db = TestDb::new().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    let mut command = fleetctl();
+    command
+        .env("SUDO_USER", "bob")
+        .arg("--database-url")
+        .arg(db.url());
+    let created = run(
+        command,
         &[
-            "enrollment-token",
+            "api-key",
             "create",
             "--tenant",
-            tenant,
+            "acme",
+            "--role",
+            "owner",
             "--name",
-            "line 3",
+            "locked out",
+        ],
+    )
+    .await;
+    assert!(
+        created.stderr.contains("shown this once"),
+        "{}",
+        created.stderr
+    );
+    let out = created.ok();
+    let key_line = out
+        .lines()
+        .find(|l| l.starts_with("key "))
+        .expect("key field");
+    let key = key_line.split_whitespace().nth(1).unwrap();
+    assert!(PresentedKey::parse(key).is_ok(), "{key}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["role", "owner"])),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["name", "locked", "out"])),
+        "{out}"
+    );
+
+    let last = audit_events(&db, acme).await.pop().unwrap();
+    assert_eq!(last.action, "api_key.break_glass_create");
+    assert_eq!(
+        last.actor, "operator:bob@fleetctl",
+        "the person behind sudo"
+    );
+
+    // Only unrestricted owner keys are made here, and only for a named tenant.
+    for args in [
+        &["api-key", "create", "--tenant", "acme", "--role", "admin"][..],
+        &["api-key", "create", "--role", "owner"],
+        &[
+            "api-key",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "owner",
             "--cidr",
             "10.0.0.0/8",
-            "--cidr",
-            "::/0",
-            "--daily-limit",
-            "3",
-            "--expires-in",
-            "7d",
-            "--max-uses",
-            "10",
-            "--group",
-            "line-3",
-            "--label",
-            "site=berlin",
         ],
-    );
-    let notice = String::from_utf8_lossy(&created.stderr).into_owned();
-    let secret = ok(created);
-    // stdout is the token and nothing else, so it can be captured by a script.
-    let secret = secret.strip_suffix('\n').unwrap();
-    assert!(secret.starts_with(&format!("fpe_{}_", tenant.replace('-', ""))));
-    assert!(!secret.contains(char::is_whitespace));
-    assert!(notice.contains("shown once"), "{notice}");
-    let token_id = uuid::Uuid::parse_str(&secret[37..69]).unwrap().to_string();
-
-    let listed = ok(fleetctl(
-        &db,
-        &["enrollment-token", "list", "--tenant", tenant],
-    ));
-    assert!(listed.contains(&token_id), "{listed}");
-    assert!(listed.contains("active") && listed.contains("0/3") && listed.contains("0/10"));
-    assert!(listed.contains("10.0.0.0/8,::/0") && listed.contains("line-3"));
-    assert!(!listed.contains(&secret[70..]), "list shows the secret");
-
-    let revoked = ok(fleetctl(
-        &db,
-        &["enrollment-token", "revoke", "--tenant", tenant, &token_id],
-    ));
-    assert!(revoked.contains("revoked"));
-    let listed = ok(fleetctl(
-        &db,
-        &["enrollment-token", "list", "--tenant", tenant],
-    ));
-    assert!(listed.contains("revoked"), "{listed}");
-
-    // The CIDR list is required; "anywhere" must be said.
-    let refused = fleetctl(
-        &db,
-        &[
-            "enrollment-token",
-            "create",
-            "--tenant",
-            tenant,
-            "--name",
-            "x",
-            "--daily-limit",
-            "3",
-            "--expires-in",
-            "7d",
-        ],
-    );
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--cidr"));
-
-    let audit = ok(fleetctl(&db, &["audit", "verify", "--tenant", tenant]));
-    assert!(audit.contains("intact, 3 events"), "{audit}");
+    ] {
+        on_db(&db, args).await.fails(2, "usage");
+    }
 }
 
 #[tokio::test]
-async fn a_device_is_revoked_from_the_command_line() {
-    let test_db = TestDb::new().await;
-    let tenant = ok(fleetctl(&test_db, &["tenant", "create", "acme"]));
-    let tenant: TenantId = tenant.trim().parse().unwrap();
-    let db = test_db.open().await;
-    let mut tx = db.app.begin(tenant).await.unwrap();
-    let device = devices::create(
-        &mut tx,
-        &NewDevice {
-            name: "d".into(),
-            group: "default".into(),
-            labels: BTreeMap::new(),
-        },
+async fn a_broken_audit_chain_on_the_database_exits_1_naming_the_row() {
+    let db = TestDb::new().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    let (beta, _) = create_tenant(&db, "beta").await;
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let changed = sqlx::query(
+        "UPDATE audit_events SET details = '{\"name\":\"evil\"}' WHERE tenant_id = $1 AND seq = 1",
     )
+    .bind(beta)
+    .execute(&mut owner)
     .await
     .unwrap();
-    tx.commit().await.unwrap();
-    db.close().await.unwrap();
-    let (tenant, id) = (tenant.to_string(), device.id.to_string());
+    assert_eq!(changed.rows_affected(), 1);
 
-    let out = ok(fleetctl(
-        &test_db,
-        &["device", "revoke", "--tenant", &tenant, &id],
-    ));
-    assert_eq!(out.trim(), format!("device {id} revoked"));
-    let out = ok(fleetctl(
-        &test_db,
-        &["device", "revoke", "--tenant", &tenant, &id],
-    ));
-    assert!(out.contains("already revoked"), "{out}");
-    let listed = ok(fleetctl(&test_db, &["device", "list", "--tenant", &tenant]));
+    let verified = on_db(&db, &["audit", "verify"]).await;
+    let table = verified.stdout.clone();
+    let line = verified.fails(1, "audit-chain-broken");
+    assert!(line.contains("1 of 2 audit chains are broken"), "{line}");
+    let rows = rows(&table);
+    assert_eq!(
+        rows[0][..4],
+        [acme.to_string(), "acme".into(), "intact".into(), "2".into()],
+        "{table}"
+    );
+    assert_eq!(
+        rows[1][..5],
+        [
+            beta.to_string(),
+            "beta".into(),
+            "broken".into(),
+            "-".into(),
+            "1".into()
+        ],
+        "{table}"
+    );
+
+    let json = on_db(&db, &["--json", "audit", "verify", "--tenant", "acme"])
+        .await
+        .json();
+    assert_eq!(json["items"][0]["status"], "intact");
+}
+
+#[tokio::test]
+async fn a_mistyped_data_dir_is_refused_naming_it_and_nothing_is_created() {
+    let base = tempfile::tempdir().unwrap();
+    let typo = base.path().join("fleetd-dta");
+    let line = run(
+        fleetctl(),
+        &["--data-dir", typo.to_str().unwrap(), "tenant", "list"],
+    )
+    .await
+    .fails(5, "no-cluster");
+    assert!(line.contains(&typo.display().to_string()), "{line}");
+    assert!(line.contains("only fleetd creates one"), "{line}");
+    assert!(!typo.exists(), "fleetctl created {}", typo.display());
+
+    // A relative one is named as the absolute path it was taken for.
+    let mut command = fleetctl();
+    command.current_dir(base.path());
+    let line = run(command, &["--data-dir", "typo", "tenant", "create", "acme"])
+        .await
+        .fails(5, "no-cluster");
     assert!(
-        listed.contains(&id) && listed.contains("Revoked"),
-        "{listed}"
+        line.contains(&base.path().join("typo").display().to_string()),
+        "{line}"
     );
+    assert!(!base.path().join("typo").exists());
+}
 
-    let unknown = uuid::Uuid::new_v4().to_string();
-    let out = fleetctl(
-        &test_db,
-        &["device", "revoke", "--tenant", &tenant, &unknown],
+#[tokio::test]
+async fn a_relative_data_dir_is_resolved_before_the_cluster_starts() {
+    // fleetd's data directory, relative to where fleetctl runs, with a cluster that is stopped.
+    let base = fleet_tests::data_dir();
+    let data_dir = base.path().join("fleetd-data");
+    std::fs::create_dir(&data_dir).unwrap();
+    set_mode(&data_dir, 0o755);
+    let cluster = store::cluster::PrivateCluster::start(&store::cluster::ClusterOptions {
+        durable: false,
+        ..store::cluster::ClusterOptions::new(data_dir.join("postgres"))
+    })
+    .await
+    .expect("a cluster as fleetd makes it");
+    cluster.stop().await.unwrap();
+
+    // fleetctl starts it for the command (postgres changes into its data directory, so a
+    // relative socket directory used to fail with "could not create lock file").
+    let mut command = fleetctl();
+    command.current_dir(base.path());
+    let out = run(
+        command,
+        &["--data-dir", "fleetd-data", "tenant", "create", "acme"],
+    )
+    .await
+    .ok();
+    assert!(out.starts_with("tenant "), "{out}");
+    // And the default data directory is the same relative fleetd-data.
+    let mut command = fleetctl();
+    command.current_dir(base.path());
+    let listed = run(command, &["tenant", "list"]).await.ok();
+    assert_eq!(rows(&listed).len(), 1, "{listed}");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn help_documents_the_exit_codes_and_what_revocation_does() {
+    let help = run(fleetctl(), &["--help"]).await.ok();
+    assert!(help.contains("Exit codes:"), "{help}");
+    for code in [
+        "0  success",
+        "1  refused",
+        "2  usage",
+        "3  not found",
+        "4  authentication",
+        "5  cannot reach",
+    ] {
+        assert!(help.contains(code), "{code}: {help}");
+    }
+    let help = run(fleetctl(), &["device", "revoke", "--help"]).await.ok();
+    assert!(
+        help.contains(r#"its next connection is refused with CONNACK 5 "not authorized""#),
+        "{help}"
     );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("device not found"));
+    assert!(
+        help.contains("live session is closed within seconds"),
+        "{help}"
+    );
+    assert!(!help.contains("handshake"), "{help}");
+}
 
-    let audit = ok(fleetctl(
-        &test_db,
-        &["audit", "verify", "--tenant", &tenant],
-    ));
-    assert!(audit.contains("intact, 2 events"), "{audit}");
+#[tokio::test]
+async fn usage_errors_exit_2_before_anything_is_reached() {
+    // clap's own, and fleetctl's.
+    let out = run(fleetctl(), &["device", "show", "not-a-uuid"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = run(
+        fleetctl(),
+        &["--server", "http://127.0.0.1:1", "tenant", "show"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("HTTPS only"), "{}", out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    run(
+        fleetctl(),
+        &[
+            "--tenant",
+            "acme",
+            "pki",
+            "init",
+            "--dir",
+            pki.to_str().unwrap(),
+        ],
+    )
+    .await
+    .fails(2, "usage");
+    run(
+        fleetctl(),
+        &["--data-dir", "/nonexistent", "device", "list"],
+    )
+    .await
+    .fails(2, "usage");
+}
+
+#[tokio::test]
+async fn pki_init_makes_a_pki_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let out = run(fleetctl(), &["pki", "init", "--dir", pki.to_str().unwrap()])
+        .await
+        .ok();
+    assert!(
+        out.contains("root-ca.pem") && out.contains("issuing-ca.pem"),
+        "{out}"
+    );
+    let expires = out
+        .lines()
+        .find_map(|l| l.strip_prefix("issuing CA expires "))
+        .unwrap();
+    assert!(is_display_time(expires), "{out}");
+    run(fleetctl(), &["pki", "init", "--dir", pki.to_str().unwrap()])
+        .await
+        .fails(1, "pki");
 }

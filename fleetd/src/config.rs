@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where fleetd keeps what it creates: the private PostgreSQL cluster, later the dev PKI.
+    /// Where fleetd keeps what it creates: the private PostgreSQL cluster, the dev PKI. A
+    /// relative path (the default, `fleetd-data`) is resolved once, at load, against the
+    /// directory fleetd starts in.
     pub data_dir: PathBuf,
     /// PostgreSQL URL of the owner role. Empty: a private cluster in `data_dir`.
     pub database_url: String,
@@ -262,13 +264,25 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed("FLEETD_").ignore(&["CONFIG"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
+        config.resolve_paths()?;
         Ok(config)
+    }
+
+    /// Makes `data_dir` absolute against the current directory, once: what is derived from it
+    /// (the cluster's socket directory, the PKI) must not depend on which process later reads it
+    /// from where (postgres changes into its data directory before it creates the socket).
+    fn resolve_paths(&mut self) -> Result<(), ConfigError> {
+        self.data_dir = std::path::absolute(&self.data_dir).map_err(|_| ConfigError::Rejected {
+            field: "data_dir",
+            reason: "cannot be resolved against the current directory",
+        })?;
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -402,6 +416,8 @@ pub fn template() -> String {
 # (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS). Command-line flags override both.
 
 # Where fleetd keeps what it creates: the private PostgreSQL cluster, the development PKI.
+# A relative path is resolved against the directory fleetd starts in (fleetctl resolves its
+# --data-dir the same way), e.g. /var/lib/fleetd for a system service.
 data_dir = {data_dir:?}
 
 # PostgreSQL URL of the owner role (migrations run as it; it must be superuser or BYPASSRLS).
@@ -508,7 +524,25 @@ mod tests {
 
     #[test]
     fn the_template_parses_back_to_the_defaults() {
-        assert_eq!(load_toml(&template()).unwrap(), Config::default());
+        let mut defaults = Config::default();
+        defaults.data_dir = std::path::absolute(&defaults.data_dir).unwrap();
+        assert_eq!(load_toml(&template()).unwrap(), defaults);
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_resolved_once_at_load() {
+        let config = Config::load(None, &Overrides::default()).unwrap();
+        assert!(
+            config.data_dir.is_absolute(),
+            "{}",
+            config.data_dir.display()
+        );
+        assert_eq!(
+            config.data_dir,
+            std::env::current_dir().unwrap().join("fleetd-data")
+        );
+        let config = load_toml("data_dir = \"/var/lib/fleetd\"").unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/fleetd"));
     }
 
     #[test]

@@ -514,7 +514,14 @@ async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
     let fleet = Fleet::start().await;
     let owner = fleet.owner_key.clone();
     // (method, path, body, status, problem type, field named)
-    type Case<'a> = (&'a str, &'a str, Option<Value>, u16, &'a str, Option<&'a str>);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<Value>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
     let cases: Vec<Case> = vec![
         (
             "POST",

@@ -1,0 +1,125 @@
+//! The command line: global options and the command tree. Each command's own arguments live
+//! with its code in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use reqwest::Url;
+
+use crate::commands::{api_key, audit, device, enrollment_token, group, patch, pki, tenant};
+
+/// The heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+/// What `fleetctl --help` ends with: the exit codes scripts can rely on.
+pub const AFTER_HELP: &str = "\
+Where commands go:
+  Over HTTPS to the management API (--server), authenticated with an API key from
+  FLEETCTL_API_KEY or --api-key-file: every command except those below.
+  On the database (--data-dir or --database-url, for bootstrap and break-glass):
+  tenant create, tenant list, and api-key create / audit verify when --data-dir or
+  --database-url (or FLEETD_DATA_DIR, FLEETD_DATABASE_URL) is given.
+
+Exit codes:
+  0  success
+  1  refused by the server or the database (a 4xx other than those below, a conflict,
+     an invalid value), a verification failed (a broken audit chain), or the output
+     could not be written
+  2  usage error (the command line)
+  3  not found (HTTP 404, or an unknown --tenant)
+  4  authentication or permission (HTTP 401/403, no or a malformed API key)
+  5  cannot reach the server or the database, or it failed (HTTP 5xx, TLS, timeout)
+Errors are one line on stderr: fleetctl: <detail> (<problem type>)";
+
+/// fleetplane operator CLI: tenants, API keys, enrollment tokens, device groups, devices,
+/// patch status and the audit trail of a fleetd.
+#[derive(Parser)]
+#[command(name = "fleetctl", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Clone, Debug)]
+pub struct Global {
+    /// The management API.
+    #[arg(
+        long,
+        env = "FLEETCTL_SERVER",
+        default_value = "https://localhost:8443",
+        value_name = "URL",
+        value_parser = crate::http::parse_server,
+        global = true,
+        hide_env_values = true,
+        help_heading = GLOBAL
+    )]
+    pub server: Url,
+    /// The fleet root CA (PEM) to trust for --server, e.g. fleetd's <data_dir>/pki/root-ca.pem.
+    /// Without it the system's root certificates are trusted.
+    #[arg(long, env = "FLEETCTL_CA", value_name = "FILE", global = true, hide_env_values = true, help_heading = GLOBAL)]
+    pub ca: Option<PathBuf>,
+    /// A file holding the API key (default: the FLEETCTL_API_KEY environment variable). The key
+    /// itself is never an argument: arguments show in `ps` and shell history.
+    #[arg(long, value_name = "FILE", global = true, help_heading = GLOBAL)]
+    pub api_key_file: Option<PathBuf>,
+    /// Print JSON (the API's) instead of tables, for scripts.
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    pub json: bool,
+    /// The tenant, by id or by name. On the database: the tenant to act on. Over HTTPS the API
+    /// key decides the tenant; with --tenant, fleetctl first checks that it is this one.
+    #[arg(long, value_name = "ID_OR_NAME", global = true, help_heading = GLOBAL)]
+    pub tenant: Option<String>,
+    /// fleetd's data directory, whose database cluster to use [env: FLEETD_DATA_DIR] [default
+    /// for bootstrap: fleetd-data, as fleetd's]. Relative paths are resolved against the current
+    /// directory. fleetctl never creates a database: the directory must be fleetd's.
+    #[arg(long, value_name = "DIR", global = true, help_heading = GLOBAL)]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of the owner role, instead of the private cluster of --data-dir
+    /// [env: FLEETD_DATABASE_URL].
+    #[arg(long, value_name = "URL", global = true, help_heading = GLOBAL)]
+    pub database_url: Option<String>,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Tenants: create and list them (database); show and change the API key's own (HTTPS).
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// API keys: how scripts, integrations and fleetctl reach the API.
+    #[command(subcommand)]
+    ApiKey(api_key::ApiKeyCommand),
+    /// Enrollment tokens: what devices exchange for their certificate.
+    #[command(subcommand)]
+    EnrollmentToken(enrollment_token::TokenCommand),
+    /// Device groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// Devices: listing, details, changes, revocation, health, telemetry and patch status.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Patch status across the fleet: pending security updates, reboots, stale inventories.
+    PatchSummary(patch::SummaryArgs),
+    /// The audit trail: events, chain verification, CSV export.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// The fleet PKI.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

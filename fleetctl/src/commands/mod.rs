@@ -1,0 +1,176 @@
+//! The commands, one module per resource, and what they share: the run's [`Ctx`] (which side to
+//! talk to, and how) and the list options.
+
+pub mod api_key;
+pub mod audit;
+pub mod device;
+pub mod enrollment_token;
+pub mod group;
+pub mod patch;
+pub mod pki;
+pub mod tenant;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::cli::{Command, Global};
+use crate::db::{self, Location};
+use crate::error::{Exit, Failure};
+use crate::http::{self, ApiClient, Paging};
+
+/// Runs one command.
+pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
+    let ctx = Ctx { global };
+    match command {
+        Command::Tenant(c) => tenant::run(&ctx, c).await,
+        Command::ApiKey(c) => api_key::run(&ctx, c).await,
+        Command::EnrollmentToken(c) => enrollment_token::run(&ctx, c).await,
+        Command::Group(c) => group::run(&ctx, c).await,
+        Command::Device(c) => device::run(&ctx, c).await,
+        Command::PatchSummary(args) => patch::summary(&ctx, args).await,
+        Command::Audit(c) => audit::run(&ctx, c).await,
+        Command::Pki(c) => pki::run(&ctx, c),
+    }
+}
+
+/// What every command is given: the global options, and from them the way to the API or to the
+/// database.
+pub struct Ctx {
+    global: Global,
+}
+
+impl Ctx {
+    /// Whether to print JSON.
+    pub fn json(&self) -> bool {
+        self.global.json
+    }
+
+    /// The `--tenant` value, if given.
+    pub fn tenant(&self) -> Option<&str> {
+        self.global.tenant.as_deref()
+    }
+
+    /// The database, when one is named on the command line or in FLEETD_DATABASE_URL or
+    /// FLEETD_DATA_DIR: the commands that exist on both sides (`api-key create`, `audit verify`)
+    /// then use it.
+    pub fn database_location(&self) -> Option<Location> {
+        let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
+        if let Some(url) = non_empty(self.global.database_url.clone())
+            .or_else(|| non_empty(std::env::var("FLEETD_DATABASE_URL").ok()))
+        {
+            return Some(Location::Url(url));
+        }
+        let dir = self.global.data_dir.clone().or_else(|| {
+            std::env::var_os("FLEETD_DATA_DIR")
+                .filter(|d| !d.is_empty())
+                .map(Into::into)
+        })?;
+        Some(Location::DataDir(dir))
+    }
+
+    /// The database for the bootstrap commands: as named, else fleetd's default data directory.
+    /// A relative directory is resolved here, once, against the current directory.
+    pub fn bootstrap_location(&self) -> Result<Location, Failure> {
+        let location = self
+            .database_location()
+            .unwrap_or_else(|| Location::DataDir(db::DEFAULT_DATA_DIR.into()));
+        Ok(match location {
+            Location::DataDir(dir) => Location::DataDir(
+                std::path::absolute(&dir)
+                    .map_err(|e| Failure::usage(format!("--data-dir {}: {e}", dir.display())))?,
+            ),
+            url => url,
+        })
+    }
+
+    /// Refuses `--tenant` for a command that has no use for it, rather than ignoring it.
+    pub fn refuse_tenant(&self, command: &str) -> Result<(), Failure> {
+        match self.tenant() {
+            Some(_) => Err(Failure::usage(format!(
+                "--tenant does not apply to {command}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A client of the management API. With `--tenant`, checks first that the API key belongs to
+    /// that tenant (exit 3 otherwise, as for an unknown tenant on the database).
+    pub async fn api(&self, command: &str) -> Result<ApiClient, Failure> {
+        if self.global.data_dir.is_some() || self.global.database_url.is_some() {
+            return Err(Failure::usage(format!(
+                "{command} talks to the API (--server); --data-dir and --database-url apply to \
+                 tenant create, tenant list, api-key create (break-glass) and audit verify"
+            )));
+        }
+        let key = http::load_api_key(self.global.api_key_file.as_deref())?;
+        let tls = http::tls_config(self.global.ca.as_deref())?;
+        let api = ApiClient::new(self.global.server.clone(), tls, &key)?;
+        if let Some(wanted) = self.tenant() {
+            check_tenant(&api, wanted).await?;
+        }
+        Ok(api)
+    }
+}
+
+async fn check_tenant(api: &ApiClient, wanted: &str) -> Result<(), Failure> {
+    #[derive(Deserialize)]
+    struct Own {
+        id: String,
+        name: String,
+    }
+    let own: Own = http::decode(api.get("v1/tenant", &[]).await?)?;
+    let matches = match wanted.parse::<uuid::Uuid>() {
+        Ok(id) => own.id.parse::<uuid::Uuid>().is_ok_and(|own| own == id),
+        Err(_) => own.name.to_lowercase() == wanted.to_lowercase(),
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Exit::NotFound,
+            "not-found",
+            format!("no tenant {wanted:?} for this API key (the key belongs to another tenant)"),
+        ))
+    }
+}
+
+/// How much of a list to show.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ListArgs {
+    /// Show at most this many (default: all, fetched page by page).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
+    /// Continue after this cursor (the `next_cursor` of an earlier `--json --limit` listing).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+impl ListArgs {
+    /// The paging these ask for.
+    pub fn paging(&self) -> Paging {
+        Paging {
+            limit: self.limit,
+            cursor: self.cursor.clone(),
+        }
+    }
+}
+
+/// Tells the person at the terminal that a listing was cut short, and how to go on.
+pub fn more_notice(next_cursor: Option<&str>) {
+    if let Some(cursor) = next_cursor {
+        crate::output::notice(&format!("(more: --cursor {cursor})"));
+    }
+}
+
+/// Prints JSON for scripts, or the rendered text for people.
+pub fn show<T: serde::Serialize + ?Sized>(
+    ctx: &Ctx,
+    json: &T,
+    text: impl FnOnce() -> Result<String, Failure>,
+) -> Result<(), Failure> {
+    if ctx.json() {
+        crate::output::emit_json(json)
+    } else {
+        crate::output::emit(&text()?)
+    }
+}

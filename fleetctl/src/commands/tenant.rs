@@ -1,0 +1,157 @@
+//! `fleetctl tenant`: create and list tenants on the database (bootstrap), show and change the
+//! API key's own tenant over HTTPS.
+
+use clap::{ArgGroup, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use store::api_keys::KeyEnv;
+use store::{tenants, StoreError};
+use time::OffsetDateTime;
+
+use super::{show, Ctx};
+use crate::db;
+use crate::error::{Exit, Failure};
+use crate::http;
+use crate::output::{self, Fields, Table};
+
+/// `fleetctl tenant ...`.
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant, its audit chain and its first owner key (on the database). Prints the
+    /// tenant id and the owner key; the key is shown this once and cannot be recovered.
+    Create {
+        /// Display name, unique in this installation (ignoring case).
+        name: String,
+    },
+    /// List every tenant (on the database).
+    List,
+    /// Show the API key's tenant and its settings.
+    Show,
+    /// Change the API key's tenant's settings (owner only).
+    #[command(group(ArgGroup::new("change").required(true).multiple(true)))]
+    Set {
+        /// A new display name.
+        #[arg(long, group = "change")]
+        name: Option<String>,
+        /// How long telemetry and other records are kept, in days (1 to 3650).
+        #[arg(long, value_name = "DAYS", group = "change")]
+        record_retention_days: Option<u32>,
+    },
+}
+
+/// A tenant as the API shows it.
+#[derive(Deserialize)]
+struct TenantView {
+    id: String,
+    name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    record_retention_days: Option<i64>,
+}
+
+/// Runs `fleetctl tenant ...`.
+pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
+    match command {
+        TenantCommand::Create { name } => create(ctx, &name).await,
+        TenantCommand::List => list(ctx).await,
+        TenantCommand::Show => {
+            let api = ctx.api("tenant show").await?;
+            let value = api.get("v1/tenant", &[]).await?;
+            render(ctx, value)
+        }
+        TenantCommand::Set {
+            name,
+            record_retention_days,
+        } => {
+            let api = ctx.api("tenant set").await?;
+            let mut body = Map::new();
+            if let Some(name) = name {
+                body.insert("name".into(), Value::String(name));
+            }
+            if let Some(days) = record_retention_days {
+                body.insert("record_retention_days".into(), json!(days));
+            }
+            let value = api.patch("v1/tenant", &Value::Object(body)).await?;
+            render(ctx, value)
+        }
+    }
+}
+
+fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
+    show(ctx, &value.clone(), || {
+        let t: TenantView = http::decode(value)?;
+        let mut fields = Fields::new();
+        fields
+            .field("id", t.id)
+            .field("name", t.name)
+            .field("created", output::time(t.created_at))
+            .field(
+                "record retention",
+                t.record_retention_days
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d} days")),
+            );
+        Ok(fields.render())
+    })
+}
+
+async fn create(ctx: &Ctx, name: &str) -> Result<(), Failure> {
+    ctx.refuse_tenant("tenant create")?;
+    let actor = db::operator()?;
+    let database = db::open(&ctx.bootstrap_location()?).await?;
+    let created =
+        tenants::create_with_owner_key(&database.app, name, &KeyEnv::live(), &actor).await;
+    // The key exists only in this process now: print it before anything else can fail.
+    let printed = match created {
+        Ok((tenant, key)) => print_created(ctx, &tenant, key.secret.expose()),
+        Err(StoreError::Conflict(_)) => Err(Failure::new(
+            Exit::Refused,
+            "conflict",
+            format!("a tenant named {name:?} exists already (names are unique, ignoring case)"),
+        )),
+        Err(e) => Err(e.into()),
+    };
+    let closed = db::close(database).await;
+    printed.and(closed)
+}
+
+fn print_created(ctx: &Ctx, tenant: &tenants::Tenant, secret: &str) -> Result<(), Failure> {
+    show(
+        ctx,
+        &json!({ "tenant_id": tenant.id, "owner_key": secret }),
+        || Ok(format!("tenant {}\nowner key {secret}\n", tenant.id)),
+    )?;
+    output::notice(
+        "The owner key is shown this once and cannot be recovered: store it now (a password \
+         manager, a secret store), then give it to fleetctl with FLEETCTL_API_KEY or --api-key-file.",
+    );
+    Ok(())
+}
+
+async fn list(ctx: &Ctx) -> Result<(), Failure> {
+    ctx.refuse_tenant("tenant list")?;
+    let database = db::open(&ctx.bootstrap_location()?).await?;
+    let listed = database.admin.list_tenants().await;
+    db::close(database).await?;
+    let tenants = listed?;
+    let items: Vec<Value> = tenants
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "created_at": crate::parse::api_time(t.created_at),
+            })
+        })
+        .collect();
+    show(ctx, &json!({ "items": items, "next_cursor": null }), || {
+        let mut table = Table::new(&["ID", "NAME", "CREATED"]);
+        for t in &tenants {
+            table.row(vec![
+                t.id.to_string(),
+                t.name.clone(),
+                output::time(t.created_at),
+            ]);
+        }
+        Ok(table.render())
+    })
+}
