@@ -1,0 +1,338 @@
+//! `GET /v1/devices?limit=100` under load: requests per second and p99 latency, driven by `wrk`
+//! over HTTPS with one owner key, once with the verified-key cache (the default) and once
+//! without it (`key_cache_ttl = 0`: every request pays argon2id). A program that prints numbers,
+//! not a test.
+//!
+//!     apt-get install -y wrk   # Debian's wrk 4.1: HTTPS, keep-alive, no certificate checks
+//!     TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!         cargo bench -p fleet-tests --bench api_list_devices
+//!
+//! Setup: a fresh database on TEST_DATABASE_URL's server, one tenant with 10,000 devices
+//! (inserted with one INSERT ... SELECT as the owner), the API router on an ephemeral port of
+//! 127.0.0.1 with fleetd's default pool (16 connections) and TLS from a development PKI. Each
+//! case runs a 3 s warm-up, then the measured run. While it runs, the CPU time of this process
+//! (the API server: its threads do nothing else), of wrk and of the pool's PostgreSQL backends is
+//! read from /proc, and `top -b -n 1` is printed once mid-run.
+//!
+//! Environment: `BENCH_SECONDS` (default 15), `BENCH_THREADS` (2), `BENCH_CONNECTIONS` (32).
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{ApiState, AuthLimits};
+use fleet_tests::TestDb;
+use sqlx::Row;
+use store::api_keys::KeyEnv;
+use store::audit::Actor;
+use store::{tenants, Database, Purpose};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const DEVICES: i64 = 10_000;
+const PATH: &str = "/v1/devices?limit=100";
+/// fleetd's default `database.max_connections`.
+const POOL: u32 = 16;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
+        println!(
+            "api_list_devices: skipped, it needs TEST_DATABASE_URL (a PostgreSQL superuser URL, \
+             e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+        );
+        return;
+    }
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("api_list_devices: skipped, it needs wrk on PATH (apt-get install -y wrk)");
+        return;
+    }
+    let seconds = env_or("BENCH_SECONDS", 15);
+    let threads = env_or("BENCH_THREADS", 2);
+    let connections = env_or("BENCH_CONNECTIONS", 32);
+
+    let test_db = TestDb::new().await;
+    let mut settings = test_db.settings();
+    settings.max_connections = POOL;
+    let db = Database::open(&settings, Purpose::Server)
+        .await
+        .expect("open the database");
+    let (tenant, key) =
+        tenants::create_with_owner_key(&db.app, "bench", &KeyEnv::live(), &Actor::System)
+            .await
+            .expect("tenant and owner key");
+    let key = key.secret.expose().to_owned();
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query(
+        "INSERT INTO devices (tenant_id, device_id, name, device_group, labels)
+         SELECT $1, gen_random_uuid(), 'device-' || lpad(n::text, 5, '0'), 'default',
+                jsonb_build_object('site', 'site-' || (n % 10), 'rack', 'r' || (n % 40))
+           FROM generate_series(1, $2) AS n",
+    )
+    .bind(tenant.id)
+    .bind(DEVICES)
+    .execute(&mut owner)
+    .await
+    .expect("insert devices");
+    sqlx::query("ANALYZE devices")
+        .execute(&mut owner)
+        .await
+        .expect("analyze");
+
+    let pki_dir = tempfile::tempdir().expect("temporary directory");
+    let (ca, _) = certs::Pki::load_or_generate_dev(pki_dir.path()).expect("development PKI");
+    let server_cert = ca
+        .issue_server_cert(&certs::ServerCertParams::new(
+            vec!["localhost".into()],
+            vec![IpAddr::from([127, 0, 0, 1])],
+        ))
+        .expect("server certificate");
+    let tls = api::tls_server_config_for(&server_cert, ca.root_der().clone()).expect("TLS");
+    let ca = Arc::new(ca);
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    println!(
+        "GET {PATH}: {DEVICES} devices in the tenant, wrk -t{threads} -c{connections} -d{seconds}s \
+         --latency, pool {POOL} connections, {cores} cores"
+    );
+    let mut results = Vec::new();
+    for (label, ttl) in [
+        ("key cache on (300 s)", AuthLimits::default().key_cache_ttl),
+        ("key cache off", Duration::ZERO),
+    ] {
+        let state = ApiState {
+            auth_limits: AuthLimits {
+                key_cache_ttl: ttl,
+                ..AuthLimits::default()
+            },
+            ..ApiState::new(db.app.clone(), ca.clone(), "mqtts://localhost:8883".into())
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve_tls(
+            listener,
+            tls.clone(),
+            api::router(state),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        // One request checked by hand: 200 and a full page.
+        let auth = format!("Bearer {key}");
+        let answer = fleet_tests::https::https_request(
+            addr,
+            &ca,
+            "GET",
+            PATH,
+            &[("authorization", &auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let body = answer.json();
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(100));
+        let body_len = answer.body.len();
+
+        let url = format!("https://{addr}{PATH}");
+        run_wrk(&url, &key, 1, connections, 3).await;
+        let before = CpuSample::take(&mut owner).await;
+        let top = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+            top_snapshot()
+        });
+        let report = run_wrk(&url, &key, threads, connections, seconds).await;
+        let after = CpuSample::take(&mut owner).await;
+        let top = top.await.expect("top");
+        let cpu = after.since(&before);
+
+        println!("\n== {label}");
+        println!("{}", report.text.trim_end());
+        println!("-- top -b -n 1 at {}s:\n{top}", seconds / 2);
+        println!(
+            "-- CPU seconds over the run ({} s x {} cores = {} available): API server {:.1}, \
+             PostgreSQL backends ({} of the pool) {:.1}, wrk {:.1}; response body {} bytes",
+            seconds,
+            cores,
+            seconds * cores,
+            cpu.server,
+            cpu.backends,
+            cpu.postgres,
+            cpu.wrk,
+            body_len
+        );
+        results.push((label, report, cpu));
+
+        let _ = stop.send(());
+        server.await.expect("server task").expect("server");
+    }
+
+    println!("\n| case | requests/s | p99 | non-2xx | CPU s: API / PostgreSQL / wrk |");
+    println!("|---|---:|---:|---:|---|");
+    for (label, report, cpu) in &results {
+        println!(
+            "| {label} | {:.0} | {} | {} | {:.1} / {:.1} / {:.1} |",
+            report.requests_per_sec, report.p99, report.non_2xx, cpu.server, cpu.postgres, cpu.wrk
+        );
+    }
+    drop(owner);
+    db.close().await.expect("close");
+}
+
+/// What wrk said.
+struct WrkReport {
+    text: String,
+    requests_per_sec: f64,
+    p99: String,
+    non_2xx: u64,
+}
+
+async fn run_wrk(url: &str, key: &str, threads: u64, connections: u64, seconds: u64) -> WrkReport {
+    let url = url.to_owned();
+    let header = format!("Authorization: Bearer {key}");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("wrk")
+            .arg(format!("-t{threads}"))
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{seconds}s"))
+            .arg("--latency")
+            .arg("--timeout")
+            .arg("10s")
+            .arg("-H")
+            .arg(header)
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wrk")
+    })
+    .await
+    .expect("wrk task");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_owned())
+    };
+    WrkReport {
+        requests_per_sec: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p99: field("99%").unwrap_or_else(|| "?".into()),
+        non_2xx: field("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        text,
+    }
+}
+
+/// CPU time (user + system, in seconds) of this process, of its waited-for children (wrk) and
+/// of the application role's PostgreSQL backends on this database.
+struct CpuSample {
+    server: f64,
+    children: f64,
+    backends: Vec<(i32, f64)>,
+}
+
+/// Differences between two samples.
+struct CpuUse {
+    server: f64,
+    wrk: f64,
+    postgres: f64,
+    backends: usize,
+}
+
+impl CpuSample {
+    async fn take(owner: &mut sqlx::PgConnection) -> Self {
+        let pids: Vec<i32> = sqlx::query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND usename = 'fleet_app'",
+        )
+        .fetch_all(&mut *owner)
+        .await
+        .expect("backends")
+        .iter()
+        .map(|row| row.get::<i32, _>("pid"))
+        .collect();
+        let me = proc_times("self").unwrap_or_default();
+        Self {
+            server: me.0,
+            children: me.1,
+            backends: pids
+                .into_iter()
+                .filter_map(|pid| Some((pid, proc_times(&pid.to_string())?.0)))
+                .collect(),
+        }
+    }
+
+    fn since(&self, before: &CpuSample) -> CpuUse {
+        let postgres = self
+            .backends
+            .iter()
+            .map(|(pid, now)| {
+                let then = before
+                    .backends
+                    .iter()
+                    .find(|(p, _)| p == pid)
+                    .map_or(0.0, |(_, t)| *t);
+                now - then
+            })
+            .sum();
+        CpuUse {
+            server: self.server - before.server,
+            wrk: self.children - before.children,
+            postgres,
+            backends: self.backends.len(),
+        }
+    }
+}
+
+/// (own user + system, waited-for children's user + system) of `/proc/<pid>/stat`, in seconds.
+fn proc_times(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14 to 17 of the line, 12 to 15 after the name.
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // /proc counts in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    const USER_HZ: f64 = 100.0;
+    Some((
+        (ticks(11)? + ticks(12)?) / USER_HZ,
+        (ticks(13)? + ticks(14)?) / USER_HZ,
+    ))
+}
+
+/// The busiest processes, as `top` shows them.
+fn top_snapshot() -> String {
+    let output = Command::new("top")
+        .args(["-b", "-n", "1", "-w", "160"])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .take(16)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("(top: {e})"),
+    }
+}
