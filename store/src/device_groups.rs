@@ -233,19 +233,7 @@ pub async fn list(
 
 /// Checks a group name before the database does.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
-    let reason = if name.trim().is_empty() {
-        "must not be empty"
-    } else if name.len() > MAX_NAME_LEN {
-        "must be at most 200 bytes"
-    } else if name.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::Invalid {
-        field: "name",
-        reason: reason.into(),
-    })
+    crate::text::check_text("name", name)
 }
 
 fn group_from_row(row: &sqlx::postgres::PgRow) -> Result<DeviceGroup, StoreError> {

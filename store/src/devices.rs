@@ -15,13 +15,14 @@ use time::OffsetDateTime;
 use crate::audit::{self, Action, Actor, Target};
 use crate::device_groups::{self, GroupScope};
 use crate::enrollment_tokens::{Admission, EnrollmentToken};
+use crate::text::{check_labels, check_text};
 use crate::{revocations, DeviceId, StoreError, TenantId, TenantTx};
 
 /// Longest device name, label key or label value, in bytes.
-pub const MAX_TEXT_LEN: usize = 200;
+pub use crate::text::MAX_TEXT_LEN;
 
 /// Most labels a device may carry.
-pub const MAX_LABELS: usize = 64;
+pub use crate::text::MAX_LABELS;
 
 /// Whether a device may connect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +159,7 @@ pub async fn enroll(
 
 async fn insert(tx: &mut TenantTx, id: DeviceId, new: &NewDevice) -> Result<Device, StoreError> {
     check_text("name", &new.name)?;
-    check_labels(&new.labels)?;
+    check_labels("labels", &new.labels)?;
     require_group(tx, &new.group).await?;
     let tenant = tx.tenant();
     let row = sqlx::query(&format!(
@@ -313,7 +314,7 @@ pub async fn set_labels(
     scope: &GroupScope,
     actor: &Actor,
 ) -> Result<Device, StoreError> {
-    check_labels(labels)?;
+    check_labels("labels", labels)?;
     let before = get_scoped(tx, id, scope)
         .await?
         .ok_or(StoreError::NotFound("device"))?;
@@ -374,43 +375,6 @@ pub async fn move_to_group(
 
 async fn reread(tx: &mut TenantTx, id: DeviceId) -> Result<Device, StoreError> {
     get(tx, id).await?.ok_or(StoreError::NotFound("device"))
-}
-
-fn check_text(field: &'static str, text: &str) -> Result<(), StoreError> {
-    let reason = if text.trim().is_empty() {
-        "must not be empty"
-    } else if text.len() > MAX_TEXT_LEN {
-        "must be at most 200 bytes"
-    } else if text.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::Invalid {
-        field,
-        reason: reason.into(),
-    })
-}
-
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
-    if labels.len() > MAX_LABELS {
-        return Err(StoreError::Invalid {
-            field: "labels",
-            reason: "at most 64".into(),
-        });
-    }
-    for (key, value) in labels {
-        check_text("labels", key)?;
-        if value.len() > MAX_TEXT_LEN || value.chars().any(char::is_control) {
-            return Err(StoreError::Invalid {
-                field: "labels",
-                reason: format!(
-                    "the value of {key:?} must be at most 200 bytes without control characters"
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// What [`revoke`] did.

@@ -29,13 +29,14 @@ use time::{Date, OffsetDateTime, Time};
 pub use secret::{MalformedToken, PresentedToken, SecretHash, TokenSecret, TokenString};
 
 use crate::audit::{self, Action, Actor, Target};
+use crate::text::{check_labels, check_text};
 use crate::{device_groups, EnrollmentTokenId, StoreError, TenantId, TenantTx};
 
 /// Longest accepted token name, group name, label key or label value, in bytes.
-pub const MAX_TEXT_LEN: usize = 200;
+pub use crate::text::MAX_TEXT_LEN;
 
 /// Most labels a token may give its devices.
-pub const MAX_LABELS: usize = 64;
+pub use crate::text::MAX_LABELS;
 
 /// Most CIDRs a token may allow.
 pub const MAX_CIDRS: usize = 64;
@@ -450,61 +451,33 @@ pub fn next_utc_midnight(now: OffsetDateTime) -> OffsetDateTime {
 }
 
 fn check_new(new: &NewEnrollmentToken) -> Result<(), StoreError> {
-    check_text("enrollment token name", &new.name)?;
-    check_text("device group", &new.device_group)?;
+    check_text("name", &new.name)?;
+    check_text("device_group", &new.device_group)?;
     let invalid = |field: &'static str, reason: &str| StoreError::Invalid {
         field,
         reason: reason.into(),
     };
     if new.allowed_cidrs.is_empty() {
         return Err(invalid(
-            "allowed CIDRs",
+            "allowed_cidrs",
             "at least one is required (0.0.0.0/0 or ::/0 for anywhere)",
         ));
     }
     if new.allowed_cidrs.len() > MAX_CIDRS {
-        return Err(invalid("allowed CIDRs", "at most 64"));
+        return Err(invalid("allowed_cidrs", "at most 64"));
     }
     if new.daily_limit == 0 || i32::try_from(new.daily_limit).is_err() {
-        return Err(invalid("daily limit", "must be between 1 and 2147483647"));
+        return Err(invalid("daily_limit", "must be between 1 and 2147483647"));
     }
     if let Some(max) = new.max_uses {
         if max == 0 || i64::try_from(max).is_err() {
-            return Err(invalid("max uses", "must be at least 1"));
+            return Err(invalid("max_uses", "must be at least 1"));
         }
     }
     if new.expires_at <= OffsetDateTime::now_utc() {
-        return Err(invalid("expiry", "must be in the future"));
+        return Err(invalid("expires_at", "must be in the future"));
     }
-    if new.device_labels.len() > MAX_LABELS {
-        return Err(invalid("device labels", "at most 64"));
-    }
-    for (key, value) in &new.device_labels {
-        check_text("device label key", key)?;
-        if value.len() > MAX_TEXT_LEN || value.chars().any(char::is_control) {
-            return Err(invalid(
-                "device label value",
-                "must be at most 200 bytes without control characters",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_text(field: &'static str, text: &str) -> Result<(), StoreError> {
-    let reason = if text.trim().is_empty() {
-        "must not be empty"
-    } else if text.len() > MAX_TEXT_LEN {
-        "must be at most 200 bytes"
-    } else if text.chars().any(char::is_control) {
-        "must not contain control characters"
-    } else {
-        return Ok(());
-    };
-    Err(StoreError::Invalid {
-        field,
-        reason: reason.into(),
-    })
+    check_labels("device_labels", &new.device_labels)
 }
 
 fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<EnrollmentToken, StoreError> {

@@ -29,6 +29,7 @@ pub mod patch_inventory;
 pub mod records;
 pub mod revocations;
 pub mod tenants;
+pub mod text;
 mod tx;
 
 pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, Purpose, APP_ROLE};

@@ -163,18 +163,7 @@ pub async fn list_for_device(
     .bind(limit)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredRecord {
-                device_id: DeviceId(row.try_get("device_id")?),
-                seq: row.try_get("seq")?,
-                recorded_at: row.try_get("recorded_at")?,
-                received_at: row.try_get("received_at")?,
-                kind: RecordKind::parse(row.try_get("kind")?)?,
-                body: row.try_get("body")?,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_from_row).collect()
 }
 
 /// How many ledger rows the transaction's tenant has.
