@@ -261,12 +261,22 @@ fn check_origin(caller: Caller, headers: &HeaderMap) -> Result<Caller, ApiError>
     }
 }
 
-/// Verified keys by SHA-256 of the presented text. Holds no secret: a digest of a 256-bit key
-/// is as hard to invert as the key, and entries expire after `ttl`.
-pub(crate) struct KeyCache {
+/// Verified keys by SHA-256 of the presented text, shared by every request of this fleetd. Holds
+/// no secret: a digest of a 256-bit key is as hard to invert as the key, and entries expire
+/// after `ttl`. Cheap to clone (one shared map).
+#[derive(Clone)]
+pub struct KeyCache(Arc<KeyCacheInner>);
+
+struct KeyCacheInner {
     entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
     ttl: Duration,
     capacity: usize,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
 }
 
 struct CacheEntry {
@@ -276,20 +286,21 @@ struct CacheEntry {
 }
 
 impl KeyCache {
-    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
-        Self {
+    /// An empty cache whose entries live `limits.key_cache_ttl`.
+    pub fn new(limits: &AuthLimits) -> Self {
+        Self(Arc::new(KeyCacheInner {
             entries: Mutex::new(HashMap::new()),
-            ttl,
-            capacity: capacity.max(1),
-        }
+            ttl: limits.key_cache_ttl,
+            capacity: limits.key_cache_capacity.max(1),
+        }))
     }
 
     /// The cached key and whether its last use is due to be written.
     fn get(&self, digest: &[u8; 32]) -> Option<(Arc<ApiKey>, bool)> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.0.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let entry = entries.get_mut(digest)?;
-        if now.duration_since(entry.verified_at) >= self.ttl {
+        if now.duration_since(entry.verified_at) >= self.0.ttl {
             entries.remove(digest);
             return None;
         }
@@ -301,12 +312,15 @@ impl KeyCache {
     }
 
     fn insert(&self, digest: [u8; 32], key: Arc<ApiKey>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if entries.len() >= self.capacity {
-            entries.retain(|_, e| now.duration_since(e.verified_at) < self.ttl);
+        if self.0.ttl.is_zero() {
+            return;
         }
-        if entries.len() >= self.capacity {
+        let mut entries = self.0.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if entries.len() >= self.0.capacity {
+            entries.retain(|_, e| now.duration_since(e.verified_at) < self.0.ttl);
+        }
+        if entries.len() >= self.0.capacity {
             // Still full of live keys: forget one; it costs its owner one verification.
             if let Some(victim) = entries.keys().next().copied() {
                 entries.remove(&victim);
@@ -323,9 +337,31 @@ impl KeyCache {
     }
 
     /// Drops every entry of this key (revoked, expired).
-    pub(crate) fn purge(&self, id: &ApiKeyId) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn purge(&self, id: &ApiKeyId) {
+        let mut entries = self.0.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, e| &e.key.id != id);
+    }
+
+    /// Drops every entry (revocations may have been missed).
+    pub fn clear(&self) {
+        self.0
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Keeps purging keys as any fleetd revokes them, until the task is aborted.
+    pub async fn follow_revocations(
+        self,
+        mut listener: store::revocations::ApiKeyRevocationListener,
+    ) {
+        loop {
+            match listener.recv().await {
+                store::revocations::KeyRevocation::Key(id) => self.purge(&id),
+                store::revocations::KeyRevocation::MaybeMissed => self.clear(),
+            }
+        }
     }
 }
 

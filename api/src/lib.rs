@@ -51,7 +51,7 @@ use ipnet::IpNet;
 use store::AppDb;
 use tokio::sync::Semaphore;
 
-pub use auth::{AuthLimits, Caller};
+pub use auth::{AuthLimits, Caller, KeyCache};
 pub use client_addr::{PeerAddr, TlsPeer};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use error::{ApiError, Problem};
@@ -88,6 +88,9 @@ pub struct ApiState {
     pub key_env: store::api_keys::KeyEnv,
     /// Where the API counts requests.
     pub metrics: ApiMetrics,
+    /// Verified API keys; the composition root keeps it purged of revoked keys
+    /// ([`KeyCache::follow_revocations`]).
+    pub key_cache: KeyCache,
 }
 
 impl ApiState {
@@ -103,6 +106,7 @@ impl ApiState {
             auth_limits: AuthLimits::default(),
             key_env: store::api_keys::KeyEnv::live(),
             metrics: ApiMetrics::default(),
+            key_cache: KeyCache::new(&AuthLimits::default()),
         }
     }
 }
@@ -138,7 +142,7 @@ pub(crate) struct CtxInner {
     pub(crate) verify_permits: Semaphore,
     /// API key verifications (argon2) running at once.
     pub(crate) key_verify_permits: Semaphore,
-    pub(crate) key_cache: auth::KeyCache,
+    pub(crate) key_cache: KeyCache,
     pub(crate) failures: auth::FailureLimiter,
     pub(crate) metrics: ApiMetrics,
 }
@@ -160,12 +164,13 @@ impl std::ops::Deref for Ctx {
 pub fn router(state: ApiState) -> Router {
     let permits = state.enroll_limits.max_concurrent_verifications.max(1);
     let limits = state.auth_limits;
+    let key_cache = state.key_cache.clone();
     let ctx = Ctx(Arc::new(CtxInner {
         metrics: state.metrics.clone(),
         state,
         verify_permits: Semaphore::new(permits),
         key_verify_permits: Semaphore::new(limits.verify_concurrency.max(1)),
-        key_cache: auth::KeyCache::new(limits.key_cache_ttl, limits.key_cache_capacity),
+        key_cache,
         failures: auth::FailureLimiter::new(limits.failures_per_window, limits.failure_window),
     }));
     // The dummy hash for unknown tokens costs one argon2 run: pay it now, off the executor.

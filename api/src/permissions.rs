@@ -226,6 +226,14 @@ async fn admit(
     let caller = crate::auth::authenticate(ctx, headers, source).await?;
     let scoped = caller.key().group_scope.is_some();
     if !rule.allows(caller.role(), scoped) {
+        // A revoked key is told so (401), not that its role is short (403).
+        let mut tx = ctx.state.app.begin(caller.tenant()).await?;
+        let live = store::api_keys::check_live(&mut tx, &caller.key().id, None).await?;
+        tx.rollback().await?;
+        if !live {
+            ctx.key_cache.purge(&caller.key().id);
+            return Err(ApiError::InvalidApiKey);
+        }
         let why = if rule.roles.contains(&caller.role()) {
             "a group-scoped key may not use this route".to_owned()
         } else {

@@ -299,7 +299,13 @@ async fn start_api(
     let addr = listener.local_addr()?;
     let tls = api::tls_server_config_for(&pki.server_cert, pki.issuing_ca.root_der().clone())
         .context("API TLS configuration")?;
+    let key_cache = api::KeyCache::new(&api::AuthLimits::default());
+    let revoked_keys = store::revocations::ApiKeyRevocationListener::connect(&database.app)
+        .await
+        .context("listening for API key revocations")?;
+    let follower = tokio::spawn(key_cache.clone().follow_revocations(revoked_keys));
     let state = api::ApiState {
+        key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
         metrics,
@@ -308,7 +314,12 @@ async fn start_api(
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let task = tokio::spawn(api::serve_tls(listener, tls, api::router(state), shutdown));
+    let serve = api::serve_tls(listener, tls, api::router(state), shutdown);
+    let task = tokio::spawn(async move {
+        let served = serve.await;
+        follower.abort();
+        served
+    });
     Ok((addr, task))
 }
 

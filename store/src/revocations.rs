@@ -71,23 +71,14 @@ fn parse_payload(payload: &str) -> Option<Revocation> {
 /// It owns one dedicated connection (as the application role; `LISTEN` needs no privilege),
 /// separate from the application pool.
 pub struct RevocationListener {
-    pool: PgPool,
-    listener: Option<PgListener>,
+    channel: ChannelListener,
 }
 
 impl RevocationListener {
     /// Connects and starts listening. Notifications committed after this returns are received.
     pub async fn connect(app: &AppDb) -> Result<Self, StoreError> {
-        let options = app.pool().connect_options().as_ref().clone();
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_lazy_with(options.application_name("fleetd-revocations"));
-        let listener = listen(&pool).await?;
         Ok(Self {
-            pool,
-            listener: Some(listener),
+            channel: ChannelListener::connect(app, CHANNEL, "fleetd-revocations").await?,
         })
     }
 
@@ -97,23 +88,109 @@ impl RevocationListener {
     /// Postgres already delivered to the connection's buffer.
     pub async fn recv(&mut self) -> Revocation {
         loop {
-            let Some(listener) = self.listener.as_mut() else {
-                self.listener = Some(self.reconnect().await);
-                return Revocation::MaybeMissed;
-            };
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match parse_payload(notification.payload()) {
+            match self.channel.recv().await {
+                None => return Revocation::MaybeMissed,
+                Some(payload) => match parse_payload(&payload) {
                     Some(revocation) => return revocation,
                     None => tracing::warn!(
                         channel = CHANNEL,
-                        payload = notification.payload(),
+                        payload,
                         "ignoring a malformed revocation notification"
                     ),
                 },
+            }
+        }
+    }
+}
+
+/// What [`ApiKeyRevocationListener`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRevocation {
+    /// This key was revoked: drop it from every cache.
+    Key(crate::ApiKeyId),
+    /// Notifications may have been missed while the connection was down: drop every cached key.
+    MaybeMissed,
+}
+
+/// Receives API key revocations ([`crate::api_keys::CHANGED_CHANNEL`]) from every process that
+/// writes to the database, so that each fleetd drops the key from its cache at once. (Requests
+/// re-read revocation in their own transaction anyway: this keeps the cache clean, it is not
+/// what refuses a revoked key.)
+pub struct ApiKeyRevocationListener {
+    channel: ChannelListener,
+}
+
+impl ApiKeyRevocationListener {
+    /// Connects and starts listening.
+    pub async fn connect(app: &AppDb) -> Result<Self, StoreError> {
+        Ok(Self {
+            channel: ChannelListener::connect(
+                app,
+                crate::api_keys::CHANGED_CHANNEL,
+                "fleetd-key-revocations",
+            )
+            .await?,
+        })
+    }
+
+    /// The next revoked key, or [`KeyRevocation::MaybeMissed`] after a reconnect. Never fails.
+    pub async fn recv(&mut self) -> KeyRevocation {
+        loop {
+            match self.channel.recv().await {
+                None => return KeyRevocation::MaybeMissed,
+                Some(payload) => match payload.parse() {
+                    Ok(id) => return KeyRevocation::Key(id),
+                    Err(_) => tracing::warn!(
+                        channel = crate::api_keys::CHANGED_CHANNEL,
+                        payload,
+                        "ignoring a malformed key notification"
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// One `LISTEN` on one channel over a dedicated connection, reconnecting with backoff.
+struct ChannelListener {
+    pool: PgPool,
+    listener: Option<PgListener>,
+    channel: &'static str,
+}
+
+impl ChannelListener {
+    async fn connect(
+        app: &AppDb,
+        channel: &'static str,
+        application_name: &str,
+    ) -> Result<Self, StoreError> {
+        let options = app.pool().connect_options().as_ref().clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options.application_name(application_name));
+        let listener = listen(&pool, channel).await?;
+        Ok(Self {
+            pool,
+            listener: Some(listener),
+            channel,
+        })
+    }
+
+    /// The next payload; `None` after the connection was lost and re-established.
+    async fn recv(&mut self) -> Option<String> {
+        loop {
+            let Some(listener) = self.listener.as_mut() else {
+                self.listener = Some(self.reconnect().await);
+                return None;
+            };
+            match listener.try_recv().await {
+                Ok(Some(notification)) => return Some(notification.payload().to_owned()),
                 // Lost and (eagerly) re-established by sqlx.
-                Ok(None) => return Revocation::MaybeMissed,
+                Ok(None) => return None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "revocation listener lost its connection");
+                    tracing::warn!(error = %e, channel = self.channel, "listener lost its connection");
                     self.listener = None;
                 }
             }
@@ -123,13 +200,13 @@ impl RevocationListener {
     async fn reconnect(&self) -> PgListener {
         let mut backoff = RECONNECT_BACKOFF_START;
         loop {
-            match listen(&self.pool).await {
+            match listen(&self.pool, self.channel).await {
                 Ok(listener) => {
-                    tracing::info!("revocation listener reconnected");
+                    tracing::info!(channel = self.channel, "listener reconnected");
                     return listener;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "revocation listener cannot reconnect");
+                    tracing::warn!(error = %e, channel = self.channel, retry_in = ?backoff, "listener cannot reconnect");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
                 }
@@ -138,9 +215,9 @@ impl RevocationListener {
     }
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener, StoreError> {
+async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, StoreError> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 

@@ -382,6 +382,16 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
         call(running, &key, "GET", "/v1/devices", None)
             .await
             .assert_problem(401, "invalid-api-key");
+        // Also on a route its role may not use: it is told the key is no good, not its role.
+        call(
+            running,
+            &key,
+            "PATCH",
+            "/v1/tenant",
+            Some(json!({"name": "x"})),
+        )
+        .await
+        .assert_problem(401, "invalid-api-key");
     }
 
     // Expiry.
