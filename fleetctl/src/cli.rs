@@ -65,7 +65,7 @@ pub struct Global {
     pub ca: Option<PathBuf>,
     /// A file holding the API key (default: the FLEETCTL_API_KEY environment variable). The key
     /// itself is never an argument: arguments show in `ps` and shell history.
-    #[arg(long, value_name = "FILE", global = true, help_heading = GLOBAL)]
+    #[arg(long, env = "FLEETCTL_API_KEY_FILE", value_name = "FILE", global = true, help_heading = GLOBAL)]
     pub api_key_file: Option<PathBuf>,
     /// Print JSON (the API's) instead of tables, for scripts.
     #[arg(long, global = true, help_heading = GLOBAL)]

@@ -91,9 +91,17 @@ pub fn operator() -> Result<Actor, Failure> {
         .ok()
         .filter(|u| !u.is_empty())
         .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        // Non-interactive shells (cron, containers, CI) often set no USER: ask the system.
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
         .ok_or_else(|| {
             Failure::usage(
-                "neither SUDO_USER nor USER is set: the audit trail needs to name who acts",
+                "cannot tell who is acting (no SUDO_USER, no USER, and the user id has no name): \
+                 the audit trail needs to name who acts",
             )
         })?;
     let name = OperatorName::new(&user).map_err(|e| {

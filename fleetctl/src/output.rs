@@ -179,6 +179,89 @@ pub fn notice(text: &str) {
     eprintln!("{text}");
 }
 
+/// A new file (mode 0600) that will receive a secret the moment it exists, so that scripts
+/// hand secrets on through a file and never through a terminal, a pipe or shell history.
+/// Opened before the secret is created, so a path that cannot be written (it exists, a missing
+/// directory) refuses the command before anything changes; removed again if no secret arrives.
+pub struct SecretFile {
+    file: Option<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl SecretFile {
+    /// Creates the file, refusing to overwrite anything; `None` without a path.
+    pub fn create(path: Option<&std::path::Path>) -> Result<Option<Self>, crate::error::Failure> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(path) = path else { return Ok(None) };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                crate::error::Failure::new(
+                    crate::error::Exit::Refused,
+                    "secret-file",
+                    format!("{}: {e}; nothing was created", path.display()),
+                )
+            })?;
+        Ok(Some(Self {
+            file: Some(file),
+            path: path.to_owned(),
+        }))
+    }
+
+    /// Moves `value[field]` into the file and leaves a note in its place.
+    pub fn stash(
+        mut self,
+        value: &mut serde_json::Value,
+        field: &str,
+    ) -> Result<(), crate::error::Failure> {
+        use std::io::Write;
+        let secret = value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let mut file = self.file.take().expect("stashed once");
+        let written = file
+            .write_all(secret.as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            // Say it and keep the secret on screen: it exists only in this process now.
+            notice(&format!(
+                "writing {} failed ({e}); the secret follows instead",
+                self.path.display()
+            ));
+            return Ok(());
+        }
+        value[field] = serde_json::Value::String(format!("(written to {})", self.path.display()));
+        Ok(())
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        // Never received its secret (the command failed): leave no empty file behind.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// With a secret file, moves `value[field]` into it; without, nothing changes.
+pub fn stash_secret(
+    value: &mut serde_json::Value,
+    field: &str,
+    file: Option<SecretFile>,
+) -> Result<(), crate::error::Failure> {
+    match file {
+        Some(file) => file.stash(value, field),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -547,3 +547,70 @@ async fn pki_init_makes_a_pki_and_refuses_to_overwrite_it() {
         .await
         .fails(1, "pki");
 }
+
+#[tokio::test]
+async fn a_shell_without_user_still_names_the_operator_from_the_user_id() {
+    // Tried as a new user would: a non-interactive shell (cron, a container, CI) often sets no
+    // USER, and `tenant create` refused to run.
+    let db = TestDb::new().await;
+    let mut command = fleetctl();
+    command
+        .env_remove("USER")
+        .arg("--database-url")
+        .arg(db.url());
+    let key_file = tempfile::tempdir().unwrap();
+    let key_path = key_file.path().join("owner.key");
+    let out = run(
+        command,
+        &[
+            "tenant",
+            "create",
+            "nameless",
+            "--key-file",
+            key_path.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ok();
+    // The key went to the file (mode 0600), not to stdout.
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    assert!(key.starts_with("fpk_live_"), "{key}");
+    assert!(!out.contains(key.trim()), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let tenant: TenantId = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tenant "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let events = audit_events(&db, tenant).await;
+    assert_eq!(events[0].actor, format!("operator:{user}@fleetctl"));
+    // An existing file is never overwritten, and then nothing is created.
+    let mut again = fleetctl();
+    again.arg("--database-url").arg(db.url());
+    run(
+        again,
+        &[
+            "tenant",
+            "create",
+            "other",
+            "--key-file",
+            key_path.to_str().unwrap(),
+        ],
+    )
+    .await
+    .fails(1, "secret-file");
+    let mut owner = db.connect_as_owner().await;
+    let others: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE name = 'other'")
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(others, 0);
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+}

@@ -67,6 +67,9 @@ pub struct CreateArgs {
     /// Browser origin allowed to use the key, e.g. https://console.example.com (repeatable).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// Write the key to this new file (mode 0600) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 /// An API key as the API shows it.
@@ -150,6 +153,7 @@ pub async fn run(ctx: &Ctx, command: ApiKeyCommand) -> Result<(), Failure> {
 async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), Failure> {
     // The key first: someone after the break-glass path who forgot --data-dir learns that
     // rather than that --name is missing.
+    let key_file = output::SecretFile::create(args.key_file.as_deref())?;
     let api = ctx.api("api-key create").await.map_err(|f| {
         f.hint_without_key(
             "for a break-glass owner key on the database, give --data-dir or --database-url",
@@ -185,7 +189,8 @@ async fn create(ctx: &Ctx, args: CreateArgs) -> Result<(), Failure> {
     if !args.cors_origins.is_empty() {
         body.insert("cors_origins".into(), json!(args.cors_origins));
     }
-    let value = api.post("v1/api-keys", &Value::Object(body)).await?;
+    let mut value = api.post("v1/api-keys", &Value::Object(body)).await?;
+    output::stash_secret(&mut value, "key", key_file)?;
     render(ctx, value)?;
     output::notice(SHOWN_ONCE);
     Ok(())
@@ -216,6 +221,7 @@ async fn break_glass(ctx: &Ctx, location: &Location, args: CreateArgs) -> Result
         .name
         .unwrap_or_else(|| "break-glass owner key".to_owned());
     let actor = db::operator()?;
+    let key_file = output::SecretFile::create(args.key_file.as_deref())?;
     let database = db::open(location).await?;
     let outcome = async {
         let tenant = db::find_tenant(&database, wanted).await?;
@@ -223,7 +229,7 @@ async fn break_glass(ctx: &Ctx, location: &Location, args: CreateArgs) -> Result
         let issued = api_keys::create_break_glass(&mut tx, &name, &KeyEnv::live(), &actor).await?;
         tx.commit().await?;
         let k = &issued.key;
-        let value = json!({
+        let mut value = json!({
             "tenant_id": tenant.id,
             "id": k.id.as_str(),
             "name": k.name,
@@ -242,6 +248,7 @@ async fn break_glass(ctx: &Ctx, location: &Location, args: CreateArgs) -> Result
             "key": issued.secret.expose(),
         });
         // The key exists only in this process now: print it before anything else can fail.
+        output::stash_secret(&mut value, "key", key_file)?;
         render(ctx, value)?;
         output::notice(SHOWN_ONCE);
         Ok::<(), Failure>(())

@@ -63,6 +63,10 @@ pub struct CreateArgs {
     /// Label of the devices it enrolls, key=value (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse::label)]
     labels: Vec<(String, String)>,
+    /// Write the token to this new file (mode 0600) instead of printing it; `fleet-agent enroll
+    /// --token-file` reads it.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 /// A token as the API shows it.
@@ -116,6 +120,7 @@ pub async fn run(ctx: &Ctx, command: TokenCommand) -> Result<(), Failure> {
     match command {
         TokenCommand::Create(args) => {
             let api = ctx.api("enrollment-token create").await?;
+            let token_file = output::SecretFile::create(args.token_file.as_deref())?;
             let expires_at = match (args.expires_in, args.expires_at) {
                 (Some(d), _) => {
                     parse::from_now(d).map_err(|e| Failure::usage(format!("--expires-in: {e}")))?
@@ -139,9 +144,10 @@ pub async fn run(ctx: &Ctx, command: TokenCommand) -> Result<(), Failure> {
                 let labels: BTreeMap<_, _> = args.labels.into_iter().collect();
                 body.insert("device_labels".into(), json!(labels));
             }
-            let value = api
+            let mut value = api
                 .post("v1/enrollment-tokens", &Value::Object(body))
                 .await?;
+            output::stash_secret(&mut value, "token", token_file)?;
             render(ctx, value)?;
             output::notice(
                 "The token is shown this once and cannot be recovered: hand it to the devices now \

@@ -22,6 +22,10 @@ pub enum TenantCommand {
     Create {
         /// Display name, unique in this installation (ignoring case).
         name: String,
+        /// Write the owner key to this new file (mode 0600) instead of printing it; give it to
+        /// fleetctl with --api-key-file.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<std::path::PathBuf>,
     },
     /// List every tenant (on the database).
     List,
@@ -52,7 +56,7 @@ struct TenantView {
 /// Runs `fleetctl tenant ...`.
 pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
     match command {
-        TenantCommand::Create { name } => create(ctx, &name).await,
+        TenantCommand::Create { name, key_file } => create(ctx, &name, key_file.as_deref()).await,
         TenantCommand::List => list(ctx).await,
         TenantCommand::Show => {
             let api = ctx.api("tenant show").await?;
@@ -94,15 +98,16 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
     })
 }
 
-async fn create(ctx: &Ctx, name: &str) -> Result<(), Failure> {
+async fn create(ctx: &Ctx, name: &str, key_file: Option<&std::path::Path>) -> Result<(), Failure> {
     ctx.refuse_tenant("tenant create")?;
     let actor = db::operator()?;
+    let key_file = output::SecretFile::create(key_file)?;
     let database = db::open(&ctx.bootstrap_location()?).await?;
     let created =
         tenants::create_with_owner_key(&database.app, name, &KeyEnv::live(), &actor).await;
     // The key exists only in this process now: print it before anything else can fail.
     let printed = match created {
-        Ok((tenant, key)) => print_created(ctx, &tenant, key.secret.expose()),
+        Ok((tenant, key)) => print_created(ctx, &tenant, key.secret.expose(), key_file),
         Err(StoreError::Conflict(_)) => Err(Failure::new(
             Exit::Refused,
             "conflict",
@@ -114,12 +119,18 @@ async fn create(ctx: &Ctx, name: &str) -> Result<(), Failure> {
     printed.and(closed)
 }
 
-fn print_created(ctx: &Ctx, tenant: &tenants::Tenant, secret: &str) -> Result<(), Failure> {
-    show(
-        ctx,
-        &json!({ "tenant_id": tenant.id, "owner_key": secret }),
-        || Ok(format!("tenant {}\nowner key {secret}\n", tenant.id)),
-    )?;
+fn print_created(
+    ctx: &Ctx,
+    tenant: &tenants::Tenant,
+    secret: &str,
+    key_file: Option<output::SecretFile>,
+) -> Result<(), Failure> {
+    let mut value = json!({ "tenant_id": tenant.id, "owner_key": secret });
+    output::stash_secret(&mut value, "owner_key", key_file)?;
+    let shown = value["owner_key"].as_str().unwrap_or_default().to_owned();
+    show(ctx, &value, || {
+        Ok(format!("tenant {}\nowner key {shown}\n", tenant.id))
+    })?;
     output::notice(
         "The owner key is shown this once and cannot be recovered: store it now (a password \
          manager, a secret store), then give it to fleetctl with FLEETCTL_API_KEY or --api-key-file.",
