@@ -834,3 +834,80 @@ async fn the_openapi_document_has_exactly_the_routes_of_the_permission_table() {
     );
     fleet.running.shutdown().await.unwrap();
 }
+
+/// Everything fleetd's metrics listener answers.
+async fn scrape(running: &fleetd::Running) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(running.metrics_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments_logged() {
+    // Tried as a new user would: /metrics held ingest series only, and a refused enrollment
+    // was not even logged.
+    let logs = capture_logs();
+    let fleet = Fleet::start().await;
+    for _ in 0..2 {
+        assert_eq!(
+            fleet
+                .call(&fleet.owner_key, "GET", "/v1/devices", None)
+                .await
+                .status,
+            200
+        );
+    }
+    let (auditor, _) = fleet.key("auditor", None).await;
+    fleet
+        .call(
+            &auditor,
+            "POST",
+            "/v1/device-groups",
+            Some(json!({"name": "x"})),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+    let refused = https_request(
+        fleet.running.api_addr(),
+        &fleet.running.pki().issuing_ca,
+        "POST",
+        "/v1/enroll",
+        &[("Content-Type", "application/json")],
+        br#"{"token": "fpe_nope", "csr": "x"}"#,
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", text(&refused));
+
+    let metrics = scrape(&fleet.running).await;
+    let has = |needle: &str| {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.contains(needle) && !l.starts_with('#')),
+            "no {needle} in\n{metrics}"
+        )
+    };
+    has(r#"fleet_api_requests_total{route="/v1/devices",method="GET",status="200",role="owner"}"#);
+    has(r#"fleet_api_refusals_total{route="/v1/device-groups",problem="forbidden"}"#);
+    has(r#"fleet_api_refusals_total{route="/v1/enroll",problem="invalid-csr"}"#);
+    has(r#"fleet_api_key_cache_total{outcome="hit"}"#);
+    has(r#"fleet_api_key_cache_total{outcome="miss"}"#);
+    has("fleet_api_request_duration_seconds_bucket");
+    // Route templates, never concrete ids, label the series.
+    assert!(!metrics.contains(&fleet.tenant.to_string()));
+
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("device request refused") && logged.contains("invalid-csr"),
+        "the refused enrollment was not logged"
+    );
+    fleet.running.shutdown().await.unwrap();
+}
