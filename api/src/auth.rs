@@ -32,13 +32,10 @@ use store::{credentials, ApiKeyId, TenantId, TenantTx};
 use crate::error::ApiError;
 use crate::Ctx;
 
-/// Bounds on authentication work.
+/// Bounds on authentication work. (The verified-key cache has its own settings:
+/// [`KeyCache::new`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthLimits {
-    /// How long a verified key stays in the cache.
-    pub key_cache_ttl: Duration,
-    /// Most keys in the cache (per fleetd).
-    pub key_cache_capacity: usize,
     /// Failed authentications one address may make per window before it is slowed (429).
     pub failures_per_window: u32,
     /// The window of `failures_per_window`.
@@ -50,8 +47,6 @@ pub struct AuthLimits {
 impl Default for AuthLimits {
     fn default() -> Self {
         Self {
-            key_cache_ttl: Duration::from_secs(300),
-            key_cache_capacity: 10_000,
             failures_per_window: 20,
             failure_window: Duration::from_secs(60),
             verify_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -285,13 +280,25 @@ struct CacheEntry {
     touched_at: Instant,
 }
 
+/// How long a verified key stays in the cache by default.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Most keys in the cache (per fleetd) by default.
+pub const DEFAULT_KEY_CACHE_CAPACITY: usize = 10_000;
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_KEY_CACHE_TTL, DEFAULT_KEY_CACHE_CAPACITY)
+    }
+}
+
 impl KeyCache {
-    /// An empty cache whose entries live `limits.key_cache_ttl`.
-    pub fn new(limits: &AuthLimits) -> Self {
+    /// An empty cache whose entries live `ttl` (zero: nothing is cached, every request verifies
+    /// its key), holding at most `capacity` keys.
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self(Arc::new(KeyCacheInner {
             entries: Mutex::new(HashMap::new()),
-            ttl: limits.key_cache_ttl,
-            capacity: limits.key_cache_capacity.max(1),
+            ttl,
+            capacity: capacity.max(1),
         }))
     }
 

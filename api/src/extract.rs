@@ -198,6 +198,21 @@ impl Query {
     }
 }
 
+/// For routes that take no query parameters: any given is refused, naming the first, as
+/// [`Query::finish`] does for routes that take some.
+pub(crate) struct NoQuery;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        Query::parse(parts.uri.query()).finish().map(|()| NoQuery)
+    }
+}
+
 pub(crate) fn invalid(field: &str, reason: &str) -> ApiError {
     ApiError::InvalidField {
         field: field.to_owned(),

@@ -51,7 +51,7 @@ use ipnet::IpNet;
 use store::AppDb;
 use tokio::sync::Semaphore;
 
-pub use auth::{AuthLimits, Caller, KeyCache};
+pub use auth::{AuthLimits, Caller, KeyCache, DEFAULT_KEY_CACHE_CAPACITY, DEFAULT_KEY_CACHE_TTL};
 pub use client_addr::{PeerAddr, TlsPeer};
 pub use enroll::{EnrollRequest, EnrollResponse};
 pub use error::{ApiError, Problem};
@@ -106,7 +106,7 @@ impl ApiState {
             auth_limits: AuthLimits::default(),
             key_env: store::api_keys::KeyEnv::live(),
             metrics: ApiMetrics::default(),
-            key_cache: KeyCache::new(&AuthLimits::default()),
+            key_cache: KeyCache::default(),
         }
     }
 }

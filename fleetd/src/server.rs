@@ -299,7 +299,7 @@ async fn start_api(
     let addr = listener.local_addr()?;
     let tls = api::tls_server_config_for(&pki.server_cert, pki.issuing_ca.root_der().clone())
         .context("API TLS configuration")?;
-    let key_cache = api::KeyCache::new(&api::AuthLimits::default());
+    let key_cache = api::KeyCache::default();
     let revoked_keys = store::revocations::ApiKeyRevocationListener::connect(&database.app)
         .await
         .context("listening for API key revocations")?;

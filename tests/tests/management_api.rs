@@ -658,6 +658,22 @@ async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
             None,
         ),
         ("GET", "/v1/api-keys/short", None, 404, "not-found", None),
+        (
+            "GET",
+            "/v1/tenant?verbose=1",
+            None,
+            422,
+            "invalid-field",
+            Some("verbose"),
+        ),
+        (
+            "POST",
+            "/v1/device-groups?dry_run=1",
+            Some(json!({"name": "g"})),
+            422,
+            "invalid-field",
+            Some("dry_run"),
+        ),
     ];
     for (method, path, body, status, slug, field) in cases {
         let answer = fleet.call(&owner, method, path, body).await;
@@ -666,6 +682,18 @@ async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
             assert_eq!(problem["field"], field, "{method} {path}: {problem}");
         }
     }
+    // Labels can be cleared: an empty map is a valid value.
+    let device = fleet.device_in("default", "labelled").await;
+    let cleared = fleet
+        .call(
+            &owner,
+            "PATCH",
+            &format!("/v1/devices/{device}"),
+            Some(json!({"labels": {}})),
+        )
+        .await;
+    assert_eq!(cleared.status, 200, "{}", text(&cleared));
+    assert_eq!(cleared.json()["labels"], json!({}));
     // Oversize and not JSON.
     let big = json!({"name": "x".repeat(70 * 1024), "role": "admin"});
     fleet

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::{may_create_key, may_revoke_key, Caller};
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, Page, Query};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// A key's role, as the API spells [`Role`]: `owner`, `admin`, `operator` or `auditor` (what
@@ -140,6 +140,7 @@ pub struct NewApiKeyRequest {
 pub(crate) async fn create(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     ApiJson(request): ApiJson<NewApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     may_create_key(&caller, request.role, request.group_ids.as_deref())?;
@@ -200,6 +201,7 @@ pub(crate) async fn list(
 pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
     let id = parse_id(&id)?;
@@ -220,6 +222,7 @@ pub(crate) async fn show(
 pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
     let id = parse_id(&id)?;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, Page, Query};
+use crate::extract::{invalid, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// Events read per transaction while exporting.
@@ -165,6 +165,7 @@ pub(crate) async fn list(
 pub(crate) async fn verify(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
 ) -> Result<Json<ChainStatusView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let verdict = audit::verify(&mut tx).await?;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, Page, Query};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
 use crate::views::telemetry::{Aggregation, Aggregator, TelemetrySample, Window};
 use crate::Ctx;
 
@@ -147,6 +147,7 @@ fn device_filter(query: &mut Query) -> Result<DeviceFilter, ApiError> {
 pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     let (mut tx, device) = visible(&ctx, &caller, &id).await?;
@@ -187,6 +188,7 @@ pub struct DeviceUpdate {
 pub(crate) async fn update(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
     ApiJson(change): ApiJson<DeviceUpdate>,
 ) -> Result<Json<DeviceView>, ApiError> {
@@ -213,6 +215,7 @@ pub(crate) async fn update(
 pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let id = parse_id(&id)?;
@@ -257,6 +260,7 @@ pub struct DeviceHealth {
 pub(crate) async fn health(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceHealth>, ApiError> {
     let (mut tx, device) = visible(&ctx, &caller, &id).await?;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, Page, Query};
+use crate::extract::{ApiJson, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// An enrollment token as listed: never its secret.
@@ -125,6 +125,7 @@ pub struct NewEnrollmentTokenRequest {
 pub(crate) async fn create(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     ApiJson(request): ApiJson<NewEnrollmentTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), ApiError> {
     let new = NewEnrollmentToken {
@@ -180,6 +181,7 @@ pub(crate) async fn list(
 pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
     let id = parse_id(&id)?;
@@ -199,6 +201,7 @@ pub(crate) async fn show(
 pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
     let id = parse_id(&id)?;

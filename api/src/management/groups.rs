@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, Page, Query};
+use crate::extract::{ApiJson, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// A device group.
@@ -75,6 +75,7 @@ pub(crate) async fn list(
 pub(crate) async fn create(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     ApiJson(body): ApiJson<GroupName>,
 ) -> Result<(StatusCode, Json<DeviceGroupView>), ApiError> {
     let mut tx = caller.begin(&ctx).await?;
@@ -91,6 +92,7 @@ pub(crate) async fn create(
 pub(crate) async fn rename(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<GroupName>,
 ) -> Result<Json<DeviceGroupView>, ApiError> {
@@ -110,6 +112,7 @@ pub(crate) async fn rename(
 pub(crate) async fn delete(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, Query};
+use crate::extract::{invalid, NoQuery, Query};
 use crate::Ctx;
 
 /// `stale_after` when the request does not say.
@@ -171,6 +171,7 @@ pub struct PatchSummaryView {
 pub(crate) async fn device(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     Path(id): Path<String>,
 ) -> Result<Json<PatchStatusView>, ApiError> {
     // A malformed id cannot name a device: not found, like an unknown one.

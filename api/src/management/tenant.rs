@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, NoQuery};
 use crate::Ctx;
 
 /// The tenant and its settings.
@@ -55,6 +55,7 @@ pub struct TenantUpdate {
 pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
 ) -> Result<Json<TenantView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let settings = tenants::settings(&mut tx).await?;
@@ -69,6 +70,7 @@ pub(crate) async fn show(
 pub(crate) async fn update(
     State(ctx): State<Ctx>,
     caller: Caller,
+    _no_query: NoQuery,
     ApiJson(update): ApiJson<TenantUpdate>,
 ) -> Result<Json<TenantView>, ApiError> {
     let change = SettingsChange {
