@@ -89,10 +89,14 @@ async fn a_revocation_during_the_admission_check_is_not_lost() {
     let pki = TestPki::new();
     let device = pki.device();
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let (checking_tx, mut checking) = tokio::sync::mpsc::unbounded_channel();
     let mut hooks = BrokerHooks::admit_all();
     hooks.admission = Arc::new(move |_| {
         let mut gate = gate_rx.clone();
+        let checking = checking_tx.clone();
         Box::pin(async move {
+            // The check is running: the session was registered before it was called.
+            let _ = checking.send(());
             // The check read the database before the revocation committed.
             let _ = gate.wait_for(|open| *open).await;
             Ok(true)
@@ -100,8 +104,10 @@ async fn a_revocation_during_the_admission_check_is_not_lost() {
     });
     let broker = start_broker(&pki, hooks, |_| {}).await;
     let attempt = tokio::spawn(connect_code(device_options(&pki, &broker, &device)));
-    eventually(&broker, |stats| stats.handshakes_completed == 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(TIMEOUT, checking.recv())
+        .await
+        .expect("the admission check runs")
+        .unwrap();
     assert!(
         broker.disconnect(device.id()),
         "registered before the check"

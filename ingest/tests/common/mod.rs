@@ -157,21 +157,22 @@ impl RecordingSink {
         self.acks_of(device).last().copied()
     }
 
-    /// Waits until every device's last ack is `watermark`.
+    /// Waits until every device's last ack is `watermark`. The last one received, not the
+    /// highest: a device whose acks went back down after reaching `watermark` is still behind.
     pub async fn wait_for_watermark(&self, devices: &[DeviceId], watermark: u64, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let behind: Vec<(DeviceId, Option<u64>)> = devices
                 .iter()
-                .map(|d| (*d, self.acks_of(*d).into_iter().max()))
-                .filter(|(_, w)| *w != Some(watermark))
+                .map(|d| (*d, self.last_ack(*d)))
+                .filter(|(_, last)| *last != Some(watermark))
                 .collect();
             if behind.is_empty() {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} devices never reached watermark {watermark}, e.g. {:?}",
+                "{} devices' last ack is not {watermark}, e.g. {:?}",
                 behind.len(),
                 &behind[..behind.len().min(3)]
             );
