@@ -93,7 +93,7 @@ struct RunArgs {
     /// Send one round of telemetry and patch status, wait for the ack covering it, exit.
     #[arg(long)]
     once: bool,
-    /// With --once: seconds to wait for the ack (default: [once] timeout_secs).
+    /// With --once: seconds to wait for the ack (default: [once] timeout).
     #[arg(long, value_name = "SECS", requires = "once")]
     timeout: Option<u64>,
 }
@@ -119,7 +119,7 @@ fn fail(message: impl ToString) -> (u8, String) {
 fn dispatch(cli: Cli) -> Outcome {
     let dir = StateDir::new(&cli.state_dir);
     match cli.command {
-        Command::Configfile => print_out(&Config::template()),
+        Command::Configfile => print_out(Config::template()),
         Command::Status { json } => {
             let report = status::report(&dir);
             if json {

@@ -3,12 +3,17 @@
 //! Kept apart from the identity (key, certificates, device id) in the state directory, so
 //! that the configuration can be shipped by a package or a config-management tool and the
 //! identity never is. Every value has a default; a missing file means all defaults.
+//!
+//! Durations are humantime strings (`"90s"`, `"6h"`, `"1h 30m"`). The keys of earlier
+//! releases, `interval_secs = 60` and the like, are still read: each is an alias of the
+//! humantime key, and a bare integer is read as seconds.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use edge_agent::outbox::{FsyncPolicy, OutboxConfig};
+use humantime_serde::re::humantime;
 use serde::Deserialize;
 
 /// Default path of the configuration file.
@@ -38,8 +43,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// Seconds between samples.
-    pub interval_secs: u64,
+    /// Time between samples.
+    #[serde(alias = "interval_secs", deserialize_with = "duration")]
+    pub interval: Duration,
     /// Each interval is stretched or shrunk by up to this fraction, at random, so that a
     /// fleet that booted together does not report in lockstep.
     pub jitter: f64,
@@ -49,28 +55,35 @@ pub struct TelemetryConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PatchConfig {
-    /// Seconds between full patch reports, even when nothing changed.
-    pub interval_secs: u64,
-    /// Seconds between checks of the package database's modification time; a change
+    /// Time between full patch reports, even when nothing changed.
+    #[serde(alias = "interval_secs", deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Time between checks of the package database's modification time; a change
     /// triggers a report.
-    pub poll_secs: u64,
+    #[serde(alias = "poll_secs", deserialize_with = "duration")]
+    pub poll: Duration,
     /// Longest a package-manager command may run.
-    pub command_timeout_secs: u64,
+    #[serde(alias = "command_timeout_secs", deserialize_with = "duration")]
+    pub command_timeout: Duration,
 }
 
 /// `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// MQTT keep-alive, seconds.
-    pub keep_alive_secs: u64,
-    /// TCP + TLS + CONNACK timeout, seconds.
-    pub connect_timeout_secs: u64,
-    /// First reconnect delay, seconds; doubles after every failure.
-    pub backoff_initial_secs: u64,
-    /// Longest reconnect delay, seconds (each delay is jittered: a random value between
-    /// half of it and all of it).
-    pub backoff_max_secs: u64,
+    /// MQTT keep-alive.
+    #[serde(alias = "keep_alive_secs", deserialize_with = "duration")]
+    pub keep_alive: Duration,
+    /// TCP + TLS + CONNACK timeout (whole seconds: a fraction is rounded up).
+    #[serde(alias = "connect_timeout_secs", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles after every failure.
+    #[serde(alias = "backoff_initial_secs", deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (each delay is jittered: a random value between half of it
+    /// and all of it).
+    #[serde(alias = "backoff_max_secs", deserialize_with = "duration")]
+    pub backoff_max: Duration,
     /// Batches published and not yet acknowledged by the broker (PUBACK) at once.
     pub max_inflight_batches: usize,
     /// Consecutive connection attempts the broker refuses for the device certificate
@@ -88,30 +101,35 @@ pub struct OutboxSection {
     pub max_bytes: u64,
     /// Segment size, bytes (at most half of `max_bytes`); also the largest record.
     pub segment_bytes: u64,
-    /// `always` (fdatasync after every append: nothing acknowledged to the agent is lost
-    /// to power loss), `every:N`, `interval:SECS` (up to N-1 records or SECS seconds of
-    /// records lost to power loss, never to a crash) or `never` (tmpfs, tests).
-    pub fsync: String,
+    /// Written `always` (fdatasync after every append: nothing acknowledged to the agent is
+    /// lost to power loss), `every:N`, `interval:DURATION` (up to N-1 records or DURATION of
+    /// records lost to power loss, never to a crash; a bare number is seconds) or `never`
+    /// (tmpfs, tests). Parsed at load.
+    #[serde(deserialize_with = "fsync_policy")]
+    pub fsync: FsyncPolicy,
 }
 
 /// `[renewal]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RenewalConfig {
-    /// Seconds between checks of the certificate's remaining lifetime (and between
-    /// retries of a failed renewal, jittered). Renewal starts when less than a third of
-    /// the lifetime remains.
-    pub check_secs: u64,
-    /// Renewal request timeout, seconds.
-    pub timeout_secs: u64,
+    /// Time between checks of the certificate's remaining lifetime (and between retries of
+    /// a failed renewal, jittered). Renewal starts when less than a third of the lifetime
+    /// remains.
+    #[serde(alias = "check_secs", deserialize_with = "duration")]
+    pub check: Duration,
+    /// Renewal request timeout.
+    #[serde(alias = "timeout_secs", deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 /// `[once]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OnceConfig {
-    /// How long `run --once` waits for the server's ack before giving up, seconds.
-    pub timeout_secs: u64,
+    /// How long `run --once` waits for the server's ack before giving up.
+    #[serde(alias = "timeout_secs", deserialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 impl Default for Config {
@@ -131,7 +149,7 @@ impl Default for Config {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
-            interval_secs: 60,
+            interval: Duration::from_secs(60),
             jitter: 0.1,
         }
     }
@@ -140,9 +158,9 @@ impl Default for TelemetryConfig {
 impl Default for PatchConfig {
     fn default() -> Self {
         Self {
-            interval_secs: 6 * 3600,
-            poll_secs: 60,
-            command_timeout_secs: 120,
+            interval: Duration::from_secs(6 * 3600),
+            poll: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -150,10 +168,10 @@ impl Default for PatchConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
-            keep_alive_secs: 60,
-            connect_timeout_secs: 30,
-            backoff_initial_secs: 1,
-            backoff_max_secs: 300,
+            keep_alive: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
             max_inflight_batches: 4,
             refusals_before_stop: 3,
         }
@@ -165,7 +183,7 @@ impl Default for OutboxSection {
         Self {
             max_bytes: 8 * 1024 * 1024,
             segment_bytes: 1024 * 1024,
-            fsync: "always".to_owned(),
+            fsync: FsyncPolicy::Always,
         }
     }
 }
@@ -173,16 +191,74 @@ impl Default for OutboxSection {
 impl Default for RenewalConfig {
     fn default() -> Self {
         Self {
-            check_secs: 3600,
-            timeout_secs: 60,
+            check: Duration::from_secs(3600),
+            timeout: Duration::from_secs(60),
         }
     }
 }
 
 impl Default for OnceConfig {
     fn default() -> Self {
-        Self { timeout_secs: 300 }
+        Self {
+            timeout: Duration::from_secs(300),
+        }
     }
+}
+
+/// A duration: a humantime string (`"90s"`, `"6h"`), or a bare integer of seconds (how the
+/// `*_secs` keys of earlier releases were written).
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"90s\" or \"6h\", or whole seconds")
+        }
+        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("a duration cannot be negative ({secs})")))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            humantime::parse_duration(text)
+                .map_err(|err| E::custom(format!("invalid duration {text:?}: {err}")))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
+/// The `fsync` setting, parsed at load.
+fn fsync_policy<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<FsyncPolicy, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_fsync(&text).map_err(serde::de::Error::custom)
+}
+
+/// The dotted name (`telemetry.interval`) of the key on the line at byte `at` of `text`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text.get(..at)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..)?.lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    let bare = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if !bare(key) {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|line| {
+        let name = line.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+        bare(name).then_some(name)
+    });
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 /// Why the configuration cannot be used.
@@ -241,8 +317,15 @@ impl Config {
     }
 
     /// Parses TOML text.
+    /// A value of the wrong type or out of its syntax is refused naming its key
+    /// (`telemetry.interval: invalid duration "often": ...`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|err| err.message().to_owned())
+        toml::from_str(text).map_err(|err| {
+            match err.span().and_then(|span| key_at(text, span.start)) {
+                Some(key) => format!("{key}: {}", err.message()),
+                None => err.message().to_owned(),
+            }
+        })
     }
 
     /// Checks ranges; returns the configuration unchanged when it is usable.
@@ -253,31 +336,38 @@ impl Config {
                 self.log_level
             ));
         }
-        if self.telemetry.interval_secs == 0
-            || self.patch.interval_secs == 0
-            || self.patch.poll_secs == 0
+        let second = Duration::from_secs(1);
+        if self.telemetry.interval < second
+            || self.patch.interval < second
+            || self.patch.poll < second
         {
-            return Err("intervals must be at least 1 second".to_owned());
+            return Err(
+                "telemetry.interval, patch.interval and patch.poll must be at least 1s".to_owned(),
+            );
         }
         if !(0.0..=0.5).contains(&self.telemetry.jitter) {
             return Err("telemetry.jitter must be between 0.0 and 0.5".to_owned());
         }
-        if self.mqtt.keep_alive_secs < 5 || self.mqtt.backoff_initial_secs == 0 {
+        if self.mqtt.keep_alive < Duration::from_secs(5) || self.mqtt.backoff_initial < second {
             return Err(
-                "mqtt.keep_alive_secs must be at least 5 and backoff_initial_secs at least 1"
+                "mqtt.keep_alive must be at least 5s and mqtt.backoff_initial at least 1s"
                     .to_owned(),
             );
         }
-        if self.mqtt.backoff_max_secs < self.mqtt.backoff_initial_secs {
-            return Err("mqtt.backoff_max_secs must be at least backoff_initial_secs".to_owned());
+        if self.mqtt.connect_timeout < second {
+            return Err("mqtt.connect_timeout must be at least 1s".to_owned());
+        }
+        if self.mqtt.backoff_max < self.mqtt.backoff_initial {
+            return Err("mqtt.backoff_max must be at least mqtt.backoff_initial".to_owned());
         }
         if self.mqtt.max_inflight_batches == 0 || self.mqtt.refusals_before_stop == 0 {
             return Err(
-                "mqtt.max_inflight_batches and refusals_before_stop must be at least 1".to_owned(),
+                "mqtt.max_inflight_batches and mqtt.refusals_before_stop must be at least 1"
+                    .to_owned(),
             );
         }
-        if self.renewal.check_secs == 0 || self.once.timeout_secs == 0 {
-            return Err("renewal.check_secs and once.timeout_secs must be at least 1".to_owned());
+        if self.renewal.check < second || self.once.timeout < second {
+            return Err("renewal.check and once.timeout must be at least 1s".to_owned());
         }
         self.outbox_config()?;
         Ok(self)
@@ -288,7 +378,7 @@ impl Config {
         let config = OutboxConfig {
             max_bytes: self.outbox.max_bytes,
             segment_bytes: self.outbox.segment_bytes,
-            fsync: parse_fsync(&self.outbox.fsync)?,
+            fsync: self.outbox.fsync,
         };
         if config.segment_bytes < 64 * 1024
             || config.segment_bytes.saturating_mul(2) > config.max_bytes
@@ -302,133 +392,99 @@ impl Config {
     }
 
     /// The commented template `fleet-agent configfile` prints: every key with its default.
-    pub fn template() -> String {
-        let d = Self::default();
-        let mut out = String::new();
-        let w = &mut out;
-        let _ = writeln!(
-            w,
-            "# fleet-agent configuration (TOML). Every key is optional; the values shown are the"
-        );
-        let _ = writeln!(w, "# defaults. The device identity (key, certificates, device id) is not here: it lives in");
-        let _ = writeln!(
-            w,
-            "# the state directory (--state-dir, default /var/lib/fleet-agent)."
-        );
-        let _ = writeln!(w);
-        let _ = writeln!(
-            w,
-            "# error, warn, info, debug or trace (FLEET_AGENT_LOG overrides it)."
-        );
-        let _ = writeln!(w, "log_level = {:?}", d.log_level);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[telemetry]");
-        let _ = writeln!(
-            w,
-            "# Seconds between metric samples (CPU, memory, disks, temperatures, load, network)."
-        );
-        let _ = writeln!(w, "interval_secs = {}", d.telemetry.interval_secs);
-        let _ = writeln!(
-            w,
-            "# Random stretch of each interval, as a fraction (0.0 to 0.5)."
-        );
-        let _ = writeln!(w, "jitter = {:?}", d.telemetry.jitter);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[patch]");
-        let _ = writeln!(
-            w,
-            "# Seconds between full patch-status reports (also sent at start)."
-        );
-        let _ = writeln!(w, "interval_secs = {}", d.patch.interval_secs);
-        let _ = writeln!(
-            w,
-            "# Seconds between checks of the package database; a change triggers a report."
-        );
-        let _ = writeln!(w, "poll_secs = {}", d.patch.poll_secs);
-        let _ = writeln!(
-            w,
-            "# Longest a package-manager command may run before it is killed."
-        );
-        let _ = writeln!(w, "command_timeout_secs = {}", d.patch.command_timeout_secs);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[mqtt]");
-        let _ = writeln!(w, "keep_alive_secs = {}", d.mqtt.keep_alive_secs);
-        let _ = writeln!(w, "# TCP + TLS + CONNACK timeout.");
-        let _ = writeln!(w, "connect_timeout_secs = {}", d.mqtt.connect_timeout_secs);
-        let _ = writeln!(
-            w,
-            "# Reconnect delay: starts here, doubles per failure, jittered, capped below."
-        );
-        let _ = writeln!(w, "backoff_initial_secs = {}", d.mqtt.backoff_initial_secs);
-        let _ = writeln!(w, "backoff_max_secs = {}", d.mqtt.backoff_max_secs);
-        let _ = writeln!(
-            w,
-            "# Record batches in flight (published, not yet PUBACKed) at once."
-        );
-        let _ = writeln!(w, "max_inflight_batches = {}", d.mqtt.max_inflight_batches);
-        let _ = writeln!(
-            w,
-            "# Consecutive certificate refusals by the broker before the agent stops as revoked."
-        );
-        let _ = writeln!(w, "refusals_before_stop = {}", d.mqtt.refusals_before_stop);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[outbox]");
-        let _ = writeln!(
-            w,
-            "# Bound of the on-disk outbox; when full the oldest records are dropped and reported."
-        );
-        let _ = writeln!(w, "max_bytes = {}", d.outbox.max_bytes);
-        let _ = writeln!(
-            w,
-            "# Segment size (at most half of max_bytes); also the largest single record."
-        );
-        let _ = writeln!(w, "segment_bytes = {}", d.outbox.segment_bytes);
-        let _ = writeln!(
-            w,
-            "# always | every:N | interval:SECS | never. \"always\" loses nothing to power loss."
-        );
-        let _ = writeln!(w, "fsync = {:?}", d.outbox.fsync);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[renewal]");
-        let _ = writeln!(
-            w,
-            "# Seconds between certificate lifetime checks; renewal starts when less than a third"
-        );
-        let _ = writeln!(
-            w,
-            "# of the lifetime remains, and a failed renewal is retried at this pace."
-        );
-        let _ = writeln!(w, "check_secs = {}", d.renewal.check_secs);
-        let _ = writeln!(w, "timeout_secs = {}", d.renewal.timeout_secs);
-        let _ = writeln!(w);
-        let _ = writeln!(w, "[once]");
-        let _ = writeln!(w, "# How long `run --once` waits for the server's ack.");
-        let _ = writeln!(w, "timeout_secs = {}", d.once.timeout_secs);
-        out
+    /// The tests check that it parses back to [`Config::default`].
+    pub fn template() -> &'static str {
+        TEMPLATE
     }
 
     /// Telemetry interval with jitter applied.
     pub fn jittered_telemetry_interval(&self) -> Duration {
-        let base = self.telemetry.interval_secs as f64;
+        let base = self.telemetry.interval.as_secs_f64();
         let spread = (fastrand::f64() * 2.0 - 1.0) * self.telemetry.jitter;
         Duration::from_secs_f64((base * (1.0 + spread)).max(1.0))
     }
+
+    /// The MQTT connect timeout in whole seconds (what the MQTT client takes), rounded up.
+    pub fn connect_timeout_secs(&self) -> u64 {
+        let timeout = self.mqtt.connect_timeout;
+        timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0)
+    }
 }
 
-/// Parses the `fsync` setting.
+/// Parses the `fsync` setting: `always`, `every:N`, `interval:DURATION` (`interval:5s`, or
+/// `interval:5` for seconds) or `never`.
 pub fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
-    let bad = || format!("outbox.fsync {text:?} is not always, every:N, interval:SECS or never");
+    let bad =
+        || format!("outbox.fsync {text:?} is not always, every:N, interval:DURATION or never");
     match text.split_once(':') {
         None if text == "always" => Ok(FsyncPolicy::Always),
         None if text == "never" => Ok(FsyncPolicy::Never),
         Some(("every", n)) => n.parse().map(FsyncPolicy::EveryN).map_err(|_| bad()),
-        Some(("interval", secs)) => secs
-            .parse()
-            .map(|secs| FsyncPolicy::Interval(Duration::from_secs(secs)))
-            .map_err(|_| bad()),
+        Some(("interval", every)) => match every.parse() {
+            Ok(secs) => Ok(FsyncPolicy::Interval(Duration::from_secs(secs))),
+            Err(_) => humantime::parse_duration(every)
+                .map(FsyncPolicy::Interval)
+                .map_err(|_| bad()),
+        },
         _ => Err(bad()),
     }
 }
+
+/// What `fleet-agent configfile` prints and `packaging/agent.toml` holds.
+const TEMPLATE: &str = r#"# fleet-agent configuration (TOML). Every key is optional; the values shown are the
+# defaults. The device identity (key, certificates, device id) is not here: it lives in
+# the state directory (--state-dir, default /var/lib/fleet-agent).
+# Durations are written like "90s", "5m", "6h" or "1h 30m".
+
+# error, warn, info, debug or trace (FLEET_AGENT_LOG overrides it).
+log_level = "info"
+
+[telemetry]
+# Time between metric samples (CPU, memory, disks, temperatures, load, network).
+interval = "1m"
+# Random stretch of each interval, as a fraction (0.0 to 0.5).
+jitter = 0.1
+
+[patch]
+# Time between full patch-status reports (also sent at start).
+interval = "6h"
+# Time between checks of the package database; a change triggers a report.
+poll = "1m"
+# Longest a package-manager command may run before it is killed.
+command_timeout = "2m"
+
+[mqtt]
+# MQTT keep-alive (at least 5s).
+keep_alive = "1m"
+# TCP + TLS + CONNACK timeout.
+connect_timeout = "30s"
+# Reconnect delay: starts here, doubles per failure, jittered, capped below.
+backoff_initial = "1s"
+backoff_max = "5m"
+# Record batches in flight (published, not yet PUBACKed) at once.
+max_inflight_batches = 4
+# Consecutive certificate refusals by the broker before the agent stops as revoked.
+refusals_before_stop = 3
+
+[outbox]
+# Bound of the on-disk outbox, bytes; when full the oldest records are dropped and reported.
+max_bytes = 8388608
+# Segment size, bytes (at most half of max_bytes); also the largest single record.
+segment_bytes = 1048576
+# always | every:N | interval:DURATION | never. "always" loses nothing to power loss.
+fsync = "always"
+
+[renewal]
+# Time between certificate lifetime checks; renewal starts when less than a third of the
+# lifetime remains, and a failed renewal is retried at this pace.
+check = "1h"
+# Renewal request timeout.
+timeout = "1m"
+
+[once]
+# How long `run --once` waits for the server's ack.
+timeout = "5m"
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -436,9 +492,41 @@ mod tests {
 
     #[test]
     fn template_parses_back_to_the_defaults() {
-        let parsed = Config::parse(&Config::template()).expect("template parses");
+        let parsed = Config::parse(Config::template()).expect("template parses");
         assert_eq!(parsed, Config::default());
         assert!(parsed.validated().is_ok());
+    }
+
+    #[test]
+    fn every_template_key_is_commented_and_every_duration_is_humantime() {
+        let template = Config::template();
+        let lines: Vec<&str> = template.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if line.starts_with('#') {
+                continue;
+            }
+            assert!(!key.ends_with("_secs"), "{key} is not a humantime key");
+            let commented = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| !l.is_empty())
+                .any(|l| l.starts_with('#'));
+            assert!(commented, "{key} has no comment");
+            if value.starts_with('"') && humantime::parse_duration(value.trim_matches('"')).is_ok()
+            {
+                continue;
+            }
+            assert!(
+                !matches!(key, "interval" | "poll" | "timeout" | "check")
+                    && !key.ends_with("timeout")
+                    && !key.starts_with("backoff")
+                    && key != "keep_alive",
+                "{key} = {value} is not a humantime duration"
+            );
+        }
     }
 
     #[test]
@@ -475,9 +563,87 @@ mod tests {
 
     #[test]
     fn partial_file_keeps_other_defaults() {
-        let config = Config::parse("[telemetry]\ninterval_secs = 5\n").unwrap();
-        assert_eq!(config.telemetry.interval_secs, 5);
+        let config = Config::parse("[telemetry]\ninterval = \"5s\"\n").unwrap();
+        assert_eq!(config.telemetry.interval, Duration::from_secs(5));
+        assert_eq!(config.telemetry.jitter, TelemetryConfig::default().jitter);
         assert_eq!(config.patch, PatchConfig::default());
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let config = Config::parse(
+            "[patch]\ninterval = \"1h 30m\"\npoll = \"90s\"\ncommand_timeout = \"2m\"\n\
+             [mqtt]\nconnect_timeout = \"1500ms\"\nbackoff_max = \"10m\"\n\
+             [renewal]\ncheck = \"2h\"\n[once]\ntimeout = \"30s\"\n",
+        )
+        .unwrap()
+        .validated()
+        .unwrap();
+        assert_eq!(config.patch.interval, Duration::from_secs(5400));
+        assert_eq!(config.patch.poll, Duration::from_secs(90));
+        assert_eq!(config.patch.command_timeout, Duration::from_secs(120));
+        assert_eq!(config.mqtt.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(config.connect_timeout_secs(), 2, "rounded up, never to 0");
+        assert_eq!(Config::default().connect_timeout_secs(), 30);
+        assert_eq!(config.mqtt.backoff_max, Duration::from_secs(600));
+        assert_eq!(config.renewal.check, Duration::from_secs(7200));
+        assert_eq!(config.once.timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_secs_keys_of_earlier_releases_are_still_read_as_seconds() {
+        let config = Config::parse(
+            "[telemetry]\ninterval_secs = 5\n\
+             [patch]\ninterval_secs = 7200\npoll_secs = 30\ncommand_timeout_secs = 60\n\
+             [mqtt]\nkeep_alive_secs = 20\nconnect_timeout_secs = 10\n\
+             backoff_initial_secs = 2\nbackoff_max_secs = 60\n\
+             [renewal]\ncheck_secs = 600\ntimeout_secs = 30\n\
+             [once]\ntimeout_secs = 45\n",
+        )
+        .unwrap()
+        .validated()
+        .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(config.telemetry.interval, secs(5));
+        assert_eq!(
+            config.patch,
+            PatchConfig {
+                interval: secs(7200),
+                poll: secs(30),
+                command_timeout: secs(60),
+            }
+        );
+        assert_eq!(config.mqtt.keep_alive, secs(20));
+        assert_eq!(config.mqtt.connect_timeout, secs(10));
+        assert_eq!(config.mqtt.backoff_initial, secs(2));
+        assert_eq!(config.mqtt.backoff_max, secs(60));
+        assert_eq!(
+            config.renewal,
+            RenewalConfig {
+                check: secs(600),
+                timeout: secs(30),
+            }
+        );
+        assert_eq!(config.once.timeout, secs(45));
+        let err = Config::parse("[telemetry]\ninterval_secs = 5\ninterval = \"5s\"\n").unwrap_err();
+        assert!(err.contains("interval"), "both spellings at once: {err}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_refused_naming_its_key() {
+        for (text, key) in [
+            ("[telemetry]\ninterval = \"often\"\n", "telemetry.interval"),
+            (
+                "[telemetry]\ninterval_secs = \"often\"\n",
+                "telemetry.interval_secs",
+            ),
+            ("[mqtt]\nbackoff_max = -1\n", "mqtt.backoff_max"),
+            ("[once]\ntimeout = true\n", "once.timeout"),
+            ("[outbox]\nfsync = \"sometimes\"\n", "outbox.fsync"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.starts_with(&format!("{key}: ")), "{text}: {err}");
+        }
     }
 
     #[test]
@@ -492,13 +658,21 @@ mod tests {
             "log_level = \"loud\"",
             "[telemetry]\njitter = 0.9",
             "[telemetry]\ninterval_secs = 0",
+            "[telemetry]\ninterval = \"500ms\"",
+            "[patch]\npoll = \"0s\"",
+            "[mqtt]\nkeep_alive = \"4s\"",
+            "[mqtt]\nconnect_timeout = \"0s\"",
             "[mqtt]\nbackoff_max_secs = 0",
+            "[mqtt]\nbackoff_max = \"0s\"",
+            "[renewal]\ncheck = \"0s\"",
+            "[once]\ntimeout = \"0s\"",
             "[outbox]\nsegment_bytes = 1000",
-            "[outbox]\nfsync = \"sometimes\"",
         ] {
             let config = Config::parse(text).unwrap();
             assert!(config.validated().is_err(), "{text} accepted");
         }
+        // Refused as soon as it is parsed: fsync is a typed value.
+        assert!(Config::parse("[outbox]\nfsync = \"sometimes\"").is_err());
     }
 
     #[test]
@@ -519,7 +693,24 @@ mod tests {
             parse_fsync("interval:5").unwrap(),
             FsyncPolicy::Interval(Duration::from_secs(5))
         );
+        assert_eq!(
+            parse_fsync("interval:5s").unwrap(),
+            FsyncPolicy::Interval(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_fsync("interval:250ms").unwrap(),
+            FsyncPolicy::Interval(Duration::from_millis(250))
+        );
         assert!(parse_fsync("every:x").is_err());
+        assert!(parse_fsync("interval:soon").is_err());
+        assert_eq!(
+            Config::parse("[outbox]\nfsync = \"every:10\"")
+                .unwrap()
+                .outbox_config()
+                .unwrap()
+                .fsync,
+            FsyncPolicy::EveryN(10)
+        );
     }
 
     #[test]

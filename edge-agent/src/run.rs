@@ -89,7 +89,7 @@ impl From<RecordsError> for RunError {
 pub struct RunOptions {
     /// One round, wait for its ack, exit.
     pub once: bool,
-    /// Overrides `[once] timeout_secs`.
+    /// Overrides `[once] timeout`.
     pub once_timeout: Option<Duration>,
 }
 
@@ -164,7 +164,7 @@ pub fn mqtt_options(identity: &Identity, config: &Config) -> Result<MqttOptions,
     let device = identity.record.device_id;
     let mut options = MqttOptions::new(device.to_string(), broker.host, broker.port);
     options
-        .set_keep_alive(Duration::from_secs(config.mqtt.keep_alive_secs))
+        .set_keep_alive(config.mqtt.keep_alive)
         .set_clean_session(true)
         .set_max_packet_size(
             wire::limits::DEFAULT_MAX_MESSAGE_BYTES + 4096,
@@ -378,7 +378,7 @@ impl Agent {
         let root = FsRoot::default();
         let manager = detect_package_manager(&root);
         let runner = CommandRunner {
-            timeout: Duration::from_secs(config.patch.command_timeout_secs),
+            timeout: config.patch.command_timeout,
             ..CommandRunner::default()
         };
         let now = Instant::now();
@@ -396,13 +396,10 @@ impl Agent {
             updated_at: certinfo::now_secs(),
         };
         Self {
-            backoff: Backoff::new(
-                Duration::from_secs(config.mqtt.backoff_initial_secs),
-                Duration::from_secs(config.mqtt.backoff_max_secs),
-            ),
+            backoff: Backoff::new(config.mqtt.backoff_initial, config.mqtt.backoff_max),
             next_telemetry: now + config.jittered_telemetry_interval(),
-            next_patch: now + Duration::from_secs(config.patch.interval_secs),
-            next_patch_poll: now + Duration::from_secs(config.patch.poll_secs),
+            next_patch: now + config.patch.interval,
+            next_patch_poll: now + config.patch.poll,
             next_renewal_check: now,
             dir,
             config,
@@ -440,9 +437,7 @@ impl Agent {
             self.start_patch_job();
             None
         };
-        let once_timeout = options
-            .once_timeout
-            .unwrap_or(Duration::from_secs(self.config.once.timeout_secs));
+        let once_timeout = options.once_timeout.unwrap_or(self.config.once.timeout);
         let once_deadline = Instant::now() + once_timeout;
         loop {
             if let Some(target) = once_target {
@@ -576,7 +571,7 @@ impl Agent {
     }
 
     fn poll_package_db(&mut self) {
-        self.next_patch_poll = Instant::now() + Duration::from_secs(self.config.patch.poll_secs);
+        self.next_patch_poll = Instant::now() + self.config.patch.poll;
         let stamp = self.package_db_stamp();
         let changed = stamp != self.db_stamp;
         if changed || Instant::now() >= self.next_patch {
@@ -589,7 +584,7 @@ impl Agent {
     }
 
     fn start_patch_job(&mut self) {
-        self.next_patch = Instant::now() + Duration::from_secs(self.config.patch.interval_secs);
+        self.next_patch = Instant::now() + self.config.patch.interval;
         if self.patch_job.is_some() {
             return;
         }
@@ -639,7 +634,7 @@ impl Agent {
         let options = mqtt_options(&self.identity, &self.config).map_err(RunError::Fatal)?;
         let (client, mut eventloop) = AsyncClient::new(options, 16);
         let mut network = eventloop.network_options();
-        network.set_connection_timeout(self.config.mqtt.connect_timeout_secs);
+        network.set_connection_timeout(self.config.connect_timeout_secs());
         eventloop.set_network_options(network);
         let (events, task) = spawn_event_loop(eventloop);
         self.link = Link::Active(Session {
@@ -866,14 +861,14 @@ impl Agent {
     // ----- renewal ------------------------------------------------------------------
 
     async fn check_renewal(&mut self) -> Result<(), RunError> {
-        let check = Duration::from_secs(self.config.renewal.check_secs);
+        let check = self.config.renewal.check;
         self.next_renewal_check = Instant::now() + check.mul_f64(0.75 + fastrand::f64() * 0.5);
         check_not_expired(&self.identity)?;
         if !self.identity.validity.renewal_due(certinfo::now_secs()) {
             return Ok(());
         }
         info!(expires = %rfc3339(self.identity.validity.not_after), "renewing the device certificate");
-        let timeout = Duration::from_secs(self.config.renewal.timeout_secs);
+        let timeout = self.config.renewal.timeout;
         match enroll::renew(&self.dir, &self.identity, timeout).await {
             Ok(identity) => {
                 info!(expires = %rfc3339(identity.validity.not_after), "certificate renewed");

@@ -510,7 +510,7 @@ fn a_revoked_device_stops_with_exit_4_and_says_why() {
     install_identity(&state, &device_pki, &format!("mqtts://127.0.0.1:{port}"));
     std::fs::write(
         state.join("agent.toml"),
-        "[mqtt]\nbackoff_initial_secs = 1\nbackoff_max_secs = 1\n",
+        "[mqtt]\nbackoff_initial = \"1s\"\nbackoff_max = \"1s\"\n",
     )
     .unwrap();
     let mut child = agent(&state)
@@ -582,7 +582,7 @@ fn run_without_identity_fails_with_one_line() {
 fn bad_config_file_fails_with_its_name() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("agent.toml");
-    std::fs::write(&config, "[telemetry]\ninterval_secs = \"often\"\n").unwrap();
+    std::fs::write(&config, "[telemetry]\ninterval = \"often\"\n").unwrap();
     let output = agent(tmp.path())
         .arg("--config")
         .arg(&config)
@@ -590,7 +590,9 @@ fn bad_config_file_fails_with_its_name() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr_line(&output).contains("agent.toml"));
+    let line = stderr_line(&output);
+    assert!(line.contains("agent.toml"), "{line}");
+    assert!(line.contains("telemetry.interval"), "{line}");
 }
 
 #[test]

@@ -3,10 +3,15 @@
 //!
 //! Environment names are the field path in upper case with `__` between sections:
 //! `FLEETD_API_LISTEN`, `FLEETD_DATABASE_URL`, `FLEETD_DATABASE__MAX_CONNECTIONS`.
+//!
+//! A setting that can be "none" is an `Option`: an absent key, an empty string in the file or an
+//! empty environment variable all mean `None`. URLs are parsed once, here, into typed values;
+//! a bad one is refused at load with the field's name.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -21,8 +26,10 @@ pub struct Config {
     /// relative path (the default, `fleetd-data`) is resolved once, at load, against the
     /// directory fleetd starts in.
     pub data_dir: PathBuf,
-    /// PostgreSQL URL of the owner role. Empty: a private cluster in `data_dir`.
-    pub database_url: String,
+    /// PostgreSQL URL of the owner role. `None` (absent or empty): a private cluster in
+    /// `data_dir`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub database_url: Option<PostgresUrl>,
     /// Address of the HTTPS API listener (`/v1/...`, `/healthz`, `/readyz`).
     pub api_listen: SocketAddr,
     /// Address of the devices' MQTT-over-mutual-TLS listener.
@@ -50,9 +57,10 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PkiConfig {
-    /// Directory of the root and issuing CA (`fleetctl pki init` makes one). Empty:
-    /// `<data_dir>/pki`, created as a development PKI on first start.
-    pub dir: PathBuf,
+    /// Directory of the root and issuing CA (`fleetctl pki init` makes one). `None` (absent
+    /// or empty): `<data_dir>/pki`, created as a development PKI on first start.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub dir: Option<PathBuf>,
     /// DNS names in the API and broker server certificates.
     pub server_names: Vec<String>,
     /// IP addresses in the API and broker server certificates.
@@ -67,11 +75,14 @@ pub struct PkiConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExternalBrokerSettings {
-    /// `mqtts://host:port` of the broker. Empty: the embedded broker on `broker_listen`.
-    pub url: String,
+    /// `mqtts://host:port` of the broker. `None` (absent or empty): the embedded broker on
+    /// `broker_listen`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub url: Option<MqttsUrl>,
     /// MQTT client id of this instance: unique per instance and stable across restarts (it
-    /// names the persistent session the broker redelivers from).
-    pub client_id: String,
+    /// names the persistent session the broker redelivers from). Required with `url`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub client_id: Option<String>,
     /// Shared-subscription group; instances in one group split the messages.
     pub share_group: String,
 }
@@ -79,20 +90,18 @@ pub struct ExternalBrokerSettings {
 impl Default for ExternalBrokerSettings {
     fn default() -> Self {
         Self {
-            url: String::new(),
-            client_id: String::new(),
+            url: None,
+            client_id: None,
             share_group: "fleet-ingest".into(),
         }
     }
 }
 
 impl ExternalBrokerSettings {
-    /// Host and port of `url`, when one is set.
+    /// Host and port of `url`, when one is set (load refuses a `url` without a port).
     pub fn host_port(&self) -> Option<(String, u16)> {
-        let rest = self.url.strip_prefix("mqtts://")?;
-        let (host, port) = rest.rsplit_once(':')?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Some((host.to_owned(), port.parse().ok()?))
+        let url = self.url.as_ref()?;
+        Some((url.host().to_owned(), url.port()?))
     }
 }
 
@@ -100,9 +109,10 @@ impl ExternalBrokerSettings {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnrollmentConfig {
-    /// The broker URL enrolled devices are told to use. Empty:
-    /// `mqtts://<first server name>:<broker_listen port>`.
-    pub broker_url: String,
+    /// The broker URL enrolled devices are told to use. `None` (absent or empty): the
+    /// external broker's URL, else `mqtts://<first server name>:<broker_listen port>`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub broker_url: Option<MqttsUrl>,
     /// Proxies whose `X-Forwarded-For` is believed for the client address (CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -136,11 +146,14 @@ pub struct DatabaseConfig {
     /// How long to wait for a database connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Password of the `fleet_app` role, for servers that ask for one. Empty: none.
-    pub app_password: SecretString,
-    /// Directory of the PostgreSQL server binaries for the private cluster. Empty: found
-    /// with `pg_config --bindir` or under /usr/lib/postgresql.
-    pub postgres_bindir: PathBuf,
+    /// Password of the `fleet_app` role, for servers that ask for one. `None` (absent or
+    /// empty): none.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub app_password: Option<SecretString>,
+    /// Directory of the PostgreSQL server binaries for the private cluster. `None` (absent
+    /// or empty): found with `pg_config --bindir` or under /usr/lib/postgresql.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub postgres_bindir: Option<PathBuf>,
 }
 
 /// A string that never appears in logs or `Debug` output.
@@ -149,9 +162,22 @@ pub struct DatabaseConfig {
 pub struct SecretString(String);
 
 impl SecretString {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
     /// The secret itself, for the one place that needs it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
     }
 }
 
@@ -165,11 +191,134 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// A `postgres://` or `postgresql://` URL, checked at load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PostgresUrl {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once("://") {
+            Some(("postgres" | "postgresql", _)) => Ok(Self(s.to_owned())),
+            _ => {
+                Err("must be a postgres:// or postgresql:// URL, or empty for the private cluster")
+            }
+        }
+    }
+}
+
+impl fmt::Display for PostgresUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `mqtts://host[:port]` URL (an IPv6 host in brackets), parsed at load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct MqttsUrl {
+    text: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl MqttsUrl {
+    /// The host, without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, when the URL names one.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for MqttsUrl {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const BAD: &str = "must be an mqtts://host[:port] URL, or empty";
+        let authority = s.strip_prefix("mqtts://").ok_or(BAD)?;
+        if authority.contains(['/', '@', '?', '#']) {
+            return Err(BAD);
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (host, after) = rest.split_once(']').ok_or(BAD)?;
+                match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None if after.is_empty() => (host, None),
+                    None => return Err(BAD),
+                }
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(port) => Some(port.parse().ok().filter(|p| *p != 0).ok_or(BAD)?),
+            None => None,
+        };
+        if host.is_empty() {
+            return Err(BAD);
+        }
+        Ok(Self {
+            text: s.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<MqttsUrl> for String {
+    fn from(url: MqttsUrl) -> Self {
+        url.text
+    }
+}
+
+impl fmt::Display for MqttsUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Deserialises an optional value written as a string: absent, or empty (in the file or as an
+/// empty environment variable), is `None`; anything else must parse as `T`, and the error
+/// (which figment completes with the key and where the value came from) says why not.
+fn empty_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match Option::<String>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("fleetd-data"),
-            database_url: String::new(),
+            database_url: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -187,7 +336,7 @@ impl Default for Config {
 impl Default for PkiConfig {
     fn default() -> Self {
         Self {
-            dir: PathBuf::new(),
+            dir: None,
             server_names: vec!["localhost".into()],
             server_ips: vec![
                 IpAddr::from([127, 0, 0, 1]),
@@ -212,8 +361,8 @@ impl Default for DatabaseConfig {
         Self {
             max_connections: 16,
             connect_timeout: Duration::from_secs(10),
-            app_password: SecretString::default(),
-            postgres_bindir: PathBuf::new(),
+            app_password: None,
+            postgres_bindir: None,
         }
     }
 }
@@ -257,6 +406,15 @@ pub enum ConfigError {
 impl Config {
     /// Layers the file (when given), the environment and the overrides on the defaults.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, overrides, "FLEETD_")
+    }
+
+    /// [`Config::load`] with the environment variables under `env_prefix` (tests use their own).
+    fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env_prefix: &str,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -265,7 +423,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         let mut config: Config = figment
-            .merge(Env::prefixed("FLEETD_").ignore(&["CONFIG"]).split("__"))
+            .merge(Env::prefixed(env_prefix).ignore(&["CONFIG"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
@@ -290,16 +448,6 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return reject("data_dir", "must not be empty");
         }
-        let scheme = self
-            .database_url
-            .split_once("://")
-            .map(|(scheme, _)| scheme);
-        if !self.database_url.is_empty() && !matches!(scheme, Some("postgres" | "postgresql")) {
-            return reject(
-                "database_url",
-                "must be a postgres:// or postgresql:// URL, or empty for the private cluster",
-            );
-        }
         if self.database.max_connections == 0 {
             return reject("database.max_connections", "must be at least 1");
         }
@@ -316,22 +464,14 @@ impl Config {
         if self.pki.device_cert_lifetime < Duration::from_secs(60) {
             return reject("pki.device_cert_lifetime", "must be at least 1m");
         }
-        if !self.enrollment.broker_url.is_empty()
-            && !self.enrollment.broker_url.starts_with("mqtts://")
-        {
-            return reject(
-                "enrollment.broker_url",
-                "must be an mqtts:// URL, or empty to derive it",
-            );
-        }
-        if !self.external_broker.url.is_empty() {
-            if self.external_broker.host_port().is_none() {
+        if let Some(url) = &self.external_broker.url {
+            if url.port().is_none() {
                 return reject(
                     "external_broker.url",
                     "must be mqtts://host:port, or empty for the embedded broker",
                 );
             }
-            if self.external_broker.client_id.is_empty() {
+            if self.external_broker.client_id.is_none() {
                 return reject(
                     "external_broker.client_id",
                     "must be set (unique and stable per instance) with external_broker.url",
@@ -352,27 +492,28 @@ impl Config {
 
     /// The PKI directory: configured, or the development PKI's place in the data directory.
     pub fn pki_dir(&self) -> PathBuf {
-        if self.pki.dir.as_os_str().is_empty() {
-            self.data_dir.join("pki")
-        } else {
-            self.pki.dir.clone()
-        }
+        self.pki
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
     }
 
     /// Whether the PKI is fleetd's own development PKI (created on demand) rather than one an
     /// operator set up.
     pub fn uses_dev_pki(&self) -> bool {
-        self.pki.dir.as_os_str().is_empty()
+        self.pki.dir.is_none()
     }
 
     /// The broker URL devices are told at enrollment, given the port the broker listener
     /// actually bound (it differs from `broker_listen` when that asks for port 0).
     pub fn broker_url(&self, bound_port: u16) -> String {
-        if !self.enrollment.broker_url.is_empty() {
-            return self.enrollment.broker_url.clone();
-        }
-        if !self.external_broker.url.is_empty() {
-            return self.external_broker.url.clone();
+        if let Some(url) = self
+            .enrollment
+            .broker_url
+            .as_ref()
+            .or(self.external_broker.url.as_ref())
+        {
+            return url.to_string();
         }
         let host = match (self.pki.server_names.first(), self.pki.server_ips.first()) {
             (Some(name), _) => name.clone(),
@@ -385,13 +526,18 @@ impl Config {
 
     /// The store's view of the database settings.
     pub fn database_settings(&self) -> store::DatabaseSettings {
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         store::DatabaseSettings {
-            url: non_empty(&self.database_url),
+            url: self
+                .database_url
+                .as_ref()
+                .map(|url| url.as_str().to_owned()),
             data_dir: self.data_dir.clone(),
-            app_password: non_empty(self.database.app_password.expose()),
-            postgres_bindir: (!self.database.postgres_bindir.as_os_str().is_empty())
-                .then(|| self.database.postgres_bindir.clone()),
+            app_password: self
+                .database
+                .app_password
+                .as_ref()
+                .map(|password| password.expose().to_owned()),
+            postgres_bindir: self.database.postgres_bindir.clone(),
             max_connections: self.database.max_connections,
             connect_timeout: self.database.connect_timeout,
         }
@@ -408,24 +554,34 @@ fn describe(error: figment::Error) -> String {
 }
 
 /// A commented configuration file holding every default, printed by `fleetd configfile`.
+///
+/// Every section says what it is for, its defaults and its environment override; the test
+/// `the_template_parses_back_to_the_defaults` keeps it true.
 pub fn template() -> String {
     let d = Config::default();
     format!(
         r#"# fleetd configuration. Every value shown is the default; delete what you do not change.
+# A commented-out key is unset by default; an empty string ("") also means unset.
 # Environment variables override this file: FLEETD_<FIELD>, with __ between sections
-# (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS). Command-line flags override both.
+# (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS); an empty variable means unset.
+# Command-line flags (--data-dir, --database-url, --api-listen, --broker-listen) override both.
+# Durations are written like "10s", "5m", "90d" or "1h 30m".
+
+# --- Top level: storage, database, listeners, shutdown. -------------------------------------
+# Environment: FLEETD_DATA_DIR, FLEETD_DATABASE_URL, FLEETD_API_LISTEN, FLEETD_BROKER_LISTEN,
+# FLEETD_METRICS_LISTEN, FLEETD_SHUTDOWN_GRACE.
 
 # Where fleetd keeps what it creates: the private PostgreSQL cluster, the development PKI.
 # A relative path is resolved against the directory fleetd starts in (fleetctl resolves its
 # --data-dir the same way), e.g. /var/lib/fleetd for a system service.
 data_dir = {data_dir:?}
 
-# PostgreSQL URL of the owner role (migrations run as it; it must be superuser or BYPASSRLS).
-# fleetd itself works as the role fleet_app, created by the migrations.
-# Empty: fleetd creates and supervises a private cluster in data_dir.
-database_url = {database_url:?}
+# PostgreSQL URL (postgres:// or postgresql://) of the owner role (migrations run as it; it
+# must be superuser or BYPASSRLS). fleetd itself works as the role fleet_app, created by the
+# migrations. Default (unset): fleetd creates and supervises a private cluster in data_dir.
+# database_url = "postgres://fleet_owner@db.example:5432/fleet"
 
-# Address of the HTTPS API listener: /v1/enroll, /healthz, /readyz.
+# Address of the HTTPS API listener: /v1/..., /healthz, /readyz.
 api_listen = "{api_listen}"
 
 # Address of the devices' MQTT listener (mutual TLS).
@@ -437,60 +593,77 @@ metrics_listen = "{metrics_listen}"
 # How long in-flight requests get to finish at shutdown.
 shutdown_grace = "{shutdown_grace}"
 
+# --- [pki]: the fleet PKI, and the server certificates fleetd issues itself for the API and --
+# broker listeners at every start. Environment: FLEETD_PKI__DIR, FLEETD_PKI__SERVER_NAMES
+# (e.g. '["fleet.example"]'), FLEETD_PKI__SERVER_IPS, FLEETD_PKI__DEVICE_CERT_LIFETIME.
 [pki]
 # Directory of the fleet root and issuing CA (made by `fleetctl pki init`).
-# Empty: <data_dir>/pki, created as a development PKI on first start.
-dir = {pki_dir:?}
-# Names and addresses in the server certificates fleetd issues for its listeners at start.
+# Default (unset): <data_dir>/pki, created as a development PKI on first start.
+# dir = "/etc/fleetplane/pki"
+# Names and addresses in the server certificates (at least one of the two).
 server_names = {server_names:?}
 server_ips = {server_ips:?}
-# Lifetime of device certificates; agents renew well before expiry.
+# Lifetime of device certificates (at least 1m); agents renew well before expiry.
 device_cert_lifetime = "{device_cert_lifetime}"
 
+# --- [enrollment]: device onboarding through POST /v1/enroll. -------------------------------
+# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES.
 [enrollment]
-# Broker URL given to enrolled devices. Empty: mqtts://<first server name>:<broker_listen port>.
-broker_url = ""
+# Broker URL (mqtts://host[:port]) given to enrolled devices. Default (unset):
+# external_broker.url when set, else mqtts://<first server name>:<broker_listen port>.
+# broker_url = "mqtts://fleet.example:8883"
 # Proxies (CIDRs) whose X-Forwarded-For header is believed for the client address.
 trusted_proxies = []
 
-# How device records are batched into PostgreSQL: records per batch and the time window,
-# writer tasks, queue and memory bounds (while the database is down, ingest stops taking
-# messages once these fill and acknowledges nothing), directory cache, retry backoff.
+# --- [ingest]: how device records are batched into PostgreSQL. ------------------------------
+# Records per batch and the time window, writer tasks, queue and memory bounds (while the
+# database is down, ingest stops taking messages once these fill and acknowledges nothing),
+# directory cache, retry backoff. Environment: FLEETD_INGEST__<KEY>, e.g.
+# FLEETD_INGEST__BATCH_WINDOW=50ms.
 [ingest]
 {ingest}
+# --- [external_broker]: ingest-only mode. ----------------------------------------------------
+# Consume device messages from an external broker through an MQTT v5 shared subscription
+# instead of running the embedded broker; start any number of fleetd instances with the same
+# share_group. fleetd authenticates as "fleetd-ingest" with a client certificate it issues
+# itself from the PKI. Set up the broker as ingest/README.md says. Default: off (url unset).
+# Environment: FLEETD_EXTERNAL_BROKER__URL, FLEETD_EXTERNAL_BROKER__CLIENT_ID,
+# FLEETD_EXTERNAL_BROKER__SHARE_GROUP.
 [external_broker]
-# Ingest-only mode: consume device messages from this broker (mqtts://host:port) through an
-# MQTT v5 shared subscription instead of running the embedded broker; start any number of
-# fleetd instances with the same share_group. fleetd authenticates as "fleetd-ingest" with a
-# client certificate it issues itself from the PKI. Set up the broker as ingest/README.md says.
-url = ""
-# Unique and stable per instance: it names the broker session that survives restarts.
-client_id = ""
-share_group = "fleet-ingest"
+# The broker, mqtts://host:port. Unset: the embedded broker on broker_listen.
+# url = "mqtts://mqtt.example:8883"
+# Required with url; unique and stable per instance: it names the broker session that
+# survives restarts.
+# client_id = "fleetd-ingest-1"
+# Instances in one group split the messages.
+share_group = {share_group:?}
 
+# --- [log]: log output. Environment: FLEETD_LOG__FORMAT, FLEETD_LOG__LEVEL (RUST_LOG wins). --
 [log]
 # "plain" for people, "json" for log collectors.
 format = "{log_format}"
 # A tracing filter such as "info" or "info,store=debug". RUST_LOG wins when set.
 level = {log_level:?}
 
+# --- [database]: database tuning beyond the URL, and the private cluster. --------------------
+# Environment: FLEETD_DATABASE__MAX_CONNECTIONS, FLEETD_DATABASE__CONNECT_TIMEOUT,
+# FLEETD_DATABASE__APP_PASSWORD, FLEETD_DATABASE__POSTGRES_BINDIR.
 [database]
 # Connections in fleetd's application pool.
 max_connections = {max_connections}
 # How long to wait for a database connection.
 connect_timeout = "{connect_timeout}"
-# Password of the fleet_app role, if the server asks for one.
-app_password = ""
-# Directory of initdb and postgres for the private cluster. Empty: found automatically.
-postgres_bindir = {postgres_bindir:?}
+# Password of the fleet_app role, if the server asks for one. Default (unset): none.
+# app_password = "..."
+# Directory of initdb and postgres for the private cluster. Default (unset): found with
+# pg_config --bindir or under /usr/lib/postgresql.
+# postgres_bindir = "/usr/lib/postgresql/16/bin"
 "#,
         data_dir = d.data_dir.display().to_string(),
-        database_url = d.database_url,
         api_listen = d.api_listen,
         broker_listen = d.broker_listen,
         metrics_listen = d.metrics_listen,
         ingest = toml::to_string(&d.ingest).expect("ingest defaults serialise"),
-        pki_dir = d.pki.dir.display().to_string(),
         server_names = d.pki.server_names,
         server_ips = d
             .pki
@@ -500,6 +673,7 @@ postgres_bindir = {postgres_bindir:?}
             .collect::<Vec<_>>(),
         device_cert_lifetime = humantime::format_duration(d.pki.device_cert_lifetime),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
+        share_group = d.external_broker.share_group,
         log_format = match d.log.format {
             LogFormat::Plain => "plain",
             LogFormat::Json => "json",
@@ -507,7 +681,6 @@ postgres_bindir = {postgres_bindir:?}
         log_level = d.log.level,
         max_connections = d.database.max_connections,
         connect_timeout = humantime::format_duration(d.database.connect_timeout),
-        postgres_bindir = d.database.postgres_bindir.display().to_string(),
     )
 }
 
@@ -626,6 +799,15 @@ mod tests {
             config.external_broker.host_port(),
             Some(("::1".into(), 8883))
         );
+        assert_eq!(config.external_broker.client_id.as_deref(), Some("a"));
+        let err = load_toml("[external_broker]\nurl = \"mqtts://mq\"\nclient_id = \"a\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("external_broker.url"), "{err}");
+        let err = load_toml("[external_broker]\nurl = \"mqtts://mq:x\"\nclient_id = \"a\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("external_broker.url"), "{err}");
         assert_eq!(
             config.broker_url(1),
             "mqtts://[::1]:8883",
@@ -644,6 +826,202 @@ mod tests {
         assert_eq!(config.broker_url(8883), "mqtts://[::1]:8883");
         let config = load_toml("[enrollment]\nbroker_url = \"mqtts://lb:443\"").unwrap();
         assert_eq!(config.broker_url(8883), "mqtts://lb:443");
+        let config = load_toml(
+            "[enrollment]\nbroker_url = \"mqtts://lb\"\n\
+             [external_broker]\nurl = \"mqtts://mq:8883\"\nclient_id = \"a\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.broker_url(1),
+            "mqtts://lb",
+            "enrollment.broker_url wins over the external broker"
+        );
+    }
+
+    #[test]
+    fn an_empty_string_or_absent_key_means_none() {
+        let empty = load_toml(
+            "database_url = \"\"\n\
+             [pki]\ndir = \"\"\n\
+             [enrollment]\nbroker_url = \"\"\n\
+             [external_broker]\nurl = \"\"\nclient_id = \"\"\n\
+             [database]\napp_password = \"\"\npostgres_bindir = \"\"",
+        )
+        .unwrap();
+        let absent = load_toml("").unwrap();
+        assert_eq!(empty, absent);
+        assert_eq!(absent.database_url, None);
+        assert_eq!(absent.pki.dir, None);
+        assert!(absent.uses_dev_pki());
+        assert_eq!(absent.pki_dir(), absent.data_dir.join("pki"));
+        assert_eq!(absent.enrollment.broker_url, None);
+        assert_eq!(absent.external_broker.url, None);
+        assert_eq!(absent.external_broker.client_id, None);
+        assert_eq!(absent.external_broker.host_port(), None);
+        assert_eq!(absent.database.app_password, None);
+        assert_eq!(absent.database.postgres_bindir, None);
+        let settings = absent.database_settings();
+        assert_eq!(settings.url, None);
+        assert_eq!(settings.app_password, None);
+        assert_eq!(settings.postgres_bindir, None);
+    }
+
+    #[test]
+    fn set_values_are_parsed_once_at_load() {
+        let config = load_toml(
+            "database_url = \"postgresql://owner@db:5432/fleet\"\n\
+             [pki]\ndir = \"/etc/fleetplane/pki\"\n\
+             [database]\napp_password = \"s3cret\"\npostgres_bindir = \"/opt/pg/bin\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_url.as_ref().map(PostgresUrl::as_str),
+            Some("postgresql://owner@db:5432/fleet")
+        );
+        assert!(!config.uses_dev_pki());
+        assert_eq!(config.pki_dir(), PathBuf::from("/etc/fleetplane/pki"));
+        let settings = config.database_settings();
+        assert_eq!(
+            settings.url.as_deref(),
+            Some("postgresql://owner@db:5432/fleet")
+        );
+        assert_eq!(settings.app_password.as_deref(), Some("s3cret"));
+        assert_eq!(settings.postgres_bindir, Some(PathBuf::from("/opt/pg/bin")));
+    }
+
+    #[test]
+    fn environment_variables_set_clear_and_are_checked_by_name() {
+        // Each case has its own prefix, outside FLEETD_: tests run in parallel in one process.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetd.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://file/x\"\n[pki]\ndir = \"/from/file\"",
+        )
+        .unwrap();
+        std::env::set_var("CONFIGTEST_EMPTY_DATABASE_URL", "");
+        std::env::set_var("CONFIGTEST_EMPTY_PKI__DIR", "");
+        let config =
+            Config::load_with_env(Some(&path), &Overrides::default(), "CONFIGTEST_EMPTY_").unwrap();
+        assert_eq!(
+            config.database_url, None,
+            "an empty variable clears the file's value"
+        );
+        assert_eq!(config.pki.dir, None);
+
+        std::env::set_var("CONFIGTEST_SET_DATABASE_URL", "postgres://env/y");
+        std::env::set_var("CONFIGTEST_SET_EXTERNAL_BROKER__URL", "mqtts://mq:8883");
+        std::env::set_var("CONFIGTEST_SET_EXTERNAL_BROKER__CLIENT_ID", "i1");
+        let config =
+            Config::load_with_env(Some(&path), &Overrides::default(), "CONFIGTEST_SET_").unwrap();
+        assert_eq!(
+            config.database_url.as_ref().map(PostgresUrl::as_str),
+            Some("postgres://env/y")
+        );
+        assert_eq!(
+            config.external_broker.host_port(),
+            Some(("mq".into(), 8883))
+        );
+
+        std::env::set_var("CONFIGTEST_BAD_DATABASE_URL", "mysql://db/x");
+        let err = Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_BAD_")
+            .unwrap_err()
+            .to_string()
+            .to_lowercase();
+        assert!(err.contains("database_url"), "{err}");
+        assert!(err.contains("postgres://"), "{err}");
+        std::env::set_var("CONFIGTEST_BADURL_ENROLLMENT__BROKER_URL", "tcp://x:1");
+        let err = Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_BADURL_")
+            .unwrap_err()
+            .to_string()
+            .to_lowercase();
+        assert!(err.contains("enrollment.broker_url"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_database_url_flag_means_the_private_cluster() {
+        let overrides = Overrides {
+            database_url: Some(String::new()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(config.database_url, None);
+        let overrides = Overrides {
+            database_url: Some("postgres://flag/z".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(
+            config.database_url.as_ref().map(PostgresUrl::as_str),
+            Some("postgres://flag/z")
+        );
+    }
+
+    #[test]
+    fn mqtts_urls_parse_like_the_agent_parses_them() {
+        let url: MqttsUrl = "mqtts://[::1]:8883".parse().unwrap();
+        assert_eq!((url.host(), url.port()), ("::1", Some(8883)));
+        assert_eq!(url.to_string(), "mqtts://[::1]:8883");
+        let url: MqttsUrl = "mqtts://lb".parse().unwrap();
+        assert_eq!((url.host(), url.port()), ("lb", None));
+        for bad in [
+            "mqtt://x:1",
+            "mqtts://",
+            "mqtts://:1",
+            "mqtts://x:0",
+            "mqtts://x:99999",
+            "mqtts://x:1/path",
+            "mqtts://u@x:1",
+            "mqtts://[::1",
+        ] {
+            assert!(bad.parse::<MqttsUrl>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn every_section_of_the_template_is_commented() {
+        let template = template();
+        let lines: Vec<&str> = template.lines().collect();
+        let mut sections = 0;
+        for (at, line) in lines.iter().enumerate() {
+            let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+                continue;
+            };
+            sections += 1;
+            let comment: String = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with('#'))
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n");
+            let env = format!("FLEETD_{}__", name.to_uppercase());
+            assert!(
+                comment.contains(&format!("[{name}]")),
+                "[{name}] has no comment"
+            );
+            assert!(
+                comment.contains(&env),
+                "[{name}]'s comment does not name {env}"
+            );
+        }
+        assert_eq!(
+            sections, 6,
+            "pki, enrollment, ingest, external_broker, log, database"
+        );
+        for key in [
+            "database_url",
+            "dir",
+            "broker_url",
+            "url",
+            "client_id",
+            "app_password",
+        ] {
+            assert!(
+                template.contains(&format!("# {key} = ")),
+                "unset {key} is not shown as an example"
+            );
+        }
     }
 
     #[test]
@@ -677,7 +1055,7 @@ mod tests {
     #[test]
     fn the_app_password_is_redacted_in_debug_output() {
         let mut config = Config::default();
-        config.database.app_password = SecretString("hunter2".into());
+        config.database.app_password = Some(SecretString::new("hunter2"));
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));

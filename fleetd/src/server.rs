@@ -83,8 +83,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     tracing::info!(
         api = %format!("https://{api_addr}"),
-        broker = %devices.broker_addr().map_or(config.external_broker.url.clone(), |addr| format!("mqtts://{addr}")),
-        database = if config.database_url.is_empty() { "private cluster" } else { "external" },
+        broker = %devices.broker_addr().map_or_else(|| config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), |addr| format!("mqtts://{addr}")),
+        database = if config.database_url.is_none() { "private cluster" } else { "external" },
         data_dir = %config.data_dir.display(),
         "fleetd ready",
     );
@@ -224,13 +224,14 @@ fn external_source(
     let mut external = ingest::ExternalBrokerConfig::new(
         host,
         port,
-        config.external_broker.client_id.clone(),
+        // Load refuses an external_broker.url without a client_id.
+        config.external_broker.client_id.clone().unwrap_or_default(),
         pki.issuing_ca.root_pem(),
         identity.chain_pem(),
         identity.key().to_pkcs8_pem().to_string(),
     );
     external.share_group = config.external_broker.share_group.clone();
-    tracing::info!(url = %config.external_broker.url, client_id = %external.client_id, share_group = %external.share_group, "ingest-only: consuming from the external broker");
+    tracing::info!(url = %config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), client_id = %external.client_id, share_group = %external.share_group, "ingest-only: consuming from the external broker");
     ingest::ExternalSource::new(&external).context("external_broker")
 }
 

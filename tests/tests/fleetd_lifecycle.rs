@@ -77,7 +77,7 @@ async fn fleetd_refuses_to_start_when_a_tenant_lacks_its_chain_head() {
 #[tokio::test]
 async fn an_unreachable_database_is_a_clear_error() {
     let mut config = Config {
-        database_url: "postgres://fleet@127.0.0.1:1/fleet".into(),
+        database_url: Some("postgres://fleet@127.0.0.1:1/fleet".parse().unwrap()),
         ..Config::default()
     };
     config.database.connect_timeout = std::time::Duration::from_secs(1);
@@ -156,7 +156,7 @@ async fn a_configured_pki_directory_must_exist() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let mut config = config_for(&db, &data_dir);
-    config.pki.dir = data_dir.path().join("no-such-pki");
+    config.pki.dir = Some(data_dir.path().join("no-such-pki"));
     let err = fleetd::start(config).await.err().expect("must refuse");
     let message = format!("{err:#}");
     assert!(

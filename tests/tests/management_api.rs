@@ -356,7 +356,7 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
     // A second fleetd on the same database.
     let dir_b = fleet_tests::data_dir();
     let mut config_b = common::fleetd_config(&fleet._db, &dir_b);
-    config_b.pki.dir = fleet._dir.path().join("pki");
+    config_b.pki.dir = Some(fleet._dir.path().join("pki"));
     let b = fleetd::start(config_b).await.expect("second fleetd");
 
     let (key, key_id) = fleet.key("operator", None).await;

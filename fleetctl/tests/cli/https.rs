@@ -28,7 +28,7 @@ impl Fleet {
         let data_dir = fleet_tests::data_dir();
         let config = fleetd::Config {
             data_dir: data_dir.path().to_path_buf(),
-            database_url: db.url().to_owned(),
+            database_url: Some(db.url().parse().expect("a postgres:// URL")),
             api_listen: "127.0.0.1:0".parse().unwrap(),
             broker_listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: "127.0.0.1:0".parse().unwrap(),

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub fn fleetd_config(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Config {
     fleetd::Config {
         data_dir: data_dir.path().to_path_buf(),
-        database_url: db.url().to_owned(),
+        database_url: Some(db.url().parse().expect("a postgres:// URL")),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         broker_listen: "127.0.0.1:0".parse().unwrap(),
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
