@@ -6,8 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, Pki, PkiParams, Validity};
-use common::{p256_csr, p256_key_and_csr, pem_certs, DeviceCredentials, TestServer, BROKER_URL};
+use certs::{DeviceCertificate, DeviceIdentity, Pki, PkiParams, Validity};
+use common::{p256_csr, pem_certs, DeviceCredentials, TestServer, BROKER_URL};
+use fleet_tests::device::key_and_csr;
 use rcgen::PKCS_ECDSA_P384_SHA384;
 use rustls::pki_types::UnixTime;
 use rustls::server::WebPkiClientVerifier;
@@ -21,10 +22,8 @@ fn credentials_from(
     identity: DeviceIdentity,
     validity: Validity,
 ) -> DeviceCredentials {
-    let (key, csr) = p256_key_and_csr();
-    let csr = DeviceCsr::from_pem(csr.as_bytes()).unwrap();
-    let cert = ca.sign_device_csr(&csr, identity, validity).unwrap();
-    DeviceCredentials::new(&key, &ca.chain_pem(cert.der()))
+    let device = fleet_tests::device::issue(ca, identity, validity);
+    DeviceCredentials::new(&device.key, &device.chain_pem)
 }
 
 fn leaf_of(chain_pem: &str) -> DeviceCertificate {
@@ -37,7 +36,7 @@ async fn a_device_renews_with_its_current_certificate_and_keeps_its_identity() {
     let (credentials, enrolled) = server.enroll_device().await;
     let old_leaf = leaf_of(&enrolled.certificate_chain);
 
-    let (new_key, csr) = p256_key_and_csr();
+    let (new_key, csr) = key_and_csr();
     let response = server.renew(Some(&credentials), &csr).await.unwrap();
     assert_eq!(
         response.status,
@@ -248,10 +247,10 @@ async fn bad_csrs_get_400_as_for_enrollment() {
         .await
         .unwrap()
         .assert_problem(400, "unsupported-key");
-    let missing = common::https_request_as(
+    let missing = fleet_tests::https::https_request_as(
         server.addr,
         &server.ca,
-        Some(&credentials),
+        Some(credentials.client_cert()),
         "POST",
         "/v1/renew",
         &[("Content-Type", "application/json")],

@@ -9,22 +9,6 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use tokio::net::TcpStream;
 
-fn openssl_available() -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !found {
-        // CI installs openssl: there a missing tool must fail, not skip, the test.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required in CI (.ci/run installs it)"
-        );
-        eprintln!("openssl not installed: skipping");
-    }
-    found
-}
-
 /// `openssl s_client` with `flags`, allowing every cipher and protocol on the client side
 /// (SECLEVEL=0), so a refusal can only come from the server.
 async fn s_client(addr: std::net::SocketAddr, flags: &'static [&'static str]) -> Output {
@@ -52,7 +36,7 @@ fn text(out: &Output) -> String {
 
 #[tokio::test]
 async fn tls_1_1_is_refused_by_the_server_while_1_2_and_1_3_are_accepted() {
-    if !openssl_available() {
+    if fleet_tests::openssl::openssl().is_none() {
         return;
     }
     let server = TestServer::start().await;

@@ -3,7 +3,7 @@
 mod common;
 
 use certs::{CsrError, DeviceCsr, KeyAlgorithm, MAX_CSR_LEN};
-use common::{device_csr_pem, fresh_pki, key_for, openssl, run};
+use common::{device_csr_pem, fresh_pki, key_for, run};
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
 
 fn csr_der(pem: &str) -> Vec<u8> {
@@ -29,7 +29,9 @@ fn accepts_the_same_csr_in_der() {
 
 #[test]
 fn accepts_a_p256_csr_made_by_openssl() {
-    let Some(mut cmd) = openssl() else { return };
+    let Some(mut cmd) = fleet_tests::openssl::openssl() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("device.key");
     cmd.args([
@@ -77,7 +79,9 @@ fn refuses_an_ed25519_key() {
 #[test]
 fn refuses_an_rsa_key() {
     // ring cannot generate RSA keys, so openssl makes this request.
-    let Some(mut cmd) = openssl() else { return };
+    let Some(mut cmd) = fleet_tests::openssl::openssl() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     cmd.args([
         "req",

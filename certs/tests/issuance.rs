@@ -9,9 +9,7 @@ use certs::{
     DeviceCertificate, DeviceCsr, DeviceIdentity, IssueError, ServerCertParams, Validity,
     ValidityError, CLOCK_SKEW_ALLOWANCE, DEFAULT_DEVICE_CERT_LIFETIME,
 };
-use common::{
-    assert_signed_by, device_csr_pem, fresh_pki, key_for, openssl, parse, random_identity, run,
-};
+use common::{assert_signed_by, device_csr_pem, fresh_pki, key_for, parse, random_identity, run};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
@@ -133,7 +131,9 @@ fn the_csr_subject_and_extensions_are_ignored() {
 
 #[test]
 fn openssl_verifies_the_device_chain_for_client_use() {
-    let Some(mut cmd) = openssl() else { return };
+    let Some(mut cmd) = fleet_tests::openssl::openssl() else {
+        return;
+    };
     let (dir, pki) = fresh_pki();
     let ca = pki.issuing_ca();
     let cert = ca
@@ -350,7 +350,9 @@ fn issues_a_server_certificate_with_dns_and_ip_names() {
 
 #[test]
 fn openssl_verifies_the_server_chain_for_server_use() {
-    let Some(mut cmd) = openssl() else { return };
+    let Some(mut cmd) = fleet_tests::openssl::openssl() else {
+        return;
+    };
     let (dir, pki) = fresh_pki();
     let ca = pki.issuing_ca();
     let server = ca

@@ -16,7 +16,7 @@ use wire::{Batch, Body, Record, UnixMillis};
 #[tokio::test]
 async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses_nothing() {
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 3).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 3).await;
     let (good, bad, revoked) = (devices[0], devices[1], devices[2]);
     let mut tx = db.app.begin(tenant).await.unwrap();
     devices::revoke(
@@ -153,7 +153,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
 #[tokio::test]
 async fn a_device_with_too_many_gaps_is_refused_until_they_fill() {
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 1).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
     let device = devices[0];
     let sink = RecordingSink::default();
     let metrics = Metrics::default();

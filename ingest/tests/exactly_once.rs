@@ -14,7 +14,7 @@ use wire::UnixMillis;
 #[tokio::test]
 async fn replays_and_two_instances_write_each_record_once_and_ack_the_final_watermark() {
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 20).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 20).await;
     let sink = RecordingSink::default();
     let metrics = Metrics::default();
     let (first, first_handle) = start(
@@ -113,7 +113,7 @@ async fn replays_and_two_instances_write_each_record_once_and_ack_the_final_wate
 #[tokio::test]
 async fn the_watermark_waits_for_a_hole_and_jumps_when_it_fills() {
     let (_test_db, db) = open().await;
-    let (_, devices) = tenant_with_devices(&db, "acme", 1).await;
+    let (_, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
     let device = devices[0];
     let sink = RecordingSink::default();
     let (sender, handle) = start(
@@ -142,7 +142,7 @@ async fn the_watermark_waits_for_a_hole_and_jumps_when_it_fills() {
 #[tokio::test]
 async fn records_the_agent_declared_lost_do_not_stall_the_watermark() {
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 1).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
     let device = devices[0];
     let sink = RecordingSink::default();
     let (sender, handle) = start(
@@ -165,7 +165,7 @@ async fn records_the_agent_declared_lost_do_not_stall_the_watermark() {
 #[tokio::test]
 async fn patch_status_updates_the_inventory_and_its_history_only_on_change() {
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 1).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
     let device = devices[0];
     let sink = RecordingSink::default();
     let (sender, handle) = start(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
+use certs::{DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
 use common::*;
 use ingest::{start, ExternalBrokerConfig, ExternalSource, Metrics};
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
@@ -46,25 +46,13 @@ fn client_tls(root_pem: &str, chain_pem: &str, key_pem: &str) -> Transport {
 
 /// A device certificate chain and key, from a CSR made with the device's own key.
 fn device_credentials(ca: &IssuingCa, tenant: TenantId, device: DeviceId) -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr_pem = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let csr = DeviceCsr::from_pem(csr_pem.as_bytes()).unwrap();
     let identity = DeviceIdentity {
         tenant_id: tenant.0,
         device_id: device.0,
     };
-    let cert = ca
-        .sign_device_csr(
-            &csr,
-            identity,
-            Validity::from_now(Duration::from_secs(86_400)).unwrap(),
-        )
-        .unwrap();
-    (ca.chain_pem(cert.der()), key.serialize_pem())
+    let validity = Validity::from_now(Duration::from_secs(86_400)).unwrap();
+    let device = fleet_tests::device::issue(ca, identity, validity);
+    (device.chain_pem, device.key.serialize_pem())
 }
 
 /// A device's MQTT client: TLS with its own certificate, not yet connected.
@@ -219,7 +207,7 @@ async fn two_ingest_instances_share_one_mosquitto_and_write_each_record_once() {
     let broker = start_mosquitto(dir.path(), &ca).await;
 
     let (_test_db, db) = open().await;
-    let (tenant, devices) = tenant_with_devices(&db, "acme", 10).await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 10).await;
     let service = ca.issue_service_client_cert("fleetd-ingest").unwrap();
     let mut instances = Vec::new();
     for n in 0..2 {

@@ -6,24 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fleet_tests::tenancy::set_tenant;
 use ingest::{start, Metrics};
-use sqlx::{Connection, PgConnection};
+use sqlx::Connection;
 use store::device_directory;
-use store::TenantId;
-
-async fn as_tenant(conn: &mut PgConnection, tenant: TenantId) {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(tenant.to_string())
-        .execute(conn)
-        .await
-        .unwrap();
-}
 
 #[tokio::test]
 async fn tenant_a_cannot_read_or_change_b_records_state_or_inventory() {
     let (test_db, db) = open().await;
-    let (a, a_devices) = tenant_with_devices(&db, "a", 1).await;
-    let (b, b_devices) = tenant_with_devices(&db, "b", 1).await;
+    let (a, a_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "a", 1).await;
+    let (b, b_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "b", 1).await;
     let sink = RecordingSink::default();
     let (sender, handle) = start(
         test_config(),
@@ -47,7 +39,7 @@ async fn tenant_a_cannot_read_or_change_b_records_state_or_inventory() {
     handle.shutdown().await;
 
     let mut app = test_db.connect_as_app().await;
-    as_tenant(&mut app, a).await;
+    set_tenant(&mut app, a).await;
     for table in [
         "device_records",
         "device_ingest_state",
@@ -95,8 +87,8 @@ async fn tenant_a_cannot_read_or_change_b_records_state_or_inventory() {
 #[tokio::test]
 async fn the_directory_answers_only_for_given_ids_and_the_app_role_still_cannot_list_devices() {
     let (test_db, db) = open().await;
-    let (a, a_devices) = tenant_with_devices(&db, "a", 2).await;
-    let (b, b_devices) = tenant_with_devices(&db, "b", 2).await;
+    let (a, a_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "a", 2).await;
+    let (b, b_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "b", 2).await;
 
     let found = device_directory::lookup(
         &db.app,
@@ -113,7 +105,7 @@ async fn the_directory_answers_only_for_given_ids_and_the_app_role_still_cannot_
         .any(|e| e.device_id == b_devices[1] && e.tenant_id == b));
 
     let mut app = test_db.connect_as_app().await;
-    as_tenant(&mut app, a).await;
+    set_tenant(&mut app, a).await;
     let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
         .fetch_one(&mut app)
         .await

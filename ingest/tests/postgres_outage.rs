@@ -76,7 +76,7 @@ async fn postgres_down_for_ten_seconds_loses_and_duplicates_nothing_and_acks_onl
         connect_timeout: Duration::from_secs(1),
     };
     let db = Database::open(&settings, Purpose::Server).await.unwrap();
-    let (_, devices) = tenant_with_devices(&db, "acme", 10).await;
+    let (_, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 10).await;
     let owner = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(500))

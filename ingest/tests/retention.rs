@@ -53,8 +53,10 @@ fn retention(days: i32) -> SettingsChange {
 #[tokio::test]
 async fn retention_deletes_only_what_is_older_than_each_tenants_setting() {
     let (_test_db, db) = open().await;
-    let (short, short_devices) = tenant_with_devices(&db, "short", 1).await;
-    let (default, default_devices) = tenant_with_devices(&db, "default", 1).await;
+    let (short, short_devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "short", 1).await;
+    let (default, default_devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "default", 1).await;
     let ages = [1, 5, 9, 20, 45, 400];
     insert_aged(&db, short, short_devices[0], &ages).await;
     insert_aged(&db, default, default_devices[0], &ages).await;
@@ -96,7 +98,7 @@ async fn partitions_are_created_ahead_and_dropped_only_past_every_retention() {
     // An old partition, as if created two years ago.
     sqlx::query("CREATE TABLE device_records_w20200106 PARTITION OF device_records FOR VALUES FROM ('2020-01-06 00:00+00') TO ('2020-01-13 00:00+00')")
         .execute(&mut owner).await.unwrap();
-    let (tenant, _) = tenant_with_devices(&db, "long", 1).await;
+    let (tenant, _) = fleet_tests::tenancy::tenant_with_devices(&db.app, "long", 1).await;
     let mut tx = db.app.begin(tenant).await.unwrap();
     tenants::update_settings(&mut tx, &retention(3650), &db.app, &Actor::System)
         .await

@@ -38,7 +38,6 @@ use rumqttc::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sqlx::Connection;
-use store::devices::{self, NewDevice};
 use store::{tenants, DeviceId, TenantId};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -253,7 +252,10 @@ async fn run(
     let (ceiling_tenant, ceiling_devices) = {
         let running = running.clone();
         fleetd_rt
-            .spawn(async move { tenant_with_devices(&running.database().app, 100).await })
+            .spawn(async move {
+                fleet_tests::tenancy::tenant_with_devices(&running.database().app, "ceiling", 100)
+                    .await
+            })
             .await
             .unwrap()
     };
@@ -430,45 +432,22 @@ async fn provision(
     tenant: TenantId,
     n: usize,
 ) -> Vec<DeviceCredentials> {
-    let mut tx = running.database().app.begin(tenant).await.unwrap();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let new = NewDevice {
-            name: format!("sim-{i}"),
-            group: "default".into(),
-            labels: BTreeMap::new(),
-        };
-        ids.push(
-            devices::create(&mut tx, &new, &store::audit::Actor::System)
-                .await
-                .unwrap()
-                .id,
-        );
-    }
-    tx.commit().await.unwrap();
+    let ids = fleet_tests::tenancy::add_devices(&running.database().app, tenant, "sim-", n).await;
     let ca = &running.pki().issuing_ca;
     ids.into_iter()
         .map(|id| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .unwrap()
-                .pem()
-                .unwrap();
-            let cert = ca
-                .sign_device_csr(
-                    &certs::DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
-                    certs::DeviceIdentity {
-                        tenant_id: tenant.0,
-                        device_id: id.0,
-                    },
-                    certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
-                )
-                .unwrap();
+            let issued = fleet_tests::device::issue(
+                ca,
+                certs::DeviceIdentity {
+                    tenant_id: tenant.0,
+                    device_id: id.0,
+                },
+                certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
+            );
             DeviceCredentials {
                 device_id: id.0,
-                key,
-                chain: ca.chain_der(cert.der()),
+                key: issued.key,
+                chain: issued.chain,
             }
         })
         .collect()
@@ -530,30 +509,6 @@ async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
 }
 
 // ---- ceilings (the approach and SQL of ingest/examples/bench_ceiling.rs) ----
-
-async fn tenant_with_devices(app: &store::AppDb, n: usize) -> (TenantId, Vec<DeviceId>) {
-    let tenant = tenants::create(app, "ceiling", &store::audit::Actor::System)
-        .await
-        .unwrap()
-        .id;
-    let mut tx = app.begin(tenant).await.unwrap();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let new = NewDevice {
-            name: format!("c{i}"),
-            group: "default".into(),
-            labels: Default::default(),
-        };
-        ids.push(
-            devices::create(&mut tx, &new, &store::audit::Actor::System)
-                .await
-                .unwrap()
-                .id,
-        );
-    }
-    tx.commit().await.unwrap();
-    (tenant, ids)
-}
 
 /// What every ceiling measurement of one run shares: the server, tenant, devices, row count
 /// and the stored body.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use certs::IssuingCa;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -53,16 +53,40 @@ impl Response {
 
 /// A TLS client that trusts exactly the fleet root.
 pub fn client_config(ca: &IssuingCa) -> Arc<rustls::ClientConfig> {
+    client_config_as(ca, None)
+}
+
+/// A TLS client that trusts exactly the fleet root and presents `client` (chain, leaf first, and
+/// key) as its certificate, or none.
+pub fn client_config_as(
+    ca: &IssuingCa,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.root_der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    })
+}
+
+fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
 }
 
 /// One request on a fresh TLS connection (`Connection: close`).
@@ -80,16 +104,7 @@ pub async fn https_request(
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake with the API");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
+    let request = request_bytes(method, path, headers, body);
     // The server may answer (413) and close before reading everything: read what it said.
     let _ = tls.write_all(&request).await;
     let _ = tls.flush().await;
@@ -98,14 +113,47 @@ pub async fn https_request(
     if raw.is_empty() {
         panic!("no response: {read:?}");
     }
+    parse_response(&raw).unwrap()
+}
+
+/// One request on a fresh TLS connection trusting exactly the fleet root, presenting `client`
+/// (chain and key) as the client certificate if given. `Err` when TLS failed before an answer
+/// was read (e.g. the server refused the client certificate).
+pub async fn https_request_as(
+    addr: SocketAddr,
+    ca: &IssuingCa,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = TlsConnector::from(client_config_as(ca, client));
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let request = request_bytes(method, path, headers, body);
+    // With TLS 1.3 the server judges the client certificate after the client's handshake is
+    // done: a refusal shows up as an error here.
+    tls.write_all(&request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    tls.flush().await.map_err(|e| format!("flush: {e}"))?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> Response {
+/// An HTTP/1.1 answer read whole: a `Content-Length` or chunked body.
+fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
+        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
     let head = std::str::from_utf8(&raw[..split]).unwrap();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -129,11 +177,11 @@ fn parse_response(raw: &[u8]) -> Response {
     if chunked {
         body = dechunk(&body);
     }
-    Response {
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

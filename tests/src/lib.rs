@@ -5,8 +5,11 @@
 //! its own (fsync off, in a temporary directory, gone when the test binary exits). Each
 //! [`TestDb`] creates its own database and drops it when dropped.
 
+pub mod device;
 pub mod https;
 pub mod mosquitto;
+pub mod openssl;
+pub mod tenancy;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -48,28 +48,24 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let (key, csr) = common::device_key_and_csr();
-    let ca = &running.pki().issuing_ca;
     let identity = certs::DeviceIdentity {
         tenant_id: tenant.0,
         device_id: device.id.0,
     };
-    let cert = ca
-        .sign_device_csr(
-            &certs::DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
-            identity,
-            certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
-        )
-        .unwrap();
+    let issued = fleet_tests::device::issue(
+        &running.pki().issuing_ca,
+        identity,
+        certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
+    );
     DeviceCredentials {
         device_id: device.id.0,
-        key,
-        chain: ca.chain_der(cert.der()),
+        key: issued.key,
+        chain: issued.chain,
     }
 }
 
 fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
-    let tls = common::device_tls(
+    let tls = fleet_tests::device::device_tls(
         running.pki().issuing_ca.root_der(),
         device.chain.clone(),
         &device.key,
@@ -203,7 +199,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
     tx.commit().await.unwrap();
 
     // Enrollment over HTTPS, pinning the fleet root.
-    let (key, csr) = common::device_key_and_csr();
+    let (key, csr) = fleet_tests::device::key_and_csr();
     let body = serde_json::json!({ "token": token.secret.expose(), "csr": csr }).to_string();
     let response = https_request(
         running.api_addr(),

@@ -2,21 +2,19 @@
 //! as ingest/README.md documents for production) through an MQTT v5 shared subscription. Every
 //! record is written exactly once, both instances do work, every device gets its final ack.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
 
-use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
+use certs::{DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
 use fleet_tests::mosquitto::start_mosquitto;
 use fleet_tests::TestDb;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode, TlsConfiguration,
     Transport,
 };
-use store::devices::{self, NewDevice};
-use store::{tenants, TenantId};
+use store::TenantId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 use wire::{Batch, Body, Record, Telemetry, UnixMillis};
@@ -47,20 +45,13 @@ fn device_client(
     device: Uuid,
     port: u16,
 ) -> (AsyncClient, EventLoop) {
-    let (key, csr) = common::device_key_and_csr();
     let identity = DeviceIdentity {
         tenant_id: tenant.0,
         device_id: device,
     };
     let validity = Validity::from_now(Duration::from_secs(3600)).unwrap();
-    let cert = ca
-        .sign_device_csr(
-            &DeviceCsr::from_pem(csr.as_bytes()).unwrap(),
-            identity,
-            validity,
-        )
-        .unwrap();
-    let tls = common::device_tls(ca.root_der(), ca.chain_der(cert.der()), &key);
+    let issued = fleet_tests::device::issue(ca, identity, validity);
+    let tls = fleet_tests::device::device_tls(ca.root_der(), issued.chain, &issued.key);
     let mut options = MqttOptions::new(device.to_string(), "localhost", port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
@@ -259,27 +250,9 @@ async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_rec
         "ingest-only: no embedded broker"
     );
 
-    let tenant = tenants::create(&a.database().app, "scale-out", &store::audit::Actor::System)
-        .await
-        .unwrap()
-        .id;
-    let mut ids = Vec::new();
-    let mut tx = a.database().app.begin(tenant).await.unwrap();
-    for _ in 0..DEVICES {
-        let new = NewDevice {
-            name: "sim".into(),
-            group: "default".into(),
-            labels: BTreeMap::new(),
-        };
-        ids.push(
-            devices::create(&mut tx, &new, &store::audit::Actor::System)
-                .await
-                .unwrap()
-                .id
-                .0,
-        );
-    }
-    tx.commit().await.unwrap();
+    let (tenant, ids) =
+        fleet_tests::tenancy::tenant_with_devices(&a.database().app, "scale-out", DEVICES).await;
+    let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
     // Both instances subscribed before devices publish, or "both did work" is luck.
     wait_until_every_instance_is_subscribed(
         &ca,

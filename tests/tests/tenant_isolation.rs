@@ -2,18 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use fleet_tests::tenancy::set_tenant;
 use fleet_tests::TestDb;
 use sqlx::{Connection, PgConnection, Row};
 use store::devices::{self, NewDevice};
 use store::{tenants, TenantId};
-
-async fn set_tenant(conn: &mut PgConnection, tenant: TenantId) {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(tenant.to_string())
-        .execute(conn)
-        .await
-        .unwrap();
-}
 
 fn device(name: &str) -> NewDevice {
     NewDevice {

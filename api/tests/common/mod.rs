@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +15,12 @@ use certs::{IssuingCa, Pki, PkiParams, ServerCertParams};
 use fleet_tests::TestDb;
 use ipnet::IpNet;
 use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use store::enrollment_tokens::{self, IssuedToken, NewEnrollmentToken};
 use store::{tenants, Database, TenantId};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_rustls::TlsConnector;
 
 pub const BROKER_URL: &str = "mqtts://broker.test:8883";
 
@@ -157,10 +154,10 @@ impl TestServer {
         csr: &str,
     ) -> Result<Response, String> {
         let body = serde_json::json!({ "csr": csr }).to_string();
-        https_request_as(
+        fleet_tests::https::https_request_as(
             self.addr,
             &self.ca,
-            client,
+            client.map(DeviceCredentials::client_cert),
             "POST",
             "/v1/renew",
             &[("Content-Type", "application/json")],
@@ -172,7 +169,7 @@ impl TestServer {
     /// Enrolls a new device with a fresh token and key: its credentials and the answer.
     pub async fn enroll_device(&self) -> (DeviceCredentials, api::EnrollResponse) {
         let issued = self.token(|_| {}).await;
-        let (key, csr) = p256_key_and_csr();
+        let (key, csr) = fleet_tests::device::key_and_csr();
         let response = self.enroll_with(issued.secret.expose(), &csr, &[]).await;
         assert_eq!(
             response.status,
@@ -235,17 +232,6 @@ pub fn csr_with(alg: &'static SignatureAlgorithm) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
-/// A fresh P-256 key and a CSR for it, as the agent makes them.
-pub fn p256_key_and_csr() -> (KeyPair, String) {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "fleet-agent");
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    (key, csr)
-}
-
 /// What a device presents as its TLS client certificate: its chain (leaf first) and key.
 pub struct DeviceCredentials {
     pub chain: Vec<CertificateDer<'static>>,
@@ -259,6 +245,14 @@ impl DeviceCredentials {
             chain: pem_certs(chain_pem),
             key_pkcs8: key.serialize_der(),
         }
+    }
+
+    /// The chain and key as a TLS client presents them.
+    pub fn client_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (
+            self.chain.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone())),
+        )
     }
 }
 
@@ -284,97 +278,6 @@ pub fn pem_certs(pem_text: &str) -> Vec<CertificateDer<'static>> {
     out
 }
 
-/// One request on a fresh TLS connection trusting exactly the fleet root, presenting `client`
-/// as the client certificate if given. `Err` when TLS failed before an answer was read.
-pub async fn https_request_as(
-    addr: SocketAddr,
-    ca: &IssuingCa,
-    client: Option<&DeviceCredentials>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<Response, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.root_der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                c.chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_pkcs8.clone())),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let connector = TlsConnector::from(Arc::new(config));
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut request = request.into_bytes();
-    request.extend_from_slice(body);
-    // With TLS 1.3 the server judges the client certificate after the client's handshake is
-    // done: a refusal shows up as an error here.
-    tls.write_all(&request)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    tls.flush().await.map_err(|e| format!("flush: {e}"))?;
-    let mut raw = Vec::new();
-    tls.read_to_end(&mut raw)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    parse_response(&raw)
-}
-
-/// An HTTP/1.1 answer with a `Content-Length` body (what axum sends for these routes).
-fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP answer ({} bytes)", raw.len()))?;
-    let head = std::str::from_utf8(&raw[..split]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .map(|line| {
-            let (name, value) = line.split_once(':').unwrap();
-            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
-        })
-        .collect();
-    assert!(
-        !headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")),
-        "chunked answers are not parsed here"
-    );
-    Ok(Response {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    })
-}
-
 pub fn p256_csr() -> String {
     csr_with(&PKCS_ECDSA_P256_SHA256)
 }
@@ -382,20 +285,14 @@ pub fn p256_csr() -> String {
 /// An RSA CSR from the openssl tool (ring cannot make RSA keys); `None` without openssl.
 pub fn rsa_csr() -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("openssl")
+    let out = fleet_tests::openssl::openssl()?
         .args([
             "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=rsa",
         ])
         .arg("-keyout")
         .arg(dir.path().join("rsa.key"))
         .output()
-        .ok();
-    // CI installs openssl: there a missing tool must fail, not skip, the RSA case.
-    assert!(
-        out.is_some() || std::env::var_os("CI").is_none(),
-        "openssl is required in CI (.ci/run installs it)"
-    );
-    let out = out?;
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",

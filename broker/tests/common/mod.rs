@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use broker::{Broker, BrokerConfig, BrokerHooks, PresenceEvent, RunningBroker};
 use certs::{
-    CertificateDer, DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, ServerCertParams,
-    Validity,
+    CertificateDer, DeviceIdentity, IssuingCa, Pki, PkiParams, ServerCertParams, Validity,
 };
 use rumqttc::{
     AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions,
@@ -71,19 +70,12 @@ impl TestDevice {
             tenant_id: Uuid::new_v4(),
             device_id: Uuid::new_v4(),
         };
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr_pem = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let csr = DeviceCsr::from_pem(csr_pem.as_bytes()).unwrap();
-        let cert = ca.sign_device_csr(&csr, identity, validity).unwrap();
+        let issued = fleet_tests::device::issue(ca, identity, validity);
         Self {
             identity,
-            chain: ca.chain_der(cert.der()),
-            chain_pem: ca.chain_pem(cert.der()),
-            key,
+            chain: issued.chain,
+            chain_pem: issued.chain_pem,
+            key: issued.key,
         }
     }
 

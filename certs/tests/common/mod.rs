@@ -62,23 +62,6 @@ pub fn assert_signed_by(child: &[u8], issuer: &[u8]) {
     assert_eq!(child.issuer().as_raw(), issuer.subject().as_raw());
 }
 
-/// The openssl command line tool, if installed: an implementation nobody here wrote.
-pub fn openssl() -> Option<Command> {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !found {
-        // CI installs openssl: there a missing tool must fail, not skip, the test.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl is required in CI (.ci/run installs it)"
-        );
-        eprintln!("openssl not installed: skipping the openssl part of this test");
-    }
-    found.then(|| Command::new("openssl"))
-}
-
 pub fn run(mut command: Command) -> String {
     let out = command.output().unwrap();
     assert!(

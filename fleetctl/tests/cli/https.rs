@@ -429,12 +429,7 @@ async fn enrollment_tokens_show_their_state_including_used_up() {
     assert!(!listed.contains("fpe_"), "a listing shows no secret");
 
     // One enrollment spends the token's only use: it is used up, not active.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (_key, csr) = fleet_tests::device::key_and_csr();
     let body = serde_json::json!({ "token": token, "csr": csr }).to_string();
     let enrolled = fleet_tests::https::https_request(
         fleet.running.api_addr(),

@@ -3,45 +3,18 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_tests::TestDb;
 use ingest::{AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, IngestSender};
-use store::devices::{self, NewDevice};
-use store::{tenants, Database, DeviceId, TenantId};
+use store::{Database, DeviceId, TenantId};
 use wire::topic::TopicKind;
 use wire::{
     AgentEvent, Batch, Body, OutboxOverflow, Package, PackageManager, PatchStatus, Record, Started,
     Telemetry, UnixMillis,
 };
-
-/// A tenant with `n` devices; returns its id and the device ids.
-pub async fn tenant_with_devices(db: &Database, name: &str, n: usize) -> (TenantId, Vec<DeviceId>) {
-    let tenant = tenants::create(&db.app, name, &store::audit::Actor::System)
-        .await
-        .unwrap()
-        .id;
-    let mut tx = db.app.begin(tenant).await.unwrap();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let device = devices::create(
-            &mut tx,
-            &NewDevice {
-                name: format!("{name}-d{i}"),
-                group: "default".into(),
-                labels: BTreeMap::new(),
-            },
-            &store::audit::Actor::System,
-        )
-        .await
-        .unwrap();
-        ids.push(device.id);
-    }
-    tx.commit().await.unwrap();
-    (tenant, ids)
-}
 
 /// Fast batching for tests.
 pub fn test_config() -> IngestConfig {
