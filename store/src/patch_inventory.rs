@@ -62,25 +62,6 @@ pub enum Applied {
     Changed,
 }
 
-/// The device's current patch state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CurrentPatchStatus {
-    /// Seq of the report it comes from.
-    pub seq: i64,
-    /// Its device clock.
-    pub recorded_at: OffsetDateTime,
-    /// OS id.
-    pub os_id: String,
-    /// OS version.
-    pub os_version: String,
-    /// Package manager.
-    pub package_manager: String,
-    /// Whether a reboot is pending.
-    pub reboot_required: bool,
-    /// Packages, by name.
-    pub packages: Vec<PackageRow>,
-}
-
 struct Current {
     seq: i64,
     recorded_at: OffsetDateTime,
@@ -125,30 +106,6 @@ pub async fn apply(
             Ok(Applied::Changed)
         }
     }
-}
-
-/// The device's current patch state, if it ever reported one.
-pub async fn current(
-    tx: &mut TenantTx,
-    device: DeviceId,
-) -> Result<Option<CurrentPatchStatus>, StoreError> {
-    let row = sqlx::query(
-        "SELECT seq, recorded_at, os_id, os_version, package_manager, reboot_required
-           FROM device_patch_status WHERE device_id = $1",
-    )
-    .bind(device)
-    .fetch_optional(tx.conn())
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(CurrentPatchStatus {
-        seq: row.try_get("seq")?,
-        recorded_at: row.try_get("recorded_at")?,
-        os_id: row.try_get("os_id")?,
-        os_version: row.try_get("os_version")?,
-        package_manager: row.try_get("package_manager")?,
-        reboot_required: row.try_get("reboot_required")?,
-        packages: packages(tx, device).await?,
-    }))
 }
 
 /// The device's history rows, oldest first: (seq, changes).
@@ -463,7 +420,7 @@ async fn append_history(
 /// A device's current patch status as the management API shows it: the newest report's
 /// inventory with its counts and times.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PatchStatusDetail {
+pub struct CurrentPatchStatus {
     /// Seq of the report it comes from.
     pub seq: i64,
     /// Its device clock.
@@ -494,10 +451,10 @@ pub struct PatchStatusDetail {
 
 /// The device's current patch status with counts and times, if it ever reported one. The
 /// caller checks first that the device is visible to it ([`crate::devices::get_scoped`]).
-pub async fn detail(
+pub async fn current(
     tx: &mut TenantTx,
     device: DeviceId,
-) -> Result<Option<PatchStatusDetail>, StoreError> {
+) -> Result<Option<CurrentPatchStatus>, StoreError> {
     let row = sqlx::query(
         "SELECT seq, recorded_at, received_at, os_id, os_version, package_manager,
                 reboot_required, lists_refreshed_at, package_count, upgradable_count,
@@ -508,7 +465,7 @@ pub async fn detail(
     .fetch_optional(tx.conn())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    Ok(Some(PatchStatusDetail {
+    Ok(Some(CurrentPatchStatus {
         seq: row.try_get("seq")?,
         recorded_at: row.try_get("recorded_at")?,
         received_at: row.try_get("received_at")?,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use serde::Serialize;
-use store::patch_inventory::{self, GroupPatchSummary, PackageRow, PatchStatusDetail};
+use store::patch_inventory::{self, CurrentPatchStatus, GroupPatchSummary, PackageRow};
 use store::{devices, DeviceId};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -78,7 +78,7 @@ pub struct PatchStatusView {
 }
 
 impl PatchStatusView {
-    fn new(device_id: DeviceId, status: PatchStatusDetail, now: OffsetDateTime) -> Self {
+    fn new(device_id: DeviceId, status: CurrentPatchStatus, now: OffsetDateTime) -> Self {
         Self {
             device_id,
             recorded_at: rfc3339(status.recorded_at),
@@ -182,7 +182,7 @@ pub(crate) async fn device(
     devices::get_scoped(&mut tx, id, caller.scope())
         .await?
         .ok_or(ApiError::ResourceNotFound("device"))?;
-    let status = patch_inventory::detail(&mut tx, id)
+    let status = patch_inventory::current(&mut tx, id)
         .await?
         .ok_or(ApiError::ResourceNotFound("patch status"))?;
     tx.commit().await?;
