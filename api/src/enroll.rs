@@ -97,8 +97,8 @@ pub(crate) async fn enroll(
 
     let device_id = DeviceId::new_random();
     let identity = DeviceIdentity {
-        tenant_id: tenant_id.0,
-        device_id: device_id.0,
+        tenant_id,
+        device_id,
     };
     let validity = Validity::from_now(ctx.state.device_cert_lifetime)?;
     let cert = ctx

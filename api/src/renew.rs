@@ -31,7 +31,7 @@ use axum::Json;
 use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, Validity};
 use serde::Deserialize;
 use store::device_certificates;
-use store::{devices, DeviceId, TenantId};
+use store::devices;
 use time::OffsetDateTime;
 
 use crate::client_addr::{client_ip, Peer};
@@ -74,8 +74,8 @@ pub(crate) async fn renew(
         .check_validity(OffsetDateTime::now_utc())
         .map_err(|_| ApiError::DeviceCertificateRequired)?;
     let source = client_ip(peer.addr.ip(), &headers, &ctx.state.trusted_proxies)?;
-    let tenant_id = TenantId(identity.tenant_id);
-    let device_id = DeviceId(identity.device_id);
+    let tenant_id = identity.tenant_id;
+    let device_id = identity.device_id;
     let old_serial = current.serial().to_string();
 
     let mut tx = ctx.state.app.begin(tenant_id).await?;

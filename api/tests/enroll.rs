@@ -53,8 +53,8 @@ async fn a_device_enrolls_over_https_and_gets_a_certificate_for_its_new_identity
     // The certificate says what the server decided, not what the CSR asked for.
     let leaf =
         certs::DeviceCertificate::from_der(&first_cert_der(&answer.certificate_chain)).unwrap();
-    assert_eq!(leaf.identity().tenant_id, server.tenant.0);
-    assert_eq!(leaf.identity().device_id, answer.device_id.0);
+    assert_eq!(leaf.identity().tenant_id, server.tenant);
+    assert_eq!(leaf.identity().device_id, answer.device_id);
     let expires = time::OffsetDateTime::parse(
         &answer.expires_at,
         &time::format_description::well_known::Rfc3339,

@@ -166,8 +166,8 @@ async fn a_certificate_of_our_ca_for_an_unknown_device_or_never_recorded_gets_40
     let stranger = credentials_from(
         &server.ca,
         DeviceIdentity {
-            tenant_id: server.tenant.0,
-            device_id: DeviceId::new_random().0,
+            tenant_id: server.tenant,
+            device_id: DeviceId::new_random(),
         },
         Validity::from_now(Duration::from_secs(3600)).unwrap(),
     );
@@ -178,8 +178,8 @@ async fn a_certificate_of_our_ca_for_an_unknown_device_or_never_recorded_gets_40
     let unrecorded = credentials_from(
         &server.ca,
         DeviceIdentity {
-            tenant_id: enrolled.tenant_id.0,
-            device_id: enrolled.device_id.0,
+            tenant_id: enrolled.tenant_id,
+            device_id: enrolled.device_id,
         },
         Validity::from_now(Duration::from_secs(3600)).unwrap(),
     );
@@ -194,8 +194,8 @@ async fn a_certificate_from_another_ca_or_expired_is_refused() {
     let server = TestServer::start().await;
     let (_, enrolled) = server.enroll_device().await;
     let identity = DeviceIdentity {
-        tenant_id: enrolled.tenant_id.0,
-        device_id: enrolled.device_id.0,
+        tenant_id: enrolled.tenant_id,
+        device_id: enrolled.device_id,
     };
     let other_dir = tempfile::tempdir().unwrap();
     let other_ca = Pki::generate(&other_dir.path().join("pki"), &PkiParams::default())

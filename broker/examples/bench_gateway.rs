@@ -38,7 +38,6 @@ use rumqttd::protocol::{Connect, Protocol};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use uuid::Uuid;
 
 const PAYLOAD: usize = 100;
 
@@ -72,8 +71,8 @@ struct Device {
 
 fn issue(ca: &IssuingCa) -> anyhow::Result<Device> {
     let identity = DeviceIdentity {
-        tenant_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
+        tenant_id: wire::TenantId::new_random(),
+        device_id: wire::DeviceId::new_random(),
     };
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::default()

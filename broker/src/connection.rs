@@ -33,7 +33,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
-use uuid::Uuid;
+use wire::DeviceId;
 
 use crate::engine::{disconnect_packet, publish_packet, Engine, SharedLinkTx};
 use crate::hooks::{AdmissionCheck, DisconnectReason, PresenceEvent};
@@ -243,7 +243,7 @@ async fn admit(
 
 /// The CONNECT checks that need no I/O.
 fn check_connect(
-    device_id: Uuid,
+    device_id: DeviceId,
     client_id: &str,
     keep_alive: u16,
     will: Option<&LastWill>,
@@ -259,9 +259,8 @@ fn check_connect(
 }
 
 /// The client id must be the device id, canonical: lowercase and hyphenated.
-fn client_id_matches(device_id: Uuid, client_id: &str) -> bool {
-    let mut buffer = Uuid::encode_buffer();
-    *device_id.hyphenated().encode_lower(&mut buffer) == *client_id
+fn client_id_matches(device_id: DeviceId, client_id: &str) -> bool {
+    device_id.is_canonical_text(client_id)
 }
 
 /// The MQTT 3.1.1 CONNACK code for a refusal at CONNECT.
@@ -466,7 +465,7 @@ enum Flow {
 
 /// Per-session rule state.
 struct SessionState {
-    device_id: Uuid,
+    device_id: DeviceId,
     subscriptions: Subscriptions,
     bucket: TokenBucket,
 }
@@ -743,8 +742,8 @@ mod tests {
 
     const DEVICE: &str = "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94";
 
-    fn device() -> Uuid {
-        Uuid::parse_str(DEVICE).unwrap()
+    fn device() -> DeviceId {
+        DeviceId::parse_canonical(DEVICE).unwrap()
     }
 
     #[test]

@@ -51,7 +51,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
-use uuid::Uuid;
+use wire::DeviceId;
 
 pub use config::{
     BrokerConfig, DEFAULT_ADMISSION_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENGINE_SEGMENT_COUNT,
@@ -173,7 +173,7 @@ impl RunningBroker {
     /// it from now on. A revocation that arrives while the device is between its
     /// handshake and its CONNACK is not lost: the session is registered before the hook
     /// is asked.
-    pub fn disconnect(&self, device_id: Uuid) -> bool {
+    pub fn disconnect(&self, device_id: DeviceId) -> bool {
         self.shared
             .registry
             .disconnect(device_id, DisconnectReason::Revoked)

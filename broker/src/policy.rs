@@ -7,12 +7,12 @@ use std::collections::HashSet;
 
 use rumqttd::protocol::{Filter, LastWill, QoS};
 use tokio::time::Instant;
-use uuid::Uuid;
+use wire::DeviceId;
 
 use crate::stats::Refusal;
 
 /// May `device_id` publish to `topic`? Only to its own `up` topics.
-pub(crate) fn check_publish_topic(device_id: Uuid, topic: &[u8]) -> Result<(), Refusal> {
+pub(crate) fn check_publish_topic(device_id: DeviceId, topic: &[u8]) -> Result<(), Refusal> {
     let allowed = std::str::from_utf8(topic)
         .is_ok_and(|topic| wire::topic::device_may_publish(device_id, topic));
     if allowed {
@@ -23,7 +23,7 @@ pub(crate) fn check_publish_topic(device_id: Uuid, topic: &[u8]) -> Result<(), R
 }
 
 /// May `device_id` set this will? Only on one of its own `up` topics, at QoS 0 or 1.
-pub(crate) fn check_will(device_id: Uuid, will: Option<&LastWill>) -> Result<(), Refusal> {
+pub(crate) fn check_will(device_id: DeviceId, will: Option<&LastWill>) -> Result<(), Refusal> {
     let Some(will) = will else {
         return Ok(());
     };
@@ -37,7 +37,7 @@ pub(crate) fn check_will(device_id: Uuid, will: Option<&LastWill>) -> Result<(),
 
 /// May `device_id` subscribe to `filter`? Only within its own `down` topics, which
 /// also refuses `#`, `+` and `$share/...` at or above the device level.
-pub(crate) fn check_subscribe_filter(device_id: Uuid, filter: &str) -> Result<(), Refusal> {
+pub(crate) fn check_subscribe_filter(device_id: DeviceId, filter: &str) -> Result<(), Refusal> {
     if wire::topic::device_may_subscribe(device_id, filter) {
         Ok(())
     } else {
@@ -64,7 +64,11 @@ impl Subscriptions {
     /// stay within the limit. On success the filters are recorded and their QoS capped
     /// at 1 (QoS 2 is not offered). On refusal nothing is recorded: the packet is
     /// refused whole.
-    pub(crate) fn admit(&mut self, device_id: Uuid, filters: &mut [Filter]) -> Result<(), Refusal> {
+    pub(crate) fn admit(
+        &mut self,
+        device_id: DeviceId,
+        filters: &mut [Filter],
+    ) -> Result<(), Refusal> {
         for filter in filters.iter() {
             check_subscribe_filter(device_id, &filter.path)?;
         }
@@ -140,8 +144,8 @@ mod tests {
     const DEVICE: &str = "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94";
     const OTHER: &str = "0b9d7c3e-1a2f-4e5d-8c6b-7a9f0e1d2c3b";
 
-    fn device() -> Uuid {
-        Uuid::parse_str(DEVICE).unwrap()
+    fn device() -> DeviceId {
+        DeviceId::parse_canonical(DEVICE).unwrap()
     }
 
     fn filter(path: &str) -> Filter {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use uuid::Uuid;
+use wire::DeviceId;
 
 use crate::hooks::DisconnectReason;
 
@@ -54,7 +54,7 @@ impl SessionControl {
 /// Every live session, one per device.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<Uuid, Arc<SessionControl>>>,
+    sessions: Mutex<HashMap<DeviceId, Arc<SessionControl>>>,
     next_session: AtomicU64,
 }
 
@@ -62,7 +62,7 @@ impl Registry {
     /// Registers a new session for `device_id`; a session already registered for it is
     /// asked to close as [`DisconnectReason::Replaced`] (MQTT's rule for a second
     /// connection with the same client id).
-    pub(crate) fn register(&self, device_id: Uuid) -> Arc<SessionControl> {
+    pub(crate) fn register(&self, device_id: DeviceId) -> Arc<SessionControl> {
         let control = Arc::new(SessionControl {
             session: self.next_session.fetch_add(1, Ordering::Relaxed) + 1,
             reason: Mutex::new(None),
@@ -76,7 +76,7 @@ impl Registry {
     }
 
     /// Removes a session, unless a newer one has taken its place.
-    pub(crate) fn remove(&self, device_id: Uuid, session: u64) {
+    pub(crate) fn remove(&self, device_id: DeviceId, session: u64) {
         let mut sessions = lock(&self.sessions);
         if sessions
             .get(&device_id)
@@ -87,7 +87,7 @@ impl Registry {
     }
 
     /// Closes the device's live session, if any, and says whether there was one.
-    pub(crate) fn disconnect(&self, device_id: Uuid, reason: DisconnectReason) -> bool {
+    pub(crate) fn disconnect(&self, device_id: DeviceId, reason: DisconnectReason) -> bool {
         let control = lock(&self.sessions).get(&device_id).cloned();
         match control {
             Some(control) => {
@@ -124,7 +124,7 @@ mod tests {
     #[tokio::test]
     async fn a_close_before_waiting_is_not_lost() {
         let registry = Registry::default();
-        let device = Uuid::from_u128(1);
+        let device = DeviceId::from(uuid::Uuid::from_u128(1));
         let control = registry.register(device);
         assert!(registry.disconnect(device, DisconnectReason::Revoked));
         tokio::time::timeout(Duration::from_secs(1), control.closed())
@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn a_newer_session_replaces_and_survives_the_older_ones_removal() {
         let registry = Registry::default();
-        let device = Uuid::from_u128(1);
+        let device = DeviceId::from(uuid::Uuid::from_u128(1));
         let old = registry.register(device);
         let new = registry.register(device);
         assert_eq!(old.reason(), Some(DisconnectReason::Replaced));

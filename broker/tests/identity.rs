@@ -88,7 +88,7 @@ async fn a_client_id_other_than_the_device_id_is_refused_with_identifier_rejecte
     for client_id in [
         other.client_id(),
         device.client_id().to_uppercase(),
-        device.id().simple().to_string(),
+        device.id().0.simple().to_string(),
         "agent".to_owned(),
     ] {
         let options = mqtt_options(broker.local_addr(), &client_id, tls());

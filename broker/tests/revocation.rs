@@ -10,10 +10,9 @@ use std::time::Duration;
 use broker::{BrokerHooks, DisconnectReason, Refusal};
 use common::*;
 use rumqttc::{ConnectReturnCode, QoS};
-use uuid::Uuid;
 
 /// An admission hook backed by an in-memory revocation list, as the store would be.
-fn revocation_list() -> (BrokerHooks, Arc<Mutex<HashSet<Uuid>>>) {
+fn revocation_list() -> (BrokerHooks, Arc<Mutex<HashSet<wire::DeviceId>>>) {
     let revoked = Arc::new(Mutex::new(HashSet::new()));
     let list = Arc::clone(&revoked);
     let mut hooks = BrokerHooks::admit_all();

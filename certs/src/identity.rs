@@ -16,7 +16,7 @@ use std::fmt;
 
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
-use uuid::Uuid;
+use wire::{DeviceId, TenantId};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -34,9 +34,9 @@ pub const IDENTITY_URI_PREFIX: &str = "urn:fleetplane:device:";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceIdentity {
     /// The tenant that owns the device.
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// The device itself, unique across tenants.
-    pub device_id: Uuid,
+    pub device_id: DeviceId,
 }
 
 impl DeviceIdentity {
@@ -62,7 +62,10 @@ impl DeviceIdentity {
         let (tenant, device) = ids
             .split_once(':')
             .ok_or(IdentityError::MalformedIdentityUri)?;
-        match (parse_canonical_uuid(tenant), parse_canonical_uuid(device)) {
+        match (
+            TenantId::parse_canonical(tenant),
+            DeviceId::parse_canonical(device),
+        ) {
             (Some(tenant_id), Some(device_id)) => Ok(Self {
                 tenant_id,
                 device_id,
@@ -204,11 +207,11 @@ fn identity_from_subject(subject: &X509Name<'_>) -> Result<DeviceIdentity, Ident
 
     let device_id = device
         .ok()
-        .and_then(parse_canonical_uuid)
+        .and_then(DeviceId::parse_canonical)
         .ok_or(IdentityError::MalformedDeviceId)?;
     let tenant_id = tenant
         .ok()
-        .and_then(parse_canonical_uuid)
+        .and_then(TenantId::parse_canonical)
         .ok_or(IdentityError::MalformedTenantId)?;
     Ok(DeviceIdentity {
         tenant_id,
@@ -257,12 +260,6 @@ fn single<T>(mut values: impl Iterator<Item = T>) -> Result<T, NotSingle> {
         (None, _) => Err(NotSingle::Missing),
         (Some(_), Some(_)) => Err(NotSingle::Duplicate),
     }
-}
-
-/// Parses a UUID only in its canonical text form: 36 characters, lowercase, hyphenated.
-pub(crate) fn parse_canonical_uuid(text: &str) -> Option<Uuid> {
-    let uuid = Uuid::try_parse(text).ok()?;
-    (uuid.hyphenated().to_string() == text).then_some(uuid)
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {

@@ -153,9 +153,9 @@ fn refuses_a_device_id_in_non_canonical_form() {
     let identity = random_identity();
     for spelling in [
         identity.device_id.to_string().to_uppercase(),
-        identity.device_id.simple().to_string(),
-        identity.device_id.braced().to_string(),
-        identity.device_id.urn().to_string(),
+        identity.device_id.0.simple().to_string(),
+        identity.device_id.0.braced().to_string(),
+        identity.device_id.0.urn().to_string(),
     ] {
         let (mut subject, sans) = well_formed(identity);
         subject[1].1 = spelling;

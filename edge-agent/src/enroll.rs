@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wire::Uuid;
+use wire::{DeviceId, TenantId};
 
 use crate::certinfo::{self, Validity};
 use crate::https::{self, HttpsUrl, Problem, Response};
@@ -31,7 +31,7 @@ pub enum Call {
 pub enum EnrollError {
     /// The state directory already holds an identity.
     #[error("already enrolled as device {0}; to enroll again, stop the agent and empty the state directory")]
-    AlreadyEnrolled(Uuid),
+    AlreadyEnrolled(DeviceId),
     /// The server answered with a refusal (one line, for the user).
     #[error("{message}")]
     Refused {
@@ -70,9 +70,9 @@ struct RenewBody<'a> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct CertificateResponse {
     /// The device id.
-    pub device_id: Uuid,
+    pub device_id: DeviceId,
     /// The tenant id.
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// PEM: device certificate, then the issuing CA.
     pub certificate_chain: String,
     /// PEM: the fleet root to pin.
@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(renewed.generation, 4);
         assert_eq!(renewed.broker_url, "mqtts://new:8883");
         assert!(renewed.renewed_at.is_some());
-        answer.device_id = Uuid::nil();
+        answer.device_id = DeviceId(wire::Uuid::nil());
         assert!(renewed_record(&current, &answer).is_err());
     }
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use wire::Uuid;
+use wire::{DeviceId, TenantId};
 
 use crate::certinfo::{self, Validity};
 
@@ -103,9 +103,9 @@ impl StateDir {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// The device id (also the MQTT client id and the certificate's identity).
-    pub device_id: Uuid,
+    pub device_id: DeviceId,
     /// The tenant the device belongs to.
-    pub tenant_id: Uuid,
+    pub tenant_id: TenantId,
     /// The HTTPS server enrollment went to; renewal goes there too.
     pub server_url: String,
     /// `mqtts://host:port`.
@@ -358,8 +358,8 @@ pub(crate) mod tests {
 
     pub(crate) fn record(generation: u64) -> DeviceRecord {
         DeviceRecord {
-            device_id: Uuid::parse_str("6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94").unwrap(),
-            tenant_id: Uuid::parse_str("11111111-2222-4333-8444-555555555555").unwrap(),
+            device_id: "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94".parse().unwrap(),
+            tenant_id: "11111111-2222-4333-8444-555555555555".parse().unwrap(),
             server_url: "https://fleet.example:8443".to_owned(),
             broker_url: "mqtts://127.0.0.1:1".to_owned(),
             generation,

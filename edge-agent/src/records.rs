@@ -156,7 +156,7 @@ pub fn next_batch(
 }
 
 /// The topic of a record kind.
-pub fn topic_for(kind: RecordKind, device: wire::Uuid) -> String {
+pub fn topic_for(kind: RecordKind, device: wire::DeviceId) -> String {
     match kind {
         RecordKind::Telemetry => wire::topic::telemetry(device),
         RecordKind::PatchStatus => wire::topic::patch_status(device),

@@ -18,7 +18,7 @@ impl AckSink for BrokerAcks {
     ) -> BoxFuture<'_, Result<(), AckError>> {
         Box::pin(async move {
             self.0
-                .publish_local(&wire::topic::ack(device.0), payload)
+                .publish_local(&wire::topic::ack(device), payload)
                 .await
                 .map_err(|e| AckError(e.to_string()))
         })

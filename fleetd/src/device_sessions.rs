@@ -10,14 +10,13 @@ use certs::DeviceIdentity;
 use store::revocations::{Revocation, RevocationListener};
 use store::{devices, AppDb, DeviceId, StoreError, TenantId};
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 /// Live sessions of this instance: device id → (tenant id, session number).
 #[derive(Clone, Default)]
-pub struct OnlineDevices(Arc<Mutex<HashMap<Uuid, (Uuid, u64)>>>);
+pub struct OnlineDevices(Arc<Mutex<HashMap<DeviceId, (TenantId, u64)>>>);
 
 impl OnlineDevices {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, (Uuid, u64)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, (TenantId, u64)>> {
         // Plain inserts and removes: the map is consistent whatever panicked.
         self.0
             .lock()
@@ -41,7 +40,7 @@ impl OnlineDevices {
         }
     }
 
-    fn snapshot(&self) -> Vec<(Uuid, Uuid)> {
+    fn snapshot(&self) -> Vec<(TenantId, DeviceId)> {
         self.lock()
             .iter()
             .map(|(device, (tenant, _))| (*tenant, *device))
@@ -57,9 +56,9 @@ pub fn admission_check(app: AppDb) -> AdmissionCheck {
     })
 }
 
-async fn is_active(app: &AppDb, tenant: Uuid, device: Uuid) -> Result<bool, StoreError> {
-    let mut tx = app.begin(TenantId(tenant)).await?;
-    let active = devices::is_active(&mut tx, DeviceId(device)).await?;
+async fn is_active(app: &AppDb, tenant: TenantId, device: DeviceId) -> Result<bool, StoreError> {
+    let mut tx = app.begin(tenant).await?;
+    let active = devices::is_active(&mut tx, device).await?;
     tx.rollback().await?;
     Ok(active)
 }
@@ -82,14 +81,8 @@ pub async fn record_presence(
 }
 
 async fn write_presence(app: &AppDb, event: &PresenceEvent) -> Result<(), StoreError> {
-    let mut tx = app.begin(TenantId(event.identity.tenant_id)).await?;
-    devices::record_presence(
-        &mut tx,
-        DeviceId(event.identity.device_id),
-        event.online,
-        event.at,
-    )
-    .await?;
+    let mut tx = app.begin(event.identity.tenant_id).await?;
+    devices::record_presence(&mut tx, event.identity.device_id, event.online, event.at).await?;
     tx.commit().await
 }
 
@@ -108,7 +101,7 @@ pub async fn enforce_revocations(app: AppDb, broker: Arc<RunningBroker>, online:
     loop {
         match listener.recv().await {
             Revocation::Device { device_id, .. } => {
-                if broker.disconnect(device_id.0) {
+                if broker.disconnect(device_id) {
                     tracing::info!(device = %device_id, "revoked device disconnected");
                 }
             }

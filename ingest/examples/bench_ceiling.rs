@@ -226,7 +226,7 @@ async fn pipeline(
     for device in devices.iter().copied() {
         let sender = sender.clone();
         tasks.push(tokio::spawn(async move {
-            let topic = wire::topic::telemetry(device.0);
+            let topic = wire::topic::telemetry(device);
             for chunk in 0..per_device / 10 {
                 let records = (1..=10).map(|i| record(chunk * 10 + i)).collect();
                 let payload = wire::encode_batch(&Batch::new(records));

@@ -51,7 +51,7 @@ pub(crate) fn classify(message: &InboundMessage, max_message_bytes: usize) -> Cl
         Ok(parsed) => parsed,
         Err(e) => return Classified::Refused { reason: e.reason() },
     };
-    let device = DeviceId(parsed.device_id);
+    let device = parsed.device_id;
     if parsed.kind == TopicKind::Presence {
         return Classified::Ignored;
     }
@@ -115,10 +115,10 @@ impl TenantBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::{AgentEvent, Batch, Body, Started, UnixMillis, Uuid};
+    use wire::{AgentEvent, Batch, Body, DeviceId, Started, UnixMillis};
 
-    fn device() -> Uuid {
-        Uuid::parse_str("6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94").unwrap()
+    fn device() -> DeviceId {
+        DeviceId::parse_canonical("6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94").unwrap()
     }
 
     fn event_batch() -> Vec<u8> {
@@ -139,7 +139,7 @@ mod tests {
                 device: d,
                 input: DeviceInput::Records { records, topic, .. },
             } => {
-                assert_eq!(d.0, device());
+                assert_eq!(d, device());
                 assert_eq!(topic, TopicKind::Events);
                 assert_eq!(records.len(), 1);
             }

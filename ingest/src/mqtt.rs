@@ -274,7 +274,7 @@ impl AckSink for MqttAckSink {
     ) -> BoxFuture<'_, Result<(), AckError>> {
         let result = self
             .client
-            .try_publish(wire::topic::ack(device.0), QoS::AtLeastOnce, false, payload)
+            .try_publish(wire::topic::ack(device), QoS::AtLeastOnce, false, payload)
             .map_err(|e| AckError(e.to_string()));
         Box::pin(async move { result })
     }

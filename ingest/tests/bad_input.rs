@@ -55,7 +55,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
         }
     });
 
-    let telemetry_topic = topic::telemetry(bad.0);
+    let telemetry_topic = topic::telemetry(bad);
     // Malformed CBOR.
     send_raw(&sender, telemetry_topic.clone(), vec![0xff, 0xfe, 0x00]).await;
     // Oversize.
@@ -82,7 +82,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
     };
     send_raw(
         &sender,
-        topic::events(bad.0),
+        topic::events(bad),
         wire::encode_batch(&Batch::new(vec![unknown])),
     )
     .await;
@@ -93,7 +93,7 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
     send(&sender, revoked, vec![telemetry(1), telemetry(2)]).await;
     // Not a device topic, and a down topic.
     send_raw(&sender, "fleet/v1/not-a-uuid/up/telemetry".into(), vec![]).await;
-    send_raw(&sender, topic::ack(bad.0), vec![]).await;
+    send_raw(&sender, topic::ack(bad), vec![]).await;
 
     good_stream.await.unwrap();
     sink.wait_for_watermark(&[good], 500, Duration::from_secs(15))

@@ -47,8 +47,8 @@ fn client_tls(root_pem: &str, chain_pem: &str, key_pem: &str) -> Transport {
 /// A device certificate chain and key, from a CSR made with the device's own key.
 fn device_credentials(ca: &IssuingCa, tenant: TenantId, device: DeviceId) -> (String, String) {
     let identity = DeviceIdentity {
-        tenant_id: tenant.0,
-        device_id: device.0,
+        tenant_id: tenant,
+        device_id: device,
     };
     let validity = Validity::from_now(Duration::from_secs(86_400)).unwrap();
     let device = fleet_tests::device::issue(ca, identity, validity);
@@ -103,7 +103,7 @@ async fn wait_until_every_instance_is_subscribed(
     tenant: TenantId,
     instances: &[Metrics],
 ) {
-    let probe = DeviceId(uuid::Uuid::new_v4());
+    let probe = DeviceId::new_random();
     let (client, mut eventloop) = device_client(port, ca, tenant, probe);
     let driver = tokio::spawn(async move {
         loop {
@@ -130,7 +130,7 @@ async fn wait_until_every_instance_is_subscribed(
         assert!(!driver.is_finished(), "the probe's connection is up");
         client
             .publish(
-                wire::topic::telemetry(probe.0),
+                wire::topic::telemetry(probe),
                 QoS::AtLeastOnce,
                 false,
                 payload.clone(),
@@ -154,7 +154,7 @@ async fn run_device(
 ) {
     let (client, mut eventloop) = device_client(port, &ca, tenant, device);
     client
-        .subscribe(wire::topic::device_subscription(device.0), QoS::AtLeastOnce)
+        .subscribe(wire::topic::device_subscription(device), QoS::AtLeastOnce)
         .await
         .unwrap();
     wait_for_suback(&mut eventloop).await;
@@ -167,7 +167,7 @@ async fn run_device(
             for _ in 0..times {
                 publisher
                     .publish(
-                        wire::topic::telemetry(device.0),
+                        wire::topic::telemetry(device),
                         QoS::AtLeastOnce,
                         false,
                         payload.clone(),

@@ -41,7 +41,6 @@ use sqlx::Connection;
 use store::{tenants, DeviceId, TenantId};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use uuid::Uuid;
 use wire::{Batch, Body, Record, Telemetry, UnixMillis};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -317,7 +316,7 @@ struct DeviceResult {
 }
 
 async fn device(
-    device_id: Uuid,
+    device_id: wire::DeviceId,
     client: AsyncClient,
     mut events: EventLoop,
     records: u64,
@@ -357,7 +356,7 @@ async fn device(
     let mut publishes = Vec::with_capacity((records / per_message) as usize);
     // Devices start spread over one pacing interval, not in lockstep.
     if paced > 0.0 {
-        let offset = (device_id.as_u128() % 1000) as f64 / 1000.0 / rate;
+        let offset = (device_id.0.as_u128() % 1000) as f64 / 1000.0 / rate;
         tokio::time::sleep(Duration::from_secs_f64(offset)).await;
     }
     let mut tokens = burst;
@@ -422,7 +421,7 @@ async fn stored_body(db: &TestDb, tenant: TenantId) -> Vec<u8> {
 // ---- provisioning and MQTT (as tests/tests/device_e2e.rs) ----
 
 struct DeviceCredentials {
-    device_id: Uuid,
+    device_id: wire::DeviceId,
     key: rcgen::KeyPair,
     chain: Vec<CertificateDer<'static>>,
 }
@@ -439,13 +438,13 @@ async fn provision(
             let issued = fleet_tests::device::issue(
                 ca,
                 certs::DeviceIdentity {
-                    tenant_id: tenant.0,
-                    device_id: id.0,
+                    tenant_id: tenant,
+                    device_id: id,
                 },
                 certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
             );
             DeviceCredentials {
-                device_id: id.0,
+                device_id: id,
                 key: issued.key,
                 chain: issued.chain,
             }
@@ -479,7 +478,7 @@ fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOp
     options
 }
 
-async fn connect(options: MqttOptions, device_id: Uuid) -> (AsyncClient, EventLoop) {
+async fn connect(options: MqttOptions, device_id: wire::DeviceId) -> (AsyncClient, EventLoop) {
     let (client, mut events) = AsyncClient::new(options, 256);
     client
         .subscribe(wire::topic::ack(device_id), QoS::AtLeastOnce)

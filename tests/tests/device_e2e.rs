@@ -18,8 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use store::devices::{self, NewDevice};
 use store::enrollment_tokens::{self, NewEnrollmentToken};
-use store::{tenants, DeviceId, Purpose, TenantId};
-use uuid::Uuid;
+use store::{tenants, Purpose, TenantId};
 use wire::{Batch, Body, Record, Telemetry, UnixMillis};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,7 +30,7 @@ async fn start_fleetd(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Runn
 
 /// A device's credentials: its key and the chain fleetd issued.
 struct DeviceCredentials {
-    device_id: Uuid,
+    device_id: wire::DeviceId,
     key: rcgen::KeyPair,
     chain: Vec<CertificateDer<'static>>,
 }
@@ -49,8 +48,8 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
         .unwrap();
     tx.commit().await.unwrap();
     let identity = certs::DeviceIdentity {
-        tenant_id: tenant.0,
-        device_id: device.id.0,
+        tenant_id: tenant,
+        device_id: device.id,
     };
     let issued = fleet_tests::device::issue(
         &running.pki().issuing_ca,
@@ -58,7 +57,7 @@ async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> Devi
         certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
     );
     DeviceCredentials {
-        device_id: device.id.0,
+        device_id: device.id,
         key: issued.key,
         chain: issued.chain,
     }
@@ -139,7 +138,7 @@ async fn wait_for_ack(events: &mut EventLoop, watermark: u64) -> u64 {
 }
 
 /// Waits until the store says the device's online flag is `online`, with a last-seen time.
-async fn wait_for_presence(db: &TestDb, device: Uuid, online: bool) {
+async fn wait_for_presence(db: &TestDb, device: wire::DeviceId, online: bool) {
     let mut owner = db.connect_as_owner().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -258,7 +257,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
     let mut tx = elsewhere.app.begin(tenant).await.unwrap();
     devices::revoke(
         &mut tx,
-        DeviceId(device.device_id),
+        device.device_id,
         &store::device_groups::GroupScope::All,
         &store::audit::Actor::System,
     )

@@ -16,7 +16,7 @@ use rumqttc::{
 };
 use store::TenantId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use uuid::Uuid;
+use wire::DeviceId;
 use wire::{Batch, Body, Record, Telemetry, UnixMillis};
 
 const DEVICES: usize = 20;
@@ -42,11 +42,11 @@ fn ingest_only(
 fn device_client(
     ca: &IssuingCa,
     tenant: TenantId,
-    device: Uuid,
+    device: DeviceId,
     port: u16,
 ) -> (AsyncClient, EventLoop) {
     let identity = DeviceIdentity {
-        tenant_id: tenant.0,
+        tenant_id: tenant,
         device_id: device,
     };
     let validity = Validity::from_now(Duration::from_secs(3600)).unwrap();
@@ -91,7 +91,7 @@ async fn wait_until_every_instance_is_subscribed(
     port: u16,
     metrics: &[std::net::SocketAddr],
 ) {
-    let probe = Uuid::new_v4();
+    let probe = DeviceId::new_random();
     let (client, mut events) = device_client(ca, tenant, probe, port);
     let driver = tokio::spawn(async move {
         loop {
@@ -142,7 +142,7 @@ async fn wait_until_every_instance_is_subscribed(
 
 /// Runs one device against Mosquitto: subscribes to its acks, publishes its records (every third
 /// message twice) once the subscription is granted, and returns the final ack watermark.
-async fn run_device(ca: Arc<IssuingCa>, tenant: TenantId, device: Uuid, port: u16) -> u64 {
+async fn run_device(ca: Arc<IssuingCa>, tenant: TenantId, device: DeviceId, port: u16) -> u64 {
     let (client, mut events) = device_client(&ca, tenant, device, port);
     client
         .subscribe(wire::topic::ack(device), QoS::AtLeastOnce)
@@ -252,7 +252,6 @@ async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_rec
 
     let (tenant, ids) =
         fleet_tests::tenancy::tenant_with_devices(&a.database().app, "scale-out", DEVICES).await;
-    let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
     // Both instances subscribed before devices publish, or "both did work" is luck.
     wait_until_every_instance_is_subscribed(
         &ca,

@@ -2,7 +2,8 @@
 //! MQTT, and the topics they travel on.
 //!
 //! This crate is shared by the device agent and by ingest, so it stays small:
-//! serde, ciborium, thiserror and uuid; nothing async, no server dependencies, no
+//! serde, ciborium, thiserror and uuid (and sqlx's derive for the typed ids, behind the
+//! `sqlx` feature the store turns on); nothing async, no server dependencies, no
 //! `unsafe`. It builds for aarch64 and armv7 musl.
 //!
 //! # Messages
@@ -27,10 +28,10 @@
 //! same bounds as a batch.
 //!
 //! ```
-//! use wire::{topic, AgentEvent, Batch, Body, Record, Started, UnixMillis, Uuid};
+//! use wire::{topic, AgentEvent, Batch, Body, DeviceId, Record, Started, UnixMillis};
 //!
 //! // Agent side.
-//! let device = Uuid::parse_str("6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94").unwrap();
+//! let device: DeviceId = "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94".parse().unwrap();
 //! let record = Record {
 //!     seq: 41,
 //!     recorded_at: UnixMillis::now(),
@@ -130,6 +131,7 @@ mod codec;
 mod control;
 mod error;
 mod event;
+pub mod ids;
 pub mod limits;
 mod patch;
 mod telemetry;
@@ -145,8 +147,11 @@ pub use codec::{
 pub use control::{Ack, Presence};
 pub use error::{DecodeError, RecordError};
 pub use event::{AgentEvent, CertificateRenewed, CollectorError, OutboxOverflow, Started};
+pub use ids::{DeviceId, TenantId};
 pub use patch::{Package, PackageManager, PatchStatus};
 pub use telemetry::{Disk, LoadAverage, Memory, NetworkInterface, Telemetry, Temperature};
 pub use time::UnixMillis;
+/// Why a text is not a UUID (from [`FromStr`](std::str::FromStr) on the typed ids).
+pub use uuid::Error as UuidError;
 pub use uuid::Uuid;
 pub use version::SchemaVersion;

@@ -26,6 +26,7 @@
 
 use std::fmt;
 
+use crate::ids::DeviceId;
 use uuid::Uuid;
 
 use crate::{Record, RecordError, RecordKind};
@@ -79,7 +80,7 @@ pub enum TopicKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeviceTopic {
     /// The device the topic belongs to.
-    pub device_id: Uuid,
+    pub device_id: DeviceId,
     /// Which of the device's topics it is.
     pub kind: TopicKind,
 }
@@ -176,7 +177,7 @@ impl TopicKind {
     }
 
     /// The topic of this kind for `device_id`.
-    pub fn topic(self, device_id: Uuid) -> String {
+    pub fn topic(self, device_id: DeviceId) -> String {
         DeviceTopic {
             device_id,
             kind: self,
@@ -210,7 +211,7 @@ impl fmt::Display for DeviceTopic {
         write!(
             f,
             "{ROOT}/{}/{}/{}",
-            self.device_id.hyphenated(),
+            self.device_id,
             self.kind.direction().as_str(),
             self.kind.as_str()
         )
@@ -218,38 +219,38 @@ impl fmt::Display for DeviceTopic {
 }
 
 /// `fleet/v1/{device_id}/up/telemetry`.
-pub fn telemetry(device_id: Uuid) -> String {
+pub fn telemetry(device_id: DeviceId) -> String {
     TopicKind::Telemetry.topic(device_id)
 }
 
 /// `fleet/v1/{device_id}/up/patch`.
-pub fn patch_status(device_id: Uuid) -> String {
+pub fn patch_status(device_id: DeviceId) -> String {
     TopicKind::PatchStatus.topic(device_id)
 }
 
 /// `fleet/v1/{device_id}/up/events`.
-pub fn events(device_id: Uuid) -> String {
+pub fn events(device_id: DeviceId) -> String {
     TopicKind::Events.topic(device_id)
 }
 
 /// `fleet/v1/{device_id}/up/presence`.
-pub fn presence(device_id: Uuid) -> String {
+pub fn presence(device_id: DeviceId) -> String {
     TopicKind::Presence.topic(device_id)
 }
 
 /// `fleet/v1/{device_id}/down/ack`.
-pub fn ack(device_id: Uuid) -> String {
+pub fn ack(device_id: DeviceId) -> String {
     TopicKind::Ack.topic(device_id)
 }
 
 /// `fleet/v1/{device_id}/down/cmd`.
-pub fn command(device_id: Uuid) -> String {
+pub fn command(device_id: DeviceId) -> String {
     TopicKind::Command.topic(device_id)
 }
 
 /// The filter the agent subscribes to: `fleet/v1/{device_id}/down/#`.
-pub fn device_subscription(device_id: Uuid) -> String {
-    format!("{ROOT}/{}/down/#", device_id.hyphenated())
+pub fn device_subscription(device_id: DeviceId) -> String {
+    format!("{ROOT}/{device_id}/down/#")
 }
 
 /// The MQTT v5 shared-subscription filter ingest uses in external mode:
@@ -276,7 +277,7 @@ pub fn parse_device_topic(topic: &str) -> Result<DeviceTopic, TopicError> {
         .ok_or(TopicError::NotFleetTopic)?;
     let mut levels = rest.split('/');
     let device_level = levels.next().unwrap_or_default();
-    let device_id = parse_canonical_uuid(device_level).ok_or(TopicError::InvalidDeviceId)?;
+    let device_id = DeviceId::parse_canonical(device_level).ok_or(TopicError::InvalidDeviceId)?;
     let (Some(direction), Some(leaf), None) = (levels.next(), levels.next(), levels.next()) else {
         return Err(TopicError::UnknownTopic);
     };
@@ -291,20 +292,20 @@ pub fn parse_device_topic(topic: &str) -> Result<DeviceTopic, TopicError> {
 /// device level (`fleet/v1/+/...`, `fleet/#`) never passes. Below the prefix the
 /// string must be a well-formed filter: `+` and `#` only as whole levels, `#`
 /// only last, no empty levels.
-pub fn is_under_device_prefix(device_id: Uuid, topic_or_filter: &str) -> bool {
+pub fn is_under_device_prefix(device_id: DeviceId, topic_or_filter: &str) -> bool {
     below_device_prefix(device_id, topic_or_filter).is_some()
 }
 
 /// Whether the device `device_id` may publish to `topic`: one of its own `up`
 /// topics.
-pub fn device_may_publish(device_id: Uuid, topic: &str) -> bool {
+pub fn device_may_publish(device_id: DeviceId, topic: &str) -> bool {
     parse_device_topic(topic)
         .is_ok_and(|parsed| parsed.device_id == device_id && parsed.direction() == Direction::Up)
 }
 
 /// Whether the device `device_id` may subscribe to `filter`: a filter within its
 /// own `down` topics, such as [`device_subscription`].
-pub fn device_may_subscribe(device_id: Uuid, filter: &str) -> bool {
+pub fn device_may_subscribe(device_id: DeviceId, filter: &str) -> bool {
     below_device_prefix(device_id, filter)
         .is_some_and(|rest| rest.split('/').next() == Some(Direction::Down.as_str()))
 }
@@ -327,9 +328,9 @@ pub fn check_record(topic: TopicKind, record: &Record) -> Result<(), RecordError
 
 /// The part of `topic_or_filter` after `fleet/v1/{device_id}/`, if it starts
 /// so and the rest is a well-formed, non-empty filter.
-fn below_device_prefix(device_id: Uuid, topic_or_filter: &str) -> Option<&str> {
+fn below_device_prefix(device_id: DeviceId, topic_or_filter: &str) -> Option<&str> {
     let mut buffer = Uuid::encode_buffer();
-    let device_level = device_id.hyphenated().encode_lower(&mut buffer);
+    let device_level = device_id.0.hyphenated().encode_lower(&mut buffer);
     let rest = topic_or_filter
         .strip_prefix(ROOT)?
         .strip_prefix('/')?
@@ -357,14 +358,6 @@ fn is_well_formed_filter(levels: &str) -> bool {
     true
 }
 
-/// Parses a UUID only in its canonical form, lowercase and hyphenated.
-fn parse_canonical_uuid(level: &str) -> Option<Uuid> {
-    let id = Uuid::try_parse(level).ok()?;
-    let mut buffer = Uuid::encode_buffer();
-    let canonical = id.hyphenated().encode_lower(&mut buffer);
-    (*canonical == *level).then_some(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,12 +366,12 @@ mod tests {
     const DEVICE: &str = "6f1c2e0a-4b7d-4c1e-9a53-2f8e1d0c7b94";
     const OTHER: &str = "0b9d7c3e-1a2f-4e5d-8c6b-7a9f0e1d2c3b";
 
-    fn device() -> Uuid {
-        Uuid::parse_str(DEVICE).unwrap()
+    fn device() -> DeviceId {
+        DeviceId::parse_canonical(DEVICE).unwrap()
     }
 
-    fn other() -> Uuid {
-        Uuid::parse_str(OTHER).unwrap()
+    fn other() -> DeviceId {
+        DeviceId::parse_canonical(OTHER).unwrap()
     }
 
     #[test]

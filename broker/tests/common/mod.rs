@@ -20,7 +20,6 @@ use rumqttc::{
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,8 +66,8 @@ impl TestDevice {
     /// Makes a key and a CSR as a device would, and has `ca` sign it.
     pub fn issue(ca: &IssuingCa, validity: Validity) -> Self {
         let identity = DeviceIdentity {
-            tenant_id: Uuid::new_v4(),
-            device_id: Uuid::new_v4(),
+            tenant_id: wire::TenantId::new_random(),
+            device_id: wire::DeviceId::new_random(),
         };
         let issued = fleet_tests::device::issue(ca, identity, validity);
         Self {
@@ -79,7 +78,7 @@ impl TestDevice {
         }
     }
 
-    pub fn id(&self) -> Uuid {
+    pub fn id(&self) -> wire::DeviceId {
         self.identity.device_id
     }
 

@@ -9,7 +9,6 @@ use std::process::Command;
 use certs::{DeviceIdentity, Pki, PkiParams};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SignatureAlgorithm};
 use tempfile::TempDir;
-use uuid::Uuid;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
@@ -27,8 +26,8 @@ pub fn pki_dir(tmp: &TempDir) -> std::path::PathBuf {
 
 pub fn random_identity() -> DeviceIdentity {
     DeviceIdentity {
-        tenant_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
+        tenant_id: wire::TenantId::new_random(),
+        device_id: wire::DeviceId::new_random(),
     }
 }
 

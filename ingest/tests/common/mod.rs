@@ -94,7 +94,7 @@ pub fn topic_of(record: &Record) -> TopicKind {
 
 /// Sends `records` (all on the topic of the first) as one message.
 pub async fn send(sender: &IngestSender, device: DeviceId, records: Vec<Record>) {
-    let topic = topic_of(&records[0]).topic(device.0);
+    let topic = topic_of(&records[0]).topic(device);
     let payload = wire::encode_batch(&Batch::new(records));
     sender
         .send(InboundMessage::new(topic, payload))
