@@ -14,6 +14,9 @@
 //! | presence   | `fleet/v1/{device}/up/presence`  | [`Presence`] |
 //! | ack        | `fleet/v1/{device}/down/ack`     | [`Ack`] |
 //!
+//! Enrollment and certificate renewal travel over HTTPS, not MQTT; their JSON bodies are
+//! in [`enrollment`], shared by the agent and the API in the same way.
+//!
 //! A [`Batch`] carries [`Record`]s (an empty batch is valid and says nothing).
 //! Each record has the device's sequence number ([`Record::seq`], starting at 1,
 //! strictly increasing across all kinds and within the batch, gaps allowed), the
@@ -129,6 +132,7 @@ mod batch;
 mod bounded;
 mod codec;
 mod control;
+pub mod enrollment;
 mod error;
 mod event;
 pub mod ids;
