@@ -117,15 +117,18 @@ mod tests {
     }
 
     #[test]
-    fn display_and_serde_are_the_canonical_text() {
+    fn display_is_the_canonical_text_and_serde_round_trips() {
         let device = DeviceId::parse_canonical(CANONICAL).unwrap();
         assert_eq!(device.to_string(), CANONICAL);
         assert!(device.is_canonical_text(CANONICAL));
         assert!(!device.is_canonical_text(&CANONICAL.to_uppercase()));
+        // serde is the uuid crate's: text in human-readable formats (JSON), 16 bytes in CBOR.
         let mut cbor = Vec::new();
         ciborium::into_writer(&device, &mut cbor).unwrap();
-        let text: String = ciborium::from_reader(cbor.as_slice()).unwrap();
-        assert_eq!(text, CANONICAL);
+        let bytes: ciborium::Value = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(bytes, ciborium::Value::Bytes(device.0.as_bytes().to_vec()));
+        let back: DeviceId = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(back, device);
     }
 
     #[test]
