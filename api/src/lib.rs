@@ -27,6 +27,7 @@
 
 mod auth;
 mod client_addr;
+mod device_certificate;
 mod enroll;
 mod error;
 mod extract;
@@ -53,16 +54,15 @@ use tokio::sync::Semaphore;
 
 pub use auth::{AuthLimits, Caller, KeyCache, DEFAULT_KEY_CACHE_CAPACITY, DEFAULT_KEY_CACHE_TTL};
 pub use client_addr::{PeerAddr, TlsPeer};
-pub use enroll::{EnrollRequest, EnrollResponse};
 pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use metrics::ApiMetrics;
 pub use openapi::openapi;
-pub use renew::RenewRequest;
 pub use tls::{serve_tls, tls_server_config, tls_server_config_for, TlsLimits, TlsListener};
 
-/// Largest request body accepted, in bytes. An enrollment request is about 1 KiB.
-pub const MAX_BODY_LEN: usize = 64 * 1024;
+/// Largest request body accepted on every route, in bytes: the enrollment contract's limit
+/// (an enrollment request is about 1 KiB; no management body comes near it).
+pub const MAX_BODY_LEN: usize = wire::enrollment::MAX_REQUEST_BYTES;
 
 /// The value of the `Strict-Transport-Security` header on every response: one year.
 pub const HSTS: &str = "max-age=31536000";
@@ -182,8 +182,8 @@ pub fn router(state: ApiState) -> Router {
     let public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/v1/enroll", post(enroll::enroll))
-        .route("/v1/renew", post(renew::renew))
+        .route(wire::enrollment::ENROLL_PATH, post(enroll::enroll))
+        .route(wire::enrollment::RENEW_PATH, post(renew::renew))
         .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),

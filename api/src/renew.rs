@@ -1,13 +1,8 @@
 //! `POST /v1/renew`: a device presents its current certificate as the TLS client certificate
 //! and a CSR for a new key, and gets a new certificate for the same identity.
 //!
-//! Request (`Content-Type: application/json`, at most 64 KiB), over mutual TLS:
-//!
-//! ```json
-//! {"csr": "-----BEGIN CERTIFICATE REQUEST-----\n…"}
-//! ```
-//!
-//! Answer `201 Created`, exactly the shape of an enrollment answer ([`crate::EnrollResponse`]).
+//! Answer `201 Created`, exactly the shape of an enrollment answer: the enrollment contract's
+//! `RenewRequest` in, `CertificateResponse` out (`wire::enrollment`).
 //!
 //! The identity (tenant and device) comes from the verified client certificate only, never
 //! from the body; the CSR's subject is ignored (only its P-256 public key is used). In one
@@ -22,44 +17,27 @@
 //! unknown or revoked device, or a certificate not issued to it → 403; bad body or CSR → 400
 //! (413 over 64 KiB, 415 not JSON), as for enrollment.
 
-use std::fmt;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, Validity};
-use serde::Deserialize;
+use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity};
 use store::device_certificates;
 use store::devices;
 use time::OffsetDateTime;
+use wire::enrollment::{CertificateResponse, RenewRequest};
 
 use crate::client_addr::{client_ip, Peer};
-use crate::enroll::{rfc3339, signed_certificate};
+use crate::device_certificate;
 use crate::error::ApiError;
-use crate::{Ctx, EnrollResponse};
-
-/// The body of `POST /v1/renew`. Unknown fields are ignored.
-#[derive(Deserialize)]
-pub struct RenewRequest {
-    /// The device's PKCS#10 request for its new key, PEM. Only its (P-256) public key is used.
-    pub csr: String,
-}
-
-impl fmt::Debug for RenewRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RenewRequest")
-            .field("csr_len", &self.csr.len())
-            .finish()
-    }
-}
+use crate::Ctx;
 
 pub(crate) async fn renew(
     State(ctx): State<Ctx>,
     peer: Peer,
     headers: HeaderMap,
     body: Result<Json<RenewRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     // 401: who is asking, from the certificate rustls verified, and nothing else.
     let leaf = peer
         .client_chain
@@ -89,28 +67,15 @@ pub(crate) async fn renew(
     }
 
     // 400: the request itself.
-    let Json(request) = body?;
-    let csr = DeviceCsr::from_pem(request.csr.as_bytes())?;
-    drop(request);
+    let Json(RenewRequest { csr }) = body?;
+    let csr = DeviceCsr::from_pem(csr.as_bytes())?;
 
-    let validity = Validity::from_now(ctx.state.device_cert_lifetime)?;
-    let cert = ctx
-        .state
-        .issuing_ca
-        .sign_device_csr(&csr, identity, validity)?;
-    let signed = signed_certificate(&cert);
-    let serial = signed.serial.clone();
-    device_certificates::record_renewal(&mut tx, device_id, &signed, &old_serial, source).await?;
+    let issued = device_certificate::issue(&ctx, &csr, identity)?;
+    let serial = &issued.record.serial;
+    device_certificates::record_renewal(&mut tx, device_id, &issued.record, &old_serial, source)
+        .await?;
     tx.commit().await?;
 
     tracing::info!(tenant = %tenant_id, device = %device_id, %source, old_serial = %old_serial, serial = %serial, "device certificate renewed");
-    let response = EnrollResponse {
-        device_id,
-        tenant_id,
-        certificate_chain: ctx.state.issuing_ca.chain_pem(cert.der()),
-        ca_certificate: ctx.state.issuing_ca.root_pem(),
-        broker_url: ctx.state.broker_url.clone(),
-        expires_at: rfc3339(cert.not_after())?,
-    };
-    Ok((StatusCode::CREATED, Json(response)))
+    issued.created(&ctx)
 }

@@ -44,7 +44,8 @@ async fn a_device_enrolls_over_https_and_gets_a_certificate_for_its_new_identity
         response.header("strict-transport-security"),
         Some("max-age=31536000")
     );
-    let answer: api::EnrollResponse = serde_json::from_slice(&response.body).unwrap();
+    let answer: wire::enrollment::CertificateResponse =
+        serde_json::from_slice(&response.body).unwrap();
     assert_eq!(answer.tenant_id, server.tenant);
     assert_eq!(answer.broker_url, BROKER_URL);
     assert_eq!(answer.ca_certificate, server.ca.root_pem());

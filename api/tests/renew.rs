@@ -45,7 +45,8 @@ async fn a_device_renews_with_its_current_certificate_and_keeps_its_identity() {
         String::from_utf8_lossy(&response.body)
     );
     assert_eq!(response.header("content-type"), Some("application/json"));
-    let answer: api::EnrollResponse = serde_json::from_slice(&response.body).unwrap();
+    let answer: wire::enrollment::CertificateResponse =
+        serde_json::from_slice(&response.body).unwrap();
     assert_eq!(answer.device_id, enrolled.device_id);
     assert_eq!(answer.tenant_id, server.tenant);
     assert_eq!(answer.broker_url, BROKER_URL);

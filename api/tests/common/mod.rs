@@ -167,7 +167,9 @@ impl TestServer {
     }
 
     /// Enrolls a new device with a fresh token and key: its credentials and the answer.
-    pub async fn enroll_device(&self) -> (DeviceCredentials, api::EnrollResponse) {
+    pub async fn enroll_device(
+        &self,
+    ) -> (DeviceCredentials, wire::enrollment::CertificateResponse) {
         let issued = self.token(|_| {}).await;
         let (key, csr) = fleet_tests::device::key_and_csr();
         let response = self.enroll_with(issued.secret.expose(), &csr, &[]).await;
@@ -177,7 +179,8 @@ impl TestServer {
             "{}",
             String::from_utf8_lossy(&response.body)
         );
-        let answer: api::EnrollResponse = serde_json::from_slice(&response.body).unwrap();
+        let answer: wire::enrollment::CertificateResponse =
+            serde_json::from_slice(&response.body).unwrap();
         let credentials = DeviceCredentials::new(&key, &answer.certificate_chain);
         (credentials, answer)
     }
