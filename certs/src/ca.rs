@@ -108,7 +108,7 @@ impl Validity {
     ///
     /// A certificate cannot be used past its issuer's end anyway; clamping makes its
     /// `notAfter` say so, which is the date the agent schedules its renewal by.
-    fn within(self, issuer_not_after: OffsetDateTime) -> Result<Self, IssueError> {
+    pub(crate) fn within(self, issuer_not_after: OffsetDateTime) -> Result<Self, IssueError> {
         if issuer_not_after <= self.not_before {
             return Err(IssueError::IssuerExpired);
         }
@@ -269,10 +269,19 @@ impl IssuingCa {
         params: &ServerCertParams,
     ) -> Result<ServerCertificate, IssueError> {
         let validity = Validity::from_now(params.lifetime)?.within(self.not_after)?;
-        let cert_params = server_params(params, validity)?;
+        self.issue_with_fresh_key(server_params(params, validity)?, validity)
+    }
+
+    /// Signs `params` (a leaf's, from [`leaf_params`] with `validity` already clamped to this
+    /// CA) for a fresh key: the one issuance path of fleetplane's own service certificates.
+    pub(crate) fn issue_with_fresh_key(
+        &self,
+        params: CertificateParams,
+        validity: Validity,
+    ) -> Result<IssuedCertificate, IssueError> {
         let key = fresh_key()?;
-        let cert = cert_params.signed_by(key.key_pair(), &self.issuer)?;
-        Ok(ServerCertificate {
+        let cert = params.signed_by(key.key_pair(), &self.issuer)?;
+        Ok(IssuedCertificate {
             der: cert.der().clone(),
             key,
             issuing_ca: self.der.clone(),
@@ -472,9 +481,9 @@ fn server_params(
     Ok(params)
 }
 
-/// What device and server certificates share: an end entity (`cA: false`), with key
+/// What every leaf (device, server, service client) certificate shares: an end entity (`cA: false`), with key
 /// identifiers for chain building, a digital-signature key and a random serial.
-fn leaf_params(validity: Validity) -> Result<CertificateParams, IssueError> {
+pub(crate) fn leaf_params(validity: Validity) -> Result<CertificateParams, IssueError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     // ExplicitNoCa writes basicConstraints cA=false and a subject key identifier.
