@@ -1,4 +1,4 @@
-//! Serving over TLS: a rustls configuration (ring only, TLS 1.3 and 1.2) and an axum
+//! Serving over TLS: a rustls configuration (the server side's one policy, `certs::tls`) and an axum
 //! [`Listener`] that runs each handshake in its own task with a timeout.
 //!
 //! A plain accept loop that awaits each handshake lets one silent TCP connection stall every
@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use axum::serve::Listener;
 use axum::Router;
+use certs::tls::ClientCertificates;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::client_addr::TlsPeer;
 
-/// A rustls server configuration for the API: ring provider, TLS 1.3 and 1.2 only (rustls has
-/// no older versions and no legacy cipher suites), the server prefers 1.3, ALPN `http/1.1`.
+/// A rustls server configuration for the API: the policy of `certs::tls` (ring, TLS 1.3 and
+/// 1.2, AEAD suites only), ALPN `http/1.1`.
 ///
 /// With `client_root`, the server requests (but does not require) a client certificate chaining
 /// to that root: `/v1/renew` needs one, `/v1/enroll` works without. A presented certificate
@@ -38,28 +38,19 @@ pub fn tls_server_config(
     key: PrivateKeyDer<'static>,
     client_root: Option<CertificateDer<'static>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = certs::tls::server_builder()?;
     let builder = match client_root {
         None => builder.with_no_client_auth(),
-        Some(root) => {
-            let mut roots = RootCertStore::empty();
-            roots.add(root)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| rustls::Error::General(format!("client verifier: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(root) => builder.with_client_cert_verifier(certs::tls::client_cert_verifier(
+            root,
+            ClientCertificates::Optional,
+        )?),
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// [`tls_server_config`] for a server certificate issued by the fleet's issuing CA, accepting
-/// device certificates that chain to `client_root` (the fleet root, `IssuingCa::root_der`).
 pub fn tls_server_config_for(
     cert: &certs::ServerCertificate,
     client_root: CertificateDer<'static>,

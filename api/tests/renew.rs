@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use certs::{DeviceCertificate, DeviceIdentity, Pki, PkiParams, Validity};
@@ -11,7 +10,6 @@ use common::{p256_csr, pem_certs, DeviceCredentials, TestServer, BROKER_URL};
 use fleet_tests::device::key_and_csr;
 use rcgen::PKCS_ECDSA_P384_SHA384;
 use rustls::pki_types::UnixTime;
-use rustls::server::WebPkiClientVerifier;
 use store::audit::{self, ChainVerdict};
 use store::{device_certificates, devices, DeviceId};
 use time::OffsetDateTime;
@@ -64,13 +62,10 @@ async fn a_device_renews_with_its_current_certificate_and_keeps_its_identity() {
     .unwrap();
     assert_eq!(expires, new_leaf.not_after());
     let chain = pem_certs(&answer.certificate_chain);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(server.ca.root_der().clone()).unwrap();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
+    let verifier = certs::tls::client_cert_verifier(
+        server.ca.root_der().clone(),
+        certs::tls::ClientCertificates::Required,
     )
-    .build()
     .unwrap();
     verifier
         .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())

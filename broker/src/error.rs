@@ -25,10 +25,6 @@ pub enum BrokerError {
     #[error("client CA certificate refused: {0}")]
     ClientCa(#[source] rustls::Error),
 
-    /// The client certificate verifier could not be built from the client CA.
-    #[error("client certificate verifier: {0}")]
-    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
-
     /// Binding the device listener failed (address in use, permission denied).
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -1,7 +1,7 @@
 //! The device-facing TLS policy.
 //!
-//! - rustls with the ring provider only.
-//! - TLS 1.3 preferred, TLS 1.2 accepted, nothing older (rustls has no code for it).
+//! - The server side's one policy (`certs::tls`): rustls on ring, TLS 1.3 and 1.2, AEAD
+//!   suites only.
 //! - A client certificate is required and verified at the handshake against the fleet
 //!   root, with the chain the device sends (its leaf, then the issuing CA). Expired,
 //!   not-yet-valid and foreign certificates fail the handshake itself: no connection
@@ -9,32 +9,23 @@
 
 use std::sync::Arc;
 
+use certs::tls::ClientCertificates;
 use certs::{DeviceIdentity, IdentityError};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 
-/// The one crypto provider of the build.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Builds the listener's rustls configuration, once, at start.
+/// The gateway's server configuration: the server side's TLS policy (`certs::tls`), a client
+/// certificate required and verified against the fleet root.
 pub(crate) fn server_config(config: &BrokerConfig) -> Result<Arc<ServerConfig>, BrokerError> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(config.client_ca_root.clone())
-        .map_err(BrokerError::ClientCa)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(BrokerError::ClientVerifier)?;
-    let server = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    let verifier = certs::tls::client_cert_verifier(
+        config.client_ca_root.clone(),
+        ClientCertificates::Required,
+    )
+    .map_err(BrokerError::ClientCa)?;
+    let server = certs::tls::server_builder()
         .map_err(BrokerError::ServerCertificate)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
@@ -45,7 +36,6 @@ pub(crate) fn server_config(config: &BrokerConfig) -> Result<Arc<ServerConfig>, 
     Ok(Arc::new(server))
 }
 
-/// Why a completed handshake yields no device identity.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerIdentityError {
     /// rustls reported no client certificate. The verifier requires one, so this

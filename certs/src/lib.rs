@@ -25,8 +25,9 @@
 //! # At the TLS handshake
 //!
 //! After rustls has verified a client certificate against the issuing CA,
-//! [`DeviceIdentity::from_certificate_der`] reads who it belongs to. This crate has no
-//! rustls dependency; it speaks `rustls-pki-types` so its DER can be handed over as is.
+//! [`DeviceIdentity::from_certificate_der`] reads who it belongs to. The crate speaks
+//! `rustls-pki-types`, so its DER is handed over as is, and [`tls`] holds the server side's
+//! one TLS policy (provider, versions, suites) that every listener and client builds from.
 
 #![warn(missing_docs)]
 
@@ -38,6 +39,7 @@ mod key;
 mod pem;
 mod pki;
 mod service;
+pub mod tls;
 
 pub use ca::{
     IssuedCertificate, IssuingCa, PkiParams, RootCa, ServerCertParams, ServerCertificate, Validity,

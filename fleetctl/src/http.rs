@@ -5,7 +5,6 @@
 use std::error::Error as StdError;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -79,8 +78,8 @@ pub fn load_api_key(file: Option<&Path>) -> Result<Zeroizing<String>, Failure> {
     Ok(key)
 }
 
-/// The TLS configuration: ring, TLS 1.2 and 1.3, trusting the fleet root CA of `ca` or, without
-/// one, the system's roots.
+/// The TLS configuration: the server side's policy (`certs::tls`), trusting the fleet root CA
+/// of `ca` or, without one, the system's roots.
 pub fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, Failure> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
@@ -116,11 +115,8 @@ pub fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, Failure> {
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let config = certs::tls::client_builder(roots)
         .map_err(|e| Failure::new(Exit::Unavailable, "tls", format!("TLS set-up: {e}")))?
-        .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
 }

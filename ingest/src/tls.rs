@@ -2,8 +2,6 @@
 //! (aws-lc-rs never enters the build), the fleet root CA as the only trust anchor, and ingest's
 //! service client certificate.
 
-use std::sync::Arc;
-
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -35,11 +33,8 @@ pub(crate) fn client_config(
     }
     let key =
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls("client key", &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    certs::tls::client_builder(roots)
         .map_err(|e| tls("protocol versions", &e))?
-        .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(|e| tls("client certificate", &e))
 }

@@ -33,14 +33,10 @@ fn client_tls(root_pem: &str, chain_pem: &str, key_pem: &str) -> Transport {
         .map(Result::unwrap)
         .collect();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
+    let config = certs::tls::client_builder(roots)
+        .unwrap()
+        .with_client_auth_cert(chain, key)
+        .unwrap();
     Transport::Tls(TlsConfiguration::Rustls(Arc::new(config)))
 }
 

@@ -36,7 +36,7 @@ use fleet_tests::TestDb;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use sqlx::Connection;
 use store::{tenants, DeviceId, TenantId};
 use time::OffsetDateTime;
@@ -453,19 +453,11 @@ async fn provision(
 }
 
 fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(running.pki().issuing_ca.root_der().clone())
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device.key.serialize_der()));
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(device.chain.clone(), key)
-    .unwrap();
+    let tls = fleet_tests::device::device_tls(
+        running.pki().issuing_ca.root_der(),
+        device.chain.clone(),
+        &device.key,
+    );
     let addr = running.broker_addr().expect("the embedded broker");
     let mut options = MqttOptions::new(
         device.device_id.to_string(),

@@ -1,8 +1,6 @@
 //! A device's key, CSR and certificate chain, made as the agent makes them: a fresh P-256 key
 //! (ring), a CSR for it, signed by the fleet's issuing CA. Nothing is pasted.
 
-use std::sync::Arc;
-
 use certs::{DeviceCsr, DeviceIdentity, IssuingCa, Validity};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -53,10 +51,8 @@ pub fn device_tls(
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+    certs::tls::client_builder(roots)
         .unwrap()
-        .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap()
 }
