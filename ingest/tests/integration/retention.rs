@@ -1,13 +1,11 @@
 //! Retention removes only records older than the tenant's setting, only for that tenant; whole
 //! partitions go only when older than every tenant's retention.
 
-mod common;
-
 use std::time::Duration;
 use store::audit::Actor;
 use store::tenants::{self, SettingsChange};
 
-use common::*;
+use crate::common::*;
 use ingest::{Metrics, Retention, RetentionConfig};
 use store::records::{self, NewRecords, RecordKind};
 use store::{DeviceId, TenantId};

@@ -1,8 +1,6 @@
 //! Helpers shared by ingest's integration tests: a database with tenants and devices, simulated
 //! device records, ack sinks that record or check what they are given.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

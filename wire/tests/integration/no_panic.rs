@@ -1,8 +1,6 @@
 //! The decoders never panic, whatever the input: the stable-toolchain companion
 //! of the cargo-fuzz target in `fuzz/`.
 
-mod common;
-
 use proptest::collection::vec;
 use proptest::prelude::*;
 use wire::{decode_ack, decode_batch, decode_body, decode_presence, encode_batch, encode_body};
@@ -88,7 +86,7 @@ proptest! {
 
     #[test]
     fn mutated_batches_never_panic(
-        batch in common::batch(),
+        batch in crate::common::batch(),
         mutations in vec(mutation(), 1..6),
     ) {
         let mut bytes = encode_batch(&batch);
@@ -100,7 +98,7 @@ proptest! {
 
     #[test]
     fn mutated_bodies_never_panic(
-        body in common::body(),
+        body in crate::common::body(),
         mutations in vec(mutation(), 1..6),
     ) {
         let mut bytes = encode_body(&body);

@@ -1,7 +1,5 @@
 //! The evolution rules of the crate documentation, one test each.
 
-mod common;
-
 use ciborium::Value;
 use serde::Serialize;
 use wire::{
@@ -68,12 +66,12 @@ fn unknown_fields_are_ignored_at_every_level() {
         wire::Record {
             seq: 1,
             recorded_at: wire::UnixMillis(1),
-            body: Body::Telemetry(common::full_telemetry()),
+            body: Body::Telemetry(crate::common::full_telemetry()),
         },
         wire::Record {
             seq: 2,
             recorded_at: wire::UnixMillis(2),
-            body: Body::PatchStatus(common::one_package_status()),
+            body: Body::PatchStatus(crate::common::one_package_status()),
         },
         wire::Record {
             seq: 3,
@@ -174,7 +172,7 @@ fn a_newer_minor_version_with_extra_fields_decodes() {
 
 #[test]
 fn the_next_major_version_is_refused_with_the_version_found() {
-    let mut batch = common::batch_of(Body::Telemetry(common::full_telemetry()));
+    let mut batch = crate::common::batch_of(Body::Telemetry(crate::common::full_telemetry()));
     batch.version = SchemaVersion::new(SchemaVersion::CURRENT.major + 1, 0);
     let error = decode_batch(&encode_batch(&batch)).unwrap_err();
     assert_eq!(
@@ -190,7 +188,7 @@ fn the_next_major_version_is_refused_with_the_version_found() {
 
 #[test]
 fn an_older_major_version_is_refused_too() {
-    let mut batch = common::batch_of(Body::Telemetry(Default::default()));
+    let mut batch = crate::common::batch_of(Body::Telemetry(Default::default()));
     batch.version = SchemaVersion::new(0, 9);
     assert_eq!(
         decode_batch(&encode_batch(&batch)),
@@ -205,11 +203,11 @@ fn an_older_major_version_is_refused_too() {
 fn a_newer_major_version_is_refused_whatever_its_body_looks_like() {
     // Version 2 may reshape everything after "v"; the decoder must not even try.
     let bytes = [
-        common::raw::map(2),
-        common::raw::text("v"),
-        common::raw::version(2, 0),
-        common::raw::text("r"),
-        common::raw::text("a v2 body that v1 cannot parse"),
+        crate::common::raw::map(2),
+        crate::common::raw::text("v"),
+        crate::common::raw::version(2, 0),
+        crate::common::raw::text("r"),
+        crate::common::raw::text("a v2 body that v1 cannot parse"),
     ]
     .concat();
     assert!(matches!(
@@ -220,7 +218,7 @@ fn a_newer_major_version_is_refused_whatever_its_body_looks_like() {
 
 #[test]
 fn the_version_is_found_wherever_it_is_in_the_map() {
-    let batch = common::batch_of(Body::Telemetry(Default::default()));
+    let batch = crate::common::batch_of(Body::Telemetry(Default::default()));
     let mut value = to_value(&batch);
     value.as_map_mut().unwrap().reverse(); // "r" first, then "v"
     assert_eq!(decode_batch(&encode_value(&value)), Ok(batch));
@@ -228,7 +226,7 @@ fn the_version_is_found_wherever_it_is_in_the_map() {
 
 #[test]
 fn extra_elements_in_the_version_are_ignored() {
-    let batch = common::batch_of(Body::Telemetry(Default::default()));
+    let batch = crate::common::batch_of(Body::Telemetry(Default::default()));
     let mut value = to_value(&batch);
     at(&mut value, &["v"])
         .as_array_mut()
@@ -240,32 +238,32 @@ fn extra_elements_in_the_version_are_ignored() {
 #[test]
 fn an_unknown_record_kind_decodes_as_unknown_and_keeps_its_neighbours() {
     let bytes = [
-        common::raw::batch_prefix(),
-        common::raw::array(2),
+        crate::common::raw::batch_prefix(),
+        crate::common::raw::array(2),
         // { "s": 1, "t": 0, "b": { "inventory": { "cpus": [1, 2] } } }
-        common::raw::map(3),
-        common::raw::text("s"),
-        common::raw::uint(1),
-        common::raw::text("t"),
-        common::raw::uint(0),
-        common::raw::text("b"),
-        common::raw::map(1),
-        common::raw::text("inventory"),
-        common::raw::map(1),
-        common::raw::text("cpus"),
-        common::raw::array(2),
-        common::raw::uint(1),
-        common::raw::uint(2),
+        crate::common::raw::map(3),
+        crate::common::raw::text("s"),
+        crate::common::raw::uint(1),
+        crate::common::raw::text("t"),
+        crate::common::raw::uint(0),
+        crate::common::raw::text("b"),
+        crate::common::raw::map(1),
+        crate::common::raw::text("inventory"),
+        crate::common::raw::map(1),
+        crate::common::raw::text("cpus"),
+        crate::common::raw::array(2),
+        crate::common::raw::uint(1),
+        crate::common::raw::uint(2),
         // { "s": 2, "t": 0, "b": { "tel": {} } }
-        common::raw::map(3),
-        common::raw::text("s"),
-        common::raw::uint(2),
-        common::raw::text("t"),
-        common::raw::uint(0),
-        common::raw::text("b"),
-        common::raw::map(1),
-        common::raw::text("tel"),
-        common::raw::map(0),
+        crate::common::raw::map(3),
+        crate::common::raw::text("s"),
+        crate::common::raw::uint(2),
+        crate::common::raw::text("t"),
+        crate::common::raw::uint(0),
+        crate::common::raw::text("b"),
+        crate::common::raw::map(1),
+        crate::common::raw::text("tel"),
+        crate::common::raw::map(0),
     ]
     .concat();
     let batch = decode_batch(&bytes).unwrap();
@@ -282,12 +280,12 @@ fn an_unknown_record_kind_decodes_as_unknown_and_keeps_its_neighbours() {
 #[test]
 fn an_unknown_event_kind_decodes_as_other() {
     let bytes = [
-        common::raw::record_prefix("evt"),
-        common::raw::map(1),
-        common::raw::text("firmware_flashed"),
-        common::raw::map(1),
-        common::raw::text("slot"),
-        common::raw::text("b"),
+        crate::common::raw::record_prefix("evt"),
+        crate::common::raw::map(1),
+        crate::common::raw::text("firmware_flashed"),
+        crate::common::raw::map(1),
+        crate::common::raw::text("slot"),
+        crate::common::raw::text("b"),
     ]
     .concat();
     let batch = decode_batch(&bytes).unwrap();
@@ -301,9 +299,9 @@ fn an_unknown_event_kind_decodes_as_other() {
 
 #[test]
 fn an_unknown_package_manager_decodes_as_other_with_its_name() {
-    let mut status = common::one_package_status();
+    let mut status = crate::common::one_package_status();
     status.package_manager = PackageManager::Other("pacman".into());
-    let batch = common::batch_of(Body::PatchStatus(status));
+    let batch = crate::common::batch_of(Body::PatchStatus(status));
     let decoded = decode_batch(&encode_batch(&batch)).unwrap();
     assert_eq!(decoded, batch);
 }

@@ -1,9 +1,7 @@
 //! The CSR policy: what a device may send to be signed, and everything it may not.
 
-mod common;
-
+use crate::common::{device_csr_pem, fresh_pki, key_for, run};
 use certs::{CsrError, DeviceCsr, KeyAlgorithm, MAX_CSR_LEN};
-use common::{device_csr_pem, fresh_pki, key_for, run};
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
 
 fn csr_der(pem: &str) -> Vec<u8> {

@@ -1,7 +1,5 @@
 //! Everything we encode decodes to the same value.
 
-mod common;
-
 use proptest::prelude::*;
 use wire::{
     decode_ack, decode_batch, decode_presence, encode_ack, encode_batch, encode_presence, Ack,
@@ -10,23 +8,23 @@ use wire::{
 
 proptest! {
     #[test]
-    fn batch_round_trips(batch in common::batch()) {
+    fn batch_round_trips(batch in crate::common::batch()) {
         let bytes = encode_batch(&batch);
         prop_assert_eq!(decode_batch(&bytes), Ok(batch));
     }
 
     #[test]
-    fn ack_round_trips(ack in common::ack()) {
+    fn ack_round_trips(ack in crate::common::ack()) {
         prop_assert_eq!(decode_ack(&encode_ack(&ack)), Ok(ack));
     }
 
     #[test]
-    fn presence_round_trips(presence in common::presence()) {
+    fn presence_round_trips(presence in crate::common::presence()) {
         prop_assert_eq!(decode_presence(&encode_presence(&presence)), Ok(presence));
     }
 
     #[test]
-    fn generated_batches_pass_validation(batch in common::batch()) {
+    fn generated_batches_pass_validation(batch in crate::common::batch()) {
         prop_assert_eq!(batch.validate(), Ok(()));
     }
 }
@@ -34,8 +32,8 @@ proptest! {
 #[test]
 fn every_record_kind_round_trips_fully_populated() {
     let batch = Batch::new(vec![
-        record(1, Body::Telemetry(common::full_telemetry())),
-        record(2, Body::PatchStatus(common::one_package_status())),
+        record(1, Body::Telemetry(crate::common::full_telemetry())),
+        record(2, Body::PatchStatus(crate::common::one_package_status())),
         record(
             3,
             Body::Event(AgentEvent::Started(Started {
@@ -64,7 +62,9 @@ fn ack_is_tiny() {
 fn a_full_telemetry_record_stays_compact() {
     // Short keys are the point of the encoding: guard against a regression to
     // long field names.
-    let bytes = encode_batch(&common::batch_of(Body::Telemetry(common::full_telemetry())));
+    let bytes = encode_batch(&crate::common::batch_of(Body::Telemetry(
+        crate::common::full_telemetry(),
+    )));
     assert!(
         bytes.len() < 200,
         "telemetry batch is {} bytes",
@@ -76,7 +76,7 @@ fn a_full_telemetry_record_stays_compact() {
 fn the_encoding_of_a_known_batch_is_stable() {
     // Pins the wire format: if this changes, old agents and new servers (or the
     // reverse) no longer agree. Change it only with a version bump.
-    let batch = common::batch_of(Body::Event(AgentEvent::Started(Started {
+    let batch = crate::common::batch_of(Body::Event(AgentEvent::Started(Started {
         agent_version: "1".into(),
     })));
     let expected: Vec<u8> = [

@@ -1,12 +1,10 @@
 //! Every kind of bad input is refused, counted by reason (per device when there is a device),
 //! and never holds back a good device sending at the same time.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ingest::{start, Metrics};
 use store::devices;
 use store::{ingest_state, DeviceId};

@@ -1,8 +1,6 @@
 //! Helpers shared by the certs tests. Every certificate and key is generated here, at
 //! test time; no PEM is pasted into a test.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,10 +1,8 @@
 //! Service client certificates: accepted by a TLS stack as client certificates from the fleet
 //! PKI, refused as device identities.
 
-mod common;
-
+use crate::common::{assert_signed_by, fresh_pki, parse};
 use certs::{DeviceIdentity, IdentityError};
-use common::{assert_signed_by, fresh_pki, parse};
 use x509_parser::extensions::ParsedExtension;
 
 #[test]

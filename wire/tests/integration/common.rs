@@ -1,8 +1,6 @@
 //! Proptest strategies for every message type, and a tiny raw CBOR builder for
 //! crafting inputs our encoder would never produce.
 
-#![allow(dead_code)] // each test file uses a different part
-
 use std::collections::BTreeMap;
 
 use proptest::collection::{btree_map, vec};

@@ -1,11 +1,9 @@
 //! Tenant isolation of ingest's tables and of the device directory, as the application role.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_tests::tenancy::set_tenant;
 use ingest::{start, Metrics};
 use sqlx::Connection;

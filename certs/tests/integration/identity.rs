@@ -4,10 +4,8 @@
 //! our issuing CA would never shape them. Identity parsing does not check signatures
 //! (the TLS layer has done that), so some are also patched after signing.
 
-mod common;
-
+use crate::common::{key_for, random_identity};
 use certs::{DeviceCertificate, DeviceIdentity, IdentityError};
-use common::{key_for, random_identity};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SanType,
     PKCS_ECDSA_P256_SHA256,

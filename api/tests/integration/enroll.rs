@@ -1,9 +1,7 @@
 //! `POST /v1/enroll` over real HTTPS against a real Postgres: the happy path and every refusal.
 
-mod common;
-
+use crate::common::{csr_with, p256_csr, rsa_csr, TestServer, BROKER_URL};
 use base64::Engine;
-use common::{csr_with, p256_csr, rsa_csr, TestServer, BROKER_URL};
 use rcgen::PKCS_ECDSA_P384_SHA384;
 use store::audit::{self, ChainVerdict};
 use store::devices::{self, DeviceStatus};
@@ -473,7 +471,7 @@ async fn a_revoked_device_is_no_longer_active() {
     server.stop().await;
 }
 
-fn statuses(responses: &[common::Response]) -> Vec<u16> {
+fn statuses(responses: &[crate::common::Response]) -> Vec<u16> {
     responses.iter().map(|r| r.status).collect()
 }
 

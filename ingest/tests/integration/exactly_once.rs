@@ -1,12 +1,10 @@
 //! Exactly once, in process: replays, out-of-order topics and two pipelines on one database
 //! write every record once, and every device's last ack is its final watermark.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ingest::{start, Metrics};
 use store::{ingest_state, patch_inventory, records, DeviceId};
 use wire::UnixMillis;

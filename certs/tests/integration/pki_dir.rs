@@ -1,18 +1,18 @@
 //! The PKI directory: file modes, refusing to overwrite, loading back, and keys.
 
-mod common;
-
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::{
+    assert_signed_by, device_csr_pem, fresh_pki, key_for, pki_dir, random_identity,
+};
 use certs::{
     DeviceCsr, IssuingCa, KeyError, Pki, PkiError, PkiLayout, PkiOrigin, PkiParams, PrivateKey,
     Validity, KEY_FILE_MODE,
 };
-use common::{assert_signed_by, device_csr_pem, fresh_pki, key_for, pki_dir, random_identity};
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384};
 
 fn mode(path: &Path) -> u32 {
@@ -107,8 +107,8 @@ fn a_loaded_issuing_ca_signs_certificates_that_chain_to_the_original_root() {
     let cert = sign_one(&loaded);
     assert_signed_by(cert.der(), pki.issuing_ca().der());
     // The authority key id of the new leaf is the subject key id of the issuing CA.
-    let leaf = common::parse(cert.der());
-    let ca = common::parse(pki.issuing_ca().der());
+    let leaf = crate::common::parse(cert.der());
+    let ca = crate::common::parse(pki.issuing_ca().der());
     let aki = leaf
         .extensions()
         .iter()

@@ -2,8 +2,6 @@
 //! HTTPS client (tokio-rustls and a hand-written HTTP/1.1 request) that keeps the test
 //! dependency tree lean. Keys and certificates are generated here; no PEM is pasted.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,12 +1,10 @@
 //! Every way decoding refuses input, and proof that lying length headers cost
 //! nothing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::raw;
+use crate::common::raw;
 use wire::limits::{
     DEFAULT_MAX_MESSAGE_BYTES, MAX_COMPONENTS, MAX_CONTROL_MESSAGE_BYTES, MAX_CUSTOM_METRICS,
     MAX_NAME_BYTES, MAX_PACKAGES, MAX_RECORDS_PER_BATCH, MAX_TEXT_BYTES,
@@ -53,7 +51,9 @@ fn oversize_input_is_refused_before_parsing() {
 
 #[test]
 fn the_size_limit_is_configurable_and_inclusive() {
-    let bytes = encode_batch(&common::batch_of(Body::Telemetry(Default::default())));
+    let bytes = encode_batch(&crate::common::batch_of(
+        Body::Telemetry(Default::default()),
+    ));
     assert!(decode_batch_with_limit(&bytes, bytes.len()).is_ok());
     assert_eq!(
         decode_batch_with_limit(&bytes, bytes.len() - 1),
@@ -207,7 +207,9 @@ fn many_nested_tags_are_refused() {
 
 #[test]
 fn trailing_bytes_are_refused() {
-    let mut bytes = encode_batch(&common::batch_of(Body::Telemetry(Default::default())));
+    let mut bytes = encode_batch(&crate::common::batch_of(
+        Body::Telemetry(Default::default()),
+    ));
     bytes.push(0x00);
     let Err(DecodeError::Malformed(message)) = decode_batch(&bytes) else {
         panic!("trailing byte accepted");
@@ -217,7 +219,9 @@ fn trailing_bytes_are_refused() {
 
 #[test]
 fn truncated_input_is_refused() {
-    let bytes = encode_batch(&common::batch_of(Body::Telemetry(common::full_telemetry())));
+    let bytes = encode_batch(&crate::common::batch_of(Body::Telemetry(
+        crate::common::full_telemetry(),
+    )));
     for len in 0..bytes.len() {
         assert!(
             decode_batch(&bytes[..len]).is_err(),
@@ -408,7 +412,7 @@ fn far_too_many_records_are_refused_without_keeping_them() {
 }
 
 fn assert_too_many(body: Body, field: &str, max: usize) {
-    let error = decode_batch(&encode_batch(&common::batch_of(body))).unwrap_err();
+    let error = decode_batch(&encode_batch(&crate::common::batch_of(body))).unwrap_err();
     let DecodeError::TooManyEntries {
         field: got,
         max: got_max,
@@ -422,7 +426,7 @@ fn assert_too_many(body: Body, field: &str, max: usize) {
 
 #[test]
 fn too_many_packages_are_refused() {
-    let mut status = common::one_package_status();
+    let mut status = crate::common::one_package_status();
     status.packages = vec![status.packages[0].clone(); MAX_PACKAGES + 1];
     assert_too_many(Body::PatchStatus(status), "patch.packages", MAX_PACKAGES);
 }
@@ -464,7 +468,7 @@ fn too_many_disks_are_refused() {
 // --- strings --------------------------------------------------------------
 
 fn assert_too_long(body: Body, field: &str, len: usize, max: usize) {
-    let error = decode_batch(&encode_batch(&common::batch_of(body))).unwrap_err();
+    let error = decode_batch(&encode_batch(&crate::common::batch_of(body))).unwrap_err();
     assert_eq!(
         error,
         DecodeError::FieldTooLong {
@@ -483,7 +487,7 @@ fn field_name(field: &str) -> &'static str {
 
 #[test]
 fn a_long_package_name_is_refused() {
-    let mut status = common::one_package_status();
+    let mut status = crate::common::one_package_status();
     status.packages[0].name = "p".repeat(MAX_NAME_BYTES + 1);
     assert_too_long(
         Body::PatchStatus(status),
@@ -495,15 +499,15 @@ fn a_long_package_name_is_refused() {
 
 #[test]
 fn a_name_at_the_limit_is_accepted() {
-    let mut status = common::one_package_status();
+    let mut status = crate::common::one_package_status();
     status.packages[0].name = "p".repeat(MAX_NAME_BYTES);
-    let batch = common::batch_of(Body::PatchStatus(status));
+    let batch = crate::common::batch_of(Body::PatchStatus(status));
     assert_eq!(decode_batch(&encode_batch(&batch)), Ok(batch));
 }
 
 #[test]
 fn string_limits_count_bytes_not_characters() {
-    let mut status = common::one_package_status();
+    let mut status = crate::common::one_package_status();
     status.os_id = "é".repeat(MAX_NAME_BYTES / 2 + 1); // 2 bytes each
     assert_too_long(
         Body::PatchStatus(status),
@@ -535,7 +539,7 @@ fn a_long_error_message_is_refused_but_text_gets_more_room_than_names() {
             message,
         }))
     };
-    let fits = common::batch_of(event("m".repeat(MAX_TEXT_BYTES)));
+    let fits = crate::common::batch_of(event("m".repeat(MAX_TEXT_BYTES)));
     assert!(decode_batch(&encode_batch(&fits)).is_ok());
     assert_too_long(
         event("m".repeat(MAX_TEXT_BYTES + 1)),

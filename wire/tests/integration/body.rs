@@ -2,12 +2,10 @@
 //! writes exactly what ingest wrote before, and `decode_body` reads it back
 //! under the same bounds as a batch.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::raw;
+use crate::common::raw;
 use proptest::prelude::*;
 use wire::limits::{DEFAULT_MAX_MESSAGE_BYTES, MAX_CUSTOM_METRICS, MAX_NAME_BYTES};
 use wire::{
@@ -26,9 +24,9 @@ fn ciborium_bytes(body: &Body) -> Vec<u8> {
 
 fn every_kind() -> Vec<Body> {
     vec![
-        Body::Telemetry(common::full_telemetry()),
+        Body::Telemetry(crate::common::full_telemetry()),
         Body::Telemetry(Telemetry::default()),
-        Body::PatchStatus(common::one_package_status()),
+        Body::PatchStatus(crate::common::one_package_status()),
         Body::Event(AgentEvent::Started(Started {
             agent_version: "0.1.0".into(),
         })),
@@ -61,12 +59,12 @@ fn assert_refused_fast(bytes: &[u8]) {
 
 proptest! {
     #[test]
-    fn bodies_round_trip(body in common::body()) {
+    fn bodies_round_trip(body in crate::common::body()) {
         prop_assert_eq!(decode_body(&encode_body(&body)), Ok(body));
     }
 
     #[test]
-    fn the_bytes_are_what_ingest_wrote_before(body in common::body()) {
+    fn the_bytes_are_what_ingest_wrote_before(body in crate::common::body()) {
         prop_assert_eq!(encode_body(&body), ciborium_bytes(&body));
     }
 }
@@ -84,7 +82,7 @@ fn every_kind_round_trips_and_matches_the_old_ledger_bytes() {
 fn the_bytes_are_those_of_the_body_inside_a_batch() {
     // The body is the last entry of the last record of the batch map.
     for body in every_kind() {
-        let batch = encode_batch(&common::batch_of(body.clone()));
+        let batch = encode_batch(&crate::common::batch_of(body.clone()));
         assert!(batch.ends_with(&encode_body(&body)), "{body:?}");
     }
 }
@@ -158,7 +156,7 @@ fn oversize_input_is_refused_before_parsing() {
 
 #[test]
 fn the_size_limit_is_configurable_and_inclusive() {
-    let body = Body::Telemetry(common::full_telemetry());
+    let body = Body::Telemetry(crate::common::full_telemetry());
     let bytes = encode_body(&body);
     assert_eq!(decode_body_with_limit(&bytes, bytes.len()), Ok(body));
     assert_eq!(
@@ -208,7 +206,7 @@ fn a_wrong_type_is_refused() {
 
 #[test]
 fn truncated_input_is_refused() {
-    let bytes = encode_body(&Body::Telemetry(common::full_telemetry()));
+    let bytes = encode_body(&Body::Telemetry(crate::common::full_telemetry()));
     for len in 0..bytes.len() {
         assert!(
             decode_body(&bytes[..len]).is_err(),

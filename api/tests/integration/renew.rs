@@ -1,12 +1,10 @@
 //! `POST /v1/renew` over real mutual TLS against a real Postgres: the happy path and every
 //! refusal, and enrollment still working without a client certificate.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{p256_csr, pem_certs, DeviceCredentials, TestServer, BROKER_URL};
 use certs::{DeviceCertificate, DeviceIdentity, Pki, PkiParams, Validity};
-use common::{p256_csr, pem_certs, DeviceCredentials, TestServer, BROKER_URL};
 use fleet_tests::device::key_and_csr;
 use rcgen::PKCS_ECDSA_P384_SHA384;
 use rustls::pki_types::UnixTime;
@@ -238,7 +236,7 @@ async fn bad_csrs_get_400_as_for_enrollment() {
     server
         .renew(
             Some(&credentials),
-            &common::csr_with(&PKCS_ECDSA_P384_SHA384),
+            &crate::common::csr_with(&PKCS_ECDSA_P384_SHA384),
         )
         .await
         .unwrap()

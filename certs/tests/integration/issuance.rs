@@ -1,15 +1,15 @@
 //! Device and server certificates: what the issuing CA puts into them.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use crate::common::{
+    assert_signed_by, device_csr_pem, fresh_pki, key_for, parse, random_identity, run,
+};
 use certs::{
     DeviceCertificate, DeviceCsr, DeviceIdentity, IssueError, ServerCertParams, Validity,
     ValidityError, CLOCK_SKEW_ALLOWANCE, DEFAULT_DEVICE_CERT_LIFETIME,
 };
-use common::{assert_signed_by, device_csr_pem, fresh_pki, key_for, parse, random_identity, run};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
@@ -145,12 +145,12 @@ fn openssl_verifies_the_device_chain_for_client_use() {
         .unwrap();
     let root = dir.path().join("root.pem");
     let chain = dir.path().join("chain.pem");
-    common::write(&root, &ca.root_pem());
-    common::write(&chain, &ca.chain_pem(cert.der()));
+    crate::common::write(&root, &ca.root_pem());
+    crate::common::write(&chain, &ca.chain_pem(cert.der()));
     // The chain file holds leaf then issuing CA; openssl takes the leaf from it and the
     // intermediate as untrusted.
     let leaf = dir.path().join("leaf.pem");
-    common::write(&leaf, &cert.pem());
+    crate::common::write(&leaf, &cert.pem());
     cmd.args(["verify", "-purpose", "sslclient", "-x509_strict", "-CAfile"])
         .arg(&root)
         .arg("-untrusted")
@@ -360,8 +360,8 @@ fn openssl_verifies_the_server_chain_for_server_use() {
         .unwrap();
     let root = dir.path().join("root.pem");
     let chain = dir.path().join("chain.pem");
-    common::write(&root, &ca.root_pem());
-    common::write(&chain, &server.chain_pem());
+    crate::common::write(&root, &ca.root_pem());
+    crate::common::write(&chain, &server.chain_pem());
     cmd.args([
         "verify",
         "-purpose",

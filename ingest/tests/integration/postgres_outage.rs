@@ -1,12 +1,10 @@
 //! Postgres stopped for 10 s mid-stream: nothing lost, nothing duplicated, and no ack for a
 //! record that was not committed at the time the ack was sent.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ingest::{start, AckError, AckSink, BoxFuture, IngestConfig, Metrics};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;

@@ -4,14 +4,12 @@
 //! to `$share`. Simulated devices publish records, some twice: each record is written once,
 //! both instances did work, every device gets its final ack watermark.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use certs::{DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
-use common::*;
 use ingest::{start, ExternalBrokerConfig, ExternalSource, Metrics};
 use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;

@@ -1,12 +1,10 @@
 //! The API listener's TLS policy, checked with a client nobody here wrote (openssl), and the
 //! accept path's resistance to silent connections.
 
-mod common;
-
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::TestServer;
 use tokio::net::TcpStream;
 
 /// `openssl s_client` with `flags`, allowing every cipher and protocol on the client side

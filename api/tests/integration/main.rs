@@ -1,0 +1,7 @@
+//! api's integration tests, one binary: the helpers in `common` serve every module, and
+//! the crate links once instead of once per file.
+
+mod common;
+mod enroll;
+mod renew;
+mod tls_policy;
