@@ -333,6 +333,26 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// fleetd on `database` with its data (and private PKI) in `data_dir` and every listener on
+    /// an ephemeral port of 127.0.0.1: for tests and tools that start a fleetd of their own
+    /// next to other instances. The ports chosen are on the [`crate::Running`] handle.
+    pub fn on_ephemeral_loopback_ports(
+        data_dir: impl Into<PathBuf>,
+        database: PostgresUrl,
+    ) -> Self {
+        let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir: data_dir.into(),
+            database_url: Some(database),
+            api_listen: ephemeral,
+            broker_listen: ephemeral,
+            metrics_listen: ephemeral,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for PkiConfig {
     fn default() -> Self {
         Self {

@@ -105,14 +105,10 @@ async fn run(
 ) {
     let test_db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = fleetd::Config {
-        data_dir: data_dir.path().to_path_buf(),
-        database_url: Some(test_db.url().parse().expect("a postgres:// URL")),
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        broker_listen: "127.0.0.1:0".parse().unwrap(),
-        metrics_listen: "127.0.0.1:0".parse().unwrap(),
-        ..fleetd::Config::default()
-    };
+    let config = fleetd::Config::on_ephemeral_loopback_ports(
+        data_dir.path(),
+        test_db.url().parse().expect("a postgres:// URL"),
+    );
     let ingest_config = config.ingest.clone();
     let running = Arc::new(
         fleetd_rt

@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-mod common;
-
 use fleet_tests::TestDb;
 use store::enrollment_tokens::{self, NewEnrollmentToken};
 use store::{devices, tenants, DeviceId, TenantId};
@@ -125,7 +123,8 @@ async fn issue_token(
 async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = common::fleetd_config(&db, &data_dir);
+    let config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     let running = fleetd::start(config).await.unwrap();
     let tenant = tenants::create(
         &running.database().app,
@@ -234,7 +233,8 @@ async fn ledger(db: &TestDb, device: Uuid) -> (i64, i64, i64, i64) {
 async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_returns() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let mut config = common::fleetd_config(&db, &data_dir);
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     let first = fleetd::start(config.clone()).await.unwrap();
     let broker_addr = first.broker_addr().unwrap();
     let tenant = tenants::create(
@@ -310,7 +310,8 @@ async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_retu
 async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = common::fleetd_config(&db, &data_dir);
+    let config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     let running = fleetd::start(config).await.unwrap();
     let tenant = tenants::create(
         &running.database().app,
@@ -402,7 +403,8 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
 async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let mut config = common::fleetd_config(&db, &data_dir);
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     // With 5 minutes of clock-skew allowance before "now", a 2-minute certificate is already in
     // the last third of its life when issued: the agent renews it at its first check.
     config.pki.device_cert_lifetime = std::time::Duration::from_secs(120);

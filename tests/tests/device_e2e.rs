@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod common;
-
 use fleet_tests::https::https_request;
 use fleet_tests::TestDb;
 use rumqttc::{
@@ -24,7 +22,8 @@ use wire::{Batch, Body, Record, Telemetry, UnixMillis};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn start_fleetd(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Running {
-    let config = common::fleetd_config(db, data_dir);
+    let config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     fleetd::start(config).await.expect("fleetd starts")
 }
 

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
-
 use certs::{DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
 use fleet_tests::mosquitto::start_mosquitto;
 use fleet_tests::TestDb;
@@ -31,7 +29,8 @@ fn ingest_only(
     mqtt_port: u16,
     name: &str,
 ) -> fleetd::Config {
-    let mut config = common::fleetd_config(db, data_dir);
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
     config.pki.dir = Some(pki_dir.to_path_buf());
     config.external_broker.url = Some(format!("mqtts://localhost:{mqtt_port}").parse().unwrap());
     config.external_broker.client_id = Some(name.to_owned());

@@ -1,7 +1,5 @@
 //! fleetd started in-process: readiness, start-up refusals, and the private cluster's lifetime.
 
-mod common;
-
 use fleet_tests::https::https_request;
 use fleet_tests::TestDb;
 use fleetd::Config;
@@ -27,7 +25,7 @@ async fn get(running: &fleetd::Running, path: &str) -> (u16, String) {
 }
 
 fn config_for(db: &TestDb, data_dir: &tempfile::TempDir) -> Config {
-    common::fleetd_config(db, data_dir)
+    fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap())
 }
 
 #[tokio::test]

@@ -7,8 +7,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-mod common;
-
 use api::permissions::{RouteRule, ROUTES};
 use fleet_tests::https::{https_request, Response};
 use fleet_tests::TestDb;
@@ -61,9 +59,12 @@ impl Fleet {
         capture_logs();
         let db = TestDb::new().await;
         let dir = fleet_tests::data_dir();
-        let running = fleetd::start(common::fleetd_config(&db, &dir))
-            .await
-            .expect("fleetd starts");
+        let running = fleetd::start(fleetd::Config::on_ephemeral_loopback_ports(
+            dir.path(),
+            db.url().parse().unwrap(),
+        ))
+        .await
+        .expect("fleetd starts");
         let (tenant, key) = tenants::create_with_owner_key(
             &running.database().app,
             "acme",
@@ -355,7 +356,8 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
     let fleet = Fleet::start().await;
     // A second fleetd on the same database.
     let dir_b = fleet_tests::data_dir();
-    let mut config_b = common::fleetd_config(&fleet._db, &dir_b);
+    let mut config_b =
+        fleetd::Config::on_ephemeral_loopback_ports(dir_b.path(), fleet._db.url().parse().unwrap());
     config_b.pki.dir = Some(fleet._dir.path().join("pki"));
     let b = fleetd::start(config_b).await.expect("second fleetd");
 

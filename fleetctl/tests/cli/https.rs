@@ -26,14 +26,10 @@ impl Fleet {
     async fn start() -> Self {
         let db = TestDb::new().await;
         let data_dir = fleet_tests::data_dir();
-        let config = fleetd::Config {
-            data_dir: data_dir.path().to_path_buf(),
-            database_url: Some(db.url().parse().expect("a postgres:// URL")),
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            broker_listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            ..fleetd::Config::default()
-        };
+        let config = fleetd::Config::on_ephemeral_loopback_ports(
+            data_dir.path(),
+            db.url().parse().expect("a postgres:// URL"),
+        );
         let running = fleetd::start(config).await.expect("fleetd starts");
         let (tenant, key) = tenants::create_with_owner_key(
             &running.database().app,
