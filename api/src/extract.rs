@@ -213,6 +213,49 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
     }
 }
 
+/// A kind of resource the management API addresses by id in its paths.
+pub(crate) trait Resource: FromStr + Send {
+    /// How refusals name it: "device", "API key".
+    const NAME: &'static str;
+
+    /// The 404 of this kind of resource.
+    fn not_found() -> ApiError {
+        ApiError::ResourceNotFound(Self::NAME)
+    }
+}
+
+impl Resource for store::DeviceId {
+    const NAME: &'static str = "device";
+}
+impl Resource for store::ApiKeyId {
+    const NAME: &'static str = "API key";
+}
+impl Resource for store::EnrollmentTokenId {
+    const NAME: &'static str = "enrollment token";
+}
+impl Resource for store::DeviceGroupId {
+    const NAME: &'static str = "device group";
+}
+
+/// The `{id}` of a route's path, parsed. A malformed id names nothing, so it is that
+/// resource's 404, the answer for an unknown one.
+pub(crate) struct PathId<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: Resource> axum::extract::FromRequestParts<S> for PathId<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Path(text) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| T::not_found())?;
+        text.parse().map(PathId).map_err(|_| T::not_found())
+    }
+}
+
 pub(crate) fn invalid(field: &str, reason: &str) -> ApiError {
     ApiError::InvalidField {
         field: field.to_owned(),

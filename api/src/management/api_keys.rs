@@ -1,6 +1,6 @@
 //! `/v1/api-keys`: create (the key is shown once), list, show, revoke.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ipnet::IpNet;
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::{may_create_key, may_revoke_key, Caller};
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, PathId, Query, Resource};
 use crate::Ctx;
 
 /// A key's role, as the API spells [`Role`]: `owner`, `admin`, `operator` or `auditor` (what
@@ -202,13 +202,12 @@ pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyId>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     let key = api_keys::get(&mut tx, &id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("API key"))?;
+        .ok_or_else(ApiKeyId::not_found)?;
     tx.commit().await?;
     Ok(Json(ApiKeyView::from(&key)))
 }
@@ -223,26 +222,19 @@ pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyId>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     let target = api_keys::get(&mut tx, &id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("API key"))?;
+        .ok_or_else(ApiKeyId::not_found)?;
     may_revoke_key(&caller, &target)?;
     api_keys::revoke(&mut tx, &id, &caller.actor()).await?;
     let key = api_keys::get(&mut tx, &id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("API key"))?;
+        .ok_or_else(ApiKeyId::not_found)?;
     tx.commit().await?;
     ctx.key_cache.purge(&id);
     tracing::info!(tenant = %caller.tenant(), key = %id, "API key revoked");
     Ok(Json(ApiKeyView::from(&key)))
-}
-
-/// A malformed id cannot name a key: not found, like an unknown one.
-fn parse_id(text: &str) -> Result<ApiKeyId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::ResourceNotFound("API key"))
 }

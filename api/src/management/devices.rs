@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use store::device_certificates;
@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, PathId, Query, Resource};
 use crate::views::telemetry::{Aggregation, Aggregator, TelemetrySample, Window};
 use crate::Ctx;
 
@@ -148,9 +148,9 @@ pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    let (mut tx, device) = visible(&ctx, &caller, &id).await?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
     let certificates = device_certificates::list_for_device(&mut tx, device.id).await?;
     tx.commit().await?;
     Ok(Json(DeviceDetail {
@@ -189,10 +189,10 @@ pub(crate) async fn update(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
     ApiJson(change): ApiJson<DeviceUpdate>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let (mut tx, mut device) = visible(&ctx, &caller, &id).await?;
+    let (mut tx, mut device) = visible(&ctx, &caller, id).await?;
     let actor = caller.actor();
     if let Some(name) = &change.name {
         device = devices::rename(&mut tx, device.id, name, caller.scope(), &actor).await?;
@@ -216,14 +216,13 @@ pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     devices::revoke(&mut tx, id, caller.scope(), &caller.actor()).await?;
     let device = devices::get(&mut tx, id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("device"))?;
+        .ok_or_else(DeviceId::not_found)?;
     tx.commit().await?;
     tracing::info!(tenant = %caller.tenant(), device = %id, "device revoked");
     Ok(Json(DeviceView::from(&device)))
@@ -261,9 +260,9 @@ pub(crate) async fn health(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
 ) -> Result<Json<DeviceHealth>, ApiError> {
-    let (mut tx, device) = visible(&ctx, &caller, &id).await?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
     let state = ingest_state::get(&mut tx, device.id)
         .await?
         .unwrap_or_default();
@@ -308,7 +307,7 @@ const DEFAULT_WINDOW: time::Duration = time::Duration::days(1);
 pub(crate) async fn telemetry(
     State(ctx): State<Ctx>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Page<TelemetryRecord>>, ApiError> {
     let mut query = Query::parse(raw.as_deref());
@@ -316,7 +315,7 @@ pub(crate) async fn telemetry(
     let (from, to) = time_range(&mut query)?;
     query.finish()?;
     let after: Option<RecordPosition> = page.after()?;
-    let (mut tx, device) = visible(&ctx, &caller, &id).await?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
     let stored = records::list_in_range(
         &mut tx,
         device.id,
@@ -396,7 +395,7 @@ const AGGREGATE_PAGE: i64 = 5_000;
 pub(crate) async fn telemetry_aggregate(
     State(ctx): State<Ctx>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Aggregation>, ApiError> {
     let mut query = Query::parse(raw.as_deref());
@@ -411,7 +410,7 @@ pub(crate) async fn telemetry_aggregate(
     let filter = (!metrics.is_empty()).then_some(metrics);
     let mut aggregator =
         Aggregator::new(window, filter).map_err(|e| invalid("metric", &e.to_string()))?;
-    let (mut tx, device) = visible(&ctx, &caller, &id).await?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
     let mut after = None;
     let mut read = 0;
     loop {
@@ -459,16 +458,10 @@ fn time_range(query: &mut Query) -> Result<(OffsetDateTime, OffsetDateTime), Api
 }
 
 /// The device `id` if the caller may see it, with the open transaction.
-async fn visible(ctx: &Ctx, caller: &Caller, id: &str) -> Result<(TenantTx, Device), ApiError> {
-    let id = parse_id(id)?;
+async fn visible(ctx: &Ctx, caller: &Caller, id: DeviceId) -> Result<(TenantTx, Device), ApiError> {
     let mut tx = caller.begin(ctx).await?;
     let device = devices::get_scoped(&mut tx, id, caller.scope())
         .await?
-        .ok_or(ApiError::ResourceNotFound("device"))?;
+        .ok_or_else(DeviceId::not_found)?;
     Ok((tx, device))
-}
-
-pub(crate) fn parse_id(text: &str) -> Result<DeviceId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::ResourceNotFound("device"))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use ipnet::IpNet;
@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery, Page, Query};
+use crate::extract::{ApiJson, NoQuery, Page, PathId, Query, Resource};
 use crate::Ctx;
 
 /// An enrollment token as listed: never its secret.
@@ -182,13 +182,12 @@ pub(crate) async fn show(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<EnrollmentTokenId>,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     let token = enrollment_tokens::get(&mut tx, id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("enrollment token"))?;
+        .ok_or_else(EnrollmentTokenId::not_found)?;
     tx.commit().await?;
     Ok(Json(EnrollmentTokenView::from(&token)))
 }
@@ -202,19 +201,13 @@ pub(crate) async fn revoke(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<EnrollmentTokenId>,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     enrollment_tokens::revoke(&mut tx, id, &caller.actor()).await?;
     let token = enrollment_tokens::get(&mut tx, id)
         .await?
-        .ok_or(ApiError::ResourceNotFound("enrollment token"))?;
+        .ok_or_else(EnrollmentTokenId::not_found)?;
     tx.commit().await?;
     Ok(Json(EnrollmentTokenView::from(&token)))
-}
-
-fn parse_id(text: &str) -> Result<EnrollmentTokenId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::ResourceNotFound("enrollment token"))
 }

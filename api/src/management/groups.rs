@@ -1,6 +1,6 @@
 //! `/v1/device-groups`: create, rename, delete (only when empty), list.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery, Page, Query};
+use crate::extract::{ApiJson, NoQuery, Page, PathId, Query};
 use crate::Ctx;
 
 /// A device group.
@@ -93,10 +93,9 @@ pub(crate) async fn rename(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceGroupId>,
     ApiJson(body): ApiJson<GroupName>,
 ) -> Result<Json<DeviceGroupView>, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     let group =
         device_groups::rename(&mut tx, id, &body.name, caller.scope(), &caller.actor()).await?;
@@ -113,16 +112,10 @@ pub(crate) async fn delete(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceGroupId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
     let mut tx = caller.begin(&ctx).await?;
     device_groups::delete(&mut tx, id, caller.scope(), &caller.actor()).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn parse_id(text: &str) -> Result<DeviceGroupId, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::ResourceNotFound("device group"))
 }

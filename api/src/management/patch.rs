@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::Serialize;
 use store::patch_inventory::{self, CurrentPatchStatus, GroupPatchSummary, PackageRow};
@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, NoQuery, Query};
+use crate::extract::{invalid, NoQuery, PathId, Query, Resource};
 use crate::Ctx;
 
 /// `stale_after` when the request does not say.
@@ -172,16 +172,12 @@ pub(crate) async fn device(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
-    Path(id): Path<String>,
+    PathId(id): PathId<DeviceId>,
 ) -> Result<Json<PatchStatusView>, ApiError> {
-    // A malformed id cannot name a device: not found, like an unknown one.
-    let id: DeviceId = id
-        .parse()
-        .map_err(|_| ApiError::ResourceNotFound("device"))?;
     let mut tx = caller.begin(&ctx).await?;
     devices::get_scoped(&mut tx, id, caller.scope())
         .await?
-        .ok_or(ApiError::ResourceNotFound("device"))?;
+        .ok_or_else(DeviceId::not_found)?;
     let status = patch_inventory::current(&mut tx, id)
         .await?
         .ok_or(ApiError::ResourceNotFound("patch status"))?;
