@@ -73,6 +73,18 @@ pub enum DecodeError {
         max: usize,
     },
 
+    /// A string holds a character the server does not store: NUL anywhere, any other control
+    /// character in a name, or one other than tab, line feed and carriage return in free text.
+    #[error("{field} contains the control character U+{code:04X} at byte {at}")]
+    ForbiddenCharacter {
+        /// Which string, for example `"package.name"`.
+        field: &'static str,
+        /// The character's code point.
+        code: u32,
+        /// Its byte offset in the string.
+        at: usize,
+    },
+
     /// Sequence numbers in a batch must start above zero and strictly increase;
     /// this one does not.
     #[error("sequence number {seq} does not follow {previous}")]
@@ -96,6 +108,7 @@ impl DecodeError {
             Self::TooManyRecords { .. } => "too_many_records",
             Self::TooManyEntries { .. } => "too_many_entries",
             Self::FieldTooLong { .. } => "field_too_long",
+            Self::ForbiddenCharacter { .. } => "forbidden_character",
             Self::SeqNotIncreasing { .. } => "bad_sequence",
         }
     }

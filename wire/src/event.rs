@@ -87,7 +87,7 @@ impl AgentEvent {
         }
     }
 
-    /// Checks string lengths against [`limits`](crate::limits).
+    /// Checks string lengths and characters against [`limits`](crate::limits).
     pub(crate) fn validate(&self) -> Result<(), DecodeError> {
         match self {
             Self::Started(started) => {

@@ -117,6 +117,11 @@
 //!   [`limits::MAX_CUSTOM_METRICS`], [`limits::MAX_COMPONENTS`]), and are then
 //!   refused with a typed error; strings over [`limits::MAX_NAME_BYTES`] or
 //!   [`limits::MAX_TEXT_BYTES`] likewise.
+//! * Strings hold no character the server cannot store or show safely
+//!   ([`DecodeError::ForbiddenCharacter`]): names no control character at all
+//!   (NUL, C0, DEL, C1), free text none but tab, line feed and carriage return.
+//!   PostgreSQL refuses NUL in text, so without this one device's record could
+//!   fail the transaction it shares with other devices.
 //! * Nesting deeper than 32 levels is refused before it can exhaust the stack.
 //! * Exactly one CBOR item: trailing bytes are refused.
 //!

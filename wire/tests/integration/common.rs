@@ -23,9 +23,10 @@ fn finite_f64() -> impl Strategy<Value = f64> {
     f64s::POSITIVE | f64s::NEGATIVE | f64s::NORMAL | f64s::SUBNORMAL | f64s::ZERO
 }
 
-/// Short arbitrary Unicode, well within the name limit.
+/// Short arbitrary Unicode without control characters (which names may not hold), well within
+/// the name limit.
 fn name() -> impl Strategy<Value = String> {
-    ".{0,12}"
+    "[^\\p{Cc}]{0,12}"
 }
 
 /// A kind name none of our open enums knows.
@@ -159,7 +160,7 @@ pub fn agent_event() -> impl Strategy<Value = AgentEvent> {
         any::<u64>().prop_map(|millis| AgentEvent::CertificateRenewed(CertificateRenewed {
             not_after: UnixMillis(millis),
         })),
-        (name(), ".{0,40}").prop_map(|(collector, message)| {
+        (name(), "([^\\p{Cc}]|[\\t\\n\\r]){0,40}").prop_map(|(collector, message)| {
             AgentEvent::CollectorError(CollectorError { collector, message })
         }),
         unknown_kind(&[
