@@ -1,13 +1,17 @@
 //! One tenant batch, one transaction: lock the devices' ingest state in id order, drop what is
 //! already handled, insert the rest with `ON CONFLICT DO NOTHING`, apply new patch reports,
 //! advance each watermark, save, commit. Acks are built from what was committed.
+//!
+//! When the database refuses a batch's data, the pipeline writes it again one device's share at
+//! a time ([`write_shares`]), and refuses for good only the shares the database still refuses
+//! ([`refuse_share`]): one device's bad record never costs another device its ack.
 
 use std::collections::{BTreeMap, HashSet};
 
 use store::ingest_state::{self, IngestState, LockedDevice};
 use store::patch_inventory::{self, PackageRow, PatchReport};
 use store::records::{self, NewRecords, RecordKind};
-use store::{AppDb, DeviceId, StoreError, TenantTx};
+use store::{AppDb, DeviceId, StoreError, TenantId, TenantTx};
 use time::OffsetDateTime;
 use wire::topic::{self, TopicKind};
 use wire::{AgentEvent, Body, PatchStatus, Record, UnixMillis};
@@ -29,6 +33,16 @@ impl Outcome {
     fn reject(&mut self, reason: &'static str) {
         *self.rejects.entry(reason).or_default() += 1;
     }
+
+    /// Adds what `other` (another transaction of the same batch) did.
+    pub(crate) fn merge(&mut self, other: Outcome) {
+        self.acks.extend(other.acks);
+        self.committed += other.committed;
+        self.duplicates += other.duplicates;
+        for (reason, count) in other.rejects {
+            *self.rejects.entry(reason).or_default() += count;
+        }
+    }
 }
 
 /// A device's work in progress inside the transaction.
@@ -39,14 +53,27 @@ struct DeviceWork {
     new_rows: i64,
 }
 
-/// Writes `batch` in one transaction of its tenant.
-pub(crate) async fn write_batch(
+/// One device's share of a batch.
+pub(crate) type DeviceShare<'a> = (DeviceId, &'a [DeviceInput]);
+
+/// Every device's share of `batch`, in device order.
+pub(crate) fn shares(batch: &TenantBatch) -> Vec<DeviceShare<'_>> {
+    batch
+        .devices
+        .iter()
+        .map(|(device, inputs)| (*device, inputs.as_slice()))
+        .collect()
+}
+
+/// Writes the `shares` of devices of `tenant` in one transaction.
+pub(crate) async fn write_shares(
     app: &AppDb,
-    batch: &TenantBatch,
+    tenant: TenantId,
+    shares: &[DeviceShare<'_>],
     max_pending_ranges: usize,
 ) -> Result<Outcome, StoreError> {
-    let mut tx = app.begin(batch.tenant).await?;
-    let device_ids: Vec<DeviceId> = batch.devices.keys().copied().collect();
+    let mut tx = app.begin(tenant).await?;
+    let device_ids: Vec<DeviceId> = shares.iter().map(|(device, _)| *device).collect();
     let locked: BTreeMap<DeviceId, LockedDevice> = ingest_state::lock(&mut tx, &device_ids)
         .await?
         .into_iter()
@@ -54,10 +81,11 @@ pub(crate) async fn write_batch(
         .collect();
     let now = OffsetDateTime::now_utc();
     let mut outcome = Outcome::default();
-    let mut rows = NewRecords::with_capacity(batch.weight);
+    let mut rows =
+        NewRecords::with_capacity(shares.iter().map(|(_, inputs)| records_in(inputs)).sum());
     let mut patches: Vec<(DeviceId, PatchReport)> = Vec::new();
     let mut work: Vec<DeviceWork> = Vec::with_capacity(locked.len());
-    for (device, inputs) in &batch.devices {
+    for (device, inputs) in shares {
         let Some(locked) = locked.get(device) else {
             // Deleted since the directory answered: no state row to charge it to.
             inputs.iter().for_each(|_| outcome.reject("unknown_device"));
@@ -69,7 +97,7 @@ pub(crate) async fn write_batch(
             handled: HandledSeqs::new(locked.state.watermark, locked.state.pending.clone()),
             new_rows: 0,
         };
-        for input in inputs {
+        for input in *inputs {
             plan_input(
                 &mut device_work,
                 locked.revoked,
@@ -110,6 +138,81 @@ pub(crate) async fn write_batch(
     tx.commit().await?;
     Ok(outcome)
 }
+
+/// Records of a device's inputs.
+fn records_in(inputs: &[DeviceInput]) -> usize {
+    inputs
+        .iter()
+        .map(|input| match input {
+            DeviceInput::Records { records, .. } => records.len(),
+            DeviceInput::Refused { .. } => 0,
+        })
+        .sum()
+}
+
+/// Refuses for good a device's share that the database refused on its own (`error`, a data
+/// refusal): its records are counted as `storage_refused`, its last error says why, and their
+/// sequence numbers are handled, so its watermark moves past them and the device is acked and
+/// stops resending them. Nothing of the share is stored.
+pub(crate) async fn refuse_share(
+    app: &AppDb,
+    tenant: TenantId,
+    (device, inputs): DeviceShare<'_>,
+    error: &StoreError,
+) -> Result<Outcome, StoreError> {
+    let mut outcome = Outcome::default();
+    let mut tx = app.begin(tenant).await?;
+    let Some(locked) = ingest_state::lock(&mut tx, &[device]).await?.pop() else {
+        inputs.iter().for_each(|_| outcome.reject("unknown_device"));
+        tx.rollback().await?;
+        return Ok(outcome);
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut state = locked.state.clone();
+    let mut handled = HandledSeqs::new(state.watermark, state.pending.clone());
+    let mut refused = 0u64;
+    for input in inputs {
+        let records = match input {
+            DeviceInput::Refused { reason, error } => {
+                state.record_reject(reason, error, now);
+                outcome.reject(reason);
+                continue;
+            }
+            DeviceInput::Records { records, .. } => records,
+        };
+        for record in records {
+            match i64::try_from(record.seq) {
+                Ok(seq) if handled.contains(seq) => outcome.duplicates += 1,
+                Ok(seq) => {
+                    handled.insert(seq);
+                    refused += 1;
+                }
+                Err(_) => outcome.reject("seq_out_of_range"),
+            }
+        }
+    }
+    if refused > 0 {
+        let reason: String = error
+            .to_string()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let text = format!("{refused} records refused by the database: {reason}");
+        state.record_reject(STORAGE_REFUSED, &text, now);
+        *outcome.rejects.entry(STORAGE_REFUSED).or_default() += refused;
+    }
+    state.watermark = handled.watermark();
+    state.pending = handled.ranges().to_vec();
+    ingest_state::save(&mut tx, &[(device, &state, 0)]).await?;
+    tx.commit().await?;
+    if !locked.revoked {
+        outcome.acks.push((device, state.watermark));
+    }
+    Ok(outcome)
+}
+
+/// The reject reason of records the database refused, one device's share at a time.
+pub(crate) const STORAGE_REFUSED: &str = "storage_refused";
 
 #[allow(clippy::too_many_arguments)]
 fn plan_input(

@@ -14,13 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use store::{AppDb, TenantId};
+use store::{AppDb, StoreError, TenantId};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::batch::{classify, topic_label, Classified, TenantBatch};
-use crate::commit::{write_batch, Outcome};
+use crate::commit::{refuse_share, shares, write_shares, DeviceShare, Outcome};
 use crate::directory::Directory;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::sink::AckSink;
@@ -243,29 +243,93 @@ impl Writer {
         }
     }
 
-    /// Commits, retrying transient failures with backoff. A permanent failure (a bug, a
-    /// constraint) refuses the batch's messages as `storage_error` without acknowledging any
-    /// record: the devices send them again later.
+    /// Commits, retrying transient failures with backoff. When the database refuses the data
+    /// (a data exception or a constraint), the batch is written again one device's share at a
+    /// time, so only the devices whose own records are refused lose them ([`refuse_share`]).
+    /// Any other permanent failure (a bug) refuses the batch's messages as `storage_error`
+    /// without acknowledging any record: the devices send them again later.
     async fn commit_with_retry(&mut self, batch: &TenantBatch) -> Result<Outcome, Closed> {
+        let shares = shares(batch);
+        match self.commit_shares(batch.tenant, &shares).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if e.is_data_refusal() && shares.len() > 1 => {
+                tracing::warn!(error = %e, tenant = %batch.tenant, devices = shares.len(), "batch refused by the database; writing it device by device");
+                let mut outcome = Outcome::default();
+                for share in shares {
+                    outcome.merge(self.commit_share_alone(batch.tenant, share).await?);
+                }
+                Ok(outcome)
+            }
+            Err(e) if e.is_data_refusal() => {
+                let share = shares[0];
+                Ok(self.refuse(batch.tenant, share, &e).await?)
+            }
+            Err(e) => Ok(self.storage_error(batch.tenant, batch.completions.len(), &e)),
+        }
+    }
+
+    /// One device's share in a transaction of its own; refused for good if the database
+    /// refuses its data again.
+    async fn commit_share_alone(
+        &mut self,
+        tenant: TenantId,
+        share: DeviceShare<'_>,
+    ) -> Result<Outcome, Closed> {
+        match self.commit_shares(tenant, &[share]).await? {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if e.is_data_refusal() => self.refuse(tenant, share, &e).await,
+            Err(e) => Ok(self.storage_error(tenant, share.1.len(), &e)),
+        }
+    }
+
+    async fn refuse(
+        &mut self,
+        tenant: TenantId,
+        share: DeviceShare<'_>,
+        refusal: &StoreError,
+    ) -> Result<Outcome, Closed> {
+        tracing::warn!(error = %refusal, %tenant, device = %share.0, "the database refuses this device's records; refusing them for good");
         let mut backoff = Backoff::new(&self.config);
         loop {
-            match write_batch(&self.app, batch, self.config.max_pending_ranges).await {
+            match refuse_share(&self.app, tenant, share, refusal).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, tenant = %batch.tenant, "batch commit failed; retrying");
                     self.metrics.commit_retries.inc();
                     backoff.wait(&mut self.shutdown).await?;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, tenant = %batch.tenant, "batch refused by the database");
-                    let mut outcome = Outcome::default();
-                    outcome
-                        .rejects
-                        .insert("storage_error", batch.completions.len() as u64);
-                    return Ok(outcome);
-                }
+                Err(e) => return Ok(self.storage_error(tenant, share.1.len(), &e)),
             }
         }
+    }
+
+    /// Writes `shares` in one transaction, retrying transient failures; the permanent error,
+    /// if any.
+    async fn commit_shares(
+        &mut self,
+        tenant: TenantId,
+        shares: &[DeviceShare<'_>],
+    ) -> Result<Result<Outcome, StoreError>, Closed> {
+        let mut backoff = Backoff::new(&self.config);
+        loop {
+            match write_shares(&self.app, tenant, shares, self.config.max_pending_ranges).await {
+                Ok(outcome) => return Ok(Ok(outcome)),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, %tenant, "batch commit failed; retrying");
+                    self.metrics.commit_retries.inc();
+                    backoff.wait(&mut self.shutdown).await?;
+                }
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+
+    /// A permanent failure that is not the data's: `messages` refused as `storage_error`,
+    /// nothing acknowledged.
+    fn storage_error(&self, tenant: TenantId, messages: usize, e: &StoreError) -> Outcome {
+        tracing::error!(error = %e, %tenant, "batch refused by the database");
+        let mut outcome = Outcome::default();
+        outcome.rejects.insert("storage_error", messages as u64);
+        outcome
     }
 
     async fn publish_acks(&self, outcome: &Outcome) {

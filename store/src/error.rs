@@ -84,6 +84,18 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// Whether the database refused the data itself (SQLSTATE class 22, data exception, or
+    /// 23, integrity constraint violation): the same rows will be refused again, while other
+    /// rows in the same transaction may well be accepted on their own.
+    pub fn is_data_refusal(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

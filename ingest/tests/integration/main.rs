@@ -7,4 +7,5 @@ mod exactly_once;
 mod external_mosquitto;
 mod isolation;
 mod postgres_outage;
+mod refused_device;
 mod retention;

@@ -1,0 +1,78 @@
+//! One device whose records the database refuses costs no other device its records or its ack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use ingest::{start, IngestConfig, Metrics};
+
+const GOOD_DEVICES: usize = 20;
+const RECORDS: u64 = 5;
+
+#[tokio::test]
+async fn a_device_refused_by_the_database_is_isolated_from_its_tenant_batch() {
+    let (test_db, db) = open().await;
+    let (tenant, devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", GOOD_DEVICES + 1).await;
+    let (bad, good) = (devices[0], &devices[1..]);
+    // The database itself refuses the bad device's rows, as it would refuse any data it cannot
+    // store (SQLSTATE 22023, a data exception), through a real trigger.
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION test_refuse_device() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.device_id = '{bad}' THEN
+             RAISE EXCEPTION 'this row is refused' USING ERRCODE = '22023';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_refuse_device BEFORE INSERT ON device_records
+           FOR EACH ROW EXECUTE FUNCTION test_refuse_device();"
+    ))
+    .execute(&mut owner)
+    .await
+    .unwrap();
+
+    // A long batch window: every device's messages share one tenant batch.
+    let config = IngestConfig {
+        batch_window: Duration::from_millis(500),
+        ..test_config()
+    };
+    let sink = RecordingSink::default();
+    let metrics = Metrics::default();
+    let (sender, handle) = start(
+        config,
+        db.app.clone(),
+        Arc::new(sink.clone()),
+        metrics.clone(),
+    )
+    .unwrap();
+    for seq in 1..=RECORDS {
+        for device in &devices {
+            send(&sender, *device, vec![telemetry(seq)]).await;
+        }
+    }
+
+    sink.wait_for_watermark(&devices, RECORDS, Duration::from_secs(20))
+        .await;
+    handle.shutdown().await;
+    let expected: Vec<i64> = (1..=RECORDS as i64).collect();
+    for device in good {
+        assert_eq!(stored_seqs(&db, tenant, *device).await, expected);
+    }
+    assert_eq!(stored_seqs(&db, tenant, bad).await, Vec::<i64>::new());
+    assert_eq!(metrics.rejects_total("storage_refused"), RECORDS);
+    assert_eq!(metrics.rejects_total("storage_error"), 0);
+
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let state = store::ingest_state::get(&mut tx, bad)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(state.watermark, RECORDS as i64, "the bad seqs are handled");
+    assert_eq!(state.last_error_reason.as_deref(), Some("storage_refused"));
+    let error = state.last_error.unwrap();
+    assert!(error.contains("refused by the database"), "{error}");
+    assert!(error.contains("this row is refused"), "{error}");
+}
