@@ -23,9 +23,9 @@
 //! out in sequence order, so a replay after a reconnect resends exactly what is above the
 //! last ack, in order.
 
-use edge_agent::collect::packages::{self, PatchStatus as CollectedPatch, SecurityUpdate};
-use edge_agent::collect::system::SystemMetrics;
-use edge_agent::outbox::{self, DropReason, DropReport, Outbox, OutboxError, Seq};
+use crate::collect::packages::{self, PatchStatus as CollectedPatch, SecurityUpdate};
+use crate::collect::system::SystemMetrics;
+use crate::outbox::{self, DropReason, DropReport, Outbox, OutboxError, Seq};
 use wire::{
     AgentEvent, Batch, Body, CollectorError, OutboxOverflow, PatchStatus, Record, RecordKind,
     Telemetry, UnixMillis,
@@ -293,9 +293,9 @@ pub fn patch_status(status: &CollectedPatch, lists_refreshed_at: Option<UnixMill
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_agent::collect::packages::{InstalledPackage, OsRelease, RebootRequired, Upgrade};
-    use edge_agent::collect::system::{LoadAverage, Memory};
-    use edge_agent::outbox::{FsyncPolicy, OutboxConfig};
+    use crate::collect::packages::{InstalledPackage, OsRelease, RebootRequired, Upgrade};
+    use crate::collect::system::{LoadAverage, Memory};
+    use crate::outbox::{FsyncPolicy, OutboxConfig};
 
     fn outbox(dir: &std::path::Path) -> Outbox {
         let config = OutboxConfig {

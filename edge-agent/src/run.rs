@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use edge_agent::collect::packages::{
+use crate::collect::packages::{
     self, collect_patch_status, detect_package_manager, CommandRunner, PackageManager,
 };
-use edge_agent::collect::system::{collect_system, CpuSampler};
-use edge_agent::collect::FsRoot;
-use edge_agent::outbox::{Outbox, Seq};
+use crate::collect::system::{collect_system, CpuSampler};
+use crate::collect::FsRoot;
+use crate::outbox::{Outbox, Seq};
 use rumqttc::{
     AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
     MqttOptions, QoS, TlsConfiguration, Transport,
@@ -741,7 +741,7 @@ impl Agent {
                 self.store_state();
                 Ok(())
             }
-            Err(edge_agent::outbox::OutboxError::AckBeyondAppended {
+            Err(crate::outbox::OutboxError::AckBeyondAppended {
                 watermark,
                 last_appended,
             }) => {
