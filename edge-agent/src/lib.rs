@@ -12,11 +12,10 @@
 //! Inside the crate: `config` (agent.toml), `identity` (the state directory, key and
 //! certificates), `enroll` and `https` (enrollment and renewal over HTTPS), `tls` (rustls
 //! configurations pinned to the fleet root), `records` (collector output to `wire` records
-//! and batches), `run` (the `run` command), `backoff`, `status`, `certinfo` and `logging`.
+//! and batches), `run` (the `run` command), `status`, `certinfo` and `logging`.
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod certinfo;
 pub mod cli;
 pub mod collect;

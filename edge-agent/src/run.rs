@@ -24,9 +24,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, error, info, warn};
+use wire::backoff::{Backoff, Jitter};
 use wire::{AgentEvent, Body, CertificateRenewed, Presence, Started, UnixMillis};
 
-use crate::backoff::Backoff;
 use crate::certinfo::{self, rfc3339};
 use crate::config::Config;
 use crate::enroll::{self, EnrollError};
@@ -396,7 +396,8 @@ impl Agent {
             updated_at: certinfo::now_secs(),
         };
         Self {
-            backoff: Backoff::new(config.mqtt.backoff_initial, config.mqtt.backoff_max),
+            backoff: Backoff::new(config.mqtt.backoff_initial, config.mqtt.backoff_max)
+                .with_jitter(Jitter::Equal),
             next_telemetry: now + config.jittered_telemetry_interval(),
             next_patch: now + config.patch.interval,
             next_patch_poll: now + config.patch.poll,

@@ -2,9 +2,12 @@
 //! MQTT, and the topics they travel on.
 //!
 //! This crate is shared by the device agent and by ingest, so it stays small:
-//! serde, ciborium, thiserror and uuid (and sqlx's derive for the typed ids, behind the
-//! `sqlx` feature the store turns on); nothing async, no server dependencies, no
-//! `unsafe`. It builds for aarch64 and armv7 musl.
+//! serde, ciborium, thiserror, uuid and fastrand (and sqlx's derive for the typed ids,
+//! behind the `sqlx` feature the store turns on); nothing async, no server dependencies,
+//! no `unsafe`. It builds for aarch64 and armv7 musl.
+//!
+//! Besides the messages it holds the other contracts both ends keep: the HTTPS enrollment
+//! bodies ([`enrollment`]) and the retry policy ([`backoff`]).
 //!
 //! # Messages
 //!
@@ -128,6 +131,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 mod batch;
 mod bounded;
 mod codec;
