@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::enroll::{self, EnrollError, EnrollRequest};
+use crate::enroll::{self, EnrollError, Enrollment};
 use crate::identity::{StateDir, DEFAULT_STATE_DIR};
 use crate::run::{self, RunError, RunOptions};
 use crate::status;
@@ -178,7 +178,7 @@ fn block_on<F: std::future::Future<Output = Outcome>>(future: F) -> Outcome {
 }
 
 async fn enroll_command(dir: &StateDir, args: &EnrollArgs, token: &str) -> Outcome {
-    let request = EnrollRequest {
+    let request = Enrollment {
         server: &args.server,
         token,
         ca_file: &args.ca,
