@@ -10,9 +10,10 @@ use wire::enrollment::{self, CertificateResponse, RenewRequest, ENROLL_PATH, REN
 use wire::DeviceId;
 
 use crate::certinfo::{self, Validity};
-use crate::https::{self, HttpsUrl, Problem, Response};
+use crate::https::{self, Problem, Response};
 use crate::identity::{self, DeviceRecord, Identity, NewCredentials, SecretPem, StateDir};
 use crate::tls;
+use crate::url::{Scheme, Url};
 
 /// Timeout of the enrollment request.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,7 +128,7 @@ fn parse_success(
         .map_err(|err| EnrollError::Failed(err.to_string()))?;
     identity::parse_certs(&answer.ca_certificate, "ca_certificate")
         .map_err(|err| EnrollError::Failed(err.to_string()))?;
-    crate::run::BrokerUrl::parse(&answer.broker_url).map_err(EnrollError::Failed)?;
+    Url::parse(&answer.broker_url, Scheme::Mqtts).map_err(EnrollError::Failed)?;
     let validity = certinfo::validity(&chain[0])
         .map_err(|err| EnrollError::Failed(format!("certificate_chain: {err}")))?;
     Ok((answer, validity))
@@ -149,7 +150,7 @@ pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRe
     if let Ok(record) = identity::load_record(dir) {
         return Err(EnrollError::AlreadyEnrolled(record.device_id));
     }
-    let url = HttpsUrl::parse(request.server).map_err(EnrollError::Failed)?;
+    let url = Url::parse(request.server, Scheme::Https).map_err(EnrollError::Failed)?;
     let token = request.token.trim();
     if token.is_empty() {
         return Err(EnrollError::Failed(
@@ -193,7 +194,7 @@ pub async fn renew(
     current: &Identity,
     timeout: Duration,
 ) -> Result<Identity, EnrollError> {
-    let url = HttpsUrl::parse(&current.record.server_url).map_err(EnrollError::Failed)?;
+    let url = Url::parse(&current.record.server_url, Scheme::Https).map_err(EnrollError::Failed)?;
     let tls = tls::device_client(current).map_err(|err| EnrollError::Failed(err.to_string()))?;
     let (key, csr) = new_key_and_csr()?;
     let body = serde_json::to_vec(&RenewRequest { csr }).expect("serializes");

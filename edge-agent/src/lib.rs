@@ -10,9 +10,10 @@
 //!   package manager (apt/dpkg, apk, opkg). Also synchronous.
 //!
 //! Inside the crate: `config` (agent.toml), `identity` (the state directory, key and
-//! certificates), `enroll` and `https` (enrollment and renewal over HTTPS), `tls` (rustls
-//! configurations pinned to the fleet root), `records` (collector output to `wire` records
-//! and batches), `run` (the `run` command), `status`, `certinfo` and `logging`.
+//! certificates), `enroll` and `https` (enrollment and renewal over HTTPS), `url` (the one
+//! parser of server and broker URLs), `tls` (rustls configurations pinned to the fleet
+//! root), `records` (collector output to `wire` records and batches), `run` (the `run`
+//! command), `status`, `certinfo` and `logging`.
 
 #![warn(missing_docs)]
 
@@ -29,3 +30,4 @@ mod records;
 mod run;
 mod status;
 mod tls;
+mod url;

@@ -30,38 +30,11 @@ use wire::{AgentEvent, Body, CertificateRenewed, Presence, Started, UnixMillis};
 use crate::certinfo::{self, rfc3339};
 use crate::config::Config;
 use crate::enroll::{self, EnrollError};
-use crate::https::split_host_port;
 use crate::identity::{self, Identity, StateDir};
 use crate::records::{self, RecordsError};
 use crate::status::{Connection, RunState};
 use crate::tls;
-
-/// Default MQTT-over-TLS port.
-const DEFAULT_MQTTS_PORT: u16 = 8883;
-
-/// A broker URL, `mqtts://host[:port]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// Host name or IP address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtts://host[:port]`; plain `mqtt://` is refused (the device authenticates
-    /// with its certificate, which needs TLS).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("mqtts://")
-            .ok_or_else(|| format!("broker URL {url:?} must start with mqtts://"))?;
-        let authority = rest.trim_end_matches('/');
-        let (host, port) = split_host_port(authority, DEFAULT_MQTTS_PORT)
-            .filter(|_| !authority.contains('/'))
-            .ok_or_else(|| format!("broker URL {url:?} has no valid host and port"))?;
-        Ok(Self { host, port })
-    }
-}
+use crate::url::{Scheme, Url};
 
 /// How `run` ended, when it did not end well.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +133,7 @@ fn find_tls_error(err: &ConnectionError) -> Option<&rustls::Error> {
 /// Builds the MQTT options for the device: client id = device id, clean session (the
 /// outbox replays), will = presence offline (retained), TLS with the device key.
 pub fn mqtt_options(identity: &Identity, config: &Config) -> Result<MqttOptions, String> {
-    let broker = BrokerUrl::parse(&identity.record.broker_url)?;
+    let broker = Url::parse(&identity.record.broker_url, Scheme::Mqtts)?;
     let device = identity.record.device_id;
     let mut options = MqttOptions::new(device.to_string(), broker.host, broker.port);
     options
@@ -921,27 +894,6 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_parse() {
-        assert_eq!(
-            BrokerUrl::parse("mqtts://broker.example:8884").unwrap(),
-            BrokerUrl {
-                host: "broker.example".into(),
-                port: 8884
-            }
-        );
-        assert_eq!(BrokerUrl::parse("mqtts://[::1]").unwrap().port, 8883);
-        for bad in [
-            "mqtt://b:1883",
-            "tcp://b",
-            "mqtts://",
-            "mqtts://b:x",
-            "mqtts://b/path",
-        ] {
-            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     fn io_with(err: rustls::Error) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, err)
