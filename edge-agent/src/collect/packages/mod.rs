@@ -18,6 +18,7 @@ mod run;
 mod tests;
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 pub use self::apk::{
     parse_apk_info, parse_apk_version, split_apk_name_version, APK_INFO_ARGS, APK_VERSION_ARGS,
@@ -90,6 +91,53 @@ pub enum PackageManager {
     Apk,
     /// opkg (OpenWrt, Yocto).
     Opkg,
+}
+
+impl PackageManager {
+    /// Files and directories whose modification time says the package database (or the
+    /// package lists) changed.
+    pub fn database_files(self) -> &'static [&'static str] {
+        match self {
+            Self::Apt => &["/var/lib/dpkg/status", "/var/lib/apt/lists"],
+            Self::Apk => &["/lib/apk/db/installed", "/var/cache/apk"],
+            Self::Opkg => &[
+                "/usr/lib/opkg/status",
+                "/var/lib/opkg/status",
+                "/var/opkg-lists",
+            ],
+        }
+    }
+
+    /// Where the package lists live (their modification time is the last refresh).
+    pub fn lists_dir(self) -> &'static str {
+        match self {
+            Self::Apt => "/var/lib/apt/lists",
+            Self::Apk => "/var/cache/apk",
+            Self::Opkg => "/var/opkg-lists",
+        }
+    }
+}
+
+/// The modification times of `manager`'s [database files](PackageManager::database_files)
+/// under `root` (`None` for one that is absent): two stamps differ when the database or
+/// the lists changed in between.
+pub fn database_stamp(root: &FsRoot, manager: PackageManager) -> Vec<Option<SystemTime>> {
+    manager
+        .database_files()
+        .iter()
+        .map(|path| modified(root, path))
+        .collect()
+}
+
+/// When `manager`'s package lists under `root` were last refreshed, if they exist.
+pub fn lists_refreshed_at(root: &FsRoot, manager: PackageManager) -> Option<SystemTime> {
+    modified(root, manager.lists_dir())
+}
+
+fn modified(root: &FsRoot, path: &str) -> Option<SystemTime> {
+    std::fs::metadata(root.join(path))
+        .and_then(|metadata| metadata.modified())
+        .ok()
 }
 
 /// Directories searched for package-manager binaries, as a root user's `PATH` would.
