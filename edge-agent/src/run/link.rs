@@ -206,10 +206,10 @@ impl Agent {
         Ok(())
     }
 
-    pub(super) fn on_link_event(&mut self, event: LinkEvent) -> Result<(), RunError> {
+    pub(super) async fn on_link_event(&mut self, event: LinkEvent) -> Result<(), RunError> {
         match event {
             LinkEvent::RetryDue => self.connect(),
-            LinkEvent::Mqtt(Event::Incoming(packet)) => self.on_incoming(packet),
+            LinkEvent::Mqtt(Event::Incoming(packet)) => self.on_incoming(packet).await,
             LinkEvent::Mqtt(Event::Outgoing(_)) => Ok(()),
             LinkEvent::Failed(err) => self.on_failure(&err),
             LinkEvent::Closed => {
@@ -219,7 +219,7 @@ impl Agent {
         }
     }
 
-    fn on_incoming(&mut self, packet: Incoming) -> Result<(), RunError> {
+    async fn on_incoming(&mut self, packet: Incoming) -> Result<(), RunError> {
         match packet {
             Incoming::ConnAck(ConnAck {
                 code: ConnectReturnCode::Success,
@@ -237,7 +237,7 @@ impl Agent {
             Incoming::Publish(publish)
                 if publish.topic == wire::topic::ack(self.identity.record.device_id) =>
             {
-                self.on_ack(&publish.payload)
+                self.on_ack(&publish.payload).await
             }
             Incoming::Publish(publish) => {
                 debug!(topic = %publish.topic, "ignoring a message on an unexpected topic");
@@ -253,7 +253,7 @@ impl Agent {
             return;
         };
         session.connected = true;
-        session.cursor = self.outbox.last_acked().unwrap_or(0);
+        session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);
         session.inflight = 0;
         // Subscribe first: MQTT handles a client's packets in order, so no ack for the
         // records below can arrive before the subscription exists.
@@ -275,13 +275,13 @@ impl Agent {
         self.backoff.reset();
         self.refusals = 0;
         info!(
-            pending = self.outbox.depth().records,
+            pending = self.outbox.snapshot().depth.records,
             "connected to {}", self.identity.record.broker_url
         );
         self.set_connection(Connection::Connected, None);
     }
 
-    fn on_ack(&mut self, payload: &[u8]) -> Result<(), RunError> {
+    async fn on_ack(&mut self, payload: &[u8]) -> Result<(), RunError> {
         let ack = match wire::decode_ack(payload) {
             Ok(ack) => ack,
             Err(err) => {
@@ -289,10 +289,15 @@ impl Agent {
                 return Ok(());
             }
         };
-        match self.outbox.ack(ack.watermark) {
+        let watermark = ack.watermark;
+        match self
+            .outbox
+            .with(move |outbox| outbox.ack(watermark))
+            .await?
+        {
             Ok(()) => {
-                debug!(watermark = ack.watermark, "ack");
-                self.state.last_ack = self.outbox.last_acked();
+                debug!(watermark, "ack");
+                self.state.last_ack = self.outbox.snapshot().last_acked;
                 self.state.last_ack_at = Some(certinfo::now_secs());
                 self.refresh_depth();
                 self.store_state();
@@ -347,7 +352,7 @@ impl Agent {
     }
 
     /// Publishes pending batches while the connection has room.
-    pub(super) fn pump(&mut self) -> Result<(), RunError> {
+    pub(super) async fn pump(&mut self) -> Result<(), RunError> {
         let device = self.identity.record.device_id;
         let max_inflight = self.config.mqtt.max_inflight_batches;
         let Link::Active(session) = &mut self.link else {
@@ -356,11 +361,19 @@ impl Agent {
         if !session.connected {
             return Ok(());
         }
-        let last = self.outbox.next_seq() - 1;
+        let last = self.outbox.snapshot().last_appended();
         let mut published = false;
         while session.inflight < max_inflight && session.cursor < last {
-            let mut skipped = Vec::new();
-            let batch = records::next_batch(&mut self.outbox, session.cursor, &mut skipped)?;
+            let after = session.cursor;
+            let (batch, skipped) = self
+                .outbox
+                .with(move |outbox| {
+                    let mut skipped = Vec::new();
+                    let batch = records::next_batch(outbox, after, &mut skipped);
+                    (batch, skipped)
+                })
+                .await?;
+            let batch = batch?;
             for (seq, reason) in skipped {
                 warn!(seq, "skipping a stored record: {reason}");
             }

@@ -15,6 +15,7 @@
 //! - [`renewal`]: certificate renewal.
 
 mod link;
+mod queue;
 mod renewal;
 mod schedule;
 
@@ -26,6 +27,7 @@ use wire::backoff::{Backoff, Jitter};
 use wire::{AgentEvent, Body, Started};
 
 use self::link::{mqtt_options, next_link_event, Link, LinkEvent};
+use self::queue::Queue;
 use self::schedule::{join_patch, PatchJob, PatchResult};
 use crate::certinfo::{self, rfc3339};
 use crate::collect::packages::{detect_package_manager, CommandRunner, PackageManager};
@@ -72,7 +74,7 @@ struct Agent {
     dir: StateDir,
     config: Config,
     identity: Identity,
-    outbox: Outbox,
+    outbox: Queue,
     state: RunState,
     backoff: Backoff,
     refusals: u32,
@@ -106,8 +108,7 @@ pub async fn run(dir: StateDir, config: Config, options: RunOptions) -> Result<(
     check_not_expired(&identity)?;
     mqtt_options(&identity, &config).map_err(RunError::Fatal)?;
     let outbox_config = config.outbox_config().map_err(RunError::Fatal)?;
-    let (outbox, report) = Outbox::open(dir.outbox_dir(), outbox_config)
-        .map_err(|err| RunError::Fatal(err.to_string()))?;
+    let (outbox, report) = Queue::open(dir.outbox_dir(), outbox_config).await?;
     if report.truncated_bytes > 0 || !report.corrupt_segments.is_empty() {
         warn!(
             truncated_bytes = report.truncated_bytes,
@@ -119,7 +120,7 @@ pub async fn run(dir: StateDir, config: Config, options: RunOptions) -> Result<(
     info!(
         device = %agent.identity.record.device_id,
         broker = %agent.identity.record.broker_url,
-        pending = agent.outbox.depth().records,
+        pending = agent.outbox.snapshot().depth.records,
         "fleet-agent {} starting",
         env!("CARGO_PKG_VERSION")
     );
@@ -128,8 +129,10 @@ pub async fn run(dir: StateDir, config: Config, options: RunOptions) -> Result<(
         Connection::Stopped,
         result.as_ref().err().map(ToString::to_string),
     );
-    if let Err(err) = agent.outbox.sync() {
-        warn!("flushing the outbox: {err}");
+    match agent.outbox.with(Outbox::sync).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!("flushing the outbox: {err}"),
+        Err(err) => warn!("flushing the outbox: {err}"),
     }
     result
 }
@@ -145,7 +148,7 @@ fn check_not_expired(identity: &Identity) -> Result<(), RunError> {
 }
 
 impl Agent {
-    fn new(dir: StateDir, config: Config, identity: Identity, outbox: Outbox) -> Self {
+    fn new(dir: StateDir, config: Config, identity: Identity, outbox: Queue) -> Self {
         let root = FsRoot::default();
         let manager = detect_package_manager(&root);
         let runner = CommandRunner {
@@ -158,10 +161,10 @@ impl Agent {
             connection: Connection::Connecting,
             since: certinfo::now_secs(),
             last_error: None,
-            outbox_records: outbox.depth().records,
-            outbox_bytes: outbox.depth().bytes,
-            next_seq: outbox.next_seq(),
-            last_ack: outbox.last_acked(),
+            outbox_records: outbox.snapshot().depth.records,
+            outbox_bytes: outbox.snapshot().depth.bytes,
+            next_seq: outbox.snapshot().next_seq,
+            last_ack: outbox.snapshot().last_acked,
             last_ack_at: None,
             last_publish_at: None,
             updated_at: certinfo::now_secs(),
@@ -199,21 +202,22 @@ impl Agent {
                 .map_err(|err| RunError::Fatal(format!("installing the SIGINT handler: {err}")))?;
         self.append(Body::Event(AgentEvent::Started(Started {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        })))?;
-        self.collect_telemetry()?;
+        })))
+        .await?;
+        self.collect_telemetry().await?;
         self.db_stamp = self.package_db_stamp();
         let once_target = if options.once {
             self.collect_patch_now().await?;
-            Some(self.outbox.next_seq() - 1)
+            Some(self.outbox.snapshot().last_appended())
         } else {
-            self.start_patch_job();
+            self.start_patch_job().await;
             None
         };
         let once_timeout = options.once_timeout.unwrap_or(self.config.once.timeout);
         let once_deadline = Instant::now() + once_timeout;
         loop {
             if let Some(target) = once_target {
-                if self.outbox.last_acked().unwrap_or(0) >= target {
+                if self.outbox.snapshot().last_acked.unwrap_or(0) >= target {
                     info!(
                         target,
                         "run --once: the server acknowledged everything up to seq {target}"
@@ -222,7 +226,7 @@ impl Agent {
                     return Ok(());
                 }
             }
-            self.pump()?;
+            self.pump().await?;
             let wake = tokio::select! {
                 event = next_link_event(&mut self.link) => Wake::Link(event),
                 _ = sleep_until(self.next_telemetry), if once_target.is_none() => Wake::Telemetry,
@@ -234,14 +238,14 @@ impl Agent {
                 _ = interrupt.recv() => Wake::Shutdown,
             };
             match wake {
-                Wake::Link(event) => self.on_link_event(event)?,
+                Wake::Link(event) => self.on_link_event(event).await?,
                 Wake::Telemetry => {
                     self.next_telemetry =
                         Instant::now() + self.config.jittered_telemetry_interval();
-                    self.collect_telemetry()?;
+                    self.collect_telemetry().await?;
                 }
-                Wake::PatchPoll => self.poll_package_db(),
-                Wake::PatchDone(result) => self.on_patch_done(result)?,
+                Wake::PatchPoll => self.poll_package_db().await,
+                Wake::PatchDone(result) => self.on_patch_done(result).await?,
                 Wake::RenewalCheck => self.check_renewal().await?,
                 Wake::OnceDeadline => {
                     let target = once_target.unwrap_or(0);
@@ -259,7 +263,7 @@ impl Agent {
     }
 
     fn once_timeout_message(&self, target: Seq, timeout: Duration) -> String {
-        let acked = self.outbox.last_acked().unwrap_or(0);
+        let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
         let why = match (&self.link, &self.state.last_error) {
             (Link::Active(session), _) if session.connected => {
                 "connected, but the server's ack did not cover the records".to_owned()
@@ -275,31 +279,12 @@ impl Agent {
 
     // ----- records ------------------------------------------------------------------
 
-    fn append(&mut self, body: Body) -> Result<(), RunError> {
-        match records::append(&mut self.outbox, body) {
-            Ok(_) => {}
-            Err(RecordsError::Outbox(err)) => {
-                return Err(RunError::Fatal(format!("outbox: {err}")))
-            }
-            // A record that breaks a limit is a bug or a freak system; report, go on.
-            Err(err) => {
-                warn!("{err}");
-                let body = records::collector_error("agent", &err.to_string());
-                records::append(&mut self.outbox, body)?;
-            }
-        }
-        if !self.outbox.drop_reports().is_empty() {
-            for report in self.outbox.drop_reports() {
-                warn!(
-                    count = report.count,
-                    first = report.first_seq,
-                    last = report.last_seq,
-                    reason = report.reason.as_str(),
-                    "outbox dropped records"
-                );
-            }
-            records::append_drop_events(&mut self.outbox)?;
-        }
+    /// Validates and appends a record (and the overflow events of any records the outbox
+    /// had to drop), on the blocking pool.
+    async fn append(&mut self, body: Body) -> Result<(), RunError> {
+        self.outbox
+            .with(move |outbox| append_to(outbox, body))
+            .await??;
         self.refresh_depth();
         Ok(())
     }
@@ -307,10 +292,10 @@ impl Agent {
     // ----- state file ---------------------------------------------------------------
 
     fn refresh_depth(&mut self) {
-        let depth = self.outbox.depth();
-        self.state.outbox_records = depth.records;
-        self.state.outbox_bytes = depth.bytes;
-        self.state.next_seq = self.outbox.next_seq();
+        let snapshot = self.outbox.snapshot();
+        self.state.outbox_records = snapshot.depth.records;
+        self.state.outbox_bytes = snapshot.depth.bytes;
+        self.state.next_seq = snapshot.next_seq;
     }
 
     fn set_connection(&mut self, connection: Connection, error: Option<String>) {
@@ -331,4 +316,31 @@ impl Agent {
             debug!("writing the state file: {err}");
         }
     }
+}
+
+/// What [`Agent::append`] does on the blocking pool.
+fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
+    match records::append(outbox, body) {
+        Ok(_) => {}
+        Err(RecordsError::Outbox(err)) => return Err(RunError::Fatal(format!("outbox: {err}"))),
+        // A record that breaks a limit is a bug or a freak system; report, go on.
+        Err(err) => {
+            warn!("{err}");
+            let body = records::collector_error("agent", &err.to_string());
+            records::append(outbox, body)?;
+        }
+    }
+    if !outbox.drop_reports().is_empty() {
+        for report in outbox.drop_reports() {
+            warn!(
+                count = report.count,
+                first = report.first_seq,
+                last = report.last_seq,
+                reason = report.reason.as_str(),
+                "outbox dropped records"
+            );
+        }
+        records::append_drop_events(outbox)?;
+    }
+    Ok(())
 }

@@ -28,7 +28,8 @@ impl Agent {
                 self.identity = identity;
                 self.append(Body::Event(AgentEvent::CertificateRenewed(
                     CertificateRenewed { not_after },
-                )))?;
+                )))
+                .await?;
                 // Reconnect with the new certificate.
                 self.link = Link::Idle {
                     retry_at: Instant::now(),

@@ -37,7 +37,7 @@ pub(super) async fn join_patch(job: &mut Option<PatchJob>) -> PatchResult {
 impl Agent {
     /// Appends a collector-error event when the set of problems of `collector` changed
     /// (so a container without thermal zones does not report it every minute).
-    pub(super) fn report_problems(
+    pub(super) async fn report_problems(
         &mut self,
         collector: &'static str,
         problems: Vec<String>,
@@ -50,16 +50,17 @@ impl Agent {
                 debug!(collector, "{problem}");
             }
             let message = format!("{} problem(s); first: {}", problems.len(), problems[0]);
-            self.append(records::collector_error(collector, &message))?;
+            self.append(records::collector_error(collector, &message))
+                .await?;
         }
         self.last_problems.insert(collector, problems);
         Ok(())
     }
 
-    pub(super) fn collect_telemetry(&mut self) -> Result<(), RunError> {
+    pub(super) async fn collect_telemetry(&mut self) -> Result<(), RunError> {
         let metrics = collect_system(&self.root, &mut self.cpu);
-        self.append(records::telemetry(&metrics))?;
-        self.report_problems("system", metrics.problems)
+        self.append(records::telemetry(&metrics)).await?;
+        self.report_problems("system", metrics.problems).await
     }
 
     pub(super) fn package_db_stamp(&self) -> Vec<Option<SystemTime>> {
@@ -68,7 +69,7 @@ impl Agent {
             .unwrap_or_default()
     }
 
-    pub(super) fn poll_package_db(&mut self) {
+    pub(super) async fn poll_package_db(&mut self) {
         self.next_patch_poll = Instant::now() + self.config.patch.poll;
         let stamp = self.package_db_stamp();
         let changed = stamp != self.db_stamp;
@@ -77,20 +78,19 @@ impl Agent {
                 info!("package database changed: collecting patch status");
             }
             self.db_stamp = stamp;
-            self.start_patch_job();
+            self.start_patch_job().await;
         }
     }
 
-    pub(super) fn start_patch_job(&mut self) {
+    pub(super) async fn start_patch_job(&mut self) {
         self.next_patch = Instant::now() + self.config.patch.interval;
         if self.patch_job.is_some() {
             return;
         }
         let Some(manager) = self.manager else {
-            let _ = self.report_problems(
-                "patch",
-                vec!["no supported package manager (dpkg, apk, opkg) found".to_owned()],
-            );
+            let problem = "no supported package manager (dpkg, apk, opkg) found".to_owned();
+            // As before the split: an outbox failure here surfaces at the next append.
+            let _ = self.report_problems("patch", vec![problem]).await;
             return;
         };
         let (root, runner) = (self.root.clone(), self.runner);
@@ -102,24 +102,25 @@ impl Agent {
     }
 
     pub(super) async fn collect_patch_now(&mut self) -> Result<(), RunError> {
-        self.start_patch_job();
+        self.start_patch_job().await;
         if self.patch_job.is_some() {
             let result = join_patch(&mut self.patch_job).await;
-            self.on_patch_done(result)?;
+            self.on_patch_done(result).await?;
         }
         Ok(())
     }
 
-    pub(super) fn on_patch_done(&mut self, result: PatchResult) -> Result<(), RunError> {
+    pub(super) async fn on_patch_done(&mut self, result: PatchResult) -> Result<(), RunError> {
         let (status, refreshed) = match result {
             Ok(done) => done,
             Err(err) => {
-                return self
-                    .report_problems("patch", vec![format!("patch collection failed: {err}")]);
+                let problem = format!("patch collection failed: {err}");
+                return self.report_problems("patch", vec![problem]).await;
             }
         };
-        self.append(records::patch_status(&status, refreshed))?;
+        self.append(records::patch_status(&status, refreshed))
+            .await?;
         let problems = status.problems.iter().map(|p| format!("{p:?}")).collect();
-        self.report_problems("patch", problems)
+        self.report_problems("patch", problems).await
     }
 }
