@@ -304,19 +304,8 @@ mod tests {
 
     #[test]
     fn token_and_token_file_conflict() {
-        let err = Cli::try_parse_from([
-            "fleet-agent",
-            "enroll",
-            "--server",
-            "https://x",
-            "--ca",
-            "c",
-            "--token",
-            "t",
-            "--token-file",
-            "f",
-        ])
-        .unwrap_err();
+        let args = "fleet-agent enroll --server https://x --ca c --token t --token-file f";
+        let err = Cli::try_parse_from(args.split(' ')).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 

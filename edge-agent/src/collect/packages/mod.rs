@@ -223,36 +223,7 @@ pub fn collect_patch_status(
         reboot: RebootRequired::default(),
         problems: Vec::new(),
     };
-    let (installed, upgrades) = match manager {
-        PackageManager::Apt => (
-            (
-                "dpkg-query",
-                DPKG_QUERY_ARGS,
-                parse_dpkg_query as fn(&str) -> _,
-            ),
-            (
-                "apt-get",
-                APT_GET_SIMULATE_ARGS,
-                parse_apt_get_simulate as fn(&str) -> _,
-            ),
-        ),
-        PackageManager::Apk => (
-            ("apk", APK_INFO_ARGS, parse_apk_info as fn(&str) -> _),
-            ("apk", APK_VERSION_ARGS, parse_apk_version as fn(&str) -> _),
-        ),
-        PackageManager::Opkg => (
-            (
-                "opkg",
-                OPKG_LIST_INSTALLED_ARGS,
-                parse_opkg_list_installed as fn(&str) -> _,
-            ),
-            (
-                "opkg",
-                OPKG_LIST_UPGRADABLE_ARGS,
-                parse_opkg_list_upgradable as fn(&str) -> _,
-            ),
-        ),
-    };
+    let (installed, upgrades) = manager.commands();
     status.installed = run_and_parse(root, runner, installed, &mut status.problems);
     status.upgrades = run_and_parse(root, runner, upgrades, &mut status.problems);
     status.os = read_os(root, &mut status.problems);
@@ -266,7 +237,32 @@ pub fn collect_patch_status(
     status
 }
 
+/// A command: the binary, its arguments, the parser of its output.
 type CommandSpec<T> = (&'static str, &'static [&'static str], fn(&str) -> Parsed<T>);
+type Installed = CommandSpec<InstalledPackage>;
+type Pending = CommandSpec<Upgrade>;
+
+const DPKG_INSTALLED: Installed = ("dpkg-query", DPKG_QUERY_ARGS, parse_dpkg_query);
+const APT_UPGRADES: Pending = ("apt-get", APT_GET_SIMULATE_ARGS, parse_apt_get_simulate);
+const APK_INSTALLED: Installed = ("apk", APK_INFO_ARGS, parse_apk_info);
+const APK_UPGRADES: Pending = ("apk", APK_VERSION_ARGS, parse_apk_version);
+const OPKG_INSTALLED: Installed = ("opkg", OPKG_LIST_INSTALLED_ARGS, parse_opkg_list_installed);
+const OPKG_UPGRADES: Pending = (
+    "opkg",
+    OPKG_LIST_UPGRADABLE_ARGS,
+    parse_opkg_list_upgradable,
+);
+
+impl PackageManager {
+    /// The commands that list the installed packages and the pending upgrades.
+    fn commands(self) -> (Installed, Pending) {
+        match self {
+            Self::Apt => (DPKG_INSTALLED, APT_UPGRADES),
+            Self::Apk => (APK_INSTALLED, APK_UPGRADES),
+            Self::Opkg => (OPKG_INSTALLED, OPKG_UPGRADES),
+        }
+    }
+}
 
 fn run_and_parse<T>(
     root: &FsRoot,
