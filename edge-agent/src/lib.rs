@@ -5,15 +5,20 @@
 //!
 //! - [`cli`]: the command line and its exit codes.
 //! - [`outbox`]: the on-disk queue where records wait until the server's ack watermark
-//!   covers them (bounded, CRC-checked, survives power loss and `kill -9`). Synchronous.
+//!   covers them (bounded, CRC-checked, survives power loss and `kill -9`). It is
+//!   synchronous: `run` calls it on tokio's blocking pool, never on the runtime thread.
 //! - [`collect`]: system metrics from `/proc` and `/sys`, and patch status from the
-//!   package manager (apt/dpkg, apk, opkg). Also synchronous.
+//!   package manager (apt/dpkg, apk, opkg). Also synchronous; the package-manager
+//!   commands run on the blocking pool.
 //!
 //! Inside the crate: `config` (agent.toml), `identity` (the state directory, key and
 //! certificates), `enroll` and `https` (enrollment and renewal over HTTPS), `url` (the one
 //! parser of server and broker URLs), `tls` (rustls configurations pinned to the fleet
 //! root), `records` (collector output to `wire` records and batches), `run` (the `run`
-//! command), `status`, `certinfo` and `logging`.
+//! command: the main loop in `run/mod.rs`, the broker link in `run/link.rs`, the
+//! collection schedules in `run/schedule.rs`, renewal in `run/renewal.rs`, the outbox on
+//! the blocking pool in `run/queue.rs`), `status`, `certinfo` and `logging`. The retry
+//! policy is `wire::backoff`, shared with ingest.
 
 #![warn(missing_docs)]
 
