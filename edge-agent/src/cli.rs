@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::enroll::{self, EnrollError, EnrollRequest};
+use crate::enroll::{self, EnrollError, Enrollment};
 use crate::identity::{StateDir, DEFAULT_STATE_DIR};
 use crate::run::{self, RunError, RunOptions};
 use crate::status;
@@ -178,7 +178,7 @@ fn block_on<F: std::future::Future<Output = Outcome>>(future: F) -> Outcome {
 }
 
 async fn enroll_command(dir: &StateDir, args: &EnrollArgs, token: &str) -> Outcome {
-    let request = EnrollRequest {
+    let request = Enrollment {
         server: &args.server,
         token,
         ca_file: &args.ca,
@@ -304,19 +304,8 @@ mod tests {
 
     #[test]
     fn token_and_token_file_conflict() {
-        let err = Cli::try_parse_from([
-            "fleet-agent",
-            "enroll",
-            "--server",
-            "https://x",
-            "--ca",
-            "c",
-            "--token",
-            "t",
-            "--token-file",
-            "f",
-        ])
-        .unwrap_err();
+        let args = "fleet-agent enroll --server https://x --ca c --token t --token-file f";
+        let err = Cli::try_parse_from(args.split(' ')).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent::outbox::{FsyncPolicy, OutboxConfig};
+use crate::outbox::{FsyncPolicy, OutboxConfig};
 use serde::Deserialize;
 
 /// Default path of the configuration file.

@@ -1,18 +1,19 @@
 //! Enrollment (`POST /v1/enroll`, token + CSR) and certificate renewal (`POST /v1/renew`,
 //! CSR over mutual TLS with the current certificate). The device key is generated here and
-//! never leaves the device: only the CSR is sent.
+//! never leaves the device: only the CSR is sent. The paths and the JSON bodies are the
+//! contract in [`wire::enrollment`], which the API parses with the same types.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use wire::{DeviceId, TenantId};
+use wire::enrollment::{self, CertificateResponse, RenewRequest, ENROLL_PATH, RENEW_PATH};
+use wire::DeviceId;
 
 use crate::certinfo::{self, Validity};
-use crate::https::{self, HttpsUrl, Problem, Response};
+use crate::https::{self, Problem, Response};
 use crate::identity::{self, DeviceRecord, Identity, NewCredentials, SecretPem, StateDir};
 use crate::tls;
+use crate::url::{Scheme, Url};
 
 /// Timeout of the enrollment request.
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,43 +44,6 @@ pub enum EnrollError {
     /// Anything else: bad input, unreachable server, bad answer, disk error.
     #[error("{0}")]
     Failed(String),
-}
-
-/// The request body of `/v1/enroll`. Its `Debug` hides the token.
-#[derive(Serialize)]
-struct EnrollBody<'a> {
-    token: &'a str,
-    csr: &'a str,
-}
-
-impl fmt::Debug for EnrollBody<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnrollBody")
-            .field("token", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-/// The request body of `/v1/renew`.
-#[derive(Debug, Serialize)]
-struct RenewBody<'a> {
-    csr: &'a str,
-}
-
-/// The answer of both calls (201 Created).
-#[derive(Debug, Clone, Deserialize)]
-pub struct CertificateResponse {
-    /// The device id.
-    pub device_id: DeviceId,
-    /// The tenant id.
-    pub tenant_id: TenantId,
-    /// PEM: device certificate, then the issuing CA.
-    pub certificate_chain: String,
-    /// PEM: the fleet root to pin.
-    pub ca_certificate: String,
-    /// `mqtts://host:port`.
-    pub broker_url: String,
-    // `expires_at` (RFC 3339) is informational: the agent reads the certificate itself.
 }
 
 /// A fresh P-256 key and a CSR for it. The CSR's subject is a placeholder: the server
@@ -164,7 +128,7 @@ fn parse_success(
         .map_err(|err| EnrollError::Failed(err.to_string()))?;
     identity::parse_certs(&answer.ca_certificate, "ca_certificate")
         .map_err(|err| EnrollError::Failed(err.to_string()))?;
-    crate::run::BrokerUrl::parse(&answer.broker_url).map_err(EnrollError::Failed)?;
+    Url::parse(&answer.broker_url, Scheme::Mqtts).map_err(EnrollError::Failed)?;
     let validity = certinfo::validity(&chain[0])
         .map_err(|err| EnrollError::Failed(format!("certificate_chain: {err}")))?;
     Ok((answer, validity))
@@ -172,7 +136,7 @@ fn parse_success(
 
 /// What `fleet-agent enroll` needs.
 #[derive(Debug)]
-pub struct EnrollRequest<'a> {
+pub struct Enrollment<'a> {
     /// The API server, `https://host:port`.
     pub server: &'a str,
     /// The enrollment token (never logged).
@@ -182,14 +146,11 @@ pub struct EnrollRequest<'a> {
 }
 
 /// Enrolls: key, CSR, `POST /v1/enroll`, store the identity.
-pub async fn enroll(
-    dir: &StateDir,
-    request: &EnrollRequest<'_>,
-) -> Result<DeviceRecord, EnrollError> {
+pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRecord, EnrollError> {
     if let Ok(record) = identity::load_record(dir) {
         return Err(EnrollError::AlreadyEnrolled(record.device_id));
     }
-    let url = HttpsUrl::parse(request.server).map_err(EnrollError::Failed)?;
+    let url = Url::parse(request.server, Scheme::Https).map_err(EnrollError::Failed)?;
     let token = request.token.trim();
     if token.is_empty() {
         return Err(EnrollError::Failed(
@@ -204,8 +165,12 @@ pub async fn enroll(
         .remove(0);
     let tls = tls::anonymous_client(&anchor).map_err(|err| EnrollError::Failed(err.to_string()))?;
     let (key, csr) = new_key_and_csr()?;
-    let body = serde_json::to_vec(&EnrollBody { token, csr: &csr }).expect("serializes");
-    let response = https::post_json(&url, "/v1/enroll", &body, tls, ENROLL_TIMEOUT)
+    let body = enrollment::EnrollRequest {
+        token: token.to_owned(),
+        csr,
+    };
+    let body = serde_json::to_vec(&body).expect("serializes");
+    let response = https::post_json(&url, ENROLL_PATH, &body, tls, ENROLL_TIMEOUT)
         .await
         .map_err(|err| EnrollError::Failed(format!("enrollment failed: {err}")))?;
     let (answer, _) = parse_success(Call::Enroll, &response)?;
@@ -229,11 +194,11 @@ pub async fn renew(
     current: &Identity,
     timeout: Duration,
 ) -> Result<Identity, EnrollError> {
-    let url = HttpsUrl::parse(&current.record.server_url).map_err(EnrollError::Failed)?;
+    let url = Url::parse(&current.record.server_url, Scheme::Https).map_err(EnrollError::Failed)?;
     let tls = tls::device_client(current).map_err(|err| EnrollError::Failed(err.to_string()))?;
     let (key, csr) = new_key_and_csr()?;
-    let body = serde_json::to_vec(&RenewBody { csr: &csr }).expect("serializes");
-    let response = https::post_json(&url, "/v1/renew", &body, tls, timeout)
+    let body = serde_json::to_vec(&RenewRequest { csr }).expect("serializes");
+    let response = https::post_json(&url, RENEW_PATH, &body, tls, timeout)
         .await
         .map_err(|err| EnrollError::Failed(format!("certificate renewal failed: {err}")))?;
     let (answer, _) = parse_success(Call::Renew, &response)?;
@@ -405,6 +370,16 @@ mod tests {
             &response(201, None, &answer("mqtts://b:8883", "junk"))
         )
         .is_err());
+        // `expires_at` is part of the shared answer (wire::enrollment): required.
+        let mut without_expiry: serde_json::Value =
+            serde_json::from_str(&answer("mqtts://b:8883", &chain)).unwrap();
+        without_expiry.as_object_mut().unwrap().remove("expires_at");
+        let err = parse_success(
+            Call::Enroll,
+            &response(201, None, &without_expiry.to_string()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expires_at"), "{err}");
     }
 
     #[test]
@@ -418,11 +393,29 @@ mod tests {
 
     #[test]
     fn token_is_not_in_debug_output() {
-        let body = EnrollBody {
-            token: "fpe_secret",
-            csr: "x",
+        let body = enrollment::EnrollRequest {
+            token: "fpe_secret".into(),
+            csr: "x".into(),
         };
         assert!(!format!("{body:?}").contains("fpe_secret"));
+    }
+
+    #[test]
+    fn request_bodies_are_the_shared_contract() {
+        let body = enrollment::EnrollRequest {
+            token: "fpe_t".into(),
+            csr: "CSR".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"token": "fpe_t", "csr": "CSR"})
+        );
+        let body = RenewRequest { csr: "CSR".into() };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"csr": "CSR"})
+        );
+        assert_eq!((ENROLL_PATH, RENEW_PATH), ("/v1/enroll", "/v1/renew"));
     }
 
     #[test]
@@ -434,6 +427,7 @@ mod tests {
             certificate_chain: String::new(),
             ca_certificate: String::new(),
             broker_url: "mqtts://new:8883".into(),
+            expires_at: "2030-01-01T00:00:00Z".into(),
         };
         let renewed = renewed_record(&current, &answer).unwrap();
         assert_eq!(renewed.generation, 4);
@@ -450,7 +444,7 @@ mod tests {
         crate::identity::tests::install_fake(&dir);
         let err = enroll(
             &dir,
-            &EnrollRequest {
+            &Enrollment {
                 server: "https://127.0.0.1:1",
                 token: "t",
                 ca_file: Path::new("/nonexistent"),
@@ -481,7 +475,7 @@ mod tests {
         for (server, token, ca_file, expected) in cases {
             let err = enroll(
                 &dir,
-                &EnrollRequest {
+                &Enrollment {
                     server,
                     token,
                     ca_file,

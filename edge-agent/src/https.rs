@@ -14,71 +14,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::url::Url;
+
 /// Largest response the agent reads (a certificate chain is a few KiB).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-
-/// An `https://host[:port][/base]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpsUrl {
-    /// Host name or IP address (without brackets).
-    pub host: String,
-    /// Port (443 when not given).
-    pub port: u16,
-    /// Path prefix without a trailing slash (empty for none).
-    pub base_path: String,
-}
-
-impl HttpsUrl {
-    /// Parses a server URL. Only `https` is accepted: the token and the CSR never travel
-    /// in clear text.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("server URL {url:?} must start with https://"))?;
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let (host, port) = split_host_port(authority, 443)
-            .ok_or_else(|| format!("server URL {url:?} has no valid host and port"))?;
-        Ok(Self {
-            host,
-            port,
-            base_path: if path.is_empty() {
-                String::new()
-            } else {
-                format!("/{}", path.trim_end_matches('/'))
-            },
-        })
-    }
-
-    /// The request path for `endpoint` (`/v1/enroll`).
-    pub fn path(&self, endpoint: &str) -> String {
-        format!("{}{endpoint}", self.base_path)
-    }
-}
-
-/// Splits `host:port`, `[v6]:port` or a bare host; `None` when malformed.
-pub fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    if authority.contains('@') {
-        return None;
-    }
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return None,
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    let port = match port {
-        Some(port) => port.parse().ok().filter(|p| *p != 0)?,
-        None => default_port,
-    };
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
 
 /// A response: status and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +46,7 @@ pub enum HttpError {
 
 /// Sends `POST {url}{endpoint}` with a JSON body and reads the whole response.
 pub async fn post_json(
-    url: &HttpsUrl,
+    url: &Url,
     endpoint: &str,
     body: &[u8],
     tls: ClientConfig,
@@ -121,7 +60,7 @@ pub async fn post_json(
 }
 
 async fn exchange(
-    url: &HttpsUrl,
+    url: &Url,
     endpoint: &str,
     body: &[u8],
     mut tls: ClientConfig,
@@ -164,18 +103,13 @@ async fn exchange(
 }
 
 /// The request bytes.
-pub fn request_bytes(url: &HttpsUrl, endpoint: &str, body: &[u8]) -> Vec<u8> {
-    let host = if url.host.contains(':') {
-        format!("[{}]", url.host)
-    } else {
-        url.host.clone()
-    };
+pub fn request_bytes(url: &Url, endpoint: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: fleet-agent/{version}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: fleet-agent/{version}\r\n\
          Accept: application/json, application/problem+json\r\n\
          Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
         path = url.path(endpoint),
-        port = url.port,
+        host = url.authority(),
         version = env!("CARGO_PKG_VERSION"),
         len = body.len(),
     )
@@ -308,34 +242,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_server_urls() {
-        assert_eq!(
-            HttpsUrl::parse("https://fleet.example").unwrap(),
-            HttpsUrl {
-                host: "fleet.example".into(),
-                port: 443,
-                base_path: String::new()
-            }
-        );
-        let url = HttpsUrl::parse("https://[::1]:8443/fleet/").unwrap();
-        assert_eq!((url.host.as_str(), url.port), ("::1", 8443));
-        assert_eq!(url.path("/v1/enroll"), "/fleet/v1/enroll");
-        assert_eq!(HttpsUrl::parse("https://10.0.0.1:9/").unwrap().port, 9);
-        for bad in [
-            "http://fleet.example",
-            "https://",
-            "https://host:0",
-            "https://host:99999",
-            "https://user@host",
-            "https://[::1",
-        ] {
-            assert!(HttpsUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn request_has_length_host_and_close() {
-        let url = HttpsUrl::parse("https://[::1]:8443").unwrap();
+        let url = Url::parse("https://[::1]:8443", crate::url::Scheme::Https).unwrap();
         let text = String::from_utf8(request_bytes(&url, "/v1/enroll", b"{}")).unwrap();
         assert!(text.starts_with("POST /v1/enroll HTTP/1.1\r\n"));
         assert!(text.contains("Host: [::1]:8443\r\n"));
@@ -403,7 +311,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let url = HttpsUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap();
+        let url = Url::parse(
+            &format!("https://127.0.0.1:{port}"),
+            crate::url::Scheme::Https,
+        )
+        .unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let dir = crate::identity::StateDir::new(tmp.path());
         crate::identity::tests::install_fake(&dir);

@@ -8,7 +8,7 @@
 //!   device-<N>.crt               certificate chain PEM: device certificate, issuing CA
 //!   root-ca.pem                  the pinned fleet root CA (the only trust anchor)
 //!   state.json                   written by `run`: connection state, last ack, outbox depth
-//!   outbox/                      unacknowledged records (see edge_agent::outbox)
+//!   outbox/                      unacknowledged records (see crate::outbox)
 //! ```
 //!
 //! Key and certificate files carry a generation number so that a renewal can switch both at

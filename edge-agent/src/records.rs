@@ -3,7 +3,8 @@
 //! # How outbox sequence numbers become wire sequence numbers
 //!
 //! The outbox assigns the sequence number when a record is appended and stores opaque
-//! bytes. The agent stores each record as a CBOR-encoded [`wire::Record`] whose `seq` is
+//! bytes. The agent stores each record as a [`wire::Record`], encoded with
+//! [`wire::encode_record`] (the bytes the record has inside a batch), whose `seq` is
 //! written as 0 (a placeholder: the number is not known before `append` returns), and when
 //! it publishes, it decodes the stored record and sets `seq` to the number the outbox
 //! stored in the record header ([`stored_to_wire`]). The outbox header is therefore the one
@@ -23,9 +24,9 @@
 //! out in sequence order, so a replay after a reconnect resends exactly what is above the
 //! last ack, in order.
 
-use edge_agent::collect::packages::{self, PatchStatus as CollectedPatch, SecurityUpdate};
-use edge_agent::collect::system::SystemMetrics;
-use edge_agent::outbox::{self, DropReason, DropReport, Outbox, OutboxError, Seq};
+use crate::collect::packages::{self, PatchStatus as CollectedPatch, SecurityUpdate};
+use crate::collect::system::SystemMetrics;
+use crate::outbox::{self, DropReason, DropReport, Outbox, OutboxError, Seq};
 use wire::{
     AgentEvent, Batch, Body, CollectorError, OutboxOverflow, PatchStatus, Record, RecordKind,
     Telemetry, UnixMillis,
@@ -66,8 +67,7 @@ pub fn encode_stored(recorded_at: UnixMillis, body: Body) -> Result<Vec<u8>, Rec
         body,
     };
     record.validate()?;
-    let mut bytes = Vec::new();
-    ciborium::into_writer(&record, &mut bytes).expect("encoding into memory cannot fail");
+    let bytes = wire::encode_record(&record);
     if bytes.len() > MAX_BATCH_BYTES {
         return Err(RecordsError::TooLarge(bytes.len()));
     }
@@ -81,14 +81,14 @@ pub fn append(outbox: &mut Outbox, body: Body) -> Result<Seq, RecordsError> {
 }
 
 /// Rebuilds the wire record from an outbox record, taking the sequence number from the
-/// outbox.
+/// outbox. The stored bytes are decoded under the bounds of a batch
+/// ([`wire::decode_record`]).
 pub fn stored_to_wire(stored: &outbox::Record) -> Result<Record, RecordsError> {
-    let mut record: Record = ciborium::from_reader(stored.payload.as_slice()).map_err(|err| {
-        RecordsError::Undecodable {
+    let mut record =
+        wire::decode_record(&stored.payload).map_err(|err| RecordsError::Undecodable {
             seq: stored.seq,
             reason: err.to_string(),
-        }
-    })?;
+        })?;
     record.seq = stored.seq;
     Ok(record)
 }
@@ -293,9 +293,9 @@ pub fn patch_status(status: &CollectedPatch, lists_refreshed_at: Option<UnixMill
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_agent::collect::packages::{InstalledPackage, OsRelease, RebootRequired, Upgrade};
-    use edge_agent::collect::system::{LoadAverage, Memory};
-    use edge_agent::outbox::{FsyncPolicy, OutboxConfig};
+    use crate::collect::packages::{InstalledPackage, OsRelease, RebootRequired, Upgrade};
+    use crate::collect::system::{LoadAverage, Memory};
+    use crate::outbox::{FsyncPolicy, OutboxConfig};
 
     fn outbox(dir: &std::path::Path) -> Outbox {
         let config = OutboxConfig {
@@ -322,6 +322,55 @@ mod tests {
         assert_eq!(wire_records[0].seq, 1);
         assert_eq!(wire_records[1].seq, 2);
         assert_eq!(wire_records[1].body, event("b"));
+    }
+
+    /// A record as agent 0.1 stored it (ciborium directly, before `wire::encode_record`):
+    /// `collector_error("system", "1 problem(s); first: no thermal zones")` at
+    /// 1 700 000 000 000 ms, seq 0.
+    const STORED_BY_0_1: &str = "a361730061741b0000018bcfe568006162a163657674a16f636f6c6c6563\
+        746f725f6572726f72a269636f6c6c6563746f726673797374656d676d657373616765782531207072\
+        6f626c656d2873293b2066697273743a206e6f20746865726d616c207a6f6e6573";
+
+    fn unhex(text: &str) -> Vec<u8> {
+        let text: String = text.split_whitespace().collect();
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn records_stored_by_earlier_agents_still_decode_and_are_written_the_same() {
+        let old = unhex(STORED_BY_0_1);
+        let body = collector_error("system", "1 problem(s); first: no thermal zones");
+        let stored = outbox::Record {
+            seq: 42,
+            payload: old.clone(),
+        };
+        let record = stored_to_wire(&stored).unwrap();
+        assert_eq!(
+            record,
+            Record {
+                seq: 42,
+                recorded_at: UnixMillis(1_700_000_000_000),
+                body: body.clone()
+            }
+        );
+        assert_eq!(
+            encode_stored(UnixMillis(1_700_000_000_000), body).unwrap(),
+            old,
+            "the outbox format is unchanged"
+        );
+        // And through a real outbox, as after an upgrade of the agent.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut outbox = outbox(tmp.path());
+        outbox.append(&old).unwrap();
+        let batch = next_batch(&mut outbox, 0, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        let decoded = wire::decode_batch(&batch.payload).unwrap();
+        assert_eq!(decoded.records[0].seq, 1);
+        assert_eq!(decoded.records[0].body, record.body);
     }
 
     #[test]

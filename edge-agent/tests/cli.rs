@@ -602,21 +602,10 @@ fn root_is_refused_without_the_override() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    for args in [
-        vec!["run"],
-        vec![
-            "enroll",
-            "--server",
-            "https://x",
-            "--ca",
-            "c",
-            "--token",
-            "t",
-        ],
-    ] {
+    for args in ["run", "enroll --server https://x --ca c --token t"] {
         let output = agent(tmp.path())
             .env_remove("FLEET_AGENT_ALLOW_ROOT")
-            .args(&args)
+            .args(args.split(' '))
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(1), "{args:?}");

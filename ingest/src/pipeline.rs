@@ -12,12 +12,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use store::{AppDb, StoreError, TenantId};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
+use wire::backoff::Backoff;
 
 use crate::batch::{classify, topic_label, Classified, TenantBatch};
 use crate::commit::{refuse_share, shares, write_shares, DeviceShare, Outcome};
@@ -181,13 +182,13 @@ impl Batcher {
 
     /// The device's tenant, retrying while the database is unreachable.
     async fn tenant_of(&mut self, device: store::DeviceId) -> Result<Option<TenantId>, Closed> {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
             match self.directory.tenant_of(device).await {
                 Ok(tenant) => return Ok(tenant),
                 Err(e) => {
                     tracing::warn!(error = %e, "device directory lookup failed; retrying");
-                    backoff.wait(&mut self.shutdown).await?;
+                    wait(&mut backoff, &mut self.shutdown).await?;
                 }
             }
         }
@@ -289,13 +290,13 @@ impl Writer {
         refusal: &StoreError,
     ) -> Result<Outcome, Closed> {
         tracing::warn!(error = %refusal, %tenant, device = %share.0, "the database refuses this device's records; refusing them for good");
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
             match refuse_share(&self.app, tenant, share, refusal).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) if e.is_transient() => {
                     self.metrics.commit_retries.inc();
-                    backoff.wait(&mut self.shutdown).await?;
+                    wait(&mut backoff, &mut self.shutdown).await?;
                 }
                 Err(e) => return Ok(self.storage_error(tenant, share.1.len(), &e)),
             }
@@ -309,14 +310,14 @@ impl Writer {
         tenant: TenantId,
         shares: &[DeviceShare<'_>],
     ) -> Result<Result<Outcome, StoreError>, Closed> {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
             match write_shares(&self.app, tenant, shares, self.config.max_pending_ranges).await {
                 Ok(outcome) => return Ok(Ok(outcome)),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, %tenant, "batch commit failed; retrying");
                     self.metrics.commit_retries.inc();
-                    backoff.wait(&mut self.shutdown).await?;
+                    wait(&mut backoff, &mut self.shutdown).await?;
                 }
                 Err(e) => return Ok(Err(e)),
             }
@@ -370,30 +371,16 @@ impl Writer {
 #[derive(Debug)]
 struct Closed;
 
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(config: &IngestConfig) -> Self {
-        Self {
-            next: config.retry_initial,
-            max: config.retry_max,
-        }
+/// Sleeps for the next delay of `backoff` (the retry policy shared with the agent, here
+/// without jitter), unless shutdown comes first.
+async fn wait(backoff: &mut Backoff, shutdown: &mut watch::Receiver<bool>) -> Result<(), Closed> {
+    if *shutdown.borrow() {
+        return Err(Closed);
     }
-
-    /// Sleeps, unless shutdown comes first.
-    async fn wait(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Closed> {
-        if *shutdown.borrow() {
-            return Err(Closed);
-        }
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = shutdown.changed() => Err(Closed),
-        }
+    let delay = backoff.next_delay();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.changed() => Err(Closed),
     }
 }
 

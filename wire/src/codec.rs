@@ -7,7 +7,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Vis
 use serde::Serialize;
 
 use crate::limits::{DEFAULT_MAX_MESSAGE_BYTES, MAX_CONTROL_MESSAGE_BYTES, MAX_NESTING};
-use crate::{Ack, Batch, Body, DecodeError, Presence, SchemaVersion};
+use crate::{Ack, Batch, Body, DecodeError, Presence, Record, SchemaVersion};
 
 /// Encodes a batch as CBOR.
 ///
@@ -73,6 +73,43 @@ pub fn decode_body_with_limit(bytes: &[u8], max_body_bytes: usize) -> Result<Bod
     let body: Body = parse_whole(bytes)?;
     body.validate()?;
     Ok(body)
+}
+
+/// Encodes one record as CBOR: the map `{s, t, b}`, byte for byte as it appears
+/// inside an encoded [`Batch`].
+///
+/// This is the form the device agent keeps in its outbox until the record is
+/// sent (with `s`, the sequence number, as a placeholder it replaces on the way
+/// out). Like [`encode_batch`], it does not check limits: call
+/// [`Record::validate`](crate::Record::validate) first.
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    encode(record)
+}
+
+/// Decodes one record written by [`encode_record`], refusing input over
+/// [`DEFAULT_MAX_MESSAGE_BYTES`](crate::limits::DEFAULT_MAX_MESSAGE_BYTES): a
+/// record is never larger than the batch it must fit in.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    decode_record_with_limit(bytes, DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// Decodes one record, refusing input over `max_record_bytes` before parsing
+/// it.
+///
+/// The bounds of [`decode_body_with_limit`], which are those of a batch: the
+/// size first, then a parse that never pre-allocates from declared lengths and
+/// refuses deep nesting and trailing bytes, then the limit checks of
+/// [`Record::validate`](crate::Record::validate). A record has no version key of
+/// its own, so none is checked. An unknown body kind decodes as
+/// [`Body::Unknown`](crate::Body::Unknown), as in a batch.
+pub fn decode_record_with_limit(
+    bytes: &[u8],
+    max_record_bytes: usize,
+) -> Result<Record, DecodeError> {
+    check_size(bytes, max_record_bytes)?;
+    let record: Record = parse_whole(bytes)?;
+    record.validate()?;
+    Ok(record)
 }
 
 /// Encodes an ack as CBOR.

@@ -2,9 +2,12 @@
 //! MQTT, and the topics they travel on.
 //!
 //! This crate is shared by the device agent and by ingest, so it stays small:
-//! serde, ciborium, thiserror and uuid (and sqlx's derive for the typed ids, behind the
-//! `sqlx` feature the store turns on); nothing async, no server dependencies, no
-//! `unsafe`. It builds for aarch64 and armv7 musl.
+//! serde, ciborium, thiserror, uuid and fastrand (and sqlx's derive for the typed ids,
+//! behind the `sqlx` feature the store turns on); nothing async, no server dependencies,
+//! no `unsafe`. It builds for aarch64 and armv7 musl.
+//!
+//! Besides the messages it holds the other contracts both ends keep: the HTTPS enrollment
+//! bodies ([`enrollment`]) and the retry policy ([`backoff`]).
 //!
 //! # Messages
 //!
@@ -28,7 +31,9 @@
 //!
 //! Ingest's ledger keeps each record's [`Body`] alone, as [`encode_body`]
 //! writes it; the management API reads it back with [`decode_body`], under the
-//! same bounds as a batch.
+//! same bounds as a batch. The agent's outbox keeps each whole [`Record`], as
+//! [`encode_record`] writes it, and reads it back with [`decode_record`], under
+//! the same bounds again.
 //!
 //! ```
 //! use wire::{topic, AgentEvent, Batch, Body, DeviceId, Record, Started, UnixMillis};
@@ -133,6 +138,7 @@
 
 #![deny(missing_docs)]
 
+pub mod backoff;
 mod batch;
 mod bounded;
 mod codec;
@@ -151,7 +157,8 @@ mod version;
 pub use batch::{Batch, Body, Record, RecordKind};
 pub use codec::{
     decode_ack, decode_batch, decode_batch_with_limit, decode_body, decode_body_with_limit,
-    decode_presence, encode_ack, encode_batch, encode_body, encode_presence,
+    decode_presence, decode_record, decode_record_with_limit, encode_ack, encode_batch,
+    encode_body, encode_presence, encode_record,
 };
 pub use control::{Ack, Presence};
 pub use error::{DecodeError, RecordError};

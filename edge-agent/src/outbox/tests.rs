@@ -38,6 +38,32 @@ fn append_n(outbox: &mut Outbox, n: usize) -> Vec<Seq> {
         .collect()
 }
 
+/// A fresh outbox of [`small_config`] in a temporary directory, holding `n` records of
+/// [`payload_for`] (sequence numbers 1 to `n`).
+fn filled(n: usize) -> (tempfile::TempDir, Outbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut outbox, _) = open(dir.path(), small_config());
+    append_n(&mut outbox, n);
+    (dir, outbox)
+}
+
+/// No ack yet, and `records` records waiting.
+fn assert_nothing_acked(outbox: &Outbox, records: u64) {
+    assert_eq!(outbox.last_acked(), None);
+    assert_eq!(outbox.depth().records, records);
+}
+
+/// Five records in one segment, the outbox closed: the directory, the segment's path,
+/// its bytes, and where the last record starts in them.
+fn closed_with_five_records() -> (tempfile::TempDir, PathBuf, Vec<u8>, usize) {
+    let (dir, outbox) = filled(5);
+    drop(outbox);
+    let segment = segment_files(dir.path()).pop().unwrap();
+    let original = fs::read(&segment).unwrap();
+    let last_start = original.len() - (payload_for(5).len() + RECORD_HEADER_LEN);
+    (dir, segment, original, last_start)
+}
+
 fn pending_seqs(outbox: &mut Outbox, after: Option<Seq>) -> Vec<Seq> {
     outbox
         .pending(after)
@@ -71,15 +97,12 @@ fn sequence_numbers_start_at_one_and_increase() {
     let (mut outbox, report) = open(dir.path(), small_config());
     assert_eq!(report.meta, MetaStatus::Created);
     assert_eq!(append_n(&mut outbox, 3), vec![1, 2, 3]);
-    assert_eq!(outbox.last_acked(), None);
-    assert_eq!(outbox.depth().records, 3);
+    assert_nothing_acked(&outbox, 3);
 }
 
 #[test]
 fn replays_everything_above_the_ack_in_order_after_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 20);
+    let (dir, mut outbox) = filled(20);
     outbox.ack(7).unwrap();
     drop(outbox);
 
@@ -103,9 +126,7 @@ fn replays_everything_above_the_ack_in_order_after_reopen() {
 
 #[test]
 fn sequence_survives_restart_after_everything_was_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 25);
+    let (dir, mut outbox) = filled(25);
     outbox.ack(25).unwrap();
     assert!(
         segment_files(dir.path()).is_empty(),
@@ -120,9 +141,7 @@ fn sequence_survives_restart_after_everything_was_acked() {
 
 #[test]
 fn sequence_survives_plain_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 5);
+    let (dir, outbox) = filled(5);
     outbox.close().unwrap();
     let (mut outbox, _) = open(dir.path(), small_config());
     assert_eq!(append_n(&mut outbox, 2), vec![6, 7]);
@@ -131,9 +150,7 @@ fn sequence_survives_plain_restart() {
 
 #[test]
 fn ack_deletes_fully_covered_segments_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 30); // ~116 bytes each: 8 per 1 KiB segment
+    let (dir, mut outbox) = filled(30); // ~116 bytes each: 8 per 1 KiB segment
     let before = segment_files(dir.path());
     assert_eq!(before.len(), 4);
     outbox.ack(12).unwrap(); // covers segment 1..=8 and half of 9..=16
@@ -145,9 +162,7 @@ fn ack_deletes_fully_covered_segments_only() {
 
 #[test]
 fn ack_beyond_the_last_appended_seq_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 3);
+    let (_dir, mut outbox) = filled(3);
     let err = outbox.ack(4).unwrap_err();
     assert!(matches!(
         err,
@@ -156,15 +171,12 @@ fn ack_beyond_the_last_appended_seq_is_refused_and_changes_nothing() {
             last_appended: 3
         }
     ));
-    assert_eq!(outbox.last_acked(), None);
-    assert_eq!(outbox.depth().records, 3);
+    assert_nothing_acked(&outbox, 3);
 }
 
 #[test]
 fn stale_ack_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 5);
+    let (_dir, mut outbox) = filled(5);
     outbox.ack(4).unwrap();
     outbox.ack(2).unwrap();
     assert_eq!(outbox.last_acked(), Some(4));
@@ -173,9 +185,7 @@ fn stale_ack_is_ignored() {
 
 #[test]
 fn full_outbox_drops_oldest_segment_and_accounts_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, RECORDS_THAT_FIT);
+    let (_dir, mut outbox) = filled(RECORDS_THAT_FIT);
     assert!(outbox.drop_reports().is_empty());
     append_n(&mut outbox, 1); // 36 * 116 > 4096: segment 1..=8 goes
     assert_eq!(
@@ -200,9 +210,7 @@ fn full_outbox_drops_oldest_segment_and_accounts_exactly() {
 
 #[test]
 fn drop_count_excludes_records_already_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, RECORDS_THAT_FIT);
+    let (_dir, mut outbox) = filled(RECORDS_THAT_FIT);
     outbox.ack(5).unwrap();
     append_n(&mut outbox, 1);
     assert_eq!(
@@ -218,9 +226,7 @@ fn drop_count_excludes_records_already_acked() {
 
 #[test]
 fn drop_report_survives_restart_until_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, RECORDS_THAT_FIT + 1);
+    let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
     let reports = outbox.drop_reports().to_vec();
     drop(outbox);
 
@@ -236,9 +242,7 @@ fn drop_report_survives_restart_until_taken() {
 
 #[test]
 fn drop_events_become_records_and_reports_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, RECORDS_THAT_FIT + 1);
+    let (_dir, mut outbox) = filled(RECORDS_THAT_FIT + 1);
     let seqs = outbox
         .append_drop_events(|report| {
             format!("dropped {}..={}", report.first_seq, report.last_seq).into_bytes()
@@ -302,14 +306,7 @@ fn foreign_files_are_reported_and_left_alone() {
 
 #[test]
 fn truncated_tail_at_every_offset_loses_only_the_last_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 5);
-    drop(outbox);
-    let segment = segment_files(dir.path()).pop().unwrap();
-    let original = fs::read(&segment).unwrap();
-    let record_len = payload_for(5).len() + RECORD_HEADER_LEN;
-    let last_start = original.len() - record_len;
+    let (dir, segment, original, last_start) = closed_with_five_records();
 
     for cut in last_start..original.len() {
         fs::write(&segment, &original[..cut]).unwrap();
@@ -333,14 +330,7 @@ fn truncated_tail_at_every_offset_loses_only_the_last_record() {
 
 #[test]
 fn corrupted_tail_is_detected_and_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 5);
-    drop(outbox);
-    let segment = segment_files(dir.path()).pop().unwrap();
-    let original = fs::read(&segment).unwrap();
-    let record_len = payload_for(5).len() + RECORD_HEADER_LEN;
-    let last_start = original.len() - record_len;
+    let (dir, segment, original, last_start) = closed_with_five_records();
 
     // Flip each byte of the last record's seq, crc and payload in turn (the length field
     // is covered by the truncation test: a wrong length reads as a cut-short record).
@@ -373,9 +363,7 @@ fn corrupted_tail_is_detected_and_cut() {
 
 #[test]
 fn corruption_in_a_middle_segment_cuts_that_segment_and_reports_the_exact_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 20); // segments 1..=8, 9..=16, 17..=20
+    let (dir, outbox) = filled(20); // segments 1..=8, 9..=16, 17..=20
     drop(outbox);
     let middle = segment_files(dir.path())[1].clone();
     let mut bytes = fs::read(&middle).unwrap();
@@ -402,9 +390,7 @@ fn corruption_in_a_middle_segment_cuts_that_segment_and_reports_the_exact_gap() 
 
 #[test]
 fn garbage_after_the_last_record_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 3);
+    let (dir, outbox) = filled(3);
     drop(outbox);
     let segment = segment_files(dir.path()).pop().unwrap();
     let mut bytes = fs::read(&segment).unwrap();
@@ -419,9 +405,7 @@ fn garbage_after_the_last_record_is_cut() {
 
 #[test]
 fn damaged_meta_file_is_reported_and_records_are_replayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 4);
+    let (dir, mut outbox) = filled(4);
     outbox.ack(2).unwrap();
     drop(outbox);
     fs::write(dir.path().join("outbox.meta"), b"garbage").unwrap();
@@ -434,9 +418,7 @@ fn damaged_meta_file_is_reported_and_records_are_replayed() {
 
 #[test]
 fn unflushed_records_lost_to_power_loss_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut outbox, _) = open(dir.path(), small_config());
-    append_n(&mut outbox, 6);
+    let (dir, mut outbox) = filled(6);
     outbox.ack(2).unwrap(); // saves next_seq 7
     drop(outbox);
     // Simulate the page cache never reaching the disk for records 5 and 6.

@@ -6,4 +6,5 @@ mod bounds;
 mod common;
 mod evolution;
 mod no_panic;
+mod record;
 mod roundtrip;

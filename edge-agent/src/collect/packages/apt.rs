@@ -12,6 +12,29 @@ use crate::collect::Parsed;
 /// listed too. Needs no root.
 pub const APT_GET_SIMULATE_ARGS: &[&str] = &["-s", "dist-upgrade"];
 
+/// The upgrade both parsers found: offered by `origins` (suites or archive origins; empty
+/// ones skipped), a security update when one of them says so.
+fn upgrade<'a>(
+    name: &str,
+    installed_version: Option<String>,
+    candidate_version: &str,
+    architecture: Option<String>,
+    origins: impl Iterator<Item = &'a str>,
+) -> Upgrade {
+    let origins: Vec<String> = origins
+        .filter(|origin| !origin.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Upgrade {
+        name: name.to_owned(),
+        installed_version,
+        candidate_version: candidate_version.to_owned(),
+        architecture,
+        security: security_from(&origins),
+        origins,
+    }
+}
+
 fn security_from(names: &[String]) -> SecurityUpdate {
     if names
         .iter()
@@ -61,19 +84,13 @@ fn parse_apt_list_line(line: &str) -> Result<Upgrade, String> {
     if !is_package_name(name) {
         return Err("bad package name".to_owned());
     }
-    let origins: Vec<String> = suites
-        .split(',')
-        .filter(|suite| !suite.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Ok(Upgrade {
-        name: name.to_owned(),
-        installed_version: installed,
-        candidate_version: version.to_owned(),
-        architecture: Some(arch.to_owned()),
-        security: security_from(&origins),
-        origins,
-    })
+    Ok(upgrade(
+        name,
+        installed,
+        version,
+        Some(arch.to_owned()),
+        suites.split(','),
+    ))
 }
 
 /// Parses the `Inst` lines of `apt-get -s upgrade` / `dist-upgrade`:
@@ -107,17 +124,5 @@ fn parse_inst_line(rest: &str) -> Result<Upgrade, String> {
         Some((origins, arch)) => (origins, arch.strip_suffix(']').map(str::to_owned)),
         None => (origins_and_arch, None),
     };
-    let origins: Vec<String> = origins
-        .split(", ")
-        .filter(|origin| !origin.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Ok(Upgrade {
-        name: name.to_owned(),
-        installed_version: installed,
-        candidate_version: version.to_owned(),
-        architecture: arch,
-        security: security_from(&origins),
-        origins,
-    })
+    Ok(upgrade(name, installed, version, arch, origins.split(", ")))
 }

@@ -18,6 +18,7 @@ mod run;
 mod tests;
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 pub use self::apk::{
     parse_apk_info, parse_apk_version, split_apk_name_version, APK_INFO_ARGS, APK_VERSION_ARGS,
@@ -90,6 +91,53 @@ pub enum PackageManager {
     Apk,
     /// opkg (OpenWrt, Yocto).
     Opkg,
+}
+
+impl PackageManager {
+    /// Files and directories whose modification time says the package database (or the
+    /// package lists) changed.
+    pub fn database_files(self) -> &'static [&'static str] {
+        match self {
+            Self::Apt => &["/var/lib/dpkg/status", "/var/lib/apt/lists"],
+            Self::Apk => &["/lib/apk/db/installed", "/var/cache/apk"],
+            Self::Opkg => &[
+                "/usr/lib/opkg/status",
+                "/var/lib/opkg/status",
+                "/var/opkg-lists",
+            ],
+        }
+    }
+
+    /// Where the package lists live (their modification time is the last refresh).
+    pub fn lists_dir(self) -> &'static str {
+        match self {
+            Self::Apt => "/var/lib/apt/lists",
+            Self::Apk => "/var/cache/apk",
+            Self::Opkg => "/var/opkg-lists",
+        }
+    }
+}
+
+/// The modification times of `manager`'s [database files](PackageManager::database_files)
+/// under `root` (`None` for one that is absent): two stamps differ when the database or
+/// the lists changed in between.
+pub fn database_stamp(root: &FsRoot, manager: PackageManager) -> Vec<Option<SystemTime>> {
+    manager
+        .database_files()
+        .iter()
+        .map(|path| modified(root, path))
+        .collect()
+}
+
+/// When `manager`'s package lists under `root` were last refreshed, if they exist.
+pub fn lists_refreshed_at(root: &FsRoot, manager: PackageManager) -> Option<SystemTime> {
+    modified(root, manager.lists_dir())
+}
+
+fn modified(root: &FsRoot, path: &str) -> Option<SystemTime> {
+    std::fs::metadata(root.join(path))
+        .and_then(|metadata| metadata.modified())
+        .ok()
 }
 
 /// Directories searched for package-manager binaries, as a root user's `PATH` would.
@@ -175,36 +223,7 @@ pub fn collect_patch_status(
         reboot: RebootRequired::default(),
         problems: Vec::new(),
     };
-    let (installed, upgrades) = match manager {
-        PackageManager::Apt => (
-            (
-                "dpkg-query",
-                DPKG_QUERY_ARGS,
-                parse_dpkg_query as fn(&str) -> _,
-            ),
-            (
-                "apt-get",
-                APT_GET_SIMULATE_ARGS,
-                parse_apt_get_simulate as fn(&str) -> _,
-            ),
-        ),
-        PackageManager::Apk => (
-            ("apk", APK_INFO_ARGS, parse_apk_info as fn(&str) -> _),
-            ("apk", APK_VERSION_ARGS, parse_apk_version as fn(&str) -> _),
-        ),
-        PackageManager::Opkg => (
-            (
-                "opkg",
-                OPKG_LIST_INSTALLED_ARGS,
-                parse_opkg_list_installed as fn(&str) -> _,
-            ),
-            (
-                "opkg",
-                OPKG_LIST_UPGRADABLE_ARGS,
-                parse_opkg_list_upgradable as fn(&str) -> _,
-            ),
-        ),
-    };
+    let (installed, upgrades) = manager.commands();
     status.installed = run_and_parse(root, runner, installed, &mut status.problems);
     status.upgrades = run_and_parse(root, runner, upgrades, &mut status.problems);
     status.os = read_os(root, &mut status.problems);
@@ -218,7 +237,32 @@ pub fn collect_patch_status(
     status
 }
 
+/// A command: the binary, its arguments, the parser of its output.
 type CommandSpec<T> = (&'static str, &'static [&'static str], fn(&str) -> Parsed<T>);
+type Installed = CommandSpec<InstalledPackage>;
+type Pending = CommandSpec<Upgrade>;
+
+const DPKG_INSTALLED: Installed = ("dpkg-query", DPKG_QUERY_ARGS, parse_dpkg_query);
+const APT_UPGRADES: Pending = ("apt-get", APT_GET_SIMULATE_ARGS, parse_apt_get_simulate);
+const APK_INSTALLED: Installed = ("apk", APK_INFO_ARGS, parse_apk_info);
+const APK_UPGRADES: Pending = ("apk", APK_VERSION_ARGS, parse_apk_version);
+const OPKG_INSTALLED: Installed = ("opkg", OPKG_LIST_INSTALLED_ARGS, parse_opkg_list_installed);
+const OPKG_UPGRADES: Pending = (
+    "opkg",
+    OPKG_LIST_UPGRADABLE_ARGS,
+    parse_opkg_list_upgradable,
+);
+
+impl PackageManager {
+    /// The commands that list the installed packages and the pending upgrades.
+    fn commands(self) -> (Installed, Pending) {
+        match self {
+            Self::Apt => (DPKG_INSTALLED, APT_UPGRADES),
+            Self::Apk => (APK_INSTALLED, APK_UPGRADES),
+            Self::Opkg => (OPKG_INSTALLED, OPKG_UPGRADES),
+        }
+    }
+}
 
 fn run_and_parse<T>(
     root: &FsRoot,

@@ -297,6 +297,38 @@ fn detects_the_manager_by_its_binaries() {
 }
 
 #[test]
+fn database_stamps_change_when_the_package_database_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = FsRoot::new(dir.path());
+    for manager in [
+        PackageManager::Apt,
+        PackageManager::Apk,
+        PackageManager::Opkg,
+    ] {
+        assert!(manager.database_files().contains(&manager.lists_dir()));
+        let stamp = database_stamp(&root, manager);
+        assert_eq!(stamp.len(), manager.database_files().len());
+        assert!(stamp.iter().all(Option::is_none), "nothing exists yet");
+        assert_eq!(lists_refreshed_at(&root, manager), None);
+    }
+    let status = dir.path().join("var/lib/dpkg/status");
+    fs::create_dir_all(status.parent().unwrap()).unwrap();
+    fs::write(&status, "Package: a\n").unwrap();
+    let first = database_stamp(&root, PackageManager::Apt);
+    assert!(first[0].is_some());
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&status)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_ne!(database_stamp(&root, PackageManager::Apt), first);
+    fs::create_dir_all(dir.path().join("var/lib/apt/lists")).unwrap();
+    assert!(lists_refreshed_at(&root, PackageManager::Apt).is_some());
+}
+
+#[test]
 fn this_debian_machine_is_detected_as_apt() {
     assert_eq!(
         detect_package_manager(&FsRoot::default()),
