@@ -3,6 +3,7 @@
 //! never leaves the device: only the CSR is sent. The paths and the JSON bodies are the
 //! contract in [`wire::enrollment`], which the API parses with the same types.
 
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -134,8 +135,7 @@ fn parse_success(
     Ok((answer, validity))
 }
 
-/// What `fleet-agent enroll` needs.
-#[derive(Debug)]
+/// What `fleet-agent enroll` needs. Its `Debug` never prints the token.
 pub struct Enrollment<'a> {
     /// The API server, `https://host:port`.
     pub server: &'a str,
@@ -143,6 +143,16 @@ pub struct Enrollment<'a> {
     pub token: &'a str,
     /// The fleet root CA file to trust for this call.
     pub ca_file: &'a Path,
+}
+
+impl fmt::Debug for Enrollment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// Enrolls: key, CSR, `POST /v1/enroll`, store the identity.
@@ -281,6 +291,18 @@ mod tests {
         format!(
             r#"{{"type":"urn:fleetplane:problem:x","title":"t","status":{status},"detail":"{detail}"}}"#
         )
+    }
+
+    #[test]
+    fn the_enrollment_request_never_prints_its_token() {
+        let request = Enrollment {
+            server: "https://fleet.example",
+            token: "fpe_secret-token-text",
+            ca_file: Path::new("/etc/fleet-agent/ca.pem"),
+        };
+        let printed = format!("{request:?}");
+        assert!(!printed.contains("secret-token-text"), "{printed}");
+        assert!(printed.contains("<redacted>") && printed.contains("fleet.example"));
     }
 
     #[test]
