@@ -355,12 +355,14 @@ impl PrivateCluster {
 
     async fn ensure_database(&self) -> Result<(), ClusterError> {
         let mut conn = PgConnection::connect_with(&self.connect_options("postgres")).await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(DATABASE)
-                .fetch_one(&mut conn)
-                .await?;
+        let exists = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+            DATABASE
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if !exists {
+            // DDL: no parameters, nothing for the macros to check.
             sqlx::query(&format!("CREATE DATABASE {DATABASE}"))
                 .execute(&mut conn)
                 .await?;

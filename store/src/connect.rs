@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool, Row};
+use sqlx::{ConnectOptions, PgPool};
 
 use crate::cluster::{self, ClusterOptions, PrivateCluster};
-use crate::tenants::{tenant_from_row, Tenant};
+use crate::tenants::Tenant;
 use crate::{StoreError, TenantId, TenantTx};
 
 /// The role fleetd works as: no superuser, no BYPASSRLS, owns nothing. Created by the migrations.
@@ -167,44 +167,46 @@ impl AdminDb {
     }
 
     async fn check_can_see_all_tenants(&self) -> Result<(), StoreError> {
-        let row = sqlx::query("SELECT current_user AS role, rolsuper OR rolbypassrls AS sees_all FROM pg_roles WHERE rolname = current_user")
-            .fetch_one(&self.pool)
-            .await?;
-        if row.try_get("sees_all")? {
+        let row = sqlx::query!(
+            r#"SELECT current_user AS "role!", rolsuper OR rolbypassrls AS "sees_all!"
+                 FROM pg_roles WHERE rolname = current_user"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if row.sees_all {
             Ok(())
         } else {
-            Err(StoreError::OwnerCannotSeeAllTenants {
-                role: row.try_get("role")?,
-            })
+            Err(StoreError::OwnerCannotSeeAllTenants { role: row.role })
         }
     }
 
     /// Refuses when any tenant lacks the head row of its audit chain.
     pub async fn check_chain_heads(&self) -> Result<(), StoreError> {
-        let missing = sqlx::query(
-            "SELECT t.tenant_id, t.name FROM tenants t
-               LEFT JOIN audit_chain_heads h USING (tenant_id)
-              WHERE h.tenant_id IS NULL ORDER BY t.created_at LIMIT 1",
+        let missing = sqlx::query!(
+            r#"SELECT t.tenant_id AS "tenant_id: TenantId", t.name FROM tenants t
+                 LEFT JOIN audit_chain_heads h USING (tenant_id)
+                WHERE h.tenant_id IS NULL ORDER BY t.created_at LIMIT 1"#
         )
         .fetch_optional(&self.pool)
         .await?;
         match missing {
             None => Ok(()),
             Some(row) => Err(StoreError::MissingChainHead {
-                tenant_id: row.try_get("tenant_id")?,
-                name: row.try_get("name")?,
+                tenant_id: row.tenant_id,
+                name: row.name,
             }),
         }
     }
 
     /// Every tenant, oldest first.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, name, created_at FROM tenants ORDER BY created_at, tenant_id",
+        Ok(sqlx::query_as!(
+            Tenant,
+            r#"SELECT tenant_id AS "id: TenantId", name, created_at
+                 FROM tenants ORDER BY created_at, tenant_id"#
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(tenant_from_row).collect()
+        .await?)
     }
 }
 
@@ -241,7 +243,9 @@ impl AppDb {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(())
     }
 }
