@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod database;
 pub mod device;
 pub mod enrollment_token;
 pub mod group;
@@ -29,6 +30,7 @@ pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
         Command::Device(c) => device::run(&ctx, c).await,
         Command::PatchSummary(args) => patch::summary(&ctx, args).await,
         Command::Audit(c) => audit::run(&ctx, c).await,
+        Command::Db(c) => database::run(&ctx, c).await,
         Command::Pki(c) => pki::run(&ctx, c),
     }
 }
@@ -99,7 +101,8 @@ impl Ctx {
         if self.global.data_dir.is_some() || self.global.database_url.is_some() {
             return Err(Failure::usage(format!(
                 "{command} talks to the API (--server); --data-dir and --database-url apply to \
-                 tenant create, tenant list, api-key create (break-glass) and audit verify"
+                 db migrate, tenant create, tenant list, api-key create (break-glass) and audit \
+                 verify"
             )));
         }
         let key = http::load_api_key(self.global.api_key_file.as_deref())?;
