@@ -53,6 +53,13 @@ impl Run {
         self.stdout
     }
 
+    /// Asserts success and the notice that a new secret is shown this once (on stderr, so the
+    /// secret itself stays alone on stdout); returns stdout.
+    pub fn ok_shown_once(self) -> String {
+        assert!(self.stderr.contains("shown this once"), "{}", self.stderr);
+        self.ok()
+    }
+
     /// Asserts this exit code and a one-line error naming `slug`; returns the line.
     pub fn fails(self, code: i32, slug: &str) -> String {
         assert_eq!(
@@ -147,15 +154,10 @@ async fn tenant_create_prints_the_tenant_and_its_first_owner_key_once() {
     let db = migrated_db().await;
     let created = on_db(&db, &["tenant", "create", "acme"]).await;
     assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
-    assert!(
         !created.stderr.contains("fpk_"),
         "the key goes to stdout only"
     );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let (tenant, key) = {
         let mut lines = out.lines();
         let tenant: TenantId = lines
@@ -315,12 +317,7 @@ async fn break_glass_makes_an_owner_key_on_the_database_audited_as_such() {
         ],
     )
     .await;
-    assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let key_line = out
         .lines()
         .find(|l| l.starts_with("key "))

@@ -315,6 +315,8 @@ struct KeyRow {
     revoked_by: Option<String>,
     last_used_at: Option<OffsetDateTime>,
     last_used_ip: Option<String>,
+    /// Selected only to authenticate (NULL elsewhere): nothing else needs the hash.
+    secret_hash: Option<String>,
 }
 
 /// Creates a key in the transaction's tenant and records it in the audit trail. The returned
@@ -377,7 +379,8 @@ async fn create_audited(
            RETURNING tenant_id AS "tenant_id: TenantId", key_id, name, role,
                      group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
                      allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
-                     revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip"#,
+                     revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                     NULL::text AS "secret_hash?""#,
         tx.tenant() as TenantId,
         id.as_str(),
         new.name,
@@ -425,7 +428,8 @@ pub async fn list(
         r#"SELECT tenant_id AS "tenant_id: TenantId", key_id, name, role,
                   group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
                   allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
-                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip
+                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                  NULL::text AS "secret_hash?"
              FROM api_keys WHERE ($1::text IS NULL OR key_id > $1)
             ORDER BY key_id LIMIT $2"#,
         after.map(ApiKeyId::as_str),
@@ -438,19 +442,31 @@ pub async fn list(
 
 /// One key of the transaction's tenant.
 pub async fn get(tx: &mut TenantTx, id: &ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
-    sqlx::query_as!(
+    read_one(tx, id, false)
+        .await?
+        .map(ApiKey::try_from)
+        .transpose()
+}
+
+/// One key's row, with its hash only when `with_hash` (authentication).
+async fn read_one(
+    tx: &mut TenantTx,
+    id: &ApiKeyId,
+    with_hash: bool,
+) -> Result<Option<KeyRow>, StoreError> {
+    Ok(sqlx::query_as!(
         KeyRow,
         r#"SELECT tenant_id AS "tenant_id: TenantId", key_id, name, role,
                   group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
                   allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
-                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip
+                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                  CASE WHEN $2 THEN secret_hash END AS "secret_hash?"
              FROM api_keys WHERE key_id = $1"#,
         id.as_str(),
+        with_hash,
     )
     .fetch_optional(tx.conn())
-    .await?
-    .map(ApiKey::try_from)
-    .transpose()
+    .await?)
 }
 
 /// What [`revoke`] did.
@@ -520,35 +536,11 @@ pub async fn load_for_auth(
     tx: &mut TenantTx,
     id: &ApiKeyId,
 ) -> Result<Option<(ApiKey, SecretHash)>, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT tenant_id AS "tenant_id: TenantId", key_id, name, role,
-                  group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
-                  allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
-                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
-                  secret_hash
-             FROM api_keys WHERE key_id = $1"#,
-        id.as_str(),
-    )
-    .fetch_optional(tx.conn())
-    .await?;
-    row.map(|row| {
-        let key = KeyRow {
-            tenant_id: row.tenant_id,
-            key_id: row.key_id,
-            name: row.name,
-            role: row.role,
-            group_scope: row.group_scope,
-            expires_at: row.expires_at,
-            allowed_cidrs: row.allowed_cidrs,
-            cors_origins: row.cors_origins,
-            created_at: row.created_at,
-            created_by: row.created_by,
-            revoked_at: row.revoked_at,
-            revoked_by: row.revoked_by,
-            last_used_at: row.last_used_at,
-            last_used_ip: row.last_used_ip,
-        };
-        Ok((key.try_into()?, SecretHash::from_stored(row.secret_hash)))
+    let row = read_one(tx, id, true).await?;
+    row.map(|mut row| {
+        // NOT NULL in the schema; an empty hash would never verify.
+        let hash = row.secret_hash.take().unwrap_or_default();
+        Ok((row.try_into()?, SecretHash::from_stored(hash)))
     })
     .transpose()
 }

@@ -577,7 +577,7 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn sample(seq: i64) -> AuditEvent {
+    pub(super) fn sample(seq: i64) -> AuditEvent {
         let mut event = AuditEvent {
             tenant_id: TenantId(Uuid::from_u128(7)),
             seq,
@@ -644,7 +644,7 @@ mod tests {
 
     #[test]
     fn link_check_names_each_kind_of_break() {
-        let event = sample(1);
+        let event = super::tests::sample(1);
         assert_eq!(check_link(&event, 1, &GENESIS_HASH), None);
         assert_eq!(
             check_link(&event, 2, &GENESIS_HASH),
@@ -856,18 +856,7 @@ mod export_tests {
     #[test]
     fn the_pinned_event_re_verifies_from_csv() {
         // The event whose hash tests::canonical_encoding_is_stable pins.
-        let mut event = AuditEvent {
-            tenant_id: TenantId(Uuid::from_u128(7)),
-            seq: 1,
-            occurred_at: from_unix_micros(1_700_000_000_123_456),
-            actor: "operator:alice".into(),
-            action: "device.revoke".into(),
-            target: "device:1".into(),
-            details: r#"{"reason":"lost"}"#.into(),
-            prev_hash: GENESIS_HASH,
-            hash: [0; 32],
-        };
-        event.hash = event.recompute_hash();
+        let event = super::tests::sample(1);
         let csv = export(&[event]);
         assert!(
             csv.contains(",4c0e565901a45bc9fcc18e22bd4d8bd95f467c910dedbc00432ae0b74ef604f8\r\n")

@@ -170,6 +170,8 @@ struct TokenRow {
     uses: i64,
     used_today: i32,
     last_used_at: Option<OffsetDateTime>,
+    /// Selected only for enrollment (NULL elsewhere): nothing else needs the hash.
+    secret_hash: Option<String>,
 }
 
 /// Creates a token in the transaction's tenant and records it in the audit trail. The returned
@@ -216,7 +218,7 @@ pub async fn create(
                      created_at, created_by, revoked_at, revoked_by, uses,
                      CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
                          AS "used_today!",
-                     last_used_at"#,
+                     last_used_at, NULL::text AS "secret_hash?""#,
         tenant as TenantId,
         id as EnrollmentTokenId,
         new.name,
@@ -268,7 +270,7 @@ pub async fn list(
                   created_at, created_by, revoked_at, revoked_by, uses,
                   CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
                       AS "used_today!",
-                  last_used_at
+                  last_used_at, NULL::text AS "secret_hash?"
              FROM enrollment_tokens WHERE ($1::uuid IS NULL OR token_id > $1)
             ORDER BY token_id LIMIT $2"#,
         after as Option<EnrollmentTokenId>,
@@ -284,7 +286,19 @@ pub async fn get(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
 ) -> Result<Option<EnrollmentToken>, StoreError> {
-    sqlx::query_as!(
+    read_one(tx, id, false)
+        .await?
+        .map(EnrollmentToken::try_from)
+        .transpose()
+}
+
+/// One token's row, with its hash only when `with_hash` (enrollment).
+async fn read_one(
+    tx: &mut TenantTx,
+    id: EnrollmentTokenId,
+    with_hash: bool,
+) -> Result<Option<TokenRow>, StoreError> {
+    Ok(sqlx::query_as!(
         TokenRow,
         r#"SELECT tenant_id AS "tenant_id: TenantId", token_id AS "token_id: EnrollmentTokenId", name,
                   allowed_cidrs::text[] AS "allowed_cidrs!", daily_limit, max_uses, expires_at,
@@ -292,14 +306,13 @@ pub async fn get(
                   created_at, created_by, revoked_at, revoked_by, uses,
                   CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
                       AS "used_today!",
-                  last_used_at
+                  last_used_at, CASE WHEN $2 THEN secret_hash END AS "secret_hash?"
              FROM enrollment_tokens WHERE token_id = $1"#,
         id as EnrollmentTokenId,
+        with_hash,
     )
     .fetch_optional(tx.conn())
-    .await?
-    .map(EnrollmentToken::try_from)
-    .transpose()
+    .await?)
 }
 
 /// What [`revoke`] did.
@@ -357,42 +370,13 @@ pub async fn load_for_enrollment(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
 ) -> Result<Option<EnrollmentCandidate>, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT tenant_id AS "tenant_id: TenantId", token_id AS "token_id: EnrollmentTokenId", name,
-                  allowed_cidrs::text[] AS "allowed_cidrs!", daily_limit, max_uses, expires_at,
-                  device_group, device_labels AS "device_labels: Json<BTreeMap<String, String>>",
-                  created_at, created_by, revoked_at, revoked_by, uses,
-                  CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
-                      AS "used_today!",
-                  last_used_at,
-                  secret_hash
-             FROM enrollment_tokens WHERE token_id = $1"#,
-        id as EnrollmentTokenId,
-    )
-    .fetch_optional(tx.conn())
-    .await?;
-    row.map(|row| {
-        let token = TokenRow {
-            tenant_id: row.tenant_id,
-            token_id: row.token_id,
-            name: row.name,
-            allowed_cidrs: row.allowed_cidrs,
-            daily_limit: row.daily_limit,
-            max_uses: row.max_uses,
-            expires_at: row.expires_at,
-            device_group: row.device_group,
-            device_labels: row.device_labels,
-            created_at: row.created_at,
-            created_by: row.created_by,
-            revoked_at: row.revoked_at,
-            revoked_by: row.revoked_by,
-            uses: row.uses,
-            used_today: row.used_today,
-            last_used_at: row.last_used_at,
-        };
+    let row = read_one(tx, id, true).await?;
+    row.map(|mut row| {
+        // NOT NULL in the schema; an empty hash would never verify.
+        let hash = row.secret_hash.take().unwrap_or_default();
         Ok(EnrollmentCandidate {
-            token: token.try_into()?,
-            hash: SecretHash::from_stored(row.secret_hash),
+            token: row.try_into()?,
+            hash: SecretHash::from_stored(hash),
         })
     })
     .transpose()

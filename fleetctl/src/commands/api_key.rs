@@ -12,7 +12,7 @@ use store::ApiKeyId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{group, more_notice, show, Ctx, ListArgs};
+use super::{group, more_notice, revoke, show, Ctx, ListArgs};
 use crate::db::{self, Location};
 use crate::error::Failure;
 use crate::http;
@@ -142,10 +142,8 @@ pub async fn run(ctx: &Ctx, command: ApiKeyCommand) -> Result<(), Failure> {
             render(ctx, value)
         }
         ApiKeyCommand::Revoke { id } => {
-            let api = ctx.api("api-key revoke").await?;
-            let value = api.delete(&format!("v1/api-keys/{id}")).await?;
-            let value = value.unwrap_or_else(|| json!({ "id": id.as_str() }));
-            show(ctx, &value, || Ok(format!("api key {id} revoked\n")))
+            let path = format!("v1/api-keys/{id}");
+            revoke(ctx, "api-key revoke", &path, "api key", id.as_str()).await
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use store::EnrollmentTokenId;
 use time::OffsetDateTime;
 
-use super::{more_notice, show, Ctx, ListArgs};
+use super::{more_notice, revoke, show, Ctx, ListArgs};
 use crate::error::Failure;
 use crate::http;
 use crate::output::{self, Fields, Table};
@@ -187,12 +187,16 @@ pub async fn run(ctx: &Ctx, command: TokenCommand) -> Result<(), Failure> {
             render(ctx, value)
         }
         TokenCommand::Revoke { id } => {
-            let api = ctx.api("enrollment-token revoke").await?;
-            let value = api.delete(&format!("v1/enrollment-tokens/{id}")).await?;
-            let value = value.unwrap_or_else(|| json!({ "id": id }));
-            show(ctx, &value, || {
-                Ok(format!("enrollment token {id} revoked\n"))
-            })
+            let path = format!("v1/enrollment-tokens/{id}");
+            let id = id.to_string();
+            revoke(
+                ctx,
+                "enrollment-token revoke",
+                &path,
+                "enrollment token",
+                &id,
+            )
+            .await
         }
     }
 }

@@ -165,6 +165,21 @@ pub fn more_notice(next_cursor: Option<&str>) {
     }
 }
 
+/// `<noun> revoke` over HTTPS: DELETE `path`, then print the API's answer (`{"id": ...}` when it
+/// has no body) as JSON, or "<noun> <id> revoked".
+pub async fn revoke(
+    ctx: &Ctx,
+    command: &str,
+    path: &str,
+    noun: &str,
+    id: &str,
+) -> Result<(), Failure> {
+    let api = ctx.api(command).await?;
+    let value = api.delete(path).await?;
+    let value = value.unwrap_or_else(|| serde_json::json!({ "id": id }));
+    show(ctx, &value, || Ok(format!("{noun} {id} revoked\n")))
+}
+
 /// Prints JSON for scripts, or the rendered text for people.
 pub fn show<T: serde::Serialize + ?Sized>(
     ctx: &Ctx,
