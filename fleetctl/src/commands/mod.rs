@@ -137,6 +137,20 @@ async fn check_tenant(api: &ApiClient, wanted: &str) -> Result<(), Failure> {
     }
 }
 
+/// When a credential (an API key, an enrollment token) was created, revoked and last used, and
+/// by whom, as the API shows it.
+#[derive(Deserialize)]
+pub struct Lifecycle {
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub created_at: Option<time::OffsetDateTime>,
+    pub created_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<time::OffsetDateTime>,
+    pub revoked_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_used_at: Option<time::OffsetDateTime>,
+}
+
 /// How much of a list to show.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ListArgs {
@@ -163,6 +177,11 @@ pub fn more_notice(next_cursor: Option<&str>) {
     if let Some(cursor) = next_cursor {
         crate::output::notice(&format!("(more: --cursor {cursor})"));
     }
+}
+
+/// `<noun> show` over HTTPS: the one resource at `path`, as the API answers it.
+pub async fn get_one(ctx: &Ctx, command: &str, path: &str) -> Result<serde_json::Value, Failure> {
+    ctx.api(command).await?.get(path, &[]).await
 }
 
 /// `<noun> revoke` over HTTPS: DELETE `path`, then print the API's answer (`{"id": ...}` when it
