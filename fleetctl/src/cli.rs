@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 
-use crate::commands::{api_key, audit, device, enrollment_token, group, patch, pki, tenant};
+use crate::commands::{
+    api_key, audit, database, device, enrollment_token, group, patch, pki, tenant,
+};
 
 /// The heading of the options every command takes.
 const GLOBAL: &str = "Global options";
@@ -17,8 +19,9 @@ Where commands go:
   Over HTTPS to the management API (--server), authenticated with an API key from
   FLEETCTL_API_KEY or --api-key-file: every command except those below.
   On the database (--data-dir or --database-url, for bootstrap and break-glass):
-  tenant create, tenant list, and api-key create / audit verify when --data-dir or
-  --database-url (or FLEETD_DATA_DIR, FLEETD_DATABASE_URL) is given.
+  db migrate, tenant create, tenant list, and api-key create / audit verify when
+  --data-dir or --database-url (or FLEETD_DATA_DIR, FLEETD_DATABASE_URL) is given.
+  They never migrate the database: fleetd does at start, and fleetctl db migrate.
 
 Exit codes:
   0  success
@@ -29,6 +32,8 @@ Exit codes:
   3  not found (HTTP 404, or an unknown --tenant)
   4  authentication or permission (HTTP 401/403, no or a malformed API key)
   5  cannot reach the server or the database, or it failed (HTTP 5xx, TLS, timeout)
+  6  the database's schema is not this fleetctl's (older: run fleetctl db migrate;
+     newer: use the fleetctl of the release that migrated it)
 Errors are one line on stderr: fleetctl: <detail> (<problem type>)";
 
 /// fleetplane operator CLI: tenants, API keys, enrollment tokens, device groups, devices,
@@ -111,6 +116,9 @@ pub enum Command {
     /// The fleet PKI.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// The database's schema: apply migrations (on the database).
+    #[command(subcommand)]
+    Db(database::DbCommand),
 }
 
 #[cfg(test)]

@@ -23,9 +23,15 @@ pub enum Location {
     Url(String),
 }
 
-/// Opens the database as a tool: migrations, no chain-head check (so `audit verify` can report
+/// Opens the database as a tool: no migrations (a schema other than this build's is refused,
+/// exit 6: `fleetctl db migrate` applies them), no chain-head check (so `audit verify` can report
 /// the damage), the private cluster attached to or started but never created.
 pub async fn open(location: &Location) -> Result<Database, Failure> {
+    open_as(location, Purpose::Tool).await
+}
+
+/// [`open`] for `purpose`: [`Purpose::Migrate`] for `fleetctl db migrate`.
+pub async fn open_as(location: &Location, purpose: Purpose) -> Result<Database, Failure> {
     let (url, data_dir) = match location {
         Location::Url(url) => (Some(url.clone()), PathBuf::from(DEFAULT_DATA_DIR)),
         Location::DataDir(dir) => (None, dir.clone()),
@@ -40,7 +46,7 @@ pub async fn open(location: &Location) -> Result<Database, Failure> {
         max_connections: 4,
         connect_timeout: Duration::from_secs(10),
     };
-    Ok(Database::open(&settings, Purpose::Tool).await?)
+    Ok(Database::open(&settings, purpose).await?)
 }
 
 /// Closes the database (and stops the private cluster if this process started it).

@@ -26,6 +26,8 @@ pub enum Exit {
     Auth,
     /// 5: the server or the database cannot be reached, or failed (HTTP 5xx, TLS, timeouts).
     Unavailable,
+    /// 6: the database's schema is older or newer than this fleetctl's migrations.
+    SchemaMismatch,
 }
 
 impl Exit {
@@ -37,6 +39,7 @@ impl Exit {
             Exit::NotFound => 3,
             Exit::Auth => 4,
             Exit::Unavailable => 5,
+            Exit::SchemaMismatch => 6,
         }
     }
 }
@@ -126,6 +129,21 @@ impl From<StoreError> for Failure {
             StoreError::Database(_) | StoreError::Migrate(_) => {
                 Failure::new(Exit::Unavailable, "database-unavailable", e.to_string())
             }
+            StoreError::SchemaMismatch { found, expected } => {
+                let what_to_do = if found < expected {
+                    "run `fleetctl db migrate` (or start this release's fleetd, which migrates)"
+                } else {
+                    "the database was migrated by a newer release: use its fleetctl"
+                };
+                Failure::new(
+                    Exit::SchemaMismatch,
+                    "schema-mismatch",
+                    format!(
+                        "database schema is at version {found}, this fleetctl expects \
+                         {expected}: {what_to_do}"
+                    ),
+                )
+            }
             StoreError::MissingChainHead { .. } => {
                 Failure::new(Exit::Refused, "audit-chain-broken", e.to_string())
             }
@@ -193,11 +211,12 @@ mod tests {
             Exit::NotFound,
             Exit::Auth,
             Exit::Unavailable,
+            Exit::SchemaMismatch,
         ]
         .iter()
         .map(|e| e.code())
         .collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! data directory, whose private cluster fleetctl attaches to or starts but never creates) or
 //! `--database-url URL`: `tenant create` (the tenant and its first owner key), `tenant list`,
 //! `api-key create --tenant T --role owner` (an owner locked out of the API) and `audit verify`
-//! of every tenant. `pki init` works locally.
+//! of every tenant; `db migrate` applies the migrations (fleetd does at start; no other command
+//! migrates, and each refuses a schema other than its own). `pki init` works locally.
 //!
 //! Output is a table for people (a header row, aligned columns, RFC 3339 times) or, with
 //! `--json`, the API's JSON for scripts.
@@ -25,6 +26,7 @@
 //! | 3 | not found: HTTP 404, or an unknown `--tenant` |
 //! | 4 | authentication or permission: HTTP 401/403, no or a malformed API key |
 //! | 5 | the server or the database cannot be reached, or failed: HTTP 5xx, TLS, timeouts |
+//! | 6 | the database's schema is not this fleetctl's: older (run `fleetctl db migrate`) or newer |
 //!
 //! Errors are one line on stderr: `fleetctl: <detail> (<problem type slug>)`.
 

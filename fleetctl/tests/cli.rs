@@ -53,6 +53,13 @@ impl Run {
         self.stdout
     }
 
+    /// Asserts success and the notice that a new secret is shown this once (on stderr, so the
+    /// secret itself stays alone on stdout); returns stdout.
+    pub fn ok_shown_once(self) -> String {
+        assert!(self.stderr.contains("shown this once"), "{}", self.stderr);
+        self.ok()
+    }
+
     /// Asserts this exit code and a one-line error naming `slug`; returns the line.
     pub fn fails(self, code: i32, slug: &str) -> String {
         assert_eq!(
@@ -77,6 +84,16 @@ impl Run {
 /// Runs fleetctl with `args`.
 pub async fn run(mut command: tokio::process::Command, args: &[&str]) -> Run {
     Run::from(command.args(args).output().await.expect("fleetctl runs"))
+}
+
+/// A fresh test database migrated by `fleetctl db migrate`, as before fleetctl's other database
+/// commands (fleetd migrates at start; fleetctl never does on its own).
+async fn migrated_db() -> TestDb {
+    let db = TestDb::new().await;
+    let out = on_db(&db, &["db", "migrate"]).await.ok();
+    let expected = store::expected_schema_version();
+    assert_eq!(out, format!("database schema is at version {expected}\n"));
+    db
 }
 
 /// Runs fleetctl on the test database.
@@ -134,18 +151,13 @@ async fn audit_events(db: &TestDb, tenant: TenantId) -> Vec<store::audit::AuditE
 
 #[tokio::test]
 async fn tenant_create_prints_the_tenant_and_its_first_owner_key_once() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let created = on_db(&db, &["tenant", "create", "acme"]).await;
-    assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
     assert!(
         !created.stderr.contains("fpk_"),
         "the key goes to stdout only"
     );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let (tenant, key) = {
         let mut lines = out.lines();
         let tenant: TenantId = lines
@@ -212,7 +224,7 @@ async fn tenant_create_prints_the_tenant_and_its_first_owner_key_once() {
 
 #[tokio::test]
 async fn a_duplicate_tenant_name_is_refused_with_exit_1() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     create_tenant(&db, "acme").await;
     let line = on_db(&db, &["tenant", "create", "Acme"])
         .await
@@ -227,7 +239,7 @@ async fn a_duplicate_tenant_name_is_refused_with_exit_1() {
 
 #[tokio::test]
 async fn tenant_list_has_a_header_and_rfc3339_times() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let (acme, _) = create_tenant(&db, "acme").await;
     let (beta, _) = create_tenant(&db, "beta corp").await;
     let listed = on_db(&db, &["tenant", "list"]).await.ok();
@@ -255,7 +267,7 @@ async fn tenant_list_has_a_header_and_rfc3339_times() {
 
 #[tokio::test]
 async fn tenants_are_named_by_id_or_unique_name_and_an_unknown_one_exits_3() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let (acme, _) = create_tenant(&db, "acme").await;
     for name in [acme.to_string(), "acme".into(), "ACME".into()] {
         let out = on_db(&db, &["audit", "verify", "--tenant", &name])
@@ -284,7 +296,7 @@ async fn tenants_are_named_by_id_or_unique_name_and_an_unknown_one_exits_3() {
 
 #[tokio::test]
 async fn break_glass_makes_an_owner_key_on_the_database_audited_as_such() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let (acme, _) = create_tenant(&db, "acme").await;
     let mut command = fleetctl();
     command
@@ -305,12 +317,7 @@ async fn break_glass_makes_an_owner_key_on_the_database_audited_as_such() {
         ],
     )
     .await;
-    assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let key_line = out
         .lines()
         .find(|l| l.starts_with("key "))
@@ -356,7 +363,7 @@ async fn break_glass_makes_an_owner_key_on_the_database_audited_as_such() {
 
 #[tokio::test]
 async fn a_broken_audit_chain_on_the_database_exits_1_naming_the_row() {
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let (acme, _) = create_tenant(&db, "acme").await;
     let (beta, _) = create_tenant(&db, "beta").await;
     let mut owner = db.connect_as_owner().await;
@@ -444,7 +451,13 @@ async fn a_relative_data_dir_is_resolved_before_the_cluster_starts() {
     cluster.stop().await.unwrap();
 
     // fleetctl starts it for the command (postgres changes into its data directory, so a
-    // relative socket directory used to fail with "could not create lock file").
+    // relative socket directory used to fail with "could not create lock file"); the cluster
+    // was never migrated (fleetd would have), so that comes first.
+    let mut command = fleetctl();
+    command.current_dir(base.path());
+    run(command, &["--data-dir", "fleetd-data", "db", "migrate"])
+        .await
+        .ok();
     let mut command = fleetctl();
     command.current_dir(base.path());
     let out = run(
@@ -467,6 +480,77 @@ fn set_mode(path: &Path, mode: u32) {
 }
 
 #[tokio::test]
+async fn a_database_behind_or_ahead_of_fleetctl_is_refused_with_exit_6_and_never_migrated() {
+    let expected = store::expected_schema_version();
+    // Never migrated: every database command refuses, and nothing is created.
+    let db = TestDb::new().await;
+    for args in [
+        &["tenant", "list"][..],
+        &["tenant", "create", "acme"],
+        &["audit", "verify"],
+        &[
+            "api-key", "create", "--tenant", "acme", "--role", "owner", "--name", "x",
+        ],
+    ] {
+        let line = on_db(&db, args).await.fails(6, "schema-mismatch");
+        assert!(
+            line.contains(&format!(
+                "database schema is at version 0, this fleetctl expects {expected}: run \
+                 `fleetctl db migrate`"
+            )),
+            "{args:?}: {line}"
+        );
+    }
+    let mut owner = db.connect_as_owner().await;
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "nothing was migrated");
+
+    // Behind by one migration (the newest was never applied, as after an upgrade of fleetctl).
+    on_db(&db, &["db", "migrate"]).await.ok();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(expected)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let line = on_db(&db, &["tenant", "list"])
+        .await
+        .fails(6, "schema-mismatch");
+    assert!(
+        line.contains(&format!(
+            "database schema is at version {}, this fleetctl expects {expected}: run `fleetctl db migrate`",
+            expected - 1
+        )),
+        "{line}"
+    );
+
+    // Ahead: migrated by a newer release. Refused by every command, `db migrate` included.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         SELECT $1, 'from the future', true, checksum, 0 FROM _sqlx_migrations
+          ORDER BY version LIMIT 1",
+    )
+    .bind(expected + 1)
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    for args in [&["tenant", "list"][..], &["db", "migrate"]] {
+        let line = on_db(&db, args).await.fails(6, "schema-mismatch");
+        assert!(
+            line.contains(&format!(
+                "database schema is at version {}, this fleetctl expects {expected}: the \
+                 database was migrated by a newer release",
+                expected + 1
+            )),
+            "{args:?}: {line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn help_documents_the_exit_codes_and_what_revocation_does() {
     let help = run(fleetctl(), &["--help"]).await.ok();
     assert!(help.contains("Exit codes:"), "{help}");
@@ -477,6 +561,7 @@ async fn help_documents_the_exit_codes_and_what_revocation_does() {
         "3  not found",
         "4  authentication",
         "5  cannot reach",
+        "6  the database's schema",
     ] {
         assert!(help.contains(code), "{code}: {help}");
     }
@@ -552,7 +637,7 @@ async fn pki_init_makes_a_pki_and_refuses_to_overwrite_it() {
 async fn a_shell_without_user_still_names_the_operator_from_the_user_id() {
     // Tried as a new user would: a non-interactive shell (cron, a container, CI) often sets no
     // USER, and `tenant create` refused to run.
-    let db = TestDb::new().await;
+    let db = migrated_db().await;
     let mut command = fleetctl();
     command
         .env_remove("USER")

@@ -32,7 +32,6 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -300,9 +299,25 @@ pub struct IssuedKey {
     pub secret: KeyString,
 }
 
-const COLUMNS: &str = "tenant_id, key_id, name, role, group_scope, expires_at, \
-     allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by, revoked_at, \
-     revoked_by, last_used_at, host(last_used_ip) AS last_used_ip";
+/// An `api_keys` row as selected (without its hash): the macros' target.
+struct KeyRow {
+    tenant_id: TenantId,
+    key_id: String,
+    name: String,
+    role: String,
+    group_scope: Option<Vec<DeviceGroupId>>,
+    expires_at: Option<OffsetDateTime>,
+    allowed_cidrs: Option<Vec<String>>,
+    cors_origins: Option<Vec<String>>,
+    created_at: OffsetDateTime,
+    created_by: String,
+    revoked_at: Option<OffsetDateTime>,
+    revoked_by: Option<String>,
+    last_used_at: Option<OffsetDateTime>,
+    last_used_ip: Option<String>,
+    /// Selected only to authenticate (NULL elsewhere): nothing else needs the hash.
+    secret_hash: Option<String>,
+}
 
 /// Creates a key in the transaction's tenant and records it in the audit trail. The returned
 /// text is the only copy. The caller decides whether `actor` may create such a key.
@@ -356,26 +371,31 @@ async fn create_audited(
         .group_scope
         .as_ref()
         .map(|groups| groups.iter().map(|g| g.0).collect());
-    let row = sqlx::query(&format!(
-        "INSERT INTO api_keys (tenant_id, key_id, name, role, group_scope, expires_at,
-                               allowed_cidrs, cors_origins, secret_hash, fingerprint, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text[]::cidr[], $8, $9, $10, $11)
-         RETURNING {COLUMNS}"
-    ))
-    .bind(tx.tenant())
-    .bind(id.as_str())
-    .bind(&new.name)
-    .bind(new.role.as_str())
-    .bind(&scope)
-    .bind(new.expires_at)
-    .bind(&cidrs)
-    .bind(&new.cors_origins)
-    .bind(hash.as_str())
-    .bind(fingerprint(&text))
-    .bind(actor.to_string())
+    let key: ApiKey = sqlx::query_as!(
+        KeyRow,
+        r#"INSERT INTO api_keys (tenant_id, key_id, name, role, group_scope, expires_at,
+                                 allowed_cidrs, cors_origins, secret_hash, fingerprint, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::text[]::cidr[], $8, $9, $10, $11)
+           RETURNING tenant_id AS "tenant_id: TenantId", key_id, name, role,
+                     group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
+                     allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
+                     revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                     NULL::text AS "secret_hash?""#,
+        tx.tenant() as TenantId,
+        id.as_str(),
+        new.name,
+        new.role.as_str(),
+        scope.as_deref(),
+        new.expires_at,
+        cidrs.as_deref(),
+        new.cors_origins.as_deref(),
+        hash.as_str(),
+        fingerprint(&text),
+        actor.to_string(),
+    )
     .fetch_one(tx.conn())
-    .await?;
-    let key = key_from_row(&row)?;
+    .await?
+    .try_into()?;
     audit::append(
         tx,
         actor,
@@ -403,24 +423,50 @@ pub async fn list(
     after: Option<&ApiKeyId>,
     limit: i64,
 ) -> Result<Vec<ApiKey>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR key_id > $1)
-         ORDER BY key_id LIMIT $2"
-    ))
-    .bind(after.map(ApiKeyId::as_str))
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        KeyRow,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", key_id, name, role,
+                  group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
+                  allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
+                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                  NULL::text AS "secret_hash?"
+             FROM api_keys WHERE ($1::text IS NULL OR key_id > $1)
+            ORDER BY key_id LIMIT $2"#,
+        after.map(ApiKeyId::as_str),
+        limit,
+    )
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(key_from_row).collect()
+    rows.into_iter().map(ApiKey::try_from).collect()
 }
 
 /// One key of the transaction's tenant.
 pub async fn get(tx: &mut TenantTx, id: &ApiKeyId) -> Result<Option<ApiKey>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1"))
-        .bind(id.as_str())
-        .fetch_optional(tx.conn())
-        .await?;
-    row.as_ref().map(key_from_row).transpose()
+    read_one(tx, id, false)
+        .await?
+        .map(ApiKey::try_from)
+        .transpose()
+}
+
+/// One key's row, with its hash only when `with_hash` (authentication).
+async fn read_one(
+    tx: &mut TenantTx,
+    id: &ApiKeyId,
+    with_hash: bool,
+) -> Result<Option<KeyRow>, StoreError> {
+    Ok(sqlx::query_as!(
+        KeyRow,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", key_id, name, role,
+                  group_scope AS "group_scope: Vec<DeviceGroupId>", expires_at,
+                  allowed_cidrs::text[] AS allowed_cidrs, cors_origins, created_at, created_by,
+                  revoked_at, revoked_by, last_used_at, host(last_used_ip) AS last_used_ip,
+                  CASE WHEN $2 THEN secret_hash END AS "secret_hash?"
+             FROM api_keys WHERE key_id = $1"#,
+        id.as_str(),
+        with_hash,
+    )
+    .fetch_optional(tx.conn())
+    .await?)
 }
 
 /// What [`revoke`] did.
@@ -439,12 +485,12 @@ pub async fn revoke(
     id: &ApiKeyId,
     actor: &Actor,
 ) -> Result<KeyRevocation, StoreError> {
-    let revoked = sqlx::query(
+    let revoked = sqlx::query!(
         "UPDATE api_keys SET revoked_at = now(), revoked_by = $2
           WHERE key_id = $1 AND revoked_at IS NULL",
+        id.as_str(),
+        actor.to_string(),
     )
-    .bind(id.as_str())
-    .bind(actor.to_string())
     .execute(tx.conn())
     .await?;
     if revoked.rows_affected() == 0 {
@@ -461,10 +507,8 @@ pub async fn revoke(
         &json!({}),
     )
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANGED_CHANNEL)
-        .bind(id.as_str())
-        .execute(tx.conn())
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANGED_CHANNEL, id.as_str())
+        .fetch_one(tx.conn())
         .await?;
     Ok(KeyRevocation::Revoked)
 }
@@ -475,18 +519,16 @@ pub async fn locate(
     presented: &PresentedKey,
 ) -> Result<Option<(TenantId, ApiKeyId)>, StoreError> {
     let mut tx = begin_without_tenant(app).await?;
-    let row = sqlx::query("SELECT tenant_id, key_id FROM fleet_api_key_locate($1)")
-        .bind(presented.fingerprint())
-        .fetch_optional(tx.conn())
-        .await?;
+    let row = sqlx::query!(
+        r#"SELECT tenant_id AS "tenant_id!: TenantId", key_id AS "key_id!"
+             FROM fleet_api_key_locate($1)"#,
+        presented.fingerprint(),
+    )
+    .fetch_optional(tx.conn())
+    .await?;
     tx.commit().await?;
     let Some(row) = row else { return Ok(None) };
-    let id: String = row.try_get("key_id")?;
-    let id = id.parse().map_err(|_| StoreError::Invalid {
-        field: "stored API key id",
-        reason: "not 12 base62 characters".into(),
-    })?;
-    Ok(Some((TenantId(row.try_get("tenant_id")?), id)))
+    Ok(Some((row.tenant_id, stored_key_id(&row.key_id)?)))
 }
 
 /// The key and its hash, to verify a presented secret against.
@@ -494,17 +536,11 @@ pub async fn load_for_auth(
     tx: &mut TenantTx,
     id: &ApiKeyId,
 ) -> Result<Option<(ApiKey, SecretHash)>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS}, secret_hash FROM api_keys WHERE key_id = $1"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(tx.conn())
-    .await?;
-    row.map(|row| {
-        Ok((
-            key_from_row(&row)?,
-            SecretHash::from_stored(row.try_get("secret_hash")?),
-        ))
+    let row = read_one(tx, id, true).await?;
+    row.map(|mut row| {
+        // NOT NULL in the schema; an empty hash would never verify.
+        let hash = row.secret_hash.take().unwrap_or_default();
+        Ok((row.try_into()?, SecretHash::from_stored(hash)))
     })
     .transpose()
 }
@@ -518,20 +554,22 @@ pub async fn check_live(
 ) -> Result<bool, StoreError> {
     let live: Option<bool> = match touch {
         Some(ip) => {
-            sqlx::query_scalar(
-                "UPDATE api_keys SET last_used_at = now(), last_used_ip = $2::text::inet
-              WHERE key_id = $1 AND revoked_at IS NULL RETURNING true",
+            sqlx::query_scalar!(
+                r#"UPDATE api_keys SET last_used_at = now(), last_used_ip = $2::text::inet
+                    WHERE key_id = $1 AND revoked_at IS NULL RETURNING true AS "live!""#,
+                id.as_str(),
+                ip.to_canonical().to_string(),
             )
-            .bind(id.as_str())
-            .bind(ip.to_canonical().to_string())
             .fetch_optional(tx.conn())
             .await?
         }
         None => {
-            sqlx::query_scalar("SELECT revoked_at IS NULL FROM api_keys WHERE key_id = $1")
-                .bind(id.as_str())
-                .fetch_optional(tx.conn())
-                .await?
+            sqlx::query_scalar!(
+                r#"SELECT revoked_at IS NULL AS "live!" FROM api_keys WHERE key_id = $1"#,
+                id.as_str(),
+            )
+            .fetch_optional(tx.conn())
+            .await?
         }
     };
     Ok(live.unwrap_or(false))
@@ -602,11 +640,12 @@ async fn check_scope_exists(
 ) -> Result<(), StoreError> {
     let Some(scope) = scope else { return Ok(()) };
     let ids: Vec<uuid::Uuid> = scope.iter().map(|g| g.0).collect();
-    let found: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM device_groups WHERE group_id = ANY($1::uuid[])")
-            .bind(&ids)
-            .fetch_one(tx.conn())
-            .await?;
+    let found = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM device_groups WHERE group_id = ANY($1::uuid[])"#,
+        &ids,
+    )
+    .fetch_one(tx.conn())
+    .await?;
     let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
     if usize::try_from(found).unwrap_or(0) != distinct {
         return Err(StoreError::Invalid {
@@ -617,48 +656,42 @@ async fn check_scope_exists(
     Ok(())
 }
 
-fn key_from_row(row: &sqlx::postgres::PgRow) -> Result<ApiKey, StoreError> {
-    let role: String = row.try_get("role")?;
-    let role = Role::from_name(&role).ok_or_else(|| StoreError::Invalid {
-        field: "stored role",
-        reason: format!("unknown value {role:?}"),
-    })?;
-    let id: String = row.try_get("key_id")?;
-    let cidrs: Option<Vec<String>> = row.try_get("allowed_cidrs")?;
-    let allowed_cidrs = cidrs
-        .map(|texts| {
-            texts
-                .iter()
-                .map(|t| {
-                    t.parse::<IpNet>().map_err(|e| StoreError::Invalid {
-                        field: "stored allowed_cidrs",
-                        reason: format!("{t:?}: {e}"),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
-    let scope: Option<Vec<uuid::Uuid>> = row.try_get("group_scope")?;
-    let last_ip: Option<String> = row.try_get("last_used_ip")?;
-    Ok(ApiKey {
-        tenant_id: row.try_get("tenant_id")?,
-        id: id.parse().map_err(|_| StoreError::Invalid {
-            field: "stored API key id",
-            reason: "not 12 base62 characters".into(),
-        })?,
-        name: row.try_get("name")?,
-        role,
-        group_scope: scope.map(|ids| ids.into_iter().map(DeviceGroupId).collect()),
-        expires_at: row.try_get("expires_at")?,
-        allowed_cidrs,
-        cors_origins: row.try_get("cors_origins")?,
-        created_at: row.try_get("created_at")?,
-        created_by: row.try_get("created_by")?,
-        revoked_at: row.try_get("revoked_at")?,
-        revoked_by: row.try_get("revoked_by")?,
-        last_used_at: row.try_get("last_used_at")?,
-        last_used_ip: last_ip.and_then(|t| t.parse().ok()),
+/// A stored key id, checked again on the way out.
+fn stored_key_id(text: &str) -> Result<ApiKeyId, StoreError> {
+    text.parse().map_err(|_| StoreError::Invalid {
+        field: "stored API key id",
+        reason: "not 12 base62 characters".into(),
     })
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+    fn try_from(row: KeyRow) -> Result<Self, StoreError> {
+        let role = Role::from_name(&row.role).ok_or_else(|| StoreError::Invalid {
+            field: "stored role",
+            reason: format!("unknown value {:?}", row.role),
+        })?;
+        let allowed_cidrs = row
+            .allowed_cidrs
+            .map(|texts| crate::text::parse_stored_cidrs("stored allowed_cidrs", &texts))
+            .transpose()?;
+        Ok(ApiKey {
+            tenant_id: row.tenant_id,
+            id: stored_key_id(&row.key_id)?,
+            name: row.name,
+            role,
+            group_scope: row.group_scope,
+            expires_at: row.expires_at,
+            allowed_cidrs,
+            cors_origins: row.cors_origins,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            revoked_at: row.revoked_at,
+            revoked_by: row.revoked_by,
+            last_used_at: row.last_used_at,
+            last_used_ip: row.last_used_ip.and_then(|t| t.parse().ok()),
+        })
+    }
 }
 
 #[cfg(test)]

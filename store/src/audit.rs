@@ -29,7 +29,6 @@
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use time::OffsetDateTime;
 
 pub use crate::audit_names::{Action, Actor, OperatorName, Target};
@@ -118,11 +117,11 @@ impl AuditEvent {
 /// Creates the head of a new tenant's chain. Called once, by tenant creation.
 pub(crate) async fn create_chain_head(tx: &mut TenantTx) -> Result<(), StoreError> {
     let tenant = tx.tenant();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_chain_heads (tenant_id, last_seq, last_hash) VALUES ($1, 0, $2)",
+        tenant as TenantId,
+        &GENESIS_HASH[..],
     )
-    .bind(tenant)
-    .bind(&GENESIS_HASH[..])
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -173,26 +172,28 @@ async fn append_raw(
         tenant_id, last_seq, prev_hash, actor, action, target, details,
     )?;
     insert_event(tx, &event).await?;
-    sqlx::query("UPDATE audit_chain_heads SET last_seq = $2, last_hash = $3 WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .bind(event.seq)
-        .bind(&event.hash[..])
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "UPDATE audit_chain_heads SET last_seq = $2, last_hash = $3 WHERE tenant_id = $1",
+        tenant_id as TenantId,
+        event.seq,
+        &event.hash[..],
+    )
+    .execute(tx.conn())
+    .await?;
     Ok(event)
 }
 
 /// Locks the tenant's head row until the end of the transaction and reads it.
 async fn lock_head(tx: &mut TenantTx) -> Result<(i64, [u8; 32]), StoreError> {
     let tenant = tx.tenant();
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT last_seq, last_hash FROM audit_chain_heads WHERE tenant_id = $1 FOR UPDATE",
+        tenant as TenantId,
     )
-    .bind(tenant)
     .fetch_optional(tx.conn())
     .await?
     .ok_or(StoreError::NotFound("audit chain head"))?;
-    Ok((row.try_get("last_seq")?, hash_column(&row, "last_hash")?))
+    Ok((row.last_seq, stored_hash("last_hash", row.last_hash)?))
 }
 
 fn seal_next_event(
@@ -224,20 +225,20 @@ fn seal_next_event(
 }
 
 async fn insert_event(tx: &mut TenantTx, event: &AuditEvent) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_events
              (tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        event.tenant_id as TenantId,
+        event.seq,
+        event.occurred_at,
+        event.actor,
+        event.action,
+        event.target,
+        event.details,
+        &event.prev_hash[..],
+        &event.hash[..],
     )
-    .bind(event.tenant_id)
-    .bind(event.seq)
-    .bind(event.occurred_at)
-    .bind(&event.actor)
-    .bind(&event.action)
-    .bind(&event.target)
-    .bind(&event.details)
-    .bind(&event.prev_hash[..])
-    .bind(&event.hash[..])
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -249,33 +250,40 @@ pub async fn list_after(
     after: i64,
     limit: i64,
 ) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash
-           FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(tx.conn())
-    .await?;
-    rows.iter().map(event_from_row).collect()
+    list(tx, &AuditFilter::default(), after, limit).await
 }
 
-fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
-        tenant_id: row.try_get("tenant_id")?,
-        seq: row.try_get("seq")?,
-        occurred_at: row.try_get("occurred_at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        target: row.try_get("target")?,
-        details: row.try_get("details")?,
-        prev_hash: hash_column(row, "prev_hash")?,
-        hash: hash_column(row, "hash")?,
-    })
+/// An `audit_events` row as selected: the macros' target.
+struct EventRow {
+    tenant_id: TenantId,
+    seq: i64,
+    occurred_at: OffsetDateTime,
+    actor: String,
+    action: String,
+    target: String,
+    details: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
 }
 
-fn hash_column(row: &sqlx::postgres::PgRow, column: &'static str) -> Result<[u8; 32], StoreError> {
-    let bytes: Vec<u8> = row.try_get(column)?;
+impl TryFrom<EventRow> for AuditEvent {
+    type Error = StoreError;
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        Ok(AuditEvent {
+            tenant_id: row.tenant_id,
+            seq: row.seq,
+            occurred_at: row.occurred_at,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            details: row.details,
+            prev_hash: stored_hash("prev_hash", row.prev_hash)?,
+            hash: stored_hash("hash", row.hash)?,
+        })
+    }
+}
+
+fn stored_hash(column: &'static str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
     bytes.try_into().map_err(|_| StoreError::Invalid {
         field: column,
         reason: "stored hash is not 32 bytes".into(),
@@ -375,19 +383,20 @@ async fn check_head(
     last_hash: &[u8; 32],
 ) -> Result<Option<ChainVerdict>, StoreError> {
     let tenant = tx.tenant();
-    let head =
-        sqlx::query("SELECT last_seq, last_hash FROM audit_chain_heads WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(tx.conn())
-            .await?;
+    let head = sqlx::query!(
+        "SELECT last_seq, last_hash FROM audit_chain_heads WHERE tenant_id = $1",
+        tenant as TenantId,
+    )
+    .fetch_optional(tx.conn())
+    .await?;
     let Some(head) = head else {
         return Ok(Some(ChainVerdict::Broken {
             seq: last_seq + 1,
             reason: ChainBreak::HeadMissing,
         }));
     };
-    let head_seq: i64 = head.try_get("last_seq")?;
-    let head_hash = hash_column(&head, "last_hash")?;
+    let head_seq = head.last_seq;
+    let head_hash = stored_hash("last_hash", head.last_hash)?;
     if head_seq != last_seq {
         // Rows after `last_seq` were removed (head ahead) or the head was rolled back (head behind).
         let seq = head_seq.min(last_seq) + 1;
@@ -446,8 +455,10 @@ pub async fn list(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<AuditEvent>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash
+    let rows = sqlx::query_as!(
+        EventRow,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", seq, occurred_at, actor, action, target,
+                  details, prev_hash, hash
            FROM audit_events
           WHERE seq > $1
             AND ($2::text IS NULL OR actor = $2)
@@ -456,24 +467,24 @@ pub async fn list(
             AND ($5::timestamptz IS NULL OR occurred_at >= $5)
             AND ($6::timestamptz IS NULL OR occurred_at < $6)
             AND ($7::bigint IS NULL OR seq <= $7)
-          ORDER BY seq LIMIT $8",
+          ORDER BY seq LIMIT $8"#,
+        after_seq,
+        filter.actor.as_deref(),
+        filter.action.as_deref(),
+        filter.target.as_deref(),
+        filter.since,
+        filter.until,
+        filter.through_seq,
+        limit,
     )
-    .bind(after_seq)
-    .bind(&filter.actor)
-    .bind(&filter.action)
-    .bind(&filter.target)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.through_seq)
-    .bind(limit)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(event_from_row).collect()
+    rows.into_iter().map(AuditEvent::try_from).collect()
 }
 
 /// The highest seq among the transaction's tenant events; 0 when it has none.
 pub async fn last_event_seq(tx: &mut TenantTx) -> Result<i64, StoreError> {
-    let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM audit_events")
+    let last = sqlx::query_scalar!("SELECT max(seq) FROM audit_events")
         .fetch_one(tx.conn())
         .await?;
     Ok(last.unwrap_or(0))
@@ -566,7 +577,7 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn sample(seq: i64) -> AuditEvent {
+    pub(super) fn sample(seq: i64) -> AuditEvent {
         let mut event = AuditEvent {
             tenant_id: TenantId(Uuid::from_u128(7)),
             seq,
@@ -633,7 +644,7 @@ mod tests {
 
     #[test]
     fn link_check_names_each_kind_of_break() {
-        let event = sample(1);
+        let event = super::tests::sample(1);
         assert_eq!(check_link(&event, 1, &GENESIS_HASH), None);
         assert_eq!(
             check_link(&event, 2, &GENESIS_HASH),
@@ -845,18 +856,7 @@ mod export_tests {
     #[test]
     fn the_pinned_event_re_verifies_from_csv() {
         // The event whose hash tests::canonical_encoding_is_stable pins.
-        let mut event = AuditEvent {
-            tenant_id: TenantId(Uuid::from_u128(7)),
-            seq: 1,
-            occurred_at: from_unix_micros(1_700_000_000_123_456),
-            actor: "operator:alice".into(),
-            action: "device.revoke".into(),
-            target: "device:1".into(),
-            details: r#"{"reason":"lost"}"#.into(),
-            prev_hash: GENESIS_HASH,
-            hash: [0; 32],
-        };
-        event.hash = event.recompute_hash();
+        let event = super::tests::sample(1);
         let csv = export(&[event]);
         assert!(
             csv.contains(",4c0e565901a45bc9fcc18e22bd4d8bd95f467c910dedbc00432ae0b74ef604f8\r\n")

@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool, Row};
+use sqlx::{ConnectOptions, PgPool};
 
 use crate::cluster::{self, ClusterOptions, PrivateCluster};
-use crate::tenants::{tenant_from_row, Tenant};
+use crate::tenants::Tenant;
 use crate::{StoreError, TenantId, TenantTx};
 
 /// The role fleetd works as: no superuser, no BYPASSRLS, owns nothing. Created by the migrations.
@@ -46,9 +46,13 @@ impl DatabaseSettings {
 pub enum Purpose {
     /// fleetd: starts the private cluster itself and refuses a tenant without a chain head.
     Server,
-    /// fleetctl: uses the private cluster of a running fleetd if there is one, and skips the
-    /// chain-head check so that `audit verify` can report the damage.
+    /// fleetctl: uses the private cluster of a running fleetd if there is one, skips the
+    /// chain-head check so that `audit verify` can report the damage, and never migrates:
+    /// [`StoreError::SchemaMismatch`] unless the schema is exactly this build's.
     Tool,
+    /// `fleetctl db migrate`: as [`Purpose::Tool`], but applies the migrations the database
+    /// lacks (refusing a database whose schema is newer than this build's).
+    Migrate,
 }
 
 /// An open database: both handles, and the private cluster when fleetplane runs one.
@@ -64,7 +68,7 @@ impl Database {
     /// Starts or reaches the database, applies migrations, runs the start-up checks of `purpose`
     /// and opens the application pool.
     pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> Result<Self, StoreError> {
-        let attach = purpose == Purpose::Tool;
+        let attach = purpose != Purpose::Server;
         let (owner_options, cluster) = match &settings.url {
             Some(url) => (parse_url(url)?, None),
             None => {
@@ -83,7 +87,17 @@ impl Database {
             }
         };
         let admin = AdminDb::connect(&owner_options, settings.connect_timeout).await?;
-        admin.migrate().await?;
+        match purpose {
+            Purpose::Server => admin.migrate().await?,
+            Purpose::Tool => admin.schema_version().await?.check()?,
+            Purpose::Migrate => {
+                let version = admin.schema_version().await?;
+                if version.found > version.expected {
+                    version.check()?;
+                }
+                admin.migrate().await?;
+            }
+        }
         admin.check_can_see_all_tenants().await?;
         if purpose == Purpose::Server {
             admin.check_chain_heads().await?;
@@ -143,6 +157,34 @@ fn app_role_options(owner: &PgConnectOptions, password: Option<&str>) -> PgConne
     options.log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
 }
 
+/// Where the database's schema stands against this build's migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchemaVersion {
+    /// The newest migration applied to the database (0: none, or not a fleetplane database).
+    pub found: i64,
+    /// The newest migration embedded in this build.
+    pub expected: i64,
+}
+
+impl SchemaVersion {
+    /// [`StoreError::SchemaMismatch`] unless the two are the same.
+    pub fn check(self) -> Result<(), StoreError> {
+        if self.found == self.expected {
+            Ok(())
+        } else {
+            Err(StoreError::SchemaMismatch {
+                found: self.found,
+                expected: self.expected,
+            })
+        }
+    }
+}
+
+/// The newest migration embedded in this build: the schema version it expects.
+pub fn expected_schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
 /// The owner role: migrations, start-up checks, and the cross-tenant listings that bootstrap
 /// needs. Not for request work.
 #[derive(Clone)]
@@ -166,45 +208,70 @@ impl AdminDb {
         Ok(())
     }
 
-    async fn check_can_see_all_tenants(&self) -> Result<(), StoreError> {
-        let row = sqlx::query("SELECT current_user AS role, rolsuper OR rolbypassrls AS sees_all FROM pg_roles WHERE rolname = current_user")
+    /// The newest successfully applied migration against this build's newest.
+    pub async fn schema_version(&self) -> Result<SchemaVersion, StoreError> {
+        // Dynamic: `_sqlx_migrations` is sqlx's bookkeeping, absent from a database that was
+        // never migrated (and from the one .ci/sqlx-offline describes queries against).
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let found: i64 = if exists {
+            sqlx::query_scalar(
+                "SELECT coalesce(max(version), 0) FROM public._sqlx_migrations WHERE success",
+            )
             .fetch_one(&self.pool)
-            .await?;
-        if row.try_get("sees_all")? {
+            .await?
+        } else {
+            0
+        };
+        Ok(SchemaVersion {
+            found,
+            expected: expected_schema_version(),
+        })
+    }
+
+    async fn check_can_see_all_tenants(&self) -> Result<(), StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT current_user AS "role!", rolsuper OR rolbypassrls AS "sees_all!"
+                 FROM pg_roles WHERE rolname = current_user"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if row.sees_all {
             Ok(())
         } else {
-            Err(StoreError::OwnerCannotSeeAllTenants {
-                role: row.try_get("role")?,
-            })
+            Err(StoreError::OwnerCannotSeeAllTenants { role: row.role })
         }
     }
 
     /// Refuses when any tenant lacks the head row of its audit chain.
     pub async fn check_chain_heads(&self) -> Result<(), StoreError> {
-        let missing = sqlx::query(
-            "SELECT t.tenant_id, t.name FROM tenants t
-               LEFT JOIN audit_chain_heads h USING (tenant_id)
-              WHERE h.tenant_id IS NULL ORDER BY t.created_at LIMIT 1",
+        let missing = sqlx::query!(
+            r#"SELECT t.tenant_id AS "tenant_id: TenantId", t.name FROM tenants t
+                 LEFT JOIN audit_chain_heads h USING (tenant_id)
+                WHERE h.tenant_id IS NULL ORDER BY t.created_at LIMIT 1"#
         )
         .fetch_optional(&self.pool)
         .await?;
         match missing {
             None => Ok(()),
             Some(row) => Err(StoreError::MissingChainHead {
-                tenant_id: row.try_get("tenant_id")?,
-                name: row.try_get("name")?,
+                tenant_id: row.tenant_id,
+                name: row.name,
             }),
         }
     }
 
     /// Every tenant, oldest first.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tenant_id, name, created_at FROM tenants ORDER BY created_at, tenant_id",
+        Ok(sqlx::query_as!(
+            Tenant,
+            r#"SELECT tenant_id AS "id: TenantId", name, created_at
+                 FROM tenants ORDER BY created_at, tenant_id"#
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(tenant_from_row).collect()
+        .await?)
     }
 }
 
@@ -241,7 +308,9 @@ impl AppDb {
 
     /// Checks that the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(())
     }
 }

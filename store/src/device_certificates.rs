@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 
 use serde_json::json;
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::audit::{self, Action, Actor, Target};
@@ -31,9 +30,6 @@ pub struct DeviceCertificateRecord {
     pub enrollment_token_id: Option<EnrollmentTokenId>,
 }
 
-const COLUMNS: &str =
-    "tenant_id, serial, device_id, not_before, not_after, issued_at, enrollment_token_id";
-
 /// Records a certificate issued to `device` (enrollment calls it from
 /// [`crate::devices::enroll`], which writes the audit event).
 pub(crate) async fn record(
@@ -43,20 +39,23 @@ pub(crate) async fn record(
     enrollment_token: Option<EnrollmentTokenId>,
 ) -> Result<DeviceCertificateRecord, StoreError> {
     let tenant = tx.tenant();
-    let row = sqlx::query(&format!(
-        "INSERT INTO device_certificates
-             (tenant_id, serial, device_id, not_before, not_after, enrollment_token_id)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-    ))
-    .bind(tenant)
-    .bind(&cert.serial)
-    .bind(device)
-    .bind(cert.not_before)
-    .bind(cert.not_after)
-    .bind(enrollment_token)
+    Ok(sqlx::query_as!(
+        DeviceCertificateRecord,
+        r#"INSERT INTO device_certificates
+               (tenant_id, serial, device_id, not_before, not_after, enrollment_token_id)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           RETURNING tenant_id AS "tenant_id: TenantId", serial, device_id AS "device_id: DeviceId",
+                     not_before, not_after, issued_at,
+                     enrollment_token_id AS "enrollment_token_id: EnrollmentTokenId""#,
+        tenant as TenantId,
+        cert.serial,
+        device as DeviceId,
+        cert.not_before,
+        cert.not_after,
+        enrollment_token as Option<EnrollmentTokenId>,
+    )
     .fetch_one(tx.conn())
-    .await?;
-    record_from_row(&row)
+    .await?)
 }
 
 /// Records the certificate a device obtained by renewal and appends the
@@ -90,23 +89,14 @@ pub async fn list_for_device(
     tx: &mut TenantTx,
     device: DeviceId,
 ) -> Result<Vec<DeviceCertificateRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM device_certificates WHERE device_id = $1 ORDER BY not_after DESC"
-    ))
-    .bind(device)
+    Ok(sqlx::query_as!(
+        DeviceCertificateRecord,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", serial, device_id AS "device_id: DeviceId",
+                  not_before, not_after, issued_at,
+                  enrollment_token_id AS "enrollment_token_id: EnrollmentTokenId"
+             FROM device_certificates WHERE device_id = $1 ORDER BY not_after DESC"#,
+        device as DeviceId,
+    )
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter().map(record_from_row).collect()
-}
-
-fn record_from_row(row: &sqlx::postgres::PgRow) -> Result<DeviceCertificateRecord, StoreError> {
-    Ok(DeviceCertificateRecord {
-        tenant_id: row.try_get("tenant_id")?,
-        serial: row.try_get("serial")?,
-        device_id: row.try_get("device_id")?,
-        not_before: row.try_get("not_before")?,
-        not_after: row.try_get("not_after")?,
-        issued_at: row.try_get("issued_at")?,
-        enrollment_token_id: row.try_get("enrollment_token_id")?,
-    })
+    .await?)
 }

@@ -7,7 +7,6 @@
 //! returns only tenant and status: it cannot list devices. Maintenance functions of the same kind
 //! ([`crate::records::ensure_partitions`]) are called the same way.
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::{AppDb, DeviceId, StoreError, TenantId, TenantTx};
@@ -32,21 +31,17 @@ pub async fn lookup(app: &AppDb, devices: &[DeviceId]) -> Result<Vec<DirectoryEn
     for chunk in devices.chunks(MAX_LOOKUP) {
         let ids: Vec<Uuid> = chunk.iter().map(|d| d.0).collect();
         let mut tx = begin_without_tenant(app).await?;
-        let rows = sqlx::query(
-            "SELECT device_id, tenant_id, status = 'revoked' AS revoked
-               FROM fleet_device_directory($1::uuid[])",
+        let rows = sqlx::query_as!(
+            DirectoryEntry,
+            r#"SELECT device_id AS "device_id!: DeviceId", tenant_id AS "tenant_id!: TenantId",
+                      status = 'revoked' AS "revoked!"
+                 FROM fleet_device_directory($1::uuid[])"#,
+            &ids,
         )
-        .bind(&ids)
         .fetch_all(tx.conn())
         .await?;
         tx.commit().await?;
-        for row in rows {
-            entries.push(DirectoryEntry {
-                device_id: DeviceId(row.try_get("device_id")?),
-                tenant_id: TenantId(row.try_get("tenant_id")?),
-                revoked: row.try_get("revoked")?,
-            });
-        }
+        entries.extend(rows);
     }
     Ok(entries)
 }

@@ -6,12 +6,10 @@
 //! changes nothing about what a key may see.
 
 use serde_json::json;
-use sqlx::Row;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::audit::{self, Action, Actor, Target};
-use crate::{DeviceGroupId, StoreError, TenantTx};
+use crate::{DeviceGroupId, StoreError, TenantId, TenantTx};
 
 /// The group every tenant starts with, and where devices go when nothing else is said.
 pub const DEFAULT_GROUP: &str = "default";
@@ -51,25 +49,28 @@ impl GroupScope {
     }
 
     /// The ids to bind as `$n::uuid[]` in a filter `($n IS NULL OR group_id = ANY($n))`.
-    pub(crate) fn bind_value(&self) -> Option<Vec<Uuid>> {
+    pub(crate) fn bind_value(&self) -> Option<&[DeviceGroupId]> {
         match self {
             GroupScope::All => None,
-            GroupScope::Only(ids) => Some(ids.iter().map(|g| g.0).collect()),
+            GroupScope::Only(ids) => Some(ids),
         }
     }
 }
 
-const COLUMNS: &str = "g.group_id, g.name, g.created_at,
-     (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS device_count";
-
 /// Creates a tenant's `default` group (tenant creation calls it; not audited on its own).
 pub(crate) async fn create_default(tx: &mut TenantTx) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO device_groups (tenant_id, group_id, name) VALUES ($1, $2, $3)")
-        .bind(tx.tenant())
-        .bind(Uuid::new_v4())
-        .bind(DEFAULT_GROUP)
-        .execute(tx.conn())
-        .await?;
+    insert(tx, DeviceGroupId::new_random(), DEFAULT_GROUP).await
+}
+
+async fn insert(tx: &mut TenantTx, id: DeviceGroupId, name: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO device_groups (tenant_id, group_id, name) VALUES ($1, $2, $3)",
+        tx.tenant() as TenantId,
+        id as DeviceGroupId,
+        name,
+    )
+    .execute(tx.conn())
+    .await?;
     Ok(())
 }
 
@@ -84,12 +85,7 @@ pub async fn create(
         return Err(StoreError::Conflict("a device group with this name exists"));
     }
     let id = DeviceGroupId::new_random();
-    sqlx::query("INSERT INTO device_groups (tenant_id, group_id, name) VALUES ($1, $2, $3)")
-        .bind(tx.tenant())
-        .bind(id)
-        .bind(name)
-        .execute(tx.conn())
-        .await?;
+    insert(tx, id, name).await?;
     audit::append(
         tx,
         actor,
@@ -121,11 +117,13 @@ pub async fn rename(
     if find_by_name(tx, new_name).await?.is_some() {
         return Err(StoreError::Conflict("a device group with this name exists"));
     }
-    sqlx::query("UPDATE device_groups SET name = $2 WHERE group_id = $1")
-        .bind(id)
-        .bind(new_name)
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "UPDATE device_groups SET name = $2 WHERE group_id = $1",
+        id as DeviceGroupId,
+        new_name,
+    )
+    .execute(tx.conn())
+    .await?;
     audit::append(
         tx,
         actor,
@@ -154,20 +152,23 @@ pub async fn delete(
             "the device group still has devices; move them first",
         ));
     }
-    let tokens: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM enrollment_tokens WHERE device_group = $1")
-            .bind(&group.name)
-            .fetch_one(tx.conn())
-            .await?;
+    let tokens = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM enrollment_tokens WHERE device_group = $1"#,
+        group.name,
+    )
+    .fetch_one(tx.conn())
+    .await?;
     if tokens > 0 {
         return Err(StoreError::Conflict(
             "enrollment tokens still enroll into this device group",
         ));
     }
-    sqlx::query("DELETE FROM device_groups WHERE group_id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "DELETE FROM device_groups WHERE group_id = $1",
+        id as DeviceGroupId
+    )
+    .execute(tx.conn())
+    .await?;
     audit::append(
         tx,
         actor,
@@ -185,15 +186,17 @@ pub async fn get(
     id: DeviceGroupId,
     scope: &GroupScope,
 ) -> Result<Option<DeviceGroup>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM device_groups g
-          WHERE g.group_id = $1 AND ($2::uuid[] IS NULL OR g.group_id = ANY($2))"
-    ))
-    .bind(id)
-    .bind(scope.bind_value())
+    Ok(sqlx::query_as!(
+        DeviceGroup,
+        r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
+                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
+             FROM device_groups g
+            WHERE g.group_id = $1 AND ($2::uuid[] IS NULL OR g.group_id = ANY($2))"#,
+        id as DeviceGroupId,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
+    )
     .fetch_optional(tx.conn())
-    .await?;
-    row.as_ref().map(group_from_row).transpose()
+    .await?)
 }
 
 /// The group with this name, if it exists (any scope: for uniqueness and references).
@@ -201,13 +204,15 @@ pub async fn find_by_name(
     tx: &mut TenantTx,
     name: &str,
 ) -> Result<Option<DeviceGroup>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM device_groups g WHERE g.name = $1"
-    ))
-    .bind(name)
+    Ok(sqlx::query_as!(
+        DeviceGroup,
+        r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
+                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
+             FROM device_groups g WHERE g.name = $1"#,
+        name,
+    )
     .fetch_optional(tx.conn())
-    .await?;
-    row.as_ref().map(group_from_row).transpose()
+    .await?)
 }
 
 /// Groups in `scope` ordered by name, after `after`, at most `limit`.
@@ -217,30 +222,23 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeviceGroup>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM device_groups g
-          WHERE ($1::uuid[] IS NULL OR g.group_id = ANY($1))
-            AND ($2::text IS NULL OR g.name > $2)
-          ORDER BY g.name LIMIT $3"
-    ))
-    .bind(scope.bind_value())
-    .bind(after)
-    .bind(limit)
+    Ok(sqlx::query_as!(
+        DeviceGroup,
+        r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
+                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
+             FROM device_groups g
+            WHERE ($1::uuid[] IS NULL OR g.group_id = ANY($1))
+              AND ($2::text IS NULL OR g.name > $2)
+            ORDER BY g.name LIMIT $3"#,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
+        after,
+        limit,
+    )
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter().map(group_from_row).collect()
+    .await?)
 }
 
 /// Checks a group name before the database does.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
     crate::text::check_text("name", name)
-}
-
-fn group_from_row(row: &sqlx::postgres::PgRow) -> Result<DeviceGroup, StoreError> {
-    Ok(DeviceGroup {
-        id: row.try_get("group_id")?,
-        name: row.try_get("name")?,
-        created_at: row.try_get("created_at")?,
-        device_count: row.try_get("device_count")?,
-    })
 }

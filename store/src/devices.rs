@@ -9,14 +9,13 @@ use std::net::IpAddr;
 
 use serde_json::json;
 use sqlx::types::Json;
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::audit::{self, Action, Actor, Target};
 use crate::device_groups::{self, GroupScope};
 use crate::enrollment_tokens::{Admission, EnrollmentToken};
 use crate::text::{check_labels, check_text};
-use crate::{revocations, DeviceId, StoreError, TenantId, TenantTx};
+use crate::{revocations, DeviceGroupId, DeviceId, StoreError, TenantId, TenantTx};
 
 /// Longest device name, label key or label value, in bytes.
 pub use crate::text::MAX_TEXT_LEN;
@@ -89,8 +88,35 @@ pub struct Device {
     pub last_seen_at: Option<OffsetDateTime>,
 }
 
-const COLUMNS: &str = "d.tenant_id, d.device_id, d.name, d.device_group, d.labels, d.status, \
-     d.online, d.created_at, d.last_seen_at";
+/// A `devices` row as selected: the macros' target, turned into a [`Device`].
+struct DeviceRow {
+    tenant_id: TenantId,
+    device_id: DeviceId,
+    name: String,
+    device_group: String,
+    labels: Json<BTreeMap<String, String>>,
+    status: String,
+    online: bool,
+    created_at: OffsetDateTime,
+    last_seen_at: Option<OffsetDateTime>,
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = StoreError;
+    fn try_from(row: DeviceRow) -> Result<Self, StoreError> {
+        Ok(Device {
+            tenant_id: row.tenant_id,
+            id: row.device_id,
+            name: row.name,
+            group: row.device_group,
+            labels: row.labels.0,
+            status: DeviceStatus::parse(&row.status)?,
+            online: row.online,
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+        })
+    }
+}
 
 /// Creates a device in the transaction's tenant with a fresh id, outside enrollment (imports,
 /// tests); audited as `device.create`. The group must exist.
@@ -162,18 +188,22 @@ async fn insert(tx: &mut TenantTx, id: DeviceId, new: &NewDevice) -> Result<Devi
     check_labels("labels", &new.labels)?;
     require_group(tx, &new.group).await?;
     let tenant = tx.tenant();
-    let row = sqlx::query(&format!(
-        "INSERT INTO devices AS d (tenant_id, device_id, name, device_group, labels)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .bind(&new.name)
-    .bind(&new.group)
-    .bind(Json(&new.labels))
+    sqlx::query_as!(
+        DeviceRow,
+        r#"INSERT INTO devices AS d (tenant_id, device_id, name, device_group, labels)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
+                     d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
+                     d.status, d.online, d.created_at, d.last_seen_at"#,
+        tenant as TenantId,
+        id as DeviceId,
+        new.name,
+        new.group,
+        Json(&new.labels) as _,
+    )
     .fetch_one(tx.conn())
-    .await?;
-    device_from_row(&row)
+    .await?
+    .try_into()
 }
 
 async fn require_group(tx: &mut TenantTx, name: &str) -> Result<(), StoreError> {
@@ -198,19 +228,23 @@ pub async fn get_scoped(
     id: DeviceId,
     scope: &GroupScope,
 ) -> Result<Option<Device>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices d WHERE d.device_id = $1 AND {IN_SCOPE_2}"
-    ))
-    .bind(id)
-    .bind(scope.bind_value())
+    sqlx::query_as!(
+        DeviceRow,
+        r#"SELECT d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
+                  d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
+                  d.status, d.online, d.created_at, d.last_seen_at
+             FROM devices d
+            WHERE d.device_id = $1
+              AND ($2::uuid[] IS NULL OR d.device_group IN
+                   (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))"#,
+        id as DeviceId,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
+    )
     .fetch_optional(tx.conn())
-    .await?;
-    row.as_ref().map(device_from_row).transpose()
+    .await?
+    .map(Device::try_from)
+    .transpose()
 }
-
-/// The scope condition on `d.device_group`, with the scope bound as `$2`.
-const IN_SCOPE_2: &str = "($2::uuid[] IS NULL OR d.device_group IN
-     (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))";
 
 /// Which devices a listing wants; every field narrows, `None` does not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -246,9 +280,14 @@ pub async fn list(
         .label
         .as_ref()
         .map(|(k, v)| Json(BTreeMap::from([(k.clone(), v.clone())])));
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices d
-          WHERE {IN_SCOPE_2}
+    let rows = sqlx::query_as!(
+        DeviceRow,
+        r#"SELECT d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
+                  d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
+                  d.status, d.online, d.created_at, d.last_seen_at
+             FROM devices d
+          WHERE ($2::uuid[] IS NULL OR d.device_group IN
+                 (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))
             AND ($1::uuid IS NULL OR d.device_id > $1)
             AND ($3::text IS NULL OR d.device_group = $3)
             AND ($4::jsonb IS NULL OR d.labels @> $4)
@@ -260,22 +299,22 @@ pub async fn list(
             AND ($8::timestamptz IS NULL OR d.last_seen_at < $8)
             AND ($9::timestamptz IS NULL OR d.last_seen_at >= $9)
             AND ($10::text IS NULL OR starts_with(d.name, $10))
-          ORDER BY d.device_id LIMIT $11"
-    ))
-    .bind(after)
-    .bind(scope.bind_value())
-    .bind(&filter.group)
-    .bind(label)
-    .bind(filter.status.map(DeviceStatus::as_str))
-    .bind(filter.online)
-    .bind(filter.pending_security_updates)
-    .bind(filter.last_seen_before)
-    .bind(filter.last_seen_after)
-    .bind(&filter.name_prefix)
-    .bind(limit)
+          ORDER BY d.device_id LIMIT $11"#,
+        after as Option<DeviceId>,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
+        filter.group.as_deref(),
+        label as _,
+        filter.status.map(DeviceStatus::as_str),
+        filter.online,
+        filter.pending_security_updates,
+        filter.last_seen_before,
+        filter.last_seen_after,
+        filter.name_prefix.as_deref(),
+        limit,
+    )
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(device_from_row).collect()
+    rows.into_iter().map(Device::try_from).collect()
 }
 
 /// Renames a device in `scope`.
@@ -290,11 +329,13 @@ pub async fn rename(
     let before = get_scoped(tx, id, scope)
         .await?
         .ok_or(StoreError::NotFound("device"))?;
-    sqlx::query("UPDATE devices SET name = $2 WHERE device_id = $1")
-        .bind(id)
-        .bind(name)
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "UPDATE devices SET name = $2 WHERE device_id = $1",
+        id as DeviceId,
+        name,
+    )
+    .execute(tx.conn())
+    .await?;
     audit::append(
         tx,
         actor,
@@ -318,11 +359,13 @@ pub async fn set_labels(
     let before = get_scoped(tx, id, scope)
         .await?
         .ok_or(StoreError::NotFound("device"))?;
-    sqlx::query("UPDATE devices SET labels = $2 WHERE device_id = $1")
-        .bind(id)
-        .bind(Json(labels))
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "UPDATE devices SET labels = $2 WHERE device_id = $1",
+        id as DeviceId,
+        Json(labels) as _,
+    )
+    .execute(tx.conn())
+    .await?;
     audit::append(
         tx,
         actor,
@@ -357,11 +400,13 @@ pub async fn move_to_group(
             reason: format!("no device group named {group:?}"),
         });
     }
-    sqlx::query("UPDATE devices SET device_group = $2 WHERE device_id = $1")
-        .bind(id)
-        .bind(group)
-        .execute(tx.conn())
-        .await?;
+    sqlx::query!(
+        "UPDATE devices SET device_group = $2 WHERE device_id = $1",
+        id as DeviceId,
+        group,
+    )
+    .execute(tx.conn())
+    .await?;
     audit::append(
         tx,
         actor,
@@ -403,10 +448,12 @@ pub async fn revoke(
     let outcome = if device.status == DeviceStatus::Revoked {
         DeviceRevocation::AlreadyRevoked
     } else {
-        sqlx::query("UPDATE devices SET status = 'revoked' WHERE device_id = $1")
-            .bind(id)
-            .execute(tx.conn())
-            .await?;
+        sqlx::query!(
+            "UPDATE devices SET status = 'revoked' WHERE device_id = $1",
+            id as DeviceId
+        )
+        .execute(tx.conn())
+        .await?;
         DeviceRevocation::Revoked
     };
     if outcome == DeviceRevocation::Revoked {
@@ -427,11 +474,12 @@ pub async fn revoke(
 /// Whether the device exists in the transaction's tenant and may connect. The broker asks this
 /// at every handshake.
 pub async fn is_active(tx: &mut TenantTx, id: DeviceId) -> Result<bool, StoreError> {
-    let active: Option<bool> =
-        sqlx::query_scalar("SELECT status = 'active' FROM devices WHERE device_id = $1")
-            .bind(id)
-            .fetch_optional(tx.conn())
-            .await?;
+    let active = sqlx::query_scalar!(
+        r#"SELECT status = 'active' AS "active!" FROM devices WHERE device_id = $1"#,
+        id as DeviceId
+    )
+    .fetch_optional(tx.conn())
+    .await?;
     Ok(active.unwrap_or(false))
 }
 
@@ -442,27 +490,13 @@ pub async fn record_presence(
     online: bool,
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
-    let done =
-        sqlx::query("UPDATE devices SET online = $2, last_seen_at = $3 WHERE device_id = $1")
-            .bind(id)
-            .bind(online)
-            .bind(at)
-            .execute(tx.conn())
-            .await?;
+    let done = sqlx::query!(
+        "UPDATE devices SET online = $2, last_seen_at = $3 WHERE device_id = $1",
+        id as DeviceId,
+        online,
+        at,
+    )
+    .execute(tx.conn())
+    .await?;
     Ok(done.rows_affected() == 1)
-}
-
-fn device_from_row(row: &sqlx::postgres::PgRow) -> Result<Device, StoreError> {
-    let Json(labels): Json<BTreeMap<String, String>> = row.try_get("labels")?;
-    Ok(Device {
-        tenant_id: row.try_get("tenant_id")?,
-        id: row.try_get("device_id")?,
-        name: row.try_get("name")?,
-        group: row.try_get("device_group")?,
-        labels,
-        status: DeviceStatus::parse(row.try_get("status")?)?,
-        online: row.try_get("online")?,
-        created_at: row.try_get("created_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-    })
 }

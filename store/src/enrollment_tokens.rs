@@ -23,7 +23,6 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::json;
 use sqlx::types::Json;
-use sqlx::Row;
 use time::{Date, OffsetDateTime, Time};
 
 pub use secret::{MalformedToken, PresentedToken, SecretHash, TokenSecret, TokenString};
@@ -153,11 +152,27 @@ pub struct IssuedToken {
     pub secret: TokenString,
 }
 
-const COLUMNS: &str = "tenant_id, token_id, name, allowed_cidrs::text[] AS allowed_cidrs, \
-     daily_limit, max_uses, expires_at, device_group, device_labels, created_at, created_by, \
-     revoked_at, revoked_by, uses, \
-     CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END AS used_today, \
-     last_used_at";
+/// An `enrollment_tokens` row as selected (without its hash): the macros' target.
+struct TokenRow {
+    tenant_id: TenantId,
+    token_id: EnrollmentTokenId,
+    name: String,
+    allowed_cidrs: Vec<String>,
+    daily_limit: i32,
+    max_uses: Option<i64>,
+    expires_at: OffsetDateTime,
+    device_group: String,
+    device_labels: Json<BTreeMap<String, String>>,
+    created_at: OffsetDateTime,
+    created_by: String,
+    revoked_at: Option<OffsetDateTime>,
+    revoked_by: Option<String>,
+    uses: i64,
+    used_today: i32,
+    last_used_at: Option<OffsetDateTime>,
+    /// Selected only for enrollment (NULL elsewhere): nothing else needs the hash.
+    secret_hash: Option<String>,
+}
 
 /// Creates a token in the transaction's tenant and records it in the audit trail. The returned
 /// secret is the only copy.
@@ -191,27 +206,34 @@ pub async fn create(
         .iter()
         .map(|n| n.trunc().to_string())
         .collect();
-    let row = sqlx::query(&format!(
-        "INSERT INTO enrollment_tokens
-             (tenant_id, token_id, name, secret_hash, allowed_cidrs, daily_limit, max_uses,
-              expires_at, device_group, device_labels, created_by)
-         VALUES ($1, $2, $3, $4, $5::text[]::cidr[], $6, $7, $8, $9, $10, $11)
-         RETURNING {COLUMNS}"
-    ))
-    .bind(tenant)
-    .bind(id)
-    .bind(&new.name)
-    .bind(hash.as_str())
-    .bind(&cidrs)
-    .bind(i32::try_from(new.daily_limit).expect("checked"))
-    .bind(new.max_uses.map(|n| i64::try_from(n).expect("checked")))
-    .bind(new.expires_at)
-    .bind(&new.device_group)
-    .bind(Json(&new.device_labels))
-    .bind(actor.to_string())
+    let token: EnrollmentToken = sqlx::query_as!(
+        TokenRow,
+        r#"INSERT INTO enrollment_tokens
+               (tenant_id, token_id, name, secret_hash, allowed_cidrs, daily_limit, max_uses,
+                expires_at, device_group, device_labels, created_by)
+           VALUES ($1, $2, $3, $4, $5::text[]::cidr[], $6, $7, $8, $9, $10, $11)
+           RETURNING tenant_id AS "tenant_id: TenantId", token_id AS "token_id: EnrollmentTokenId", name,
+                     allowed_cidrs::text[] AS "allowed_cidrs!", daily_limit, max_uses, expires_at,
+                     device_group, device_labels AS "device_labels: Json<BTreeMap<String, String>>",
+                     created_at, created_by, revoked_at, revoked_by, uses,
+                     CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
+                         AS "used_today!",
+                     last_used_at, NULL::text AS "secret_hash?""#,
+        tenant as TenantId,
+        id as EnrollmentTokenId,
+        new.name,
+        hash.as_str(),
+        &cidrs,
+        i32::try_from(new.daily_limit).expect("checked"),
+        new.max_uses.map(|n| i64::try_from(n).expect("checked")),
+        new.expires_at,
+        new.device_group,
+        Json(&new.device_labels) as _,
+        actor.to_string(),
+    )
     .fetch_one(tx.conn())
-    .await?;
-    let token = token_from_row(&row)?;
+    .await?
+    .try_into()?;
     audit::append(
         tx,
         actor,
@@ -240,15 +262,23 @@ pub async fn list(
     after: Option<EnrollmentTokenId>,
     limit: i64,
 ) -> Result<Vec<EnrollmentToken>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollment_tokens WHERE ($1::uuid IS NULL OR token_id > $1)
-         ORDER BY token_id LIMIT $2"
-    ))
-    .bind(after)
-    .bind(limit)
+    let rows = sqlx::query_as!(
+        TokenRow,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", token_id AS "token_id: EnrollmentTokenId", name,
+                  allowed_cidrs::text[] AS "allowed_cidrs!", daily_limit, max_uses, expires_at,
+                  device_group, device_labels AS "device_labels: Json<BTreeMap<String, String>>",
+                  created_at, created_by, revoked_at, revoked_by, uses,
+                  CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
+                      AS "used_today!",
+                  last_used_at, NULL::text AS "secret_hash?"
+             FROM enrollment_tokens WHERE ($1::uuid IS NULL OR token_id > $1)
+            ORDER BY token_id LIMIT $2"#,
+        after as Option<EnrollmentTokenId>,
+        limit,
+    )
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(token_from_row).collect()
+    rows.into_iter().map(EnrollmentToken::try_from).collect()
 }
 
 /// One token of the transaction's tenant, if it exists there.
@@ -256,13 +286,33 @@ pub async fn get(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
 ) -> Result<Option<EnrollmentToken>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM enrollment_tokens WHERE token_id = $1"
-    ))
-    .bind(id)
+    read_one(tx, id, false)
+        .await?
+        .map(EnrollmentToken::try_from)
+        .transpose()
+}
+
+/// One token's row, with its hash only when `with_hash` (enrollment).
+async fn read_one(
+    tx: &mut TenantTx,
+    id: EnrollmentTokenId,
+    with_hash: bool,
+) -> Result<Option<TokenRow>, StoreError> {
+    Ok(sqlx::query_as!(
+        TokenRow,
+        r#"SELECT tenant_id AS "tenant_id: TenantId", token_id AS "token_id: EnrollmentTokenId", name,
+                  allowed_cidrs::text[] AS "allowed_cidrs!", daily_limit, max_uses, expires_at,
+                  device_group, device_labels AS "device_labels: Json<BTreeMap<String, String>>",
+                  created_at, created_by, revoked_at, revoked_by, uses,
+                  CASE WHEN used_day = (now() AT TIME ZONE 'UTC')::date THEN used_today ELSE 0 END
+                      AS "used_today!",
+                  last_used_at, CASE WHEN $2 THEN secret_hash END AS "secret_hash?"
+             FROM enrollment_tokens WHERE token_id = $1"#,
+        id as EnrollmentTokenId,
+        with_hash,
+    )
     .fetch_optional(tx.conn())
-    .await?;
-    row.as_ref().map(token_from_row).transpose()
+    .await?)
 }
 
 /// What [`revoke`] did.
@@ -281,12 +331,12 @@ pub async fn revoke(
     id: EnrollmentTokenId,
     actor: &Actor,
 ) -> Result<TokenRevocation, StoreError> {
-    let revoked = sqlx::query(
+    let revoked = sqlx::query!(
         "UPDATE enrollment_tokens SET revoked_at = now(), revoked_by = $2
           WHERE token_id = $1 AND revoked_at IS NULL",
+        id as EnrollmentTokenId,
+        actor.to_string(),
     )
-    .bind(id)
-    .bind(actor.to_string())
     .execute(tx.conn())
     .await?;
     if revoked.rows_affected() == 0 {
@@ -320,16 +370,13 @@ pub async fn load_for_enrollment(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
 ) -> Result<Option<EnrollmentCandidate>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS}, secret_hash FROM enrollment_tokens WHERE token_id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(tx.conn())
-    .await?;
-    row.map(|row| {
+    let row = read_one(tx, id, true).await?;
+    row.map(|mut row| {
+        // NOT NULL in the schema; an empty hash would never verify.
+        let hash = row.secret_hash.take().unwrap_or_default();
         Ok(EnrollmentCandidate {
-            token: token_from_row(&row)?,
-            hash: SecretHash::from_stored(row.try_get("secret_hash")?),
+            token: row.try_into()?,
+            hash: SecretHash::from_stored(hash),
         })
     })
     .transpose()
@@ -390,7 +437,7 @@ async fn take_use(
     tx: &mut TenantTx,
     id: EnrollmentTokenId,
 ) -> Result<Result<Admission, Refusal>, StoreError> {
-    let taken = sqlx::query(
+    let taken = sqlx::query!(
         "UPDATE enrollment_tokens t
             SET uses = t.uses + 1,
                 used_today = CASE WHEN t.used_day = d.today THEN t.used_today + 1 ELSE 1 END,
@@ -403,14 +450,14 @@ async fn take_use(
             AND (t.max_uses IS NULL OR t.uses < t.max_uses)
             AND (t.used_day IS DISTINCT FROM d.today OR t.used_today < t.daily_limit)
       RETURNING t.uses, t.used_today",
+        id as EnrollmentTokenId,
     )
-    .bind(id)
     .fetch_optional(tx.conn())
     .await?;
     match taken {
         Some(row) => Ok(Ok(Admission {
-            uses: to_u64(row.try_get("uses")?),
-            used_today: to_u32(row.try_get("used_today")?),
+            uses: to_u64(row.uses),
+            used_today: to_u32(row.used_today),
         })),
         None => Ok(Err(why_not_taken(tx, id).await?)),
     }
@@ -418,20 +465,20 @@ async fn take_use(
 
 /// After the update matched nothing: which condition failed, on the row as it is now.
 async fn why_not_taken(tx: &mut TenantTx, id: EnrollmentTokenId) -> Result<Refusal, StoreError> {
-    let row = sqlx::query(
-        "SELECT revoked_at IS NOT NULL AS revoked, expires_at <= now() AS expired,
-                (max_uses IS NOT NULL AND uses >= max_uses) AS used_up
-           FROM enrollment_tokens WHERE token_id = $1",
+    let row = sqlx::query!(
+        r#"SELECT revoked_at IS NOT NULL AS "revoked!", expires_at <= now() AS "expired!",
+                  (max_uses IS NOT NULL AND uses >= max_uses) AS "used_up!"
+             FROM enrollment_tokens WHERE token_id = $1"#,
+        id as EnrollmentTokenId,
     )
-    .bind(id)
     .fetch_optional(tx.conn())
     .await?
     .ok_or(StoreError::NotFound("enrollment token"))?;
-    Ok(if row.try_get("revoked")? {
+    Ok(if row.revoked {
         Refusal::Revoked
-    } else if row.try_get("expired")? {
+    } else if row.expired {
         Refusal::Expired
-    } else if row.try_get("used_up")? {
+    } else if row.used_up {
         Refusal::UseLimitReached
     } else {
         Refusal::DailyLimitReached {
@@ -480,37 +527,29 @@ fn check_new(new: &NewEnrollmentToken) -> Result<(), StoreError> {
     check_labels("device_labels", &new.device_labels)
 }
 
-fn token_from_row(row: &sqlx::postgres::PgRow) -> Result<EnrollmentToken, StoreError> {
-    let cidrs: Vec<String> = row.try_get("allowed_cidrs")?;
-    let allowed_cidrs = cidrs
-        .iter()
-        .map(|text| {
-            text.parse::<IpNet>().map_err(|e| StoreError::Invalid {
-                field: "allowed CIDRs",
-                reason: format!("stored value {text:?}: {e}"),
-            })
+impl TryFrom<TokenRow> for EnrollmentToken {
+    type Error = StoreError;
+    fn try_from(row: TokenRow) -> Result<Self, StoreError> {
+        let allowed_cidrs = crate::text::parse_stored_cidrs("allowed CIDRs", &row.allowed_cidrs)?;
+        Ok(EnrollmentToken {
+            tenant_id: row.tenant_id,
+            id: row.token_id,
+            name: row.name,
+            allowed_cidrs,
+            daily_limit: to_u32(row.daily_limit),
+            max_uses: row.max_uses.map(to_u64),
+            expires_at: row.expires_at,
+            device_group: row.device_group,
+            device_labels: row.device_labels.0,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            revoked_at: row.revoked_at,
+            revoked_by: row.revoked_by,
+            uses: to_u64(row.uses),
+            used_today: to_u32(row.used_today),
+            last_used_at: row.last_used_at,
         })
-        .collect::<Result<_, _>>()?;
-    let Json(device_labels): Json<BTreeMap<String, String>> = row.try_get("device_labels")?;
-    let max_uses: Option<i64> = row.try_get("max_uses")?;
-    Ok(EnrollmentToken {
-        tenant_id: row.try_get("tenant_id")?,
-        id: row.try_get("token_id")?,
-        name: row.try_get("name")?,
-        allowed_cidrs,
-        daily_limit: to_u32(row.try_get("daily_limit")?),
-        max_uses: max_uses.map(to_u64),
-        expires_at: row.try_get("expires_at")?,
-        device_group: row.try_get("device_group")?,
-        device_labels,
-        created_at: row.try_get("created_at")?,
-        created_by: row.try_get("created_by")?,
-        revoked_at: row.try_get("revoked_at")?,
-        revoked_by: row.try_get("revoked_by")?,
-        uses: to_u64(row.try_get("uses")?),
-        used_today: to_u32(row.try_get("used_today")?),
-        last_used_at: row.try_get("last_used_at")?,
-    })
+    }
 }
 
 /// Counters the schema keeps non-negative.

@@ -43,6 +43,16 @@ pub enum StoreError {
         name: String,
     },
 
+    /// The database's schema is not the one this program was built for: older (migrations to
+    /// apply) or newer (migrated by a later release). Only a tool refuses so; fleetd migrates.
+    #[error("database schema is at version {found}, this program expects {expected}")]
+    SchemaMismatch {
+        /// The newest migration applied to the database (0: none).
+        found: i64,
+        /// The newest migration embedded in this program.
+        expected: i64,
+    },
+
     /// A row that must exist for the current tenant does not.
     #[error("{0} not found")]
     NotFound(&'static str),

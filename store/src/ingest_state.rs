@@ -8,11 +8,10 @@
 use std::collections::BTreeMap;
 
 use sqlx::types::Json;
-use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{DeviceId, StoreError, TenantTx};
+use crate::{DeviceId, StoreError, TenantId, TenantTx};
 
 /// Longest last-error text kept (the schema enforces the same).
 pub const MAX_ERROR_CHARS: usize = 1000;
@@ -67,38 +66,48 @@ pub async fn lock(
     ids.sort_unstable();
     ids.dedup();
     let tenant = tx.tenant();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO device_ingest_state (tenant_id, device_id)
          SELECT $1, d.device_id FROM devices d
           WHERE d.device_id = ANY ($2::uuid[])
           ORDER BY d.device_id
          ON CONFLICT DO NOTHING",
+        tenant as TenantId,
+        &ids,
     )
-    .bind(tenant)
-    .bind(&ids)
     .execute(tx.conn())
     .await?;
-    let rows = sqlx::query(
-        "SELECT s.device_id, d.status = 'revoked' AS revoked, s.watermark, s.pending_ranges,
-                s.records_committed, s.rejects, s.last_error, s.last_error_reason, s.last_error_at
-           FROM device_ingest_state s
-           JOIN devices d USING (tenant_id, device_id)
-          WHERE s.device_id = ANY ($1::uuid[])
-          ORDER BY s.device_id
-            FOR UPDATE OF s",
+    let rows = sqlx::query!(
+        r#"SELECT s.device_id AS "device_id: DeviceId", d.status = 'revoked' AS "revoked!",
+                  s.watermark, s.pending_ranges, s.records_committed,
+                  s.rejects AS "rejects: Json<BTreeMap<String, i64>>",
+                  s.last_error, s.last_error_reason, s.last_error_at
+             FROM device_ingest_state s
+             JOIN devices d USING (tenant_id, device_id)
+            WHERE s.device_id = ANY ($1::uuid[])
+            ORDER BY s.device_id
+              FOR UPDATE OF s"#,
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(LockedDevice {
-                device_id: DeviceId(row.try_get("device_id")?),
-                revoked: row.try_get("revoked")?,
-                state: state_from_row(row)?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|row| LockedDevice {
+            device_id: row.device_id,
+            revoked: row.revoked,
+            state: StateRow {
+                watermark: row.watermark,
+                pending_ranges: row.pending_ranges,
+                records_committed: row.records_committed,
+                rejects: row.rejects,
+                last_error: row.last_error,
+                last_error_reason: row.last_error_reason,
+                last_error_at: row.last_error_at,
+            }
+            .into(),
         })
-        .collect()
+        .collect())
 }
 
 /// Writes back the state of devices locked by [`lock`] in this transaction, adding
@@ -128,7 +137,7 @@ pub async fn save(
         reasons.push(state.last_error_reason.as_deref());
         error_times.push(state.last_error_at);
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE device_ingest_state s
             SET watermark = u.watermark, pending_ranges = u.pending::bigint[],
                 records_committed = u.committed, rejects = u.rejects, last_error = u.last_error,
@@ -139,15 +148,15 @@ pub async fn save(
                 AS u(device_id, watermark, pending, committed, rejects, last_error,
                      last_error_reason, last_error_at)
           WHERE s.device_id = u.device_id",
+        &ids,
+        &watermarks,
+        &pending,
+        &committed,
+        &rejects as _,
+        &errors as _,
+        &reasons as _,
+        &error_times as _,
     )
-    .bind(&ids)
-    .bind(&watermarks)
-    .bind(&pending)
-    .bind(&committed)
-    .bind(&rejects)
-    .bind(&errors)
-    .bind(&reasons)
-    .bind(&error_times)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -155,32 +164,46 @@ pub async fn save(
 
 /// One device's ingest state, if it has one in the transaction's tenant.
 pub async fn get(tx: &mut TenantTx, device: DeviceId) -> Result<Option<IngestState>, StoreError> {
-    let row = sqlx::query(
-        "SELECT watermark, pending_ranges, records_committed, rejects, last_error,
-                last_error_reason, last_error_at
-           FROM device_ingest_state WHERE device_id = $1",
+    let row = sqlx::query_as!(
+        StateRow,
+        r#"SELECT watermark, pending_ranges, records_committed,
+                  rejects AS "rejects: Json<BTreeMap<String, i64>>",
+                  last_error, last_error_reason, last_error_at
+             FROM device_ingest_state WHERE device_id = $1"#,
+        device as DeviceId,
     )
-    .bind(device)
     .fetch_optional(tx.conn())
     .await?;
-    row.as_ref().map(state_from_row).transpose()
+    Ok(row.map(IngestState::from))
 }
 
-fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<IngestState, StoreError> {
-    let flat: Vec<i64> = row.try_get("pending_ranges")?;
-    let Json(rejects): Json<BTreeMap<String, i64>> = row.try_get("rejects")?;
-    Ok(IngestState {
-        watermark: row.try_get("watermark")?,
-        pending: flat
-            .chunks_exact(2)
-            .map(|pair| (pair[0], pair[1]))
-            .collect(),
-        records_committed: row.try_get("records_committed")?,
-        rejects,
-        last_error: row.try_get("last_error")?,
-        last_error_reason: row.try_get("last_error_reason")?,
-        last_error_at: row.try_get("last_error_at")?,
-    })
+/// A `device_ingest_state` row as selected: the macros' target.
+struct StateRow {
+    watermark: i64,
+    pending_ranges: Vec<i64>,
+    records_committed: i64,
+    rejects: Json<BTreeMap<String, i64>>,
+    last_error: Option<String>,
+    last_error_reason: Option<String>,
+    last_error_at: Option<OffsetDateTime>,
+}
+
+impl From<StateRow> for IngestState {
+    fn from(row: StateRow) -> Self {
+        IngestState {
+            watermark: row.watermark,
+            pending: row
+                .pending_ranges
+                .chunks_exact(2)
+                .map(|pair| (pair[0], pair[1]))
+                .collect(),
+            records_committed: row.records_committed,
+            rejects: row.rejects.0,
+            last_error: row.last_error,
+            last_error_reason: row.last_error_reason,
+            last_error_at: row.last_error_at,
+        }
+    }
 }
 
 /// `{from1,to1,from2,to2}`: a bigint[] literal, since unnest cannot take ragged arrays.

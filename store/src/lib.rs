@@ -32,7 +32,10 @@ pub mod tenants;
 pub mod text;
 mod tx;
 
-pub use connect::{AdminDb, AppDb, Database, DatabaseSettings, Purpose, APP_ROLE};
+pub use connect::{
+    expected_schema_version, AdminDb, AppDb, Database, DatabaseSettings, Purpose, SchemaVersion,
+    APP_ROLE,
+};
 pub use error::StoreError;
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
-use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::{DeviceId, StoreError, TenantTx};
+use crate::device_groups::GroupScope;
+use crate::{DeviceGroupId, DeviceId, StoreError, TenantId, TenantTx};
 
 /// One package of a report.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,14 +95,12 @@ pub async fn apply(
                 changes["os"] = json!({ "from": current.os, "to": os_summary(&report) });
             }
             rewrite_packages(tx, device, &old, &report.packages).await?;
-            write_status(tx, device, &report, &hash).await?;
-            append_history(tx, device, &report, &changes).await?;
+            record_change(tx, device, &report, &hash, &changes).await?;
             Ok(Applied::Changed)
         }
         None => {
             rewrite_packages(tx, device, &[], &report.packages).await?;
-            write_status(tx, device, &report, &hash).await?;
-            append_history(tx, device, &report, &json!({ "initial": true })).await?;
+            record_change(tx, device, &report, &hash, &json!({ "initial": true })).await?;
             Ok(Applied::Changed)
         }
     }
@@ -110,18 +108,17 @@ pub async fn apply(
 
 /// The device's history rows, oldest first: (seq, changes).
 pub async fn history(tx: &mut TenantTx, device: DeviceId) -> Result<Vec<(i64, Value)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT seq, changes FROM device_patch_history WHERE device_id = $1 ORDER BY recorded_at, seq",
+    let rows = sqlx::query!(
+        r#"SELECT seq, changes AS "changes: Json<Value>" FROM device_patch_history
+            WHERE device_id = $1 ORDER BY recorded_at, seq"#,
+        device as DeviceId,
     )
-    .bind(device)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter()
-        .map(|row| {
-            let Json(changes): Json<Value> = row.try_get("changes")?;
-            Ok((row.try_get("seq")?, changes))
-        })
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.seq, row.changes.0))
+        .collect())
 }
 
 /// Sorts by name and keeps the last entry of a repeated name.
@@ -207,45 +204,35 @@ async fn current_summary(
     tx: &mut TenantTx,
     device: DeviceId,
 ) -> Result<Option<Current>, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT seq, recorded_at, content_hash, os_id, os_version, package_manager, reboot_required
            FROM device_patch_status WHERE device_id = $1",
+        device as DeviceId,
     )
-    .bind(device)
     .fetch_optional(tx.conn())
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(Current {
-        seq: row.try_get("seq")?,
-        recorded_at: row.try_get("recorded_at")?,
-        content_hash: row.try_get("content_hash")?,
+    Ok(row.map(|row| Current {
+        seq: row.seq,
+        recorded_at: row.recorded_at,
+        content_hash: row.content_hash,
         os: json!({
-            "os_id": row.try_get::<String, _>("os_id")?,
-            "os_version": row.try_get::<String, _>("os_version")?,
-            "package_manager": row.try_get::<String, _>("package_manager")?,
-            "reboot_required": row.try_get::<bool, _>("reboot_required")?,
+            "os_id": row.os_id,
+            "os_version": row.os_version,
+            "package_manager": row.package_manager,
+            "reboot_required": row.reboot_required,
         }),
     }))
 }
 
 async fn packages(tx: &mut TenantTx, device: DeviceId) -> Result<Vec<PackageRow>, StoreError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as!(
+        PackageRow,
         "SELECT name, installed, candidate, security FROM device_packages
           WHERE device_id = $1 ORDER BY name",
+        device as DeviceId,
     )
-    .bind(device)
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(PackageRow {
-                name: row.try_get("name")?,
-                installed: row.try_get("installed")?,
-                candidate: row.try_get("candidate")?,
-                security: row.try_get("security")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 async fn rewrite_packages(
@@ -261,11 +248,13 @@ async fn rewrite_packages(
         .filter(|name| !new_names.contains(name))
         .collect();
     if !removed.is_empty() {
-        sqlx::query("DELETE FROM device_packages WHERE device_id = $1 AND name = ANY ($2::text[])")
-            .bind(device)
-            .bind(&removed)
-            .execute(tx.conn())
-            .await?;
+        sqlx::query!(
+            "DELETE FROM device_packages WHERE device_id = $1 AND name = ANY ($2::text[])",
+            device as DeviceId,
+            &removed as &[&str],
+        )
+        .execute(tx.conn())
+        .await?;
     }
     let old_set: std::collections::BTreeSet<&PackageRow> = old.iter().collect();
     let upserts: Vec<&PackageRow> = new.iter().filter(|p| !old_set.contains(p)).collect();
@@ -277,19 +266,19 @@ async fn rewrite_packages(
     let installed: Vec<&str> = upserts.iter().map(|p| p.installed.as_str()).collect();
     let candidates: Vec<Option<&str>> = upserts.iter().map(|p| p.candidate.as_deref()).collect();
     let security: Vec<bool> = upserts.iter().map(|p| p.security).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO device_packages (tenant_id, device_id, name, installed, candidate, security)
          SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::bool[])
          ON CONFLICT (tenant_id, device_id, name) DO UPDATE
             SET installed = EXCLUDED.installed, candidate = EXCLUDED.candidate,
                 security = EXCLUDED.security",
+        tenant as TenantId,
+        device as DeviceId,
+        &names as &[&str],
+        &installed as &[&str],
+        &candidates as &[Option<&str>],
+        &security,
     )
-    .bind(tenant)
-    .bind(device)
-    .bind(&names)
-    .bind(&installed)
-    .bind(&candidates)
-    .bind(&security)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -321,44 +310,56 @@ fn counts(report: &PatchReport) -> Counts {
     }
 }
 
-async fn write_status(
+/// Records a changed (or first) inventory: the device's status row and one history row with
+/// `changes`, in one statement.
+async fn record_change(
     tx: &mut TenantTx,
     device: DeviceId,
     report: &PatchReport,
     hash: &[u8],
+    changes: &Value,
 ) -> Result<(), StoreError> {
     let tenant = tx.tenant();
     let counts = counts(report);
-    sqlx::query(
-        "INSERT INTO device_patch_status (tenant_id, device_id, seq, recorded_at, received_at,
-                os_id, os_version, package_manager, reboot_required, lists_refreshed_at,
-                package_count, upgradable_count, security_upgradable_count, content_hash, changed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $4)
-         ON CONFLICT (tenant_id, device_id) DO UPDATE SET
-                seq = EXCLUDED.seq, recorded_at = EXCLUDED.recorded_at,
-                received_at = EXCLUDED.received_at, os_id = EXCLUDED.os_id,
-                os_version = EXCLUDED.os_version, package_manager = EXCLUDED.package_manager,
-                reboot_required = EXCLUDED.reboot_required,
-                lists_refreshed_at = EXCLUDED.lists_refreshed_at,
-                package_count = EXCLUDED.package_count,
-                upgradable_count = EXCLUDED.upgradable_count,
-                security_upgradable_count = EXCLUDED.security_upgradable_count,
-                content_hash = EXCLUDED.content_hash, changed_at = EXCLUDED.changed_at",
+    sqlx::query!(
+        "WITH status AS (
+             INSERT INTO device_patch_status (tenant_id, device_id, seq, recorded_at, received_at,
+                    os_id, os_version, package_manager, reboot_required, lists_refreshed_at,
+                    package_count, upgradable_count, security_upgradable_count, content_hash,
+                    changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $4)
+             ON CONFLICT (tenant_id, device_id) DO UPDATE SET
+                    seq = EXCLUDED.seq, recorded_at = EXCLUDED.recorded_at,
+                    received_at = EXCLUDED.received_at, os_id = EXCLUDED.os_id,
+                    os_version = EXCLUDED.os_version, package_manager = EXCLUDED.package_manager,
+                    reboot_required = EXCLUDED.reboot_required,
+                    lists_refreshed_at = EXCLUDED.lists_refreshed_at,
+                    package_count = EXCLUDED.package_count,
+                    upgradable_count = EXCLUDED.upgradable_count,
+                    security_upgradable_count = EXCLUDED.security_upgradable_count,
+                    content_hash = EXCLUDED.content_hash, changed_at = EXCLUDED.changed_at
+         )
+         INSERT INTO device_patch_history (tenant_id, device_id, seq, recorded_at, received_at,
+                os_id, os_version, package_manager, reboot_required, package_count,
+                upgradable_count, security_upgradable_count, changes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $13, $15)
+         ON CONFLICT DO NOTHING",
+        tenant as TenantId,
+        device as DeviceId,
+        report.seq,
+        report.recorded_at,
+        report.received_at,
+        report.os_id,
+        report.os_version,
+        report.package_manager,
+        report.reboot_required,
+        report.lists_refreshed_at,
+        counts.packages,
+        counts.upgradable,
+        counts.security,
+        hash,
+        Json(changes) as _,
     )
-    .bind(tenant)
-    .bind(device)
-    .bind(report.seq)
-    .bind(report.recorded_at)
-    .bind(report.received_at)
-    .bind(&report.os_id)
-    .bind(&report.os_version)
-    .bind(&report.package_manager)
-    .bind(report.reboot_required)
-    .bind(report.lists_refreshed_at)
-    .bind(counts.packages)
-    .bind(counts.upgradable)
-    .bind(counts.security)
-    .bind(hash)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -369,49 +370,16 @@ async fn touch_status(
     device: DeviceId,
     report: &PatchReport,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE device_patch_status
             SET seq = $2, recorded_at = $3, received_at = $4, lists_refreshed_at = $5
           WHERE device_id = $1",
+        device as DeviceId,
+        report.seq,
+        report.recorded_at,
+        report.received_at,
+        report.lists_refreshed_at,
     )
-    .bind(device)
-    .bind(report.seq)
-    .bind(report.recorded_at)
-    .bind(report.received_at)
-    .bind(report.lists_refreshed_at)
-    .execute(tx.conn())
-    .await?;
-    Ok(())
-}
-
-async fn append_history(
-    tx: &mut TenantTx,
-    device: DeviceId,
-    report: &PatchReport,
-    changes: &Value,
-) -> Result<(), StoreError> {
-    let tenant = tx.tenant();
-    let counts = counts(report);
-    sqlx::query(
-        "INSERT INTO device_patch_history (tenant_id, device_id, seq, recorded_at, received_at,
-                os_id, os_version, package_manager, reboot_required, package_count,
-                upgradable_count, security_upgradable_count, changes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(device)
-    .bind(report.seq)
-    .bind(report.recorded_at)
-    .bind(report.received_at)
-    .bind(&report.os_id)
-    .bind(&report.os_version)
-    .bind(&report.package_manager)
-    .bind(report.reboot_required)
-    .bind(counts.packages)
-    .bind(counts.upgradable)
-    .bind(counts.security)
-    .bind(Json(changes))
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -455,29 +423,29 @@ pub async fn current(
     tx: &mut TenantTx,
     device: DeviceId,
 ) -> Result<Option<CurrentPatchStatus>, StoreError> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT seq, recorded_at, received_at, os_id, os_version, package_manager,
                 reboot_required, lists_refreshed_at, package_count, upgradable_count,
                 security_upgradable_count, changed_at
            FROM device_patch_status WHERE device_id = $1",
+        device as DeviceId,
     )
-    .bind(device)
     .fetch_optional(tx.conn())
     .await?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(CurrentPatchStatus {
-        seq: row.try_get("seq")?,
-        recorded_at: row.try_get("recorded_at")?,
-        received_at: row.try_get("received_at")?,
-        os_id: row.try_get("os_id")?,
-        os_version: row.try_get("os_version")?,
-        package_manager: row.try_get("package_manager")?,
-        reboot_required: row.try_get("reboot_required")?,
-        lists_refreshed_at: row.try_get("lists_refreshed_at")?,
-        package_count: row.try_get("package_count")?,
-        upgradable_count: row.try_get("upgradable_count")?,
-        security_upgradable_count: row.try_get("security_upgradable_count")?,
-        changed_at: row.try_get("changed_at")?,
+        seq: row.seq,
+        recorded_at: row.recorded_at,
+        received_at: row.received_at,
+        os_id: row.os_id,
+        os_version: row.os_version,
+        package_manager: row.package_manager,
+        reboot_required: row.reboot_required,
+        lists_refreshed_at: row.lists_refreshed_at,
+        package_count: row.package_count,
+        upgradable_count: row.upgradable_count,
+        security_upgradable_count: row.security_upgradable_count,
+        changed_at: row.changed_at,
         packages: packages(tx, device).await?,
     }))
 }
@@ -504,41 +472,31 @@ pub struct GroupPatchSummary {
 /// Revoked devices count like any other.
 pub async fn summary(
     tx: &mut TenantTx,
-    scope: &crate::device_groups::GroupScope,
+    scope: &GroupScope,
     stale_before: OffsetDateTime,
 ) -> Result<Vec<GroupPatchSummary>, StoreError> {
-    // The scope condition is devices::IN_SCOPE_2, with the scope bound as $2.
-    let rows = sqlx::query(
-        "SELECT d.device_group,
-                count(*) AS devices,
-                count(*) FILTER (WHERE p.security_upgradable_count > 0) AS pending_security_updates,
-                count(*) FILTER (WHERE p.reboot_required) AS reboot_required,
-                count(*) FILTER (WHERE p.recorded_at < $1) AS stale_inventories,
-                count(*) FILTER (WHERE p.device_id IS NULL) AS never_reported
+    // The scope condition is the one of devices::list, with the scope bound as $2.
+    Ok(sqlx::query_as!(
+        GroupPatchSummary,
+        r#"SELECT d.device_group AS "group",
+                count(*) AS "devices!",
+                count(*) FILTER (WHERE p.security_upgradable_count > 0)
+                    AS "pending_security_updates!",
+                count(*) FILTER (WHERE p.reboot_required) AS "reboot_required!",
+                count(*) FILTER (WHERE p.recorded_at < $1) AS "stale_inventories!",
+                count(*) FILTER (WHERE p.device_id IS NULL) AS "never_reported!"
            FROM devices d
            LEFT JOIN device_patch_status p
                   ON p.tenant_id = d.tenant_id AND p.device_id = d.device_id
           WHERE ($2::uuid[] IS NULL OR d.device_group IN
                 (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))
           GROUP BY d.device_group
-          ORDER BY d.device_group",
+          ORDER BY d.device_group"#,
+        stale_before,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
     )
-    .bind(stale_before)
-    .bind(scope.bind_value())
     .fetch_all(tx.conn())
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(GroupPatchSummary {
-                group: row.try_get("device_group")?,
-                devices: row.try_get("devices")?,
-                pending_security_updates: row.try_get("pending_security_updates")?,
-                reboot_required: row.try_get("reboot_required")?,
-                stale_inventories: row.try_get("stale_inventories")?,
-                never_reported: row.try_get("never_reported")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 #[cfg(test)]

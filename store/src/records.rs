@@ -1,12 +1,11 @@
 //! The record ledger: every accepted device record, once per (tenant, device, seq), in a table
 //! partitioned by week of the device's clock; per-tenant retention; partition maintenance.
 
-use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::device_directory::begin_without_tenant;
-use crate::{AppDb, DeviceId, StoreError, TenantTx};
+use crate::{AppDb, DeviceId, StoreError, TenantId, TenantTx};
 
 /// What kind of record a ledger row holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,26 +107,26 @@ pub async fn insert(
         return Ok(Vec::new());
     }
     let tenant = tx.tenant();
-    let inserted = sqlx::query(
-        "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
-         SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
-                                  $6::text[], $7::bytea[])
-         ON CONFLICT DO NOTHING
-         RETURNING device_id, seq",
+    let inserted = sqlx::query!(
+        r#"INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
+           SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
+                                    $6::text[], $7::bytea[])
+           ON CONFLICT DO NOTHING
+           RETURNING device_id AS "device_id: DeviceId", seq"#,
+        tenant as TenantId,
+        &rows.device_ids,
+        &rows.seqs,
+        &rows.recorded_at,
+        &rows.received_at,
+        &rows.kinds as &[&str],
+        &rows.bodies,
     )
-    .bind(tenant)
-    .bind(&rows.device_ids)
-    .bind(&rows.seqs)
-    .bind(&rows.recorded_at)
-    .bind(&rows.received_at)
-    .bind(&rows.kinds)
-    .bind(&rows.bodies)
     .fetch_all(tx.conn())
     .await?;
-    inserted
-        .iter()
-        .map(|row| Ok((DeviceId(row.try_get("device_id")?), row.try_get("seq")?)))
-        .collect()
+    Ok(inserted
+        .into_iter()
+        .map(|row| (row.device_id, row.seq))
+        .collect())
 }
 
 /// A ledger row as stored.
@@ -154,30 +153,34 @@ pub async fn list_for_device(
     after: i64,
     limit: i64,
 ) -> Result<Vec<StoredRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT device_id, seq, recorded_at, received_at, kind, body FROM device_records
-          WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    let rows = sqlx::query_as!(
+        RecordRow,
+        r#"SELECT device_id AS "device_id: DeviceId", seq, recorded_at, received_at, kind, body
+             FROM device_records
+            WHERE device_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"#,
+        device as DeviceId,
+        after,
+        limit,
     )
-    .bind(device)
-    .bind(after)
-    .bind(limit)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(stored_from_row).collect()
+    rows.into_iter().map(StoredRecord::try_from).collect()
 }
 
 /// How many ledger rows the transaction's tenant has.
 pub async fn count(tx: &mut TenantTx) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM device_records")
-        .fetch_one(tx.conn())
-        .await?)
+    Ok(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM device_records"#)
+            .fetch_one(tx.conn())
+            .await?,
+    )
 }
 
 /// The tenant's record retention in days (its setting, or the default of 30).
 pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce((SELECT record_retention_days FROM tenant_ingest_settings),
-                         fleet_default_record_retention_days())",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT coalesce((SELECT record_retention_days FROM tenant_ingest_settings),
+                           fleet_default_record_retention_days()) AS "days!""#
     )
     .fetch_one(tx.conn())
     .await?)
@@ -187,7 +190,7 @@ pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
 /// clock); returns how many. Call until it returns less than `limit`.
 pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreError> {
     let tenant = tx.tenant();
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "WITH cutoff AS (
              SELECT now() - make_interval(days => coalesce(
                  (SELECT record_retention_days FROM tenant_ingest_settings),
@@ -200,9 +203,9 @@ pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreE
          DELETE FROM device_records r USING expired e
           WHERE r.tenant_id = $1 AND r.device_id = e.device_id AND r.seq = e.seq
             AND r.recorded_at = e.recorded_at",
+        tenant as TenantId,
+        limit,
     )
-    .bind(tenant)
-    .bind(limit)
     .execute(tx.conn())
     .await?;
     Ok(done.rows_affected())
@@ -212,10 +215,12 @@ pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreE
 /// how many it created.
 pub async fn ensure_partitions(app: &AppDb, weeks_ahead: i32) -> Result<i32, StoreError> {
     let mut tx = begin_without_tenant(app).await?;
-    let created: i32 = sqlx::query_scalar("SELECT fleet_ensure_record_partitions($1)")
-        .bind(weeks_ahead)
-        .fetch_one(tx.conn())
-        .await?;
+    let created = sqlx::query_scalar!(
+        r#"SELECT fleet_ensure_record_partitions($1) AS "created!""#,
+        weeks_ahead
+    )
+    .fetch_one(tx.conn())
+    .await?;
     tx.commit().await?;
     Ok(created)
 }
@@ -224,10 +229,12 @@ pub async fn ensure_partitions(app: &AppDb, weeks_ahead: i32) -> Result<i32, Sto
 /// how many it dropped.
 pub async fn drop_expired_partitions(app: &AppDb, max_partitions: i32) -> Result<i32, StoreError> {
     let mut tx = begin_without_tenant(app).await?;
-    let dropped: i32 = sqlx::query_scalar("SELECT fleet_drop_expired_record_partitions($1)")
-        .bind(max_partitions)
-        .fetch_one(tx.conn())
-        .await?;
+    let dropped = sqlx::query_scalar!(
+        r#"SELECT fleet_drop_expired_record_partitions($1) AS "dropped!""#,
+        max_partitions
+    )
+    .fetch_one(tx.conn())
+    .await?;
     tx.commit().await?;
     Ok(dropped)
 }
@@ -244,31 +251,46 @@ pub async fn list_in_range(
     limit: i64,
 ) -> Result<Vec<StoredRecord>, StoreError> {
     let (after_at, after_seq) = after.unzip();
-    let rows = sqlx::query(
-        "SELECT device_id, seq, recorded_at, received_at, kind, body FROM device_records
-          WHERE device_id = $1 AND kind = $2 AND recorded_at >= $3 AND recorded_at < $4
-            AND ($5::timestamptz IS NULL OR (recorded_at, seq) > ($5, $6))
-          ORDER BY recorded_at, seq LIMIT $7",
+    let rows = sqlx::query_as!(
+        RecordRow,
+        r#"SELECT device_id AS "device_id: DeviceId", seq, recorded_at, received_at, kind, body
+             FROM device_records
+            WHERE device_id = $1 AND kind = $2 AND recorded_at >= $3 AND recorded_at < $4
+              AND ($5::timestamptz IS NULL OR (recorded_at, seq) > ($5, $6))
+            ORDER BY recorded_at, seq LIMIT $7"#,
+        device as DeviceId,
+        kind.as_str(),
+        from,
+        to,
+        after_at,
+        after_seq,
+        limit,
     )
-    .bind(device)
-    .bind(kind.as_str())
-    .bind(from)
-    .bind(to)
-    .bind(after_at)
-    .bind(after_seq)
-    .bind(limit)
     .fetch_all(tx.conn())
     .await?;
-    rows.iter().map(stored_from_row).collect()
+    rows.into_iter().map(StoredRecord::try_from).collect()
 }
 
-fn stored_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredRecord, StoreError> {
-    Ok(StoredRecord {
-        device_id: DeviceId(row.try_get("device_id")?),
-        seq: row.try_get("seq")?,
-        recorded_at: row.try_get("recorded_at")?,
-        received_at: row.try_get("received_at")?,
-        kind: RecordKind::parse(row.try_get("kind")?)?,
-        body: row.try_get("body")?,
-    })
+/// A `device_records` row as selected: the macros' target.
+struct RecordRow {
+    device_id: DeviceId,
+    seq: i64,
+    recorded_at: OffsetDateTime,
+    received_at: OffsetDateTime,
+    kind: String,
+    body: Vec<u8>,
+}
+
+impl TryFrom<RecordRow> for StoredRecord {
+    type Error = StoreError;
+    fn try_from(row: RecordRow) -> Result<Self, StoreError> {
+        Ok(StoredRecord {
+            device_id: row.device_id,
+            seq: row.seq,
+            recorded_at: row.recorded_at,
+            received_at: row.received_at,
+            kind: RecordKind::parse(&row.kind)?,
+            body: row.body,
+        })
+    }
 }

@@ -49,10 +49,8 @@ pub enum Revocation {
 /// Queues the notification for `device` in the caller's transaction (delivered at commit).
 pub(crate) async fn notify(tx: &mut TenantTx, device: DeviceId) -> Result<(), StoreError> {
     let payload = format!("{}:{}", tx.tenant(), device);
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(tx.conn())
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        .fetch_one(tx.conn())
         .await?;
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! reading, and their settings.
 
 use serde_json::json;
-use sqlx::Row;
 use time::OffsetDateTime;
 
 use crate::api_keys::{self, IssuedKey, KeyEnv};
@@ -56,14 +55,15 @@ async fn create_in_tx(
     }
     let id = TenantId::new_random();
     let mut tx = app.begin(id).await?;
-    let row = sqlx::query(
-        "INSERT INTO tenants (tenant_id, name) VALUES ($1, $2) RETURNING tenant_id, name, created_at",
+    let tenant = sqlx::query_as!(
+        Tenant,
+        r#"INSERT INTO tenants (tenant_id, name) VALUES ($1, $2)
+           RETURNING tenant_id AS "id: TenantId", name, created_at"#,
+        id as TenantId,
+        name,
     )
-    .bind(id)
-    .bind(name)
     .fetch_one(tx.conn())
     .await?;
-    let tenant = tenant_from_row(&row)?;
     audit::create_chain_head(&mut tx).await?;
     device_groups::create_default(&mut tx).await?;
     audit::append(
@@ -81,8 +81,7 @@ async fn create_in_tx(
 /// namespace chosen at bootstrap, so `fleetctl --tenant NAME` is unambiguous.
 async fn name_taken(app: &AppDb, name: &str) -> Result<bool, StoreError> {
     let mut tx = crate::device_directory::begin_without_tenant(app).await?;
-    let taken: bool = sqlx::query_scalar("SELECT fleet_tenant_name_taken($1)")
-        .bind(name)
+    let taken = sqlx::query_scalar!(r#"SELECT fleet_tenant_name_taken($1) AS "taken!""#, name)
         .fetch_one(tx.conn())
         .await?;
     tx.commit().await?;
@@ -130,11 +129,13 @@ pub async fn update_settings(
         if !name.eq_ignore_ascii_case(&before.tenant.name) && name_taken(app, name).await? {
             return Err(StoreError::Conflict("a tenant with this name exists"));
         }
-        sqlx::query("UPDATE tenants SET name = $2 WHERE tenant_id = $1")
-            .bind(tx.tenant())
-            .bind(name)
-            .execute(tx.conn())
-            .await?;
+        sqlx::query!(
+            "UPDATE tenants SET name = $2 WHERE tenant_id = $1",
+            tx.tenant() as TenantId,
+            name,
+        )
+        .execute(tx.conn())
+        .await?;
     }
     if let Some(days) = change.record_retention_days {
         set_retention_days(tx, days).await?;
@@ -168,13 +169,13 @@ async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreErr
         });
     }
     let tenant = tx.tenant();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO tenant_ingest_settings (tenant_id, record_retention_days) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO UPDATE
             SET record_retention_days = EXCLUDED.record_retention_days, updated_at = now()",
+        tenant as TenantId,
+        days,
     )
-    .bind(tenant)
-    .bind(days)
     .execute(tx.conn())
     .await?;
     Ok(())
@@ -183,20 +184,14 @@ async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreErr
 /// The transaction's own tenant.
 pub async fn get(tx: &mut TenantTx) -> Result<Tenant, StoreError> {
     let tenant = tx.tenant();
-    let row = sqlx::query("SELECT tenant_id, name, created_at FROM tenants WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
-    tenant_from_row(&row)
-}
-
-pub(crate) fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant, StoreError> {
-    Ok(Tenant {
-        id: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-        created_at: row.try_get("created_at")?,
-    })
+    sqlx::query_as!(
+        Tenant,
+        r#"SELECT tenant_id AS "id: TenantId", name, created_at FROM tenants WHERE tenant_id = $1"#,
+        tenant as TenantId,
+    )
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or(StoreError::NotFound("tenant"))
 }
 
 fn check_name(name: &str) -> Result<(), StoreError> {

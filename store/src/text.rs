@@ -52,6 +52,23 @@ pub(crate) fn check_labels(
     Ok(())
 }
 
+/// CIDR lists as stored (`cidr[]` read as `text[]`), parsed back; a value that does not parse is
+/// reported against `field`.
+pub(crate) fn parse_stored_cidrs(
+    field: &'static str,
+    texts: &[String],
+) -> Result<Vec<ipnet::IpNet>, StoreError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|e| StoreError::Invalid {
+                field,
+                reason: format!("stored value {text:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,10 +20,12 @@ impl TenantTx {
         mut tx: Transaction<'static, Postgres>,
         tenant: TenantId,
     ) -> Result<Self, StoreError> {
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "SELECT set_config('app.tenant_id', $1, true)",
+            tenant.to_string()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         Ok(Self { tx, tenant })
     }
 

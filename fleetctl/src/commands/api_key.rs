@@ -12,7 +12,7 @@ use store::ApiKeyId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{group, more_notice, show, Ctx, ListArgs};
+use super::{get_one, group, more_notice, revoke, show, Ctx, Lifecycle, ListArgs};
 use crate::db::{self, Location};
 use crate::error::Failure;
 use crate::http;
@@ -84,14 +84,8 @@ struct KeyView {
     expires_at: Option<OffsetDateTime>,
     allowed_cidrs: Option<Vec<String>>,
     cors_origins: Option<Vec<String>>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    created_at: Option<OffsetDateTime>,
-    created_by: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    revoked_at: Option<OffsetDateTime>,
-    revoked_by: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    last_used_at: Option<OffsetDateTime>,
+    #[serde(flatten)]
+    lifecycle: Lifecycle,
     last_used_ip: Option<String>,
     /// Only in the answer to a creation.
     key: Option<String>,
@@ -129,23 +123,20 @@ pub async fn run(ctx: &Ctx, command: ApiKeyCommand) -> Result<(), Failure> {
                         k.group_ids
                             .map_or_else(|| "all".to_owned(), |ids| ids.len().to_string()),
                         output::opt_time(k.expires_at),
-                        output::opt_time(k.last_used_at),
+                        output::opt_time(k.lifecycle.last_used_at),
                     ]);
                 }
                 more_notice(page.next_cursor.as_deref());
                 Ok(table.render())
             })
         }
-        ApiKeyCommand::Show { id } => {
-            let api = ctx.api("api-key show").await?;
-            let value = api.get(&format!("v1/api-keys/{id}"), &[]).await?;
-            render(ctx, value)
-        }
+        ApiKeyCommand::Show { id } => render(
+            ctx,
+            get_one(ctx, "api-key show", &format!("v1/api-keys/{id}")).await?,
+        ),
         ApiKeyCommand::Revoke { id } => {
-            let api = ctx.api("api-key revoke").await?;
-            let value = api.delete(&format!("v1/api-keys/{id}")).await?;
-            let value = value.unwrap_or_else(|| json!({ "id": id.as_str() }));
-            show(ctx, &value, || Ok(format!("api key {id} revoked\n")))
+            let path = format!("v1/api-keys/{id}");
+            revoke(ctx, "api-key revoke", &path, "api key", id.as_str()).await
         }
     }
 }
@@ -287,12 +278,12 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
                 k.cors_origins
                     .map_or_else(|| "none".to_owned(), |o| output::list(&o)),
             )
-            .field("created", output::opt_time(k.created_at))
-            .field("created by", output::opt(k.created_by))
-            .field("last used", output::opt_time(k.last_used_at))
+            .field("created", output::opt_time(k.lifecycle.created_at))
+            .field("created by", output::opt(k.lifecycle.created_by))
+            .field("last used", output::opt_time(k.lifecycle.last_used_at))
             .field("last used from", output::opt(k.last_used_ip))
-            .field("revoked", output::opt_time(k.revoked_at))
-            .field("revoked by", output::opt(k.revoked_by));
+            .field("revoked", output::opt_time(k.lifecycle.revoked_at))
+            .field("revoked by", output::opt(k.lifecycle.revoked_by));
         if let Some(key) = k.key {
             fields.field("key", key);
         }

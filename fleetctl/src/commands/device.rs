@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use store::DeviceId;
 use time::OffsetDateTime;
 
-use super::{more_notice, patch, show, Ctx, ListArgs};
+use super::{get_one, more_notice, patch, show, Ctx, ListArgs};
 use crate::error::Failure;
 use crate::http;
 use crate::output::{self, Fields, Table};
@@ -326,11 +326,10 @@ pub async fn run(ctx: &Ctx, command: DeviceCommand) -> Result<(), Failure> {
                 Ok(table.render())
             })
         }
-        DeviceCommand::Show { id } => {
-            let api = ctx.api("device show").await?;
-            let value = api.get(&format!("v1/devices/{id}"), &[]).await?;
-            render(ctx, value)
-        }
+        DeviceCommand::Show { id } => render(
+            ctx,
+            get_one(ctx, "device show", &format!("v1/devices/{id}")).await?,
+        ),
         DeviceCommand::Rename { id, name } => {
             change(ctx, "device rename", id, json!({ "name": name })).await
         }

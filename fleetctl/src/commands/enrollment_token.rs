@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use store::EnrollmentTokenId;
 use time::OffsetDateTime;
 
-use super::{more_notice, show, Ctx, ListArgs};
+use super::{get_one, more_notice, revoke, show, Ctx, Lifecycle, ListArgs};
 use crate::error::Failure;
 use crate::http;
 use crate::output::{self, Fields, Table};
@@ -86,14 +86,8 @@ struct TokenView {
     device_group: Option<String>,
     #[serde(default)]
     device_labels: BTreeMap<String, String>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    created_at: Option<OffsetDateTime>,
-    created_by: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    revoked_at: Option<OffsetDateTime>,
-    revoked_by: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option", default)]
-    last_used_at: Option<OffsetDateTime>,
+    #[serde(flatten)]
+    lifecycle: Lifecycle,
     /// Only in the answer to a creation.
     token: Option<String>,
 }
@@ -181,18 +175,26 @@ pub async fn run(ctx: &Ctx, command: TokenCommand) -> Result<(), Failure> {
                 Ok(table.render())
             })
         }
-        TokenCommand::Show { id } => {
-            let api = ctx.api("enrollment-token show").await?;
-            let value = api.get(&format!("v1/enrollment-tokens/{id}"), &[]).await?;
-            render(ctx, value)
-        }
+        TokenCommand::Show { id } => render(
+            ctx,
+            get_one(
+                ctx,
+                "enrollment-token show",
+                &format!("v1/enrollment-tokens/{id}"),
+            )
+            .await?,
+        ),
         TokenCommand::Revoke { id } => {
-            let api = ctx.api("enrollment-token revoke").await?;
-            let value = api.delete(&format!("v1/enrollment-tokens/{id}")).await?;
-            let value = value.unwrap_or_else(|| json!({ "id": id }));
-            show(ctx, &value, || {
-                Ok(format!("enrollment token {id} revoked\n"))
-            })
+            let path = format!("v1/enrollment-tokens/{id}");
+            let id = id.to_string();
+            revoke(
+                ctx,
+                "enrollment-token revoke",
+                &path,
+                "enrollment token",
+                &id,
+            )
+            .await
         }
     }
 }
@@ -211,11 +213,11 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
             .field("allowed from", output::list(&t.allowed_cidrs))
             .field("device group", output::opt(t.device_group.as_deref()))
             .field("device labels", output::labels(&t.device_labels))
-            .field("created", output::opt_time(t.created_at))
-            .field("created by", output::opt(t.created_by.as_deref()))
-            .field("last used", output::opt_time(t.last_used_at))
-            .field("revoked", output::opt_time(t.revoked_at))
-            .field("revoked by", output::opt(t.revoked_by.as_deref()));
+            .field("created", output::opt_time(t.lifecycle.created_at))
+            .field("created by", output::opt(t.lifecycle.created_by.as_deref()))
+            .field("last used", output::opt_time(t.lifecycle.last_used_at))
+            .field("revoked", output::opt_time(t.lifecycle.revoked_at))
+            .field("revoked by", output::opt(t.lifecycle.revoked_by.as_deref()));
         if let Some(token) = t.token {
             fields.field("token", token);
         }

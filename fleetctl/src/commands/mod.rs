@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod database;
 pub mod device;
 pub mod enrollment_token;
 pub mod group;
@@ -29,6 +30,7 @@ pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
         Command::Device(c) => device::run(&ctx, c).await,
         Command::PatchSummary(args) => patch::summary(&ctx, args).await,
         Command::Audit(c) => audit::run(&ctx, c).await,
+        Command::Db(c) => database::run(&ctx, c).await,
         Command::Pki(c) => pki::run(&ctx, c),
     }
 }
@@ -99,7 +101,8 @@ impl Ctx {
         if self.global.data_dir.is_some() || self.global.database_url.is_some() {
             return Err(Failure::usage(format!(
                 "{command} talks to the API (--server); --data-dir and --database-url apply to \
-                 tenant create, tenant list, api-key create (break-glass) and audit verify"
+                 db migrate, tenant create, tenant list, api-key create (break-glass) and audit \
+                 verify"
             )));
         }
         let key = http::load_api_key(self.global.api_key_file.as_deref())?;
@@ -134,6 +137,20 @@ async fn check_tenant(api: &ApiClient, wanted: &str) -> Result<(), Failure> {
     }
 }
 
+/// When a credential (an API key, an enrollment token) was created, revoked and last used, and
+/// by whom, as the API shows it.
+#[derive(Deserialize)]
+pub struct Lifecycle {
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub created_at: Option<time::OffsetDateTime>,
+    pub created_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<time::OffsetDateTime>,
+    pub revoked_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_used_at: Option<time::OffsetDateTime>,
+}
+
 /// How much of a list to show.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ListArgs {
@@ -160,6 +177,26 @@ pub fn more_notice(next_cursor: Option<&str>) {
     if let Some(cursor) = next_cursor {
         crate::output::notice(&format!("(more: --cursor {cursor})"));
     }
+}
+
+/// `<noun> show` over HTTPS: the one resource at `path`, as the API answers it.
+pub async fn get_one(ctx: &Ctx, command: &str, path: &str) -> Result<serde_json::Value, Failure> {
+    ctx.api(command).await?.get(path, &[]).await
+}
+
+/// `<noun> revoke` over HTTPS: DELETE `path`, then print the API's answer (`{"id": ...}` when it
+/// has no body) as JSON, or "<noun> <id> revoked".
+pub async fn revoke(
+    ctx: &Ctx,
+    command: &str,
+    path: &str,
+    noun: &str,
+    id: &str,
+) -> Result<(), Failure> {
+    let api = ctx.api(command).await?;
+    let value = api.delete(path).await?;
+    let value = value.unwrap_or_else(|| serde_json::json!({ "id": id }));
+    show(ctx, &value, || Ok(format!("{noun} {id} revoked\n")))
 }
 
 /// Prints JSON for scripts, or the rendered text for people.

@@ -8,7 +8,7 @@ use store::api_keys::KeyEnv;
 use store::{tenants, StoreError};
 use time::OffsetDateTime;
 
-use super::{show, Ctx};
+use super::{get_one, show, Ctx};
 use crate::db;
 use crate::error::{Exit, Failure};
 use crate::http;
@@ -58,11 +58,7 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
     match command {
         TenantCommand::Create { name, key_file } => create(ctx, &name, key_file.as_deref()).await,
         TenantCommand::List => list(ctx).await,
-        TenantCommand::Show => {
-            let api = ctx.api("tenant show").await?;
-            let value = api.get("v1/tenant", &[]).await?;
-            render(ctx, value)
-        }
+        TenantCommand::Show => render(ctx, get_one(ctx, "tenant show", "v1/tenant").await?),
         TenantCommand::Set {
             name,
             record_retention_days,

@@ -304,12 +304,7 @@ async fn api_keys_are_created_once_listed_shown_and_revoked() {
             "default",
         ])
         .await;
-    assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let key = field(&out, "key");
     let id = field(&out, "id");
     assert!(key.starts_with(&format!("fpk_live_{id}_")), "{out}");
@@ -399,12 +394,7 @@ async fn enrollment_tokens_show_their_state_including_used_up() {
             "site=berlin",
         ])
         .await;
-    assert!(
-        created.stderr.contains("shown this once"),
-        "{}",
-        created.stderr
-    );
-    let out = created.ok();
+    let out = created.ok_shown_once();
     let token = field(&out, "token");
     let id = field(&out, "id");
     assert!(token.starts_with("fpe_"), "{out}");
