@@ -163,6 +163,12 @@ impl Engine {
         self.uplink.send(job).await.map_err(|_| BrokerError::Closed)
     }
 
+    /// Ends a link's session in the router with a DISCONNECT. Nothing to do if that
+    /// fails: the engine has stopped, and the link with it.
+    pub(crate) async fn end_link(&self, link: &SharedLinkTx) {
+        let _ = self.send(link, vec![disconnect_packet()]).await;
+    }
+
     /// Subscribes an in-process receiver to `filter` (at QoS 0: local links receive
     /// what the router forwards, without acknowledgements).
     pub(crate) async fn subscribe_local(
@@ -388,7 +394,7 @@ async fn forward_local(
         }
     }
     // The receiver was dropped: end the session in the router.
-    let _ = engine.send(&tx, vec![disconnect_packet()]).await;
+    engine.end_link(&tx).await;
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ async fn a_revoked_device_is_refused_with_not_authorized() {
 async fn a_failing_or_slow_admission_check_refuses_with_server_unavailable() {
     let pki = TestPki::new();
     let device = pki.device();
-    let mut hooks = BrokerHooks::admit_all();
+    let (mut hooks, mut presence) = hooks_with_presence();
     hooks.admission = Arc::new(|_| Box::pin(async { Err("database down".into()) }));
     let broker = start_broker(&pki, hooks, |_| {}).await;
     assert_eq!(
@@ -161,9 +161,12 @@ async fn a_failing_or_slow_admission_check_refuses_with_server_unavailable() {
         Some(ConnectReturnCode::ServiceUnavailable)
     );
     assert_eq!(broker.stats().refused(Refusal::AdmissionError), 1);
+    // Registered for the check, unregistered before the CONNACK, never online.
+    assert!(!broker.disconnect(device.id()), "no registry entry left");
+    assert_eq!(presence_so_far(&mut presence), []);
     broker.shutdown().await;
 
-    let mut hooks = BrokerHooks::admit_all();
+    let (mut hooks, mut presence) = hooks_with_presence();
     hooks.admission = Arc::new(|_| Box::pin(std::future::pending()));
     let broker = start_broker(&pki, hooks, |config| {
         config.admission_timeout = Duration::from_millis(200);
@@ -174,5 +177,7 @@ async fn a_failing_or_slow_admission_check_refuses_with_server_unavailable() {
         Some(ConnectReturnCode::ServiceUnavailable)
     );
     assert_eq!(broker.stats().refused(Refusal::AdmissionError), 1);
+    assert!(!broker.disconnect(device.id()), "no registry entry left");
+    assert_eq!(presence_so_far(&mut presence), []);
     broker.shutdown().await;
 }

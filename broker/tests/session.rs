@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use broker::{BrokerHooks, DisconnectReason, PresenceEvent};
+use broker::{BrokerHooks, DisconnectReason, PresenceEvent, Refusal};
 use common::*;
 use rumqttc::{Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
@@ -161,6 +161,67 @@ async fn the_will_is_published_when_the_connection_is_lost_and_not_after_disconn
             .is_err(),
         "only one will"
     );
+    broker.shutdown().await;
+}
+
+/// The bytes of `packet`, as MQTT 3.1.1.
+fn encode(packet: rumqttd::protocol::Packet) -> Vec<u8> {
+    use rumqttd::protocol::Protocol;
+    let mut buffer = bytes::BytesMut::new();
+    rumqttd::protocol::v4::V4
+        .write(packet, &mut buffer)
+        .unwrap();
+    buffer.to_vec()
+}
+
+#[tokio::test]
+async fn a_protocol_error_ends_the_session_unregistered_with_one_offline_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let (hooks, mut presence) = hooks_with_presence();
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let device = pki.device();
+    let connect = encode(rumqttd::protocol::Packet::Connect(
+        rumqttd::protocol::Connect {
+            keep_alive: 30,
+            client_id: device.client_id(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        None,
+    ));
+    let mut stream = raw_tls(&pki, &broker, &device).await;
+    stream.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    timeout(TIMEOUT, stream.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK 0x00");
+    // A second CONNECT is a protocol violation: the gateway closes the connection.
+    stream.write_all(&connect).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = timeout(TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    eventually(&broker, |stats| {
+        stats.refused(Refusal::ProtocolError) == 1 && stats.sessions_active == 0
+    })
+    .await;
+    let events = presence_so_far(&mut presence);
+    assert_eq!(events.len(), 2, "one online, one offline: {events:?}");
+    assert!(events[0].online);
+    assert!(!events[1].online);
+    assert_eq!(events[1].session, events[0].session);
+    assert_eq!(
+        events[1].reason,
+        Some(DisconnectReason::Refused(Refusal::ProtocolError))
+    );
+    assert!(!broker.disconnect(device.id()), "no registry entry left");
     broker.shutdown().await;
 }
 

@@ -2,7 +2,7 @@
 //! the verified certificate; CONNECT must agree with it (client id), keep within the
 //! limits (keep-alive) and the topic rules (will); then the admission hook decides.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use certs::DeviceIdentity;
@@ -13,16 +13,16 @@ use tracing::warn;
 use wire::DeviceId;
 
 use super::codec::{DeviceIo, ReadError};
+use super::registration::Registration;
 use super::{Shared, CLOSE_TIMEOUT};
-use crate::engine::{disconnect_packet, SharedLinkTx};
+use crate::engine::SharedLinkTx;
 use crate::hooks::DisconnectReason;
 use crate::policy;
-use crate::registry::SessionControl;
 use crate::stats::Refusal;
 
 /// A session that passed every check at CONNECT.
 pub(super) struct Admitted {
-    pub(super) control: Arc<SessionControl>,
+    pub(super) registration: Registration,
     pub(super) link_tx: SharedLinkTx,
     pub(super) link_rx: LinkRx,
     pub(super) will: Option<LastWill>,
@@ -35,6 +35,7 @@ pub(super) async fn admit(
     shared: &Shared,
     device: &mut DeviceIo,
     identity: DeviceIdentity,
+    remote_addr: SocketAddr,
 ) -> Result<Admitted, Option<Refusal>> {
     let first = timeout(shared.limits.connect_timeout, device.read_packet()).await;
     let (connect, will) = match first {
@@ -62,37 +63,17 @@ pub(super) async fn admit(
         return Err(Some(refusal));
     }
 
-    // Registered before the admission check: a revocation that lands while the check
-    // runs finds the session and is remembered, so it cannot slip between the two.
-    let control = shared.registry.register(identity.device_id);
-    let opened = open(shared, identity, &connect.client_id).await;
-    let (link_tx, link_rx) = match opened {
-        Ok(link) => link,
-        Err(refusal) => {
-            shared
-                .registry
-                .remove(identity.device_id, control.session());
-            refuse_connect(device, connack_code(refusal)).await;
-            return Err(Some(refusal));
-        }
-    };
-    // A revocation or a newer session that arrived during the checks wins over them.
-    if let Some(reason) = control.reason() {
-        if reason != DisconnectReason::Replaced {
-            let _ = shared
-                .engine
-                .send(&link_tx, vec![disconnect_packet()])
-                .await;
-        }
-        shared
-            .registry
-            .remove(identity.device_id, control.session());
-        if reason == DisconnectReason::Revoked {
-            refuse_connect(device, connack_code(Refusal::Revoked)).await;
-            return Err(Some(Refusal::Revoked));
-        }
-        return Err(None);
-    }
+    let (registration, link_tx, link_rx) =
+        match register_and_open(shared, identity, &connect.client_id, remote_addr).await {
+            Ok(opened) => opened,
+            // The registration was dropped on the way out of `register_and_open`: a
+            // device told "no" has no session left to find.
+            Err(Some(refusal)) => {
+                refuse_connect(device, connack_code(refusal)).await;
+                return Err(Some(refusal));
+            }
+            Err(None) => return Err(None),
+        };
     let connack = Packet::ConnAck(
         ConnAck {
             session_present: false,
@@ -101,22 +82,39 @@ pub(super) async fn admit(
         None,
     );
     if device.write_packets([connack]).await.is_err() {
-        let _ = shared
-            .engine
-            .send(&link_tx, vec![disconnect_packet()])
-            .await;
-        shared
-            .registry
-            .remove(identity.device_id, control.session());
+        shared.engine.end_link(&link_tx).await;
         return Err(None);
     }
     Ok(Admitted {
-        control,
+        registration,
         link_tx,
         link_rx,
         will,
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
     })
+}
+
+/// Registers the session, asks the admission hook and opens the engine link. On
+/// refusal (`Some` when the device gets a CONNACK saying why) the registration is
+/// gone by the time this returns.
+async fn register_and_open(
+    shared: &Shared,
+    identity: DeviceIdentity,
+    client_id: &str,
+    remote_addr: SocketAddr,
+) -> Result<(Registration, SharedLinkTx, LinkRx), Option<Refusal>> {
+    // Registered before the admission check: a revocation that lands while the check
+    // runs finds the session and is remembered, so it cannot slip between the two.
+    let registration = Registration::register(shared, identity, remote_addr);
+    let (link_tx, link_rx) = open(shared, identity, client_id).await.map_err(Some)?;
+    // A revocation or a newer session that arrived during the checks wins over them.
+    if let Some(reason) = registration.control().reason() {
+        if reason != DisconnectReason::Replaced {
+            shared.engine.end_link(&link_tx).await;
+        }
+        return Err((reason == DisconnectReason::Revoked).then_some(Refusal::Revoked));
+    }
+    Ok((registration, link_tx, link_rx))
 }
 
 /// The CONNECT checks that need no I/O.
@@ -237,28 +235,31 @@ mod tests {
         };
         assert_eq!(check(DEVICE, 60, Some(&will)), Err(Refusal::WillTopic));
 
-        let code = |refusal| connack_code(refusal);
-        assert_eq!(
-            code(Refusal::ClientId),
-            ConnectReturnCode::ClientIdentifierNotValid
-        );
-        assert_eq!(
-            code(Refusal::KeepAlive),
-            ConnectReturnCode::ClientIdentifierNotValid
-        );
-        assert_eq!(code(Refusal::WillTopic), ConnectReturnCode::NotAuthorized);
-        assert_eq!(code(Refusal::Revoked), ConnectReturnCode::NotAuthorized);
-        assert_eq!(
-            code(Refusal::AdmissionError),
-            ConnectReturnCode::ServiceUnavailable
-        );
-        assert_eq!(
-            code(Refusal::EngineUnavailable),
-            ConnectReturnCode::ServiceUnavailable
-        );
-        assert_eq!(
-            code(Refusal::ProtocolVersion),
-            ConnectReturnCode::RefusedProtocolVersion
-        );
+        for (refusal, code) in [
+            (
+                Refusal::ClientId,
+                ConnectReturnCode::ClientIdentifierNotValid,
+            ),
+            (
+                Refusal::KeepAlive,
+                ConnectReturnCode::ClientIdentifierNotValid,
+            ),
+            (Refusal::WillTopic, ConnectReturnCode::NotAuthorized),
+            (Refusal::Revoked, ConnectReturnCode::NotAuthorized),
+            (
+                Refusal::AdmissionError,
+                ConnectReturnCode::ServiceUnavailable,
+            ),
+            (
+                Refusal::EngineUnavailable,
+                ConnectReturnCode::ServiceUnavailable,
+            ),
+            (
+                Refusal::ProtocolVersion,
+                ConnectReturnCode::RefusedProtocolVersion,
+            ),
+        ] {
+            assert_eq!(connack_code(refusal), code, "{refusal}");
+        }
     }
 }

@@ -13,10 +13,13 @@
 //!
 //! - [`codec`]: MQTT 3.1.1 frames in and out of the TLS stream.
 //! - [`admission`]: CONNECT, from the first packet to CONNACK 0x00.
+//! - [`registration`]: the session's entry in the registry, its presence events and
+//!   its place in the counters, undone by one guard whatever ends the session.
 //! - [`session`]: the read and forward loops, the rules and limits per packet.
 
 mod admission;
 mod codec;
+mod registration;
 mod session;
 
 use std::net::SocketAddr;
@@ -58,8 +61,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) engine: Arc<Engine>,
-    pub(crate) counters: Counters,
-    pub(crate) registry: Registry,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) admission: AdmissionCheck,
     pub(crate) presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -88,8 +91,8 @@ pub(crate) async fn serve(
     };
     shared.counters.handshake_completed();
     let mut device = DeviceIo::new(stream, shared.limits.max_packet_size);
-    match admission::admit(&shared, &mut device, identity).await {
-        Ok(admitted) => session::run(&shared, device, admitted, identity, remote_addr).await,
+    match admission::admit(&shared, &mut device, identity, remote_addr).await {
+        Ok(admitted) => session::run(&shared, device, admitted, identity).await,
         Err(refusal) => {
             if let Some(refusal) = refusal {
                 debug!(%remote_addr, %identity, %refusal, "session refused");

@@ -2,22 +2,20 @@
 //! and limits each device packet passes, and the teardown.
 
 use std::io;
-use std::net::SocketAddr;
 
 use certs::DeviceIdentity;
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{LastWill, Packet, PingResp, SubAck, SubscribeReasonCode};
 use rumqttd::Notification;
-use time::OffsetDateTime;
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, info};
+use tracing::debug;
 use wire::DeviceId;
 
 use super::admission::Admitted;
 use super::codec::{DeviceIo, ReadError};
 use super::Shared;
 use crate::engine::{disconnect_packet, publish_packet, SharedLinkTx};
-use crate::hooks::{DisconnectReason, PresenceEvent};
+use crate::hooks::DisconnectReason;
 use crate::policy::{self, Subscriptions, TokenBucket};
 use crate::stats::Refusal;
 
@@ -30,18 +28,16 @@ pub(super) async fn run(
     mut device: DeviceIo,
     admitted: Admitted,
     identity: DeviceIdentity,
-    remote_addr: SocketAddr,
 ) {
     let Admitted {
-        control,
+        mut registration,
         link_tx,
         mut link_rx,
         will,
         keep_alive,
     } = admitted;
-    shared.counters.session_started();
-    emit_presence(shared, identity, control.session(), remote_addr, None);
-    info!(%identity, %remote_addr, session = control.session(), "device online");
+    registration.online();
+    let control = registration.control();
 
     let mut state = SessionState {
         device_id: identity.device_id,
@@ -102,20 +98,10 @@ pub(super) async fn run(
         }
     };
 
+    registration.ended(reason);
     end_session(shared, &link_tx, will, reason).await;
     device.close().await;
-    shared
-        .registry
-        .remove(identity.device_id, control.session());
-    shared.counters.session_ended();
-    emit_presence(
-        shared,
-        identity,
-        control.session(),
-        remote_addr,
-        Some(reason),
-    );
-    info!(%identity, %remote_addr, session = control.session(), %reason, "device offline");
+    // `registration` drops here: unregistered, reported offline, no longer counted.
 }
 
 /// Tells the engine the session is over, publishing the will first when MQTT asks for
@@ -141,27 +127,6 @@ async fn end_session(
     }
     packets.push(disconnect_packet());
     let _ = shared.engine.send(link_tx, packets).await;
-}
-
-fn emit_presence(
-    shared: &Shared,
-    identity: DeviceIdentity,
-    session: u64,
-    remote_addr: SocketAddr,
-    reason: Option<DisconnectReason>,
-) {
-    if let Some(presence) = &shared.presence {
-        let event = PresenceEvent {
-            identity,
-            session,
-            online: reason.is_none(),
-            at: OffsetDateTime::now_utc(),
-            remote_addr,
-            reason,
-        };
-        // A closed receiver means fleetd is shutting down; nothing to do.
-        let _ = presence.send(event);
-    }
 }
 
 /// What the session loop does next.

@@ -232,6 +232,28 @@ pub fn drive(mut eventloop: EventLoop) -> tokio::task::JoinHandle<Vec<Event>> {
     })
 }
 
+/// Every presence event received so far, without waiting.
+pub fn presence_so_far(rx: &mut mpsc::UnboundedReceiver<PresenceEvent>) -> Vec<PresenceEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// A device's TLS connection with no MQTT client on it, for bytes rumqttc would not
+/// send.
+pub async fn raw_tls(
+    pki: &TestPki,
+    broker: &RunningBroker,
+    device: &TestDevice,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls(&pki.root(), Some(device))));
+    let tcp = tokio::net::TcpStream::connect(broker.local_addr())
+        .await
+        .unwrap();
+    let server_name =
+        rustls::pki_types::ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    connector.connect(server_name, tcp).await.unwrap()
+}
+
 /// Waits until `condition` holds on the broker's stats, or panics after [`TIMEOUT`].
 pub async fn eventually(broker: &RunningBroker, condition: impl Fn(&broker::BrokerStats) -> bool) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
