@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use broker::{BrokerHooks, DisconnectReason, PresenceEvent, Refusal};
+use broker::{BrokerError, BrokerHooks, DisconnectReason, PresenceEvent, Refusal};
 use common::*;
 use rumqttc::{Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
@@ -64,6 +64,25 @@ async fn a_device_publishes_under_its_prefix_and_an_in_process_subscriber_sees_i
     assert_eq!(stats.sessions_started, 1);
     assert_eq!(stats.publishes_received, 1);
     assert_eq!(stats.refusals().map(|(_, n)| n).sum::<u64>(), 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_in_process_subscription_needs_a_well_formed_filter() {
+    let pki = TestPki::new();
+    let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
+    for good in ["#", "fleet/v1/+/up/#", "a", "a/+/b"] {
+        assert!(broker.subscribe_local(good).await.is_ok(), "{good}");
+    }
+    for bad in ["", "a/#/b", "a+", "a/b#", "a\0", "a//b"] {
+        assert!(
+            matches!(
+                broker.subscribe_local(bad).await,
+                Err(BrokerError::InvalidFilter(filter)) if filter == bad
+            ),
+            "{bad:?}"
+        );
+    }
     broker.shutdown().await;
 }
 
