@@ -1,14 +1,12 @@
 //! Revocation: a live session closes within 2 s of `disconnect`, and the device's next
 //! attempt is refused by the admission hook.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use broker::{BrokerHooks, DisconnectReason, Refusal};
-use common::*;
 use rumqttc::{ConnectReturnCode, QoS};
 
 /// An admission hook backed by an in-memory revocation list, as the store would be.
@@ -30,10 +28,7 @@ async fn a_revoked_device_is_dropped_within_two_seconds_and_cannot_reconnect() {
     let (presence_tx, mut presence) = tokio::sync::mpsc::unbounded_channel();
     hooks.presence = Some(presence_tx);
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let bystander = pki.device();
     let (_bystander_client, bystander_loop) =

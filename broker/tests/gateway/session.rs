@@ -1,12 +1,10 @@
 //! A device's happy path through the gateway: connect, publish, be seen in-process,
 //! receive server messages, presence, will.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use broker::{BrokerError, BrokerHooks, DisconnectReason, PresenceEvent, Refusal};
-use common::*;
 use rumqttc::{Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -23,10 +21,7 @@ async fn a_device_publishes_under_its_prefix_and_an_in_process_subscriber_sees_i
     let pki = TestPki::new();
     let (hooks, mut presence) = hooks_with_presence();
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
 
     let (client, eventloop) = connect(device_options(&pki, &broker, &device)).await;
@@ -99,34 +94,17 @@ async fn a_server_message_reaches_the_subscribed_device_at_qos_1() {
         )
         .await
         .unwrap();
-    timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::SubAck(suback)) = eventloop.poll().await.unwrap() {
-                assert_eq!(
-                    suback.return_codes,
-                    vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
-                );
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    assert_eq!(
+        next_suback_codes(&mut eventloop).await,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
 
     let ack_topic = wire::topic::ack(device.id());
     broker
         .publish_local(&ack_topic, &b"watermark"[..])
         .await
         .unwrap();
-    let publish = timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.unwrap() {
-                return publish;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let publish = next_publish(&mut eventloop).await;
     assert_eq!(publish.topic, ack_topic);
     assert_eq!(&publish.payload[..], b"watermark");
     assert_eq!(publish.qos, QoS::AtLeastOnce);
@@ -138,10 +116,7 @@ async fn the_will_is_published_when_the_connection_is_lost_and_not_after_disconn
     let pki = TestPki::new();
     let (hooks, mut presence) = hooks_with_presence();
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let presence_topic = wire::topic::presence(device.id());
 
