@@ -40,8 +40,9 @@ pub enum BrokerError {
     #[error("embedded MQTT router refused a local link: {0}")]
     Link(String),
 
-    /// A local subscription filter is empty or malformed (wildcards only as whole
-    /// levels, `#` only last).
+    /// A local subscription filter is not well formed (see
+    /// [`wire::topic::is_well_formed_filter`]: wildcards only as whole levels, `#` only
+    /// last, no empty level).
     #[error("invalid local subscription filter {0:?}")]
     InvalidFilter(String),
 

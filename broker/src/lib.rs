@@ -19,7 +19,7 @@
 //! let mut ingest = broker.subscribe_local(wire::topic::INGEST_FILTER).await?;
 //! while let Some(message) = ingest.recv().await {
 //!     // decode, write, commit, then:
-//!     # let device_id = wire::DeviceId(wire::Uuid::nil());
+//!     # let device_id = wire::DeviceId::from(wire::Uuid::nil());
 //!     broker.publish_local(&wire::topic::ack(device_id), vec![0u8]).await?;
 //! }
 //! broker.shutdown().await;

@@ -339,10 +339,24 @@ fn below_device_prefix(device_id: DeviceId, topic_or_filter: &str) -> Option<&st
     is_well_formed_filter(rest).then_some(rest)
 }
 
-/// Whether `levels` is a non-empty MQTT filter with wildcards only as whole
-/// levels, `#` only last, and no empty levels.
-fn is_well_formed_filter(levels: &str) -> bool {
-    let mut levels = levels.split('/').peekable();
+/// Whether `filter` is a well-formed MQTT topic filter as fleetplane accepts one:
+/// non-empty, `+` and `#` only as whole levels, `#` only as the last level, no
+/// empty level and no NUL.
+///
+/// MQTT itself allows empty levels (`a//b`, `/a`); no fleetplane topic has one, so
+/// they are refused. This is the one filter check: the confinement of a device's
+/// subscriptions ([`device_may_subscribe`]) and the broker's in-process
+/// subscriptions both use it.
+///
+/// ```
+/// use wire::topic::is_well_formed_filter;
+///
+/// assert!(is_well_formed_filter("fleet/v1/+/up/#"));
+/// assert!(!is_well_formed_filter("fleet/#/up"));
+/// assert!(!is_well_formed_filter("fleet//up"));
+/// ```
+pub fn is_well_formed_filter(filter: &str) -> bool {
+    let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         let is_last = levels.peek().is_none();
         let well_formed = match level {
@@ -545,6 +559,18 @@ mod tests {
             format!("fleet/v1/{DEVICE}/up/\0"),
         ] {
             assert!(!is_under_device_prefix(device(), &filter), "{filter}");
+        }
+    }
+
+    #[test]
+    fn filters_have_wildcards_only_as_whole_levels_and_no_empty_levels() {
+        for good in ["#", "+", "a", "a/+/b", "fleet/v1/+/up/#", INGEST_FILTER] {
+            assert!(is_well_formed_filter(good), "{good}");
+        }
+        for bad in [
+            "", "a/#/b", "a+", "a/b#", "#/", "a\0", "a//b", "/a", "a/", "/",
+        ] {
+            assert!(!is_well_formed_filter(bad), "{bad:?}");
         }
     }
 

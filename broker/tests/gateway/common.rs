@@ -2,20 +2,18 @@
 //! never pasted), a broker on an ephemeral loopback port, and rumqttc clients that use
 //! rustls with ring.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{Broker, BrokerConfig, BrokerHooks, PresenceEvent, RunningBroker};
+use broker::{Broker, BrokerConfig, BrokerHooks, LocalSubscription, PresenceEvent, RunningBroker};
 use certs::{
     CertificateDer, DeviceIdentity, IssuingCa, Pki, PkiParams, ServerCertParams, Validity,
 };
 use rumqttc::{
     AsyncClient, ConnAck, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions,
-    Packet, TlsConfiguration, Transport,
+    Packet, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
@@ -25,7 +23,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A PKI in a temporary directory.
 pub struct TestPki {
-    pub dir: TempDir,
+    /// Where the PKI's files are, removed with it.
+    _dir: TempDir,
     pub pki: Pki,
 }
 
@@ -33,7 +32,7 @@ impl TestPki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &PkiParams::default()).unwrap();
-        Self { dir, pki }
+        Self { _dir: dir, pki }
     }
 
     pub fn ca(&self) -> &IssuingCa {
@@ -127,6 +126,14 @@ pub async fn start_broker(
     Broker::start(config, hooks).await.unwrap()
 }
 
+/// An in-process subscription to every device's `up` topics, as ingest has.
+pub async fn subscribe_ingest(broker: &RunningBroker) -> LocalSubscription {
+    broker
+        .subscribe_local(wire::topic::INGEST_FILTER)
+        .await
+        .unwrap()
+}
+
 /// Hooks that admit everyone and hand presence events to the test.
 pub fn hooks_with_presence() -> (BrokerHooks, mpsc::UnboundedReceiver<PresenceEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -205,6 +212,44 @@ pub async fn connect_code(options: MqttOptions) -> Option<ConnectReturnCode> {
     }
 }
 
+/// Polls until `pick` takes an incoming packet, within `limit`; panics on a
+/// connection error or when the time is up.
+pub async fn next_incoming_within<T>(
+    eventloop: &mut EventLoop,
+    limit: Duration,
+    mut pick: impl FnMut(Packet) -> Option<T>,
+) -> T {
+    tokio::time::timeout(limit, async {
+        loop {
+            if let Event::Incoming(packet) = eventloop.poll().await.unwrap() {
+                if let Some(picked) = pick(packet) {
+                    return picked;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no such packet within {limit:?}"))
+}
+
+/// The next PUBLISH the device receives, within [`TIMEOUT`].
+pub async fn next_publish(eventloop: &mut EventLoop) -> rumqttc::Publish {
+    next_incoming_within(eventloop, TIMEOUT, |packet| match packet {
+        Packet::Publish(publish) => Some(publish),
+        _ => None,
+    })
+    .await
+}
+
+/// The return codes of the next SUBACK the device receives, within [`TIMEOUT`].
+pub async fn next_suback_codes(eventloop: &mut EventLoop) -> Vec<SubscribeReasonCode> {
+    next_incoming_within(eventloop, TIMEOUT, |packet| match packet {
+        Packet::SubAck(suback) => Some(suback.return_codes),
+        _ => None,
+    })
+    .await
+}
+
 /// Polls the event loop until it fails (the server closed the connection), returning
 /// the time it took, or panics after `limit`.
 pub async fn wait_disconnected(eventloop: &mut EventLoop, limit: Duration) -> Duration {
@@ -230,6 +275,28 @@ pub fn drive(mut eventloop: EventLoop) -> tokio::task::JoinHandle<Vec<Event>> {
         }
         events
     })
+}
+
+/// Every presence event received so far, without waiting.
+pub fn presence_so_far(rx: &mut mpsc::UnboundedReceiver<PresenceEvent>) -> Vec<PresenceEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+/// A device's TLS connection with no MQTT client on it, for bytes rumqttc would not
+/// send.
+pub async fn raw_tls(
+    pki: &TestPki,
+    broker: &RunningBroker,
+    device: &TestDevice,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls(&pki.root(), Some(device))));
+    let tcp = tokio::net::TcpStream::connect(broker.local_addr())
+        .await
+        .unwrap();
+    let server_name =
+        rustls::pki_types::ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into());
+    connector.connect(server_name, tcp).await.unwrap()
 }
 
 /// Waits until `condition` holds on the broker's stats, or panics after [`TIMEOUT`].

@@ -2,14 +2,12 @@
 //! s_client`, with the device's key and certificate files. Each test skips (with a
 //! note) when its tool is not installed.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::common::*;
 use broker::{BrokerHooks, Refusal, RunningBroker};
-use common::*;
 use tokio::process::Command;
 use tokio::time::timeout;
 
@@ -73,10 +71,7 @@ async fn mosquitto_pub_publishes_through_the_gateway() {
     }
     let pki = TestPki::new();
     let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let files = files(&pki, &device);
     let topic = wire::topic::events(device.id());

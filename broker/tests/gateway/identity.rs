@@ -1,17 +1,34 @@
 //! Who may connect: refused at the TLS handshake (no certificate, another CA, expired)
 //! or at CONNECT (client id, keep-alive, revoked, admission error), each counted.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{BrokerHooks, Refusal};
+use crate::common::*;
+use broker::{AdmissionCheck, BrokerHooks, Refusal, RunningBroker};
 use certs::Validity;
-use common::*;
-use rumqttc::ConnectReturnCode;
+use rumqttc::{ConnectReturnCode, MqttOptions};
 use time::OffsetDateTime;
+
+/// Each attempt fails before any CONNACK, and the broker counts each as a failed
+/// handshake: none completes, no session starts.
+async fn assert_refused_at_the_handshake(
+    broker: &RunningBroker,
+    attempts: impl IntoIterator<Item = MqttOptions>,
+) {
+    let mut refused = 0;
+    for options in attempts {
+        assert_eq!(connect_code(options).await, None, "attempt {refused}");
+        refused += 1;
+    }
+    eventually(broker, |stats| {
+        stats.refused(Refusal::TlsHandshake) == refused
+    })
+    .await;
+    let stats = broker.stats();
+    assert_eq!((stats.handshakes_completed, stats.sessions_started), (0, 0));
+}
 
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
@@ -25,9 +42,7 @@ async fn a_certificate_from_another_ca_is_refused_at_the_handshake() {
         &stranger.client_id(),
         client_tls(&pki.root(), Some(&stranger)),
     );
-    assert_eq!(connect_code(options).await, None);
-    eventually(&broker, |stats| stats.refused(Refusal::TlsHandshake) == 1).await;
-    assert_eq!(broker.stats().sessions_started, 0);
+    assert_refused_at_the_handshake(&broker, [options]).await;
     broker.shutdown().await;
 }
 
@@ -36,30 +51,18 @@ async fn an_expired_certificate_is_refused_at_the_handshake() {
     let pki = TestPki::new();
     let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
     let now = OffsetDateTime::now_utc();
-    let expired = pki.device_with(
-        Validity::between(
-            now - time::Duration::days(10),
-            now - time::Duration::days(1),
-        )
-        .unwrap(),
-    );
-    assert_eq!(
-        connect_code(device_options(&pki, &broker, &expired)).await,
-        None
-    );
-    let not_yet_valid = pki.device_with(
-        Validity::between(
-            now + time::Duration::days(1),
-            now + time::Duration::days(10),
-        )
-        .unwrap(),
-    );
-    assert_eq!(
-        connect_code(device_options(&pki, &broker, &not_yet_valid)).await,
-        None
-    );
-    eventually(&broker, |stats| stats.refused(Refusal::TlsHandshake) == 2).await;
-    assert_eq!(broker.stats().sessions_started, 0);
+    // Expired a day ago; valid only from tomorrow.
+    let attempts = [(-10, -1), (1, 10)].map(|(from, until)| {
+        let device = pki.device_with(
+            Validity::between(
+                now + time::Duration::days(from),
+                now + time::Duration::days(until),
+            )
+            .unwrap(),
+        );
+        device_options(&pki, &broker, &device)
+    });
+    assert_refused_at_the_handshake(&broker, attempts).await;
     broker.shutdown().await;
 }
 
@@ -73,8 +76,7 @@ async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
         &device.client_id(),
         client_tls(&pki.root(), None),
     );
-    assert_eq!(connect_code(options).await, None);
-    eventually(&broker, |stats| stats.refused(Refusal::TlsHandshake) == 1).await;
+    assert_refused_at_the_handshake(&broker, [options]).await;
     broker.shutdown().await;
 }
 
@@ -153,26 +155,27 @@ async fn a_revoked_device_is_refused_with_not_authorized() {
 async fn a_failing_or_slow_admission_check_refuses_with_server_unavailable() {
     let pki = TestPki::new();
     let device = pki.device();
-    let mut hooks = BrokerHooks::admit_all();
-    hooks.admission = Arc::new(|_| Box::pin(async { Err("database down".into()) }));
-    let broker = start_broker(&pki, hooks, |_| {}).await;
-    assert_eq!(
-        connect_code(device_options(&pki, &broker, &device)).await,
-        Some(ConnectReturnCode::ServiceUnavailable)
-    );
-    assert_eq!(broker.stats().refused(Refusal::AdmissionError), 1);
-    broker.shutdown().await;
-
-    let mut hooks = BrokerHooks::admit_all();
-    hooks.admission = Arc::new(|_| Box::pin(std::future::pending()));
-    let broker = start_broker(&pki, hooks, |config| {
-        config.admission_timeout = Duration::from_millis(200);
-    })
-    .await;
-    assert_eq!(
-        connect_code(device_options(&pki, &broker, &device)).await,
-        Some(ConnectReturnCode::ServiceUnavailable)
-    );
-    assert_eq!(broker.stats().refused(Refusal::AdmissionError), 1);
-    broker.shutdown().await;
+    let failing: AdmissionCheck = Arc::new(|_| Box::pin(async { Err("database down".into()) }));
+    let hanging: AdmissionCheck = Arc::new(|_| Box::pin(std::future::pending()));
+    for (name, admission) in [("failing", failing), ("hanging", hanging)] {
+        let (mut hooks, mut presence) = hooks_with_presence();
+        hooks.admission = admission;
+        let broker = start_broker(&pki, hooks, |config| {
+            config.admission_timeout = Duration::from_millis(200);
+        })
+        .await;
+        assert_eq!(
+            connect_code(device_options(&pki, &broker, &device)).await,
+            Some(ConnectReturnCode::ServiceUnavailable),
+            "{name}"
+        );
+        assert_eq!(broker.stats().refused(Refusal::AdmissionError), 1);
+        // Registered for the check, unregistered before the CONNACK, never online.
+        assert!(
+            !broker.disconnect(device.id()),
+            "{name}: no registry entry left"
+        );
+        assert_eq!(presence_so_far(&mut presence), [], "{name}");
+        broker.shutdown().await;
+    }
 }

@@ -1,11 +1,9 @@
 //! Per-device limits: packet size and publish rate, refused (disconnected) and counted.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use broker::{BrokerHooks, DisconnectReason, Refusal};
-use common::*;
 use rumqttc::QoS;
 use tokio::time::timeout;
 
@@ -17,10 +15,7 @@ async fn an_oversize_packet_is_refused_and_counted() {
         config.max_packet_size = 4096;
     })
     .await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let mut options = device_options(&pki, &broker, &device);
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -57,10 +52,7 @@ async fn a_publish_flood_is_refused_and_counted() {
         config.publish_burst = 10;
     })
     .await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let (client, mut eventloop) = connect(device_options(&pki, &broker, &device)).await;
     let topic = wire::topic::telemetry(device.id());

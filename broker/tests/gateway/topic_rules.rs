@@ -3,13 +3,11 @@
 //! subscriber. (rumqttc will not publish to a wildcard topic at all; the gateway's
 //! refusal of those is covered by `wire::topic`'s and `policy`'s unit tests.)
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use broker::{BrokerHooks, DisconnectReason, Refusal};
-use common::*;
-use rumqttc::{ConnectReturnCode, Event, LastWill, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
 use tokio::time::timeout;
 
 #[tokio::test]
@@ -66,15 +64,7 @@ async fn suback_codes(
         )
         .await
         .unwrap();
-    timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::SubAck(suback)) = eventloop.poll().await.unwrap() {
-                return suback.return_codes;
-            }
-        }
-    })
-    .await
-    .unwrap()
+    next_suback_codes(eventloop).await
 }
 
 #[tokio::test]
@@ -135,15 +125,7 @@ async fn device_a_cannot_subscribe_to_device_bs_topics_or_wildcards_above_its_ow
         .publish_local(&wire::topic::ack(a.id()), &b"for a"[..])
         .await
         .unwrap();
-    let publish = timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.unwrap() {
-                return publish;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let publish = next_publish(&mut eventloop).await;
     assert_eq!(&publish.payload[..], b"for a");
     broker.shutdown().await;
 }

@@ -1,12 +1,10 @@
 //! A device's happy path through the gateway: connect, publish, be seen in-process,
 //! receive server messages, presence, will.
 
-mod common;
-
 use std::time::Duration;
 
-use broker::{BrokerHooks, DisconnectReason, PresenceEvent};
-use common::*;
+use crate::common::*;
+use broker::{BrokerError, BrokerHooks, DisconnectReason, PresenceEvent, Refusal};
 use rumqttc::{Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -23,10 +21,7 @@ async fn a_device_publishes_under_its_prefix_and_an_in_process_subscriber_sees_i
     let pki = TestPki::new();
     let (hooks, mut presence) = hooks_with_presence();
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
 
     let (client, eventloop) = connect(device_options(&pki, &broker, &device)).await;
@@ -68,6 +63,25 @@ async fn a_device_publishes_under_its_prefix_and_an_in_process_subscriber_sees_i
 }
 
 #[tokio::test]
+async fn an_in_process_subscription_needs_a_well_formed_filter() {
+    let pki = TestPki::new();
+    let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
+    for good in ["#", "fleet/v1/+/up/#", "a", "a/+/b"] {
+        assert!(broker.subscribe_local(good).await.is_ok(), "{good}");
+    }
+    for bad in ["", "a/#/b", "a+", "a/b#", "a\0", "a//b"] {
+        assert!(
+            matches!(
+                broker.subscribe_local(bad).await,
+                Err(BrokerError::InvalidFilter(filter)) if filter == bad
+            ),
+            "{bad:?}"
+        );
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_message_reaches_the_subscribed_device_at_qos_1() {
     let pki = TestPki::new();
     let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
@@ -80,34 +94,17 @@ async fn a_server_message_reaches_the_subscribed_device_at_qos_1() {
         )
         .await
         .unwrap();
-    timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::SubAck(suback)) = eventloop.poll().await.unwrap() {
-                assert_eq!(
-                    suback.return_codes,
-                    vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
-                );
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    assert_eq!(
+        next_suback_codes(&mut eventloop).await,
+        vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
 
     let ack_topic = wire::topic::ack(device.id());
     broker
         .publish_local(&ack_topic, &b"watermark"[..])
         .await
         .unwrap();
-    let publish = timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await.unwrap() {
-                return publish;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let publish = next_publish(&mut eventloop).await;
     assert_eq!(publish.topic, ack_topic);
     assert_eq!(&publish.payload[..], b"watermark");
     assert_eq!(publish.qos, QoS::AtLeastOnce);
@@ -119,10 +116,7 @@ async fn the_will_is_published_when_the_connection_is_lost_and_not_after_disconn
     let pki = TestPki::new();
     let (hooks, mut presence) = hooks_with_presence();
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap();
+    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let presence_topic = wire::topic::presence(device.id());
 
@@ -161,6 +155,67 @@ async fn the_will_is_published_when_the_connection_is_lost_and_not_after_disconn
             .is_err(),
         "only one will"
     );
+    broker.shutdown().await;
+}
+
+/// The bytes of `packet`, as MQTT 3.1.1.
+fn encode(packet: rumqttd::protocol::Packet) -> Vec<u8> {
+    use rumqttd::protocol::Protocol;
+    let mut buffer = bytes::BytesMut::new();
+    rumqttd::protocol::v4::V4
+        .write(packet, &mut buffer)
+        .unwrap();
+    buffer.to_vec()
+}
+
+#[tokio::test]
+async fn a_protocol_error_ends_the_session_unregistered_with_one_offline_event() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let (hooks, mut presence) = hooks_with_presence();
+    let broker = start_broker(&pki, hooks, |_| {}).await;
+    let device = pki.device();
+    let connect = encode(rumqttd::protocol::Packet::Connect(
+        rumqttd::protocol::Connect {
+            keep_alive: 30,
+            client_id: device.client_id(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        None,
+    ));
+    let mut stream = raw_tls(&pki, &broker, &device).await;
+    stream.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    timeout(TIMEOUT, stream.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK 0x00");
+    // A second CONNECT is a protocol violation: the gateway closes the connection.
+    stream.write_all(&connect).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = timeout(TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    eventually(&broker, |stats| {
+        stats.refused(Refusal::ProtocolError) == 1 && stats.sessions_active == 0
+    })
+    .await;
+    let events = presence_so_far(&mut presence);
+    assert_eq!(events.len(), 2, "one online, one offline: {events:?}");
+    assert!(events[0].online);
+    assert!(!events[1].online);
+    assert_eq!(events[1].session, events[0].session);
+    assert_eq!(
+        events[1].reason,
+        Some(DisconnectReason::Refused(Refusal::ProtocolError))
+    );
+    assert!(!broker.disconnect(device.id()), "no registry entry left");
     broker.shutdown().await;
 }
 

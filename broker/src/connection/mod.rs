@@ -1,0 +1,127 @@
+//! One device connection, from TCP accept to the end of its MQTT session.
+//!
+//! ```text
+//! TLS handshake (timeout, own task) ─▶ identity from the verified leaf
+//!   ─▶ CONNECT (timeout): protocol 3.1.1, client id = device id, keep-alive, will topic
+//!   ─▶ registered (a newer session of the device replaces this one)
+//!   ─▶ admission hook (timeout, fail closed) ─▶ engine link ─▶ CONNACK 0x00, online
+//!   ─▶ session loop: device packets checked and passed to the engine; engine packets
+//!      written to the device; closed on revocation, replacement, keep-alive, a broken
+//!      rule, a lost link or shutdown
+//!   ─▶ will (when MQTT says so) + DISCONNECT into the engine, offline
+//! ```
+//!
+//! - [`codec`]: MQTT 3.1.1 frames in and out of the TLS stream.
+//! - [`admission`]: CONNECT, from the first packet to CONNACK 0x00.
+//! - [`registration`]: the session's entry in the registry, its presence events and
+//!   its place in the counters, undone by one guard whatever ends the session.
+//! - [`session`]: the read and forward loops, the rules and limits per packet.
+
+mod admission;
+mod codec;
+mod registration;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::engine::Engine;
+use crate::hooks::{AdmissionCheck, PresenceEvent};
+use crate::registry::Registry;
+use crate::stats::{Counters, Refusal};
+use crate::tls;
+
+use codec::{DeviceIo, Stream};
+
+/// How long closing a refused connection may take (sending close_notify).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The limits each connection applies, copied from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) admission_timeout: Duration,
+    pub(crate) max_packet_size: usize,
+    pub(crate) publish_rate: f64,
+    pub(crate) publish_burst: u32,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) max_keep_alive: u16,
+}
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) acceptor: TlsAcceptor,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) admission: AdmissionCheck,
+    pub(crate) presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Serves one accepted TCP connection to its end. `_connection` is held for the
+/// connection's whole life; `handshake` only until the handshake ends.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+    _connection: OwnedSemaphorePermit,
+) {
+    let Some(stream) = tls_handshake(&shared, tcp, handshake).await else {
+        return;
+    };
+    let identity = match tls::peer_identity(stream.get_ref().1) {
+        Ok(identity) => identity,
+        Err(error) => {
+            warn!(%remote_addr, %error, "refused: verified certificate without identity");
+            shared.counters.refused(Refusal::Identity);
+            codec::close(stream).await;
+            return;
+        }
+    };
+    shared.counters.handshake_completed();
+    let mut device = DeviceIo::new(stream, shared.limits.max_packet_size);
+    match admission::admit(&shared, &mut device, identity, remote_addr).await {
+        Ok(admitted) => session::run(&shared, device, admitted, identity).await,
+        Err(refusal) => {
+            if let Some(refusal) = refusal {
+                debug!(%remote_addr, %identity, %refusal, "session refused");
+                shared.counters.refused(refusal);
+            }
+            device.close().await;
+        }
+    }
+}
+
+/// The TLS handshake, bounded by the handshake timeout. Any failure (no certificate,
+/// another CA, expired, TLS below 1.2, garbage) is counted as such and ends here.
+async fn tls_handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+) -> Option<Stream> {
+    let result = timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp)).await;
+    drop(permit);
+    match result {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            debug!(%error, "TLS handshake failed");
+            shared.counters.refused(Refusal::TlsHandshake);
+            None
+        }
+        Err(_elapsed) => {
+            shared.counters.refused(Refusal::TlsHandshakeTimeout);
+            None
+        }
+    }
+}
