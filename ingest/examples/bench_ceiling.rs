@@ -20,13 +20,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_tests::records::telemetry_200_bytes;
 use fleet_tests::TestDb;
 use ingest::{start, AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, Metrics};
 use sqlx::Connection;
-use store::devices::{self, NewDevice};
-use store::{tenants, DeviceId, TenantId};
+use store::{DeviceId, TenantId};
 use time::OffsetDateTime;
-use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+use wire::Batch;
 
 const BODY: usize = 200;
 
@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     let device_count: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(100);
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
-    let (tenant, devices) = tenant_with_devices(&db, device_count).await?;
+    let (tenant, devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "bench", device_count).await;
     println!("rows per method: {rows}; devices: {device_count}; body: {BODY} bytes");
 
     let rate = unnest_rls(&test_db, tenant, &devices, rows, 1, 0).await?;
@@ -56,31 +57,6 @@ async fn main() -> anyhow::Result<()> {
     );
     db.close().await?;
     Ok(())
-}
-
-async fn tenant_with_devices(
-    db: &store::Database,
-    n: usize,
-) -> anyhow::Result<(TenantId, Vec<DeviceId>)> {
-    let tenant = tenants::create(&db.app, "bench", &store::audit::Actor::System)
-        .await?
-        .id;
-    let mut tx = db.app.begin(tenant).await?;
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let new = NewDevice {
-            name: format!("d{i}"),
-            group: "default".into(),
-            labels: Default::default(),
-        };
-        ids.push(
-            devices::create(&mut tx, &new, &store::audit::Actor::System)
-                .await?
-                .id,
-        );
-    }
-    tx.commit().await?;
-    Ok((tenant, ids))
 }
 
 /// Raw INSERT ... unnest as fleet_app, `connections` in parallel; seqs start above `seq_base`.
@@ -180,23 +156,6 @@ impl AckSink for LastAcks {
     }
 }
 
-/// A telemetry record whose CBOR body is close to BODY bytes.
-fn record(seq: u64) -> Record {
-    let custom = (0..14)
-        .map(|i| (format!("metric_{i:02}"), seq as f64 + f64::from(i)))
-        .collect();
-    Record {
-        seq,
-        recorded_at: UnixMillis::now(),
-        body: Body::Telemetry(Telemetry {
-            cpu_usage_percent: Some(12.5),
-            uptime_secs: Some(seq),
-            custom,
-            ..Telemetry::default()
-        }),
-    }
-}
-
 async fn pipeline(
     db: &store::Database,
     devices: &[DeviceId],
@@ -216,7 +175,7 @@ async fn pipeline(
         metrics.clone(),
     )?;
     let per_device = (rows / devices.len() / 10 * 10) as u64;
-    let sample = wire::encode_batch(&Batch::new(vec![record(1)]));
+    let sample = wire::encode_batch(&Batch::new(vec![telemetry_200_bytes(1)]));
     println!(
         "(pipeline telemetry body: about {} bytes)",
         sample.len() - 8
@@ -228,7 +187,9 @@ async fn pipeline(
         tasks.push(tokio::spawn(async move {
             let topic = wire::topic::telemetry(device);
             for chunk in 0..per_device / 10 {
-                let records = (1..=10).map(|i| record(chunk * 10 + i)).collect();
+                let records = (1..=10)
+                    .map(|i| telemetry_200_bytes(chunk * 10 + i))
+                    .collect();
                 let payload = wire::encode_batch(&Batch::new(records));
                 sender
                     .send(InboundMessage::new(topic.clone(), payload))

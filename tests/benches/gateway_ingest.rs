@@ -32,16 +32,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_tests::mqtt::{connect_subscribed, DeviceCredentials};
+use fleet_tests::records::{committed, telemetry_200_bytes};
 use fleet_tests::TestDb;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
-};
-use rustls::pki_types::CertificateDer;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use sqlx::Connection;
-use store::{tenants, DeviceId, TenantId};
+use store::{DeviceId, TenantId};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+use wire::Batch;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The gateway's defaults (broker::config), with a margin.
@@ -134,16 +132,9 @@ async fn run(
     let tenant = {
         let running = running.clone();
         fleetd_rt
-            .spawn(async move {
-                tenants::create(
-                    &running.database().app,
-                    "bench",
-                    &store::audit::Actor::System,
-                )
-                .await
-                .unwrap()
-                .id
-            })
+            .spawn(
+                async move { fleet_tests::tenancy::tenant(&running.database().app, "bench").await },
+            )
             .await
             .unwrap()
     };
@@ -161,9 +152,10 @@ async fn run(
         for device in chunk {
             let options = mqtt_options(&running, device);
             let id = device.device_id;
-            handles.push(tokio::spawn(
-                async move { (id, connect(options, id).await) },
-            ));
+            handles.push(tokio::spawn(async move {
+                let subscribed = connect_subscribed(options, wire::topic::ack(id), TIMEOUT).await;
+                (id, subscribed)
+            }));
         }
         for h in handles {
             connected.push(h.await.unwrap());
@@ -221,7 +213,7 @@ async fn run(
     let q = |p: f64| {
         latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
-    let (count, distinct) = committed_records(&test_db, tenant).await;
+    let (count, distinct) = committed(&test_db, tenant).await;
     assert_eq!(
         (count, distinct),
         (total as i64, total as i64),
@@ -240,7 +232,7 @@ async fn run(
     );
     cpu_before.report(&cpu_after, elapsed);
     print_waits();
-    let metrics = http_get_metrics(running.metrics_addr()).await;
+    let metrics = fleet_tests::metrics::scrape_body(running.metrics_addr()).await;
 
     // Ceilings, same server, same row shape, after the end-to-end phase (nothing else running).
     let ceiling_rows = (total as usize).div_ceil(10_000) * 10_000;
@@ -368,7 +360,9 @@ async fn device(
         }
         tokens -= 1.0;
         let last = first + per_message - 1;
-        let payload = wire::encode_batch(&Batch::new((first..=last).map(record).collect()));
+        let payload = wire::encode_batch(&Batch::new(
+            (first..=last).map(telemetry_200_bytes).collect(),
+        ));
         publishes.push((Instant::now(), last));
         client
             .publish(&topic, QoS::AtLeastOnce, false, payload)
@@ -382,23 +376,6 @@ async fn device(
         publishes,
         acks,
         final_ack,
-    }
-}
-
-/// A telemetry record whose stored CBOR body is about 200 bytes (as ingest's bench_ceiling).
-fn record(seq: u64) -> Record {
-    let custom = (0..14)
-        .map(|i| (format!("metric_{i:02}"), seq as f64 + f64::from(i)))
-        .collect();
-    Record {
-        seq,
-        recorded_at: UnixMillis::now(),
-        body: Body::Telemetry(Telemetry {
-            cpu_usage_percent: Some(12.5),
-            uptime_secs: Some(seq),
-            custom,
-            ..Telemetry::default()
-        }),
     }
 }
 
@@ -416,12 +393,6 @@ async fn stored_body(db: &TestDb, tenant: TenantId) -> Vec<u8> {
 
 // ---- provisioning and MQTT (as tests/tests/device_e2e.rs) ----
 
-struct DeviceCredentials {
-    device_id: wire::DeviceId,
-    key: rcgen::KeyPair,
-    chain: Vec<CertificateDer<'static>>,
-}
-
 async fn provision(
     running: &fleetd::Running,
     tenant: TenantId,
@@ -430,69 +401,21 @@ async fn provision(
     let ids = fleet_tests::tenancy::add_devices(&running.database().app, tenant, "sim-", n).await;
     let ca = &running.pki().issuing_ca;
     ids.into_iter()
-        .map(|id| {
-            let issued = fleet_tests::device::issue(
-                ca,
-                certs::DeviceIdentity {
-                    tenant_id: tenant,
-                    device_id: id,
-                },
-                certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
-            );
-            DeviceCredentials {
-                device_id: id,
-                key: issued.key,
-                chain: issued.chain,
-            }
-        })
+        .map(|id| DeviceCredentials::issued(ca, tenant, id))
         .collect()
 }
 
+/// `device`'s options for fleetd's embedded broker, with a keep-alive that outlasts a loaded
+/// machine's stalls.
 fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
-    let tls = fleet_tests::device::device_tls(
-        running.pki().issuing_ca.root_der(),
-        device.chain.clone(),
-        &device.key,
-    );
     let addr = running.broker_addr().expect("the embedded broker");
-    let mut options = MqttOptions::new(
-        device.device_id.to_string(),
+    let mut options = device.options(
+        running.pki().issuing_ca.root_der(),
         addr.ip().to_string(),
         addr.port(),
     );
     options.set_keep_alive(Duration::from_secs(60));
-    options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
     options
-}
-
-async fn connect(options: MqttOptions, device_id: wire::DeviceId) -> (AsyncClient, EventLoop) {
-    let (client, mut events) = AsyncClient::new(options, 256);
-    client
-        .subscribe(wire::topic::ack(device_id), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tokio::time::timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::SubAck(_)) =
-                events.poll().await.expect("device connects")
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("SUBACK in time");
-    (client, events)
-}
-
-async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
-    let mut owner = db.connect_as_owner().await;
-    sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&mut owner)
-        .await
-        .unwrap()
 }
 
 // ---- ceilings (the approach and SQL of ingest/examples/bench_ceiling.rs) ----
@@ -792,23 +715,6 @@ fn print_waits() {
 }
 
 // ---- fleetd's /metrics ----
-
-async fn http_get_metrics(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or(response)
-}
 
 /// Counters as they are; histograms as count, mean and bucket quantiles.
 fn print_metrics(text: &str) {

@@ -26,19 +26,27 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body as text, for failure messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Checks the status is `status`, showing the body when it is not.
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "{}", self.text());
+        self
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// Checks this is a problem+json answer with `status` and problem type `slug`; returns it.
+    #[track_caller]
     pub fn assert_problem(&self, status: u16, slug: &str) -> serde_json::Value {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
+        self.assert_status(status);
         assert_eq!(
             self.header("content-type"),
             Some("application/problem+json")

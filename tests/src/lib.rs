@@ -7,8 +7,11 @@
 
 pub mod device;
 pub mod https;
+pub mod metrics;
 pub mod mosquitto;
+pub mod mqtt;
 pub mod openssl;
+pub mod records;
 pub mod tenancy;
 
 use std::path::PathBuf;

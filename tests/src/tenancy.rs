@@ -37,12 +37,17 @@ pub async fn add_devices(app: &AppDb, tenant: TenantId, prefix: &str, n: usize) 
     ids
 }
 
-/// A new tenant `name` with `n` devices (named `{name}-d{i}`); returns its id and the device ids.
-pub async fn tenant_with_devices(app: &AppDb, name: &str, n: usize) -> (TenantId, Vec<DeviceId>) {
-    let tenant = tenants::create(app, name, &store::audit::Actor::System)
+/// A new tenant `name`, created by the system; returns its id.
+pub async fn tenant(app: &AppDb, name: &str) -> TenantId {
+    tenants::create(app, name, &store::audit::Actor::System)
         .await
         .unwrap()
-        .id;
+        .id
+}
+
+/// A new tenant `name` with `n` devices (named `{name}-d{i}`); returns its id and the device ids.
+pub async fn tenant_with_devices(app: &AppDb, name: &str, n: usize) -> (TenantId, Vec<DeviceId>) {
+    let tenant = tenant(app, name).await;
     let ids = add_devices(app, tenant, &format!("{name}-d"), n).await;
     (tenant, ids)
 }

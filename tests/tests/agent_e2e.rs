@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use fleet_tests::tenancy::tenant;
 use fleet_tests::TestDb;
 use store::enrollment_tokens::{self, NewEnrollmentToken};
-use store::{devices, tenants, DeviceId, TenantId};
+use store::{devices, DeviceId, TenantId};
+use tempfile::TempDir;
 use uuid::Uuid;
 
 /// `FLEET_AGENT_BIN`, or the agent binary next to this test's own directory in the target
@@ -81,6 +83,33 @@ fn run_agent(state: &Path, args: &[String]) -> Output {
         .unwrap()
 }
 
+/// `agent enroll` in `state` with fleetd's API at `server` (trusting the root in `root`) and
+/// the enrollment token `token`.
+async fn enroll(state: &Path, server: &str, root: &Path, token: &str) -> Output {
+    let root = root.to_str().unwrap();
+    agent(
+        state,
+        &["enroll", "--server", server, "--ca", root, "--token", token],
+    )
+    .await
+}
+
+/// The key files in the agent's state directory under `state`.
+fn key_files(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("state"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".key"))
+        .collect()
+}
+
+/// fleetd's configuration for a test: `db`, its data in `data_dir`, every listener on an
+/// ephemeral loopback port.
+fn fleetd_config(db: &TestDb, data_dir: &TempDir) -> fleetd::Config {
+    fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap())
+}
+
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -123,17 +152,9 @@ async fn issue_token(
 async fn the_agent_enrolls_reports_once_and_stops_when_revoked() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config =
-        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    let config = fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(
-        &running.database().app,
-        "agents",
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap()
-    .id;
+    let tenant = tenant(&running.database().app, "agents").await;
     let device_dir = tempfile::tempdir().unwrap();
     // The agent's own commented template is a working configuration.
     let template = agent(device_dir.path(), &["configfile"]).await;
@@ -195,19 +216,7 @@ async fn enrolled_agent(
     std::fs::write(&root, running.pki().issuing_ca.root_pem()).unwrap();
     std::fs::write(dir.join("agent.toml"), config).unwrap();
     let server = format!("https://localhost:{}", running.api_addr().port());
-    let enrolled = agent(
-        dir,
-        &[
-            "enroll",
-            "--server",
-            &server,
-            "--ca",
-            root.to_str().unwrap(),
-            "--token",
-            &token,
-        ],
-    )
-    .await;
+    let enrolled = enroll(dir, &server, &root, &token).await;
     assert!(enrolled.status.success(), "{}", text(&enrolled));
     let status = agent(dir, &["status", "--json"]).await;
     assert!(status.status.success(), "{}", text(&status));
@@ -233,18 +242,10 @@ async fn ledger(db: &TestDb, device: Uuid) -> (i64, i64, i64, i64) {
 async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_returns() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let mut config =
-        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    let mut config = fleetd_config(&db, &data_dir);
     let first = fleetd::start(config.clone()).await.unwrap();
     let broker_addr = first.broker_addr().unwrap();
-    let tenant = tenants::create(
-        &first.database().app,
-        "outage",
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap()
-    .id;
+    let tenant = tenant(&first.database().app, "outage").await;
     let device_dir = tempfile::tempdir().unwrap();
     let fast = "[telemetry]\ninterval_secs = 1\n[mqtt]\nbackoff_max_secs = 1\n";
     let device = enrolled_agent(&first, tenant, device_dir.path(), fast).await;
@@ -310,17 +311,9 @@ async fn records_made_while_the_broker_is_down_arrive_exactly_once_after_it_retu
 async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config =
-        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    let config = fleetd_config(&db, &data_dir);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(
-        &running.database().app,
-        "refusals",
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap()
-    .id;
+    let tenant = tenant(&running.database().app, "refusals").await;
     let elsewhere = NewEnrollmentToken {
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         ..loopback_token()
@@ -358,35 +351,11 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
     let server = format!("https://localhost:{}", running.api_addr().port());
     // The daily token's one use, so that its next use is refused.
     let first = tempfile::tempdir().unwrap();
-    let ok = agent(
-        first.path(),
-        &[
-            "enroll",
-            "--server",
-            &server,
-            "--ca",
-            root.to_str().unwrap(),
-            "--token",
-            &used_daily,
-        ],
-    )
-    .await;
+    let ok = enroll(first.path(), &server, &root, &used_daily).await;
     assert!(ok.status.success(), "{}", text(&ok));
     for (token, says) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let refused = agent(
-            dir.path(),
-            &[
-                "enroll",
-                "--server",
-                &server,
-                "--ca",
-                root.to_str().unwrap(),
-                "--token",
-                &token,
-            ],
-        )
-        .await;
+        let refused = enroll(dir.path(), &server, &root, &token).await;
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(refused.status.code(), Some(3), "{says}: {}", text(&refused));
         assert!(stderr.contains(says), "expected {says:?} in {stderr:?}");
@@ -403,28 +372,15 @@ async fn each_enrollment_refusal_from_fleetd_is_one_clear_line_and_exit_3() {
 async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let mut config =
-        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    let mut config = fleetd_config(&db, &data_dir);
     // With 5 minutes of clock-skew allowance before "now", a 2-minute certificate is already in
     // the last third of its life when issued: the agent renews it at its first check.
     config.pki.device_cert_lifetime = std::time::Duration::from_secs(120);
     let running = fleetd::start(config).await.unwrap();
-    let tenant = tenants::create(
-        &running.database().app,
-        "renewal",
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap()
-    .id;
+    let tenant = tenant(&running.database().app, "renewal").await;
     let device_dir = tempfile::tempdir().unwrap();
     let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
-    let key_before = std::fs::read_dir(device_dir.path().join("state"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".key"))
-        .collect::<Vec<_>>();
+    let key_before = key_files(device_dir.path());
 
     let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
     assert!(once.status.success(), "{}", text(&once));
@@ -446,12 +402,7 @@ async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
         .await
         .unwrap();
     assert!(renewals >= 1, "the renewal is audited");
-    let key_after = std::fs::read_dir(device_dir.path().join("state"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".key"))
-        .collect::<Vec<_>>();
+    let key_after = key_files(device_dir.path());
     assert_ne!(
         key_before, key_after,
         "a new key was generated on the device"

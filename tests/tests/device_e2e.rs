@@ -7,17 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_tests::https::https_request;
+use fleet_tests::mqtt::{connect_subscribed, DeviceCredentials};
+use fleet_tests::records::{committed, telemetry_batch};
+use fleet_tests::tenancy::tenant;
 use fleet_tests::TestDb;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, MqttOptions, QoS};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use store::devices::{self, NewDevice};
+use store::devices;
 use store::enrollment_tokens::{self, NewEnrollmentToken};
-use store::{tenants, Purpose, TenantId};
-use wire::{Batch, Body, Record, Telemetry, UnixMillis};
+use store::{Purpose, TenantId};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -27,113 +26,34 @@ async fn start_fleetd(db: &TestDb, data_dir: &tempfile::TempDir) -> fleetd::Runn
     fleetd::start(config).await.expect("fleetd starts")
 }
 
-/// A device's credentials: its key and the chain fleetd issued.
-struct DeviceCredentials {
-    device_id: wire::DeviceId,
-    key: rcgen::KeyPair,
-    chain: Vec<CertificateDer<'static>>,
-}
-
 /// A device of `tenant` created in the store, with a certificate from fleetd's issuing CA.
 async fn provisioned_device(running: &fleetd::Running, tenant: TenantId) -> DeviceCredentials {
-    let mut tx = running.database().app.begin(tenant).await.unwrap();
-    let new = NewDevice {
-        name: "sim".into(),
-        group: "default".into(),
-        labels: BTreeMap::new(),
-    };
-    let device = devices::create(&mut tx, &new, &store::audit::Actor::System)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let identity = certs::DeviceIdentity {
-        tenant_id: tenant,
-        device_id: device.id,
-    };
-    let issued = fleet_tests::device::issue(
-        &running.pki().issuing_ca,
-        identity,
-        certs::Validity::from_now(Duration::from_secs(3600)).unwrap(),
-    );
-    DeviceCredentials {
-        device_id: device.id,
-        key: issued.key,
-        chain: issued.chain,
-    }
+    let ids = fleet_tests::tenancy::add_devices(&running.database().app, tenant, "sim-", 1).await;
+    DeviceCredentials::issued(&running.pki().issuing_ca, tenant, ids[0])
 }
 
+/// The options of `device` for fleetd's embedded broker.
 fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOptions {
-    let tls = fleet_tests::device::device_tls(
-        running.pki().issuing_ca.root_der(),
-        device.chain.clone(),
-        &device.key,
-    );
     let addr = running.broker_addr().expect("the embedded broker");
-    let mut options = MqttOptions::new(
-        device.device_id.to_string(),
+    device.options(
+        running.pki().issuing_ca.root_der(),
         addr.ip().to_string(),
         addr.port(),
-    );
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls))));
-    options
+    )
 }
 
-/// Connects, subscribes to the device's ack topic and waits for the SUBACK.
+/// Connects, subscribes to the device's ack topic and waits until it is granted.
 async fn connect(
     running: &fleetd::Running,
     device: &DeviceCredentials,
 ) -> (AsyncClient, EventLoop) {
-    let (client, mut events) = AsyncClient::new(mqtt_options(running, device), 64);
-    client
-        .subscribe(wire::topic::ack(device.device_id), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    tokio::time::timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::SubAck(_)) =
-                events.poll().await.expect("device connects")
-            {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("SUBACK in time");
-    (client, events)
+    let topic = wire::topic::ack(device.device_id);
+    connect_subscribed(mqtt_options(running, device), topic, TIMEOUT).await
 }
 
-fn telemetry_batch(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
-    let records = seqs
-        .map(|seq| Record {
-            seq,
-            recorded_at: UnixMillis::now(),
-            body: Body::Telemetry(Telemetry {
-                uptime_secs: Some(seq),
-                ..Telemetry::default()
-            }),
-        })
-        .collect();
-    wire::encode_batch(&Batch::new(records))
-}
-
-/// Polls until an ack with at least `watermark` arrives; returns the highest seen.
+/// Polls until an ack with at least `watermark` arrives; returns it.
 async fn wait_for_ack(events: &mut EventLoop, watermark: u64) -> u64 {
-    tokio::time::timeout(TIMEOUT, async {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) =
-                events.poll().await.expect("connection stays up")
-            {
-                let ack = wire::decode_ack(&publish.payload).expect("an ack");
-                if ack.watermark >= watermark {
-                    return ack.watermark;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no ack for {watermark} in time"))
+    fleet_tests::mqtt::wait_for_ack(events, watermark, TIMEOUT).await
 }
 
 /// Waits until the store says the device's online flag is `online`, with a last-seen time.
@@ -159,24 +79,12 @@ async fn wait_for_presence(db: &TestDb, device: wire::DeviceId, online: bool) {
     }
 }
 
-async fn committed_records(db: &TestDb, tenant: TenantId) -> (i64, i64) {
-    let mut owner = db.connect_as_owner().await;
-    sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_records WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&mut owner)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_elsewhere() {
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = start_fleetd(&db, &data_dir).await;
-    let tenant = tenants::create(&running.database().app, "e2e", &store::audit::Actor::System)
-        .await
-        .unwrap()
-        .id;
+    let tenant = tenant(&running.database().app, "e2e").await;
     let mut tx = running.database().app.begin(tenant).await.unwrap();
     fleet_tests::ensure_group(&mut tx, "lab").await;
     let token = enrollment_tokens::create(
@@ -208,12 +116,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         body.as_bytes(),
     )
     .await;
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    response.assert_status(201);
     let enrolled = response.json();
     let broker_url = format!(
         "mqtts://localhost:{}",
@@ -246,7 +149,7 @@ async fn a_device_enrolls_reports_is_acknowledged_and_is_cut_off_when_revoked_el
         .await
         .unwrap();
     assert_eq!(wait_for_ack(&mut events, 3).await, 3);
-    assert_eq!(committed_records(&db, tenant).await, (3, 3));
+    assert_eq!(committed(&db, tenant).await, (3, 3));
     wait_for_presence(&db, device.device_id, true).await;
 
     // Revoked through another connection to the database, as `fleetctl device revoke` does.
@@ -309,14 +212,7 @@ async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once(
     let db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
     let running = Arc::new(start_fleetd(&db, &data_dir).await);
-    let tenant = tenants::create(
-        &running.database().app,
-        "load",
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap()
-    .id;
+    let tenant = tenant(&running.database().app, "load").await;
     let mut devices = Vec::new();
     for _ in 0..DEVICES {
         devices.push(provisioned_device(&running, tenant).await);
@@ -355,7 +251,7 @@ async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once(
         );
     }
     let total = DEVICES as i64 * RECORDS as i64;
-    assert_eq!(committed_records(&db, tenant).await, (total, total));
+    assert_eq!(committed(&db, tenant).await, (total, total));
     eprintln!(
         "{total} records from {DEVICES} devices committed and acknowledged in {:?}",
         started.elapsed()

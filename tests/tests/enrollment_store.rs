@@ -8,7 +8,7 @@ use fleet_tests::TestDb;
 use sqlx::Row;
 use store::audit::{self, ChainVerdict};
 use store::devices::{self, DeviceRevocation, DeviceStatus, NewDevice};
-use store::enrollment_tokens::{self, NewEnrollmentToken, TokenRevocation};
+use store::enrollment_tokens::{self, IssuedToken, NewEnrollmentToken, TokenRevocation};
 use store::revocations::{Revocation, RevocationListener};
 use store::{tenants, StoreError, TenantId};
 use time::OffsetDateTime;
@@ -29,6 +29,52 @@ async fn tenant(db: &store::Database, name: &str) -> TenantId {
     tenants::create(&db.app, name, &alice()).await.unwrap().id
 }
 
+/// A fresh database and its tenant `a`.
+async fn fresh_with_tenant_a() -> (TestDb, store::Database, TenantId) {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let a = tenant(&db, "a").await;
+    (test_db, db, a)
+}
+
+/// Alice creates [`new_token`] in `tenant`, its group first.
+async fn create_token(db: &store::Database, tenant: TenantId) -> IssuedToken {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    fleet_tests::ensure_group(&mut tx, "line-3").await;
+    let issued = enrollment_tokens::create(&mut tx, &new_token(), &alice())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issued
+}
+
+/// Alice revokes `device`, in every group, in `tx`.
+async fn revoke(
+    tx: &mut store::TenantTx,
+    device: store::DeviceId,
+) -> Result<DeviceRevocation, StoreError> {
+    devices::revoke(tx, device, &store::device_groups::GroupScope::All, &alice()).await
+}
+
+/// Waits up to 2 s for `listener` to report `device` of `tenant` revoked.
+async fn assert_revocation_arrives(
+    listener: &mut RevocationListener,
+    tenant: TenantId,
+    device: store::DeviceId,
+    when: &str,
+) {
+    let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
+        .await
+        .unwrap_or_else(|_| panic!("revocation received {when}"));
+    assert_eq!(
+        got,
+        Revocation::Device {
+            tenant_id: tenant,
+            device_id: device
+        }
+    );
+}
+
 async fn actions(db: &store::Database, tenant: TenantId) -> Vec<(String, String, String)> {
     let mut tx = db.app.begin(tenant).await.unwrap();
     let events = audit::list_after(&mut tx, 0, 1_000).await.unwrap();
@@ -45,16 +91,9 @@ async fn actions(db: &store::Database, tenant: TenantId) -> Vec<(String, String,
 
 #[tokio::test]
 async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_secret() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (test_db, db, a) = fresh_with_tenant_a().await;
 
-    let mut tx = db.app.begin(a).await.unwrap();
-    fleet_tests::ensure_group(&mut tx, "line-3").await;
-    let issued = enrollment_tokens::create(&mut tx, &new_token(), &alice())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let issued = create_token(&db, a).await;
     let text = issued.secret.expose().to_owned();
     assert!(text.starts_with(&format!(
         "fpe_{}_{}_",
@@ -124,16 +163,9 @@ async fn tokens_are_created_listed_and_revoked_with_audit_events_and_no_stored_s
 
 #[tokio::test]
 async fn another_tenant_can_neither_see_nor_revoke_a_token() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (_test_db, db, a) = fresh_with_tenant_a().await;
     let b = tenant(&db, "b").await;
-    let mut tx = db.app.begin(a).await.unwrap();
-    fleet_tests::ensure_group(&mut tx, "line-3").await;
-    let issued = enrollment_tokens::create(&mut tx, &new_token(), &alice())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let issued = create_token(&db, a).await;
 
     let mut tx = db.app.begin(b).await.unwrap();
     assert!(enrollment_tokens::list(&mut tx, None, 500)
@@ -156,9 +188,7 @@ async fn another_tenant_can_neither_see_nor_revoke_a_token() {
 
 #[tokio::test]
 async fn tokens_are_refused_without_cidrs_or_with_bad_limits() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (_test_db, db, a) = fresh_with_tenant_a().await;
     let mut tx = db.app.begin(a).await.unwrap();
     let mut no_cidrs = new_token();
     no_cidrs.allowed_cidrs.clear();
@@ -178,21 +208,10 @@ async fn tokens_are_refused_without_cidrs_or_with_bad_limits() {
 
 #[tokio::test]
 async fn the_application_role_cannot_delete_tokens_rewrite_hashes_or_certificates() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
-    let mut tx = db.app.begin(a).await.unwrap();
-    fleet_tests::ensure_group(&mut tx, "line-3").await;
-    enrollment_tokens::create(&mut tx, &new_token(), &alice())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let (test_db, db, a) = fresh_with_tenant_a().await;
+    create_token(&db, a).await;
     let mut app = test_db.connect_as_app().await;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(a.to_string())
-        .execute(&mut app)
-        .await
-        .unwrap();
+    fleet_tests::tenancy::set_tenant(&mut app, a).await;
     for statement in [
         "DELETE FROM enrollment_tokens",
         "UPDATE enrollment_tokens SET secret_hash = '$argon2id$x'",
@@ -229,9 +248,7 @@ async fn device(db: &store::Database, tenant: TenantId) -> store::DeviceId {
 
 #[tokio::test]
 async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_seconds() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (test_db, db, a) = fresh_with_tenant_a().await;
     let id = device(&db, a).await;
     let mut listener = RevocationListener::connect(&db.app).await.unwrap();
 
@@ -240,14 +257,7 @@ async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_
     let mut tx = other.app.begin(a).await.unwrap();
     assert!(devices::is_active(&mut tx, id).await.unwrap());
     assert_eq!(
-        devices::revoke(
-            &mut tx,
-            id,
-            &store::device_groups::GroupScope::All,
-            &alice()
-        )
-        .await
-        .unwrap(),
+        revoke(&mut tx, id).await.unwrap(),
         DeviceRevocation::Revoked
     );
     // Not delivered before commit.
@@ -258,16 +268,7 @@ async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_
         "notification delivered before commit"
     );
     tx.commit().await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
-        .await
-        .expect("revocation received within 2 s");
-    assert_eq!(
-        got,
-        Revocation::Device {
-            tenant_id: a,
-            device_id: id
-        }
-    );
+    assert_revocation_arrives(&mut listener, a, id, "within 2 s").await;
 
     let mut tx = db.app.begin(a).await.unwrap();
     assert!(!devices::is_active(&mut tx, id).await.unwrap());
@@ -288,20 +289,11 @@ async fn a_revocation_committed_on_one_connection_reaches_a_listener_within_two_
 
 #[tokio::test]
 async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (_test_db, db, a) = fresh_with_tenant_a().await;
     let id = device(&db, a).await;
     let mut listener = RevocationListener::connect(&db.app).await.unwrap();
     let mut tx = db.app.begin(a).await.unwrap();
-    devices::revoke(
-        &mut tx,
-        id,
-        &store::device_groups::GroupScope::All,
-        &alice(),
-    )
-    .await
-    .unwrap();
+    revoke(&mut tx, id).await.unwrap();
     tx.rollback().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(500), listener.recv())
@@ -315,13 +307,7 @@ async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
     let b = tenant(&db, "b").await;
     let mut tx = db.app.begin(b).await.unwrap();
     assert!(matches!(
-        devices::revoke(
-            &mut tx,
-            id,
-            &store::device_groups::GroupScope::All,
-            &alice()
-        )
-        .await,
+        revoke(&mut tx, id).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(!devices::is_active(&mut tx, id).await.unwrap());
@@ -331,9 +317,7 @@ async fn a_rolled_back_revocation_changes_nothing_and_notifies_no_one() {
 
 #[tokio::test]
 async fn after_losing_its_connection_the_listener_says_so_and_keeps_receiving() {
-    let test_db = TestDb::new().await;
-    let db = test_db.open().await;
-    let a = tenant(&db, "a").await;
+    let (test_db, db, a) = fresh_with_tenant_a().await;
     let id = device(&db, a).await;
     let mut listener = RevocationListener::connect(&db.app).await.unwrap();
 
@@ -352,25 +336,9 @@ async fn after_losing_its_connection_the_listener_says_so_and_keeps_receiving() 
     assert_eq!(got, Revocation::MaybeMissed);
 
     let mut tx = db.app.begin(a).await.unwrap();
-    devices::revoke(
-        &mut tx,
-        id,
-        &store::device_groups::GroupScope::All,
-        &alice(),
-    )
-    .await
-    .unwrap();
+    revoke(&mut tx, id).await.unwrap();
     tx.commit().await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), listener.recv())
-        .await
-        .expect("revocation received after the reconnect");
-    assert_eq!(
-        got,
-        Revocation::Device {
-            tenant_id: a,
-            device_id: id
-        }
-    );
+    assert_revocation_arrives(&mut listener, a, id, "after the reconnect").await;
     db.close().await.unwrap();
 }
 

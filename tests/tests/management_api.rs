@@ -95,12 +95,26 @@ impl Fleet {
         let created = self
             .call(&self.owner_key, "POST", "/v1/api-keys", Some(body))
             .await;
-        assert_eq!(created.status, 201, "{}", text(&created));
+        created.assert_status(201);
         let json = created.json();
         (
             json["key"].as_str().unwrap().to_owned(),
             json["id"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Creates the device group `name` as the owner; returns it as the API answered.
+    async fn group(&self, name: &str) -> Value {
+        let created = self
+            .call(
+                &self.owner_key,
+                "POST",
+                "/v1/device-groups",
+                Some(json!({ "name": name })),
+            )
+            .await;
+        created.assert_status(201);
+        created.json()
     }
 
     async fn device_in(&self, group: &str, name: &str) -> String {
@@ -151,10 +165,6 @@ async fn call(
     .await
 }
 
-fn text(response: &Response) -> String {
-    String::from_utf8_lossy(&response.body).into_owned()
-}
-
 /// A concrete path for a route template, with ids of real objects.
 fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
     let id = match rule.path {
@@ -187,15 +197,7 @@ fn body_for(rule: &RouteRule, run: usize) -> Option<Value> {
 #[tokio::test]
 async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
     let fleet = Fleet::start().await;
-    let lab = fleet
-        .call(
-            &fleet.owner_key,
-            "POST",
-            "/v1/device-groups",
-            Some(json!({"name": "lab"})),
-        )
-        .await
-        .json();
+    let lab = fleet.group("lab").await;
     let lab_id = lab["id"].as_str().unwrap().to_owned();
     let device = fleet.device_in("lab", "lab-1").await;
     let mut keys = Vec::new();
@@ -230,15 +232,7 @@ async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
                 )
                 .await
                 .json();
-            let spare_group = fleet
-                .call(
-                    &fleet.owner_key,
-                    "POST",
-                    "/v1/device-groups",
-                    Some(json!({"name": format!("spare-{run}")})),
-                )
-                .await
-                .json();
+            let spare_group = fleet.group(&format!("spare-{run}")).await;
             let group_id = if rule.method == "DELETE" {
                 spare_group["id"].as_str().unwrap().to_owned()
             } else {
@@ -262,7 +256,7 @@ async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
                     "{} {path} as {role:?} scoped={scoped}: expected success, got {} {}",
                     rule.method,
                     answer.status,
-                    text(&answer)
+                    answer.text()
                 );
             } else {
                 answer.assert_problem(403, "forbidden");
@@ -283,7 +277,7 @@ async fn secrets_appear_only_in_the_creating_response_never_in_the_database_or_t
             "name": "line", "allowed_cidrs": ["0.0.0.0/0"], "daily_limit": 5, "expires_at": expires,
         })))
         .await;
-    assert_eq!(token_created.status, 201, "{}", text(&token_created));
+    token_created.assert_status(201);
     let token = token_created.json()["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("fpe_"));
     let secrets = [fleet.owner_key.clone(), key.clone(), token.clone()];
@@ -305,10 +299,10 @@ async fn secrets_appear_only_in_the_creating_response_never_in_the_database_or_t
         "/v1/tenant".to_owned(),
     ] {
         let answer = fleet.call(&fleet.owner_key, "GET", &path, None).await;
-        assert_eq!(answer.status, 200, "{path}: {}", text(&answer));
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
         for secret in secrets.iter().chain(&secret_parts) {
             assert!(
-                !text(&answer).contains(secret.as_str()),
+                !answer.text().contains(secret.as_str()),
                 "{path} shows a secret"
             );
         }
@@ -442,15 +436,7 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
 #[tokio::test]
 async fn a_group_scoped_key_sees_nothing_of_other_groups() {
     let fleet = Fleet::start().await;
-    let lab = fleet
-        .call(
-            &fleet.owner_key,
-            "POST",
-            "/v1/device-groups",
-            Some(json!({"name": "lab"})),
-        )
-        .await
-        .json();
+    let lab = fleet.group("lab").await;
     let mine = fleet.device_in("lab", "mine").await;
     let theirs = fleet.device_in("default", "theirs").await;
     let (key, _) = fleet
@@ -694,7 +680,7 @@ async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
             Some(json!({"labels": {}})),
         )
         .await;
-    assert_eq!(cleared.status, 200, "{}", text(&cleared));
+    cleared.assert_status(200);
     assert_eq!(cleared.json()["labels"], json!({}));
     // Oversize and not JSON.
     let big = json!({"name": "x".repeat(70 * 1024), "role": "admin"});
@@ -865,21 +851,6 @@ async fn the_openapi_document_has_exactly_the_routes_of_the_permission_table() {
     fleet.running.shutdown().await.unwrap();
 }
 
-/// Everything fleetd's metrics listener answers.
-async fn scrape(running: &fleetd::Running) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(running.metrics_addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test]
 async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments_logged() {
     // Tried as a new user would: /metrics held ingest series only, and a refused enrollment
@@ -914,9 +885,9 @@ async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments
         br#"{"token": "fpe_nope", "csr": "x"}"#,
     )
     .await;
-    assert_eq!(refused.status, 400, "{}", text(&refused));
+    refused.assert_status(400);
 
-    let metrics = scrape(&fleet.running).await;
+    let metrics = fleet_tests::metrics::scrape(fleet.running.metrics_addr()).await;
     let has = |needle: &str| {
         assert!(
             metrics

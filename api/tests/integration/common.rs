@@ -19,6 +19,7 @@ use store::{tenants, Database, TenantId};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use wire::enrollment::CertificateResponse;
 
 pub const BROKER_URL: &str = "mqtts://broker.test:8883";
 
@@ -165,22 +166,27 @@ impl TestServer {
     }
 
     /// Enrolls a new device with a fresh token and key: its credentials and the answer.
-    pub async fn enroll_device(
-        &self,
-    ) -> (DeviceCredentials, wire::enrollment::CertificateResponse) {
+    pub async fn enroll_device(&self) -> (DeviceCredentials, CertificateResponse) {
         let issued = self.token(|_| {}).await;
         let (key, csr) = fleet_tests::device::key_and_csr();
         let response = self.enroll_with(issued.secret.expose(), &csr, &[]).await;
-        assert_eq!(
-            response.status,
-            201,
-            "{}",
-            String::from_utf8_lossy(&response.body)
-        );
-        let answer: wire::enrollment::CertificateResponse =
-            serde_json::from_slice(&response.body).unwrap();
+        let answer = self.certificate_answer(&response);
         let credentials = DeviceCredentials::new(&key, &answer.certificate_chain);
         (credentials, answer)
+    }
+
+    /// Checks that `response` is a 201 with a JSON certificate answer for this server's tenant:
+    /// the configured broker, the fleet root and a chain ending in the issuing CA; returns it.
+    #[track_caller]
+    pub fn certificate_answer(&self, response: &Response) -> CertificateResponse {
+        response.assert_status(201);
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        let answer: CertificateResponse = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(answer.tenant_id, self.tenant);
+        assert_eq!(answer.broker_url, BROKER_URL);
+        assert_eq!(answer.ca_certificate, self.ca.root_pem());
+        assert!(answer.certificate_chain.ends_with(&self.ca.pem()));
+        answer
     }
 
     /// Counts rows of a tenant table for `tenant`, as the owner (behind RLS's back).

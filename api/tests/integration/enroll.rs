@@ -1,6 +1,6 @@
 //! `POST /v1/enroll` over real HTTPS against a real Postgres: the happy path and every refusal.
 
-use crate::common::{csr_with, p256_csr, rsa_csr, TestServer, BROKER_URL};
+use crate::common::{csr_with, p256_csr, rsa_csr, TestServer};
 use base64::Engine;
 use rcgen::PKCS_ECDSA_P384_SHA384;
 use store::audit::{self, ChainVerdict};
@@ -31,23 +31,11 @@ async fn a_device_enrolls_over_https_and_gets_a_certificate_for_its_new_identity
         .await;
 
     let response = server.enroll(issued.secret.expose()).await;
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(response.header("content-type"), Some("application/json"));
+    let answer = server.certificate_answer(&response);
     assert_eq!(
         response.header("strict-transport-security"),
         Some("max-age=31536000")
     );
-    let answer: wire::enrollment::CertificateResponse =
-        serde_json::from_slice(&response.body).unwrap();
-    assert_eq!(answer.tenant_id, server.tenant);
-    assert_eq!(answer.broker_url, BROKER_URL);
-    assert_eq!(answer.ca_certificate, server.ca.root_pem());
-    assert!(answer.certificate_chain.ends_with(&server.ca.pem()));
 
     // The certificate says what the server decided, not what the CSR asked for.
     let leaf =
@@ -391,12 +379,7 @@ async fn x_forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let response = server
         .enroll_with(issued.secret.expose(), &p256_csr(), &forwarded)
         .await;
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    response.assert_status(201);
     let device: DeviceId = serde_json::from_value(response.json()["device_id"].clone()).unwrap();
     let mut tx = server.db.app.begin(server.tenant).await.unwrap();
     let events = audit::list_after(&mut tx, 0, 100).await.unwrap();

@@ -4,10 +4,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use certs::{DeviceIdentity, Pki, PkiParams};
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SignatureAlgorithm};
+use certs::{DeviceCertificate, DeviceCsr, DeviceIdentity, IssuingCa, Pki, PkiParams, Validity};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, KeyPair, SignatureAlgorithm,
+    PKCS_ECDSA_P256_SHA256,
+};
 use tempfile::TempDir;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
 /// A fresh PKI in a temporary directory (kept alive by the returned guard).
@@ -39,6 +43,18 @@ pub fn device_csr_pem(key: &KeyPair, common_name: &str) -> String {
     params.serialize_request(key).unwrap().pem().unwrap()
 }
 
+/// A CSR as a device makes it by default: a fresh P-256 key, common name `device`.
+pub fn p256_csr() -> DeviceCsr {
+    let key = key_for(&PKCS_ECDSA_P256_SHA256);
+    DeviceCsr::from_pem(device_csr_pem(&key, "device").as_bytes()).unwrap()
+}
+
+/// A device certificate `ca` signs for a random identity over `validity`, from [`p256_csr`].
+pub fn sign_for_random_device(ca: &IssuingCa, validity: Validity) -> DeviceCertificate {
+    ca.sign_device_csr(&p256_csr(), random_identity(), validity)
+        .unwrap()
+}
+
 pub fn key_for(alg: &'static SignatureAlgorithm) -> KeyPair {
     KeyPair::generate_for(alg).unwrap()
 }
@@ -47,6 +63,16 @@ pub fn parse(der: &[u8]) -> X509Certificate<'_> {
     let (rest, cert) = X509Certificate::from_der(der).unwrap();
     assert!(rest.is_empty());
     cert
+}
+
+/// The subject alternative names of `x509`, which must have them.
+pub fn sans<'a>(x509: &'a X509Certificate<'a>) -> &'a [GeneralName<'a>] {
+    &x509
+        .subject_alternative_name()
+        .unwrap()
+        .expect("a subject alternative name extension")
+        .value
+        .general_names
 }
 
 /// Checks `child` is signed by `issuer` with x509-parser (ring underneath).

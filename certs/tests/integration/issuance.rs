@@ -4,7 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::common::{
-    assert_signed_by, device_csr_pem, fresh_pki, key_for, parse, random_identity, run,
+    assert_signed_by, fresh_pki, key_for, p256_csr, parse, random_identity, run, sans,
+    sign_for_random_device,
 };
 use certs::{
     DeviceCertificate, DeviceCsr, DeviceIdentity, IssueError, ServerCertParams, Validity,
@@ -18,11 +19,6 @@ use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-fn p256_csr() -> DeviceCsr {
-    let key = key_for(&PKCS_ECDSA_P256_SHA256);
-    DeviceCsr::from_pem(device_csr_pem(&key, "device").as_bytes()).unwrap()
-}
 
 #[test]
 fn signs_a_device_csr_and_reads_the_identity_back() {
@@ -62,13 +58,7 @@ fn device_certificate_is_a_client_auth_leaf_named_by_the_server() {
     assert!(x509.basic_constraints().unwrap().unwrap().critical);
     let ku = x509.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && !ku.key_cert_sign());
-    let sans = &x509
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &[GeneralName::URI(&identity.uri())]);
+    assert_eq!(sans(&x509), &[GeneralName::URI(&identity.uri())]);
     assert_eq!(
         identity.uri(),
         format!(
@@ -115,13 +105,7 @@ fn the_csr_subject_and_extensions_are_ignored() {
     let eku = x509.extended_key_usage().unwrap().unwrap().value;
     assert!(!eku.server_auth);
     assert!(!x509.key_usage().unwrap().unwrap().value.key_cert_sign());
-    let sans = &x509
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &[GeneralName::URI(&identity.uri())]);
+    assert_eq!(sans(&x509), &[GeneralName::URI(&identity.uri())]);
     // The requester's key is the one certified.
     assert_eq!(
         x509.public_key().raw,
@@ -136,13 +120,7 @@ fn openssl_verifies_the_device_chain_for_client_use() {
     };
     let (dir, pki) = fresh_pki();
     let ca = pki.issuing_ca();
-    let cert = ca
-        .sign_device_csr(
-            &p256_csr(),
-            random_identity(),
-            Validity::from_now(DAY).unwrap(),
-        )
-        .unwrap();
+    let cert = sign_for_random_device(ca, Validity::from_now(DAY).unwrap());
     let root = dir.path().join("root.pem");
     let chain = dir.path().join("chain.pem");
     crate::common::write(&root, &ca.root_pem());
@@ -170,10 +148,7 @@ fn device_validity_is_as_configured() {
     let start = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
     for lifetime in [DAY, 30 * DAY, Duration::from_secs(90)] {
         let validity = Validity::starting_at(start, lifetime).unwrap();
-        let cert = pki
-            .issuing_ca()
-            .sign_device_csr(&p256_csr(), random_identity(), validity)
-            .unwrap();
+        let cert = sign_for_random_device(pki.issuing_ca(), validity);
         assert_eq!(cert.not_after(), start + lifetime);
         assert_eq!(cert.not_before(), start - CLOCK_SKEW_ALLOWANCE);
     }
@@ -184,9 +159,7 @@ fn device_validity_ends_no_later_than_the_issuing_ca() {
     let (_dir, pki) = fresh_pki();
     let ca = pki.issuing_ca();
     let validity = Validity::from_now(5 * 365 * DAY).unwrap();
-    let cert = ca
-        .sign_device_csr(&p256_csr(), random_identity(), validity)
-        .unwrap();
+    let cert = sign_for_random_device(ca, validity);
     assert_eq!(cert.not_after(), ca.not_after());
 }
 
@@ -223,14 +196,7 @@ fn refuses_to_sign_after_the_issuing_ca_expired() {
 fn check_validity_names_expired_and_not_yet_valid() {
     let (_dir, pki) = fresh_pki();
     let now = OffsetDateTime::now_utc();
-    let cert = pki
-        .issuing_ca()
-        .sign_device_csr(
-            &p256_csr(),
-            random_identity(),
-            Validity::from_now(DAY).unwrap(),
-        )
-        .unwrap();
+    let cert = sign_for_random_device(pki.issuing_ca(), Validity::from_now(DAY).unwrap());
 
     assert_eq!(cert.check_validity(now), Ok(()));
     assert_eq!(cert.check_validity(cert.not_before()), Ok(()));
@@ -254,10 +220,7 @@ fn can_issue_an_already_expired_certificate_for_tests() {
     let (_dir, pki) = fresh_pki();
     let now = OffsetDateTime::now_utc();
     let validity = Validity::between(now - 2 * DAY, now - DAY).unwrap();
-    let cert = pki
-        .issuing_ca()
-        .sign_device_csr(&p256_csr(), random_identity(), validity)
-        .unwrap();
+    let cert = sign_for_random_device(pki.issuing_ca(), validity);
     assert!(matches!(
         cert.check_validity(now),
         Err(ValidityError::Expired { .. })
@@ -288,13 +251,7 @@ fn renewing_with_the_same_key_gives_a_new_random_serial() {
 fn device_chain_is_leaf_then_issuing_ca() {
     let (_dir, pki) = fresh_pki();
     let ca = pki.issuing_ca();
-    let cert = ca
-        .sign_device_csr(
-            &p256_csr(),
-            random_identity(),
-            Validity::from_now(DAY).unwrap(),
-        )
-        .unwrap();
+    let cert = sign_for_random_device(ca, Validity::from_now(DAY).unwrap());
     let chain = ca.chain_der(cert.der());
     assert_eq!(chain, vec![cert.der().clone(), ca.der().clone()]);
     let pem_blocks = pem::parse_many(ca.chain_pem(cert.der())).unwrap();
@@ -319,14 +276,8 @@ fn issues_a_server_certificate_with_dns_and_ip_names() {
     let server = ca.issue_server_cert(&params).unwrap();
     let x509 = parse(server.der());
 
-    let sans = &x509
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
     assert_eq!(
-        sans,
+        sans(&x509),
         &[
             GeneralName::DNSName("fleet.example.com"),
             GeneralName::DNSName("localhost"),

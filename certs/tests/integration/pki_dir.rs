@@ -6,25 +6,15 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{
-    assert_signed_by, device_csr_pem, fresh_pki, key_for, pki_dir, random_identity,
-};
+use crate::common::{assert_signed_by, fresh_pki, key_for, pki_dir, sign_for_random_device};
 use certs::{
-    DeviceCsr, IssuingCa, KeyError, Pki, PkiError, PkiLayout, PkiOrigin, PkiParams, PrivateKey,
-    Validity, KEY_FILE_MODE,
+    IssuingCa, KeyError, Pki, PkiError, PkiLayout, PkiOrigin, PkiParams, PrivateKey, Validity,
+    KEY_FILE_MODE,
 };
-use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384};
+use rcgen::PKCS_ECDSA_P384_SHA384;
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn sign_one(ca: &IssuingCa) -> certs::DeviceCertificate {
-    let key = key_for(&PKCS_ECDSA_P256_SHA256);
-    let csr = DeviceCsr::from_pem(device_csr_pem(&key, "d").as_bytes()).unwrap();
-    let validity = Validity::from_now(Duration::from_secs(3600)).unwrap();
-    ca.sign_device_csr(&csr, random_identity(), validity)
-        .unwrap()
 }
 
 /// Writes `contents` to a new file with `mode` (for tests that plant files).
@@ -104,7 +94,10 @@ fn load_after_generate_yields_the_same_certificates() {
 fn a_loaded_issuing_ca_signs_certificates_that_chain_to_the_original_root() {
     let (tmp, pki) = fresh_pki();
     let loaded = IssuingCa::load(&pki_dir(&tmp)).unwrap();
-    let cert = sign_one(&loaded);
+    let cert = sign_for_random_device(
+        &loaded,
+        Validity::from_now(Duration::from_secs(3600)).unwrap(),
+    );
     assert_signed_by(cert.der(), pki.issuing_ca().der());
     // The authority key id of the new leaf is the subject key id of the issuing CA.
     let leaf = crate::common::parse(cert.der());

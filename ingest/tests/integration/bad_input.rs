@@ -1,11 +1,9 @@
 //! Every kind of bad input is refused, counted by reason (per device when there is a device),
 //! and never holds back a good device sending at the same time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use ingest::{start, Metrics};
 use store::devices;
 use store::{ingest_state, DeviceId};
 use wire::topic::{self, TopicKind};
@@ -13,8 +11,7 @@ use wire::{Batch, Body, Record, UnixMillis};
 
 #[tokio::test]
 async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses_nothing() {
-    let (_test_db, db) = open().await;
-    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 3).await;
+    let (_test_db, db, tenant, devices) = acme_with_devices(3).await;
     let (good, bad, revoked) = (devices[0], devices[1], devices[2]);
     let mut tx = db.app.begin(tenant).await.unwrap();
     devices::revoke(
@@ -27,19 +24,13 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
     .unwrap();
     tx.commit().await.unwrap();
 
-    let sink = RecordingSink::default();
-    let metrics = Metrics::default();
-    let config = ingest::IngestConfig {
-        max_message_bytes: 4096,
-        ..test_config()
-    };
-    let (sender, handle) = start(
-        config,
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (sender, handle, sink, metrics) = start_recorded(
+        &db,
+        ingest::IngestConfig {
+            max_message_bytes: 4096,
+            ..test_config()
+        },
+    );
 
     let good_sender = sender.clone();
     let good_stream = tokio::spawn(async move {
@@ -150,22 +141,15 @@ async fn each_kind_of_bad_input_is_refused_and_counted_while_a_good_device_loses
 
 #[tokio::test]
 async fn a_device_with_too_many_gaps_is_refused_until_they_fill() {
-    let (_test_db, db) = open().await;
-    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
+    let (_test_db, db, tenant, devices) = acme_with_devices(1).await;
     let device = devices[0];
-    let sink = RecordingSink::default();
-    let metrics = Metrics::default();
-    let config = ingest::IngestConfig {
-        max_pending_ranges: 2,
-        ..test_config()
-    };
-    let (sender, handle) = start(
-        config,
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (sender, handle, sink, metrics) = start_recorded(
+        &db,
+        ingest::IngestConfig {
+            max_pending_ranges: 2,
+            ..test_config()
+        },
+    );
     send(
         &sender,
         device,

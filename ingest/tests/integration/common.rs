@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use fleet_tests::records::telemetry;
 use fleet_tests::TestDb;
-use ingest::{AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, IngestSender};
+use ingest::{
+    AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, IngestHandle, IngestSender, Metrics,
+};
 use store::{Database, DeviceId, TenantId};
 use wire::topic::TopicKind;
 use wire::{
     AgentEvent, Batch, Body, OutboxOverflow, Package, PackageManager, PatchStatus, Record, Started,
-    Telemetry, UnixMillis,
+    UnixMillis,
 };
 
 /// Fast batching for tests.
@@ -21,18 +24,6 @@ pub fn test_config() -> IngestConfig {
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
         ..IngestConfig::default()
-    }
-}
-
-pub fn telemetry(seq: u64) -> Record {
-    Record {
-        seq,
-        recorded_at: UnixMillis::now(),
-        body: Body::Telemetry(Telemetry {
-            cpu_usage_percent: Some(12.5),
-            uptime_secs: Some(seq),
-            ..Telemetry::default()
-        }),
     }
 }
 
@@ -174,6 +165,35 @@ pub async fn open() -> (TestDb, Database) {
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
     (test_db, db)
+}
+
+/// A fresh test database with the tenant `acme` and its `n` devices.
+pub async fn acme_with_devices(n: usize) -> (TestDb, Database, TenantId, Vec<DeviceId>) {
+    let (test_db, db) = open().await;
+    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", n).await;
+    (test_db, db, tenant, devices)
+}
+
+/// Starts an ingest pipeline on `db` with `config`, acking into `sink`, counting into `metrics`.
+pub fn start_ingest(
+    db: &Database,
+    config: IngestConfig,
+    sink: impl AckSink + 'static,
+    metrics: &Metrics,
+) -> (IngestSender, IngestHandle) {
+    ingest::start(config, db.app.clone(), Arc::new(sink), metrics.clone()).unwrap()
+}
+
+/// Starts an ingest pipeline on `db` with `config` ([`start_ingest`]) acking into a new
+/// [`RecordingSink`]; returns them with the sink and the pipeline's metrics.
+pub fn start_recorded(
+    db: &Database,
+    config: IngestConfig,
+) -> (IngestSender, IngestHandle, RecordingSink, Metrics) {
+    let sink = RecordingSink::default();
+    let metrics = Metrics::default();
+    let (sender, handle) = start_ingest(db, config, sink.clone(), &metrics);
+    (sender, handle, sink, metrics)
 }
 
 /// A device's ledger seqs, as the owner would see them.

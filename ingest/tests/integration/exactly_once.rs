@@ -1,34 +1,20 @@
 //! Exactly once, in process: replays, out-of-order topics and two pipelines on one database
 //! write every record once, and every device's last ack is its final watermark.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use ingest::{start, Metrics};
+use ingest::Metrics;
 use store::{ingest_state, patch_inventory, records, DeviceId};
 use wire::UnixMillis;
 
 #[tokio::test]
 async fn replays_and_two_instances_write_each_record_once_and_ack_the_final_watermark() {
-    let (_test_db, db) = open().await;
-    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 20).await;
+    let (_test_db, db, tenant, devices) = acme_with_devices(20).await;
     let sink = RecordingSink::default();
     let metrics = Metrics::default();
-    let (first, first_handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
-    let (second, second_handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (first, first_handle) = start_ingest(&db, test_config(), sink.clone(), &metrics);
+    let (second, second_handle) = start_ingest(&db, test_config(), sink.clone(), &metrics);
 
     // 20 devices x 200 records in batches of 10, telemetry and events interleaved; every third
     // batch is sent twice, once to each instance.
@@ -110,17 +96,9 @@ async fn replays_and_two_instances_write_each_record_once_and_ack_the_final_wate
 
 #[tokio::test]
 async fn the_watermark_waits_for_a_hole_and_jumps_when_it_fills() {
-    let (_test_db, db) = open().await;
-    let (_, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
+    let (_test_db, db, _, devices) = acme_with_devices(1).await;
     let device = devices[0];
-    let sink = RecordingSink::default();
-    let (sender, handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        Metrics::default(),
-    )
-    .unwrap();
+    let (sender, handle, sink, _) = start_recorded(&db, test_config());
 
     send(&sender, device, vec![telemetry(1), telemetry(2)]).await;
     sink.wait_for_watermark(&[device], 2, Duration::from_secs(5))
@@ -139,17 +117,9 @@ async fn the_watermark_waits_for_a_hole_and_jumps_when_it_fills() {
 
 #[tokio::test]
 async fn records_the_agent_declared_lost_do_not_stall_the_watermark() {
-    let (_test_db, db) = open().await;
-    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
+    let (_test_db, db, tenant, devices) = acme_with_devices(1).await;
     let device = devices[0];
-    let sink = RecordingSink::default();
-    let (sender, handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        Metrics::default(),
-    )
-    .unwrap();
+    let (sender, handle, sink, _) = start_recorded(&db, test_config());
     send(&sender, device, vec![telemetry(1), telemetry(2)]).await;
     // 3..=10 were dropped from a full outbox; the agent says so in seq 11.
     send(&sender, device, vec![overflow(11, 3, 10)]).await;
@@ -162,17 +132,9 @@ async fn records_the_agent_declared_lost_do_not_stall_the_watermark() {
 
 #[tokio::test]
 async fn patch_status_updates_the_inventory_and_its_history_only_on_change() {
-    let (_test_db, db) = open().await;
-    let (tenant, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", 1).await;
+    let (_test_db, db, tenant, devices) = acme_with_devices(1).await;
     let device = devices[0];
-    let sink = RecordingSink::default();
-    let (sender, handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        Metrics::default(),
-    )
-    .unwrap();
+    let (sender, handle, sink, _) = start_recorded(&db, test_config());
     let t = |s: u64| UnixMillis(1_800_000_000_000 + s * 1000);
     send(
         &sender,

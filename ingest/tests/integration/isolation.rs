@@ -1,11 +1,9 @@
 //! Tenant isolation of ingest's tables and of the device directory, as the application role.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
 use fleet_tests::tenancy::set_tenant;
-use ingest::{start, Metrics};
 use sqlx::Connection;
 use store::device_directory;
 
@@ -14,14 +12,7 @@ async fn tenant_a_cannot_read_or_change_b_records_state_or_inventory() {
     let (test_db, db) = open().await;
     let (a, a_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "a", 1).await;
     let (b, b_devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "b", 1).await;
-    let sink = RecordingSink::default();
-    let (sender, handle) = start(
-        test_config(),
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        Metrics::default(),
-    )
-    .unwrap();
+    let (sender, handle, sink, _) = start_recorded(&db, test_config());
     let t = wire::UnixMillis::now();
     for device in [a_devices[0], b_devices[0]] {
         send(&sender, device, vec![telemetry(1)]).await;

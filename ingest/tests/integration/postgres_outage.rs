@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use ingest::{start, AckError, AckSink, BoxFuture, IngestConfig, Metrics};
+use ingest::{AckError, AckSink, BoxFuture, IngestConfig, Metrics};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use store::cluster::{ClusterOptions, PrivateCluster, DATABASE};
@@ -94,13 +94,7 @@ async fn postgres_down_for_ten_seconds_loses_and_duplicates_nothing_and_acks_onl
         max_message_bytes: 16 * 1024,
         ..test_config()
     };
-    let (sender, handle) = start(
-        config,
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (sender, handle) = start_ingest(&db, config, sink.clone(), &metrics);
 
     // Each device streams 1 record every 20 ms for about 14 s (blocked by backpressure meanwhile).
     const PER_DEVICE: u64 = 400;

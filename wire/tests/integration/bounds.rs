@@ -2,9 +2,8 @@
 //! nothing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use crate::common::raw;
+use crate::common::{assert_malformed, assert_refused_fast, raw, HUGE};
 use wire::limits::{
     DEFAULT_MAX_MESSAGE_BYTES, MAX_COMPONENTS, MAX_CONTROL_MESSAGE_BYTES, MAX_CUSTOM_METRICS,
     MAX_NAME_BYTES, MAX_PACKAGES, MAX_RECORDS_PER_BATCH, MAX_TEXT_BYTES,
@@ -13,23 +12,6 @@ use wire::{
     decode_ack, decode_batch, decode_batch_with_limit, decode_presence, encode_batch, AgentEvent,
     Batch, Body, CollectorError, DecodeError, Disk, Record, Started, Telemetry, UnixMillis,
 };
-
-fn assert_malformed(result: Result<Batch, DecodeError>) {
-    match result {
-        Err(error @ DecodeError::Malformed(_)) => assert_eq!(error.reason(), "malformed"),
-        other => panic!("expected Malformed, got {other:?}"),
-    }
-}
-
-/// Decodes `bytes` and checks it fails as malformed, quickly. A decoder that
-/// honoured a lying length would allocate gigabytes (and abort) or spin.
-fn assert_refused_fast(bytes: &[u8]) {
-    let start = Instant::now();
-    assert_malformed(decode_batch(bytes));
-    assert!(start.elapsed() < Duration::from_secs(1));
-}
-
-const HUGE: u64 = 1 << 32;
 
 // --- size ---------------------------------------------------------------
 
@@ -81,62 +63,54 @@ fn control_messages_have_a_tiny_size_limit() {
 
 #[test]
 fn a_top_level_array_claiming_four_billion_elements_is_refused_fast() {
-    assert_refused_fast(&raw::array(HUGE));
-    assert_refused_fast(&raw::array(u64::MAX));
+    assert_refused_fast(decode_batch, &raw::array(HUGE));
+    assert_refused_fast(decode_batch, &raw::array(u64::MAX));
 }
 
 #[test]
 fn a_records_array_claiming_four_billion_elements_is_refused_fast() {
-    assert_refused_fast(&[raw::batch_prefix(), raw::array(HUGE)].concat());
-    assert_refused_fast(&[raw::batch_prefix(), raw::array(u64::MAX)].concat());
+    assert_refused_fast(
+        decode_batch,
+        &[raw::batch_prefix(), raw::array(HUGE)].concat(),
+    );
+    assert_refused_fast(
+        decode_batch,
+        &[raw::batch_prefix(), raw::array(u64::MAX)].concat(),
+    );
 }
 
 #[test]
 fn a_map_claiming_four_billion_entries_is_refused_fast() {
-    assert_refused_fast(&raw::map(HUGE));
+    assert_refused_fast(decode_batch, &raw::map(HUGE));
     // The custom metrics map of a telemetry body.
-    let custom = [
-        raw::record_prefix("tel"),
-        raw::map(1),
-        raw::text("x"),
-        raw::map(HUGE),
-    ];
-    assert_refused_fast(&custom.concat());
+    assert_refused_fast(decode_batch, &raw::body_field("tel", "x", raw::map(HUGE)));
 }
 
 #[test]
 fn nested_lists_claiming_four_billion_elements_are_refused_fast() {
-    let disks = [
-        raw::record_prefix("tel"),
-        raw::map(1),
-        raw::text("d"),
-        raw::array(HUGE),
-    ];
-    assert_refused_fast(&disks.concat());
-    let packages = [
-        raw::record_prefix("pat"),
-        raw::map(1),
-        raw::text("p"),
-        raw::array(HUGE),
-    ];
-    assert_refused_fast(&packages.concat());
+    // Disks, and packages.
+    assert_refused_fast(decode_batch, &raw::body_field("tel", "d", raw::array(HUGE)));
+    assert_refused_fast(decode_batch, &raw::body_field("pat", "p", raw::array(HUGE)));
 }
 
 #[test]
 fn a_string_claiming_four_gigabytes_is_refused_fast() {
     let name = [
-        raw::record_prefix("evt"),
-        raw::map(1),
-        raw::text("started"),
         raw::map(1),
         raw::text("agent_version"),
         raw::head(3, HUGE),
         b"abc".to_vec(),
     ];
-    assert_refused_fast(&name.concat());
+    assert_refused_fast(
+        decode_batch,
+        &raw::body_field("evt", "started", name.concat()),
+    );
     // As a map key, and as the record kind.
-    assert_refused_fast(&[raw::map(1), raw::head(3, HUGE)].concat());
-    assert_refused_fast(&[raw::body_prefix(), raw::head(3, HUGE)].concat());
+    assert_refused_fast(decode_batch, &[raw::map(1), raw::head(3, HUGE)].concat());
+    assert_refused_fast(
+        decode_batch,
+        &[raw::body_prefix(), raw::head(3, HUGE)].concat(),
+    );
 }
 
 #[test]
@@ -147,14 +121,10 @@ fn unknown_fields_claiming_huge_lengths_are_refused_fast() {
         raw::head(2, HUGE),
         raw::head(3, HUGE),
     ] {
-        let bytes = [
-            raw::map(3),
-            raw::text("v"),
-            raw::version(1, 0),
-            raw::text("new"),
-            lie,
-        ];
-        assert_refused_fast(&bytes.concat());
+        assert_refused_fast(
+            decode_batch,
+            &[raw::versioned_map(3), raw::text("new"), lie].concat(),
+        );
     }
 }
 
@@ -167,25 +137,25 @@ fn a_version_array_claiming_four_billion_elements_is_refused_fast() {
         raw::uint(1),
         raw::uint(0),
     ];
-    assert_refused_fast(&bytes.concat());
+    assert_refused_fast(decode_batch, &bytes.concat());
 }
 
 // --- structure ------------------------------------------------------------
+
+/// A batch with an unknown field `key` whose value is `head` 10,000 times around a zero.
+fn nested_10_000_deep(key: &str, head: u8) -> Vec<u8> {
+    let mut bytes = [raw::versioned_map(2), raw::text(key)].concat();
+    bytes.extend(std::iter::repeat_n(head, 10_000));
+    bytes.push(0x00);
+    bytes
+}
 
 #[test]
 fn deep_nesting_is_refused() {
     // 10,000 nested arrays inside an unknown field: without a limit the skip
     // would recurse 10,000 deep.
-    let mut bytes = [
-        raw::map(2),
-        raw::text("v"),
-        raw::version(1, 0),
-        raw::text("deep"),
-    ]
-    .concat();
-    bytes.extend(std::iter::repeat_n(0x81, 10_000));
-    bytes.push(0x00);
-    let Err(DecodeError::Malformed(message)) = decode_batch(&bytes) else {
+    let Err(DecodeError::Malformed(message)) = decode_batch(&nested_10_000_deep("deep", 0x81))
+    else {
         panic!("deep nesting accepted");
     };
     assert!(message.contains("nested deeper"), "{message}");
@@ -193,16 +163,8 @@ fn deep_nesting_is_refused() {
 
 #[test]
 fn many_nested_tags_are_refused() {
-    let mut bytes = [
-        raw::map(2),
-        raw::text("v"),
-        raw::version(1, 0),
-        raw::text("tags"),
-    ]
-    .concat();
-    bytes.extend(std::iter::repeat_n(0xc6, 10_000)); // tag 6, 10,000 times
-    bytes.push(0x00);
-    assert_malformed(decode_batch(&bytes));
+    // Tag 6, 10,000 times.
+    assert_malformed(decode_batch(&nested_10_000_deep("tags", 0xc6)));
 }
 
 #[test]
@@ -252,72 +214,37 @@ fn a_missing_version_is_refused() {
 
 #[test]
 fn missing_records_are_refused() {
-    assert_malformed(decode_batch(
-        &[raw::map(1), raw::text("v"), raw::version(1, 0)].concat(),
-    ));
+    assert_malformed(decode_batch(&raw::versioned_map(1)));
 }
 
 #[test]
 fn a_body_with_two_kinds_is_refused() {
-    let bytes = [
-        raw::batch_prefix(),
-        raw::array(1),
-        raw::map(3),
-        raw::text("s"),
-        raw::uint(1),
-        raw::text("t"),
-        raw::uint(0),
-        raw::text("b"),
+    let body = [
         raw::map(2),
         raw::text("tel"),
         raw::map(0),
         raw::text("pat"),
         raw::map(0),
     ];
-    assert_malformed(decode_batch(&bytes.concat()));
+    assert_malformed(decode_batch(&raw::one_record(raw::uint(1), body.concat())));
 }
 
 #[test]
 fn an_empty_body_is_refused() {
-    let bytes = [
-        raw::batch_prefix(),
-        raw::array(1),
-        raw::map(3),
-        raw::text("s"),
-        raw::uint(1),
-        raw::text("t"),
-        raw::uint(0),
-        raw::text("b"),
-        raw::map(0),
-    ];
-    assert_malformed(decode_batch(&bytes.concat()));
+    assert_malformed(decode_batch(&raw::one_record(raw::uint(1), raw::map(0))));
 }
 
 #[test]
 fn a_wrong_type_is_refused() {
     // "s" as text instead of an integer.
-    let bytes = [
-        raw::batch_prefix(),
-        raw::array(1),
-        raw::map(3),
-        raw::text("s"),
-        raw::text("1"),
-        raw::text("t"),
-        raw::uint(0),
-        raw::text("b"),
-        raw::map(1),
-        raw::text("tel"),
-        raw::map(0),
-    ];
-    assert_malformed(decode_batch(&bytes.concat()));
+    let body = [raw::map(1), raw::text("tel"), raw::map(0)].concat();
+    assert_malformed(decode_batch(&raw::one_record(raw::text("1"), body)));
 }
 
 #[test]
 fn a_repeated_field_is_refused() {
     let bytes = [
-        raw::map(3),
-        raw::text("v"),
-        raw::version(1, 0),
+        raw::versioned_map(3),
         raw::text("r"),
         raw::array(0),
         raw::text("r"),
@@ -328,17 +255,16 @@ fn a_repeated_field_is_refused() {
 
 #[test]
 fn a_repeated_custom_metric_name_is_refused() {
-    let bytes = [
-        raw::record_prefix("tel"),
-        raw::map(1),
-        raw::text("x"),
+    let custom = [
         raw::map(2),
         raw::text("rpm"),
         raw::float(1.0),
         raw::text("rpm"),
         raw::float(2.0),
     ];
-    let Err(DecodeError::Malformed(message)) = decode_batch(&bytes.concat()) else {
+    let Err(DecodeError::Malformed(message)) =
+        decode_batch(&raw::body_field("tel", "x", custom.concat()))
+    else {
         panic!("repeated metric accepted");
     };
     assert!(message.contains("repeated map key"), "{message}");
@@ -621,30 +547,12 @@ fn gaps_in_sequence_numbers_are_fine() {
 #[test]
 fn an_integer_where_a_float_is_expected_is_refused() {
     // Documented strictness: floats must be CBOR floats.
-    let bytes = [
-        raw::record_prefix("tel"),
-        raw::map(1),
-        raw::text("c"),
-        raw::uint(50),
-    ];
-    assert_malformed(decode_batch(&bytes.concat()));
-    let fixed = [
-        raw::record_prefix("tel"),
-        raw::map(1),
-        raw::text("c"),
-        raw::float(50.0),
-    ];
-    assert!(decode_batch(&fixed.concat()).is_ok());
+    assert_malformed(decode_batch(&raw::body_field("tel", "c", raw::uint(50))));
+    assert!(decode_batch(&raw::body_field("tel", "c", raw::float(50.0))).is_ok());
 }
 
 #[test]
 fn a_non_text_key_in_a_struct_is_refused() {
-    let bytes = [
-        raw::map(2),
-        raw::text("v"),
-        raw::version(1, 0),
-        raw::uint(7),
-        raw::uint(0),
-    ];
+    let bytes = [raw::versioned_map(2), raw::uint(7), raw::uint(0)];
     assert_malformed(decode_batch(&bytes.concat()));
 }

@@ -2,15 +2,17 @@
 //! crafting inputs our encoder would never produce.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
 
 use proptest::collection::{btree_map, vec};
 use proptest::num::{f32 as f32s, f64 as f64s};
 use proptest::option;
 use proptest::prelude::*;
 use wire::{
-    Ack, AgentEvent, Batch, Body, CertificateRenewed, CollectorError, Disk, LoadAverage, Memory,
-    NetworkInterface, OutboxOverflow, Package, PackageManager, PatchStatus, Presence, Record,
-    SchemaVersion, Started, Telemetry, Temperature, UnixMillis,
+    Ack, AgentEvent, Batch, Body, CertificateRenewed, CollectorError, DecodeError, Disk,
+    LoadAverage, Memory, NetworkInterface, OutboxOverflow, Package, PackageManager, PatchStatus,
+    Presence, Record, SchemaVersion, Started, Telemetry, Temperature, UnixMillis,
 };
 
 /// Finite floats: NaN is encodable but not equal to itself, which would make
@@ -281,6 +283,30 @@ pub fn one_package_status() -> PatchStatus {
     }
 }
 
+/// A length no honest message has: four billion elements, entries or bytes.
+pub const HUGE: u64 = 1 << 32;
+
+/// Checks that `result` is a refusal as malformed, reported with the reason `malformed`.
+#[track_caller]
+pub fn assert_malformed<T: Debug>(result: Result<T, DecodeError>) {
+    match result {
+        Err(error @ DecodeError::Malformed(_)) => assert_eq!(error.reason(), "malformed"),
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}
+
+/// Checks that `decode` refuses `bytes` as malformed, quickly. A decoder that honoured a lying
+/// length would allocate gigabytes (and abort) or spin.
+#[track_caller]
+pub fn assert_refused_fast<T: Debug>(
+    decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    bytes: &[u8],
+) {
+    let start = Instant::now();
+    assert_malformed(decode(bytes));
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
 /// Raw CBOR, for inputs our encoder would never write.
 pub mod raw {
     /// An item head: major type and argument, in the shortest form.
@@ -322,31 +348,48 @@ pub mod raw {
         [array(2), uint(major), uint(minor)].concat()
     }
 
+    /// The start of a batch map of `len` entries, the first `"v": [1, 0]`; the caller appends
+    /// the other entries.
+    pub fn versioned_map(len: u64) -> Vec<u8> {
+        [map(len), text("v"), version(1, 0)].concat()
+    }
+
     /// The start of a batch map of two entries, `"v": [1, 0]` and the key `"r"`;
     /// the caller appends the records value.
     pub fn batch_prefix() -> Vec<u8> {
-        [map(2), text("v"), version(1, 0), text("r")].concat()
+        [versioned_map(2), text("r")].concat()
     }
 
-    /// The start of a one-record batch up to the record's one-entry body map;
-    /// the caller appends the kind and the payload.
-    pub fn body_prefix() -> Vec<u8> {
+    /// A batch of one record `{"s": seq, "t": 0, "b": body}`, its sequence number and body
+    /// given raw.
+    pub fn one_record(seq: Vec<u8>, body: Vec<u8>) -> Vec<u8> {
         [
             batch_prefix(),
             array(1),
             map(3),
             text("s"),
-            uint(1),
+            seq,
             text("t"),
             uint(0),
             text("b"),
-            map(1),
+            body,
         ]
         .concat()
+    }
+
+    /// The start of a one-record batch up to the record's one-entry body map;
+    /// the caller appends the kind and the payload.
+    pub fn body_prefix() -> Vec<u8> {
+        one_record(uint(1), map(1))
     }
 
     /// [`body_prefix`] followed by the key `kind`; the caller appends the payload.
     pub fn record_prefix(kind: &str) -> Vec<u8> {
         [body_prefix(), text(kind)].concat()
+    }
+
+    /// A one-record batch whose body of `kind` has the one field `key`, its value `value`.
+    pub fn body_field(kind: &str, key: &str, value: Vec<u8>) -> Vec<u8> {
+        [record_prefix(kind), map(1), text(key), value].concat()
     }
 }
