@@ -1,19 +1,16 @@
 //! One device whose records the database refuses costs no other device its records or its ack.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use ingest::{start, IngestConfig, Metrics};
+use ingest::IngestConfig;
 
 const GOOD_DEVICES: usize = 20;
 const RECORDS: u64 = 5;
 
 #[tokio::test]
 async fn a_device_refused_by_the_database_is_isolated_from_its_tenant_batch() {
-    let (test_db, db) = open().await;
-    let (tenant, devices) =
-        fleet_tests::tenancy::tenant_with_devices(&db.app, "acme", GOOD_DEVICES + 1).await;
+    let (test_db, db, tenant, devices) = acme_with_devices(GOOD_DEVICES + 1).await;
     let (bad, good) = (devices[0], &devices[1..]);
     // The database itself refuses the bad device's rows, as it would refuse any data it cannot
     // store (SQLSTATE 22023, a data exception), through a real trigger.
@@ -38,15 +35,7 @@ async fn a_device_refused_by_the_database_is_isolated_from_its_tenant_batch() {
         batch_window: Duration::from_millis(500),
         ..test_config()
     };
-    let sink = RecordingSink::default();
-    let metrics = Metrics::default();
-    let (sender, handle) = start(
-        config,
-        db.app.clone(),
-        Arc::new(sink.clone()),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (sender, handle, sink, metrics) = start_recorded(&db, config);
     for seq in 1..=RECORDS {
         for device in &devices {
             send(&sender, *device, vec![telemetry(seq)]).await;
