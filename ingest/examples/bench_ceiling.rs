@@ -20,12 +20,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_tests::ceilings::Ceiling;
 use fleet_tests::records::telemetry_200_bytes;
 use fleet_tests::TestDb;
 use ingest::{start, AckError, AckSink, BoxFuture, InboundMessage, IngestConfig, Metrics};
-use sqlx::Connection;
-use store::{DeviceId, TenantId};
-use time::OffsetDateTime;
+use store::DeviceId;
 use wire::Batch;
 
 const BODY: usize = 200;
@@ -45,11 +44,19 @@ async fn main() -> anyhow::Result<()> {
         fleet_tests::tenancy::tenant_with_devices(&db.app, "bench", device_count).await;
     println!("rows per method: {rows}; devices: {device_count}; body: {BODY} bytes");
 
-    let rate = unnest_rls(&test_db, tenant, &devices, rows, 1, 0).await?;
+    let body = [0xa5u8; BODY];
+    let ceiling = Ceiling {
+        test_db: &test_db,
+        tenant,
+        devices: &devices,
+        rows,
+        body: &body,
+    };
+    let rate = ceiling.unnest_rls(1, 0, false).await;
     println!("INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rate:>9.0} rows/s");
-    let rate = unnest_rls(&test_db, tenant, &devices, rows, 2, 10_000_000).await?;
+    let rate = ceiling.unnest_rls(2, 10_000_000, false).await;
     println!("INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rate:>9.0} rows/s");
-    let rate = copy_without_rls(&test_db, tenant, &devices, rows).await?;
+    let rate = ceiling.copy_without_rls().await;
     println!("COPY text, 10,000/tx, identical table without RLS, owner: {rate:>9.0} rows/s");
     let (rate, p50, p99) = pipeline(&db, &devices, rows).await?;
     println!(
@@ -57,86 +64,6 @@ async fn main() -> anyhow::Result<()> {
     );
     db.close().await?;
     Ok(())
-}
-
-/// Raw INSERT ... unnest as fleet_app, `connections` in parallel; seqs start above `seq_base`.
-async fn unnest_rls(
-    test_db: &TestDb,
-    tenant: TenantId,
-    devices: &[DeviceId],
-    rows: usize,
-    connections: usize,
-    seq_base: i64,
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let mut conn = test_db.connect_as_app().await;
-        let devices = devices.to_vec();
-        let share = rows / connections;
-        tasks.push(tokio::spawn(async move {
-            let body = vec![0xa5u8; BODY];
-            let now = OffsetDateTime::now_utc();
-            for chunk in 0..share / 1000 {
-                let mut tx = conn.begin().await?;
-                sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
-                let mut ids = Vec::with_capacity(1000);
-                let mut seqs = Vec::with_capacity(1000);
-                for i in 0..1000 {
-                    let n = chunk * 1000 + i;
-                    ids.push(devices[n % devices.len()].0);
-                    seqs.push(seq_base + (c * share + n) as i64 + 1);
-                }
-                let times = vec![now; 1000];
-                let kinds = vec!["telemetry"; 1000];
-                let bodies = vec![body.clone(); 1000];
-                sqlx::query(
-                    "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
-                     SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])",
-                )
-                .bind(tenant).bind(&ids).bind(&seqs).bind(&times).bind(&times).bind(&kinds).bind(&bodies)
-                .execute(&mut *tx).await?;
-                tx.commit().await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn copy_without_rls(
-    test_db: &TestDb,
-    tenant: TenantId,
-    devices: &[DeviceId],
-    rows: usize,
-) -> anyhow::Result<f64> {
-    let mut owner = test_db.connect_as_owner().await;
-    sqlx::query("CREATE TABLE bench_copy (LIKE device_records INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (tenant_id, device_id, seq, recorded_at))")
-        .execute(&mut owner).await?;
-    let body_hex: String = std::iter::repeat_n("a5", BODY).collect();
-    let now = OffsetDateTime::now_utc();
-    let now = now.format(&time::format_description::well_known::Rfc3339)?;
-    let started = Instant::now();
-    for chunk in 0..rows / 10_000 {
-        let mut tx = owner.begin().await?;
-        let mut copy = tx.copy_in_raw("COPY bench_copy (tenant_id, device_id, seq, recorded_at, received_at, kind, body) FROM STDIN").await?;
-        let mut text = String::with_capacity(10_000 * 600);
-        for i in 0..10_000 {
-            let n = chunk * 10_000 + i;
-            let device = devices[n % devices.len()];
-            text.push_str(&format!(
-                "{tenant}\t{device}\t{}\t{now}\t{now}\ttelemetry\t\\\\x{body_hex}\n",
-                n + 1
-            ));
-        }
-        copy.send(text.into_bytes()).await?;
-        copy.finish().await?;
-        tx.commit().await?;
-    }
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
 #[derive(Clone, Default)]

@@ -36,9 +36,7 @@ use fleet_tests::mqtt::{connect_subscribed, DeviceCredentials};
 use fleet_tests::records::{committed, telemetry_200_bytes};
 use fleet_tests::TestDb;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use sqlx::Connection;
-use store::{DeviceId, TenantId};
-use time::OffsetDateTime;
+use store::TenantId;
 use wire::Batch;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -252,27 +250,20 @@ async fn run(
         "ceilings, {ceiling_rows} rows each, same {}-byte body:",
         body.len()
     );
-    let ceiling = Ceiling {
+    let ceiling = fleet_tests::ceilings::Ceiling {
         test_db: &test_db,
         tenant: ceiling_tenant,
         devices: &ceiling_devices,
         rows: ceiling_rows,
         body: &body,
     };
-    let rls = unnest_rls(&ceiling, 1, 0, false).await;
+    let rls = ceiling.unnest_rls(1, 0, false).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rls:>9.0} rows/s");
-    let rls_ingest = unnest_rls(&ceiling, 1, 20_000_000, true).await;
+    let rls_ingest = ceiling.unnest_rls(1, 20_000_000, true).await;
     println!("  the same + ON CONFLICT DO NOTHING RETURNING (ingest's) : {rls_ingest:>9.0} rows/s");
-    let rls2 = unnest_rls(&ceiling, 2, 10_000_000, false).await;
+    let rls2 = ceiling.unnest_rls(2, 10_000_000, false).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rls2:>9.0} rows/s");
-    let copy = copy_without_rls(
-        &test_db,
-        ceiling_tenant,
-        &ceiling_devices,
-        ceiling_rows,
-        &body,
-    )
-    .await;
+    let copy = ceiling.copy_without_rls().await;
     println!("  COPY text, 10,000/tx, identical table without RLS      : {copy:>9.0} rows/s");
     println!();
     println!(
@@ -416,125 +407,6 @@ fn mqtt_options(running: &fleetd::Running, device: &DeviceCredentials) -> MqttOp
     );
     options.set_keep_alive(Duration::from_secs(60));
     options
-}
-
-// ---- ceilings (the approach and SQL of ingest/examples/bench_ceiling.rs) ----
-
-/// What every ceiling measurement of one run shares: the server, tenant, devices, row count
-/// and the stored body.
-struct Ceiling<'a> {
-    test_db: &'a TestDb,
-    tenant: TenantId,
-    devices: &'a [DeviceId],
-    rows: usize,
-    body: &'a [u8],
-}
-
-/// Raw INSERT ... unnest as fleet_app under forced RLS, `connections` in parallel.
-async fn unnest_rls(
-    ceiling: &Ceiling<'_>,
-    connections: usize,
-    seq_base: i64,
-    ingest_shape: bool,
-) -> f64 {
-    let Ceiling {
-        test_db,
-        tenant,
-        devices,
-        rows,
-        body,
-    } = *ceiling;
-    let mut conns = Vec::new();
-    for _ in 0..connections {
-        conns.push(test_db.connect_as_app().await);
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, mut conn) in conns.into_iter().enumerate() {
-        let devices = devices.to_vec();
-        let share = rows / connections;
-        let body = body.to_vec();
-        tasks.push(tokio::spawn(async move {
-            let now = OffsetDateTime::now_utc();
-            for chunk in 0..share / 1000 {
-                let mut tx = conn.begin().await.unwrap();
-                sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-                    .bind(tenant.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                let mut ids = Vec::with_capacity(1000);
-                let mut seqs = Vec::with_capacity(1000);
-                for i in 0..1000 {
-                    let n = chunk * 1000 + i;
-                    ids.push(devices[n % devices.len()].0);
-                    seqs.push(seq_base + (c * share + n) as i64 + 1);
-                }
-                let times = vec![now; 1000];
-                let kinds = vec!["telemetry"; 1000];
-                let bodies = vec![body.clone(); 1000];
-                // ingest_shape: ingest's own statement (store::records::insert), which also
-                // returns what it inserted.
-                let sql = if ingest_shape {
-                    "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
-                     SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])
-                     ON CONFLICT DO NOTHING RETURNING device_id, seq"
-                } else {
-                    "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
-                     SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])"
-                };
-                sqlx::query(sql)
-                .bind(tenant).bind(&ids).bind(&seqs).bind(&times).bind(&times).bind(&kinds).bind(&bodies)
-                .fetch_all(&mut *tx)
-                .await
-                .unwrap();
-                tx.commit().await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    rows as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn copy_without_rls(
-    test_db: &TestDb,
-    tenant: TenantId,
-    devices: &[DeviceId],
-    rows: usize,
-    body: &[u8],
-) -> f64 {
-    let mut owner = test_db.connect_as_owner().await;
-    sqlx::query("CREATE TABLE bench_copy (LIKE device_records INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (tenant_id, device_id, seq, recorded_at))")
-        .execute(&mut owner)
-        .await
-        .unwrap();
-    let body_hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
-    let now = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let started = Instant::now();
-    for chunk in 0..rows / 10_000 {
-        let mut tx = owner.begin().await.unwrap();
-        let mut copy = tx
-            .copy_in_raw("COPY bench_copy (tenant_id, device_id, seq, recorded_at, received_at, kind, body) FROM STDIN")
-            .await
-            .unwrap();
-        let mut text = String::with_capacity(10_000 * (body_hex.len() + 200));
-        for i in 0..10_000 {
-            let n = chunk * 10_000 + i;
-            let device = devices[n % devices.len()];
-            text.push_str(&format!(
-                "{tenant}\t{device}\t{}\t{now}\t{now}\ttelemetry\t\\\\x{body_hex}\n",
-                n + 1
-            ));
-        }
-        copy.send(text.into_bytes()).await.unwrap();
-        copy.finish().await.unwrap();
-        tx.commit().await.unwrap();
-    }
-    rows as f64 / started.elapsed().as_secs_f64()
 }
 
 // ---- where the CPU went ----
