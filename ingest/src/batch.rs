@@ -24,6 +24,16 @@ pub(crate) enum DeviceInput {
     Refused { reason: &'static str, error: String },
 }
 
+impl DeviceInput {
+    /// How many records it carries (none when refused as a whole).
+    pub(crate) fn record_count(&self) -> usize {
+        match self {
+            DeviceInput::Records { records, .. } => records.len(),
+            DeviceInput::Refused { .. } => 0,
+        }
+    }
+}
+
 /// The verdict on a message before its tenant is known.
 #[derive(Debug)]
 pub(crate) enum Classified {
@@ -103,10 +113,7 @@ impl TenantBatch {
         completion: Completion,
         received_at: OffsetDateTime,
     ) {
-        self.weight += 1 + match &input {
-            DeviceInput::Records { records, .. } => records.len(),
-            DeviceInput::Refused { .. } => 0,
-        };
+        self.weight += 1 + input.record_count();
         self.devices.entry(device).or_default().push(input);
         self.completions.push((completion, received_at));
     }

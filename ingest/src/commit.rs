@@ -81,8 +81,13 @@ pub(crate) async fn write_shares(
         .collect();
     let now = OffsetDateTime::now_utc();
     let mut outcome = Outcome::default();
-    let mut rows =
-        NewRecords::with_capacity(shares.iter().map(|(_, inputs)| records_in(inputs)).sum());
+    let mut rows = NewRecords::with_capacity(
+        shares
+            .iter()
+            .flat_map(|(_, inputs)| inputs.iter())
+            .map(DeviceInput::record_count)
+            .sum(),
+    );
     let mut patches: Vec<(DeviceId, PatchReport)> = Vec::new();
     let mut work: Vec<DeviceWork> = Vec::with_capacity(locked.len());
     for (device, inputs) in shares {
@@ -137,17 +142,6 @@ pub(crate) async fn write_shares(
     ingest_state::save(&mut tx, &saves).await?;
     tx.commit().await?;
     Ok(outcome)
-}
-
-/// Records of a device's inputs.
-fn records_in(inputs: &[DeviceInput]) -> usize {
-    inputs
-        .iter()
-        .map(|input| match input {
-            DeviceInput::Records { records, .. } => records.len(),
-            DeviceInput::Refused { .. } => 0,
-        })
-        .sum()
 }
 
 /// Refuses for good a device's share that the database refused on its own (`error`, a data

@@ -261,10 +261,7 @@ impl Writer {
                 }
                 Ok(outcome)
             }
-            Err(e) if e.is_data_refusal() => {
-                let share = shares[0];
-                Ok(self.refuse(batch.tenant, share, &e).await?)
-            }
+            Err(e) if e.is_data_refusal() => self.refuse(batch.tenant, shares[0], &e).await,
             Err(e) => Ok(self.storage_error(batch.tenant, batch.completions.len(), &e)),
         }
     }
