@@ -57,7 +57,7 @@ pub async fn close(db: Database) -> Result<(), Failure> {
 /// The tenant named by `text`: its id, or its name when exactly one tenant has it (names are
 /// compared ignoring case, as the store keeps them unique). Exit 3 when none matches.
 pub async fn find_tenant(db: &Database, text: &str) -> Result<Tenant, Failure> {
-    let tenants = db.admin.list_tenants().await?;
+    let tenants = db.admin()?.list_tenants().await?;
     if let Ok(id) = text.parse::<TenantId>() {
         return tenants
             .into_iter()

@@ -119,6 +119,12 @@ impl From<StoreError> for Failure {
             StoreError::OwnerCannotSeeAllTenants { .. } => {
                 Failure::new(Exit::Auth, "forbidden", e.to_string())
             }
+            StoreError::UnsupportedServerVersion { .. } | StoreError::AppRoleTooPowerful { .. } => {
+                Failure::new(Exit::Refused, "database-refused", e.to_string())
+            }
+            StoreError::OwnerPoolClosed => {
+                Failure::new(Exit::Unavailable, "database-unavailable", e.to_string())
+            }
             StoreError::Cluster(cluster) => cluster_failure(cluster),
             StoreError::Database(ref db) if is_auth_error(db) => {
                 Failure::new(Exit::Auth, "database-authentication", e.to_string())

@@ -155,7 +155,6 @@ async fn start_devices(
     };
     let (stop_background, stopped) = watch::channel(false);
     let retention = ingest::Retention::new(
-        database.admin.clone(),
         database.app.clone(),
         ingest::RetentionConfig::default(),
         metrics,

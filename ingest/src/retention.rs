@@ -1,12 +1,13 @@
 //! Record retention and partition upkeep: a background job.
 //!
 //! Each run: create the weekly partitions ahead, drop whole partitions older than every tenant's
-//! retention, then for each tenant delete its records older than its own retention (default 30
-//! days, `tenant_ingest_settings`) in bounded steps, each its own short transaction.
+//! retention, then delete the records older than their own tenant's retention (default 30 days,
+//! `tenant_ingest_settings`) in bounded steps, each its own short transaction. Everything goes
+//! through the application role's narrow definer functions: the job holds no owner connection.
 
 use std::time::Duration;
 
-use store::{records, AdminDb, AppDb, StoreError, TenantId};
+use store::{records, AppDb, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -17,7 +18,7 @@ use crate::Metrics;
 pub struct RetentionConfig {
     /// Time between runs.
     pub interval: Duration,
-    /// Rows deleted per transaction.
+    /// Rows deleted per transaction (1 to 100,000).
     pub step_rows: i64,
     /// Pause between steps, to leave the database to ingest.
     pub step_pause: Duration,
@@ -50,11 +51,9 @@ pub struct RetentionReport {
     pub records_deleted: u64,
 }
 
-/// The retention job. `admin` only lists tenants (bootstrap-style, as the owner); all tenant
-/// data is deleted through tenant-scoped transactions of `app`.
+/// The retention job, as the application role.
 #[derive(Clone)]
 pub struct Retention {
-    admin: AdminDb,
     app: AppDb,
     config: RetentionConfig,
     metrics: Metrics,
@@ -62,9 +61,8 @@ pub struct Retention {
 
 impl Retention {
     /// A job over this database.
-    pub fn new(admin: AdminDb, app: AppDb, config: RetentionConfig, metrics: Metrics) -> Self {
+    pub fn new(app: AppDb, config: RetentionConfig, metrics: Metrics) -> Self {
         Self {
-            admin,
             app,
             config,
             metrics,
@@ -73,7 +71,7 @@ impl Retention {
 
     /// One run over every tenant.
     pub async fn run_once(&self) -> Result<RetentionReport, StoreError> {
-        let mut report = RetentionReport {
+        Ok(RetentionReport {
             partitions_created: records::ensure_partitions(&self.app, self.config.weeks_ahead)
                 .await?,
             partitions_dropped: records::drop_expired_partitions(
@@ -81,21 +79,15 @@ impl Retention {
                 self.config.max_partition_drops,
             )
             .await?,
-            records_deleted: 0,
-        };
-        for tenant in self.admin.list_tenants().await? {
-            report.records_deleted += self.delete_expired(tenant.id).await?;
-        }
-        Ok(report)
+            records_deleted: self.delete_expired().await?,
+        })
     }
 
-    /// Deletes one tenant's expired records, step by step; returns how many.
-    pub async fn delete_expired(&self, tenant: TenantId) -> Result<u64, StoreError> {
+    /// Deletes every tenant's expired records, step by step; returns how many.
+    pub async fn delete_expired(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let mut tx = self.app.begin(tenant).await?;
-            let deleted = records::delete_expired(&mut tx, self.config.step_rows).await?;
-            tx.commit().await?;
+            let deleted = records::delete_expired(&self.app, self.config.step_rows).await?;
             total += deleted;
             self.metrics.retention_deleted.inc_by(deleted);
             if deleted < self.config.step_rows.max(0) as u64 {

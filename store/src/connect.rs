@@ -1,19 +1,21 @@
 //! Opening the database: the private cluster or a configured server, migrations, start-up
-//! checks, and the two handles ([`AdminDb`] as the owner role, [`AppDb`] as `fleet_app`).
+//! checks, and the two handles ([`AdminDb`] as the owner role, [`AppDb`] as the database's
+//! application role, [`app_role`]).
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 use crate::cluster::{self, ClusterOptions, PrivateCluster};
 use crate::tenants::Tenant;
 use crate::{StoreError, TenantId, TenantTx};
 
-/// The role fleetd works as: no superuser, no BYPASSRLS, owns nothing. Created by the migrations.
-pub const APP_ROLE: &str = "fleet_app";
+/// The oldest PostgreSQL major version supported: 15 closed `public` to `CREATE` by default, and
+/// the migrations' privilege model assumes it.
+pub const MIN_SERVER_MAJOR: u32 = 15;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -55,10 +57,12 @@ pub enum Purpose {
     Migrate,
 }
 
-/// An open database: both handles, and the private cluster when fleetplane runs one.
+/// An open database: the application role's handle, the owner's for tools, and the private
+/// cluster when fleetplane runs one.
 pub struct Database {
-    /// The owner role's handle.
-    pub admin: AdminDb,
+    /// The owner role's handle; `None` for [`Purpose::Server`], which closes it once start-up is
+    /// done so that nothing in a running fleetd holds superuser connections.
+    admin: Option<AdminDb>,
     /// The application role's handle.
     pub app: AppDb,
     cluster: Option<PrivateCluster>,
@@ -87,6 +91,7 @@ impl Database {
             }
         };
         let admin = AdminDb::connect(&owner_options, settings.connect_timeout).await?;
+        admin.check_server_version().await?;
         match purpose {
             Purpose::Server => admin.migrate().await?,
             Purpose::Tool => admin.schema_version().await?.check()?,
@@ -102,18 +107,32 @@ impl Database {
         if purpose == Purpose::Server {
             admin.check_chain_heads().await?;
         }
-        let app_options = app_role_options(&owner_options, settings.app_password.as_deref());
+        let app_role = admin.check_app_role().await?;
+        let app_options =
+            app_role_options(&owner_options, &app_role, settings.app_password.as_deref());
         let app = AppDb::connect(
             &app_options,
             settings.max_connections,
             settings.connect_timeout,
         )
         .await?;
+        let admin = if purpose == Purpose::Server {
+            admin.pool.close().await;
+            None
+        } else {
+            Some(admin)
+        };
         Ok(Self {
             admin,
             app,
             cluster,
         })
+    }
+
+    /// The owner role's handle; [`StoreError::OwnerPoolClosed`] when opened for
+    /// [`Purpose::Server`].
+    pub fn admin(&self) -> Result<&AdminDb, StoreError> {
+        self.admin.as_ref().ok_or(StoreError::OwnerPoolClosed)
     }
 
     /// The private cluster, when fleetplane runs one.
@@ -124,7 +143,9 @@ impl Database {
     /// Closes the pools, then stops the private cluster if this process started it.
     pub async fn close(self) -> Result<(), StoreError> {
         self.app.pool.close().await;
-        self.admin.pool.close().await;
+        if let Some(admin) = self.admin {
+            admin.pool.close().await;
+        }
         if let Some(cluster) = self.cluster {
             cluster.stop().await?;
         }
@@ -138,11 +159,15 @@ fn parse_url(url: &str) -> Result<PgConnectOptions, StoreError> {
 
 /// The owner's server and database, as the application role. Built afresh rather than edited so
 /// that nothing of the owner's credentials carries over.
-fn app_role_options(owner: &PgConnectOptions, password: Option<&str>) -> PgConnectOptions {
+fn app_role_options(
+    owner: &PgConnectOptions,
+    role: &str,
+    password: Option<&str>,
+) -> PgConnectOptions {
     let mut options = PgConnectOptions::new_without_pgpass()
         .host(owner.get_host())
         .port(owner.get_port())
-        .username(APP_ROLE)
+        .username(role)
         .ssl_mode(owner.get_ssl_mode())
         .application_name("fleetd");
     if let Some(socket) = owner.get_socket() {
@@ -177,6 +202,29 @@ impl SchemaVersion {
                 expected: self.expected,
             })
         }
+    }
+}
+
+/// The application role of the database `conn` is connected to (`fleet_app_<database>`, defined
+/// once, by `fleet_app_role()` in the migrations). The database must be migrated.
+pub async fn app_role(conn: &mut PgConnection) -> Result<String, StoreError> {
+    Ok(
+        sqlx::query_scalar!(r#"SELECT public.fleet_app_role()::text AS "role!""#)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Refuses a server older than [`MIN_SERVER_MAJOR`]; `version_num` is `server_version_num`
+/// (150004 for 15.4), `version` the text shown in the error.
+pub fn check_server_version(version_num: i32, version: &str) -> Result<(), StoreError> {
+    if version_num / 10_000 >= MIN_SERVER_MAJOR as i32 {
+        Ok(())
+    } else {
+        Err(StoreError::UnsupportedServerVersion {
+            found: version.to_owned(),
+            required: MIN_SERVER_MAJOR,
+        })
     }
 }
 
@@ -229,6 +277,57 @@ impl AdminDb {
             found,
             expected: expected_schema_version(),
         })
+    }
+
+    async fn check_server_version(&self) -> Result<(), StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT current_setting('server_version_num')::int AS "num!",
+                      current_setting('server_version') AS "version!""#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        check_server_version(row.num, &row.version)
+    }
+
+    /// Refuses an application role with power beyond its grants: superuser, BYPASSRLS,
+    /// CREATEROLE or CREATEDB, membership in any role (which would lend it that role's
+    /// privileges: `fleet_app`'s in other databases, `pg_read_all_data`), or ownership of
+    /// anything in this database. Returns the role's name.
+    async fn check_app_role(&self) -> Result<String, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let role = app_role(&mut conn).await?;
+        let row = sqlx::query!(
+            r#"SELECT r.rolsuper AS "superuser!", r.rolbypassrls AS "bypassrls!",
+                      r.rolcreaterole OR r.rolcreatedb AS "creates!",
+                      (SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname)
+                         FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                        WHERE m.member = r.oid) AS member_of,
+                      EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid)
+                          OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proowner = r.oid)
+                          OR EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspowner = r.oid)
+                          AS "owns!"
+                 FROM pg_roles r WHERE r.rolname = $1"#,
+            role
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let reason = if row.superuser {
+            Some("is superuser".to_owned())
+        } else if row.bypassrls {
+            Some("has BYPASSRLS".to_owned())
+        } else if row.creates {
+            Some("has CREATEROLE or CREATEDB".to_owned())
+        } else if let Some(roles) = row.member_of {
+            Some(format!("is a member of {roles}"))
+        } else if row.owns {
+            Some("owns objects in this database".to_owned())
+        } else {
+            None
+        };
+        match reason {
+            None => Ok(role),
+            Some(reason) => Err(StoreError::AppRoleTooPowerful { role, reason }),
+        }
     }
 
     async fn check_can_see_all_tenants(&self) -> Result<(), StoreError> {
@@ -312,5 +411,25 @@ impl AppDb {
             .fetch_one(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_before_15_are_refused_naming_the_version_found() {
+        for (num, text) in [(140011, "14.11"), (130000, "13.0"), (90624, "9.6.24")] {
+            let err = check_server_version(num, text).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::UnsupportedServerVersion { found, required: 15 } if found == text),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains(text), "{err}");
+        }
+        for (num, text) in [(150000, "15.0"), (150020, "15.20"), (170002, "17.2")] {
+            check_server_version(num, text).unwrap();
+        }
     }
 }

@@ -33,6 +33,32 @@ pub enum StoreError {
         role: String,
     },
 
+    /// The server is older than the oldest PostgreSQL fleetplane supports (15: `public` closed to
+    /// `CREATE` by default, the privilege model the migrations rely on).
+    #[error(
+        "PostgreSQL {found} is not supported; fleetplane requires PostgreSQL {required} or newer"
+    )]
+    UnsupportedServerVersion {
+        /// The server's `server_version`.
+        found: String,
+        /// The oldest major version supported.
+        required: u32,
+    },
+
+    /// The application role has more power than its grants: any of these would void row-level
+    /// security or the per-database separation, so fleetd refuses to start.
+    #[error("database role `{role}` (the application role) {reason}; fleetplane requires it to have only the privileges its migrations grant")]
+    AppRoleTooPowerful {
+        /// The application role.
+        role: String,
+        /// What it has that it must not.
+        reason: String,
+    },
+
+    /// The owner role's pool was asked for after fleetd closed it at the end of start-up.
+    #[error("the owner role's pool is closed once the server has started")]
+    OwnerPoolClosed,
+
     /// A tenant exists without the head row of its audit chain: its history cannot be extended
     /// without breaking verification, so fleetd refuses to start.
     #[error("tenant {tenant_id} ({name}) has no audit chain head; restore it from a backup before starting fleetd")]

@@ -3,11 +3,13 @@
 //!
 //! Nothing else in fleetplane talks SQL. Two kinds of handle exist:
 //!
-//! - [`AppDb`] works as the `fleet_app` role (no superuser, no BYPASSRLS, owns nothing). Its only
+//! - [`AppDb`] works as the database's application role, `fleet_app_<database>` ([`app_role`]; no
+//!   superuser, no BYPASSRLS, no memberships, owns nothing). Its only
 //!   way to tenant rows is [`AppDb::begin`], which opens a [`TenantTx`] for exactly one tenant;
 //!   the repository functions ([`tenants`], [`devices`], [`audit`]) take that transaction.
 //! - [`AdminDb`] works as the owner role: migrations, start-up checks and cross-tenant listings
-//!   that bootstrap needs. It never reads or writes tenant data on behalf of a request.
+//!   that bootstrap needs. It never reads or writes tenant data on behalf of a request, and fleetd
+//!   closes it once started ([`Database::admin`]).
 //!
 //! [`Database::open`] gives both, starting a private cluster ([`cluster`]) when no URL is set.
 
@@ -33,8 +35,8 @@ pub mod text;
 mod tx;
 
 pub use connect::{
-    expected_schema_version, AdminDb, AppDb, Database, DatabaseSettings, Purpose, SchemaVersion,
-    APP_ROLE,
+    app_role, check_server_version, expected_schema_version, AdminDb, AppDb, Database,
+    DatabaseSettings, Purpose, SchemaVersion, MIN_SERVER_MAJOR,
 };
 pub use error::StoreError;
 pub use ids::{

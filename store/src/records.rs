@@ -186,29 +186,20 @@ pub async fn retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
     .await?)
 }
 
-/// Deletes at most `limit` of the tenant's records older than its retention (by the device's
-/// clock); returns how many. Call until it returns less than `limit`.
-pub async fn delete_expired(tx: &mut TenantTx, limit: i64) -> Result<u64, StoreError> {
-    let tenant = tx.tenant();
-    let done = sqlx::query!(
-        "WITH cutoff AS (
-             SELECT now() - make_interval(days => coalesce(
-                 (SELECT record_retention_days FROM tenant_ingest_settings),
-                 fleet_default_record_retention_days())) AS at
-         ), expired AS (
-             SELECT device_id, seq, recorded_at FROM device_records, cutoff
-              WHERE tenant_id = $1 AND recorded_at < cutoff.at
-              LIMIT $2
-         )
-         DELETE FROM device_records r USING expired e
-          WHERE r.tenant_id = $1 AND r.device_id = e.device_id AND r.seq = e.seq
-            AND r.recorded_at = e.recorded_at",
-        tenant as TenantId,
-        limit,
+/// Deletes at most `limit` records older than their own tenant's retention (by the device's
+/// clock), across tenants, through `fleet_delete_expired_records` (a definer function that takes
+/// no tenant and returns only the count), so that retention needs no owner connection; returns
+/// how many. Call until it returns less than `limit`.
+pub async fn delete_expired(app: &AppDb, limit: i64) -> Result<u64, StoreError> {
+    let mut tx = begin_without_tenant(app).await?;
+    let deleted = sqlx::query_scalar!(
+        r#"SELECT fleet_delete_expired_records($1) AS "deleted!""#,
+        limit
     )
-    .execute(tx.conn())
+    .fetch_one(tx.conn())
     .await?;
-    Ok(done.rows_affected())
+    tx.commit().await?;
+    Ok(u64::try_from(deleted).unwrap_or(0))
 }
 
 /// Creates the weekly partitions from this week to `weeks_ahead` ahead that are missing; returns

@@ -22,7 +22,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use store::cluster::{ClusterOptions, PrivateCluster, RunAs};
-use store::{Database, DatabaseSettings, APP_ROLE};
+use store::{Database, DatabaseSettings};
 use tokio::sync::OnceCell;
 
 /// Where test databases are created.
@@ -147,12 +147,22 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// The name of this database's application role (the database must be migrated).
+    pub async fn app_role(&self) -> String {
+        let mut owner = self.connect_as_owner().await;
+        let role = store::app_role(&mut owner)
+            .await
+            .expect("the application role's name");
+        owner.close().await.ok();
+        role
+    }
+
     /// A raw connection as the application role, bypassing the store's API but not the
     /// database's rules: for tests that prove what the role itself can and cannot do.
     pub async fn connect_as_app(&self) -> PgConnection {
         let options = PgConnectOptions::from_str(&self.url)
             .expect("test URL")
-            .username(APP_ROLE)
+            .username(&self.app_role().await)
             .disable_statement_logging();
         PgConnection::connect_with(&options)
             .await
@@ -161,8 +171,11 @@ impl TestDb {
 }
 
 impl Drop for TestDb {
+    /// Drops the database, then its application role (roles are server-wide: without this every
+    /// test would leave one behind).
     fn drop(&mut self) {
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let url = self.url.clone();
         let admin_url = self.admin_url.clone();
         // Drop runs inside a test's runtime, which cannot be blocked on: use a thread of our own.
         let dropped = std::thread::spawn(move || {
@@ -171,11 +184,15 @@ impl Drop for TestDb {
                 .build()
                 .expect("runtime");
             runtime.block_on(async {
+                let role = app_role_if_migrated(&url).await;
                 let mut admin = connect(&admin_url).await;
-                sqlx::query(&statement)
-                    .execute(&mut admin)
-                    .await
-                    .map(|_| ())
+                sqlx::query(&statement).execute(&mut admin).await?;
+                if let Some(role) = role {
+                    sqlx::query(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                        .execute(&mut admin)
+                        .await?;
+                }
+                Ok::<(), sqlx::Error>(())
             })
         })
         .join();
@@ -183,6 +200,23 @@ impl Drop for TestDb {
             eprintln!("could not drop test database {}: {e}", self.name);
         }
     }
+}
+
+/// The application role of the database at `url`, when its migrations created one.
+async fn app_role_if_migrated(url: &str) -> Option<String> {
+    let mut conn = connect(url).await;
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regprocedure('public.fleet_app_role()') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
+    let role = if migrated {
+        store::app_role(&mut conn).await.ok()
+    } else {
+        None
+    };
+    conn.close().await.ok();
+    role
 }
 
 async fn connect(url: &str) -> PgConnection {

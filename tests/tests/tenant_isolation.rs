@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use fleet_tests::tenancy::set_tenant;
 use fleet_tests::TestDb;
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use store::devices::{self, NewDevice};
 use store::{tenants, TenantId};
@@ -217,22 +220,30 @@ async fn the_application_role_is_powerless_and_every_tenant_table_forces_rls() {
     let db = test_db.open().await;
     let mut owner = test_db.connect_as_owner().await;
 
-    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'fleet_app'")
-        .fetch_one(&mut owner)
-        .await
-        .unwrap();
+    let app_role = test_db.app_role().await;
+    let role = sqlx::query(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(&app_role)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
     for attribute in ["rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb"] {
-        assert!(!role.get::<bool, _>(attribute), "fleet_app has {attribute}");
+        assert!(
+            !role.get::<bool, _>(attribute),
+            "{app_role} has {attribute}"
+        );
     }
     let owned: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
           JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE r.rolname = 'fleet_app' AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+         WHERE r.rolname = $1 AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
     )
+    .bind(&app_role)
     .fetch_one(&mut owner)
     .await
     .unwrap();
-    assert_eq!(owned, 0, "fleet_app owns relations");
+    assert_eq!(owned, 0, "{app_role} owns relations");
 
     let tables = tenant_tables(&mut owner).await;
     assert!(
@@ -282,9 +293,181 @@ async fn the_application_role_is_powerless_and_every_tenant_table_forces_rls() {
 async fn migrations_are_idempotent() {
     let test_db = TestDb::new().await;
     let db = test_db.open().await;
-    db.admin.migrate().await.unwrap();
+    store::Database::open(&test_db.settings(), store::Purpose::Migrate)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
     db.close().await.unwrap();
     // A second start on the same database applies nothing new and succeeds.
     let again = test_db.open().await;
     again.close().await.unwrap();
+}
+
+/// A function in `public` that shadows one a definer function calls would run with the owner's
+/// rights (CVE-2018-1058): `public.cardinality(uuid[])` is a closer match for
+/// `fleet_device_directory`'s `cardinality(device_ids)` than `pg_catalog.cardinality(anyarray)`.
+const SHADOW: &str = "CREATE FUNCTION public.cardinality(uuid[]) RETURNS integer LANGUAGE plpgsql
+    AS $$ BEGIN RAISE EXCEPTION 'hijacked: ran as %', current_user; END $$";
+
+#[tokio::test]
+async fn the_application_role_cannot_hijack_a_definer_function_through_public() {
+    let test_db = TestDb::new().await;
+    let mut owner = test_db.connect_as_owner().await;
+    // As in a database created before PostgreSQL 15 or upgraded from one: everyone may create in
+    // public.
+    sqlx::query("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let db = test_db.open().await;
+    let (_, devices) = fleet_tests::tenancy::tenant_with_devices(&db.app, "victim", 1).await;
+
+    let mut app = test_db.connect_as_app().await;
+    let refused = sqlx::query(SHADOW)
+        .execute(&mut app)
+        .await
+        .expect_err("the application role created a function in public");
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("42501"),
+        "{refused}"
+    );
+    // A shadow that is there anyway (the owner's own, standing for any role that can create in
+    // public) is not what the definer function calls.
+    sqlx::query(SHADOW).execute(&mut owner).await.unwrap();
+    let found = store::device_directory::lookup(&db.app, &devices)
+        .await
+        .expect("the directory calls pg_catalog.cardinality");
+    assert_eq!(found.len(), 1);
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_definer_function_resolves_names_in_pg_catalog_only_and_only_the_app_role_runs_it() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let app_role = test_db.app_role().await;
+    let mut owner = test_db.connect_as_owner().await;
+    let functions: Vec<(String, Option<Vec<String>>, Vec<String>)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text, p.proconfig,
+                ARRAY(SELECT coalesce(g.rolname, 'PUBLIC') FROM aclexplode(p.proacl) a
+                        LEFT JOIN pg_roles g ON g.oid = a.grantee
+                       WHERE a.grantee <> p.proowner ORDER BY 1)
+           FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace AND p.prosecdef
+          ORDER BY 1",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert!(
+        functions.len() >= 6,
+        "definer functions found: {functions:?}"
+    );
+    for (function, config, grantees) in &functions {
+        assert_eq!(
+            config.as_deref(),
+            Some(&["search_path=pg_catalog, pg_temp".to_string()][..]),
+            "{function}"
+        );
+        assert_eq!(grantees, &vec![app_role.clone()], "{function}");
+    }
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_application_role_is_refused_by_every_other_fleetplane_database() {
+    let staging = TestDb::new().await;
+    let production = TestDb::new().await;
+    let staging_db = staging.open().await;
+    let production_db = production.open().await;
+    let staging_role = staging.app_role().await;
+    assert_ne!(staging_role, production.app_role().await);
+
+    let options = PgConnectOptions::from_str(production.url())
+        .unwrap()
+        .username(&staging_role);
+    let refused = PgConnection::connect_with(&options)
+        .await
+        .expect_err("staging's role connected to production");
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("42501"),
+        "{refused}"
+    );
+    // Nor does the server-wide role of earlier releases keep anything here.
+    let mut owner = production.connect_as_owner().await;
+    let (connect, select): (bool, bool) = sqlx::query_as(
+        "SELECT has_database_privilege('fleet_app', current_database(), 'CONNECT'),
+                has_table_privilege('fleet_app', 'public.devices', 'SELECT')",
+    )
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    assert!(
+        !connect && !select,
+        "fleet_app: connect {connect}, select {select}"
+    );
+    staging_db.close().await.unwrap();
+    production_db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn start_up_refuses_an_application_role_that_is_a_member_of_another_role() {
+    let test_db = TestDb::new().await;
+    test_db.open().await.close().await.unwrap();
+    let app_role = test_db.app_role().await;
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query(&format!("GRANT pg_read_all_data TO \"{app_role}\""))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let refused = store::Database::open(&test_db.settings(), store::Purpose::Server).await;
+    match refused {
+        Err(store::StoreError::AppRoleTooPowerful { role, reason }) => {
+            assert_eq!(role, app_role);
+            assert!(reason.contains("pg_read_all_data"), "{reason}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("opened with an application role that can read every table"),
+    }
+}
+
+#[tokio::test]
+async fn the_server_closes_the_owner_pool_once_started() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    assert!(matches!(
+        db.admin(),
+        Err(store::StoreError::OwnerPoolClosed)
+    ));
+    // Its connections are gone from the server too (a backend leaves pg_stat_activity shortly
+    // after its client said goodbye: poll, bounded; the pool of today would idle for 10 minutes).
+    let mut owner = test_db.connect_as_owner().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let owner_sessions: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'fleetd-admin'",
+        )
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+        if owner_sessions == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{owner_sessions} owner sessions still open after start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db.close().await.unwrap();
 }

@@ -186,7 +186,7 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
     let outcome = async {
         let chosen = match ctx.tenant() {
             Some(wanted) => vec![db::find_tenant(&database, wanted).await?],
-            None => database.admin.list_tenants().await?,
+            None => database.admin()?.list_tenants().await?,
         };
         let mut verdicts = Vec::new();
         for tenant in chosen {

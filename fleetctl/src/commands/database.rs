@@ -27,7 +27,7 @@ pub async fn run(ctx: &Ctx, command: DbCommand) -> Result<(), Failure> {
 async fn migrate(ctx: &Ctx) -> Result<(), Failure> {
     ctx.refuse_tenant("db migrate")?;
     let database = db::open_as(&ctx.bootstrap_location()?, Purpose::Migrate).await?;
-    let version = database.admin.schema_version().await;
+    let version = async { database.admin()?.schema_version().await }.await;
     db::close(database).await?;
     let version = version?.found;
     show(ctx, &json!({ "schema_version": version }), || {

@@ -137,7 +137,7 @@ fn print_created(
 async fn list(ctx: &Ctx) -> Result<(), Failure> {
     ctx.refuse_tenant("tenant list")?;
     let database = db::open(&ctx.bootstrap_location()?).await?;
-    let listed = database.admin.list_tenants().await;
+    let listed = async { database.admin()?.list_tenants().await }.await;
     db::close(database).await?;
     let tenants = listed?;
     let items: Vec<Value> = tenants

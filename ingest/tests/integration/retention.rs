@@ -76,7 +76,7 @@ async fn retention_deletes_only_what_is_older_than_each_tenants_setting() {
         step_pause: Duration::ZERO,
         ..RetentionConfig::default()
     };
-    let job = Retention::new(db.admin.clone(), db.app.clone(), config, metrics);
+    let job = Retention::new(db.app.clone(), config, metrics);
     let report = job.run_once().await.unwrap();
     assert_eq!(report.records_deleted, 4 + 2, "{report:?}");
     assert_eq!(ages_left(&db, short, short_devices[0]).await, vec![1, 5]);
