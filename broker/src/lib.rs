@@ -179,6 +179,12 @@ impl RunningBroker {
             .disconnect(device_id, DisconnectReason::Revoked)
     }
 
+    /// The devices that have a live session now, including sessions still being admitted: what
+    /// a re-check of revocations must cover.
+    pub fn live_devices(&self) -> Vec<DeviceId> {
+        self.shared.registry.devices()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> BrokerStats {
         self.shared.counters.snapshot()

@@ -98,6 +98,12 @@ impl Registry {
         }
     }
 
+    /// The devices with a live session now (registered before their admission check, so a
+    /// session that is being admitted is included).
+    pub(crate) fn devices(&self) -> Vec<DeviceId> {
+        lock(&self.sessions).keys().copied().collect()
+    }
+
     /// Closes every live session.
     pub(crate) fn close_all(&self, reason: DisconnectReason) {
         let all: Vec<_> = lock(&self.sessions).values().cloned().collect();

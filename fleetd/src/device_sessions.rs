@@ -1,22 +1,23 @@
 //! The broker's side of the store: who may connect, who is online, and closing the sessions of
 //! revoked devices on every fleetd instance (Postgres LISTEN/NOTIFY carries revocations).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use broker::{AdmissionCheck, PresenceEvent, RunningBroker};
 use certs::DeviceIdentity;
 use store::revocations::{Revocation, RevocationListener};
-use store::{devices, AppDb, DeviceId, StoreError, TenantId};
+use store::{device_directory, devices, AppDb, DeviceId, StoreError, TenantId};
 use tokio::sync::mpsc;
 
-/// Live sessions of this instance: device id → (tenant id, session number).
+/// Sessions of this instance whose presence was recorded: device id → session number (so that
+/// the `offline` of a replaced session does not mark the device offline).
 #[derive(Clone, Default)]
-pub struct OnlineDevices(Arc<Mutex<HashMap<DeviceId, (TenantId, u64)>>>);
+pub struct OnlineDevices(Arc<Mutex<HashMap<DeviceId, u64>>>);
 
 impl OnlineDevices {
-    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, (TenantId, u64)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceId, u64>> {
         // Plain inserts and removes: the map is consistent whatever panicked.
         self.0
             .lock()
@@ -28,23 +29,16 @@ impl OnlineDevices {
         let device = event.identity.device_id;
         let mut online = self.lock();
         if event.online {
-            online.insert(device, (event.identity.tenant_id, event.session));
+            online.insert(device, event.session);
             return true;
         }
         match online.get(&device) {
-            Some((_, session)) if *session == event.session => {
+            Some(session) if *session == event.session => {
                 online.remove(&device);
                 true
             }
             _ => false,
         }
-    }
-
-    fn snapshot(&self) -> Vec<(TenantId, DeviceId)> {
-        self.lock()
-            .iter()
-            .map(|(device, (tenant, _))| (*tenant, *device))
-            .collect()
     }
 }
 
@@ -86,9 +80,11 @@ async fn write_presence(app: &AppDb, event: &PresenceEvent) -> Result<(), StoreE
     tx.commit().await
 }
 
-/// Closes the live session of every device revoked anywhere; after the listener lost its
-/// connection (notifications may have been missed), re-checks every live session.
-pub async fn enforce_revocations(app: AppDb, broker: Arc<RunningBroker>, online: OnlineDevices) {
+/// Closes the live session of every device revoked anywhere. A notification only says which
+/// device to re-check (any role that can connect may send one); once the listener is listening,
+/// first and after every reconnect (notifications may have been missed), every live session is
+/// re-checked.
+pub async fn enforce_revocations(app: AppDb, broker: Arc<RunningBroker>) {
     let mut listener = loop {
         match RevocationListener::connect(&app).await {
             Ok(listener) => break listener,
@@ -98,23 +94,59 @@ pub async fn enforce_revocations(app: AppDb, broker: Arc<RunningBroker>, online:
             }
         }
     };
+    // Sessions admitted before the listener listened were covered by no notification.
+    recheck_sessions(&app, &broker).await;
     loop {
         match listener.recv().await {
             Revocation::Device { device_id, .. } => {
-                if broker.disconnect(device_id) {
-                    tracing::info!(device = %device_id, "revoked device disconnected");
-                }
+                close_if_revoked(&app, &broker, device_id).await;
             }
-            Revocation::MaybeMissed => recheck_sessions(&app, &broker, &online).await,
+            Revocation::MaybeMissed => recheck_sessions(&app, &broker).await,
         }
     }
 }
 
-async fn recheck_sessions(app: &AppDb, broker: &RunningBroker, online: &OnlineDevices) {
-    for (tenant, device) in online.snapshot() {
+/// Closes `device`'s session unless the database says it is an existing, active device. The
+/// notification's tenant is not trusted: the directory answers by device id (unique across
+/// tenants) with the device's real tenant and status.
+async fn close_if_revoked(app: &AppDb, broker: &RunningBroker, device: DeviceId) {
+    let active = match device_directory::lookup(app, &[device]).await {
+        Ok(entries) => entries.first().is_some_and(|entry| !entry.revoked),
+        Err(e) => {
+            // Fail closed: the device's reconnect goes through the admission check.
+            tracing::warn!(%device, "re-checking a revocation: {e}");
+            false
+        }
+    };
+    if active {
+        tracing::warn!(%device, "ignored a revocation notification for an active device");
+    } else if broker.disconnect(device) {
+        tracing::info!(%device, "revoked device disconnected");
+    }
+}
+
+/// Re-checks every session the broker holds (its registry, not the presence map, which lags
+/// behind admissions) against the directory, in one lookup per 1,000 devices.
+async fn recheck_sessions(app: &AppDb, broker: &RunningBroker) {
+    let live = broker.live_devices();
+    if live.is_empty() {
+        return;
+    }
+    let active: HashSet<DeviceId> = match device_directory::lookup(app, &live).await {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|entry| !entry.revoked)
+            .map(|entry| entry.device_id)
+            .collect(),
         // Fail closed: a session whose status cannot be read now is dropped, and the device's
         // reconnect goes through the admission check.
-        if !is_active(app, tenant, device).await.unwrap_or(false) && broker.disconnect(device) {
+        Err(e) => {
+            tracing::warn!("re-checking live sessions: {e}");
+            HashSet::new()
+        }
+    };
+    for device in live {
+        if !active.contains(&device) && broker.disconnect(device) {
             tracing::info!(%device, "session closed after re-checking revocations");
         }
     }

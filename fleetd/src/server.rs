@@ -129,13 +129,12 @@ async fn start_devices(
             let online = OnlineDevices::default();
             let presence = tokio::spawn(device_sessions::record_presence(
                 database.app.clone(),
-                online.clone(),
+                online,
                 presence_rx,
             ));
             let revocations = tokio::spawn(device_sessions::enforce_revocations(
                 database.app.clone(),
                 broker.clone(),
-                online,
             ));
             (
                 DeviceFront::Embedded {

@@ -7,7 +7,7 @@
 //!
 //! Prints rows/s for:
 //! 1. `INSERT ... SELECT FROM unnest(...)`, 1,000 rows per transaction, into `device_records`
-//!    as `fleet_app` under its forced RLS policy (the real ceiling: COPY is refused under RLS);
+//!    as the application role under its forced RLS policy (the real ceiling: COPY is refused under RLS);
 //! 2. the same with two connections;
 //! 3. `COPY ... FROM STDIN` (text), 10,000 rows per transaction, into an identical table
 //!    without RLS, as the owner (the physical ceiling);
@@ -53,9 +53,9 @@ async fn main() -> anyhow::Result<()> {
         body: &body,
     };
     let rate = ceiling.unnest_rls(1, 0, false).await;
-    println!("INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rate:>9.0} rows/s");
+    println!("INSERT unnest, 1,000/tx, forced RLS, app role, 1 conn : {rate:>9.0} rows/s");
     let rate = ceiling.unnest_rls(2, 10_000_000, false).await;
-    println!("INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rate:>9.0} rows/s");
+    println!("INSERT unnest, 1,000/tx, forced RLS, app role, 2 conns: {rate:>9.0} rows/s");
     let rate = ceiling.copy_without_rls().await;
     println!("COPY text, 10,000/tx, identical table without RLS, owner: {rate:>9.0} rows/s");
     let (rate, p50, p99) = pipeline(&db, &devices, rows).await?;

@@ -14,9 +14,11 @@
 //! checking at every handshake, which does not depend on notifications at all).
 //!
 //! A notification is a hint, not an authority: any role that can connect may `NOTIFY` on any
-//! channel. Payloads that do not parse are logged and skipped; a consumer that wants to be
-//! strict re-checks `is_active` before closing a connection (a forged notification then costs
-//! one query, not a disconnect).
+//! channel. Payloads that do not parse are logged and skipped; the consumer must re-read the
+//! device's status (by device id: the payload's tenant is not trusted either) before closing a
+//! connection, so that a forged notification costs one query, not a disconnect. It must also
+//! re-check every live connection once after [`RevocationListener::connect`]: connections
+//! admitted before the listener listened were covered by no notification.
 
 use std::time::Duration;
 

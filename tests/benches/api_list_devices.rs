@@ -306,7 +306,7 @@ impl CpuSample {
     async fn take(owner: &mut sqlx::PgConnection) -> Self {
         let pids: Vec<i32> = sqlx::query(
             "SELECT pid FROM pg_stat_activity
-              WHERE datname = current_database() AND usename = 'fleet_app'",
+              WHERE datname = current_database() AND usename = public.fleet_app_role()",
         )
         .fetch_all(&mut *owner)
         .await

@@ -12,12 +12,12 @@
 //!    publish-to-commit latency of every message (the arrival of the first ack whose watermark
 //!    covers the message's last seq, minus the moment the device published it): p50/p99/max;
 //! 2. in the same run, on the same server, for the same row shape (the same CBOR telemetry body):
-//!    INSERT ... unnest, 1,000 rows per transaction, forced RLS, as fleet_app with app.tenant_id
+//!    INSERT ... unnest, 1,000 rows per transaction, forced RLS, as the application role with app.tenant_id
 //!    set (the real ceiling: COPY is refused under RLS), and COPY into an identical table without
 //!    RLS (the physical ceiling); the ratio ours / RLS ceiling;
 //! 3. where the time went during the end-to-end phase: CPU of fleetd's runtime threads, the load
 //!    generator's (two separate runtimes, so /proc tells them apart; rumqttd's router thread is
-//!    among "other threads"), the PostgreSQL processes and the whole machine; what fleet_app's
+//!    among "other threads"), the PostgreSQL processes and the whole machine; what the application role
 //!    sessions were doing (pg_stat_activity sampled every 2 ms); ingest's Prometheus metrics
 //!    from fleetd's /metrics.
 //!
@@ -258,11 +258,11 @@ async fn run(
         body: &body,
     };
     let rls = ceiling.unnest_rls(1, 0, false).await;
-    println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 1 conn : {rls:>9.0} rows/s");
+    println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 1 conn : {rls:>9.0} rows/s");
     let rls_ingest = ceiling.unnest_rls(1, 20_000_000, true).await;
     println!("  the same + ON CONFLICT DO NOTHING RETURNING (ingest's) : {rls_ingest:>9.0} rows/s");
     let rls2 = ceiling.unnest_rls(2, 10_000_000, false).await;
-    println!("  INSERT unnest, 1,000/tx, forced RLS, fleet_app, 2 conns: {rls2:>9.0} rows/s");
+    println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 2 conns: {rls2:>9.0} rows/s");
     let copy = ceiling.copy_without_rls().await;
     println!("  COPY text, 10,000/tx, identical table without RLS      : {copy:>9.0} rows/s");
     println!();
@@ -547,12 +547,12 @@ fn stop_perf(perf: Option<std::process::Child>) {
 static WAITS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
 static SAMPLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Every 2 ms: the state and wait event of fleet_app's sessions in this database.
+/// Every 2 ms: the state and wait event of the application role's sessions in this database.
 async fn sample_waits(mut owner: sqlx::PgConnection) {
     loop {
         let rows: Vec<(String, Option<String>, Option<String>, String)> = sqlx::query_as(
             "SELECT coalesce(state, ''), wait_event_type, wait_event, left(regexp_replace(query, '\\s+', ' ', 'g'), 40)
-             FROM pg_stat_activity WHERE datname = current_database() AND usename = 'fleet_app'",
+             FROM pg_stat_activity WHERE datname = current_database() AND usename = public.fleet_app_role()",
         )
         .fetch_all(&mut owner)
         .await
@@ -579,7 +579,7 @@ fn print_waits() {
     let mut sorted: Vec<_> = waits.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(a.1));
     println!(
-        "fleet_app sessions in pg_stat_activity, {samples} samples (mean sessions in each state):"
+        "application role sessions in pg_stat_activity, {samples} samples (mean sessions in each state):"
     );
     for (key, n) in sorted.into_iter().take(12) {
         println!("  {:>5.2}  {key}", *n as f64 / samples);

@@ -1,6 +1,6 @@
 //! The ceilings a benchmark compares ingest with, on the same server and for the same row shape
 //! (ingest/examples/bench_ceiling.rs, tests/benches/gateway_ingest.rs): INSERT ... unnest as
-//! fleet_app under forced RLS (the real ceiling: COPY is refused under RLS), and COPY into an
+//! the application role under forced RLS (the real ceiling: COPY is refused under RLS), and COPY into an
 //! identical table without RLS (the physical ceiling).
 
 use std::time::Instant;
@@ -22,7 +22,7 @@ pub struct Ceiling<'a> {
 }
 
 impl Ceiling<'_> {
-    /// Rows per second of raw INSERT ... unnest as fleet_app under forced RLS, 1,000 rows per
+    /// Rows per second of raw INSERT ... unnest as the application role under forced RLS, 1,000 rows per
     /// transaction, `connections` in parallel (opened before the clock starts); seqs start above
     /// `seq_base`. With `ingest_shape`, ingest's own statement (store::records::insert), which
     /// also returns what it inserted.

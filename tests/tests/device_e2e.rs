@@ -263,3 +263,113 @@ async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once(
         .await
         .unwrap();
 }
+
+/// Waits until the broker has closed the session behind `events`.
+async fn wait_for_disconnect(events: &mut EventLoop, within: Duration) {
+    tokio::time::timeout(within, async { while events.poll().await.is_ok() {} })
+        .await
+        .unwrap_or_else(|_| panic!("the session was still open after {within:?}"));
+}
+
+/// Publishes record `seq` and waits for its ack: the session is up and serving.
+async fn still_served(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    device: wire::DeviceId,
+    seq: u64,
+) {
+    client
+        .publish(
+            wire::topic::telemetry(device),
+            QoS::AtLeastOnce,
+            false,
+            telemetry_batch(seq..=seq),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait_for_ack(events, seq).await, seq);
+}
+
+async fn revoke(running: &fleetd::Running, tenant: TenantId, device: wire::DeviceId) {
+    let mut tx = running.database().app.begin(tenant).await.unwrap();
+    devices::revoke(
+        &mut tx,
+        device,
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_revocation_notification_does_not_disconnect_an_active_device() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = start_fleetd(&db, &data_dir).await;
+    let tenant = tenant(&running.database().app, "forged").await;
+    let active = provisioned_device(&running, tenant).await;
+    let revoked = provisioned_device(&running, tenant).await;
+    let (active_client, mut active_events) = connect(&running, &active).await;
+    let (_revoked_client, mut revoked_events) = connect(&running, &revoked).await;
+    still_served(&active_client, &mut active_events, active.device_id, 1).await;
+
+    // Any role that can connect may NOTIFY on any channel: here the application role itself.
+    let mut app = db.connect_as_app().await;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(store::revocations::CHANNEL)
+        .bind(format!("{tenant}:{}", active.device_id))
+        .execute(&mut app)
+        .await
+        .unwrap();
+    // A real revocation after it: once its session is closed, the listener has handled the
+    // forged notification too (one connection delivers notifications in commit order).
+    revoke(&running, tenant, revoked.device_id).await;
+    wait_for_disconnect(&mut revoked_events, Duration::from_secs(5)).await;
+
+    still_served(&active_client, &mut active_events, active.device_id, 2).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revocation_committed_while_the_listener_was_disconnected_still_closes_the_session() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = start_fleetd(&db, &data_dir).await;
+    let tenant = tenant(&running.database().app, "missed").await;
+    let device = provisioned_device(&running, tenant).await;
+    let (client, mut events) = connect(&running, &device).await;
+    still_served(&client, &mut events, device.device_id, 1).await;
+    wait_for_presence(&db, device.device_id, true).await;
+
+    // Cut the listener off and keep it off: its role may not log in until the revocation is
+    // committed, so the notification has nobody to reach and is lost.
+    let app_role = db.app_role().await;
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query(&format!("ALTER ROLE \"{app_role}\" NOLOGIN"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'fleetd-revocations'",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true], "one revocation listener");
+    sqlx::query("UPDATE devices SET status = 'revoked' WHERE device_id = $1")
+        .bind(device.device_id)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER ROLE \"{app_role}\" LOGIN"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+
+    // The listener's reconnect (backoff up to 5 s) re-scans the live sessions.
+    wait_for_disconnect(&mut events, Duration::from_secs(15)).await;
+    running.shutdown().await.unwrap();
+}
