@@ -146,8 +146,8 @@ pub struct DatabaseConfig {
     /// How long to wait for a database connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Password of the `fleet_app` role, for servers that ask for one. `None` (absent or
-    /// empty): none.
+    /// Password of the database's application role (`fleet_app_<database>`, created by the
+    /// migrations without one), for servers that ask for one. `None` (absent or empty): none.
     #[serde(deserialize_with = "empty_is_none")]
     pub app_password: Option<SecretString>,
     /// Directory of the PostgreSQL server binaries for the private cluster. `None` (absent
@@ -597,8 +597,10 @@ pub fn template() -> String {
 data_dir = {data_dir:?}
 
 # PostgreSQL URL (postgres:// or postgresql://) of the owner role (migrations run as it; it
-# must be superuser or BYPASSRLS). fleetd itself works as the role fleet_app, created by the
-# migrations. Default (unset): fleetd creates and supervises a private cluster in data_dir.
+# must be superuser or BYPASSRLS; PostgreSQL 15 or newer). fleetd itself works as the role
+# fleet_app_<database name> (one per database, the only role granted CONNECT to it), created by
+# the migrations; fleetd closes the owner's connections once started. Default (unset): fleetd
+# creates and supervises a private cluster in data_dir.
 # database_url = "postgres://fleet_owner@db.example:5432/fleet"
 
 # Address of the HTTPS API listener: /v1/..., /healthz, /readyz.
@@ -673,7 +675,8 @@ level = {log_level:?}
 max_connections = {max_connections}
 # How long to wait for a database connection.
 connect_timeout = "{connect_timeout}"
-# Password of the fleet_app role, if the server asks for one. Default (unset): none.
+# Password of the role fleet_app_<database name>, if the server asks for one (set it with ALTER
+# ROLE, or create the role with it before the first start). Default (unset): none.
 # app_password = "..."
 # Directory of initdb and postgres for the private cluster. Default (unset): found with
 # pg_config --bindir or under /usr/lib/postgresql.

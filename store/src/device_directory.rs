@@ -1,7 +1,7 @@
 //! The device directory: which tenant a device belongs to, for ingest, which learns only the
 //! device id (from the MQTT topic) and needs the tenant to open a [`TenantTx`].
 //!
-//! `fleet_app` cannot read devices across tenants: row-level security hides them. The lookup goes
+//! The application role cannot read devices across tenants: row-level security hides them. The lookup goes
 //! through `fleet_device_directory(uuid[])`, a `SECURITY DEFINER` function owned by the migration
 //! role (superuser or BYPASSRLS, checked at start), which answers only for the ids it is given and
 //! returns only tenant and status: it cannot list devices. Maintenance functions of the same kind
@@ -46,7 +46,7 @@ pub async fn lookup(app: &AppDb, devices: &[DeviceId]) -> Result<Vec<DirectoryEn
     Ok(entries)
 }
 
-/// A transaction as `fleet_app` scoped to no tenant: `app.tenant_id` is the nil UUID, which no
+/// A transaction as the application role scoped to no tenant: `app.tenant_id` is the nil UUID, which no
 /// tenant has (ids are random v4), so every tenant table reads empty. Only for calling the
 /// narrow `SECURITY DEFINER` functions of this schema.
 pub(crate) async fn begin_without_tenant(app: &AppDb) -> Result<TenantTx, StoreError> {
