@@ -16,6 +16,7 @@ pub mod audit;
 mod audit_names;
 pub mod cluster;
 mod connect;
+mod database_url;
 pub mod credentials;
 pub mod device_certificates;
 pub mod device_directory;
@@ -36,6 +37,7 @@ pub use connect::{
     expected_schema_version, AdminDb, AppDb, Database, DatabaseSettings, Purpose, SchemaVersion,
     APP_ROLE,
 };
+pub use database_url::{DatabaseUrl, NotADatabaseUrl};
 pub use error::StoreError;
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,
