@@ -41,7 +41,10 @@ impl fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &self.url)
             .field("data_dir", &self.data_dir)
-            .field("app_password", &self.app_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "app_password",
+                &self.app_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("postgres_bindir", &self.postgres_bindir)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)

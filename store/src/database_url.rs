@@ -77,7 +77,9 @@ fn redact_query_password(tail: &str) -> String {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
     }
 }
 
@@ -121,7 +123,10 @@ mod tests {
             assert_eq!(parsed.redacted(), shown);
             assert_eq!(parsed.expose(), url);
             let debug = format!("{parsed:?}");
-            assert!(!debug.contains("hunter2") && !debug.contains("word@") && !debug.contains("ter?2"), "{debug}");
+            assert!(
+                !debug.contains("hunter2") && !debug.contains("word@") && !debug.contains("ter?2"),
+                "{debug}"
+            );
         }
     }
 

@@ -14,8 +14,8 @@ pub mod tenant;
 use std::path::PathBuf;
 
 use clap::Args;
-use store::DatabaseUrl;
 use serde::Deserialize;
+use store::DatabaseUrl;
 
 use crate::cli::{Command, Global};
 use crate::db::{self, Location};
@@ -82,7 +82,10 @@ impl Ctx {
         let (text, source) = if let Some(arg) = &self.global.database_url {
             (arg.expose().to_owned(), "--database-url")
         } else if let Some(path) = self.global.database_url_file.clone() {
-            (from_file(path, "--database-url-file")?, "--database-url-file")
+            (
+                from_file(path, "--database-url-file")?,
+                "--database-url-file",
+            )
         } else if let Some(url) = std::env::var("FLEETD_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty())
