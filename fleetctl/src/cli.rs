@@ -20,7 +20,9 @@ Where commands go:
   FLEETCTL_API_KEY or --api-key-file: every command except those below.
   On the database (--data-dir or --database-url, for bootstrap and break-glass):
   db migrate, tenant create, tenant list, and api-key create / audit verify when
-  --data-dir or --database-url (or FLEETD_DATA_DIR, FLEETD_DATABASE_URL) is given.
+  --data-dir, --database-url or --database-url-file (or FLEETD_DATA_DIR,
+  FLEETD_DATABASE_URL, FLEETD_DATABASE_URL_FILE) is given. A URL with a password belongs
+  in the file or the environment: arguments are visible to every local user.
   They never migrate the database: fleetd does at start, and fleetctl db migrate.
 
 Exit codes:
