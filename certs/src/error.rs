@@ -287,6 +287,18 @@ pub enum PkiError {
         mode: u32,
     },
 
+    /// A PKI directory or file could be replaced by someone other than the user fleetd runs as:
+    /// it is owned by another user, or group or others may write it.
+    #[error("{} is {found}; required: {required}", path.display())]
+    UntrustedPath {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its owner and mode.
+        found: String,
+        /// What is required of it.
+        required: String,
+    },
+
     /// A file is larger than any PEM certificate or key we write.
     #[error("{} is larger than {max} bytes", path.display())]
     FileTooLarge {

@@ -70,7 +70,9 @@ impl PrivateKey {
     /// file, so the check and the read see the same inode.
     pub fn load_file(path: &Path) -> Result<Self, PkiError> {
         let file = File::open(path).map_err(|e| open_error(path, e))?;
-        let mode = file.metadata().map_err(|e| io_error(path, e))?.mode() & 0o777;
+        let metadata = file.metadata().map_err(|e| io_error(path, e))?;
+        check_trusted(path, &metadata)?;
+        let mode = metadata.mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(PkiError::InsecureKeyPermissions {
                 path: path.to_owned(),
@@ -138,7 +140,34 @@ pub(crate) fn write_new_cert_file(path: &Path, pem: &str) -> Result<(), PkiError
 /// Reads a PEM file of at most [`MAX_PEM_FILE_LEN`] bytes.
 pub(crate) fn read_pem_file(path: &Path) -> Result<String, PkiError> {
     let file = File::open(path).map_err(|e| open_error(path, e))?;
+    check_trusted(path, &file.metadata().map_err(|e| io_error(path, e))?)?;
     read_bounded(file, path)
+}
+
+/// Refuses a PKI directory or file that someone other than this process's user could replace:
+/// one owned by another user (root excepted: it can replace anything anyway) or writable by
+/// group or others. Mode bits alone say nothing when the owner is someone else.
+pub(crate) fn check_trusted(path: &Path, metadata: &std::fs::Metadata) -> Result<(), PkiError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let (owner, mode) = (metadata.uid(), metadata.mode() & 0o7777);
+    if (owner == euid || owner == 0) && mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(PkiError::UntrustedPath {
+        path: path.to_owned(),
+        found: format!("owned by uid {owner} with mode {mode:o}"),
+        required: format!(
+            "owned by uid {euid} (the user this process runs as) or root, and not writable by \
+             group or others (chown {euid}; chmod go-w)"
+        ),
+    })
+}
+
+/// [`check_trusted`] for a directory (or any path) by name, following symbolic links as opening
+/// its files does.
+pub fn check_trusted_path(path: &Path) -> Result<(), PkiError> {
+    let metadata = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
+    check_trusted(path, &metadata)
 }
 
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {

@@ -51,7 +51,7 @@ pub use error::{
     CsrError, IdentityError, IssueError, KeyAlgorithm, KeyError, PkiError, ValidityError,
 };
 pub use identity::{DeviceCertificate, DeviceIdentity, SerialNumber, IDENTITY_URI_PREFIX};
-pub use key::{PrivateKey, KEY_FILE_MODE};
+pub use key::{check_trusted_path, PrivateKey, KEY_FILE_MODE};
 pub use pki::{Pki, PkiLayout, PkiOrigin};
 /// DER types shared with rustls, re-exported so callers need not name the crate.
 pub use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};

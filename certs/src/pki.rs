@@ -10,7 +10,9 @@
 //!
 //! Loading checks what it reads: each key matches its certificate, both certificates are
 //! CAs, the root is self-signed and the issuing CA is signed by the root. A key file that
-//! group or others may read is refused (see [`PrivateKey::load_file`]).
+//! group or others may read is refused (see [`PrivateKey::load_file`]). The directory and every
+//! file read must be owned by the user the process runs as (or root) and not writable by group
+//! or others ([`PkiError::UntrustedPath`]): mode bits mean nothing under another owner.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
@@ -23,7 +25,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::ca::{IssuingCa, PkiParams, RootCa};
 use crate::error::PkiError;
-use crate::key::{io_error, read_pem_file, write_new_cert_file, PrivateKey};
+use crate::key::{check_trusted_path, io_error, read_pem_file, write_new_cert_file, PrivateKey};
 
 /// Where each PKI file lives inside a PKI directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,9 @@ impl Pki {
         if let Some(existing) = first_existing(&layout.all())? {
             return Err(PkiError::AlreadyExists { path: existing });
         }
+        if dir.try_exists().map_err(|e| io_error(dir, e))? {
+            check_trusted_path(dir)?;
+        }
         let root = RootCa::generate(params)?;
         let issuing = root.issue_issuing_ca(params)?;
         let pki = Self { root, issuing };
@@ -110,6 +115,7 @@ impl Pki {
 
     /// Loads and checks a complete PKI, root key included.
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        check_trusted_path(dir)?;
         let layout = PkiLayout::in_dir(dir);
         let root_cert = CaCertificate::load(&layout.root_cert)?;
         let root_key = load_key_for(&layout.root_key, &root_cert)?;
@@ -189,6 +195,7 @@ impl IssuingCa {
     /// key matches, that both are CAs and that the root signed the issuing CA. This is
     /// what fleetd runs with.
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        check_trusted_path(dir)?;
         let layout = PkiLayout::in_dir(dir);
         let root_cert = CaCertificate::load(&layout.root_cert)?;
         root_cert.check_signed_by(&root_cert)?;

@@ -20,7 +20,9 @@ Where commands go:
   FLEETCTL_API_KEY or --api-key-file: every command except those below.
   On the database (--data-dir or --database-url, for bootstrap and break-glass):
   db migrate, tenant create, tenant list, and api-key create / audit verify when
-  --data-dir or --database-url (or FLEETD_DATA_DIR, FLEETD_DATABASE_URL) is given.
+  --data-dir, --database-url or --database-url-file (or FLEETD_DATA_DIR,
+  FLEETD_DATABASE_URL, FLEETD_DATABASE_URL_FILE) is given. A URL with a password belongs
+  in the file or the environment: arguments are visible to every local user.
   They never migrate the database: fleetd does at start, and fleetctl db migrate.
 
 Exit codes:
@@ -85,9 +87,40 @@ pub struct Global {
     #[arg(long, value_name = "DIR", global = true, help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
     /// PostgreSQL URL of the owner role, instead of the private cluster of --data-dir
-    /// [env: FLEETD_DATABASE_URL].
+    /// [env: FLEETD_DATABASE_URL]. Arguments are visible to every local user (/proc, ps): give
+    /// a URL with a password in --database-url-file or the environment instead.
     #[arg(long, value_name = "URL", global = true, help_heading = GLOBAL)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretArg>,
+    /// A file holding the PostgreSQL URL of the owner role (one line)
+    /// [env: FLEETD_DATABASE_URL_FILE].
+    #[arg(long, value_name = "FILE", global = true, help_heading = GLOBAL)]
+    pub database_url_file: Option<PathBuf>,
+}
+
+/// An argument that may hold a secret (a database URL with its password): `Debug` hides it, and
+/// it parses whatever is given, so clap never quotes it in an error; it is checked afterwards.
+#[derive(Clone)]
+pub struct SecretArg(String);
+
+impl SecretArg {
+    /// The argument as given.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(<redacted>)")
+    }
 }
 
 /// The commands.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use store::audit::{Actor, OperatorName};
 use store::tenants::Tenant;
-use store::{Database, DatabaseSettings, Purpose, TenantId};
+use store::{Database, DatabaseSettings, DatabaseUrl, Purpose, TenantId};
 
 use crate::error::{Exit, Failure};
 
@@ -20,7 +20,7 @@ pub enum Location {
     /// The private cluster of fleetd's data directory (absolute).
     DataDir(PathBuf),
     /// A PostgreSQL server, by the owner role's URL.
-    Url(String),
+    Url(DatabaseUrl),
 }
 
 /// Opens the database as a tool: no migrations (a schema other than this build's is refused,

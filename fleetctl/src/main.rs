@@ -8,7 +8,8 @@
 //!
 //! Bootstrap and break-glass work on the database instead, through `--data-dir DIR` (fleetd's
 //! data directory, whose private cluster fleetctl attaches to or starts but never creates) or
-//! `--database-url URL`: `tenant create` (the tenant and its first owner key), `tenant list`,
+//! `--database-url URL` (or `--database-url-file FILE`, which keeps a password out of argv, where
+//! every local user can read it): `tenant create` (the tenant and its first owner key), `tenant list`,
 //! `api-key create --tenant T --role owner` (an owner locked out of the API) and `audit verify`
 //! of every tenant; `db migrate` applies the migrations (fleetd does at start; no other command
 //! migrates, and each refuses a schema other than its own). `pki init` works locally.

@@ -23,6 +23,7 @@ pub fn fleetctl() -> tokio::process::Command {
         "FLEETCTL_API_KEY",
         "FLEETD_DATA_DIR",
         "FLEETD_DATABASE_URL",
+        "FLEETD_DATABASE_URL_FILE",
         "SUDO_USER",
     ] {
         command.env_remove(var);
@@ -235,6 +236,64 @@ async fn a_duplicate_tenant_name_is_refused_with_exit_1() {
     );
     let listed = on_db(&db, &["tenant", "list"]).await.ok();
     assert_eq!(rows(&listed).len(), 1, "{listed}");
+}
+
+#[tokio::test]
+async fn the_database_url_comes_from_a_file_and_its_password_is_never_shown() {
+    const PASSWORD: &str = "pw-5e1d-never-shown";
+    let db = migrated_db().await;
+    create_tenant(&db, "acme").await;
+    // The test server trusts the connection and ignores the password.
+    let (scheme, rest) = db.url().split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    let with_password = format!("{scheme}://{user}:{PASSWORD}@{host}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("database-url");
+    std::fs::write(&file, format!("{with_password}\n")).unwrap();
+
+    let mut command = fleetctl();
+    command.arg("--database-url-file").arg(&file);
+    let listed = run(command, &["tenant", "list"]).await.ok();
+    assert!(listed.contains("acme"), "{listed}");
+    let mut command = fleetctl();
+    command.env("FLEETD_DATABASE_URL_FILE", &file);
+    assert!(run(command, &["tenant", "list"])
+        .await
+        .ok()
+        .contains("acme"));
+
+    let unreachable = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/x");
+    let not_postgres = format!("mysql://root:{PASSWORD}@db/x");
+    for (url, code) in [(unreachable.as_str(), 5), (not_postgres.as_str(), 2)] {
+        let mut command = fleetctl();
+        command.arg("--database-url").arg(url);
+        let failed = run(command, &["tenant", "list"]).await;
+        assert_eq!(
+            failed.code,
+            code,
+            "{}",
+            failed.stderr.replace(PASSWORD, "<PASSWORD>")
+        );
+        assert!(!failed.stderr.contains(PASSWORD) && !failed.stdout.contains(PASSWORD));
+        let mut command = fleetctl();
+        command.env("FLEETD_DATABASE_URL", url);
+        let failed = run(command, &["tenant", "list"]).await;
+        assert_eq!(failed.code, code);
+        assert!(!failed.stderr.contains(PASSWORD) && !failed.stdout.contains(PASSWORD));
+    }
+
+    let mut command = fleetctl();
+    command
+        .arg("--database-url-file")
+        .arg(dir.path().join("absent"));
+    let failed = run(command, &["tenant", "list"]).await;
+    assert_eq!(failed.code, 2, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("--database-url-file"),
+        "{}",
+        failed.stderr
+    );
+    assert!(failed.stderr.contains("absent"), "{}", failed.stderr);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+pub use store::DatabaseUrl;
 
 /// Everything fleetd can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,9 +28,16 @@ pub struct Config {
     /// directory fleetd starts in.
     pub data_dir: PathBuf,
     /// PostgreSQL URL of the owner role. `None` (absent or empty): a private cluster in
-    /// `data_dir`.
+    /// `data_dir`. A secret (it may hold the password): never serialised, redacted in `Debug`.
+    #[serde(deserialize_with = "empty_is_none", skip_serializing)]
+    pub database_url: Option<DatabaseUrl>,
+    /// A file holding `database_url` (one line), read once at load: keeps the password out of
+    /// the configuration, the environment and argv. Exclusive with `database_url`.
     #[serde(deserialize_with = "empty_is_none")]
-    pub database_url: Option<PostgresUrl>,
+    pub database_url_file: Option<PathBuf>,
+    /// Production mode: refuse to start on the development defaults (a generated PKI, the root
+    /// key on this host, non-loopback listeners without a configured PKI).
+    pub production: bool,
     /// Address of the HTTPS API listener (`/v1/...`, `/healthz`, `/readyz`).
     pub api_listen: SocketAddr,
     /// Address of the devices' MQTT-over-mutual-TLS listener.
@@ -191,37 +199,6 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// A `postgres://` or `postgresql://` URL, checked at load.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct PostgresUrl(String);
-
-impl PostgresUrl {
-    /// The URL as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for PostgresUrl {
-    type Err = &'static str;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once("://") {
-            Some(("postgres" | "postgresql", _)) => Ok(Self(s.to_owned())),
-            _ => {
-                Err("must be a postgres:// or postgresql:// URL, or empty for the private cluster")
-            }
-        }
-    }
-}
-
-impl fmt::Display for PostgresUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// An `mqtts://host[:port]` URL (an IPv6 host in brackets), parsed at load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
@@ -319,6 +296,8 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("fleetd-data"),
             database_url: None,
+            database_url_file: None,
+            production: false,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             broker_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
@@ -339,7 +318,7 @@ impl Config {
     /// next to other instances. The ports chosen are on the [`crate::Running`] handle.
     pub fn on_ephemeral_loopback_ports(
         data_dir: impl Into<PathBuf>,
-        database: PostgresUrl,
+        database: DatabaseUrl,
     ) -> Self {
         let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
@@ -393,9 +372,15 @@ pub struct Overrides {
     /// `--data-dir`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    /// `--database-url`.
+    /// `--database-url` (visible to every local user through /proc: prefer the file).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
+    /// `--database-url-file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url_file: Option<PathBuf>,
+    /// `--production` (only ever switches it on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub production: Option<bool>,
     /// `--api-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<String>,
@@ -413,6 +398,16 @@ pub enum ConfigError {
     /// A value is of the wrong type or unknown; the message names the field and its source.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A file a field names cannot be used; `reason` never quotes the file.
+    #[error("invalid configuration: {field}: {}: {reason}", path.display())]
+    UnreadableFile {
+        /// The field.
+        field: &'static str,
+        /// The file it names.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// A value parsed but makes no sense.
     #[error("invalid configuration: {field}: {reason}")]
     Rejected {
@@ -448,8 +443,35 @@ impl Config {
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         config.validate()?;
+        config.read_database_url_file()?;
         config.resolve_paths()?;
         Ok(config)
+    }
+
+    /// Sets `database_url` from `database_url_file`, when one is named. Neither the file's
+    /// contents nor a part of them appears in an error.
+    fn read_database_url_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(());
+        };
+        if self.database_url.is_some() {
+            return Err(ConfigError::Rejected {
+                field: "database_url_file",
+                reason: "set either database_url or database_url_file, not both",
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::UnreadableFile {
+            field: "database_url_file",
+            path: path.clone(),
+            reason: e.kind().to_string(),
+        })?;
+        let url = DatabaseUrl::parse(text.trim_end()).map_err(|_| ConfigError::UnreadableFile {
+            field: "database_url_file",
+            path: path.clone(),
+            reason: "does not hold a postgres:// or postgresql:// URL".into(),
+        })?;
+        self.database_url = Some(url);
+        Ok(())
     }
 
     /// Makes `data_dir` absolute against the current directory, once: what is derived from it
@@ -547,10 +569,7 @@ impl Config {
     /// The store's view of the database settings.
     pub fn database_settings(&self) -> store::DatabaseSettings {
         store::DatabaseSettings {
-            url: self
-                .database_url
-                .as_ref()
-                .map(|url| url.as_str().to_owned()),
+            url: self.database_url.clone(),
             data_dir: self.data_dir.clone(),
             app_password: self
                 .database
@@ -584,12 +603,20 @@ pub fn template() -> String {
 # A commented-out key is unset by default; an empty string ("") also means unset.
 # Environment variables override this file: FLEETD_<FIELD>, with __ between sections
 # (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS); an empty variable means unset.
-# Command-line flags (--data-dir, --database-url, --api-listen, --broker-listen) override both.
+# Command-line flags (--data-dir, --database-url, --database-url-file, --api-listen,
+# --broker-listen, --production) override both.
 # Durations are written like "10s", "5m", "90d" or "1h 30m".
 
 # --- Top level: storage, database, listeners, shutdown. -------------------------------------
-# Environment: FLEETD_DATA_DIR, FLEETD_DATABASE_URL, FLEETD_API_LISTEN, FLEETD_BROKER_LISTEN,
-# FLEETD_METRICS_LISTEN, FLEETD_SHUTDOWN_GRACE.
+# Environment: FLEETD_DATA_DIR, FLEETD_DATABASE_URL, FLEETD_DATABASE_URL_FILE,
+# FLEETD_PRODUCTION, FLEETD_API_LISTEN, FLEETD_BROKER_LISTEN, FLEETD_METRICS_LISTEN,
+# FLEETD_SHUTDOWN_GRACE.
+
+# Production mode: refuse to start with a generated (development) PKI (pki.dir unset), with the
+# root CA key (root-ca.key) in pki.dir on this host, or with listeners beyond loopback without a
+# configured PKI. Off by default so that the quickstart runs on the embedded defaults; the
+# start-up log says which mode fleetd runs in.
+production = {production}
 
 # Where fleetd keeps what it creates: the private PostgreSQL cluster, the development PKI.
 # A relative path is resolved against the directory fleetd starts in (fleetctl resolves its
@@ -601,7 +628,14 @@ data_dir = {data_dir:?}
 # fleet_app_<database name> (one per database, the only role granted CONNECT to it), created by
 # the migrations; fleetd closes the owner's connections once started. Default (unset): fleetd
 # creates and supervises a private cluster in data_dir.
+# The URL may carry the password (postgres://user:password@host/db); fleetd never logs it.
+# Command-line arguments are visible to every local user (/proc/PID/cmdline, ps): give a URL
+# with a password here, in FLEETD_DATABASE_URL, or in a file named by database_url_file.
 # database_url = "postgres://fleet_owner@db.example:5432/fleet"
+
+# A file (e.g. mode 0600) holding database_url on one line, read at start. Exclusive with
+# database_url.
+# database_url_file = "/etc/fleetplane/database-url"
 
 # Address of the HTTPS API listener: /v1/..., /healthz, /readyz.
 api_listen = "{api_listen}"
@@ -683,6 +717,7 @@ connect_timeout = "{connect_timeout}"
 # postgres_bindir = "/usr/lib/postgresql/16/bin"
 "#,
         data_dir = d.data_dir.display().to_string(),
+        production = d.production,
         api_listen = d.api_listen,
         broker_listen = d.broker_listen,
         metrics_listen = d.metrics_listen,
@@ -898,14 +933,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.database_url.as_ref().map(PostgresUrl::as_str),
+            config.database_url.as_ref().map(DatabaseUrl::expose),
             Some("postgresql://owner@db:5432/fleet")
         );
         assert!(!config.uses_dev_pki());
         assert_eq!(config.pki_dir(), PathBuf::from("/etc/fleetplane/pki"));
         let settings = config.database_settings();
         assert_eq!(
-            settings.url.as_deref(),
+            settings.url.as_ref().map(DatabaseUrl::expose),
             Some("postgresql://owner@db:5432/fleet")
         );
         assert_eq!(settings.app_password.as_deref(), Some("s3cret"));
@@ -938,7 +973,7 @@ mod tests {
         let config =
             Config::load_with_env(Some(&path), &Overrides::default(), "CONFIGTEST_SET_").unwrap();
         assert_eq!(
-            config.database_url.as_ref().map(PostgresUrl::as_str),
+            config.database_url.as_ref().map(DatabaseUrl::expose),
             Some("postgres://env/y")
         );
         assert_eq!(
@@ -964,18 +999,18 @@ mod tests {
     #[test]
     fn an_empty_database_url_flag_means_the_private_cluster() {
         let overrides = Overrides {
-            database_url: Some(String::new()),
+            database_url: Some(SecretString::new("")),
             ..Overrides::default()
         };
         let config = Config::load(None, &overrides).unwrap();
         assert_eq!(config.database_url, None);
         let overrides = Overrides {
-            database_url: Some("postgres://flag/z".into()),
+            database_url: Some(SecretString::new("postgres://flag/z")),
             ..Overrides::default()
         };
         let config = Config::load(None, &overrides).unwrap();
         assert_eq!(
-            config.database_url.as_ref().map(PostgresUrl::as_str),
+            config.database_url.as_ref().map(DatabaseUrl::expose),
             Some("postgres://flag/z")
         );
     }
@@ -1082,5 +1117,90 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn the_database_password_is_in_no_debug_output() {
+        let overrides = Overrides {
+            database_url: Some(SecretString::new("postgres://owner:hunter2@db/fleet")),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).unwrap();
+        for shown in [
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{overrides:?}"),
+            format!("{:?}", config.database_settings()),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{config:?}").contains("postgres://owner:<redacted>@db/fleet"));
+    }
+
+    #[test]
+    fn the_database_url_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("database-url");
+        std::fs::write(&url_file, "postgres://owner:hunter2@db/fleet\n").unwrap();
+        let config = load_toml(&format!(
+            "database_url_file = {:?}",
+            url_file.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(
+            config.database_url.as_ref().map(DatabaseUrl::expose),
+            Some("postgres://owner:hunter2@db/fleet")
+        );
+        let overrides = Overrides {
+            database_url_file: Some(url_file.clone()),
+            ..Overrides::default()
+        };
+        let config = Config::load(None, &overrides).unwrap();
+        assert!(config.database_url.is_some());
+
+        let both = format!(
+            "database_url = \"postgres://x/y\"\ndatabase_url_file = {:?}",
+            url_file.display().to_string()
+        );
+        let err = load_toml(&both).unwrap_err().to_string();
+        assert!(err.contains("database_url_file"), "{err}");
+
+        let missing = dir.path().join("absent");
+        let err = load_toml(&format!(
+            "database_url_file = {:?}",
+            missing.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("database_url_file") && err.contains("absent"),
+            "{err}"
+        );
+
+        std::fs::write(&url_file, "mysql://root:hunter2@db/x").unwrap();
+        let err = load_toml(&format!(
+            "database_url_file = {:?}",
+            url_file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database_url_file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn production_mode_is_off_by_default_and_set_by_file_or_flag() {
+        assert!(
+            !Config::load(None, &Overrides::default())
+                .unwrap()
+                .production
+        );
+        assert!(load_toml("production = true").unwrap().production);
+        let overrides = Overrides {
+            production: Some(true),
+            ..Overrides::default()
+        };
+        assert!(Config::load(None, &overrides).unwrap().production);
     }
 }

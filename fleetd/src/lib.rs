@@ -7,6 +7,7 @@ mod data_path;
 mod device_sessions;
 mod metrics;
 pub mod pki;
+pub mod production;
 mod server;
 
 pub use config::Config;

@@ -18,9 +18,18 @@ struct Cli {
     /// Where fleetd keeps what it creates (private PostgreSQL cluster, dev PKI).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// PostgreSQL URL of the owner role, instead of the private cluster.
+    /// PostgreSQL URL of the owner role, instead of the private cluster. Arguments are visible
+    /// to every local user (/proc/PID/cmdline, ps): give a URL with a password in
+    /// --database-url-file or FLEETD_DATABASE_URL instead.
     #[arg(long, global = true)]
     database_url: Option<String>,
+    /// A file holding the PostgreSQL URL (one line) [env: FLEETD_DATABASE_URL_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
+    database_url_file: Option<PathBuf>,
+    /// Refuse to start on development defaults: a generated PKI, the root CA key on this host,
+    /// non-loopback listeners without a configured PKI (config: production = true).
+    #[arg(long, global = true)]
+    production: bool,
     /// Address of the HTTPS API listener.
     #[arg(long, global = true)]
     api_listen: Option<String>,
@@ -47,7 +56,9 @@ fn main() -> ExitCode {
     }
     let overrides = Overrides {
         data_dir: cli.data_dir,
-        database_url: cli.database_url,
+        database_url: cli.database_url.map(config::SecretString::new),
+        database_url_file: cli.database_url_file,
+        production: cli.production.then_some(true),
         api_listen: cli.api_listen,
         broker_listen: cli.broker_listen,
     };

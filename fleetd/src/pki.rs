@@ -21,6 +21,9 @@ pub struct ServerPki {
 pub fn prepare(config: &Config) -> anyhow::Result<ServerPki> {
     let dir = config.pki_dir();
     let issuing_ca = if config.uses_dev_pki() {
+        if config.data_dir.exists() {
+            certs::check_trusted_path(&config.data_dir).context("data_dir")?;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
         let (issuing_ca, origin) = Pki::load_or_generate_dev(&dir)

@@ -53,6 +53,7 @@ enum DeviceFront {
 /// configured, applying migrations, checking every tenant's audit chain head) and starts the
 /// listeners. A failure after the database is open closes it again.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    crate::production::check(&config)?;
     let pki = crate::pki::prepare(&config)?;
     let database = Database::open(&config.database_settings(), Purpose::Server)
         .await

@@ -2,6 +2,7 @@
 //! checks, and the two handles ([`AdminDb`] as the owner role, [`AppDb`] as the database's
 //! application role, [`app_role`]).
 
+use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use sqlx::{ConnectOptions, PgConnection, PgPool};
 
 use crate::cluster::{self, ClusterOptions, PrivateCluster};
 use crate::tenants::Tenant;
+use crate::DatabaseUrl;
 use crate::{StoreError, TenantId, TenantTx};
 
 /// The oldest PostgreSQL major version supported: 15 closed `public` to `CREATE` by default, and
@@ -19,11 +21,11 @@ pub const MIN_SERVER_MAJOR: u32 = 15;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Where the database is and how to reach it.
-#[derive(Clone, Debug)]
+/// Where the database is and how to reach it. `Debug` shows no password.
+#[derive(Clone)]
 pub struct DatabaseSettings {
     /// The owner role's URL. `None`: a private cluster in `data_dir/postgres`.
-    pub url: Option<String>,
+    pub url: Option<DatabaseUrl>,
     /// fleetd's data directory (home of the private cluster).
     pub data_dir: PathBuf,
     /// Password of the application role, when the server asks for one.
@@ -34,6 +36,22 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "app_password",
+                &self.app_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("postgres_bindir", &self.postgres_bindir)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl DatabaseSettings {
@@ -74,7 +92,7 @@ impl Database {
     pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> Result<Self, StoreError> {
         let attach = purpose != Purpose::Server;
         let (owner_options, cluster) = match &settings.url {
-            Some(url) => (parse_url(url)?, None),
+            Some(url) => (parse_url(url.expose())?, None),
             None => {
                 let options = ClusterOptions {
                     dir: settings.cluster_dir(),

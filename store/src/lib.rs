@@ -19,6 +19,7 @@ mod audit_names;
 pub mod cluster;
 mod connect;
 pub mod credentials;
+mod database_url;
 pub mod device_certificates;
 pub mod device_directory;
 pub mod device_groups;
@@ -38,6 +39,7 @@ pub use connect::{
     app_role, check_server_version, expected_schema_version, AdminDb, AppDb, Database,
     DatabaseSettings, Purpose, SchemaVersion, MIN_SERVER_MAJOR,
 };
+pub use database_url::{DatabaseUrl, NotADatabaseUrl};
 pub use error::StoreError;
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,

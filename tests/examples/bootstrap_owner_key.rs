@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (url, data_dir, name) = match args.as_slice() {
         [flag, url, name] if flag == "--database-url" => (
-            Some(url.clone()),
+            Some(url.parse().expect("a postgres:// URL")),
             PathBuf::from("fleetd-data"),
             name.clone(),
         ),

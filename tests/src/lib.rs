@@ -126,7 +126,7 @@ impl TestDb {
     /// Settings that make fleetd or fleetctl use this database.
     pub fn settings(&self) -> DatabaseSettings {
         DatabaseSettings {
-            url: Some(self.url.clone()),
+            url: Some(self.url.parse().expect("a postgres:// URL")),
             data_dir: PathBuf::from("/nonexistent-test-data-dir"),
             app_password: None,
             postgres_bindir: None,

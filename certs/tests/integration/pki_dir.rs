@@ -342,3 +342,88 @@ fn key_file_with_garbage_is_refused_without_quoting_it() {
     ));
     assert!(!format!("{err} {err:?}").contains("c2VjcmV0"));
 }
+
+#[test]
+fn a_group_writable_pki_directory_is_refused_naming_it() {
+    let (tmp, _pki) = fresh_pki();
+    let dir = pki_dir(&tmp);
+    for loose in [0o770, 0o702] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(loose)).unwrap();
+        for result in [IssuingCa::load(&dir).err(), Pki::load(&dir).err()] {
+            match result {
+                Some(err @ PkiError::UntrustedPath { .. }) => {
+                    let message = err.to_string();
+                    assert!(message.starts_with(&dir.display().to_string()), "{message}");
+                    assert!(message.contains(&format!("mode {loose:o}")), "{message}");
+                    assert!(
+                        message.contains("not writable by group or others"),
+                        "{message}"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+    assert!(IssuingCa::load(&dir).is_ok(), "readable by group is fine");
+
+    let empty = tempfile::tempdir().unwrap();
+    fs::set_permissions(empty.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(matches!(
+        Pki::load_or_generate_dev(empty.path()),
+        Err(PkiError::UntrustedPath { path, .. }) if path == empty.path()
+    ));
+    assert!(
+        !PkiLayout::in_dir(empty.path()).root_key.exists(),
+        "no key was written into it"
+    );
+}
+
+#[test]
+fn a_group_writable_pki_file_is_refused_naming_it() {
+    let (tmp, _pki) = fresh_pki();
+    let layout = PkiLayout::in_dir(&pki_dir(&tmp));
+    fs::set_permissions(&layout.root_cert, fs::Permissions::from_mode(0o664)).unwrap();
+    match IssuingCa::load(&pki_dir(&tmp)) {
+        Err(PkiError::UntrustedPath { path, .. }) => assert_eq!(path, layout.root_cert),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_pki_file_owned_by_another_user_is_refused_naming_it() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: handing a file to another user needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .map_or(65534, |user| user.uid.as_raw());
+    let (tmp, _pki) = fresh_pki();
+    let dir = pki_dir(&tmp);
+    let layout = PkiLayout::in_dir(&dir);
+    for file in [&layout.issuing_cert, &layout.issuing_key, &layout.root_cert] {
+        std::os::unix::fs::chown(file, Some(nobody), None).unwrap();
+        match IssuingCa::load(&dir) {
+            Err(err @ PkiError::UntrustedPath { .. }) => {
+                let message = err.to_string();
+                assert!(
+                    message.starts_with(&file.display().to_string()),
+                    "{message}"
+                );
+                assert!(
+                    message.contains(&format!("owned by uid {nobody}")),
+                    "{message}"
+                );
+                assert!(message.contains("required: owned by uid 0"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        std::os::unix::fs::chown(file, Some(0), None).unwrap();
+    }
+    std::os::unix::fs::chown(&dir, Some(nobody), None).unwrap();
+    assert!(matches!(
+        IssuingCa::load(&dir),
+        Err(PkiError::UntrustedPath { path, .. }) if path == dir
+    ));
+}

@@ -96,7 +96,7 @@ const SHOWN_ONCE: &str = "The key is shown this once and cannot be recovered: st
 /// Runs `fleetctl api-key ...`.
 pub async fn run(ctx: &Ctx, command: ApiKeyCommand) -> Result<(), Failure> {
     match command {
-        ApiKeyCommand::Create(args) => match ctx.database_location() {
+        ApiKeyCommand::Create(args) => match ctx.database_location()? {
             Some(location) => break_glass(ctx, &location, args).await,
             None => create(ctx, args).await,
         },

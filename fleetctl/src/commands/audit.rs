@@ -92,7 +92,7 @@ struct VerdictView {
 pub async fn run(ctx: &Ctx, command: AuditCommand) -> Result<(), Failure> {
     match command {
         AuditCommand::List(filters) => list(ctx, filters).await,
-        AuditCommand::Verify => match ctx.database_location() {
+        AuditCommand::Verify => match ctx.database_location()? {
             Some(location) => verify_on_database(ctx, &location).await,
             None => verify(ctx).await,
         },

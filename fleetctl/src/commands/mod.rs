@@ -11,8 +11,11 @@ pub mod patch;
 pub mod pki;
 pub mod tenant;
 
+use std::path::PathBuf;
+
 use clap::Args;
 use serde::Deserialize;
+use store::DatabaseUrl;
 
 use crate::cli::{Command, Global};
 use crate::db::{self, Location};
@@ -52,29 +55,63 @@ impl Ctx {
         self.global.tenant.as_deref()
     }
 
-    /// The database, when one is named on the command line or in FLEETD_DATABASE_URL or
+    /// The database, when one is named on the command line or in FLEETD_DATABASE_URL(_FILE) or
     /// FLEETD_DATA_DIR: the commands that exist on both sides (`api-key create`, `audit verify`)
     /// then use it.
-    pub fn database_location(&self) -> Option<Location> {
-        let non_empty = |v: Option<String>| v.filter(|v| !v.is_empty());
-        if let Some(url) = non_empty(self.global.database_url.clone())
-            .or_else(|| non_empty(std::env::var("FLEETD_DATABASE_URL").ok()))
-        {
-            return Some(Location::Url(url));
+    pub fn database_location(&self) -> Result<Option<Location>, Failure> {
+        if let Some(url) = self.database_url()? {
+            return Ok(Some(Location::Url(url)));
         }
         let dir = self.global.data_dir.clone().or_else(|| {
             std::env::var_os("FLEETD_DATA_DIR")
                 .filter(|d| !d.is_empty())
                 .map(Into::into)
-        })?;
-        Some(Location::DataDir(dir))
+        });
+        Ok(dir.map(Location::DataDir))
+    }
+
+    /// The database URL of --database-url, --database-url-file, FLEETD_DATABASE_URL or
+    /// FLEETD_DATABASE_URL_FILE (in that order; empty means unset). No error quotes the URL.
+    fn database_url(&self) -> Result<Option<DatabaseUrl>, Failure> {
+        let from_file = |path: PathBuf, source: &str| -> Result<String, Failure> {
+            std::fs::read_to_string(&path)
+                .map(|text| text.trim_end().to_owned())
+                .map_err(|e| Failure::usage(format!("{source} {}: {e}", path.display())))
+        };
+        let env_file = std::env::var_os("FLEETD_DATABASE_URL_FILE").filter(|f| !f.is_empty());
+        let (text, source) = if let Some(arg) = &self.global.database_url {
+            (arg.expose().to_owned(), "--database-url")
+        } else if let Some(path) = self.global.database_url_file.clone() {
+            (
+                from_file(path, "--database-url-file")?,
+                "--database-url-file",
+            )
+        } else if let Some(url) = std::env::var("FLEETD_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            (url, "FLEETD_DATABASE_URL")
+        } else if let Some(path) = env_file {
+            (
+                from_file(path.into(), "FLEETD_DATABASE_URL_FILE")?,
+                "FLEETD_DATABASE_URL_FILE",
+            )
+        } else {
+            return Ok(None);
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        DatabaseUrl::parse(text)
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("{source}: {e}")))
     }
 
     /// The database for the bootstrap commands: as named, else fleetd's default data directory.
     /// A relative directory is resolved here, once, against the current directory.
     pub fn bootstrap_location(&self) -> Result<Location, Failure> {
         let location = self
-            .database_location()
+            .database_location()?
             .unwrap_or_else(|| Location::DataDir(db::DEFAULT_DATA_DIR.into()));
         Ok(match location {
             Location::DataDir(dir) => Location::DataDir(
@@ -98,7 +135,10 @@ impl Ctx {
     /// A client of the management API. With `--tenant`, checks first that the API key belongs to
     /// that tenant (exit 3 otherwise, as for an unknown tenant on the database).
     pub async fn api(&self, command: &str) -> Result<ApiClient, Failure> {
-        if self.global.data_dir.is_some() || self.global.database_url.is_some() {
+        if self.global.data_dir.is_some()
+            || self.global.database_url.is_some()
+            || self.global.database_url_file.is_some()
+        {
             return Err(Failure::usage(format!(
                 "{command} talks to the API (--server); --data-dir and --database-url apply to \
                  db migrate, tenant create, tenant list, api-key create (break-glass) and audit \

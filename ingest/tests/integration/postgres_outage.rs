@@ -66,7 +66,7 @@ async fn postgres_down_for_ten_seconds_loses_and_duplicates_nothing_and_acks_onl
     let cluster = PrivateCluster::start(&options).await.unwrap();
     let url = cluster.url(DATABASE);
     let settings = DatabaseSettings {
-        url: Some(url.clone()),
+        url: Some(url.parse().expect("a postgres:// URL")),
         data_dir: data.path().to_owned(),
         app_password: None,
         postgres_bindir: None,

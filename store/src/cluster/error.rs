@@ -34,6 +34,17 @@ pub enum ClusterError {
         /// The first directory it cannot traverse.
         blocked: PathBuf,
     },
+    /// A directory or file in the cluster (or the data directory above it) could be changed by
+    /// someone other than the cluster's user: another owner, or writable by group or others.
+    #[error("{} is {found}; required: {required}", path.display())]
+    UntrustedPath {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its owner and mode.
+        found: String,
+        /// What is required of it.
+        required: String,
+    },
     /// The socket path would be longer than a Unix socket address allows.
     #[error("the socket path {path} is {len} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets; use a shorter data directory")]
     SocketPathTooLong {

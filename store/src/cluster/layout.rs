@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{io_error, ClusterError};
@@ -12,7 +12,13 @@ use super::{MAX_SOCKET_PATH, SOCKET_PORT};
 
 pub(super) fn prepare_dir(dir: &Path, run_as: Option<&RunAs>) -> Result<(), ClusterError> {
     if let Some(parent) = dir.parent() {
+        if parent.exists() {
+            check_trusted(parent, &metadata(parent)?, run_as)?;
+        }
         fs::create_dir_all(parent).map_err(io_error(format!("creating {}", parent.display())))?;
+    }
+    if dir.exists() {
+        check_trusted_tree(dir, run_as)?;
     }
     if !dir.exists() {
         fs::create_dir(dir).map_err(io_error(format!("creating {}", dir.display())))?;
@@ -24,6 +30,62 @@ pub(super) fn prepare_dir(dir: &Path, run_as: Option<&RunAs>) -> Result<(), Clus
         check_traversable(dir, user)?;
     }
     Ok(())
+}
+
+/// Refuses a cluster directory in which anything (the directory, a file, a subdirectory, at any
+/// depth) is owned by someone other than this process's user, the cluster's user or root, or is
+/// writable by group or others. Symbolic links are not followed (their own owner is checked);
+/// sockets are skipped: postgres makes its socket 0777 inside the 0700 directory.
+pub(super) fn check_trusted_tree(dir: &Path, run_as: Option<&RunAs>) -> Result<(), ClusterError> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = metadata(&path)?;
+        if meta.file_type().is_socket() {
+            continue;
+        }
+        check_trusted(&path, &meta, run_as)?;
+        if meta.is_dir() {
+            let entries =
+                fs::read_dir(&path).map_err(io_error(format!("reading {}", path.display())))?;
+            for entry in entries {
+                let entry = entry.map_err(io_error(format!("reading {}", path.display())))?;
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn metadata(path: &Path) -> Result<fs::Metadata, ClusterError> {
+    fs::symlink_metadata(path).map_err(io_error(format!("reading {}", path.display())))
+}
+
+fn check_trusted(
+    path: &Path,
+    meta: &fs::Metadata,
+    run_as: Option<&RunAs>,
+) -> Result<(), ClusterError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner_ok =
+        meta.uid() == euid || meta.uid() == 0 || run_as.is_some_and(|u| u.uid == meta.uid());
+    // A symbolic link's own mode is always 0777 and never used.
+    let mode = meta.mode() & 0o7777;
+    let mode_ok = meta.file_type().is_symlink() || mode & 0o022 == 0;
+    if owner_ok && mode_ok {
+        return Ok(());
+    }
+    let owners = match run_as {
+        Some(user) => format!(
+            "uid {euid} (this process), uid {} ({}) or root",
+            user.uid, user.name
+        ),
+        None => format!("uid {euid} (this process) or root"),
+    };
+    Err(ClusterError::UntrustedPath {
+        path: path.to_path_buf(),
+        found: format!("owned by uid {} with mode {mode:o}", meta.uid()),
+        required: format!("owned by {owners}, and not writable by group or others"),
+    })
 }
 
 /// Every directory above the cluster must let its user pass, or postgres fails obscurely.

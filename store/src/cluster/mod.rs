@@ -33,7 +33,10 @@ use tokio::sync::watch;
 pub use bindir::find_bindir;
 use error::io_error;
 pub use error::ClusterError;
-use layout::{absolute, check_socket_path, log_path, prepare_dir, socket_path, start_failed};
+use layout::{
+    absolute, check_socket_path, check_trusted_tree, log_path, prepare_dir, socket_path,
+    start_failed,
+};
 pub use run_as::RunAs;
 
 /// The superuser that `initdb` creates in a private cluster; fleetd's owner role there.
@@ -141,6 +144,7 @@ impl PrivateCluster {
                 ))(e))
             }
         }
+        check_trusted_tree(&options.dir, RunAs::detect()?.as_ref())?;
         if socket_path(&options.dir).exists() {
             let (_tx, exited) = watch::channel(None);
             let attached = Self {
@@ -257,6 +261,7 @@ impl PrivateCluster {
 mod tests {
     use super::layout::check_socket_path;
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn a_missing_configured_bindir_names_the_package() {
@@ -282,6 +287,58 @@ mod tests {
             "{err}"
         );
         assert!(!base.exists(), "nothing was created");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_directory_with_a_file_others_may_write_is_refused_naming_it() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("postgres");
+        std::fs::create_dir_all(dir.join("base")).unwrap();
+        let loose = dir.join("base").join("1");
+        std::fs::write(&loose, "").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = PrivateCluster::start(&ClusterOptions::new(&dir))
+            .await
+            .err()
+            .expect("refused");
+        let message = err.to_string();
+        assert!(
+            matches!(err, ClusterError::UntrustedPath { ref path, .. } if *path == loose),
+            "{message}"
+        );
+        assert!(
+            message.contains("mode 666") && message.contains("not writable by group or others"),
+            "{message}"
+        );
+        assert!(
+            !dir.join("PG_VERSION").exists(),
+            "no cluster was made in it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_of_another_user_in_the_cluster_directory_is_refused_naming_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: handing a file to another user needs root");
+            return;
+        }
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("postgres");
+        std::fs::create_dir_all(&dir).unwrap();
+        let foreign = dir.join("postgresql.auto.conf");
+        std::fs::write(&foreign, "").unwrap();
+        // Neither root, nor us, nor the postgres user.
+        std::os::unix::fs::chown(&foreign, Some(54321), None).unwrap();
+        let err = PrivateCluster::start(&ClusterOptions::new(&dir))
+            .await
+            .err()
+            .expect("refused");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&foreign.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("owned by uid 54321"), "{message}");
     }
 
     #[test]
