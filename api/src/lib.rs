@@ -80,6 +80,8 @@ pub struct ApiState {
     pub device_cert_lifetime: Duration,
     /// Proxies whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// How often a device may renew, and how long a superseded certificate still renews.
+    pub renewal: RenewalPolicy,
     /// Bounds on the CPU that token verification may take.
     pub enroll_limits: EnrollLimits,
     /// Bounds on API key authentication.
@@ -102,6 +104,7 @@ impl ApiState {
             broker_url,
             device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
             trusted_proxies: Vec::new(),
+            renewal: RenewalPolicy::default(),
             enroll_limits: EnrollLimits::default(),
             auth_limits: AuthLimits::default(),
             key_env: store::api_keys::KeyEnv::live(),
@@ -110,6 +113,8 @@ impl ApiState {
         }
     }
 }
+
+pub use renew::RenewalPolicy;
 
 /// Bounds on enrollment token verification, which costs about 25 ms of CPU (argon2id) per
 /// request whether or not the token exists.
