@@ -114,7 +114,7 @@ impl ApiState {
     }
 }
 
-pub use renew::RenewalPolicy;
+pub use renew::{RenewalPolicy, DEFAULT_RENEWAL_MIN_INTERVAL, DEFAULT_SUPERSEDED_GRACE};
 
 /// Bounds on enrollment token verification, which costs about 25 ms of CPU (argon2id) per
 /// request whether or not the token exists.

@@ -197,7 +197,10 @@ async fn start_embedded_broker(
     broker_config.listen = config.broker_listen;
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
-        admission: device_sessions::admission_check(database.app.clone()),
+        admission: device_sessions::admission_check(
+            database.app.clone(),
+            config.pki.superseded_grace,
+        ),
         presence: Some(presence_tx),
     };
     let broker = Broker::start(broker_config, hooks).await.with_context(|| {
@@ -309,6 +312,10 @@ async fn start_api(
         key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
+        renewal: api::RenewalPolicy {
+            min_interval: config.pki.renewal_min_interval,
+            superseded_grace: config.pki.superseded_grace,
+        },
         metrics,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
