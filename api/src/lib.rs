@@ -9,6 +9,7 @@
 //! | `GET /readyz`    | the database answers within 2 s                                |
 //! | `POST /v1/enroll`| enrollment token + CSR in, device certificate chain out        |
 //! | `POST /v1/renew` | current device certificate (mutual TLS) + CSR in, new chain out |
+//! | `GET /v1/pki/crl`| the fleet's CRL (DER), unauthenticated; see the `crl` module   |
 //!
 //! The composition root builds an [`ApiState`], a TLS configuration with
 //! [`tls_server_config`], and runs [`serve_tls`] with the [`router`]:
@@ -27,6 +28,7 @@
 
 mod auth;
 mod client_addr;
+mod crl;
 mod device_certificate;
 mod enroll;
 mod error;
@@ -54,6 +56,7 @@ use tokio::sync::Semaphore;
 
 pub use auth::{AuthLimits, Caller, KeyCache, DEFAULT_KEY_CACHE_CAPACITY, DEFAULT_KEY_CACHE_TTL};
 pub use client_addr::{PeerAddr, TlsPeer};
+pub use crl::{current_crl, CrlError, CRL_PATH};
 pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use metrics::ApiMetrics;
@@ -189,6 +192,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route(wire::enrollment::ENROLL_PATH, post(enroll::enroll))
         .route(wire::enrollment::RENEW_PATH, post(renew::renew))
+        .route(crl::CRL_PATH, get(crl::serve))
         .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),

@@ -31,6 +31,8 @@ struct DeviceServices {
     front: DeviceFront,
     ingest: ingest::IngestHandle,
     retention: JoinHandle<()>,
+    /// Keeps `pki.crl_file` current, when configured.
+    crl_file: Option<JoinHandle<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
@@ -161,6 +163,19 @@ async fn start_devices(
         metrics,
     )
     .spawn(stopped);
+    let crl_file = match &config.pki.crl_file {
+        Some(path) => Some(
+            crate::crl_file::CrlFile {
+                app: database.app.clone(),
+                ca: pki.issuing_ca.clone(),
+                superseded_grace: config.pki.superseded_grace,
+                path: path.clone(),
+            }
+            .start(stop_background.subscribe())
+            .await?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
@@ -174,6 +189,7 @@ async fn start_devices(
         front,
         ingest,
         retention,
+        crl_file,
         metrics,
         metrics_addr,
         stop_background,
@@ -277,6 +293,9 @@ impl DeviceServices {
             }
         }
         let _ = self.retention.await;
+        if let Some(crl_file) = self.crl_file {
+            let _ = crl_file.await;
+        }
         let _ = self.metrics.await;
     }
 
