@@ -99,10 +99,12 @@ pub(crate) async fn renew(
 /// Default [`RenewalPolicy::min_interval`].
 pub const DEFAULT_RENEWAL_MIN_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
-/// Default [`RenewalPolicy::superseded_grace`]: the agent switches to its new certificate
-/// within seconds of the answer (it reconnects at once); the margin covers an agent restart or
-/// a broker outage during the switch.
-pub const DEFAULT_SUPERSEDED_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Default [`RenewalPolicy::superseded_grace`]. The agent switches to its new certificate
+/// within seconds of the answer (it reconnects at once). The margin is for an agent that
+/// crashed after the server's commit but before it stored the answer: it renews again with the
+/// old certificate, gets 429 until [`DEFAULT_RENEWAL_MIN_INTERVAL`] has passed, and retries at
+/// its next check (`renewal.check`, 1 h ± 25 %): two hours cover that.
+pub const DEFAULT_SUPERSEDED_GRACE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// How often a device may renew and how long its superseded certificates still count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -816,6 +816,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pki.device_cert_lifetime"), "{err}");
+        let err = load_toml("[pki]\nsuperseded_grace = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pki.superseded_grace"), "{err}");
         let err = load_toml("[pki]\nserver_names = []\nserver_ips = []")
             .unwrap_err()
             .to_string();
