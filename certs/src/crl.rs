@@ -115,7 +115,7 @@ fn serial_bytes(serial: &str) -> Result<Vec<u8>, IssueError> {
         serial: serial.to_owned(),
     };
     let well_formed = !serial.is_empty()
-        && serial.len() % 2 == 0
+        && serial.len().is_multiple_of(2)
         && serial.len() <= 2 * MAX_SERIAL_LEN
         && serial
             .bytes()
