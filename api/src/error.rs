@@ -42,6 +42,13 @@ pub enum ApiError {
     /// did not issue to that device.
     #[error("this device is not allowed to renew its certificate")]
     DeviceNotAllowed,
+    /// 429 with `Retry-After`: the device renewed less than the configured minimum interval ago
+    /// and its newest certificate is not yet within its renewal window.
+    #[error("this device renewed its certificate recently; retry later")]
+    RenewalTooSoon {
+        /// Seconds until the device may renew again.
+        retry_after_secs: u64,
+    },
     /// 403: the client address is not in the token's allowed CIDRs.
     #[error("enrollment from this address is not allowed by the token")]
     SourceNotAllowed,
@@ -167,9 +174,9 @@ impl ApiError {
             | Self::DeviceNotAllowed
             | Self::Forbidden(_)
             | Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::DailyLimitReached { .. } | Self::TooManyFailures { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::DailyLimitReached { .. }
+            | Self::TooManyFailures { .. }
+            | Self::RenewalTooSoon { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ResourceNotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -201,6 +208,7 @@ impl ApiError {
             Self::DeviceCertificateRequired => "device-certificate-required",
             Self::DeviceNotAllowed => "device-not-allowed",
             Self::DailyLimitReached { .. } => "daily-limit-reached",
+            Self::RenewalTooSoon { .. } => "renewal-too-soon",
             Self::TokenExpired => "token-expired",
             Self::TokenRevoked => "token-revoked",
             Self::TokenUsedUp => "token-used-up",
@@ -227,7 +235,8 @@ impl ApiError {
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::DailyLimitReached { retry_after_secs }
-            | Self::TooManyFailures { retry_after_secs } => Some(*retry_after_secs),
+            | Self::TooManyFailures { retry_after_secs }
+            | Self::RenewalTooSoon { retry_after_secs } => Some(*retry_after_secs),
             Self::Busy => Some(1),
             _ => None,
         }

@@ -9,6 +9,7 @@
 //! | `GET /readyz`    | the database answers within 2 s                                |
 //! | `POST /v1/enroll`| enrollment token + CSR in, device certificate chain out        |
 //! | `POST /v1/renew` | current device certificate (mutual TLS) + CSR in, new chain out |
+//! | `GET /v1/pki/crl`| the fleet's CRL (DER), unauthenticated; see the `crl` module   |
 //!
 //! The composition root builds an [`ApiState`], a TLS configuration with
 //! [`tls_server_config`], and runs [`serve_tls`] with the [`router`]:
@@ -27,6 +28,7 @@
 
 mod auth;
 mod client_addr;
+mod crl;
 mod device_certificate;
 mod enroll;
 mod error;
@@ -54,6 +56,7 @@ use tokio::sync::Semaphore;
 
 pub use auth::{AuthLimits, Caller, KeyCache, DEFAULT_KEY_CACHE_CAPACITY, DEFAULT_KEY_CACHE_TTL};
 pub use client_addr::{PeerAddr, TlsPeer};
+pub use crl::{current_crl, CrlError, CRL_PATH};
 pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use metrics::ApiMetrics;
@@ -80,6 +83,8 @@ pub struct ApiState {
     pub device_cert_lifetime: Duration,
     /// Proxies whose `X-Forwarded-For` is believed. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// How often a device may renew, and how long a superseded certificate still renews.
+    pub renewal: RenewalPolicy,
     /// Bounds on the CPU that token verification may take.
     pub enroll_limits: EnrollLimits,
     /// Bounds on API key authentication.
@@ -102,6 +107,7 @@ impl ApiState {
             broker_url,
             device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
             trusted_proxies: Vec::new(),
+            renewal: RenewalPolicy::default(),
             enroll_limits: EnrollLimits::default(),
             auth_limits: AuthLimits::default(),
             key_env: store::api_keys::KeyEnv::live(),
@@ -110,6 +116,8 @@ impl ApiState {
         }
     }
 }
+
+pub use renew::{RenewalPolicy, DEFAULT_RENEWAL_MIN_INTERVAL, DEFAULT_SUPERSEDED_GRACE};
 
 /// Bounds on enrollment token verification, which costs about 25 ms of CPU (argon2id) per
 /// request whether or not the token exists.
@@ -184,6 +192,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route(wire::enrollment::ENROLL_PATH, post(enroll::enroll))
         .route(wire::enrollment::RENEW_PATH, post(renew::renew))
+        .route(crl::CRL_PATH, get(crl::serve))
         .route("/v1/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),

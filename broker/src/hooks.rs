@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use certs::DeviceIdentity;
+use certs::{DeviceIdentity, SerialNumber};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -18,10 +18,12 @@ pub type AdmissionError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The future an [`AdmissionCheck`] returns.
 pub type AdmissionFuture = Pin<Box<dyn Future<Output = Result<bool, AdmissionError>> + Send>>;
 
-/// "Is this device allowed to connect?", asked after the TLS handshake for every
-/// session. `Ok(true)` admits, `Ok(false)` refuses as revoked (CONNACK 0x05), an error
+/// "Is this device, with the certificate of this serial, allowed to connect?", asked after
+/// the TLS handshake for every session (fleetd refuses revoked devices and superseded
+/// certificates). `Ok(true)` admits, `Ok(false)` refuses as revoked (CONNACK 0x05), an error
 /// or a timeout refuses as unavailable (CONNACK 0x03): the check fails closed.
-pub type AdmissionCheck = Arc<dyn Fn(DeviceIdentity) -> AdmissionFuture + Send + Sync>;
+pub type AdmissionCheck =
+    Arc<dyn Fn(DeviceIdentity, SerialNumber) -> AdmissionFuture + Send + Sync>;
 
 /// The composition root's side of the broker.
 pub struct BrokerHooks {
@@ -38,7 +40,7 @@ impl BrokerHooks {
     /// events: for tests and benchmarks, never for fleetd.
     pub fn admit_all() -> Self {
         Self {
-            admission: Arc::new(|_| Box::pin(async { Ok(true) })),
+            admission: Arc::new(|_, _| Box::pin(async { Ok(true) })),
             presence: None,
         }
     }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use certs::tls::ClientCertificates;
-use certs::{DeviceIdentity, IdentityError};
+use certs::{DeviceCertificate, DeviceIdentity, IdentityError, SerialNumber};
 use rustls::pki_types::CertificateDer;
 use rustls::{ServerConfig, ServerConnection};
 
@@ -47,13 +47,15 @@ pub(crate) enum PeerIdentityError {
     Unreadable(#[from] IdentityError),
 }
 
-/// The device identity of a verified connection, from its leaf certificate only.
+/// The device identity of a verified connection and its certificate's serial, from its leaf
+/// certificate only.
 pub(crate) fn peer_identity(
     connection: &ServerConnection,
-) -> Result<DeviceIdentity, PeerIdentityError> {
+) -> Result<(DeviceIdentity, SerialNumber), PeerIdentityError> {
     let leaf: &CertificateDer<'_> = connection
         .peer_certificates()
         .and_then(|chain| chain.first())
         .ok_or(PeerIdentityError::NoCertificate)?;
-    Ok(DeviceIdentity::from_certificate_der(leaf)?)
+    let certificate = DeviceCertificate::from_der(leaf)?;
+    Ok((certificate.identity(), certificate.serial().clone()))
 }

@@ -330,6 +330,11 @@ impl IssuingCa {
         &self.issuer.key().0
     }
 
+    /// The signer of device certificates and of the CRL.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, CaKey> {
+        &self.issuer
+    }
+
     /// Rebuilds an issuing CA from its certificate, its key and the root certificate.
     pub(crate) fn from_parts(
         der: CertificateDer<'static>,

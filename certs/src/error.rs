@@ -208,6 +208,13 @@ pub enum IssueError {
         name: String,
     },
 
+    /// A revocation list entry's serial is not the lowercase hex of 1 to 20 bytes.
+    #[error("invalid certificate serial {serial:?} for a revocation list")]
+    InvalidSerial {
+        /// What was given.
+        serial: String,
+    },
+
     /// Key generation or signing failed in the crypto provider.
     #[error("crypto provider failed: {reason}")]
     Crypto {

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod ca;
+mod crl;
 mod csr;
 mod error;
 pub mod identity;
@@ -46,6 +47,7 @@ pub use ca::{
     CLOCK_SKEW_ALLOWANCE, DEFAULT_DEVICE_CERT_LIFETIME, DEFAULT_ISSUING_CA_LIFETIME,
     DEFAULT_ROOT_CA_LIFETIME, DEFAULT_SERVER_CERT_LIFETIME,
 };
+pub use crl::{Crl, CrlEntry, CrlReason, CRL_VALIDITY};
 pub use csr::{DeviceCsr, MAX_CSR_LEN};
 pub use error::{
     CsrError, IdentityError, IssueError, KeyAlgorithm, KeyError, PkiError, ValidityError,

@@ -76,6 +76,19 @@ pub struct PkiConfig {
     /// Lifetime of device certificates issued at enrollment.
     #[serde(with = "humantime_serde")]
     pub device_cert_lifetime: Duration,
+    /// Least time between two renewals of one device (429 before it), unless its newest
+    /// certificate is within its renewal window.
+    #[serde(with = "humantime_serde")]
+    pub renewal_min_interval: Duration,
+    /// How long a certificate superseded by a renewal is still admitted, so the agent can
+    /// switch to the new one; after it the broker refuses it and the CRL lists it.
+    #[serde(with = "humantime_serde")]
+    pub superseded_grace: Duration,
+    /// Where to write the fleet's CRL (PEM) for an external broker (Mosquitto `crlfile`),
+    /// rewritten atomically at start, on every revocation and every 5 minutes. `None`: no file
+    /// (the CRL is still served at `GET /v1/pki/crl`).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub crl_file: Option<PathBuf>,
 }
 
 /// Ingest-only mode: device messages come from an external MQTT broker (Mosquitto, EMQX, ...)
@@ -342,6 +355,9 @@ impl Default for PkiConfig {
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
             ],
             device_cert_lifetime: certs::DEFAULT_DEVICE_CERT_LIFETIME,
+            renewal_min_interval: api::DEFAULT_RENEWAL_MIN_INTERVAL,
+            superseded_grace: api::DEFAULT_SUPERSEDED_GRACE,
+            crl_file: None,
         }
     }
 }
@@ -506,6 +522,9 @@ impl Config {
         if self.pki.device_cert_lifetime < Duration::from_secs(60) {
             return reject("pki.device_cert_lifetime", "must be at least 1m");
         }
+        if self.pki.superseded_grace < Duration::from_secs(1) {
+            return reject("pki.superseded_grace", "must be at least 1s");
+        }
         if let Some(url) = &self.external_broker.url {
             if url.port().is_none() {
                 return reject(
@@ -651,7 +670,8 @@ shutdown_grace = "{shutdown_grace}"
 
 # --- [pki]: the fleet PKI, and the server certificates fleetd issues itself for the API and --
 # broker listeners at every start. Environment: FLEETD_PKI__DIR, FLEETD_PKI__SERVER_NAMES
-# (e.g. '["fleet.example"]'), FLEETD_PKI__SERVER_IPS, FLEETD_PKI__DEVICE_CERT_LIFETIME.
+# (e.g. '["fleet.example"]'), FLEETD_PKI__SERVER_IPS, FLEETD_PKI__DEVICE_CERT_LIFETIME,
+# FLEETD_PKI__RENEWAL_MIN_INTERVAL, FLEETD_PKI__SUPERSEDED_GRACE, FLEETD_PKI__CRL_FILE.
 [pki]
 # Directory of the fleet root and issuing CA (made by `fleetctl pki init`).
 # Default (unset): <data_dir>/pki, created as a development PKI on first start.
@@ -661,6 +681,16 @@ server_names = {server_names:?}
 server_ips = {server_ips:?}
 # Lifetime of device certificates (at least 1m); agents renew well before expiry.
 device_cert_lifetime = "{device_cert_lifetime}"
+# Least time between two renewals of one device (429 with Retry-After before it), unless its
+# newest certificate is in its last third of validity. 0s: no limit.
+renewal_min_interval = "{renewal_min_interval}"
+# A renewal supersedes the device's older certificates: they are still admitted for this long
+# (the agent's switch-over; at least 1s), then refused by the broker and listed in the CRL.
+superseded_grace = "{superseded_grace}"
+# The fleet's CRL (PEM), for an external broker's crlfile (Mosquitto: reload it with SIGHUP),
+# rewritten atomically at start, on every revocation and every 5 minutes. Default (unset): no
+# file; the CRL is served at GET /v1/pki/crl either way.
+# crl_file = "/etc/mosquitto/fleet-crl.pem"
 
 # --- [enrollment]: device onboarding through POST /v1/enroll. -------------------------------
 # Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES.
@@ -730,6 +760,8 @@ connect_timeout = "{connect_timeout}"
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         device_cert_lifetime = humantime::format_duration(d.pki.device_cert_lifetime),
+        renewal_min_interval = humantime::format_duration(d.pki.renewal_min_interval),
+        superseded_grace = humantime::format_duration(d.pki.superseded_grace),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
         share_group = d.external_broker.share_group,
         log_format = match d.log.format {
@@ -822,6 +854,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pki.device_cert_lifetime"), "{err}");
+        let err = load_toml("[pki]\nsuperseded_grace = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pki.superseded_grace"), "{err}");
         let err = load_toml("[pki]\nserver_names = []\nserver_ips = []")
             .unwrap_err()
             .to_string();

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use broker::{AdmissionCheck, PresenceEvent, RunningBroker};
-use certs::DeviceIdentity;
+use certs::{DeviceIdentity, SerialNumber};
 use store::revocations::{Revocation, RevocationListener};
-use store::{device_directory, devices, AppDb, DeviceId, StoreError, TenantId};
+use store::{device_certificates, device_directory, devices, AppDb, DeviceId, StoreError};
 use tokio::sync::mpsc;
 
 /// Sessions of this instance whose presence was recorded: device id → session number (so that
@@ -42,19 +42,27 @@ impl OnlineDevices {
     }
 }
 
-/// The broker's admission hook: the device must exist in its tenant and be active.
-pub fn admission_check(app: AppDb) -> AdmissionCheck {
-    Arc::new(move |identity: DeviceIdentity| {
+/// The broker's admission hook: the device must exist in its tenant and be active, and its
+/// certificate must not have been superseded by a renewal more than `superseded_grace` ago.
+pub fn admission_check(app: AppDb, superseded_grace: Duration) -> AdmissionCheck {
+    Arc::new(move |identity: DeviceIdentity, serial: SerialNumber| {
         let app = app.clone();
-        Box::pin(async move { Ok(is_active(&app, identity.tenant_id, identity.device_id).await?) })
+        Box::pin(async move { Ok(admits(&app, identity, &serial, superseded_grace).await?) })
     })
 }
 
-async fn is_active(app: &AppDb, tenant: TenantId, device: DeviceId) -> Result<bool, StoreError> {
-    let mut tx = app.begin(tenant).await?;
-    let active = devices::is_active(&mut tx, device).await?;
+async fn admits(
+    app: &AppDb,
+    identity: DeviceIdentity,
+    serial: &SerialNumber,
+    superseded_grace: Duration,
+) -> Result<bool, StoreError> {
+    let mut tx = app.begin(identity.tenant_id).await?;
+    let serial = serial.to_string();
+    let admitted =
+        device_certificates::admits(&mut tx, identity.device_id, &serial, superseded_grace).await?;
     tx.rollback().await?;
-    Ok(active)
+    Ok(admitted)
 }
 
 /// Writes presence changes to the store, in the order the broker emits them.

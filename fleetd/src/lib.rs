@@ -3,6 +3,7 @@
 //! in that order, until it is told to stop.
 
 pub mod config;
+mod crl_file;
 mod data_path;
 mod device_sessions;
 mod metrics;

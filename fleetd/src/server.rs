@@ -31,6 +31,8 @@ struct DeviceServices {
     front: DeviceFront,
     ingest: ingest::IngestHandle,
     retention: JoinHandle<()>,
+    /// Keeps `pki.crl_file` current, when configured.
+    crl_file: Option<JoinHandle<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
@@ -160,6 +162,19 @@ async fn start_devices(
         metrics,
     )
     .spawn(stopped);
+    let crl_file = match &config.pki.crl_file {
+        Some(path) => Some(
+            crate::crl_file::CrlFile {
+                app: database.app.clone(),
+                ca: pki.issuing_ca.clone(),
+                superseded_grace: config.pki.superseded_grace,
+                path: path.clone(),
+            }
+            .start(stop_background.subscribe())
+            .await?,
+        ),
+        None => None,
+    };
     let listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
@@ -173,6 +188,7 @@ async fn start_devices(
         front,
         ingest,
         retention,
+        crl_file,
         metrics,
         metrics_addr,
         stop_background,
@@ -196,7 +212,10 @@ async fn start_embedded_broker(
     broker_config.listen = config.broker_listen;
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
-        admission: device_sessions::admission_check(database.app.clone()),
+        admission: device_sessions::admission_check(
+            database.app.clone(),
+            config.pki.superseded_grace,
+        ),
         presence: Some(presence_tx),
     };
     let broker = Broker::start(broker_config, hooks).await.with_context(|| {
@@ -273,6 +292,9 @@ impl DeviceServices {
             }
         }
         let _ = self.retention.await;
+        if let Some(crl_file) = self.crl_file {
+            let _ = crl_file.await;
+        }
         let _ = self.metrics.await;
     }
 
@@ -308,6 +330,10 @@ async fn start_api(
         key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
+        renewal: api::RenewalPolicy {
+            min_interval: config.pki.renewal_min_interval,
+            superseded_grace: config.pki.superseded_grace,
+        },
         metrics,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };

@@ -449,7 +449,7 @@ pub async fn revoke(
         DeviceRevocation::AlreadyRevoked
     } else {
         sqlx::query!(
-            "UPDATE devices SET status = 'revoked' WHERE device_id = $1",
+            "UPDATE devices SET status = 'revoked', revoked_at = now() WHERE device_id = $1",
             id as DeviceId
         )
         .execute(tx.conn())

@@ -7,6 +7,7 @@
 
 pub mod ceilings;
 pub mod device;
+pub mod enroll;
 pub mod https;
 pub mod metrics;
 pub mod mosquitto;

@@ -51,9 +51,32 @@ fn write(dir: &Path, name: &str, content: &str) -> String {
     path.display().to_string()
 }
 
+impl Mosquitto {
+    /// Sends SIGHUP: Mosquitto reloads its configuration and its listeners' TLS files,
+    /// `crlfile` included.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP mosquitto");
+    }
+}
+
 /// Starts Mosquitto with the production external-mode configuration, its server certificate
 /// issued by `ca`, and waits until it listens.
 pub async fn start_mosquitto(dir: &Path, ca: &IssuingCa) -> Mosquitto {
+    start(dir, ca, None).await
+}
+
+/// [`start_mosquitto`], checking device certificates against the CRL (PEM) at `crlfile`, as
+/// fleetd's `pki.crl_file` writes it.
+pub async fn start_mosquitto_with_crl(dir: &Path, ca: &IssuingCa, crlfile: &Path) -> Mosquitto {
+    start(dir, ca, Some(crlfile)).await
+}
+
+async fn start(dir: &Path, ca: &IssuingCa, crlfile: Option<&Path>) -> Mosquitto {
     let server = ca
         .issue_server_cert(&ServerCertParams::new(
             vec!["localhost".into()],
@@ -87,8 +110,12 @@ require_certificate true
 use_identity_as_username true
 tls_version tlsv1.2
 acl_file {aclfile}
-",
+{crl}",
         user = if running_as_root { "user root\n" } else { "" },
+        crl = crlfile.map_or(String::new(), |path| format!(
+            "crlfile {}\n",
+            path.display()
+        )),
     );
     let conf = write(dir, "mosquitto.conf", &config);
     let child = Command::new("mosquitto")

@@ -373,3 +373,61 @@ async fn a_revocation_committed_while_the_listener_was_disconnected_still_closes
     wait_for_disconnect(&mut events, Duration::from_secs(15)).await;
     running.shutdown().await.unwrap();
 }
+
+/// Whether the broker admits `device` now: CONNACK accepted, or refused as not authorized.
+async fn admitted(running: &fleetd::Running, device: &DeviceCredentials) -> bool {
+    let (_client, mut events) = AsyncClient::new(mqtt_options(running, device), 8);
+    let answer = tokio::time::timeout(TIMEOUT, events.poll())
+        .await
+        .expect("an answer");
+    match answer {
+        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => true,
+        Err(ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)) => false,
+        other => panic!("neither admitted nor refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_devices_old_certificate_is_refused_after_the_grace_period() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    config.pki.superseded_grace = GRACE;
+    let running = fleetd::start(config).await.expect("fleetd starts");
+    let tenant = tenant(&running.database().app, "renewal").await;
+    let (api, ca) = (running.api_addr(), &running.pki().issuing_ca);
+    let old = fleet_tests::enroll::enroll(api, ca, &running.database().app, tenant).await;
+    assert!(admitted(&running, &old).await, "the enrolled certificate");
+
+    let (response, renewed) = fleet_tests::enroll::renew(api, ca, &old).await;
+    response.assert_status(201);
+    let new = renewed.unwrap();
+    let renewed_at = Instant::now();
+    // The agent's switch-over: both certificates are admitted during the grace period.
+    assert!(
+        admitted(&running, &old).await,
+        "the old one, within the grace period"
+    );
+    assert!(admitted(&running, &new).await, "the new one");
+    assert!(
+        renewed_at.elapsed() < GRACE,
+        "the checks above ran within the grace period"
+    );
+
+    // This test is about time: wait out the grace period, with margin.
+    tokio::time::sleep(GRACE + Duration::from_secs(1)).await;
+    assert!(
+        !admitted(&running, &old).await,
+        "the old certificate after the grace period"
+    );
+    assert!(
+        admitted(&running, &new).await,
+        "the new certificate stays admitted"
+    );
+    // Nor may the copied key renew again.
+    let (response, _) = fleet_tests::enroll::renew(api, ca, &old).await;
+    response.assert_problem(403, "device-not-allowed");
+    running.shutdown().await.unwrap();
+}

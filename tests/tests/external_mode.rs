@@ -12,6 +12,7 @@ use fleet_tests::mqtt::{connect_subscribed, wait_until_every_instance_is_subscri
 use fleet_tests::records::telemetry_batch;
 use fleet_tests::TestDb;
 use rumqttc::{Event, Packet, QoS};
+use rustls::pki_types::pem::PemObject;
 use store::TenantId;
 use wire::DeviceId;
 
@@ -160,4 +161,104 @@ async fn two_ingest_only_fleetd_instances_share_one_mosquitto_and_write_each_rec
     assert_eq!(by_a + by_b, total as u64, "no record committed twice");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Whether Mosquitto on `port` lets `device` in: CONNACK accepted, or refused with the TLS alert
+/// `certificate_revoked` (Mosquitto's CRL check; with TLS 1.3 the client reads the alert after
+/// its side of the handshake, on the first read).
+async fn mosquitto_admits(ca: &IssuingCa, device: &DeviceCredentials, port: u16) -> bool {
+    let options = device.options(ca.root_der(), "localhost", port);
+    let (_client, mut events) = rumqttc::AsyncClient::new(options, 8);
+    let answer = tokio::time::timeout(TIMEOUT, events.poll())
+        .await
+        .expect("an answer");
+    match answer {
+        Ok(Event::Incoming(Packet::ConnAck(_))) => true,
+        Err(e) if format!("{e:?}").contains("AlertReceived(CertificateRevoked)") => false,
+        other => panic!("neither admitted nor refused at the handshake: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_refused_by_mosquitto_through_the_crl_fleetd_writes() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mosquitto_dir = tempfile::tempdir().unwrap();
+    let crl_path = mosquitto_dir.path().join("fleet-crl.pem");
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    config.pki.crl_file = Some(crl_path.clone());
+    // fleetd first: Mosquitto refuses to start without its crlfile.
+    let running = fleetd::start(config).await.unwrap();
+    let ca = &running.pki().issuing_ca;
+    let mosquitto =
+        fleet_tests::mosquitto::start_mosquitto_with_crl(mosquitto_dir.path(), ca, &crl_path).await;
+    let app = &running.database().app;
+    let tenant = fleet_tests::tenancy::tenant(app, "crl").await;
+    let device = fleet_tests::enroll::enroll(running.api_addr(), ca, app, tenant).await;
+    let bystander = fleet_tests::enroll::enroll(running.api_addr(), ca, app, tenant).await;
+    assert!(
+        mosquitto_admits(ca, &device, mosquitto.port).await,
+        "before revocation"
+    );
+
+    let empty_crl = std::fs::read(&crl_path).unwrap();
+    let mut tx = app.begin(tenant).await.unwrap();
+    store::devices::revoke(
+        &mut tx,
+        device.device_id,
+        &store::device_groups::GroupScope::All,
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The signal: fleetd rewrote the file (on the revocation's notification).
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read(&crl_path).unwrap() == empty_crl {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL file was never rewritten"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mosquitto.reload();
+
+    // Mosquitto's reload is asynchronous to the signal: the first refusal is the signal that it
+    // happened, bounded by TIMEOUT.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while mosquitto_admits(ca, &device, mosquitto.port).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Mosquitto still admits the revoked device"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        mosquitto_admits(ca, &bystander, mosquitto.port).await,
+        "another device still gets in"
+    );
+
+    // The API serves the same list, DER, without authentication.
+    let served =
+        fleet_tests::https::https_request(running.api_addr(), ca, "GET", "/v1/pki/crl", &[], b"")
+            .await;
+    served.assert_status(200);
+    assert_eq!(served.header("content-type"), Some("application/pkix-crl"));
+    let pem = std::fs::read_to_string(&crl_path).unwrap();
+    let file_der =
+        rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let lists = |der: &[u8], who: &DeviceCredentials| {
+        let serial = certs::DeviceCertificate::from_der(&who.chain[0]).unwrap();
+        let serial = serial.serial().as_bytes().to_vec();
+        der.windows(serial.len()).any(|w| w == serial.as_slice())
+    };
+    for der in [&served.body[..], &file_der[..]] {
+        assert!(
+            lists(der, &device),
+            "the revoked device's certificate is listed"
+        );
+        assert!(!lists(der, &bystander), "the active device's is not");
+    }
+    running.shutdown().await.unwrap();
 }

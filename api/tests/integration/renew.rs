@@ -32,7 +32,7 @@ async fn a_device_renews_with_its_current_certificate_and_keeps_its_identity() {
     let (credentials, enrolled) = server.enroll_device().await;
     let old_leaf = leaf_of(&enrolled.certificate_chain);
 
-    let (new_key, csr) = key_and_csr();
+    let (_, csr) = key_and_csr();
     let response = server.renew(Some(&credentials), &csr).await.unwrap();
     let answer = server.certificate_answer(&response);
     assert_eq!(answer.device_id, enrolled.device_id);
@@ -84,16 +84,55 @@ async fn a_device_renews_with_its_current_certificate_and_keeps_its_identity() {
     ));
     tx.rollback().await.unwrap();
 
-    // The new certificate renews in turn (the old one also still does: it is not revoked).
-    let renewed_credentials = DeviceCredentials::new(&new_key, &answer.certificate_chain);
-    let again = server
-        .renew(Some(&renewed_credentials), &p256_csr())
+    // The old certificate is marked superseded, the new one is not.
+    let mut tx = server.db.app.begin(server.tenant).await.unwrap();
+    let records = device_certificates::list_for_device(&mut tx, answer.device_id)
         .await
         .unwrap();
-    assert_eq!(again.status, 201);
-    let with_old = server.renew(Some(&credentials), &p256_csr()).await.unwrap();
-    assert_eq!(with_old.status, 201);
-    assert_eq!(server.count("device_certificates", server.tenant).await, 4);
+    for record in &records {
+        let is_old = record.serial == old_leaf.serial().to_string();
+        assert_eq!(record.superseded_at.is_some(), is_old, "{}", record.serial);
+    }
+    tx.rollback().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn twelve_back_to_back_renewals_are_refused_after_the_first_with_429_and_retry_after() {
+    let server = TestServer::start().await;
+    let (credentials, _) = server.enroll_device().await;
+    let (new_key, csr) = key_and_csr();
+    let first = server.renew(Some(&credentials), &csr).await.unwrap();
+    assert_eq!(first.status, 201);
+    let renewed = DeviceCredentials::new(
+        &new_key,
+        &server.certificate_answer(&first).certificate_chain,
+    );
+    let mut refused = 0;
+    for attempt in 1..12 {
+        // Alternate the old (superseded, still in its grace period) and the new certificate:
+        // neither may renew again within the hour.
+        let presented = match attempt % 2 {
+            0 => &credentials,
+            _ => &renewed,
+        };
+        let response = server.renew(Some(presented), &p256_csr()).await.unwrap();
+        assert_eq!(response.status, 429, "attempt {attempt}");
+        let retry_after: u64 = response
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(
+            (3500..=3600).contains(&retry_after),
+            "retry after {retry_after}"
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(problem["type"], "urn:fleetplane:problem:renewal-too-soon");
+        refused += 1;
+    }
+    assert_eq!(refused, 11);
+    assert_eq!(server.count("device_certificates", server.tenant).await, 2);
     server.stop().await;
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use certs::DeviceIdentity;
+use certs::{DeviceIdentity, SerialNumber};
 use rumqttd::local::LinkRx;
 use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, LastWill, Packet};
 use tokio::time::timeout;
@@ -35,6 +35,7 @@ pub(super) async fn admit(
     shared: &Shared,
     device: &mut DeviceIo,
     identity: DeviceIdentity,
+    serial: SerialNumber,
     remote_addr: SocketAddr,
 ) -> Result<Admitted, Option<Refusal>> {
     let first = timeout(shared.limits.connect_timeout, device.read_packet()).await;
@@ -64,7 +65,7 @@ pub(super) async fn admit(
     }
 
     let (registration, link_tx, link_rx) =
-        match register_and_open(shared, identity, &connect.client_id, remote_addr).await {
+        match register_and_open(shared, identity, serial, &connect.client_id, remote_addr).await {
             Ok(opened) => opened,
             // The registration was dropped on the way out of `register_and_open`: a
             // device told "no" has no session left to find.
@@ -100,13 +101,16 @@ pub(super) async fn admit(
 async fn register_and_open(
     shared: &Shared,
     identity: DeviceIdentity,
+    serial: SerialNumber,
     client_id: &str,
     remote_addr: SocketAddr,
 ) -> Result<(Registration, SharedLinkTx, LinkRx), Option<Refusal>> {
     // Registered before the admission check: a revocation that lands while the check
     // runs finds the session and is remembered, so it cannot slip between the two.
     let registration = Registration::register(shared, identity, remote_addr);
-    let (link_tx, link_rx) = open(shared, identity, client_id).await.map_err(Some)?;
+    let (link_tx, link_rx) = open(shared, identity, serial, client_id)
+        .await
+        .map_err(Some)?;
     // A revocation or a newer session that arrived during the checks wins over them.
     if let Some(reason) = registration.control().reason() {
         if reason != DisconnectReason::Replaced {
@@ -153,11 +157,12 @@ fn connack_code(refusal: Refusal) -> ConnectReturnCode {
 async fn open(
     shared: &Shared,
     identity: DeviceIdentity,
+    serial: SerialNumber,
     client_id: &str,
 ) -> Result<(SharedLinkTx, LinkRx), Refusal> {
     let verdict = timeout(
         shared.limits.admission_timeout,
-        (shared.admission)(identity),
+        (shared.admission)(identity, serial),
     )
     .await;
     match verdict {

@@ -80,8 +80,8 @@ pub(crate) async fn serve(
     let Some(stream) = tls_handshake(&shared, tcp, handshake).await else {
         return;
     };
-    let identity = match tls::peer_identity(stream.get_ref().1) {
-        Ok(identity) => identity,
+    let (identity, serial) = match tls::peer_identity(stream.get_ref().1) {
+        Ok(peer) => peer,
         Err(error) => {
             warn!(%remote_addr, %error, "refused: verified certificate without identity");
             shared.counters.refused(Refusal::Identity);
@@ -91,7 +91,7 @@ pub(crate) async fn serve(
     };
     shared.counters.handshake_completed();
     let mut device = DeviceIo::new(stream, shared.limits.max_packet_size);
-    match admission::admit(&shared, &mut device, identity, remote_addr).await {
+    match admission::admit(&shared, &mut device, identity, serial, remote_addr).await {
         Ok(admitted) => session::run(&shared, device, admitted, identity).await,
         Err(refusal) => {
             if let Some(refusal) = refusal {

@@ -132,7 +132,7 @@ async fn a_revoked_device_is_refused_with_not_authorized() {
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
     let mut hooks = BrokerHooks::admit_all();
-    hooks.admission = Arc::new(move |identity: certs::DeviceIdentity| {
+    hooks.admission = Arc::new(move |identity: certs::DeviceIdentity, _serial| {
         counter.fetch_add(1, Ordering::Relaxed);
         let allowed = identity.device_id != revoked_id;
         Box::pin(async move { Ok(allowed) })
@@ -155,8 +155,8 @@ async fn a_revoked_device_is_refused_with_not_authorized() {
 async fn a_failing_or_slow_admission_check_refuses_with_server_unavailable() {
     let pki = TestPki::new();
     let device = pki.device();
-    let failing: AdmissionCheck = Arc::new(|_| Box::pin(async { Err("database down".into()) }));
-    let hanging: AdmissionCheck = Arc::new(|_| Box::pin(std::future::pending()));
+    let failing: AdmissionCheck = Arc::new(|_, _| Box::pin(async { Err("database down".into()) }));
+    let hanging: AdmissionCheck = Arc::new(|_, _| Box::pin(std::future::pending()));
     for (name, admission) in [("failing", failing), ("hanging", hanging)] {
         let (mut hooks, mut presence) = hooks_with_presence();
         hooks.admission = admission;

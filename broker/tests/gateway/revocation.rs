@@ -14,7 +14,7 @@ fn revocation_list() -> (BrokerHooks, Arc<Mutex<HashSet<wire::DeviceId>>>) {
     let revoked = Arc::new(Mutex::new(HashSet::new()));
     let list = Arc::clone(&revoked);
     let mut hooks = BrokerHooks::admit_all();
-    hooks.admission = Arc::new(move |identity: certs::DeviceIdentity| {
+    hooks.admission = Arc::new(move |identity: certs::DeviceIdentity, _serial| {
         let allowed = !list.lock().unwrap().contains(&identity.device_id);
         Box::pin(async move { Ok(allowed) })
     });
@@ -94,7 +94,7 @@ async fn a_revocation_during_the_admission_check_is_not_lost() {
     let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
     let (checking_tx, mut checking) = tokio::sync::mpsc::unbounded_channel();
     let mut hooks = BrokerHooks::admit_all();
-    hooks.admission = Arc::new(move |_| {
+    hooks.admission = Arc::new(move |_, _| {
         let mut gate = gate_rx.clone();
         let checking = checking_tx.clone();
         Box::pin(async move {
