@@ -4,6 +4,7 @@
 
 pub mod config;
 mod data_path;
+mod descriptors;
 mod device_sessions;
 mod metrics;
 pub mod pki;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::descriptors::DescriptorBudget;
 use crate::device_sessions::{self, OnlineDevices};
 use crate::pki::ServerPki;
 use crate::Config;
@@ -54,6 +55,10 @@ enum DeviceFront {
 /// listeners. A failure after the database is open closes it again.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let pki = crate::pki::prepare(&config)?;
+    let descriptors = crate::descriptors::raise_and_split(
+        broker::DEFAULT_MAX_CONNECTIONS,
+        api::DEFAULT_API_MAX_CONNECTIONS,
+    );
     let database = Database::open(&config.database_settings(), Purpose::Server)
         .await
         .context("opening the database")?;
@@ -61,7 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // One registry for every component, served on metrics_listen.
     let mut registry = prometheus_client::registry::Registry::default();
     let api_metrics = api::ApiMetrics::register(&mut registry);
-    let devices = match start_devices(&config, &pki, &database, registry).await {
+    let devices = match start_devices(&config, &pki, &database, registry, descriptors).await {
         Ok(devices) => devices,
         Err(e) => {
             database.close().await.ok();
@@ -72,7 +77,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .broker_addr()
         .map_or(config.broker_listen.port(), |addr| addr.port());
     let broker_url = config.broker_url(bound_port);
-    let api = start_api(&config, &pki, &database, broker_url, api_metrics, stopped).await;
+    let api = start_api(
+        &config,
+        &pki,
+        &database,
+        broker_url,
+        api_metrics,
+        stopped,
+        descriptors,
+    )
+    .await;
     let (api_addr, api) = match api {
         Ok(api) => api,
         Err(e) => {
@@ -105,6 +119,7 @@ async fn start_devices(
     pki: &ServerPki,
     database: &Database,
     mut registry: prometheus_client::registry::Registry,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<DeviceServices> {
     let metrics = ingest::Metrics::register(&mut registry);
     let start_ingest = |acks: Arc<dyn ingest::AckSink>| {
@@ -118,7 +133,8 @@ async fn start_devices(
     };
     let (front, ingest) = match config.external_broker.host_port() {
         None => {
-            let (broker, presence_rx) = start_embedded_broker(config, pki, database).await?;
+            let (broker, presence_rx) =
+                start_embedded_broker(config, pki, database, descriptors).await?;
             let (sender, ingest) =
                 start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
             let subscription = broker
@@ -185,6 +201,7 @@ async fn start_embedded_broker(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<(
     Arc<RunningBroker>,
     mpsc::UnboundedReceiver<broker::PresenceEvent>,
@@ -195,6 +212,7 @@ async fn start_embedded_broker(
         pki.issuing_ca.root_der().clone(),
     );
     broker_config.listen = config.broker_listen;
+    broker_config.max_connections = descriptors.broker_connections;
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
         admission: device_sessions::admission_check(database.app.clone()),
@@ -293,6 +311,7 @@ async fn start_api(
     broker_url: String,
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(config.api_listen)
         .await
@@ -315,7 +334,11 @@ async fn start_api(
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let serve = api::serve_tls(listener, tls, api::router(state), shutdown);
+    let limits = api::TlsLimits {
+        max_connections: descriptors.api_connections,
+        ..api::TlsLimits::default()
+    };
+    let serve = api::serve_tls_with(listener, tls, api::router(state), limits, shutdown);
     let task = tokio::spawn(async move {
         let served = serve.await;
         follower.abort();
