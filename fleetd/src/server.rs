@@ -57,7 +57,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let pki = crate::pki::prepare(&config)?;
     let descriptors = crate::descriptors::raise_and_split(
         broker::DEFAULT_MAX_CONNECTIONS,
-        api::DEFAULT_API_MAX_CONNECTIONS,
+        config.connections.api_max_connections,
     );
     let database = Database::open(&config.database_settings(), Purpose::Server)
         .await
@@ -213,6 +213,10 @@ async fn start_embedded_broker(
     );
     broker_config.listen = config.broker_listen;
     broker_config.max_connections = descriptors.broker_connections;
+    let limits = &config.connections;
+    broker_config.max_handshakes_per_address = limits.broker_max_handshakes_per_address;
+    broker_config.max_pending_connects_per_device = limits.broker_max_pending_connects_per_device;
+    broker_config.max_connect_size = limits.broker_max_connect_size;
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
         admission: device_sessions::admission_check(database.app.clone()),
@@ -335,7 +339,10 @@ async fn start_api(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let limits = api::TlsLimits {
+        max_handshakes_per_address: config.connections.api_max_handshakes_per_address,
         max_connections: descriptors.api_connections,
+        header_read_timeout: config.connections.api_header_read_timeout,
+        idle_timeout: config.connections.api_idle_timeout,
         ..api::TlsLimits::default()
     };
     let serve = api::serve_tls_with(listener, tls, api::router(state), limits, shutdown);
