@@ -24,9 +24,10 @@ pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 1024;
 
 /// Default cap on TLS handshakes in progress at once from one source address: a device
-/// handshakes in milliseconds, so even a NAT in front of many devices rarely holds more, and
-/// one address cannot take the global cap from everyone else.
-pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+/// handshakes in milliseconds, so a NAT in front of a hundred devices reconnecting at once
+/// (device_e2e does that from 127.0.0.1) fits, and one address cannot take the global cap
+/// (1,024) from everyone else.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 128;
 
 /// Default cap on one device identity's connections between the handshake and CONNACK. A
 /// device that reconnects has one pending beside its live session; one certificate cannot
