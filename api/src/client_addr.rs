@@ -17,8 +17,10 @@ use axum::serve::IncomingStream;
 use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
 use crate::error::ApiError;
-use crate::tls::TlsListener;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -26,12 +28,6 @@ const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// (`ConnectInfo<PeerAddr>`); provided by [`crate::serve_tls`] and by plain `axum::serve`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
@@ -52,17 +48,15 @@ pub struct TlsPeer {
     pub client_chain: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, connection) = stream.io().get_ref();
+impl TlsPeer {
+    /// The peer of an established TLS connection from `addr`.
+    pub(crate) fn of(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> Self {
+        let (_, connection) = stream.get_ref();
         let client_chain = connection
             .peer_certificates()
             .filter(|chain| !chain.is_empty())
             .map(|chain| Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect()));
-        TlsPeer {
-            addr: *stream.remote_addr(),
-            client_chain,
-        }
+        TlsPeer { addr, client_chain }
     }
 }
 

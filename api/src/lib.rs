@@ -61,7 +61,10 @@ pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use metrics::ApiMetrics;
 pub use openapi::openapi;
-pub use tls::{serve_tls, tls_server_config, tls_server_config_for, TlsLimits, TlsListener};
+pub use tls::{
+    serve_tls, serve_tls_with, tls_server_config, tls_server_config_for, TlsConnection, TlsLimits,
+    TlsListener, DEFAULT_API_MAX_CONNECTIONS,
+};
 
 /// Largest request body accepted on every route, in bytes: the enrollment contract's limit
 /// (an enrollment request is about 1 KiB; no management body comes near it).

@@ -1,26 +1,40 @@
-//! Serving over TLS: a rustls configuration (the server side's one policy, `certs::tls`) and an axum
-//! [`Listener`] that runs each handshake in its own task with a timeout.
+//! Serving over TLS: a rustls configuration (the server side's one policy, `certs::tls`), an
+//! accept loop that runs each handshake in its own task with a timeout, and hyper's HTTP/1.1
+//! connection with a header-read timeout and an idle timeout on top.
 //!
 //! A plain accept loop that awaits each handshake lets one silent TCP connection stall every
 //! client behind it. Here the accept loop only accepts: every connection gets its own task that
-//! performs the handshake (bounded by [`TlsLimits::handshake_timeout`], and by a cap on how many
-//! are in flight), and hands the finished TLS stream to axum through a channel. axum's
-//! `serve(...).with_graceful_shutdown(...)` works unchanged on top.
+//! performs the handshake (bounded by [`TlsLimits::handshake_timeout`], by a cap on how many are
+//! in flight and a cap per source address), then serves HTTP/1.1 on it. Connections above
+//! [`TlsLimits::max_connections`] are closed at once, so the API cannot take the descriptors the
+//! device broker needs. `axum::serve` sets no header-read timeout (hyper's needs a timer) and no
+//! idle timeout: a client that sends a header byte every few seconds (slowloris), or nothing at
+//! all after its handshake, would hold its connection forever. So [`serve_tls`] drives hyper
+//! itself.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::serve::Listener;
+use axum::extract::ConnectInfo;
 use axum::Router;
-use certs::tls::ClientCertificates;
+use certs::tls::{ClientCertificates, PerKeyLimit, PerKeyPermit};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -62,31 +76,105 @@ pub fn tls_server_config_for(
     )
 }
 
-/// Bounds on the TLS accept path.
+/// Bounds on the TLS accept path and on each connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlsLimits {
     /// A handshake not finished by then is dropped.
     pub handshake_timeout: Duration,
     /// Handshakes in progress at once; accepting pauses at the cap.
     pub max_handshakes_in_flight: usize,
+    /// Handshakes in progress at once from one source IP address; above it a new connection
+    /// from that address is closed at once.
+    pub max_handshakes_per_address: usize,
+    /// Connections at once (handshaking or established); above it a new one is closed at once.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers, counted from when the server starts
+    /// waiting for them: right after the handshake, and after each response (keep-alive).
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved either way for this long is closed (a client that
+    /// stalls its body, or stops reading the response).
+    pub idle_timeout: Duration,
 }
 
+/// Default [`TlsLimits::max_connections`]: far above what enrollment and management need, far
+/// below the broker's share of the descriptors.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 4096;
+
 impl Default for TlsLimits {
-    /// 10 s per handshake, 1,024 in flight.
+    /// 10 s per handshake, 1,024 in flight and 32 per address, 4,096 connections, 10 s to
+    /// send headers, 60 s idle.
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes_in_flight: 1024,
+            max_handshakes_per_address: 32,
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// Established TLS connections waiting for axum to take them.
+impl TlsLimits {
+    /// The name of the first field out of range, and why.
+    pub fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
+        let checks: [(bool, &'static str, &'static str); 6] = [
+            (
+                self.handshake_timeout.is_zero(),
+                "handshake_timeout",
+                "must be positive",
+            ),
+            (
+                self.max_handshakes_in_flight == 0,
+                "max_handshakes_in_flight",
+                "must be at least 1",
+            ),
+            (
+                self.max_handshakes_per_address == 0,
+                "max_handshakes_per_address",
+                "must be at least 1",
+            ),
+            (
+                self.max_connections == 0,
+                "max_connections",
+                "must be at least 1",
+            ),
+            (
+                self.header_read_timeout.is_zero(),
+                "header_read_timeout",
+                "must be positive",
+            ),
+            (
+                self.idle_timeout.is_zero(),
+                "idle_timeout",
+                "must be positive",
+            ),
+        ];
+        checks
+            .into_iter()
+            .find(|(failed, _, _)| *failed)
+            .map(|(_, field, why)| (field, why))
+    }
+}
+
+/// Established TLS connections waiting for the server loop to take them.
 const READY_QUEUE: usize = 64;
+
+/// At most one log line per refusal kind in this many seconds.
+const REFUSAL_LOG_INTERVAL_SECS: u64 = 10;
+
+/// An established TLS connection, holding its place under [`TlsLimits::max_connections`].
+pub struct TlsConnection {
+    /// The TLS stream.
+    pub stream: TlsStream<TcpStream>,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    _connection: OwnedSemaphorePermit,
+}
 
 /// A TCP listener that yields connections only after their TLS handshake succeeded.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<TlsConnection>,
     local_addr: SocketAddr,
     accept_task: JoinHandle<()>,
 }
@@ -112,6 +200,20 @@ impl TlsListener {
             accept_task,
         })
     }
+
+    /// The next established connection.
+    pub async fn accept(&mut self) -> TlsConnection {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended (it only does when the listener is dropped): accept nothing.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
 }
 
 impl Drop for TlsListener {
@@ -120,20 +222,37 @@ impl Drop for TlsListener {
     }
 }
 
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+/// Why the accept loop closed a connection at once.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    ConnectionLimit,
+    AddressHandshakeLimit,
+}
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accept loop ended (it only does when the listener is dropped): accept nothing.
-            None => std::future::pending().await,
+/// The refusals so far, logged at most once per kind every [`REFUSAL_LOG_INTERVAL_SECS`].
+#[derive(Default)]
+struct RefusalLog {
+    counts: [AtomicU64; 2],
+    logged_at: [AtomicU64; 2],
+}
+
+impl RefusalLog {
+    fn refused(&self, refusal: Refusal, peer: IpAddr) {
+        let slot = refusal as usize;
+        let total = self.counts[slot].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let last = self.logged_at[slot].load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < REFUSAL_LOG_INTERVAL_SECS {
+            return;
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
+        if self.logged_at[slot]
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(?refusal, %peer, refused_so_far = total, "API connection refused (logged at most every {REFUSAL_LOG_INTERVAL_SECS} s per kind)");
+        }
     }
 }
 
@@ -141,9 +260,12 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: TlsLimits,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<TlsConnection>,
 ) {
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes_in_flight.max(1)));
+    let per_address = PerKeyLimit::new(limits.max_handshakes_per_address);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refusals = RefusalLog::default();
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -158,21 +280,51 @@ async fn accept_loop(
             },
             () = ready.closed() => return,
         };
+        let Ok(connection) = connections.clone().try_acquire_owned() else {
+            refusals.refused(Refusal::ConnectionLimit, peer.ip());
+            continue;
+        };
+        let Some(address) = per_address.try_acquire(peer.ip()) else {
+            refusals.refused(Refusal::AddressHandshakeLimit, peer.ip());
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let outcome = handshake.await;
-            drop(permit);
-            match outcome {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
+        tokio::spawn(handshake(
+            acceptor.clone(),
+            tcp,
+            peer,
+            (permit, address),
+            connection,
+            limits.handshake_timeout,
+            ready.clone(),
+        ));
+    }
+}
+
+/// One connection's handshake; the established connection goes to the server loop.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: (OwnedSemaphorePermit, PerKeyPermit<IpAddr>),
+    connection: OwnedSemaphorePermit,
+    limit: Duration,
+    ready: mpsc::Sender<TlsConnection>,
+) {
+    let outcome = tokio::time::timeout(limit, acceptor.accept(tcp)).await;
+    drop(slot);
+    match outcome {
+        Ok(Ok(stream)) => {
+            let _ = ready
+                .send(TlsConnection {
+                    stream,
+                    peer,
+                    _connection: connection,
+                })
+                .await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -190,20 +342,175 @@ async fn accept_error(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (the caller bounds how long it waits). Handlers see the TCP peer and the
-/// verified client certificate chain, if any, as [`TlsPeer`] connect info.
+/// Serves `router` over TLS on `listener` with the default [`TlsLimits`]; see
+/// [`serve_tls_with`].
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = TlsListener::new(listener, tls, TlsLimits::default())?;
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<TlsPeer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_tls_with(listener, tls, router, TlsLimits::default(), shutdown).await
+}
+
+/// Serves `router` over TLS on `listener` within `limits` until `shutdown` resolves, then lets
+/// in-flight requests finish (the caller bounds how long it waits). Handlers see the TCP peer
+/// and the verified client certificate chain, if any, as [`TlsPeer`] connect info.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    limits: TlsLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut listener = TlsListener::new(listener, tls, limits)?;
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let connection = tokio::select! {
+            connection = listener.accept() => connection,
+            () = &mut shutdown => break,
+        };
+        let TlsConnection {
+            stream,
+            peer,
+            _connection: permit,
+        } = connection;
+        let service = TowerToHyperService::new(WithPeer {
+            router: router.clone(),
+            peer: TlsPeer::of(&stream, peer),
+        });
+        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let served = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(%peer, %error, "API connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The router, with the connection's [`TlsPeer`] as connect info on every request.
+#[derive(Clone)]
+struct WithPeer {
+    router: Router,
+    peer: TlsPeer,
+}
+
+impl tower_service::Service<hyper::Request<Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<hyper::Request<Incoming>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(self.peer.clone()));
+        self.router.call(request)
+    }
+}
+
+/// A stream that fails once no byte moved either way for `limit`: hyper's header-read timeout
+/// covers a client slow to send its headers, this one a client that stalls later.
+struct IdleTimeout<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn moved(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.limit);
+    }
+
+    /// On a pending read or write: an error once the deadline passed.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle for longer than idle_timeout",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => self.pending(cx),
+        }
+    }
+}
+
+impl<S> IdleTimeout<S> {
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.check_idle(cx) {
+            Ok(()) => Poll::Pending,
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => self.pending(cx),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => ready,
+        }
+    }
 }

@@ -23,6 +23,21 @@ pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default cap on TLS handshakes in progress at once.
 pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 1024;
 
+/// Default cap on TLS handshakes in progress at once from one source address: a device
+/// handshakes in milliseconds, so a NAT in front of a hundred devices reconnecting at once
+/// (device_e2e does that from 127.0.0.1) fits, and one address cannot take the global cap
+/// (1,024) from everyone else.
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 128;
+
+/// Default cap on one device identity's connections between the handshake and CONNACK. A
+/// device that reconnects has one pending beside its live session; one certificate cannot
+/// hold thousands of connections that never send CONNECT.
+pub const DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE: usize = 2;
+
+/// Default largest CONNECT (remaining length). An agent's CONNECT (client id, keep-alive, a
+/// presence will) is well under 1 KiB; no one gets to buffer `max_packet_size` before CONNECT.
+pub const DEFAULT_MAX_CONNECT_SIZE: usize = 4 * 1024;
+
 /// Default cap on device connections (handshaking or connected).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 
@@ -84,6 +99,16 @@ pub struct BrokerConfig {
     /// closed at once (and counted), so a flood of silent sockets cannot queue up in
     /// front of real devices.
     pub max_handshakes_in_flight: usize,
+    /// TLS handshakes in progress at once from one source IP address; above it a new
+    /// connection from that address is closed at once (and counted).
+    pub max_handshakes_per_address: usize,
+    /// Connections of one device identity between its TLS handshake and its CONNACK; above
+    /// it a new one is closed at once (and counted). A live session does not count: a new
+    /// CONNECT still replaces it.
+    pub max_pending_connects_per_device: usize,
+    /// Largest CONNECT (remaining length) a device may send; larger is refused from its
+    /// fixed header.
+    pub max_connect_size: usize,
     /// Device connections at once, handshaking or connected; above it new TCP
     /// connections are closed at once (and counted).
     pub max_connections: usize,
@@ -124,6 +149,9 @@ impl BrokerConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
             max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            max_handshakes_per_address: DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_pending_connects_per_device: DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE,
+            max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             publish_rate: DEFAULT_PUBLISH_RATE,
@@ -138,7 +166,7 @@ impl BrokerConfig {
 
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BrokerError> {
-        let checks: [(bool, &'static str); 12] = [
+        let checks: [(bool, &'static str); 15] = [
             (
                 self.server_cert_chain.is_empty(),
                 "server_cert_chain is empty",
@@ -158,6 +186,18 @@ impl BrokerConfig {
             (
                 self.max_handshakes_in_flight == 0,
                 "max_handshakes_in_flight must be at least 1",
+            ),
+            (
+                self.max_handshakes_per_address == 0,
+                "max_handshakes_per_address must be at least 1",
+            ),
+            (
+                self.max_pending_connects_per_device == 0,
+                "max_pending_connects_per_device must be at least 1",
+            ),
+            (
+                self.max_connect_size < 64 || self.max_connect_size > self.max_packet_size,
+                "max_connect_size must be at least 64 bytes and at most max_packet_size",
             ),
             (
                 self.max_connections == 0,

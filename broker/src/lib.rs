@@ -41,11 +41,12 @@ mod registry;
 mod stats;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use certs::tls::PerKeyLimit;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -56,8 +57,9 @@ use wire::DeviceId;
 pub use config::{
     BrokerConfig, DEFAULT_ADMISSION_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENGINE_SEGMENT_COUNT,
     DEFAULT_ENGINE_SEGMENT_SIZE, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INGEST_SEGMENT_SIZE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
-    DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_SUBSCRIPTIONS,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECT_SIZE,
+    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, DEFAULT_MAX_KEEP_ALIVE,
+    DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE, DEFAULT_MAX_SUBSCRIPTIONS,
     DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
 };
 pub use engine::{LocalMessage, LocalSubscription};
@@ -67,7 +69,7 @@ pub use hooks::{
 };
 pub use stats::{BrokerStats, Refusal};
 
-use connection::{Limits, Shared};
+use connection::{HandshakeSlot, Limits, Shared};
 use engine::{Engine, EngineLimits};
 
 /// How long [`RunningBroker::shutdown`] waits for sessions to end.
@@ -114,6 +116,7 @@ impl Broker {
                 connect_timeout: config.connect_timeout,
                 admission_timeout: config.admission_timeout,
                 max_packet_size: config.max_packet_size,
+                max_connect_size: config.max_connect_size,
                 publish_rate: config.publish_rate,
                 publish_burst: config.publish_burst,
                 max_subscriptions: config.max_subscriptions,
@@ -123,12 +126,16 @@ impl Broker {
             engine,
             counters: Default::default(),
             registry: Default::default(),
+            pending_connects: PerKeyLimit::new(config.max_pending_connects_per_device),
             admission: hooks.admission,
             presence: hooks.presence,
             shutdown: shutdown_rx,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections));
-        let handshakes = Arc::new(Semaphore::new(config.max_handshakes_in_flight));
+        let handshakes = HandshakeLimits {
+            in_flight: Arc::new(Semaphore::new(config.max_handshakes_in_flight)),
+            per_address: PerKeyLimit::new(config.max_handshakes_per_address),
+        };
         let accept_task = tokio::spawn(accept_loop(
             listener,
             Arc::clone(&shared),
@@ -238,13 +245,36 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// The caps on handshakes in progress: all of them, and per source address.
+struct HandshakeLimits {
+    in_flight: Arc<Semaphore>,
+    per_address: PerKeyLimit<IpAddr>,
+}
+
+impl HandshakeLimits {
+    /// A handshake slot for a connection from `address`, or the refusal.
+    fn try_acquire(&self, address: IpAddr) -> Result<HandshakeSlot, Refusal> {
+        let address = self
+            .per_address
+            .try_acquire(address)
+            .ok_or(Refusal::AddressHandshakeLimit)?;
+        let in_flight = Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::HandshakeCapacity)?;
+        Ok(HandshakeSlot {
+            _in_flight: in_flight,
+            _address: address,
+        })
+    }
+}
+
 /// Accepts TCP connections and gives each its own task. Never waits on a device: when
-/// the connection or handshake cap is reached, the new connection is closed at once.
+/// the connection or a handshake cap is reached, the new connection is closed at once.
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
-    handshakes: Arc<Semaphore>,
+    handshakes: HandshakeLimits,
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -262,12 +292,19 @@ async fn accept_loop(
         };
         shared.counters.tcp_accepted();
         let Ok(connection) = Arc::clone(&connections).try_acquire_owned() else {
-            shared.counters.refused(Refusal::ConnectionLimit);
+            shared
+                .counters
+                .refused_and_logged(Refusal::ConnectionLimit, remote_addr.ip());
             continue;
         };
-        let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
-            shared.counters.refused(Refusal::HandshakeCapacity);
-            continue;
+        let handshake = match handshakes.try_acquire(remote_addr.ip()) {
+            Ok(handshake) => handshake,
+            Err(refusal) => {
+                shared
+                    .counters
+                    .refused_and_logged(refusal, remote_addr.ip());
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection::serve(

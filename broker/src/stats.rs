@@ -4,7 +4,15 @@
 //! Prometheus counters (`fleet_broker_refusals_total{reason="publish_topic"}`).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
+
+/// At most one log line per refusal reason in this many seconds, for the refusals an attacker
+/// can cause by the thousand (connection and handshake caps).
+const REFUSAL_LOG_INTERVAL_SECS: u64 = 10;
 
 /// Why the gateway refused a connection, a packet or a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,6 +23,14 @@ pub enum Refusal {
     /// A TCP connection arrived with `max_handshakes_in_flight` in use; it was closed at
     /// once.
     HandshakeCapacity,
+    /// A TCP connection arrived while its source address had `max_handshakes_per_address`
+    /// handshakes in progress; it was closed at once.
+    AddressHandshakeLimit,
+    /// A connection finished its handshake while its device identity had
+    /// `max_pending_connects_per_device` others waiting for CONNACK; it was closed at once.
+    PendingConnectLimit,
+    /// CONNECT above `max_connect_size`, refused from its fixed header. Closed.
+    ConnectTooLarge,
     /// The TLS handshake failed: no client certificate, one from another CA, an expired
     /// one, or a protocol version below TLS 1.2, among others.
     TlsHandshake,
@@ -58,9 +74,12 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 23] = [
         Self::ConnectionLimit,
         Self::HandshakeCapacity,
+        Self::AddressHandshakeLimit,
+        Self::PendingConnectLimit,
+        Self::ConnectTooLarge,
         Self::TlsHandshake,
         Self::TlsHandshakeTimeout,
         Self::Identity,
@@ -86,6 +105,9 @@ impl Refusal {
         match self {
             Self::ConnectionLimit => "connection_limit",
             Self::HandshakeCapacity => "handshake_capacity",
+            Self::AddressHandshakeLimit => "address_handshake_limit",
+            Self::PendingConnectLimit => "pending_connect_limit",
+            Self::ConnectTooLarge => "connect_too_large",
             Self::TlsHandshake => "tls_handshake",
             Self::TlsHandshakeTimeout => "tls_handshake_timeout",
             Self::Identity => "identity",
@@ -128,11 +150,33 @@ pub(crate) struct Counters {
     publishes_received: AtomicU64,
     packets_sent: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
+    /// Per reason, the Unix second of its last log line.
+    refusals_logged_at: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Counters {
     pub(crate) fn refused(&self, reason: Refusal) {
         self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the refusal and logs it, at most once per reason every
+    /// [`REFUSAL_LOG_INTERVAL_SECS`] whatever the rate (the count says how many so far).
+    pub(crate) fn refused_and_logged(&self, reason: Refusal, remote: IpAddr) {
+        let total = self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let logged_at = &self.refusals_logged_at[reason.index()];
+        let last = logged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REFUSAL_LOG_INTERVAL_SECS && last != 0 {
+            return;
+        }
+        if logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            warn!(%reason, %remote, refused_so_far = total, "device connection refused (logged at most every {REFUSAL_LOG_INTERVAL_SECS} s per reason)");
+        }
     }
 
     pub(crate) fn tcp_accepted(&self) {

@@ -12,6 +12,10 @@
 //! server crate. `api/tests/tls_policy.rs` checks the listener side with openssl's client
 //! (TLS 1.1 refused, 1.2 and 1.3 accepted).
 
+mod per_key;
+
+pub use per_key::{PerKeyLimit, PerKeyPermit};
+
 use std::sync::Arc;
 
 use rustls::client::WantsClientCert;

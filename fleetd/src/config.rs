@@ -56,6 +56,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Database tuning.
     pub database: DatabaseConfig,
+    /// Limits on the listeners' connections, per source address and per device.
+    pub connections: ConnectionLimits,
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -136,6 +138,85 @@ pub struct EnrollmentConfig {
     pub broker_url: Option<MqttsUrl>,
     /// Proxies whose `X-Forwarded-For` is believed for the client address (CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What one source address or one device may hold on the listeners, so that no one client
+/// locks the others out (the global caps alone let one address take them all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// TLS handshakes in progress at once from one IP address on the broker listener.
+    pub broker_max_handshakes_per_address: usize,
+    /// Connections of one device between its TLS handshake and CONNACK.
+    pub broker_max_pending_connects_per_device: usize,
+    /// Largest MQTT CONNECT, in bytes.
+    pub broker_max_connect_size: usize,
+    /// TLS handshakes in progress at once from one IP address on the API listener.
+    pub api_max_handshakes_per_address: usize,
+    /// Connections at once on the API listener.
+    pub api_max_connections: usize,
+    /// Time an API client has to send a request's headers (after the handshake, and between
+    /// keep-alive requests).
+    #[serde(with = "humantime_serde")]
+    pub api_header_read_timeout: Duration,
+    /// An API connection on which nothing moved for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub api_idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        let api = api::TlsLimits::default();
+        Self {
+            broker_max_handshakes_per_address: broker::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            broker_max_pending_connects_per_device: broker::DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE,
+            broker_max_connect_size: broker::DEFAULT_MAX_CONNECT_SIZE,
+            api_max_handshakes_per_address: api.max_handshakes_per_address,
+            api_max_connections: api.max_connections,
+            api_header_read_timeout: api.header_read_timeout,
+            api_idle_timeout: api.idle_timeout,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The first field out of range, and why.
+    fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
+        let at_least_one = [
+            (
+                self.broker_max_handshakes_per_address,
+                "connections.broker_max_handshakes_per_address",
+            ),
+            (
+                self.broker_max_pending_connects_per_device,
+                "connections.broker_max_pending_connects_per_device",
+            ),
+            (
+                self.api_max_handshakes_per_address,
+                "connections.api_max_handshakes_per_address",
+            ),
+            (self.api_max_connections, "connections.api_max_connections"),
+        ];
+        if let Some((_, field)) = at_least_one.iter().find(|(value, _)| *value == 0) {
+            return Some((field, "must be at least 1"));
+        }
+        if !(64..=broker::DEFAULT_MAX_PACKET_SIZE).contains(&self.broker_max_connect_size) {
+            return Some((
+                "connections.broker_max_connect_size",
+                "must be between 64 bytes and the broker's packet size limit",
+            ));
+        }
+        if self.api_header_read_timeout.is_zero() {
+            return Some((
+                "connections.api_header_read_timeout",
+                "must be longer than zero",
+            ));
+        }
+        if self.api_idle_timeout.is_zero() {
+            return Some(("connections.api_idle_timeout", "must be longer than zero"));
+        }
+        None
+    }
 }
 
 /// Logging settings.
@@ -320,6 +401,7 @@ impl Default for Config {
             enrollment: EnrollmentConfig::default(),
             log: LogConfig::default(),
             database: DatabaseConfig::default(),
+            connections: ConnectionLimits::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -508,6 +590,9 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return reject("database.max_connections", "must be at least 1");
+        }
+        if let Some((field, reason)) = self.connections.invalid_field() {
+            return reject(field, reason);
         }
         if self.database.connect_timeout.is_zero() {
             return reject("database.connect_timeout", "must be longer than zero");
@@ -745,6 +830,30 @@ connect_timeout = "{connect_timeout}"
 # Directory of initdb and postgres for the private cluster. Default (unset): found with
 # pg_config --bindir or under /usr/lib/postgresql.
 # postgres_bindir = "/usr/lib/postgresql/16/bin"
+
+# --- [connections]: what one address or one device may hold on the listeners. ----------------
+# Above a cap the new connection is closed at once and counted; refusals are logged at most
+# every 10 s per kind. fleetd raises its soft descriptor limit to the hard one at start and
+# lowers the broker's and the API's connection caps to fit it if needed (with a warning), so
+# neither listener can take the descriptors of the other. Environment:
+# FLEETD_CONNECTIONS__<KEY>, e.g. FLEETD_CONNECTIONS__API_IDLE_TIMEOUT=2m.
+[connections]
+# TLS handshakes in progress at once from one IP address, broker listener.
+broker_max_handshakes_per_address = {broker_per_address}
+# Connections of one device between its TLS handshake and CONNACK (its live session does
+# not count: a new CONNECT still replaces it).
+broker_max_pending_connects_per_device = {broker_pending}
+# Largest MQTT CONNECT, in bytes.
+broker_max_connect_size = {broker_connect_size}
+# TLS handshakes in progress at once from one IP address, API listener.
+api_max_handshakes_per_address = {api_per_address}
+# Connections at once on the API listener.
+api_max_connections = {api_connections}
+# Time an API client has to send a request's headers (after the handshake, and between
+# keep-alive requests); a slowloris client is closed then.
+api_header_read_timeout = "{api_header_read_timeout}"
+# An API connection on which no byte moved either way for this long is closed.
+api_idle_timeout = "{api_idle_timeout}"
 "#,
         data_dir = d.data_dir.display().to_string(),
         production = d.production,
@@ -771,6 +880,13 @@ connect_timeout = "{connect_timeout}"
         log_level = d.log.level,
         max_connections = d.database.max_connections,
         connect_timeout = humantime::format_duration(d.database.connect_timeout),
+        broker_per_address = d.connections.broker_max_handshakes_per_address,
+        broker_pending = d.connections.broker_max_pending_connects_per_device,
+        broker_connect_size = d.connections.broker_max_connect_size,
+        api_per_address = d.connections.api_max_handshakes_per_address,
+        api_connections = d.connections.api_max_connections,
+        api_header_read_timeout = humantime::format_duration(d.connections.api_header_read_timeout),
+        api_idle_timeout = humantime::format_duration(d.connections.api_idle_timeout),
     )
 }
 
@@ -783,6 +899,47 @@ mod tests {
         let path = dir.path().join("fleetd.toml");
         std::fs::write(&path, text).unwrap();
         Config::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn connection_limits_out_of_range_are_refused_naming_the_field() {
+        for (text, field) in [
+            (
+                "[connections]\nbroker_max_handshakes_per_address = 0",
+                "connections.broker_max_handshakes_per_address",
+            ),
+            (
+                "[connections]\nbroker_max_pending_connects_per_device = 0",
+                "connections.broker_max_pending_connects_per_device",
+            ),
+            (
+                "[connections]\nbroker_max_connect_size = 10",
+                "connections.broker_max_connect_size",
+            ),
+            (
+                "[connections]\napi_max_handshakes_per_address = 0",
+                "connections.api_max_handshakes_per_address",
+            ),
+            (
+                "[connections]\napi_max_connections = 0",
+                "connections.api_max_connections",
+            ),
+            (
+                "[connections]\napi_header_read_timeout = \"0s\"",
+                "connections.api_header_read_timeout",
+            ),
+            (
+                "[connections]\napi_idle_timeout = \"0s\"",
+                "connections.api_idle_timeout",
+            ),
+        ] {
+            let err = load_toml(text).unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let limits = load_toml("[connections]\napi_idle_timeout = \"2m\"")
+            .unwrap()
+            .connections;
+        assert_eq!(limits.api_idle_timeout, Duration::from_secs(120));
     }
 
     #[test]
@@ -1100,8 +1257,8 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 6,
-            "pki, enrollment, ingest, external_broker, log, database"
+            sections, 7,
+            "pki, enrollment, ingest, external_broker, log, database, connections"
         );
         for key in [
             "database_url",

@@ -5,6 +5,7 @@
 pub mod config;
 mod crl_file;
 mod data_path;
+mod descriptors;
 mod device_sessions;
 mod metrics;
 pub mod pki;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::descriptors::DescriptorBudget;
 use crate::device_sessions::{self, OnlineDevices};
 use crate::pki::ServerPki;
 use crate::Config;
@@ -57,6 +58,10 @@ enum DeviceFront {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::production::check(&config)?;
     let pki = crate::pki::prepare(&config)?;
+    let descriptors = crate::descriptors::raise_and_split(
+        broker::DEFAULT_MAX_CONNECTIONS,
+        config.connections.api_max_connections,
+    );
     let database = Database::open(&config.database_settings(), Purpose::Server)
         .await
         .context("opening the database")?;
@@ -64,7 +69,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // One registry for every component, served on metrics_listen.
     let mut registry = prometheus_client::registry::Registry::default();
     let api_metrics = api::ApiMetrics::register(&mut registry);
-    let devices = match start_devices(&config, &pki, &database, registry).await {
+    let devices = match start_devices(&config, &pki, &database, registry, descriptors).await {
         Ok(devices) => devices,
         Err(e) => {
             database.close().await.ok();
@@ -75,7 +80,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .broker_addr()
         .map_or(config.broker_listen.port(), |addr| addr.port());
     let broker_url = config.broker_url(bound_port);
-    let api = start_api(&config, &pki, &database, broker_url, api_metrics, stopped).await;
+    let api = start_api(
+        &config,
+        &pki,
+        &database,
+        broker_url,
+        api_metrics,
+        stopped,
+        descriptors,
+    )
+    .await;
     let (api_addr, api) = match api {
         Ok(api) => api,
         Err(e) => {
@@ -108,6 +122,7 @@ async fn start_devices(
     pki: &ServerPki,
     database: &Database,
     mut registry: prometheus_client::registry::Registry,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<DeviceServices> {
     let metrics = ingest::Metrics::register(&mut registry);
     let start_ingest = |acks: Arc<dyn ingest::AckSink>| {
@@ -121,7 +136,8 @@ async fn start_devices(
     };
     let (front, ingest) = match config.external_broker.host_port() {
         None => {
-            let (broker, presence_rx) = start_embedded_broker(config, pki, database).await?;
+            let (broker, presence_rx) =
+                start_embedded_broker(config, pki, database, descriptors).await?;
             let (sender, ingest) =
                 start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
             let subscription = broker
@@ -200,6 +216,7 @@ async fn start_embedded_broker(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<(
     Arc<RunningBroker>,
     mpsc::UnboundedReceiver<broker::PresenceEvent>,
@@ -210,6 +227,11 @@ async fn start_embedded_broker(
         pki.issuing_ca.root_der().clone(),
     );
     broker_config.listen = config.broker_listen;
+    broker_config.max_connections = descriptors.broker_connections;
+    let limits = &config.connections;
+    broker_config.max_handshakes_per_address = limits.broker_max_handshakes_per_address;
+    broker_config.max_pending_connects_per_device = limits.broker_max_pending_connects_per_device;
+    broker_config.max_connect_size = limits.broker_max_connect_size;
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
         admission: device_sessions::admission_check(
@@ -314,6 +336,7 @@ async fn start_api(
     broker_url: String,
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
+    descriptors: DescriptorBudget,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(config.api_listen)
         .await
@@ -340,7 +363,14 @@ async fn start_api(
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let serve = api::serve_tls(listener, tls, api::router(state), shutdown);
+    let limits = api::TlsLimits {
+        max_handshakes_per_address: config.connections.api_max_handshakes_per_address,
+        max_connections: descriptors.api_connections,
+        header_read_timeout: config.connections.api_header_read_timeout,
+        idle_timeout: config.connections.api_idle_timeout,
+        ..api::TlsLimits::default()
+    };
+    let serve = api::serve_tls_with(listener, tls, api::router(state), limits, shutdown);
     let task = tokio::spawn(async move {
         let served = serve.await;
         follower.abort();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ApiState, EnrollLimits};
+use api::{ApiState, EnrollLimits, TlsLimits};
 use base64::Engine;
 use certs::{IssuingCa, Pki, PkiParams, ServerCertParams};
 use fleet_tests::TestDb;
@@ -43,6 +43,15 @@ impl TestServer {
 
     /// A server that believes `X-Forwarded-For` from `trusted_proxies`.
     pub async fn start_with(trusted_proxies: Vec<IpNet>) -> Self {
+        Self::start_configured(trusted_proxies, TlsLimits::default()).await
+    }
+
+    /// A server whose listener applies `limits`.
+    pub async fn start_limited(limits: TlsLimits) -> Self {
+        Self::start_configured(Vec::new(), limits).await
+    }
+
+    async fn start_configured(trusted_proxies: Vec<IpNet>, limits: TlsLimits) -> Self {
         let test_db = TestDb::new().await;
         let db = test_db.open().await;
         let tenant = tenants::create(&db.app, "acme", &store::audit::Actor::System)
@@ -74,9 +83,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(api::serve_tls(listener, tls, api::router(state), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(api::serve_tls_with(
+            listener,
+            tls,
+            api::router(state),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             addr,
             ca,

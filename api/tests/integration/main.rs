@@ -3,5 +3,6 @@
 
 mod common;
 mod enroll;
+mod exhaustion;
 mod renew;
 mod tls_policy;

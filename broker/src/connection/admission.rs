@@ -50,8 +50,11 @@ pub(super) async fn admit(
             return Err(Some(Refusal::ProtocolVersion));
         }
         Ok(Err(ReadError::Closed | ReadError::Io(_))) => return Err(None),
+        Ok(Err(ReadError::TooLarge)) => return Err(Some(Refusal::ConnectTooLarge)),
         Ok(Err(error)) => return Err(Some(error.refusal())),
     };
+    // CONNECT was read under `max_connect_size`; the session's packets get the full size.
+    device.set_max_packet_size(shared.limits.max_packet_size);
     // Username and password, if any, are ignored: the certificate is the credential.
     if let Err(refusal) = check_connect(
         identity.device_id,

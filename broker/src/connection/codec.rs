@@ -41,6 +41,11 @@ impl DeviceIo {
         }
     }
 
+    /// Changes the largest packet the reader accepts from now on.
+    pub(super) fn set_max_packet_size(&mut self, max_packet_size: usize) {
+        self.reader.max_packet_size = max_packet_size;
+    }
+
     /// Reads the next packet (cancel safe: partial input stays in the reader).
     pub(super) async fn read_packet(&mut self) -> Result<(Packet, u8), ReadError> {
         self.reader.next(&mut self.stream).await

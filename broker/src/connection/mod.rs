@@ -22,10 +22,11 @@ mod codec;
 mod registration;
 mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use certs::tls::{PerKeyLimit, PerKeyPermit};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::timeout;
@@ -37,6 +38,7 @@ use crate::hooks::{AdmissionCheck, PresenceEvent};
 use crate::registry::Registry;
 use crate::stats::{Counters, Refusal};
 use crate::tls;
+use wire::DeviceId;
 
 use codec::{DeviceIo, Stream};
 
@@ -50,6 +52,7 @@ pub(crate) struct Limits {
     pub(crate) connect_timeout: Duration,
     pub(crate) admission_timeout: Duration,
     pub(crate) max_packet_size: usize,
+    pub(crate) max_connect_size: usize,
     pub(crate) publish_rate: f64,
     pub(crate) publish_burst: u32,
     pub(crate) max_subscriptions: usize,
@@ -63,9 +66,18 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) registry: Arc<Registry>,
+    /// Connections per device identity between the handshake and CONNACK.
+    pub(crate) pending_connects: PerKeyLimit<DeviceId>,
     pub(crate) admission: AdmissionCheck,
     pub(crate) presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A connection's place under the handshake caps (in flight, and per source address),
+/// held until its handshake ends.
+pub(crate) struct HandshakeSlot {
+    pub(crate) _in_flight: OwnedSemaphorePermit,
+    pub(crate) _address: PerKeyPermit<IpAddr>,
 }
 
 /// Serves one accepted TCP connection to its end. `_connection` is held for the
@@ -74,7 +86,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     remote_addr: SocketAddr,
-    handshake: OwnedSemaphorePermit,
+    handshake: HandshakeSlot,
     _connection: OwnedSemaphorePermit,
 ) {
     let Some(stream) = tls_handshake(&shared, tcp, handshake).await else {
@@ -90,8 +102,18 @@ pub(crate) async fn serve(
         }
     };
     shared.counters.handshake_completed();
-    let mut device = DeviceIo::new(stream, shared.limits.max_packet_size);
-    match admission::admit(&shared, &mut device, identity, serial, remote_addr).await {
+    // Held until CONNACK or refusal: one certificate cannot park many connections here.
+    let Some(pending) = shared.pending_connects.try_acquire(identity.device_id) else {
+        shared
+            .counters
+            .refused_and_logged(Refusal::PendingConnectLimit, remote_addr.ip());
+        codec::close(stream).await;
+        return;
+    };
+    let mut device = DeviceIo::new(stream, shared.limits.max_connect_size);
+    let admitted = admission::admit(&shared, &mut device, identity, serial, remote_addr).await;
+    drop(pending);
+    match admitted {
         Ok(admitted) => session::run(&shared, device, admitted, identity).await,
         Err(refusal) => {
             if let Some(refusal) = refusal {
@@ -105,11 +127,7 @@ pub(crate) async fn serve(
 
 /// The TLS handshake, bounded by the handshake timeout. Any failure (no certificate,
 /// another CA, expired, TLS below 1.2, garbage) is counted as such and ends here.
-async fn tls_handshake(
-    shared: &Shared,
-    tcp: TcpStream,
-    permit: OwnedSemaphorePermit,
-) -> Option<Stream> {
+async fn tls_handshake(shared: &Shared, tcp: TcpStream, permit: HandshakeSlot) -> Option<Stream> {
     let result = timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp)).await;
     drop(permit);
     match result {

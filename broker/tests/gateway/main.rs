@@ -4,6 +4,7 @@
 //! subscriber or crypto provider (clients pass ring explicitly).
 
 mod common;
+mod exhaustion;
 mod identity;
 mod interop;
 mod limits;
