@@ -6,18 +6,28 @@
 //! performs the handshake (bounded by [`TlsLimits::handshake_timeout`], and by a cap on how many
 //! are in flight), and hands the finished TLS stream to axum through a channel. axum's
 //! `serve(...).with_graceful_shutdown(...)` works unchanged on top.
+//!
+//! When hyper is done with a connection whose request body it did not read (a 413 answered from
+//! `Content-Length` alone), closing the socket with the client's bytes still arriving makes the
+//! kernel send a reset, and the client loses the answer it had not read yet. So a connection is
+//! closed lingering, as web servers do: the write side is shut, and what the client still sends
+//! is read and discarded until it closes, for at most [`LINGER_TIMEOUT`] and
+//! [`LINGER_MAX_BYTES`].
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
 use axum::Router;
 use certs::tls::ClientCertificates;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::{ServerConfig, ServerConnection};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -121,12 +131,12 @@ impl Drop for TlsListener {
 }
 
 impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = ServedConnection;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
-            Some(connection) => connection,
+            Some((tls, peer)) => (ServedConnection { tls: Some(tls) }, peer),
             // The accept loop ended (it only does when the listener is dropped): accept nothing.
             None => std::future::pending().await,
         }
@@ -135,6 +145,96 @@ impl Listener for TlsListener {
     fn local_addr(&self) -> io::Result<Self::Addr> {
         Ok(self.local_addr)
     }
+}
+
+/// How long a closed connection keeps reading what its client still sends.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes a closed connection reads and discards before it gives up on the client.
+pub const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// An established TLS connection as axum serves it; closed lingering when dropped (see the module
+/// documentation).
+pub struct ServedConnection {
+    /// `None` only once dropped.
+    tls: Option<TlsStream<TcpStream>>,
+}
+
+impl ServedConnection {
+    /// The TCP stream and the TLS state.
+    pub fn get_ref(&self) -> (&TcpStream, &ServerConnection) {
+        self.tls.as_ref().expect("present until dropped").get_ref()
+    }
+
+    fn tls(self: Pin<&mut Self>) -> Pin<&mut TlsStream<TcpStream>> {
+        Pin::new(self.get_mut().tls.as_mut().expect("present until dropped"))
+    }
+}
+
+impl AsyncRead for ServedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.tls().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.tls().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tls().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tls().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.tls().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_write_vectored())
+    }
+}
+
+impl Drop for ServedConnection {
+    fn drop(&mut self) {
+        let Some(tls) = self.tls.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(tls.into_inner().0));
+        }
+    }
+}
+
+/// Shuts the write side (TLS close_notify has been sent by hyper's shutdown, or the connection
+/// is being abandoned), then discards what the client still sends until it closes or the bounds
+/// are reached; only then is the socket closed.
+async fn linger(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut discarded = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        while discarded < LINGER_MAX_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
 }
 
 async fn accept_loop(

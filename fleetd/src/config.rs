@@ -106,7 +106,7 @@ impl ExternalBrokerSettings {
 }
 
 /// Device onboarding settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnrollmentConfig {
     /// The broker URL enrolled devices are told to use. `None` (absent or empty): the
@@ -115,6 +115,24 @@ pub struct EnrollmentConfig {
     pub broker_url: Option<MqttsUrl>,
     /// Proxies whose `X-Forwarded-For` is believed for the client address (CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Refused enrollments one client address may make per `failed_attempts_window` before it
+    /// is answered 429 until the window ends (other addresses are not affected).
+    pub max_failed_attempts_per_source: u32,
+    /// The window of `max_failed_attempts_per_source`.
+    #[serde(with = "humantime_serde")]
+    pub failed_attempts_window: Duration,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        let limits = api::EnrollLimits::default();
+        Self {
+            broker_url: None,
+            trusted_proxies: Vec::new(),
+            max_failed_attempts_per_source: limits.failures_per_window,
+            failed_attempts_window: limits.failure_window,
+        }
+    }
 }
 
 /// Logging settings.
@@ -484,6 +502,18 @@ impl Config {
         if self.pki.device_cert_lifetime < Duration::from_secs(60) {
             return reject("pki.device_cert_lifetime", "must be at least 1m");
         }
+        if self.enrollment.max_failed_attempts_per_source == 0 {
+            return reject(
+                "enrollment.max_failed_attempts_per_source",
+                "must be at least 1",
+            );
+        }
+        if self.enrollment.failed_attempts_window.is_zero() {
+            return reject(
+                "enrollment.failed_attempts_window",
+                "must be longer than zero",
+            );
+        }
         if let Some(url) = &self.external_broker.url {
             if url.port().is_none() {
                 return reject(
@@ -627,13 +657,18 @@ server_ips = {server_ips:?}
 device_cert_lifetime = "{device_cert_lifetime}"
 
 # --- [enrollment]: device onboarding through POST /v1/enroll. -------------------------------
-# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES.
+# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES,
+# FLEETD_ENROLLMENT__MAX_FAILED_ATTEMPTS_PER_SOURCE, FLEETD_ENROLLMENT__FAILED_ATTEMPTS_WINDOW.
 [enrollment]
 # Broker URL (mqtts://host[:port]) given to enrolled devices. Default (unset):
 # external_broker.url when set, else mqtts://<first server name>:<broker_listen port>.
 # broker_url = "mqtts://fleet.example:8883"
 # Proxies (CIDRs) whose X-Forwarded-For header is believed for the client address.
 trusted_proxies = []
+# Refused enrollments (bad token, CSR or request) one client address may make per window;
+# past it that address alone is answered 429 with Retry-After until the window ends.
+max_failed_attempts_per_source = {max_failed_attempts_per_source}
+failed_attempts_window = "{failed_attempts_window}"
 
 # --- [ingest]: how device records are batched into PostgreSQL. ------------------------------
 # Records per batch and the time window, writer tasks, queue and memory bounds (while the
@@ -692,6 +727,8 @@ connect_timeout = "{connect_timeout}"
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         device_cert_lifetime = humantime::format_duration(d.pki.device_cert_lifetime),
+        max_failed_attempts_per_source = d.enrollment.max_failed_attempts_per_source,
+        failed_attempts_window = humantime::format_duration(d.enrollment.failed_attempts_window),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
         share_group = d.external_broker.share_group,
         log_format = match d.log.format {
@@ -796,6 +833,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
+        for (field, bad) in [
+            ("max_failed_attempts_per_source", "0"),
+            ("failed_attempts_window", "\"0s\""),
+        ] {
+            let err = load_toml(&format!("[enrollment]\n{field} = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("enrollment.{field}")), "{err}");
+        }
         let err = load_toml("[pki]\nserver_ips = [\"localhost\"]")
             .unwrap_err()
             .to_string();

@@ -309,6 +309,11 @@ async fn start_api(
         key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
         trusted_proxies: config.enrollment.trusted_proxies.clone(),
+        enroll_limits: api::EnrollLimits {
+            failures_per_window: config.enrollment.max_failed_attempts_per_source,
+            failure_window: config.enrollment.failed_attempts_window,
+            ..api::EnrollLimits::default()
+        },
         metrics,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };

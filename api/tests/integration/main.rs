@@ -3,5 +3,6 @@
 
 mod common;
 mod enroll;
+mod enroll_cost;
 mod renew;
 mod tls_policy;
