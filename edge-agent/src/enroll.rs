@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use wire::enrollment::{self, CertificateResponse, RenewRequest, ENROLL_PATH, RENEW_PATH};
 use wire::DeviceId;
 
@@ -184,6 +185,7 @@ pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRe
         .await
         .map_err(|err| EnrollError::Failed(format!("enrollment failed: {err}")))?;
     let (answer, _) = parse_success(Call::Enroll, &response)?;
+    check_root_is_the_anchor(&answer, &anchor)?;
     let record = DeviceRecord {
         device_id: answer.device_id,
         tenant_id: answer.tenant_id,
@@ -195,6 +197,23 @@ pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRe
     };
     store(dir, &record, &key, &answer, Some(&answer.ca_certificate))?;
     Ok(record)
+}
+
+/// The root the server returns is pinned from now on: it must be the `--ca` this enrollment
+/// trusted, not one the server chose.
+fn check_root_is_the_anchor(
+    answer: &CertificateResponse,
+    anchor: &CertificateDer<'_>,
+) -> Result<(), EnrollError> {
+    let returned = identity::parse_certs(&answer.ca_certificate, "ca_certificate")
+        .map_err(|err| EnrollError::Failed(err.to_string()))?;
+    if returned.len() == 1 && returned[0].as_ref() == anchor.as_ref() {
+        Ok(())
+    } else {
+        Err(EnrollError::Failed(
+            "the server's ca_certificate is not the --ca root this enrollment trusted; refusing to pin it".to_owned(),
+        ))
+    }
 }
 
 /// Renews the certificate: new key and CSR, `POST /v1/renew` presenting the current
