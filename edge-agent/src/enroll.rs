@@ -10,6 +10,7 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use wire::enrollment::{self, CertificateResponse, RenewRequest, ENROLL_PATH, RENEW_PATH};
 use wire::DeviceId;
+use zeroize::Zeroize;
 
 use crate::certinfo::{self, Validity};
 use crate::https::{self, Problem, Response};
@@ -54,14 +55,17 @@ pub enum EnrollError {
 pub fn new_key_and_csr() -> Result<(SecretPem, String), EnrollError> {
     let failed =
         |err: rcgen::Error| EnrollError::Failed(format!("generating the device key: {err}"));
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
+    let mut key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
     let mut params = rcgen::CertificateParams::new(Vec::new()).map_err(failed)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "fleet-agent");
     let csr = params.serialize_request(&key).map_err(failed)?;
     let csr_pem = csr.pem().map_err(failed)?;
-    Ok((SecretPem::new(key.serialize_pem()), csr_pem))
+    let pem = SecretPem::new(key.serialize_pem());
+    // rcgen's copy of the key (its PKCS#8 DER) is not wiped on drop: wipe it now.
+    key.zeroize();
+    Ok((pem, csr_pem))
 }
 
 /// The one-line message for a refusal, by status (RFC 7807 `detail` appended when given).
