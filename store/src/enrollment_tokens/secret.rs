@@ -160,7 +160,7 @@ impl TokenHash {
     }
 
     /// Reads the stored text.
-    pub(crate) fn from_stored(text: String) -> Self {
+    pub fn from_stored(text: String) -> Self {
         match text.strip_prefix(SHA256_PREFIX).map(decode_digest) {
             Some(Some(digest)) => Self::Sha256(digest),
             _ => Self::Legacy(SecretHash::from_stored(text)),
