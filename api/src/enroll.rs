@@ -102,8 +102,7 @@ async fn enroll_from(
 /// The presented secret's SHA-256 was computed at parsing, so the common case hashes nothing
 /// while the connection is held. A token from before migration 0008 (argon2id) is verified after
 /// the first transaction has ended, at most `max_concurrent_verifications` at once (requests
-/// waiting their turn hold no connection); its row is then read again in a new transaction and
-/// its hash upgraded to SHA-256 there.
+/// waiting their turn hold no connection); its row is then read again in a new transaction.
 async fn verified_token(
     ctx: &Ctx,
     presented: &PresentedToken,
@@ -115,19 +114,12 @@ async fn verified_token(
         HashCheck::NeedsArgon2(legacy) => {
             tx.rollback().await?;
             verify_legacy(ctx, &legacy, presented).await?;
-            let (mut tx, candidate) = begin_with_token(ctx, presented).await?;
-            // The row may have changed meanwhile: a racing enrollment upgraded it (fine if to
-            // this secret's digest), or anything else (refused).
-            let still_this_secret = match &candidate.hash {
-                TokenHash::Legacy(stored) => *stored == legacy,
-                upgraded => matches!(upgraded.check(presented), HashCheck::Matches),
-            };
-            if !still_this_secret {
-                return Err(ApiError::InvalidToken);
+            let (tx, candidate) = begin_with_token(ctx, presented).await?;
+            // Hashes are never rewritten; this one must still be the one just verified.
+            match &candidate.hash {
+                TokenHash::Legacy(stored) if *stored == legacy => Ok((tx, candidate.token)),
+                _ => Err(ApiError::InvalidToken),
             }
-            enrollment_tokens::upgrade_hash(&mut tx, candidate.token.id, &legacy, presented)
-                .await?;
-            Ok((tx, candidate.token))
         }
     }
 }

@@ -12,7 +12,7 @@
 //!    tenant's tokens can be found);
 //! 2. [`TokenHash::check`] compares the presented secret's digest in constant time; for a token
 //!    with a legacy argon2id hash the caller ends the transaction, runs
-//!    [`secret::verify_legacy`] off the executor, and starts again with [`upgrade_hash`];
+//!    [`secret::verify_legacy`] off the executor, and starts again;
 //! 3. [`admit`] checks revocation, expiry and the source address, then takes one use with a
 //!    single conditional `UPDATE`: the row lock serialises racing enrollments and each re-checks
 //!    the limits on the row as the previous one left it, so two cannot take the last slot.
@@ -380,27 +380,6 @@ pub async fn load_for_enrollment(
         })
     })
     .transpose()
-}
-
-/// Replaces the argon2id hash `legacy` of token `id`, whose secret has just verified, by its
-/// SHA-256 `upgraded`, so later enrollments with it cost no argon2. Changes nothing when the
-/// stored hash is no longer `legacy` (another enrollment upgraded it first).
-pub async fn upgrade_hash(
-    tx: &mut TenantTx,
-    id: EnrollmentTokenId,
-    legacy: &SecretHash,
-    presented: &PresentedToken,
-) -> Result<(), StoreError> {
-    let upgraded = presented.stored_hash().to_stored();
-    sqlx::query!(
-        "UPDATE enrollment_tokens SET secret_hash = $3 WHERE token_id = $1 AND secret_hash = $2",
-        id as EnrollmentTokenId,
-        legacy.as_str(),
-        upgraded,
-    )
-    .execute(tx.conn())
-    .await?;
-    Ok(())
 }
 
 /// Why a token whose secret verified does not admit an enrollment.

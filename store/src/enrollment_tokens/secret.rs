@@ -28,8 +28,7 @@
 //!
 //! Tokens created before migration 0008 carry an argon2id PHC string (`$argon2id$…`). They keep
 //! working: [`TokenHash::Legacy`] is verified with argon2id off the executor and without a database
-//! connection held, and the first enrollment that verifies re-stores the hash as SHA-256
-//! ([`super::upgrade_hash`]), so each old token pays argon2 for real enrollments once.
+//! connection held. They are not re-hashed: the application role may not rewrite hashes.
 
 use std::fmt;
 
@@ -240,11 +239,6 @@ impl PresentedToken {
     /// The secret to verify.
     pub fn secret(&self) -> &TokenSecret {
         &self.secret
-    }
-
-    /// The hash to store for this secret (an upgraded legacy token).
-    pub(crate) fn stored_hash(&self) -> TokenHash {
-        TokenHash::Sha256(self.digest.clone())
     }
 }
 
