@@ -372,8 +372,9 @@ impl KeyCache {
     }
 }
 
-/// Failed authentications per source address in a fixed window; past the limit the address is
-/// answered 429 before any lookup until the window ends. Bounded in memory.
+/// Failed attempts per source address in a fixed window; past the limit the address is answered
+/// 429 before any lookup until the window ends. Bounded in memory. One instance counts API key
+/// failures, another failed enrollments.
 pub(crate) struct FailureLimiter {
     windows: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     limit: u32,
@@ -403,6 +404,38 @@ impl FailureLimiter {
 
     fn record(&self, source: IpAddr) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = self.current_window(&mut windows, source);
+        entry.0 = entry.0.saturating_add(1);
+    }
+
+    /// Counts an attempt of `source` as failed before it runs, or returns the seconds to wait
+    /// when `source` is over the limit. Concurrent attempts cannot overshoot the limit this way;
+    /// an attempt that does not fail is handed back with [`FailureLimiter::give_back`].
+    pub(crate) fn try_take(&self, source: IpAddr) -> Result<(), u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let (limit, window) = (self.limit, self.window);
+        let entry = self.current_window(&mut windows, source);
+        if entry.0 >= limit {
+            return Err((window.saturating_sub(entry.1.elapsed())).as_secs().max(1));
+        }
+        entry.0 += 1;
+        Ok(())
+    }
+
+    /// Hands back an attempt taken with [`FailureLimiter::try_take`] that did not fail.
+    pub(crate) fn give_back(&self, source: IpAddr) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = windows.get_mut(&source) {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+
+    /// The count and start of `source`'s window, a new one if the last has ended.
+    fn current_window<'a>(
+        &self,
+        windows: &'a mut HashMap<IpAddr, (u32, Instant)>,
+        source: IpAddr,
+    ) -> &'a mut (u32, Instant) {
         let now = Instant::now();
         if windows.len() >= MAX_TRACKED_SOURCES {
             windows.retain(|_, (_, started)| now.duration_since(*started) < self.window);
@@ -411,7 +444,7 @@ impl FailureLimiter {
         if now.duration_since(entry.1) >= self.window {
             *entry = (0, now);
         }
-        entry.0 = entry.0.saturating_add(1);
+        entry
     }
 }
 
@@ -468,6 +501,22 @@ mod tests {
         assert_eq!(limiter.blocked(b), None);
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(limiter.blocked(a), None);
+    }
+
+    #[test]
+    fn attempts_taken_ahead_stop_at_the_limit_and_only_for_that_address() {
+        let limiter = FailureLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(limiter.try_take(a), Ok(()));
+        assert_eq!(limiter.try_take(a), Ok(()));
+        let wait = limiter.try_take(a).unwrap_err();
+        assert!((59..=60).contains(&wait), "{wait}");
+        assert_eq!(limiter.try_take(b), Ok(()));
+        // An attempt that succeeded is handed back: the address may try again.
+        limiter.give_back(a);
+        assert_eq!(limiter.try_take(a), Ok(()));
+        assert!(limiter.try_take(a).is_err());
     }
 
     #[test]

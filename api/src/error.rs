@@ -72,8 +72,8 @@ pub enum ApiError {
     /// answer for all, so nothing tells which (the log and the metrics do).
     #[error("a valid API key is required (Authorization: Bearer fpk_...)")]
     InvalidApiKey,
-    /// 429 with `Retry-After`: too many failed authentications from this address.
-    #[error("too many failed authentications from this address; retry later")]
+    /// 429 with `Retry-After`: too many failed authentications or enrollments from this address.
+    #[error("too many failed attempts from this address; retry later")]
     TooManyFailures {
         /// Seconds until the address may try again.
         retry_after_secs: u64,
@@ -165,6 +165,13 @@ impl From<JsonRejection> for ApiError {
 }
 
 impl ApiError {
+    /// Whether this answer refuses what the client sent (a 4xx other than "wait and retry"): what
+    /// a per-address failure limit counts.
+    pub(crate) fn is_refused_attempt(&self) -> bool {
+        let status = self.status();
+        status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::InvalidToken | Self::DeviceCertificateRequired | Self::InvalidApiKey => {

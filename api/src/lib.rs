@@ -63,7 +63,7 @@ pub use metrics::ApiMetrics;
 pub use openapi::openapi;
 pub use tls::{
     serve_tls, serve_tls_with, tls_server_config, tls_server_config_for, TlsConnection, TlsLimits,
-    TlsListener, DEFAULT_API_MAX_CONNECTIONS,
+    TlsListener, DEFAULT_API_MAX_CONNECTIONS, LINGER_MAX_BYTES, LINGER_TIMEOUT,
 };
 
 /// Largest request body accepted on every route, in bytes: the enrollment contract's limit
@@ -122,23 +122,32 @@ impl ApiState {
 
 pub use renew::{RenewalPolicy, DEFAULT_RENEWAL_MIN_INTERVAL, DEFAULT_SUPERSEDED_GRACE};
 
-/// Bounds on enrollment token verification, which costs about 25 ms of CPU (argon2id) per
-/// request whether or not the token exists.
+/// Bounds on the argon2id verification (about 25 ms of CPU) of enrollment tokens created before
+/// migration 0008; newer tokens are SHA-256 and need no bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnrollLimits {
     /// Verifications running at once; the rest wait, holding no database connection.
     pub max_concurrent_verifications: usize,
     /// How long a request waits for its turn before it is answered 503 with `Retry-After`.
     pub max_wait: Duration,
+    /// Failed enrollments (refused token, CSR or request) one source address may make per
+    /// `failure_window`; past it the address is answered 429 with `Retry-After`, before any
+    /// database work, until the window ends. Other addresses are not affected, and successful
+    /// enrollments do not count (a factory behind one NAT address enrolls at the token's limits).
+    pub failures_per_window: u32,
+    /// The window of `failures_per_window`.
+    pub failure_window: Duration,
 }
 
 impl Default for EnrollLimits {
-    /// One verification per core, and up to 10 s of waiting.
+    /// One verification per core, up to 10 s of waiting, 20 failures a minute per address.
     fn default() -> Self {
         Self {
             max_concurrent_verifications: std::thread::available_parallelism()
                 .map_or(2, |n| n.get()),
             max_wait: Duration::from_secs(10),
+            failures_per_window: 20,
+            failure_window: Duration::from_secs(60),
         }
     }
 }
@@ -149,12 +158,14 @@ pub(crate) struct Ctx(Arc<CtxInner>);
 
 pub(crate) struct CtxInner {
     pub(crate) state: ApiState,
-    /// Enrollment token verifications (argon2) running at once.
+    /// Legacy enrollment token verifications (argon2) running at once.
     pub(crate) verify_permits: Semaphore,
     /// API key verifications (argon2) running at once.
     pub(crate) key_verify_permits: Semaphore,
     pub(crate) key_cache: KeyCache,
     pub(crate) failures: auth::FailureLimiter,
+    /// Failed enrollments per source address.
+    pub(crate) enroll_failures: auth::FailureLimiter,
     pub(crate) metrics: ApiMetrics,
 }
 
@@ -165,16 +176,16 @@ impl std::ops::Deref for Ctx {
     }
 }
 
-/// Every route of the API, with the HSTS header, a 64 KiB body limit and problem+json answers
+/// Every route of the API, with the HSTS header, a body limit ([`MAX_BODY_LEN`]) and problem+json answers
 /// for unknown routes and methods.
 ///
 /// Handlers read the client address and certificate from [`TlsPeer`] connect info: serve the
 /// router with [`serve_tls`]. (With `into_make_service_with_connect_info::<PeerAddr>()`,
-/// enrollment works and renewal answers 401: there is no client certificate.) Call it inside a
-/// tokio runtime: it starts computing the dummy hash on the blocking pool.
+/// enrollment works and renewal answers 401: there is no client certificate.)
 pub fn router(state: ApiState) -> Router {
     let permits = state.enroll_limits.max_concurrent_verifications.max(1);
     let limits = state.auth_limits;
+    let enroll_limits = state.enroll_limits;
     let key_cache = state.key_cache.clone();
     let ctx = Ctx(Arc::new(CtxInner {
         metrics: state.metrics.clone(),
@@ -183,9 +194,11 @@ pub fn router(state: ApiState) -> Router {
         key_verify_permits: Semaphore::new(limits.verify_concurrency.max(1)),
         key_cache,
         failures: auth::FailureLimiter::new(limits.failures_per_window, limits.failure_window),
+        enroll_failures: auth::FailureLimiter::new(
+            enroll_limits.failures_per_window,
+            enroll_limits.failure_window,
+        ),
     }));
-    // The dummy hash for unknown tokens costs one argon2 run: pay it now, off the executor.
-    tokio::task::spawn_blocking(store::enrollment_tokens::secret::warm_up);
     let management = permissions::management_router().route_layer(middleware::from_fn_with_state(
         ctx.clone(),
         permissions::authorize,

@@ -87,7 +87,7 @@ fn document_common_answers(operation: &mut Operation) {
     let mut common = vec![
         ("401", "No valid API key: missing, malformed, unknown, revoked, expired, or not allowed from this address or origin."),
         ("403", "The key's role or group scope does not allow this."),
-        ("429", "Too many failed authentications from this address; see `Retry-After`."),
+        ("429", "Too many failed attempts from this address; see `Retry-After`."),
     ];
     if has_body {
         common.extend([

@@ -11,6 +11,14 @@
 //! idle timeout: a client that sends a header byte every few seconds (slowloris), or nothing at
 //! all after its handshake, would hold its connection forever. So [`serve_tls`] drives hyper
 //! itself.
+//!
+//! When hyper is done with a connection whose request body it did not read (a 413 answered from
+//! `Content-Length` alone), closing the socket with the client's bytes still arriving makes the
+//! kernel send a reset, and the client loses the answer it had not read yet. So a connection is
+//! closed lingering, as web servers do: the write side is shut, and what the client still sends
+//! is read and discarded until it closes, for at most [`LINGER_TIMEOUT`] and
+//! [`LINGER_MAX_BYTES`]. A lingering connection keeps its place under
+//! [`TlsLimits::max_connections`] until its socket is closed.
 
 use std::future::Future;
 use std::io;
@@ -30,7 +38,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -383,13 +391,15 @@ pub async fn serve_tls_with(
             router: router.clone(),
             peer: TlsPeer::of(&stream, peer),
         });
-        let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+        let io = TokioIo::new(IdleTimeout::new(
+            Lingering::new(stream, permit),
+            limits.idle_timeout,
+        ));
         let served = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(error) = served.await {
                 tracing::debug!(%peer, %error, "API connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -513,4 +523,93 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
             ready => ready,
         }
     }
+}
+
+/// How long a closed connection keeps reading what its client still sends.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes a closed connection reads and discards before it gives up on the client.
+pub const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// An established connection as hyper serves it: closed lingering when hyper drops it (see the
+/// module documentation), holding its connection permit until the socket is closed.
+struct Lingering {
+    /// `None` only once dropped.
+    stream: Option<TlsStream<TcpStream>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Lingering {
+    fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            stream: Some(stream),
+            permit: Some(permit),
+        }
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TlsStream<TcpStream>> {
+        Pin::new(
+            self.get_mut()
+                .stream
+                .as_mut()
+                .expect("present until dropped"),
+        )
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(stream), permit) = (self.stream.take(), self.permit.take()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(stream.into_inner().0, permit));
+        }
+    }
+}
+
+/// Shuts the write side (hyper's shutdown has sent the TLS close_notify, or the connection is
+/// being abandoned), then discards what the client still sends until it closes or the bounds are
+/// reached; only then are the socket and its connection permit released.
+async fn linger(mut tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut discarded = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        while discarded < LINGER_MAX_BYTES {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
+    drop(permit);
 }

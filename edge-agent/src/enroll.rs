@@ -7,8 +7,10 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
 use wire::enrollment::{self, CertificateResponse, RenewRequest, ENROLL_PATH, RENEW_PATH};
 use wire::DeviceId;
+use zeroize::Zeroize;
 
 use crate::certinfo::{self, Validity};
 use crate::https::{self, Problem, Response};
@@ -53,14 +55,17 @@ pub enum EnrollError {
 pub fn new_key_and_csr() -> Result<(SecretPem, String), EnrollError> {
     let failed =
         |err: rcgen::Error| EnrollError::Failed(format!("generating the device key: {err}"));
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
+    let mut key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(failed)?;
     let mut params = rcgen::CertificateParams::new(Vec::new()).map_err(failed)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "fleet-agent");
     let csr = params.serialize_request(&key).map_err(failed)?;
     let csr_pem = csr.pem().map_err(failed)?;
-    Ok((SecretPem::new(key.serialize_pem()), csr_pem))
+    let pem = SecretPem::new(key.serialize_pem());
+    // rcgen's copy of the key (its PKCS#8 DER) is not wiped on drop: wipe it now.
+    key.zeroize();
+    Ok((pem, csr_pem))
 }
 
 /// The one-line message for a refusal, by status (RFC 7807 `detail` appended when given).
@@ -184,6 +189,7 @@ pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRe
         .await
         .map_err(|err| EnrollError::Failed(format!("enrollment failed: {err}")))?;
     let (answer, _) = parse_success(Call::Enroll, &response)?;
+    check_root_is_the_anchor(&answer, &anchor)?;
     let record = DeviceRecord {
         device_id: answer.device_id,
         tenant_id: answer.tenant_id,
@@ -195,6 +201,23 @@ pub async fn enroll(dir: &StateDir, request: &Enrollment<'_>) -> Result<DeviceRe
     };
     store(dir, &record, &key, &answer, Some(&answer.ca_certificate))?;
     Ok(record)
+}
+
+/// The root the server returns is pinned from now on: it must be the `--ca` this enrollment
+/// trusted, not one the server chose.
+fn check_root_is_the_anchor(
+    answer: &CertificateResponse,
+    anchor: &CertificateDer<'_>,
+) -> Result<(), EnrollError> {
+    let returned = identity::parse_certs(&answer.ca_certificate, "ca_certificate")
+        .map_err(|err| EnrollError::Failed(err.to_string()))?;
+    if returned.len() == 1 && returned[0].as_ref() == anchor.as_ref() {
+        Ok(())
+    } else {
+        Err(EnrollError::Failed(
+            "the server's ca_certificate is not the --ca root this enrollment trusted; refusing to pin it".to_owned(),
+        ))
+    }
 }
 
 /// Renews the certificate: new key and CSR, `POST /v1/renew` presenting the current

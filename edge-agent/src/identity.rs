@@ -26,6 +26,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use wire::{DeviceId, TenantId};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::certinfo::{self, Validity};
 
@@ -119,8 +120,9 @@ pub struct DeviceRecord {
     pub renewed_at: Option<i64>,
 }
 
-/// A PEM private key. Its `Debug` never shows the key.
-#[derive(Clone)]
+/// A PEM private key. Its `Debug` never shows the key; every copy is wiped from memory when
+/// dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct SecretPem(String);
 
 impl SecretPem {
@@ -134,7 +136,7 @@ impl SecretPem {
         &self.0
     }
 
-    /// The key for rustls.
+    /// The key for rustls. Wrap it in `Zeroizing` (or hand it over at once): the DER is the key.
     pub fn to_der(&self) -> Result<PrivateKeyDer<'static>, IdentityError> {
         PrivateKeyDer::from_pem_slice(self.0.as_bytes())
             .map_err(|_| IdentityError::Invalid("the device key is not a PEM private key".into()))
@@ -210,7 +212,7 @@ pub fn load(dir: &StateDir) -> Result<Identity, IdentityError> {
     let key_path = dir.key_file(record.generation);
     check_private_mode(&key_path)?;
     let key = SecretPem::new(read_text(&key_path)?);
-    key.to_der()?;
+    drop(Zeroizing::new(key.to_der()?));
     let chain = read_certs(&dir.cert_file(record.generation))?;
     let root = read_certs(&dir.root_ca_file())?
         .into_iter()
@@ -338,6 +340,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Identity
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Compiles only for types that wipe themselves when dropped.
+    fn wiped_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+
+    #[test]
+    fn the_device_key_is_wiped_from_memory_after_use() {
+        let (_, _, key) = fake_credentials();
+        wiped_on_drop(&key);
+        let mut copy = key.clone();
+        assert!(copy.expose().contains("PRIVATE KEY"));
+        // What drop does to every copy.
+        copy.zeroize();
+        assert!(copy.expose().is_empty());
+        // The DER handed out is wiped too when wrapped as `to_der` asks.
+        let mut der = Zeroizing::new(key.to_der().unwrap());
+        assert!(!der.secret_der().is_empty());
+        der.zeroize();
+        assert!(der.secret_der().is_empty());
+    }
 
     /// A self-signed "root" and a device certificate signed by it, as PEM, plus the key.
     pub(crate) fn fake_credentials() -> (String, String, SecretPem) {

@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use rustls::client::ClientConfig;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
 
 use crate::identity::Identity;
 
@@ -38,15 +40,26 @@ pub fn anonymous_client(anchor: &CertificateDer<'static>) -> Result<ClientConfig
 }
 
 /// Mutual TLS with the device key and chain: MQTT and renewal.
+///
+/// The key is parsed here into the signing key rustls keeps, and its DER copy is wiped at once
+/// (`with_client_auth_cert` would take the DER and drop it unwiped).
 pub fn device_client(identity: &Identity) -> Result<ClientConfig, TlsSetupError> {
-    let key = identity
-        .key
-        .to_der()
-        .map_err(|err| TlsSetupError(err.to_string()))?;
-    builder()?
+    let der = Zeroizing::new(
+        identity
+            .key
+            .to_der()
+            .map_err(|err| TlsSetupError(err.to_string()))?,
+    );
+    let unfit = |err: rustls::Error| {
+        TlsSetupError(format!("the device key and certificate do not fit: {err}"))
+    };
+    let signing_key = rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(unfit)?;
+    drop(der);
+    let certified = CertifiedKey::new(identity.chain.clone(), signing_key);
+    certified.keys_match().map_err(unfit)?;
+    Ok(builder()?
         .with_root_certificates(roots(&identity.root)?)
-        .with_client_auth_cert(identity.chain.clone(), key)
-        .map_err(|err| TlsSetupError(format!("the device key and certificate do not fit: {err}")))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified))))
 }
 
 #[cfg(test)]

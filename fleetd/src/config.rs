@@ -129,7 +129,7 @@ impl ExternalBrokerSettings {
 }
 
 /// Device onboarding settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnrollmentConfig {
     /// The broker URL enrolled devices are told to use. `None` (absent or empty): the
@@ -138,6 +138,24 @@ pub struct EnrollmentConfig {
     pub broker_url: Option<MqttsUrl>,
     /// Proxies whose `X-Forwarded-For` is believed for the client address (CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Refused enrollments one client address may make per `failed_attempts_window` before it
+    /// is answered 429 until the window ends (other addresses are not affected).
+    pub max_failed_attempts_per_source: u32,
+    /// The window of `max_failed_attempts_per_source`.
+    #[serde(with = "humantime_serde")]
+    pub failed_attempts_window: Duration,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        let limits = api::EnrollLimits::default();
+        Self {
+            broker_url: None,
+            trusted_proxies: Vec::new(),
+            max_failed_attempts_per_source: limits.failures_per_window,
+            failed_attempts_window: limits.failure_window,
+        }
+    }
 }
 
 /// What one source address or one device may hold on the listeners, so that no one client
@@ -610,6 +628,18 @@ impl Config {
         if self.pki.superseded_grace < Duration::from_secs(1) {
             return reject("pki.superseded_grace", "must be at least 1s");
         }
+        if self.enrollment.max_failed_attempts_per_source == 0 {
+            return reject(
+                "enrollment.max_failed_attempts_per_source",
+                "must be at least 1",
+            );
+        }
+        if self.enrollment.failed_attempts_window.is_zero() {
+            return reject(
+                "enrollment.failed_attempts_window",
+                "must be longer than zero",
+            );
+        }
         if let Some(url) = &self.external_broker.url {
             if url.port().is_none() {
                 return reject(
@@ -778,13 +808,18 @@ superseded_grace = "{superseded_grace}"
 # crl_file = "/etc/mosquitto/fleet-crl.pem"
 
 # --- [enrollment]: device onboarding through POST /v1/enroll. -------------------------------
-# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES.
+# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES,
+# FLEETD_ENROLLMENT__MAX_FAILED_ATTEMPTS_PER_SOURCE, FLEETD_ENROLLMENT__FAILED_ATTEMPTS_WINDOW.
 [enrollment]
 # Broker URL (mqtts://host[:port]) given to enrolled devices. Default (unset):
 # external_broker.url when set, else mqtts://<first server name>:<broker_listen port>.
 # broker_url = "mqtts://fleet.example:8883"
 # Proxies (CIDRs) whose X-Forwarded-For header is believed for the client address.
 trusted_proxies = []
+# Refused enrollments (bad token, CSR or request) one client address may make per window;
+# past it that address alone is answered 429 with Retry-After until the window ends.
+max_failed_attempts_per_source = {max_failed_attempts_per_source}
+failed_attempts_window = "{failed_attempts_window}"
 
 # --- [ingest]: how device records are batched into PostgreSQL. ------------------------------
 # Records per batch and the time window, writer tasks, queue and memory bounds (while the
@@ -871,6 +906,8 @@ api_idle_timeout = "{api_idle_timeout}"
         device_cert_lifetime = humantime::format_duration(d.pki.device_cert_lifetime),
         renewal_min_interval = humantime::format_duration(d.pki.renewal_min_interval),
         superseded_grace = humantime::format_duration(d.pki.superseded_grace),
+        max_failed_attempts_per_source = d.enrollment.max_failed_attempts_per_source,
+        failed_attempts_window = humantime::format_duration(d.enrollment.failed_attempts_window),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
         share_group = d.external_broker.share_group,
         log_format = match d.log.format {
@@ -1027,6 +1064,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
+        for (field, bad) in [
+            ("max_failed_attempts_per_source", "0"),
+            ("failed_attempts_window", "\"0s\""),
+        ] {
+            let err = load_toml(&format!("[enrollment]\n{field} = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("enrollment.{field}")), "{err}");
+        }
         let err = load_toml("[pki]\nserver_ips = [\"localhost\"]")
             .unwrap_err()
             .to_string();

@@ -357,6 +357,11 @@ async fn start_api(
             min_interval: config.pki.renewal_min_interval,
             superseded_grace: config.pki.superseded_grace,
         },
+        enroll_limits: api::EnrollLimits {
+            failures_per_window: config.enrollment.max_failed_attempts_per_source,
+            failure_window: config.enrollment.failed_attempts_window,
+            ..api::EnrollLimits::default()
+        },
         metrics,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };

@@ -2,15 +2,17 @@
 //!
 //! A token belongs to one tenant and says where enrollments may come from (CIDRs), how many a
 //! UTC day may bring, until when, optionally how many in total, and which group and labels the
-//! enrolled devices get. Its secret is shown once at [`create`] and stored only as an argon2id
-//! hash; the format and the hashing are described in [`secret`].
+//! enrolled devices get. Its secret is shown once at [`create`] and stored only as a SHA-256
+//! hash (argon2id for tokens created before migration 0008); the format and the hashing are
+//! described in [`secret`].
 //!
 //! Enrollment runs in one [`TenantTx`] of the tenant named in the token:
 //!
 //! 1. [`load_for_enrollment`] reads the token row (under row-level security, so only that
 //!    tenant's tokens can be found);
-//! 2. [`secret::verify`] checks the secret, against a dummy hash when there is no row (the caller
-//!    runs it off the executor and bounds its concurrency);
+//! 2. [`TokenHash::check`] compares the presented secret's digest in constant time; for a token
+//!    with a legacy argon2id hash the caller ends the transaction, runs
+//!    [`secret::verify_legacy`] off the executor, and starts again;
 //! 3. [`admit`] checks revocation, expiry and the source address, then takes one use with a
 //!    single conditional `UPDATE`: the row lock serialises racing enrollments and each re-checks
 //!    the limits on the row as the previous one left it, so two cannot take the last slot.
@@ -25,7 +27,9 @@ use serde_json::json;
 use sqlx::types::Json;
 use time::{Date, OffsetDateTime, Time};
 
-pub use secret::{MalformedToken, PresentedToken, SecretHash, TokenSecret, TokenString};
+pub use secret::{
+    HashCheck, MalformedToken, PresentedToken, SecretHash, TokenHash, TokenSecret, TokenString,
+};
 
 use crate::audit::{self, Action, Actor, Target};
 use crate::text::{check_labels, check_text};
@@ -195,12 +199,8 @@ pub async fn create(
     let id = EnrollmentTokenId::new_random();
     let token_secret = TokenSecret::generate();
     let text = secret::format_token(tenant, id, &token_secret);
-    let hash = tokio::task::spawn_blocking(move || secret::hash(&token_secret))
-        .await
-        .map_err(|e| StoreError::Invalid {
-            field: "enrollment token secret",
-            reason: format!("hashing task failed: {e}"),
-        })??;
+    let hash = secret::hash(&token_secret).to_stored();
+    drop(token_secret);
     let cidrs: Vec<String> = new
         .allowed_cidrs
         .iter()
@@ -222,7 +222,7 @@ pub async fn create(
         tenant as TenantId,
         id as EnrollmentTokenId,
         new.name,
-        hash.as_str(),
+        hash,
         &cidrs,
         i32::try_from(new.daily_limit).expect("checked"),
         new.max_uses.map(|n| i64::try_from(n).expect("checked")),
@@ -361,8 +361,8 @@ pub async fn revoke(
 pub struct EnrollmentCandidate {
     /// The token.
     pub token: EnrollmentToken,
-    /// The hash to verify the presented secret against.
-    pub hash: SecretHash,
+    /// The hash to check the presented secret against.
+    pub hash: TokenHash,
 }
 
 /// Reads the token `id` of the transaction's tenant with its hash, for enrollment.
@@ -376,7 +376,7 @@ pub async fn load_for_enrollment(
         let hash = row.secret_hash.take().unwrap_or_default();
         Ok(EnrollmentCandidate {
             token: row.try_into()?,
-            hash: SecretHash::from_stored(hash),
+            hash: TokenHash::from_stored(hash),
         })
     })
     .transpose()

@@ -1,13 +1,13 @@
 //! A small HTTPS client for tests: tokio-rustls and a hand-written HTTP/1.1 request, trusting
 //! exactly the fleet root. Keeps the test dependency tree lean (no hyper client, no reqwest).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use certs::IssuingCa;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 /// An HTTP response, read whole.
@@ -103,6 +103,38 @@ pub async fn https_request(
     body: &[u8],
 ) -> Response {
     let tcp = TcpStream::connect(addr).await.unwrap();
+    request_on(tcp, ca, method, path, headers, body).await
+}
+
+/// [`https_request`] from the local address `source` (e.g. 127.0.0.2, another client as the
+/// server sees it).
+pub async fn https_request_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    ca: &IssuingCa,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    request_on(tcp, ca, method, path, headers, body).await
+}
+
+async fn request_on(
+    tcp: TcpStream,
+    ca: &IssuingCa,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let connector = TlsConnector::from(client_config(ca));
     let mut tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)

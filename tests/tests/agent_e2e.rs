@@ -418,3 +418,63 @@ async fn the_agent_renews_its_certificate_with_a_new_key_without_an_operator() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A server whose TLS certificate chains to the `--ca` root but which answers with another root
+/// (and a device certificate from that other PKI): the agent must not pin the root it is sent.
+#[tokio::test]
+async fn enroll_refuses_a_root_that_is_not_the_ca_it_was_given() {
+    let db = TestDb::new().await;
+    let database = db.open().await;
+    let tenant = tenant(&database.app, "agents").await;
+    let pki_dir = tempfile::tempdir().unwrap();
+    let generate = |name: &str| {
+        certs::Pki::generate(&pki_dir.path().join(name), &certs::PkiParams::default())
+            .unwrap()
+            .into_issuing_ca()
+    };
+    let trusted = generate("trusted");
+    let other = std::sync::Arc::new(generate("other"));
+    let server_cert = trusted
+        .issue_server_cert(&certs::ServerCertParams::new(
+            vec!["localhost".into()],
+            vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        ))
+        .unwrap();
+    let tls = api::tls_server_config_for(&server_cert, trusted.root_der().clone()).unwrap();
+    let state = api::ApiState::new(
+        database.app.clone(),
+        other,
+        "mqtts://broker.test:8883".into(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api::serve_tls(listener, tls, api::router(state), async {
+        let _ = stopped.await;
+    }));
+
+    let mut tx = database.app.begin(tenant).await.unwrap();
+    let new = loopback_token();
+    fleet_tests::ensure_group(&mut tx, &new.device_group).await;
+    let token = enrollment_tokens::create(&mut tx, &new, &store::audit::Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let device_dir = tempfile::tempdir().unwrap();
+    let root = device_dir.path().join("trusted-root.pem");
+    std::fs::write(&root, trusted.root_pem()).unwrap();
+    std::fs::write(device_dir.path().join("agent.toml"), "").unwrap();
+    let out = enroll(device_dir.path(), &server, &root, token.secret.expose()).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not the --ca root"), "{}", text(&out));
+    let state = device_dir.path().join("state");
+    assert!(!state.join("device.json").exists(), "nothing is installed");
+    assert!(!state.join("root-ca.pem").exists(), "nothing is pinned");
+
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+    database.close().await.unwrap();
+}

@@ -77,6 +77,7 @@ impl TestServer {
             enroll_limits: EnrollLimits {
                 max_concurrent_verifications: 2,
                 max_wait: Duration::from_secs(120),
+                ..EnrollLimits::default()
             },
             ..ApiState::new(db.app.clone(), ca.clone(), BROKER_URL.into())
         };
@@ -146,6 +147,21 @@ impl TestServer {
         all.extend_from_slice(headers);
         self.request("POST", "/v1/enroll", &all, body.as_bytes())
             .await
+    }
+
+    /// `POST /v1/enroll` from the local address `source`, with `token` and `csr`.
+    pub async fn enroll_from(&self, source: IpAddr, token: &str, csr: &str) -> Response {
+        let body = serde_json::json!({ "token": token, "csr": csr }).to_string();
+        fleet_tests::https::https_request_from(
+            source,
+            self.addr,
+            &self.ca,
+            "POST",
+            "/v1/enroll",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
     }
 
     /// Any request over HTTPS.

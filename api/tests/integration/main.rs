@@ -3,6 +3,7 @@
 
 mod common;
 mod enroll;
+mod enroll_cost;
 mod exhaustion;
 mod renew;
 mod tls_policy;

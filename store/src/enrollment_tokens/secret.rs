@@ -18,24 +18,31 @@
 //!
 //! # Hash
 //!
-//! Only `argon2id(secret)` is stored, as a PHC string with a fresh 16-byte salt and the argon2
-//! crate's default parameters: m = 19456 KiB, t = 2, p = 1 (OWASP's minimum recommendation),
-//! about 25 ms per verification on one core. Verification compares in constant time (the
-//! `password-hash` crate's `Output` equality), and [`verify`] runs a verification against a
-//! dummy hash when the token row does not exist, so an unknown token costs what a wrong secret
-//! costs.
+//! Only `SHA-256(secret)` is stored, as `$sha256$<64 lowercase hex>`, and the presented secret is
+//! compared with it in constant time. A fast unkeyed hash is enough here, as GitHub does for its
+//! tokens: the secret is 256 bits from the CSPRNG, so there is nothing to guess and nothing for a
+//! slow hash (or a key, which would only add a secret to manage) to protect. It costs about a
+//! microsecond, so an enrollment attempt costs a row lookup, not 25 ms of CPU, and a token shared
+//! by a whole fleet enrolls at the database's pace. The digest is computed when the token is
+//! parsed, before any database connection is taken.
+//!
+//! Tokens created before migration 0008 carry an argon2id PHC string (`$argon2id$…`). They keep
+//! working: [`TokenHash::Legacy`] is verified with argon2id off the executor and without a database
+//! connection held. They are not re-hashed: the application role may not rewrite hashes.
 
 use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 pub use crate::credentials::SecretHash;
 use crate::credentials::{self, CHECKSUM_LEN};
-use crate::{EnrollmentTokenId, StoreError, TenantId};
+use crate::{EnrollmentTokenId, TenantId};
 
 /// What every enrollment token starts with.
 pub const TOKEN_PREFIX: &str = "fpe_";
@@ -49,8 +56,8 @@ const SECRET_B64_LEN: usize = 43;
 pub const TOKEN_LEN: usize =
     TOKEN_PREFIX.len() + ID_HEX_LEN + 1 + ID_HEX_LEN + 1 + SECRET_B64_LEN + CHECKSUM_LEN;
 
-/// The secret half of a token. Wiped from memory when dropped; never printed.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// The secret half of a token. Wiped from memory when dropped (every copy); never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct TokenSecret([u8; SECRET_LEN]);
 
 impl TokenSecret {
@@ -89,12 +96,100 @@ impl fmt::Debug for TokenString {
     }
 }
 
-/// A token as a device presents it: where to look, and the secret to check.
+/// A token as a device presents it: where to look, the secret, and the secret's digest.
 #[derive(Debug)]
 pub struct PresentedToken {
     tenant_id: TenantId,
     token_id: EnrollmentTokenId,
     secret: TokenSecret,
+    digest: SecretDigest,
+}
+
+/// SHA-256 of a secret: what is stored, and what a presented secret is compared as. As hard to
+/// invert as the 256-bit secret; still never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    fn of(secret: &TokenSecret) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// Equality in constant time.
+    fn matches(&self, other: &SecretDigest) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretDigest(<redacted>)")
+    }
+}
+
+/// What the PHC-like text of a SHA-256 hash starts with.
+const SHA256_PREFIX: &str = "$sha256$";
+
+/// A token's stored hash.
+#[derive(Clone, Debug)]
+pub enum TokenHash {
+    /// `$sha256$<hex>`: tokens created since migration 0008.
+    Sha256(SecretDigest),
+    /// An argon2id PHC string: tokens created before (or an unreadable value, which never
+    /// verifies).
+    Legacy(SecretHash),
+}
+
+/// What comparing a presented token with a stored hash found.
+#[derive(Debug)]
+pub enum HashCheck {
+    /// The secret is the token's.
+    Matches,
+    /// It is not.
+    Wrong,
+    /// The stored hash is argon2id: run [`verify_legacy`] (off the executor, with no database
+    /// connection held) to know.
+    NeedsArgon2(SecretHash),
+}
+
+impl TokenHash {
+    /// The hash of a new token's secret.
+    fn of(secret: &TokenSecret) -> Self {
+        Self::Sha256(SecretDigest::of(secret))
+    }
+
+    /// Reads the stored text.
+    pub fn from_stored(text: String) -> Self {
+        match text.strip_prefix(SHA256_PREFIX).map(decode_digest) {
+            Some(Some(digest)) => Self::Sha256(digest),
+            _ => Self::Legacy(SecretHash::from_stored(text)),
+        }
+    }
+
+    /// The text to store.
+    pub(crate) fn to_stored(&self) -> String {
+        match self {
+            Self::Sha256(digest) => format!("{SHA256_PREFIX}{}", hex::encode(digest.0)),
+            Self::Legacy(phc) => phc.as_str().to_owned(),
+        }
+    }
+
+    /// Compares `presented` with this hash: at once for SHA-256, or says argon2 must decide.
+    pub fn check(&self, presented: &PresentedToken) -> HashCheck {
+        match self {
+            Self::Sha256(stored) if stored.matches(&presented.digest) => HashCheck::Matches,
+            Self::Sha256(_) => HashCheck::Wrong,
+            Self::Legacy(phc) => HashCheck::NeedsArgon2(phc.clone()),
+        }
+    }
+}
+
+fn decode_digest(text: &str) -> Option<SecretDigest> {
+    let lower = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let bytes: [u8; 32] = hex::decode(text).ok()?.try_into().ok()?;
+    lower.then_some(SecretDigest(bytes))
 }
 
 /// The text is not an enrollment token. Deliberately without detail: a caller answers it
@@ -121,10 +216,13 @@ impl PresentedToken {
         let tenant_id = TenantId(parse_id(&text[tenant_start..token_start - 1])?);
         let token_id = EnrollmentTokenId(parse_id(&text[token_start..secret_start - 1])?);
         let secret = decode_secret(&text[secret_start..])?;
+        // Hashed here, before anyone holds a database connection for this token.
+        let digest = SecretDigest::of(&secret);
         Ok(Self {
             tenant_id,
             token_id,
             secret,
+            digest,
         })
     }
 
@@ -183,20 +281,24 @@ pub(crate) fn format_token(
     TokenString(text)
 }
 
-/// Hashes a secret with argon2id and a fresh salt ([`crate::credentials::hash`]).
-pub(crate) fn hash(secret: &TokenSecret) -> Result<SecretHash, StoreError> {
-    credentials::hash(secret.as_bytes())
+/// The hash to store for a new token's secret.
+pub(crate) fn hash(secret: &TokenSecret) -> TokenHash {
+    TokenHash::of(secret)
 }
 
-/// Whether `secret` matches `stored`, at the same cost when there is no stored hash
-/// ([`crate::credentials::verify`]). CPU-bound (about 25 ms): run it with `spawn_blocking`.
-pub fn verify(stored: Option<&SecretHash>, secret: &TokenSecret) -> bool {
-    credentials::verify(stored, secret.as_bytes())
+/// Whether `secret` matches the argon2id hash of a token created before migration 0008.
+/// CPU-bound (about 25 ms): run it with `spawn_blocking`, bounded, holding no database connection.
+pub fn verify_legacy(stored: &SecretHash, secret: &TokenSecret) -> bool {
+    credentials::verify(Some(stored), secret.as_bytes())
 }
 
-/// Computes the dummy hash now, so the first request for an unknown token does not pay for it.
-pub fn warm_up() {
-    credentials::warm_up();
+/// The argon2id hash a token got before migration 0008, to test that such tokens still enroll.
+#[cfg(feature = "test-support")]
+pub fn legacy_argon2_hash(presented: &PresentedToken) -> String {
+    credentials::hash(presented.secret.as_bytes())
+        .expect("argon2 hashes 32 bytes")
+        .as_str()
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -268,17 +370,65 @@ mod tests {
     }
 
     #[test]
+    fn new_hashes_are_sha256_text_and_match_only_their_secret() {
+        let (tenant, token) = ids();
+        let secret = TokenSecret([9; SECRET_LEN]);
+        let stored = hash(&secret).to_stored();
+        // SHA-256 of 32 bytes of 9, computed independently (Python hashlib).
+        assert_eq!(
+            stored,
+            "$sha256$8c0cc17a04942cc4f8e0fe0b302606d3108860c126428ba2ceeb5f9ed41c2b05"
+        );
+        let reread = TokenHash::from_stored(stored.clone());
+        assert_eq!(reread.to_stored(), stored);
+        let right = PresentedToken::parse(format_token(tenant, token, &secret).expose()).unwrap();
+        let wrong = format_token(tenant, token, &TokenSecret([8; SECRET_LEN]));
+        let wrong = PresentedToken::parse(wrong.expose()).unwrap();
+        assert!(matches!(reread.check(&right), HashCheck::Matches));
+        assert!(matches!(reread.check(&wrong), HashCheck::Wrong));
+    }
+
+    #[test]
+    fn argon2_and_unreadable_hashes_are_legacy_and_verify_with_argon2_only() {
+        let (tenant, token) = ids();
+        let secret = TokenSecret([5; SECRET_LEN]);
+        let presented =
+            PresentedToken::parse(format_token(tenant, token, &secret).expose()).unwrap();
+        let phc = credentials::hash(secret.as_bytes()).unwrap();
+        let stored = TokenHash::from_stored(phc.as_str().to_owned());
+        let HashCheck::NeedsArgon2(legacy) = stored.check(&presented) else {
+            panic!("an argon2id hash needs argon2");
+        };
+        assert!(verify_legacy(&legacy, presented.secret()));
+        assert!(!verify_legacy(&legacy, &TokenSecret([6; SECRET_LEN])));
+        for unreadable in ["$sha256$00", "$sha256$ABCD", "", "plain"] {
+            let HashCheck::NeedsArgon2(legacy) =
+                TokenHash::from_stored(unreadable.into()).check(&presented)
+            else {
+                panic!("{unreadable:?} is not a SHA-256 hash");
+            };
+            assert!(
+                !verify_legacy(&legacy, presented.secret()),
+                "{unreadable:?}"
+            );
+        }
+    }
+
+    #[test]
     fn debug_never_prints_secrets() {
         let (tenant, token) = ids();
         let secret = TokenSecret([0x41; SECRET_LEN]);
         let text = format_token(tenant, token, &secret);
         let encoded = URL_SAFE_NO_PAD.encode([0x41; SECRET_LEN]);
         let parsed = PresentedToken::parse(text.expose()).unwrap();
+        let digest = hex::encode(Sha256::digest([0x41; SECRET_LEN]));
         for printed in [
             format!("{secret:?}"),
             format!("{text:?}"),
             format!("{parsed:?}"),
+            format!("{:?}", hash(&secret)),
         ] {
+            assert!(!printed.contains(&digest[..16]), "{printed}");
             assert!(!printed.contains(&encoded), "{printed}");
             assert!(!printed.contains("AAAA"), "{printed}");
         }

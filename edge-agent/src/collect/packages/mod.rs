@@ -17,7 +17,7 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use self::apk::{
@@ -140,22 +140,34 @@ fn modified(root: &FsRoot, path: &str) -> Option<SystemTime> {
         .ok()
 }
 
-/// Directories searched for package-manager binaries, as a root user's `PATH` would.
-const BINARY_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+/// Directories searched for package-manager binaries: the distributions' own, never
+/// `/usr/local` (where anything an installer or a user put would win over the real tool).
+const BINARY_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
-/// The path under `root` of the executable `name`, if one exists in the usual directories.
+/// The path under `root` of the executable `name` in [`BINARY_DIRS`], if one exists there and
+/// only root could have put it there ([`root_owned_all_the_way`]).
 pub fn find_binary(root: &FsRoot, name: &str) -> Option<PathBuf> {
     BINARY_DIRS
         .iter()
         .map(|dir| root.join(dir).join(name))
-        .find(|path| path.is_file())
+        .find(|path| path.is_file() && root_owned_all_the_way(root, path))
+}
+
+/// Whether `path` (symbolic links resolved) and every directory above it, up to `root`, are
+/// owned by root and writable by no group or other user: else whoever could write there could
+/// make the agent run their program.
+fn root_owned_all_the_way(root: &FsRoot, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(resolved), Ok(top)) = (path.canonicalize(), root.path().canonicalize()) else {
+        return false;
+    };
+    if !resolved.starts_with(&top) {
+        return false;
+    }
+    resolved
+        .ancestors()
+        .take_while(|dir| dir.starts_with(&top))
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0))
 }
 
 /// Which package manager the system under `root` uses, by the binaries present; dpkg is

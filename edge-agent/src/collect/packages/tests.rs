@@ -297,6 +297,55 @@ fn detects_the_manager_by_its_binaries() {
 }
 
 #[test]
+fn binaries_under_usr_local_are_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = FsRoot::new(dir.path());
+    fake_binary(dir.path(), "/usr/local/bin/dpkg-query", "");
+    fake_binary(dir.path(), "/usr/local/sbin/apk", "");
+    assert_eq!(detect_package_manager(&root), None);
+    fake_binary(dir.path(), "/usr/bin/dpkg-query", "");
+    assert_eq!(
+        find_binary(&root, "dpkg-query"),
+        Some(dir.path().join("usr/bin/dpkg-query"))
+    );
+}
+
+#[test]
+fn binaries_someone_other_than_root_could_have_placed_are_refused() {
+    use std::os::unix::fs::chown;
+    let dir = tempfile::tempdir().unwrap();
+    let root = FsRoot::new(dir.path());
+    let binary = dir.path().join("usr/bin/dpkg-query");
+    fake_binary(dir.path(), "/usr/bin/dpkg-query", "");
+    assert_eq!(find_binary(&root, "dpkg-query"), Some(binary.clone()));
+    // Owned by another user.
+    chown(&binary, Some(1000), None).unwrap();
+    assert_eq!(find_binary(&root, "dpkg-query"), None);
+    chown(&binary, Some(0), None).unwrap();
+    // Writable by its group.
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o775)).unwrap();
+    assert_eq!(find_binary(&root, "dpkg-query"), None);
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+    // In a directory anyone may write to.
+    let usr_bin = dir.path().join("usr/bin");
+    fs::set_permissions(&usr_bin, fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(find_binary(&root, "dpkg-query"), None);
+    fs::set_permissions(&usr_bin, fs::Permissions::from_mode(0o755)).unwrap();
+    // A directory above it owned by another user.
+    chown(dir.path().join("usr"), Some(1000), None).unwrap();
+    assert_eq!(find_binary(&root, "dpkg-query"), None);
+    chown(dir.path().join("usr"), Some(0), None).unwrap();
+    // A link out of the root to a file someone else owns.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let foreign = elsewhere.path().join("apk");
+    fs::write(&foreign, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&foreign, dir.path().join("usr/bin/apk")).unwrap();
+    assert_eq!(find_binary(&root, "apk"), None);
+    assert_eq!(find_binary(&root, "dpkg-query"), Some(binary));
+}
+
+#[test]
 fn database_stamps_change_when_the_package_database_does() {
     let dir = tempfile::tempdir().unwrap();
     let root = FsRoot::new(dir.path());
