@@ -151,17 +151,21 @@ impl Registry {
     /// Removes a session, unless a newer one has taken its place.
     pub(crate) fn remove(&self, device_id: DeviceId, session: u64) {
         let mut sessions = lock(&self.sessions);
-        if !sessions
+        let current = sessions
             .by_device
             .get(&device_id)
-            .is_some_and(|current| current.control.session == session)
-        {
+            .filter(|current| current.control.session == session);
+        let Some(&Entry {
+            tenant,
+            holds_place,
+            ..
+        }) = current
+        else {
             return;
-        }
-        if let Some(entry) = sessions.by_device.remove(&device_id) {
-            if entry.holds_place {
-                sessions.release_place(entry.tenant);
-            }
+        };
+        sessions.by_device.remove(&device_id);
+        if holds_place {
+            sessions.release_place(tenant);
         }
     }
 
