@@ -16,11 +16,32 @@ use tokio::sync::mpsc;
 pub type AdmissionError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The future an [`AdmissionCheck`] returns.
-pub type AdmissionFuture = Pin<Box<dyn Future<Output = Result<bool, AdmissionError>> + Send>>;
+pub type AdmissionFuture = Pin<Box<dyn Future<Output = Result<Admission, AdmissionError>> + Send>>;
 
-/// "Is this device, with the certificate of this serial, allowed to connect?", asked after
-/// the TLS handshake for every session (fleetd refuses revoked devices and superseded
-/// certificates). `Ok(true)` admits, `Ok(false)` refuses as revoked (CONNACK 0x05), an error
+/// What an [`AdmissionCheck`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The device may connect while its tenant holds fewer than `tenant_session_quota` live
+    /// sessions on this broker (else CONNACK 0x03). A device replacing its own live session
+    /// keeps that session's place and is never refused by the quota.
+    Admit {
+        /// The tenant's most live sessions on this broker.
+        tenant_session_quota: u32,
+    },
+    /// The device is not allowed (revoked): CONNACK 0x05.
+    Refuse,
+}
+
+impl Admission {
+    /// Admitted with no tenant quota to speak of.
+    pub const ADMIT_UNLIMITED: Self = Self::Admit {
+        tenant_session_quota: u32::MAX,
+    };
+}
+
+/// "Is this device, with the certificate of this serial, allowed to connect, and how many
+/// sessions may its tenant hold?", asked after the TLS handshake for every session (fleetd
+/// refuses revoked devices and superseded certificates and reads the tenant's quota). An error
 /// or a timeout refuses as unavailable (CONNACK 0x03): the check fails closed.
 pub type AdmissionCheck =
     Arc<dyn Fn(DeviceIdentity, SerialNumber) -> AdmissionFuture + Send + Sync>;
@@ -40,7 +61,7 @@ impl BrokerHooks {
     /// events: for tests and benchmarks, never for fleetd.
     pub fn admit_all() -> Self {
         Self {
-            admission: Arc::new(|_, _| Box::pin(async { Ok(true) })),
+            admission: Arc::new(|_, _| Box::pin(async { Ok(Admission::ADMIT_UNLIMITED) })),
             presence: None,
         }
     }

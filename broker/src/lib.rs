@@ -65,7 +65,8 @@ pub use config::{
 pub use engine::{LocalMessage, LocalSubscription};
 pub use error::BrokerError;
 pub use hooks::{
-    AdmissionCheck, AdmissionError, AdmissionFuture, BrokerHooks, DisconnectReason, PresenceEvent,
+    Admission, AdmissionCheck, AdmissionError, AdmissionFuture, BrokerHooks, DisconnectReason,
+    PresenceEvent,
 };
 pub use stats::{BrokerStats, Refusal};
 

@@ -58,6 +58,9 @@ pub enum Refusal {
     AdmissionError,
     /// The embedded engine refused the session. CONNACK 0x03.
     EngineUnavailable,
+    /// The device's tenant already holds its quota of live sessions on this broker (the
+    /// admission hook's `tenant_session_quota`). CONNACK 0x03.
+    TenantSessionLimit,
     /// PUBLISH to a topic that is not one of the device's own `up` topics. Disconnected.
     PublishTopic,
     /// PUBLISH at QoS 2 (not supported). Disconnected.
@@ -74,7 +77,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::ConnectionLimit,
         Self::HandshakeCapacity,
         Self::AddressHandshakeLimit,
@@ -92,6 +95,7 @@ impl Refusal {
         Self::Revoked,
         Self::AdmissionError,
         Self::EngineUnavailable,
+        Self::TenantSessionLimit,
         Self::PublishTopic,
         Self::PublishQos,
         Self::PublishRate,
@@ -120,6 +124,7 @@ impl Refusal {
             Self::Revoked => "revoked",
             Self::AdmissionError => "admission_error",
             Self::EngineUnavailable => "engine_unavailable",
+            Self::TenantSessionLimit => "tenant_session_limit",
             Self::PublishTopic => "publish_topic",
             Self::PublishQos => "publish_qos",
             Self::PublishRate => "publish_rate",

@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use broker::{AdmissionCheck, PresenceEvent, RunningBroker};
+use broker::{Admission, AdmissionCheck, PresenceEvent, RunningBroker};
 use certs::{DeviceIdentity, SerialNumber};
 use store::revocations::{Revocation, RevocationListener};
-use store::{device_certificates, device_directory, devices, AppDb, DeviceId, StoreError};
+use store::{device_certificates, device_directory, devices, tenants, AppDb, DeviceId, StoreError};
 use tokio::sync::mpsc;
 
 /// Sessions of this instance whose presence was recorded: device id → session number (so that
@@ -43,7 +43,10 @@ impl OnlineDevices {
 }
 
 /// The broker's admission hook: the device must exist in its tenant and be active, and its
-/// certificate must not have been superseded by a renewal more than `superseded_grace` ago.
+/// certificate must not have been superseded by a renewal more than `superseded_grace` ago; the
+/// tenant's connection quota comes with the verdict. Not cached: it is one primary-key read in
+/// the transaction the certificate check opens anyway, and a changed quota applies to the very
+/// next CONNECT.
 pub fn admission_check(app: AppDb, superseded_grace: Duration) -> AdmissionCheck {
     Arc::new(move |identity: DeviceIdentity, serial: SerialNumber| {
         let app = app.clone();
@@ -56,13 +59,22 @@ async fn admits(
     identity: DeviceIdentity,
     serial: &SerialNumber,
     superseded_grace: Duration,
-) -> Result<bool, StoreError> {
+) -> Result<Admission, StoreError> {
     let mut tx = app.begin(identity.tenant_id).await?;
     let serial = serial.to_string();
     let admitted =
         device_certificates::admits(&mut tx, identity.device_id, &serial, superseded_grace).await?;
+    let verdict = if admitted {
+        let quota = tenants::max_device_connections(&mut tx).await?;
+        Admission::Admit {
+            // The schema keeps it between 1 and 10,000,000.
+            tenant_session_quota: u32::try_from(quota).unwrap_or(0),
+        }
+    } else {
+        Admission::Refuse
+    };
     tx.rollback().await?;
-    Ok(admitted)
+    Ok(verdict)
 }
 
 /// Writes presence changes to the store, in the order the broker emits them.

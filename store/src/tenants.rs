@@ -95,6 +95,8 @@ pub struct TenantSettings {
     pub tenant: Tenant,
     /// How long telemetry and other records are kept, in days.
     pub record_retention_days: i32,
+    /// The most device sessions the tenant may hold on one gateway.
+    pub max_device_connections: i32,
 }
 
 /// What a settings change asks for; `None` keeps the current value.
@@ -104,15 +106,19 @@ pub struct SettingsChange {
     pub name: Option<String>,
     /// A new record retention, 1 to 3650 days.
     pub record_retention_days: Option<i32>,
+    /// A new connection quota, 1 to [`MAX_DEVICE_CONNECTIONS`].
+    pub max_device_connections: Option<i32>,
 }
 
 /// The transaction's tenant and its settings.
 pub async fn settings(tx: &mut TenantTx) -> Result<TenantSettings, StoreError> {
     let tenant = get(tx).await?;
     let record_retention_days = crate::records::retention_days(tx).await?;
+    let max_device_connections = max_device_connections(tx).await?;
     Ok(TenantSettings {
         tenant,
         record_retention_days,
+        max_device_connections,
     })
 }
 
@@ -140,6 +146,9 @@ pub async fn update_settings(
     if let Some(days) = change.record_retention_days {
         set_retention_days(tx, days).await?;
     }
+    if let Some(quota) = change.max_device_connections {
+        set_max_device_connections(tx, quota).await?;
+    }
     let after = settings(tx).await?;
     audit::append(
         tx,
@@ -151,6 +160,10 @@ pub async fn update_settings(
             "record_retention_days": {
                 "from": before.record_retention_days,
                 "to": after.record_retention_days,
+            },
+            "max_device_connections": {
+                "from": before.max_device_connections,
+                "to": after.max_device_connections,
             },
         }),
     )
@@ -175,6 +188,40 @@ async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreErr
             SET record_retention_days = EXCLUDED.record_retention_days, updated_at = now()",
         tenant as TenantId,
         days,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Most device sessions a tenant may be given on one gateway (the schema enforces the same).
+pub const MAX_DEVICE_CONNECTIONS: i32 = 10_000_000;
+
+/// The most device sessions the transaction's tenant may hold on one gateway: read at every
+/// admission, so a change applies to the next CONNECT.
+pub async fn max_device_connections(tx: &mut TenantTx) -> Result<i32, StoreError> {
+    let tenant = tx.tenant();
+    sqlx::query_scalar!(
+        "SELECT max_device_connections FROM tenants WHERE tenant_id = $1",
+        tenant as TenantId,
+    )
+    .fetch_optional(tx.conn())
+    .await?
+    .ok_or(StoreError::NotFound("tenant"))
+}
+
+async fn set_max_device_connections(tx: &mut TenantTx, quota: i32) -> Result<(), StoreError> {
+    if !(1..=MAX_DEVICE_CONNECTIONS).contains(&quota) {
+        return Err(StoreError::Invalid {
+            field: "max_device_connections",
+            reason: format!("{quota} is outside 1 to {MAX_DEVICE_CONNECTIONS}"),
+        });
+    }
+    let tenant = tx.tenant();
+    sqlx::query!(
+        "UPDATE tenants SET max_device_connections = $2 WHERE tenant_id = $1",
+        tenant as TenantId,
+        quota,
     )
     .execute(tx.conn())
     .await?;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use api::permissions::{RouteRule, ROUTES};
 use fleet_tests::https::{https_request, Response};
+use fleet_tests::mqtt::DeviceCredentials;
 use fleet_tests::TestDb;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet};
 use serde_json::{json, Value};
 use store::api_keys::{KeyEnv, Role};
 use store::audit::Actor;
@@ -934,5 +936,120 @@ async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments
         logged.contains("device request refused") && logged.contains("invalid-csr"),
         "the refused enrollment was not logged"
     );
+    fleet.running.shutdown().await.unwrap();
+}
+
+/// The CONNACK code a device of fleetd's embedded broker got (`None`: no CONNACK at all); a
+/// connected device's client is returned, driven, so that its session stays live.
+async fn device_connect(
+    fleet: &Fleet,
+    device: &DeviceCredentials,
+) -> (
+    Option<ConnectReturnCode>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let addr = fleet.running.broker_addr().expect("the embedded broker");
+    let options = device.options(
+        fleet.running.pki().issuing_ca.root_der(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    let (client, mut events) = AsyncClient::new(options, 8);
+    let connack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(connack))) => return Some(connack.code),
+                Ok(_) => continue,
+                Err(ConnectionError::ConnectionRefused(code)) => return Some(code),
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK or an error within 10 s");
+    if connack != Some(ConnectReturnCode::Success) {
+        return (connack, None);
+    }
+    let driver = tokio::spawn(async move {
+        let _client = client;
+        while events.poll().await.is_ok() {}
+    });
+    (connack, Some(driver))
+}
+
+#[tokio::test]
+async fn the_connection_quota_is_set_through_the_api_audited_and_applies_to_the_next_connect() {
+    let fleet = Fleet::start().await;
+    let shown = fleet
+        .call(&fleet.owner_key, "GET", "/v1/tenant", None)
+        .await;
+    shown.assert_status(200);
+    assert_eq!(
+        shown.json()["max_device_connections"],
+        100_000,
+        "the default"
+    );
+    let ids =
+        fleet_tests::tenancy::add_devices(&fleet.running.database().app, fleet.tenant, "q-", 2)
+            .await;
+    let ca = &fleet.running.pki().issuing_ca;
+    let [first, second] =
+        [ids[0], ids[1]].map(|id| DeviceCredentials::issued(ca, fleet.tenant, id));
+    let (code, _first_session) = device_connect(&fleet, &first).await;
+    assert_eq!(code, Some(ConnectReturnCode::Success));
+
+    let set = |quota: i64| {
+        fleet.call(
+            &fleet.owner_key,
+            "PATCH",
+            "/v1/tenant",
+            Some(json!({ "max_device_connections": quota })),
+        )
+    };
+    let changed = set(1).await;
+    changed.assert_status(200);
+    assert_eq!(changed.json()["max_device_connections"], 1);
+    // At once, for the next CONNECT: no cache to wait out.
+    let (code, _) = device_connect(&fleet, &second).await;
+    assert_eq!(code, Some(ConnectReturnCode::ServiceUnavailable));
+    // The connected device reconnecting takes over its own place.
+    let (code, _first_again) = device_connect(&fleet, &first).await;
+    assert_eq!(code, Some(ConnectReturnCode::Success));
+    // Out of range: refused naming the field and the range, nothing changed, nothing audited.
+    for quota in [0, -1, 10_000_001] {
+        let refused = set(quota).await;
+        let problem = refused.assert_problem(422, "invalid-field");
+        assert_eq!(problem["field"], "max_device_connections", "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("outside 1 to 10000000"), "{detail}");
+    }
+    set(2).await.assert_status(200);
+    let (code, _second_session) = device_connect(&fleet, &second).await;
+    assert_eq!(code, Some(ConnectReturnCode::Success));
+
+    let events = fleet
+        .call(
+            &fleet.owner_key,
+            "GET",
+            "/v1/audit-events?action=tenant.settings_update",
+            None,
+        )
+        .await
+        .json();
+    let changes: Vec<(i64, i64)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let quota = &e["details"]["max_device_connections"];
+            (
+                quota["from"].as_i64().unwrap(),
+                quota["to"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(changes.contains(&(100_000, 1)), "{events}");
+    assert!(changes.contains(&(1, 2)), "{events}");
+    assert_eq!(changes.len(), 2, "{events}");
     fleet.running.shutdown().await.unwrap();
 }

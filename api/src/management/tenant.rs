@@ -25,6 +25,9 @@ pub struct TenantView {
     pub created_at: String,
     /// Days telemetry and other device records are kept.
     pub record_retention_days: i32,
+    /// The most devices connected at once on one gateway; a further device's CONNECT is
+    /// refused (CONNACK 0x03) until one disconnects. A reconnecting device is never refused.
+    pub max_device_connections: i32,
 }
 
 impl From<TenantSettings> for TenantView {
@@ -34,6 +37,7 @@ impl From<TenantSettings> for TenantView {
             name: s.tenant.name,
             created_at: rfc3339(s.tenant.created_at),
             record_retention_days: s.record_retention_days,
+            max_device_connections: s.max_device_connections,
         }
     }
 }
@@ -47,6 +51,10 @@ pub struct TenantUpdate {
     /// Days to keep device records, 1 to 3650.
     #[schema(minimum = 1, maximum = 3650)]
     pub record_retention_days: Option<i32>,
+    /// The most devices connected at once on one gateway, 1 to 10,000,000. Applies to new
+    /// connections at once; connected devices above a lowered quota stay connected.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub max_device_connections: Option<i32>,
 }
 
 /// The caller's tenant.
@@ -63,7 +71,7 @@ pub(crate) async fn show(
     Ok(Json(settings.into()))
 }
 
-/// Changes the tenant's name or record retention.
+/// Changes the tenant's name, record retention or connection quota.
 #[utoipa::path(patch, path = "/v1/tenant", tag = "tenant", request_body = TenantUpdate,
     responses((status = 200, body = TenantView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -76,6 +84,7 @@ pub(crate) async fn update(
     let change = SettingsChange {
         name: update.name,
         record_retention_days: update.record_retention_days,
+        max_device_connections: update.max_device_connections,
     };
     let mut tx = caller.begin(&ctx).await?;
     let settings =

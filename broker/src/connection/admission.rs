@@ -16,7 +16,7 @@ use super::codec::{DeviceIo, ReadError};
 use super::registration::Registration;
 use super::{Shared, CLOSE_TIMEOUT};
 use crate::engine::SharedLinkTx;
-use crate::hooks::DisconnectReason;
+use crate::hooks::{Admission, DisconnectReason};
 use crate::policy;
 use crate::stats::Refusal;
 
@@ -111,9 +111,13 @@ async fn register_and_open(
     // Registered before the admission check: a revocation that lands while the check
     // runs finds the session and is remembered, so it cannot slip between the two.
     let registration = Registration::register(shared, identity, remote_addr);
-    let (link_tx, link_rx) = open(shared, identity, serial, client_id)
+    let quota = ask_admission(shared, identity, serial)
         .await
         .map_err(Some)?;
+    registration
+        .take_tenant_place(quota)
+        .map_err(|_| Some(Refusal::TenantSessionLimit))?;
+    let (link_tx, link_rx) = open_link(shared, identity, client_id).await.map_err(Some)?;
     // A revocation or a newer session that arrived during the checks wins over them.
     if let Some(reason) = registration.control().reason() {
         if reason != DisconnectReason::Replaced {
@@ -156,30 +160,39 @@ fn connack_code(refusal: Refusal) -> ConnectReturnCode {
     }
 }
 
-/// Asks the admission hook, then opens the engine link.
-async fn open(
+/// Asks the admission hook; the tenant's session quota when it admits.
+async fn ask_admission(
     shared: &Shared,
     identity: DeviceIdentity,
     serial: SerialNumber,
-    client_id: &str,
-) -> Result<(SharedLinkTx, LinkRx), Refusal> {
+) -> Result<u32, Refusal> {
     let verdict = timeout(
         shared.limits.admission_timeout,
         (shared.admission)(identity, serial),
     )
     .await;
     match verdict {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return Err(Refusal::Revoked),
+        Ok(Ok(Admission::Admit {
+            tenant_session_quota,
+        })) => Ok(tenant_session_quota),
+        Ok(Ok(Admission::Refuse)) => Err(Refusal::Revoked),
         Ok(Err(error)) => {
             warn!(%identity, %error, "admission check failed; refusing (fail closed)");
-            return Err(Refusal::AdmissionError);
+            Err(Refusal::AdmissionError)
         }
         Err(_elapsed) => {
             warn!(%identity, "admission check timed out; refusing (fail closed)");
-            return Err(Refusal::AdmissionError);
+            Err(Refusal::AdmissionError)
         }
     }
+}
+
+/// Opens the session's engine link.
+async fn open_link(
+    shared: &Shared,
+    identity: DeviceIdentity,
+    client_id: &str,
+) -> Result<(SharedLinkTx, LinkRx), Refusal> {
     match shared.engine.open_link(client_id.to_owned()).await {
         Ok((link_tx, link_rx, _connack)) => Ok((link_tx, link_rx)),
         Err(error) => {
@@ -260,6 +273,10 @@ mod tests {
             ),
             (
                 Refusal::EngineUnavailable,
+                ConnectReturnCode::ServiceUnavailable,
+            ),
+            (
+                Refusal::TenantSessionLimit,
                 ConnectReturnCode::ServiceUnavailable,
             ),
             (

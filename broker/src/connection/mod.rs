@@ -4,7 +4,7 @@
 //! TLS handshake (timeout, own task) ─▶ identity from the verified leaf
 //!   ─▶ CONNECT (timeout): protocol 3.1.1, client id = device id, keep-alive, will topic
 //!   ─▶ registered (a newer session of the device replaces this one)
-//!   ─▶ admission hook (timeout, fail closed) ─▶ engine link ─▶ CONNACK 0x00, online
+//!   ─▶ admission hook (timeout, fail closed) ─▶ tenant session quota ─▶ engine link ─▶ CONNACK 0x00, online
 //!   ─▶ session loop: device packets checked and passed to the engine; engine packets
 //!      written to the device; closed on revocation, replacement, keep-alive, a broken
 //!      rule, a lost link or shutdown
@@ -116,9 +116,16 @@ pub(crate) async fn serve(
     match admitted {
         Ok(admitted) => session::run(&shared, device, admitted, identity).await,
         Err(refusal) => {
-            if let Some(refusal) = refusal {
-                debug!(%remote_addr, %identity, %refusal, "session refused");
-                shared.counters.refused(refusal);
+            match refusal {
+                // A tenant at its quota may have thousands of devices retrying.
+                Some(Refusal::TenantSessionLimit) => shared
+                    .counters
+                    .refused_and_logged(Refusal::TenantSessionLimit, remote_addr.ip()),
+                Some(refusal) => {
+                    debug!(%remote_addr, %identity, %refusal, "session refused");
+                    shared.counters.refused(refusal);
+                }
+                None => {}
             }
             device.close().await;
         }

@@ -17,7 +17,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::hooks::{DisconnectReason, PresenceEvent};
-use crate::registry::{Registry, SessionControl};
+use crate::registry::{Registry, SessionControl, TenantQuotaReached};
 use crate::stats::Counters;
 
 /// A registered session. Dropping it removes the registry entry (unless a newer
@@ -60,7 +60,7 @@ impl Registration {
         identity: DeviceIdentity,
         remote_addr: SocketAddr,
     ) -> Self {
-        let control = registry.register(identity.device_id);
+        let control = registry.register(identity.device_id, identity.tenant_id);
         Self {
             control,
             identity,
@@ -76,6 +76,13 @@ impl Registration {
     /// The session's control block: how a revocation or a newer session reaches it.
     pub(super) fn control(&self) -> &SessionControl {
         &self.control
+    }
+
+    /// Takes one of the tenant's `quota` places for this session (kept from the session it
+    /// replaces, if that one held one); the drop gives it back.
+    pub(super) fn take_tenant_place(&self, quota: u32) -> Result<(), TenantQuotaReached> {
+        self.registry
+            .take_tenant_place(self.identity.device_id, self.control.session(), quota)
     }
 
     /// CONNACK 0x00 was sent: counts the session as started and reports it online.

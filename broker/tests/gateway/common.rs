@@ -51,6 +51,12 @@ impl TestPki {
     pub fn device_with(&self, validity: Validity) -> TestDevice {
         TestDevice::issue(self.ca(), validity)
     }
+
+    /// A new device of `tenant`, valid for a day.
+    pub fn device_of(&self, tenant: wire::TenantId) -> TestDevice {
+        let validity = Validity::from_now(Duration::from_secs(86_400)).unwrap();
+        TestDevice::issue_for(self.ca(), tenant, validity)
+    }
 }
 
 /// A device key and its certificate chain (leaf + issuing CA).
@@ -64,8 +70,13 @@ pub struct TestDevice {
 impl TestDevice {
     /// Makes a key and a CSR as a device would, and has `ca` sign it.
     pub fn issue(ca: &IssuingCa, validity: Validity) -> Self {
+        Self::issue_for(ca, wire::TenantId::new_random(), validity)
+    }
+
+    /// [`Self::issue`] for a device of `tenant`.
+    pub fn issue_for(ca: &IssuingCa, tenant: wire::TenantId, validity: Validity) -> Self {
         let identity = DeviceIdentity {
-            tenant_id: wire::TenantId::new_random(),
+            tenant_id: tenant,
             device_id: wire::DeviceId::new_random(),
         };
         let issued = fleet_tests::device::issue(ca, identity, validity);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use broker::{AdmissionCheck, BrokerHooks, Refusal, RunningBroker};
+use broker::{Admission, AdmissionCheck, BrokerHooks, Refusal, RunningBroker};
 use certs::Validity;
 use rumqttc::{ConnectReturnCode, MqttOptions};
 use time::OffsetDateTime;
@@ -134,8 +134,12 @@ async fn a_revoked_device_is_refused_with_not_authorized() {
     let mut hooks = BrokerHooks::admit_all();
     hooks.admission = Arc::new(move |identity: certs::DeviceIdentity, _serial| {
         counter.fetch_add(1, Ordering::Relaxed);
-        let allowed = identity.device_id != revoked_id;
-        Box::pin(async move { Ok(allowed) })
+        let verdict = if identity.device_id == revoked_id {
+            Admission::Refuse
+        } else {
+            Admission::ADMIT_UNLIMITED
+        };
+        Box::pin(async move { Ok(verdict) })
     });
     let broker = start_broker(&pki, hooks, |_| {}).await;
     assert_eq!(

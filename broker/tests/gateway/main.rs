@@ -11,4 +11,5 @@ mod limits;
 mod revocation;
 mod session;
 mod slow_clients;
+mod tenant_quota;
 mod topic_rules;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::*;
-use broker::{BrokerHooks, DisconnectReason, Refusal};
+use broker::{Admission, BrokerHooks, DisconnectReason, Refusal};
 use rumqttc::{ConnectReturnCode, QoS};
 
 /// An admission hook backed by an in-memory revocation list, as the store would be.
@@ -15,8 +15,12 @@ fn revocation_list() -> (BrokerHooks, Arc<Mutex<HashSet<wire::DeviceId>>>) {
     let list = Arc::clone(&revoked);
     let mut hooks = BrokerHooks::admit_all();
     hooks.admission = Arc::new(move |identity: certs::DeviceIdentity, _serial| {
-        let allowed = !list.lock().unwrap().contains(&identity.device_id);
-        Box::pin(async move { Ok(allowed) })
+        let verdict = if list.lock().unwrap().contains(&identity.device_id) {
+            Admission::Refuse
+        } else {
+            Admission::ADMIT_UNLIMITED
+        };
+        Box::pin(async move { Ok(verdict) })
     });
     (hooks, revoked)
 }
@@ -102,7 +106,7 @@ async fn a_revocation_during_the_admission_check_is_not_lost() {
             let _ = checking.send(());
             // The check read the database before the revocation committed.
             let _ = gate.wait_for(|open| *open).await;
-            Ok(true)
+            Ok(Admission::ADMIT_UNLIMITED)
         })
     });
     let (presence_tx, mut presence) = tokio::sync::mpsc::unbounded_channel();

@@ -40,6 +40,10 @@ pub enum TenantCommand {
         /// How long telemetry and other records are kept, in days (1 to 3650).
         #[arg(long, value_name = "DAYS", group = "change")]
         record_retention_days: Option<u32>,
+        /// The most devices connected at once on one gateway (1 to 10,000,000); further
+        /// devices are refused until one disconnects.
+        #[arg(long, value_name = "COUNT", group = "change")]
+        max_device_connections: Option<u32>,
     },
 }
 
@@ -51,6 +55,7 @@ struct TenantView {
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     record_retention_days: Option<i64>,
+    max_device_connections: Option<i64>,
 }
 
 /// Runs `fleetctl tenant ...`.
@@ -62,6 +67,7 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
         TenantCommand::Set {
             name,
             record_retention_days,
+            max_device_connections,
         } => {
             let api = ctx.api("tenant set").await?;
             let mut body = Map::new();
@@ -70,6 +76,9 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             }
             if let Some(days) = record_retention_days {
                 body.insert("record_retention_days".into(), json!(days));
+            }
+            if let Some(quota) = max_device_connections {
+                body.insert("max_device_connections".into(), json!(quota));
             }
             let value = api.patch("v1/tenant", &Value::Object(body)).await?;
             render(ctx, value)
@@ -89,6 +98,11 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
                 "record retention",
                 t.record_retention_days
                     .map_or_else(|| "-".to_owned(), |d| format!("{d} days")),
+            )
+            .field(
+                "max device connections",
+                t.max_device_connections
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             );
         Ok(fields.render())
     })
