@@ -34,6 +34,9 @@ use tokio_rustls::TlsConnector;
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const REAL_DEVICE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// The shared-token devices: an address of their own, since the flood has used up the
+/// attacker's failed-attempt allowance.
+const SHARED_TOKEN_DEVICES: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 const POOL: u32 = 16;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -49,8 +52,10 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    async fn connect(addr: SocketAddr, ca: &IssuingCa) -> Self {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
+    async fn connect(addr: SocketAddr, ca: &IssuingCa, from: IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(from, 0)).expect("bind");
+        let tcp = socket.connect(addr).await.expect("connect");
         let connector = TlsConnector::from(fleet_tests::https::client_config(ca));
         let name = ServerName::try_from("localhost").unwrap();
         let tls = connector.connect(name, tcp).await.expect("TLS");
@@ -201,13 +206,13 @@ async fn main() {
             let mut tick =
                 tokio::time::interval(Duration::from_micros(1_000_000 * connections / flood_rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut conn = KeepAlive::connect(addr, &ca).await;
+            let mut conn = KeepAlive::connect(addr, &ca, ATTACKER).await;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let status = match conn.enroll(&bogus).await {
                     Some(status) => status,
                     None => {
-                        conn = KeepAlive::connect(addr, &ca).await;
+                        conn = KeepAlive::connect(addr, &ca, ATTACKER).await;
                         0
                     }
                 };
@@ -264,7 +269,7 @@ async fn main() {
     for _ in 0..clients {
         let (queue, ca) = (queue.clone(), ca.clone());
         workers.push(tokio::spawn(async move {
-            let mut conn = KeepAlive::connect(addr, &ca).await;
+            let mut conn = KeepAlive::connect(addr, &ca, SHARED_TOKEN_DEVICES).await;
             let mut enrolled = 0u64;
             loop {
                 let Some(body) = queue.lock().unwrap().pop() else {
@@ -273,7 +278,7 @@ async fn main() {
                 match conn.enroll(&body).await {
                     Some(201) => enrolled += 1,
                     Some(other) => panic!("enrollment answered {other}"),
-                    None => conn = KeepAlive::connect(addr, &ca).await,
+                    None => conn = KeepAlive::connect(addr, &ca, SHARED_TOKEN_DEVICES).await,
                 }
             }
         }));
