@@ -195,7 +195,17 @@ impl RunningBroker {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> BrokerStats {
-        self.shared.counters.snapshot()
+        self.stats_reader().snapshot()
+    }
+
+    /// A handle that reads the counters without keeping the broker alive (for a metrics
+    /// collector that outlives [`Self::shutdown`]).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader {
+            counters: Arc::clone(&self.shared.counters),
+            connections: Arc::clone(&self.connections),
+            max_connections: self.max_connections,
+        }
     }
 
     /// Subscribes an in-process receiver to an MQTT filter, such as
@@ -231,6 +241,28 @@ impl RunningBroker {
         if drained.is_err() {
             warn!("some device connections were still open at the end of shutdown");
         }
+    }
+}
+
+/// Reads a broker's counters at any time, cheaply (atomics, no lock): see
+/// [`RunningBroker::stats_reader`].
+#[derive(Clone, Debug)]
+pub struct StatsReader {
+    counters: Arc<stats::Counters>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl StatsReader {
+    /// A snapshot of the counters, with the connections open now.
+    pub fn snapshot(&self) -> BrokerStats {
+        let mut stats = self.counters.snapshot();
+        let free = self
+            .connections
+            .available_permits()
+            .min(self.max_connections);
+        stats.connections_open = (self.max_connections - free) as u64;
+        stats
     }
 }
 

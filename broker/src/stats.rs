@@ -6,6 +6,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
@@ -154,6 +155,9 @@ pub(crate) struct Counters {
     sessions_active: AtomicU64,
     publishes_received: AtomicU64,
     packets_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    handshakes_in_progress: AtomicU64,
     refusals: [AtomicU64; Refusal::ALL.len()],
     /// Per reason, the Unix second of its last log line.
     refusals_logged_at: [AtomicU64; Refusal::ALL.len()],
@@ -209,6 +213,20 @@ impl Counters {
         self.packets_sent.fetch_add(count, Ordering::Relaxed);
     }
 
+    pub(crate) fn bytes_received(&self, count: u64) {
+        self.bytes_received.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bytes_sent(&self, count: u64) {
+        self.bytes_sent.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts a TLS handshake in progress until the guard drops.
+    pub(crate) fn handshake_started(self: &Arc<Self>) -> HandshakeInProgress {
+        self.handshakes_in_progress.fetch_add(1, Ordering::Relaxed);
+        HandshakeInProgress(Arc::clone(self))
+    }
+
     pub(crate) fn snapshot(&self) -> BrokerStats {
         let mut refusals = [0; Refusal::ALL.len()];
         for (slot, counter) in refusals.iter_mut().zip(&self.refusals) {
@@ -221,8 +239,23 @@ impl Counters {
             sessions_active: self.sessions_active.load(Ordering::Relaxed),
             publishes_received: self.publishes_received.load(Ordering::Relaxed),
             packets_sent: self.packets_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
+            connections_open: 0,
             refusals,
         }
+    }
+}
+
+/// A TLS handshake in progress, counted in [`BrokerStats::handshakes_in_progress`] until dropped.
+pub(crate) struct HandshakeInProgress(Arc<Counters>);
+
+impl Drop for HandshakeInProgress {
+    fn drop(&mut self) {
+        self.0
+            .handshakes_in_progress
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -241,6 +274,16 @@ pub struct BrokerStats {
     pub publishes_received: u64,
     /// Packets written to devices (CONNACK excluded).
     pub packets_sent: u64,
+    /// MQTT bytes read from devices (after TLS decryption; TLS records and handshakes not
+    /// counted).
+    pub bytes_received: u64,
+    /// MQTT bytes written to devices (before TLS encryption).
+    pub bytes_sent: u64,
+    /// TLS handshakes in progress now.
+    pub handshakes_in_progress: u64,
+    /// TCP connections open now, in any state (handshaking, waiting for CONNECT or admission,
+    /// in a session, closing); 0 in a snapshot that does not come from a running broker.
+    pub connections_open: u64,
     refusals: [u64; Refusal::ALL.len()],
 }
 
@@ -248,6 +291,11 @@ impl BrokerStats {
     /// How many times the gateway refused for `reason`.
     pub fn refused(&self, reason: Refusal) -> u64 {
         self.refusals[reason.index()]
+    }
+
+    /// Failed TLS handshakes: [`Refusal::TlsHandshake`] plus [`Refusal::TlsHandshakeTimeout`].
+    pub fn handshakes_failed(&self) -> u64 {
+        self.refused(Refusal::TlsHandshake) + self.refused(Refusal::TlsHandshakeTimeout)
     }
 
     /// Every reason with its count, for exporting.

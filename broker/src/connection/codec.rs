@@ -2,6 +2,7 @@
 //! stream.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
@@ -12,7 +13,7 @@ use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 
 use super::CLOSE_TIMEOUT;
-use crate::stats::Refusal;
+use crate::stats::{Counters, Refusal};
 
 /// Read buffer space reserved before each read.
 const READ_CHUNK: usize = 2048;
@@ -30,14 +31,16 @@ pub(super) struct DeviceIo {
     stream: Stream,
     reader: PacketReader,
     write_buffer: BytesMut,
+    counters: Arc<Counters>,
 }
 
 impl DeviceIo {
-    pub(super) fn new(stream: Stream, max_packet_size: usize) -> Self {
+    pub(super) fn new(stream: Stream, max_packet_size: usize, counters: Arc<Counters>) -> Self {
         Self {
             stream,
             reader: PacketReader::new(max_packet_size),
             write_buffer: BytesMut::new(),
+            counters,
         }
     }
 
@@ -48,7 +51,11 @@ impl DeviceIo {
 
     /// Reads the next packet (cancel safe: partial input stays in the reader).
     pub(super) async fn read_packet(&mut self) -> Result<(Packet, u8), ReadError> {
-        self.reader.next(&mut self.stream).await
+        let before = self.reader.bytes_read;
+        let read = self.reader.next(&mut self.stream).await;
+        self.counters
+            .bytes_received(self.reader.bytes_read - before);
+        read
     }
 
     /// A complete packet already read, if there is one: no I/O.
@@ -66,6 +73,9 @@ impl DeviceIo {
                 .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
         }
         let result = self.stream.write_all(&self.write_buffer).await;
+        if result.is_ok() {
+            self.counters.bytes_sent(self.write_buffer.len() as u64);
+        }
         self.write_buffer.clear();
         result?;
         self.stream.flush().await
@@ -120,6 +130,8 @@ impl ReadError {
 struct PacketReader {
     buffer: BytesMut,
     max_packet_size: usize,
+    /// Bytes read from the stream so far.
+    bytes_read: u64,
 }
 
 impl PacketReader {
@@ -127,6 +139,7 @@ impl PacketReader {
         Self {
             buffer: BytesMut::new(),
             max_packet_size,
+            bytes_read: 0,
         }
     }
 
@@ -160,6 +173,7 @@ impl PacketReader {
             if read == 0 {
                 return Err(ReadError::Closed);
             }
+            self.bytes_read += read as u64;
         }
     }
 }

@@ -110,7 +110,11 @@ pub(crate) async fn serve(
         codec::close(stream).await;
         return;
     };
-    let mut device = DeviceIo::new(stream, shared.limits.max_connect_size);
+    let mut device = DeviceIo::new(
+        stream,
+        shared.limits.max_connect_size,
+        Arc::clone(&shared.counters),
+    );
     let admitted = admission::admit(&shared, &mut device, identity, serial, remote_addr).await;
     drop(pending);
     match admitted {
@@ -135,8 +139,9 @@ pub(crate) async fn serve(
 /// The TLS handshake, bounded by the handshake timeout. Any failure (no certificate,
 /// another CA, expired, TLS below 1.2, garbage) is counted as such and ends here.
 async fn tls_handshake(shared: &Shared, tcp: TcpStream, permit: HandshakeSlot) -> Option<Stream> {
+    let in_progress = shared.counters.handshake_started();
     let result = timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp)).await;
-    drop(permit);
+    drop((permit, in_progress));
     match result {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(error)) => {
