@@ -62,8 +62,9 @@ pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use metrics::ApiMetrics;
 pub use openapi::openapi;
 pub use tls::{
-    serve_tls, serve_tls_with, tls_server_config, tls_server_config_for, TlsConnection, TlsLimits,
-    TlsListener, DEFAULT_API_MAX_CONNECTIONS, LINGER_MAX_BYTES, LINGER_TIMEOUT,
+    serve_tls, serve_tls_observed, serve_tls_with, tls_server_config, tls_server_config_for,
+    TlsConnection, TlsLimits, TlsListener, DEFAULT_API_MAX_CONNECTIONS, LINGER_MAX_BYTES,
+    LINGER_TIMEOUT,
 };
 
 /// Largest request body accepted on every route, in bytes: the enrollment contract's limit

@@ -8,10 +8,15 @@
 //! | `fleet_api_key_cache_total` | `outcome` (`hit`, `miss`) |
 //! | `fleet_api_auth_refusals_total` | `reason` (`missing`, `malformed`, `unknown`, `wrong_secret`, `revoked`, `expired`, `source_not_allowed`, `slowed`) |
 //! | `fleet_api_refusals_total` | `route`, `problem` (the problem type slug of every 4xx) |
+//! | `fleet_api_connections_accepted_total` | none: TCP connections accepted by the listener, before any limit |
+//! | `fleet_api_connections_active` | none: connections holding a place under `max_connections` now (handshaking, serving, or closing lingering) |
+//! | `fleet_api_connections_refused_total` | `reason` (`connection_limit`, `address_handshake_limit`): closed at once by the accept loop |
+//! | `fleet_api_tls_handshake_failures_total` | `reason` (`error`: no common version or suite, a client certificate that does not verify, garbage; `timeout`: not done within the handshake timeout) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -55,6 +60,28 @@ pub struct ApiMetrics {
     key_cache: Family<OutcomeLabels, Counter>,
     auth_refusals: Family<ReasonLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    pub(crate) listener: ListenerMetrics,
+}
+
+/// The TLS listener's series (see the module table); cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ListenerMetrics {
+    pub(crate) accepted: Counter,
+    pub(crate) active: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub(crate) fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -71,6 +98,7 @@ impl Default for ApiMetrics {
             key_cache: Family::default(),
             auth_refusals: Family::default(),
             refusals: Family::default(),
+            listener: ListenerMetrics::default(),
         }
     }
 }
@@ -105,6 +133,38 @@ impl ApiMetrics {
             "API answers 4xx by route template and problem type",
             metrics.refusals.clone(),
         );
+        let listener = &metrics.listener;
+        api.register(
+            "connections_accepted",
+            "TCP connections accepted by the API listener, before any limit",
+            listener.accepted.clone(),
+        );
+        api.register(
+            "connections_active",
+            "API connections holding a place under max_connections (handshaking, serving, closing)",
+            listener.active.clone(),
+        );
+        api.register(
+            "connections_refused",
+            "API connections closed at once by the accept loop, by limit",
+            listener.refused.clone(),
+        );
+        api.register(
+            "tls_handshake_failures",
+            "API TLS handshakes that failed (error) or did not finish in time (timeout)",
+            listener.handshake_failures.clone(),
+        );
+        // Present from the first scrape, so dashboards and rate() see zeros, not gaps.
+        for reason in ["connection_limit", "address_handshake_limit"] {
+            drop(listener.refused.get_or_create(&ReasonLabels { reason }));
+        }
+        for reason in ["error", "timeout"] {
+            drop(
+                listener
+                    .handshake_failures
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
         metrics
     }
 

@@ -47,6 +47,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::client_addr::TlsPeer;
+use crate::metrics::ListenerMetrics;
+use crate::ApiMetrics;
 
 /// A rustls server configuration for the API: the policy of `certs::tls` (ring, TLS 1.3 and
 /// 1.2, AEAD suites only), ALPN `http/1.1`.
@@ -177,7 +179,30 @@ pub struct TlsConnection {
     pub stream: TlsStream<TcpStream>,
     /// The TCP peer.
     pub peer: SocketAddr,
-    _connection: OwnedSemaphorePermit,
+    _connection: ConnectionSlot,
+}
+
+/// A connection's place under [`TlsLimits::max_connections`], counted in
+/// `fleet_api_connections_active` until dropped.
+struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: ListenerMetrics,
+}
+
+impl ConnectionSlot {
+    fn new(permit: OwnedSemaphorePermit, metrics: &ListenerMetrics) -> Self {
+        metrics.active.inc();
+        Self {
+            _permit: permit,
+            metrics: metrics.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.active.dec();
+    }
 }
 
 /// A TCP listener that yields connections only after their TLS handshake succeeded.
@@ -194,6 +219,16 @@ impl TlsListener {
         config: Arc<ServerConfig>,
         limits: TlsLimits,
     ) -> io::Result<Self> {
+        Self::observed(listener, config, limits, &ApiMetrics::default())
+    }
+
+    /// [`Self::new`], counting connections, refusals and handshake failures in `metrics`.
+    pub fn observed(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        limits: TlsLimits,
+        metrics: &ApiMetrics,
+    ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
         let accept_task = tokio::spawn(accept_loop(
@@ -201,6 +236,7 @@ impl TlsListener {
             TlsAcceptor::from(config),
             limits,
             ready_tx,
+            metrics.listener.clone(),
         ));
         Ok(Self {
             ready,
@@ -237,15 +273,26 @@ enum Refusal {
     AddressHandshakeLimit,
 }
 
+impl Refusal {
+    /// The `reason` label of `fleet_api_connections_refused_total`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLimit => "connection_limit",
+            Self::AddressHandshakeLimit => "address_handshake_limit",
+        }
+    }
+}
+
 /// The refusals so far, logged at most once per kind every [`REFUSAL_LOG_INTERVAL_SECS`].
-#[derive(Default)]
 struct RefusalLog {
     counts: [AtomicU64; 2],
     logged_at: [AtomicU64; 2],
+    metrics: ListenerMetrics,
 }
 
 impl RefusalLog {
     fn refused(&self, refusal: Refusal, peer: IpAddr) {
+        self.metrics.refused(refusal.as_str());
         let slot = refusal as usize;
         let total = self.counts[slot].fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now()
@@ -269,11 +316,16 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     limits: TlsLimits,
     ready: mpsc::Sender<TlsConnection>,
+    metrics: ListenerMetrics,
 ) {
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes_in_flight.max(1)));
     let per_address = PerKeyLimit::new(limits.max_handshakes_per_address);
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let refusals = RefusalLog::default();
+    let refusals = RefusalLog {
+        counts: Default::default(),
+        logged_at: Default::default(),
+        metrics: metrics.clone(),
+    };
     loop {
         let Ok(permit) = handshakes.clone().acquire_owned().await else {
             return;
@@ -288,10 +340,12 @@ async fn accept_loop(
             },
             () = ready.closed() => return,
         };
+        metrics.accepted.inc();
         let Ok(connection) = connections.clone().try_acquire_owned() else {
             refusals.refused(Refusal::ConnectionLimit, peer.ip());
             continue;
         };
+        let connection = ConnectionSlot::new(connection, &metrics);
         let Some(address) = per_address.try_acquire(peer.ip()) else {
             refusals.refused(Refusal::AddressHandshakeLimit, peer.ip());
             continue;
@@ -305,6 +359,7 @@ async fn accept_loop(
             connection,
             limits.handshake_timeout,
             ready.clone(),
+            metrics.clone(),
         ));
     }
 }
@@ -315,9 +370,10 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: (OwnedSemaphorePermit, PerKeyPermit<IpAddr>),
-    connection: OwnedSemaphorePermit,
+    connection: ConnectionSlot,
     limit: Duration,
     ready: mpsc::Sender<TlsConnection>,
+    metrics: ListenerMetrics,
 ) {
     let outcome = tokio::time::timeout(limit, acceptor.accept(tcp)).await;
     drop(slot);
@@ -331,8 +387,14 @@ async fn handshake(
                 })
                 .await;
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            metrics.handshake_failed("error");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            metrics.handshake_failed("timeout");
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
     }
 }
 
@@ -371,7 +433,28 @@ pub async fn serve_tls_with(
     limits: TlsLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut listener = TlsListener::new(listener, tls, limits)?;
+    serve_tls_observed(
+        listener,
+        tls,
+        router,
+        limits,
+        &ApiMetrics::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_tls_with`], counting the listener's connections, refusals and TLS handshake failures
+/// in `metrics` (the `fleet_api_connections_*` and `fleet_api_tls_*` series).
+pub async fn serve_tls_observed(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    limits: TlsLimits,
+    metrics: &ApiMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut listener = TlsListener::observed(listener, tls, limits, metrics)?;
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -535,11 +618,11 @@ pub const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
 struct Lingering {
     /// `None` only once dropped.
     stream: Option<TlsStream<TcpStream>>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<ConnectionSlot>,
 }
 
 impl Lingering {
-    fn new(stream: TlsStream<TcpStream>, permit: OwnedSemaphorePermit) -> Self {
+    fn new(stream: TlsStream<TcpStream>, permit: ConnectionSlot) -> Self {
         Self {
             stream: Some(stream),
             permit: Some(permit),
@@ -598,7 +681,7 @@ impl Drop for Lingering {
 /// Shuts the write side (hyper's shutdown has sent the TLS close_notify, or the connection is
 /// being abandoned), then discards what the client still sends until it closes or the bounds are
 /// reached; only then are the socket and its connection permit released.
-async fn linger(mut tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+async fn linger(mut tcp: TcpStream, permit: Option<ConnectionSlot>) {
     let _ = tcp.shutdown().await;
     let drain = async {
         let mut discarded = 0usize;
