@@ -10,7 +10,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, PgPool};
 
+use crate::audit::{self, ChainVerdict};
 use crate::cluster::{self, ClusterOptions, PrivateCluster};
+use crate::metrics::{PoolCollector, StoreMetrics, APP_POOL};
 use crate::tenants::Tenant;
 use crate::DatabaseUrl;
 use crate::{StoreError, TenantId, TenantTx};
@@ -84,12 +86,23 @@ pub struct Database {
     /// The application role's handle.
     pub app: AppDb,
     cluster: Option<PrivateCluster>,
+    /// Every tenant when the database was opened, for [`Database::verify_chain_tails`].
+    tenants_at_open: Vec<Tenant>,
 }
 
 impl Database {
     /// Starts or reaches the database, applies migrations, runs the start-up checks of `purpose`
-    /// and opens the application pool.
+    /// and opens the application pool, whose series are registered nowhere.
     pub async fn open(settings: &DatabaseSettings, purpose: Purpose) -> Result<Self, StoreError> {
+        Self::open_observed(settings, purpose, StoreMetrics::default()).await
+    }
+
+    /// [`Self::open`], counting the application pool's transactions in `metrics`.
+    pub async fn open_observed(
+        settings: &DatabaseSettings,
+        purpose: Purpose,
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         let attach = purpose != Purpose::Server;
         let (owner_options, cluster) = match &settings.url {
             Some(url) => (parse_url(url.expose())?, None),
@@ -132,8 +145,16 @@ impl Database {
             &app_options,
             settings.max_connections,
             settings.connect_timeout,
+            metrics,
         )
         .await?;
+        // The application role cannot list tenants (row-level security): the start-up chain
+        // check works from the owner's list, taken before the owner's pool closes.
+        let tenants_at_open = if purpose == Purpose::Server {
+            admin.list_tenants().await?
+        } else {
+            Vec::new()
+        };
         let admin = if purpose == Purpose::Server {
             admin.pool.close().await;
             None
@@ -144,7 +165,33 @@ impl Database {
             admin,
             app,
             cluster,
+            tenants_at_open,
         })
+    }
+
+    /// Verifies the last `rows` events of every tenant's audit chain ([`audit::verify_tail`]),
+    /// for every tenant that existed when the database was opened for [`Purpose::Server`] (none
+    /// for the tools, which have `fleetctl audit verify`), each in its own tenant
+    /// transaction. Counted in `fleet_audit_chain_verifications_total{scope="tail"}`; sets
+    /// `fleet_audit_chains_broken` to the number of broken chains found. An error (the database
+    /// went away) ends the check.
+    pub async fn verify_chain_tails(
+        &self,
+        rows: u32,
+    ) -> Result<Vec<(Tenant, ChainVerdict)>, StoreError> {
+        let mut verdicts = Vec::with_capacity(self.tenants_at_open.len());
+        for tenant in &self.tenants_at_open {
+            let mut tx = self.app.begin(tenant.id).await?;
+            let verdict = audit::verify_tail(&mut tx, rows).await?;
+            tx.rollback().await?;
+            verdicts.push((tenant.clone(), verdict));
+        }
+        let broken = verdicts
+            .iter()
+            .filter(|(_, verdict)| matches!(verdict, ChainVerdict::Broken { .. }))
+            .count();
+        self.app.metrics().set_chains_broken(broken);
+        Ok(verdicts)
     }
 
     /// The owner role's handle; [`StoreError::OwnerPoolClosed`] when opened for
@@ -396,6 +443,7 @@ impl AdminDb {
 #[derive(Clone)]
 pub struct AppDb {
     pool: PgPool,
+    metrics: StoreMetrics,
 }
 
 impl AppDb {
@@ -403,18 +451,34 @@ impl AppDb {
         options: &PgConnectOptions,
         max_connections: u32,
         timeout: Duration,
+        metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, metrics })
     }
 
     /// Opens a transaction scoped to `tenant`.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, StoreError> {
-        TenantTx::begin(self.pool.begin().await?, tenant).await
+        let waiting = self.metrics.waiting(APP_POOL);
+        let connection = self.pool.acquire().await?;
+        self.metrics.acquired(APP_POOL, waiting);
+        let tx = sqlx::Transaction::begin(connection, None).await?;
+        TenantTx::begin(tx, tenant, self.metrics.clone()).await
+    }
+
+    /// The collector of this pool's sizes (`fleet_store_pool_connections`,
+    /// `fleet_store_pool_max_connections`), for a Prometheus registry.
+    pub fn pool_collector(&self) -> PoolCollector {
+        PoolCollector::new(vec![(APP_POOL, self.pool.clone())])
+    }
+
+    /// The series this pool's transactions are counted in.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// The pool itself, for the modules of this crate that need a connection outside a tenant

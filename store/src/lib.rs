@@ -28,6 +28,7 @@ pub mod enrollment_tokens;
 mod error;
 mod ids;
 pub mod ingest_state;
+pub mod metrics;
 pub mod patch_inventory;
 pub mod records;
 pub mod revocations;
@@ -41,6 +42,7 @@ pub use connect::{
 };
 pub use database_url::{DatabaseUrl, NotADatabaseUrl};
 pub use error::StoreError;
+pub use metrics::{PoolCollector, StoreMetrics};
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,
 };

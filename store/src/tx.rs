@@ -1,7 +1,10 @@
 //! The tenant-scoped transaction: the only way to reach tenant rows.
 
+use std::time::Instant;
+
 use sqlx::{PgConnection, Postgres, Transaction};
 
+use crate::metrics::StoreMetrics;
 use crate::{StoreError, TenantId};
 
 /// A database transaction bound to exactly one tenant.
@@ -13,20 +16,54 @@ use crate::{StoreError, TenantId};
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     tenant: TenantId,
+    observed: Observed,
+}
+
+/// What the metrics learn of a transaction when it ends: its duration and outcome, and the
+/// audit events it made durable (only if it committed).
+struct Observed {
+    metrics: StoreMetrics,
+    started: Instant,
+    outcome: &'static str,
+    /// Audit actions appended, with their count.
+    appends: Vec<(String, u64)>,
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.metrics
+            .transaction_ended(self.outcome, self.started.elapsed().as_secs_f64());
+        if self.outcome == "commit" {
+            for (action, count) in &self.appends {
+                self.metrics.audit_appended(action, *count);
+            }
+        }
+    }
 }
 
 impl TenantTx {
     pub(crate) async fn begin(
         mut tx: Transaction<'static, Postgres>,
         tenant: TenantId,
+        metrics: StoreMetrics,
     ) -> Result<Self, StoreError> {
+        let observed = Observed {
+            metrics,
+            started: Instant::now(),
+            outcome: "rollback",
+            appends: Vec::new(),
+        };
         sqlx::query!(
             "SELECT set_config('app.tenant_id', $1, true)",
             tenant.to_string()
         )
         .fetch_one(&mut *tx)
         .await?;
-        Ok(Self { tx, tenant })
+        Ok(Self {
+            tx,
+            tenant,
+            observed,
+        })
     }
 
     /// The tenant this transaction works for.
@@ -36,7 +73,12 @@ impl TenantTx {
 
     /// Makes everything done in this transaction durable.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        let Self {
+            tx, mut observed, ..
+        } = self;
+        observed.outcome = "failed";
+        tx.commit().await?;
+        observed.outcome = "commit";
         Ok(())
     }
 
@@ -49,5 +91,23 @@ impl TenantTx {
     /// The connection, for the repository functions of this crate only.
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    /// The metrics of the pool this transaction came from.
+    pub(crate) fn metrics(&self) -> &StoreMetrics {
+        &self.observed.metrics
+    }
+
+    /// Notes an audit event appended in this transaction, counted if it commits.
+    pub(crate) fn audit_appended(&mut self, action: &str) {
+        match self
+            .observed
+            .appends
+            .iter_mut()
+            .find(|(seen, _)| seen == action)
+        {
+            Some((_, count)) => *count += 1,
+            None => self.observed.appends.push((action.to_owned(), 1)),
+        }
     }
 }
