@@ -213,6 +213,78 @@ async fn a_deleted_row_a_relinked_row_and_a_cut_tail_are_each_detected() {
     db.close().await.unwrap();
 }
 
+async fn tail_verdict(db: &store::Database, tenant: store::TenantId, rows: u32) -> ChainVerdict {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let verdict = audit::verify_tail(&mut tx, rows).await.unwrap();
+    tx.rollback().await.unwrap();
+    verdict
+}
+
+#[tokio::test]
+async fn the_tail_check_sees_breaks_inside_its_window_and_only_there() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    // 31 events: tenant.create, then 30 more.
+    let tenant = tenant_with_events(&db, 30).await;
+    assert_eq!(
+        tail_verdict(&db, tenant, 10).await,
+        ChainVerdict::Intact { events: 10 }
+    );
+    assert_eq!(
+        tail_verdict(&db, tenant, 1_000).await,
+        ChainVerdict::Intact { events: 31 },
+        "a window longer than the chain checks all of it"
+    );
+
+    // Seq 25 is inside the last 10 (22..=31), seq 5 is not.
+    tamper(
+        &test_db,
+        "UPDATE audit_events SET details = '{\"to\":\"evil\"}' WHERE tenant_id = $1 AND seq = 25",
+        tenant,
+    )
+    .await;
+    assert_eq!(
+        tail_verdict(&db, tenant, 10).await,
+        ChainVerdict::Broken {
+            seq: 25,
+            reason: ChainBreak::ContentChanged
+        }
+    );
+    let other = tenant_with_events(&db, 30).await;
+    tamper(
+        &test_db,
+        "UPDATE audit_events SET details = '{\"to\":\"evil\"}' WHERE tenant_id = $1 AND seq = 5",
+        other,
+    )
+    .await;
+    assert_eq!(
+        tail_verdict(&db, other, 10).await,
+        ChainVerdict::Intact { events: 10 },
+        "the bound: a break before the window is left to the full verify"
+    );
+    assert!(matches!(
+        verdict(&db, other).await,
+        ChainVerdict::Broken { seq: 5, .. }
+    ));
+
+    // The row just before the window is its anchor: removing it is a break.
+    let anchorless = tenant_with_events(&db, 30).await;
+    tamper(
+        &test_db,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq = 21",
+        anchorless,
+    )
+    .await;
+    assert_eq!(
+        tail_verdict(&db, anchorless, 10).await,
+        ChainVerdict::Broken {
+            seq: 21,
+            reason: ChainBreak::RowMissing
+        }
+    );
+    db.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_application_role_cannot_update_delete_or_truncate_audit_events() {
     let test_db = TestDb::new().await;
