@@ -359,7 +359,6 @@ async fn accept_loop(
             connection,
             limits.handshake_timeout,
             ready.clone(),
-            metrics.clone(),
         ));
     }
 }
@@ -373,7 +372,6 @@ async fn handshake(
     connection: ConnectionSlot,
     limit: Duration,
     ready: mpsc::Sender<TlsConnection>,
-    metrics: ListenerMetrics,
 ) {
     let outcome = tokio::time::timeout(limit, acceptor.accept(tcp)).await;
     drop(slot);
@@ -388,11 +386,11 @@ async fn handshake(
                 .await;
         }
         Ok(Err(e)) => {
-            metrics.handshake_failed("error");
+            connection.metrics.handshake_failed("error");
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
-            metrics.handshake_failed("timeout");
+            connection.metrics.handshake_failed("timeout");
             tracing::debug!(%peer, "TLS handshake timed out");
         }
     }
@@ -438,7 +436,7 @@ pub async fn serve_tls_with(
         tls,
         router,
         limits,
-        &ApiMetrics::default(),
+        ApiMetrics::default(),
         shutdown,
     )
     .await
@@ -451,10 +449,10 @@ pub async fn serve_tls_observed(
     tls: Arc<ServerConfig>,
     router: Router,
     limits: TlsLimits,
-    metrics: &ApiMetrics,
+    metrics: ApiMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let mut listener = TlsListener::observed(listener, tls, limits, metrics)?;
+    let mut listener = TlsListener::observed(listener, tls, limits, &metrics)?;
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -326,6 +326,14 @@ impl IssuingCa {
         self.not_after
     }
 
+    /// When the root CA expires, read from its certificate (`None` if it does not parse, which
+    /// loading the PKI already refuses).
+    pub fn root_not_after(&self) -> Option<OffsetDateTime> {
+        use x509_parser::prelude::FromDer;
+        let (_, root) = x509_parser::certificate::X509Certificate::from_der(&self.root_der).ok()?;
+        Some(root.validity().not_after.to_datetime())
+    }
+
     pub(crate) fn key(&self) -> &PrivateKey {
         &self.issuer.key().0
     }

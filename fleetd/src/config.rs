@@ -274,7 +274,13 @@ pub struct DatabaseConfig {
     /// or empty): found with `pg_config --bindir` or under /usr/lib/postgresql.
     #[serde(deserialize_with = "empty_is_none")]
     pub postgres_bindir: Option<PathBuf>,
+    /// At start, the last this many events of every tenant's audit chain are verified (logged,
+    /// and exported as `fleet_audit_chains_broken`); 0 skips the check.
+    pub audit_tail_check_rows: u32,
 }
+
+/// Default [`DatabaseConfig::audit_tail_check_rows`].
+pub const DEFAULT_AUDIT_TAIL_CHECK_ROWS: u32 = 1_000;
 
 /// A string that never appears in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -478,6 +484,7 @@ impl Default for DatabaseConfig {
             connect_timeout: Duration::from_secs(10),
             app_password: None,
             postgres_bindir: None,
+            audit_tail_check_rows: DEFAULT_AUDIT_TAIL_CHECK_ROWS,
         }
     }
 }
@@ -853,7 +860,8 @@ level = {log_level:?}
 
 # --- [database]: database tuning beyond the URL, and the private cluster. --------------------
 # Environment: FLEETD_DATABASE__MAX_CONNECTIONS, FLEETD_DATABASE__CONNECT_TIMEOUT,
-# FLEETD_DATABASE__APP_PASSWORD, FLEETD_DATABASE__POSTGRES_BINDIR.
+# FLEETD_DATABASE__APP_PASSWORD, FLEETD_DATABASE__POSTGRES_BINDIR,
+# FLEETD_DATABASE__AUDIT_TAIL_CHECK_ROWS.
 [database]
 # Connections in fleetd's application pool.
 max_connections = {max_connections}
@@ -865,6 +873,10 @@ connect_timeout = "{connect_timeout}"
 # Directory of initdb and postgres for the private cluster. Default (unset): found with
 # pg_config --bindir or under /usr/lib/postgresql.
 # postgres_bindir = "/usr/lib/postgresql/16/bin"
+# At start, verify the last this many audit events of every tenant's chain (one transaction
+# and this many SHA-256 per tenant); a broken chain is logged at ERROR and exported as
+# fleet_audit_chains_broken, and fleetd still starts. 0 skips the check.
+audit_tail_check_rows = {audit_tail_check_rows}
 
 # --- [connections]: what one address or one device may hold on the listeners. ----------------
 # Above a cap the new connection is closed at once and counted; refusals are logged at most
@@ -917,6 +929,7 @@ api_idle_timeout = "{api_idle_timeout}"
         log_level = d.log.level,
         max_connections = d.database.max_connections,
         connect_timeout = humantime::format_duration(d.database.connect_timeout),
+        audit_tail_check_rows = d.database.audit_tail_check_rows,
         broker_per_address = d.connections.broker_max_handshakes_per_address,
         broker_pending = d.connections.broker_max_pending_connects_per_device,
         broker_connect_size = d.connections.broker_max_connect_size,

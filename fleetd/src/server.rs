@@ -62,12 +62,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         broker::DEFAULT_MAX_CONNECTIONS,
         config.connections.api_max_connections,
     );
-    let database = Database::open(&config.database_settings(), Purpose::Server)
-        .await
-        .context("opening the database")?;
-    let (stop, stopped) = watch::channel(false);
-    // One registry for every component, served on metrics_listen.
+    // One registry for every component, served on metrics_listen (fleetd/METRICS.md).
     let mut registry = prometheus_client::registry::Registry::default();
+    let store_metrics = store::StoreMetrics::register(&mut registry);
+    let database =
+        Database::open_observed(&config.database_settings(), Purpose::Server, store_metrics)
+            .await
+            .context("opening the database")?;
+    if let Err(e) = check_chain_tails(&database, config.database.audit_tail_check_rows).await {
+        database.close().await.ok();
+        return Err(e);
+    }
+    registry.register_collector(Box::new(database.app.pool_collector()));
+    registry.register_collector(Box::new(crate::metrics::ProcessCollector));
+    crate::metrics::register_certificates(&mut registry, &pki);
+    let (stop, stopped) = watch::channel(false);
     let api_metrics = api::ApiMetrics::register(&mut registry);
     let devices = match start_devices(&config, &pki, &database, registry, descriptors).await {
         Ok(devices) => devices,
@@ -116,6 +125,57 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// Verifies the last `rows` events of every tenant's audit chain (0: skipped). A broken chain
+/// is logged at ERROR with its tenant and exported (`fleet_audit_chains_broken`), and fleetd
+/// starts all the same: the chain is the evidence, not a gate, and refusing would take every
+/// tenant's devices offline for one tenant's tampered row while the operator needs fleetd (and
+/// `fleetctl audit verify`) to investigate. New events keep chaining from the head, so the
+/// break stays where it was found.
+async fn check_chain_tails(database: &Database, rows: u32) -> anyhow::Result<()> {
+    if rows == 0 {
+        tracing::info!("audit chain tail check skipped (database.audit_tail_check_rows = 0)");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let verdicts = database
+        .verify_chain_tails(rows)
+        .await
+        .context("verifying the tail of every tenant's audit chain")?;
+    let mut broken = 0;
+    for (tenant, verdict) in &verdicts {
+        if let store::audit::ChainVerdict::Broken { seq, reason } = verdict {
+            broken += 1;
+            tracing::error!(
+                tenant_id = %tenant.id,
+                tenant = %tenant.name,
+                seq,
+                reason = reason.as_str(),
+                "audit chain broken: {}; fleetd starts anyway, see `fleetctl audit verify --tenant {}`",
+                reason.describe(),
+                tenant.id,
+            );
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis();
+    if broken == 0 {
+        tracing::info!(
+            tenants = verdicts.len(),
+            rows_per_tenant = rows,
+            elapsed_ms,
+            "audit chain tails verified: intact"
+        );
+    } else {
+        tracing::warn!(
+            tenants = verdicts.len(),
+            broken,
+            rows_per_tenant = rows,
+            elapsed_ms,
+            "audit chain tails verified: broken chains found"
+        );
+    }
+    Ok(())
+}
+
 /// The device side: the embedded broker or an external one, ingest, retention, metrics.
 async fn start_devices(
     config: &Config,
@@ -138,6 +198,9 @@ async fn start_devices(
         None => {
             let (broker, presence_rx) =
                 start_embedded_broker(config, pki, database, descriptors).await?;
+            registry.register_collector(Box::new(crate::metrics::BrokerCollector(
+                broker.stats_reader(),
+            )));
             let (sender, ingest) =
                 start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
             let subscription = broker
@@ -362,7 +425,7 @@ async fn start_api(
             failure_window: config.enrollment.failed_attempts_window,
             ..api::EnrollLimits::default()
         },
-        metrics,
+        metrics: metrics.clone(),
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
@@ -375,7 +438,8 @@ async fn start_api(
         idle_timeout: config.connections.api_idle_timeout,
         ..api::TlsLimits::default()
     };
-    let serve = api::serve_tls_with(listener, tls, api::router(state), limits, shutdown);
+    let serve =
+        api::serve_tls_observed(listener, tls, api::router(state), limits, metrics, shutdown);
     let task = tokio::spawn(async move {
         let served = serve.await;
         follower.abort();

@@ -42,8 +42,8 @@ pub use connect::{
 };
 pub use database_url::{DatabaseUrl, NotADatabaseUrl};
 pub use error::StoreError;
-pub use metrics::{PoolCollector, StoreMetrics};
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,
 };
+pub use metrics::{PoolCollector, StoreMetrics};
 pub use tx::TenantTx;

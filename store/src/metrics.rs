@@ -130,7 +130,11 @@ impl StoreMetrics {
             metrics.chains_broken.clone(),
         );
         // Present from the first scrape: an alert on rate() needs the zero before the first one.
-        drop(metrics.waiters.get_or_create(&PoolLabels { pool: APP_POOL }));
+        drop(
+            metrics
+                .waiters
+                .get_or_create(&PoolLabels { pool: APP_POOL }),
+        );
         for result in ["intact", "broken", "error"] {
             for scope in ["full", "tail"] {
                 drop(
