@@ -165,3 +165,98 @@ async fn a_configured_pki_directory_must_exist() {
         "a configured PKI is never generated"
     );
 }
+
+/// Log output written to a buffer (no ANSI colours), for the test thread only.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_chain_tail_is_logged_and_exported_at_start_and_fleetd_still_starts() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
+    let app = &running.database().app;
+    let tampered = tenants::create(app, "tampered", &store::audit::Actor::System)
+        .await
+        .unwrap();
+    let intact = tenants::create(app, "intact", &store::audit::Actor::System)
+        .await
+        .unwrap();
+    running.shutdown().await.unwrap();
+
+    // As an attacker with database access would: triggers off, the newest event rewritten.
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let changed = sqlx::query(
+        "UPDATE audit_events SET actor = 'operator:mallory' WHERE tenant_id = $1 AND seq = 1",
+    )
+    .bind(tampered.id)
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let running = fleetd::start(config_for(&db, &data_dir))
+        .await
+        .expect("fleetd starts on a broken chain");
+    let text = logs.text();
+    let broken_line = text
+        .lines()
+        .find(|line| line.contains("audit chain broken"))
+        .unwrap_or_else(|| panic!("no 'audit chain broken' line in:\n{text}"));
+    assert!(broken_line.contains("ERROR"), "{broken_line}");
+    assert!(
+        broken_line.contains(&tampered.id.to_string()),
+        "{broken_line}"
+    );
+    assert!(broken_line.contains("content_changed"), "{broken_line}");
+    assert!(
+        !text.contains(&intact.id.to_string()),
+        "only the broken tenant is named:\n{text}"
+    );
+
+    let body = fleet_tests::metrics::scrape_body(running.metrics_addr()).await;
+    let value = |series: &str| {
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} not in:\n{body}"))
+            .to_owned()
+    };
+    assert_eq!(value("fleet_audit_chains_broken"), "1");
+    assert_eq!(
+        value(r#"fleet_audit_chain_verifications_total{scope="tail",result="broken"}"#),
+        "1"
+    );
+    assert_eq!(
+        value(r#"fleet_audit_chain_verifications_total{scope="tail",result="intact"}"#),
+        "1"
+    );
+    running.shutdown().await.unwrap();
+}

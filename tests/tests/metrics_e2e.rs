@@ -65,8 +65,14 @@ const MUST_MOVE: &[(&str, &[&str])] = &[
     // API: the enrollment and the management calls (one without a key), over TLS connections
     // of their own.
     ("fleet_api_requests_total", &[]),
-    ("fleet_api_requests_total", &["route=\"/v1/enroll\"", "status=\"201\""]),
-    ("fleet_api_requests_total", &["route=\"/v1/devices\"", "status=\"200\""]),
+    (
+        "fleet_api_requests_total",
+        &["route=\"/v1/enroll\"", "status=\"201\""],
+    ),
+    (
+        "fleet_api_requests_total",
+        &["route=\"/v1/devices\"", "status=\"200\""],
+    ),
     ("fleet_api_request_duration_seconds_count", &[]),
     ("fleet_api_key_cache_total", &[]),
     ("fleet_api_auth_refusals_total", &["reason=\"missing\""]),
@@ -89,10 +95,19 @@ const MUST_MOVE: &[(&str, &[&str])] = &[
     ("fleet_ingest_rejects_total", &[]),
     ("fleet_ingest_commit_lag_seconds_count", &[]),
     // Store and audit: the tenant, the token and the enrollment, each committed with its event.
-    ("fleet_store_pool_acquire_duration_seconds_count", &["pool=\"app\""]),
-    ("fleet_store_transaction_duration_seconds_count", &["outcome=\"commit\""]),
+    (
+        "fleet_store_pool_acquire_duration_seconds_count",
+        &["pool=\"app\""],
+    ),
+    (
+        "fleet_store_transaction_duration_seconds_count",
+        &["outcome=\"commit\""],
+    ),
     ("fleet_audit_appends_total", &["action=\"tenant.create\""]),
-    ("fleet_audit_appends_total", &["action=\"enrollment_token.create\""]),
+    (
+        "fleet_audit_appends_total",
+        &["action=\"enrollment_token.create\""],
+    ),
     ("fleet_audit_appends_total", &["action=\"device.enroll\""]),
 ];
 
@@ -167,7 +182,13 @@ async fn a_scripted_session_moves_every_counter_and_ops_files_use_only_exported_
         1.0,
         "the reporting device's session is open"
     );
-    assert!(total(&after, "fleet_store_pool_max_connections", &["pool=\"app\""]) >= 1.0);
+    assert!(
+        total(
+            &after,
+            "fleet_store_pool_max_connections",
+            &["pool=\"app\""]
+        ) >= 1.0
+    );
     assert!(total(&after, "process_resident_memory_bytes", &[]) > 1e6);
     assert!(total(&after, "process_threads", &[]) >= 1.0);
     let (open, max) = (
@@ -191,7 +212,10 @@ async fn a_scripted_session_moves_every_counter_and_ops_files_use_only_exported_
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dashboard = dashboard_expressions(&root.join("ops/grafana/fleetplane.json"));
     let alerts = alert_expressions(&root.join("ops/prometheus/alerts.yml"));
-    assert!(dashboard.len() >= 30, "dashboard expressions: {dashboard:?}");
+    assert!(
+        dashboard.len() >= 30,
+        "dashboard expressions: {dashboard:?}"
+    );
     assert!(alerts.len() >= 5, "alert expressions: {alerts:?}");
     let mut used = BTreeSet::new();
     let mut missing = Vec::new();
@@ -254,7 +278,10 @@ async fn wait_until_moved(addr: SocketAddr, before: &[Sample]) -> Vec<Sample> {
 fn dashboard_expressions(path: &std::path::Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON parses");
-    assert!(dashboard["schemaVersion"].as_u64().is_some(), "schemaVersion");
+    assert!(
+        dashboard["schemaVersion"].as_u64().is_some(),
+        "schemaVersion"
+    );
     assert_eq!(
         dashboard["__inputs"][0]["name"], "DS_PROMETHEUS",
         "imports with a Prometheus datasource input"
@@ -298,9 +325,31 @@ fn alert_expressions(path: &std::path::Path) -> Vec<String> {
 /// PromQL words that are not metric names: operators, modifiers, and the aggregations, which
 /// may stand before their `by (...)` clause instead of their parenthesis.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan", "sum", "min", "max", "avg", "group", "stddev", "stdvar",
-    "count", "count_values", "bottomk", "topk", "quantile",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
 ];
 
 /// Keywords followed by a list of label names in parentheses.
