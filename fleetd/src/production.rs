@@ -21,8 +21,8 @@ pub struct ProductionRefusal {
 /// The development PKI behind a listener beyond loopback, refused whatever the mode.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "refusing to start: {} listen beyond loopback on the development PKI (pki.dir is unset, \
-     its root key is on this host); listen on loopback only, or create a PKI with \
+    "refusing to start: the development PKI (pki.dir is unset, its root key is on this host) \
+     behind a listener beyond loopback: {}; listen on loopback only, or create a PKI with \
      `fleetctl pki init --dir DIR`, move root-ca.key offline and set pki.dir",
     listeners.join(", ")
 )]

@@ -391,9 +391,11 @@ fn the_packaged_configuration_refuses_the_development_pki_beyond_loopback() {
         let (code, output) = run_to_exit(&args, &env);
         assert_eq!(code, Some(1), "{listener}: {output}");
         assert!(
-            output.contains("listen beyond loopback on the development PKI"),
+            output.contains("the development PKI (pki.dir is unset, its root key is on this host) behind a listener beyond loopback"),
             "{listener}: {output}"
         );
+        let field = listener.trim_start_matches("FLEETD_").to_lowercase();
+        assert!(output.contains(&format!("{field} {exposed}")), "{output}");
         assert!(!output.contains("opening the database"), "{output}");
         assert!(
             std::fs::read_dir(fresh.path()).unwrap().next().is_none(),
