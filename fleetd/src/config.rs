@@ -753,10 +753,10 @@ pub fn template() -> String {
 # FLEETD_PRODUCTION, FLEETD_API_LISTEN, FLEETD_BROKER_LISTEN, FLEETD_METRICS_LISTEN,
 # FLEETD_SHUTDOWN_GRACE.
 
-# Production mode: refuse to start with a generated (development) PKI (pki.dir unset), with the
-# root CA key (root-ca.key) in pki.dir on this host, or with listeners beyond loopback without a
-# configured PKI. Off by default so that the quickstart runs on the embedded defaults; the
-# start-up log says which mode fleetd runs in.
+# Production mode: refuse to start with a generated (development) PKI (pki.dir unset), or with the
+# root CA key (root-ca.key) in pki.dir on this host. Off by default so that the quickstart runs
+# on the embedded defaults; the start-up log says which mode fleetd runs in. In either mode the
+# development PKI is refused behind any listener beyond loopback.
 production = {production}
 
 # Where fleetd keeps what it creates: the private PostgreSQL cluster, the development PKI.

@@ -1,6 +1,10 @@
 //! Production mode (`production = true`, `--production`): fleetd refuses to start on the
 //! development defaults that make the quickstart work. Checked before anything is created on
 //! disk, so a refused start leaves no development PKI behind.
+//!
+//! One of those defaults is refused in every mode: the development PKI (its root key on this
+//! host) behind a listener beyond loopback. Without production mode fleetd still starts on the
+//! development PKI, but only in a loopback-only configuration.
 
 use std::net::SocketAddr;
 
@@ -14,19 +18,50 @@ pub struct ProductionRefusal {
     pub reasons: Vec<String>,
 }
 
+/// The development PKI behind a listener beyond loopback, refused whatever the mode.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to start: the development PKI (pki.dir is unset, its root key is on this host) \
+     behind a listener beyond loopback: {}; listen on loopback only, or create a PKI with \
+     `fleetctl pki init --dir DIR`, move root-ca.key offline and set pki.dir",
+    listeners.join(", ")
+)]
+pub struct ExposedDevelopmentPki {
+    /// The exposed listeners, as `field address`.
+    pub listeners: Vec<String>,
+}
+
+/// Why fleetd refused to start on development defaults.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Production mode found development defaults.
+    #[error(transparent)]
+    Production(#[from] ProductionRefusal),
+    /// The development PKI behind an exposed listener (any mode).
+    #[error(transparent)]
+    ExposedDevelopmentPki(#[from] ExposedDevelopmentPki),
+}
+
 /// Refuses, in production mode, a generated (development) PKI, a root CA key on this host and
-/// non-loopback listeners without a configured PKI. Logs which mode fleetd starts in either way.
-pub fn check(config: &Config) -> Result<(), ProductionRefusal> {
+/// non-loopback listeners without a configured PKI; in every mode, the development PKI behind
+/// a listener beyond loopback. Logs which mode fleetd starts in.
+pub fn check(config: &Config) -> Result<(), Refusal> {
     if !config.production {
+        if config.uses_dev_pki() {
+            let listeners = exposed_listeners(config);
+            if !listeners.is_empty() {
+                return Err(ExposedDevelopmentPki { listeners }.into());
+            }
+        }
         tracing::info!(
-            "production mode off: development defaults are allowed (a generated PKI in data_dir); \
-             set production = true or --production to refuse them"
+            "production mode off: development defaults are allowed (a generated PKI in data_dir, \
+             on loopback listeners only); set production = true or --production to refuse them"
         );
         return Ok(());
     }
     let reasons = development_defaults(config);
     if !reasons.is_empty() {
-        return Err(ProductionRefusal { reasons });
+        return Err(ProductionRefusal { reasons }.into());
     }
     tracing::info!(pki = %config.pki_dir().display(), "production mode on: configured PKI, root key offline");
     Ok(())
@@ -81,4 +116,73 @@ fn exposed_listeners(config: &Config) -> Vec<String> {
         .filter(|(_, addr)| !addr.ip().is_loopback())
         .map(|(field, addr)| format!("{field} {addr}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn exposed(addr: &str) -> SocketAddr {
+        addr.parse().unwrap()
+    }
+
+    #[test]
+    fn the_development_pki_is_refused_behind_an_exposed_listener_in_every_mode() {
+        for production in [false, true] {
+            let config = Config {
+                production,
+                api_listen: exposed("0.0.0.0:8443"),
+                metrics_listen: exposed("[::]:9464"),
+                ..Config::default()
+            };
+            let message = check(&config).unwrap_err().to_string();
+            assert!(
+                message.contains("api_listen 0.0.0.0:8443")
+                    && message.contains("metrics_listen [::]:9464"),
+                "production {production}: {message}"
+            );
+            assert!(!message.contains("broker_listen"), "{message}");
+        }
+        let broker_only = Config {
+            broker_listen: exposed("192.0.2.1:8883"),
+            ..Config::default()
+        };
+        assert!(matches!(
+            check(&broker_only),
+            Err(Refusal::ExposedDevelopmentPki(ExposedDevelopmentPki { listeners }))
+                if listeners == ["broker_listen 192.0.2.1:8883"]
+        ));
+    }
+
+    #[test]
+    fn loopback_only_configurations_start_on_the_development_pki_outside_production_mode() {
+        let loopback = Config {
+            api_listen: exposed("[::1]:8443"),
+            broker_listen: exposed("127.0.0.2:8883"),
+            ..Config::default()
+        };
+        check(&loopback).unwrap();
+        let production = Config {
+            production: true,
+            ..loopback
+        };
+        assert!(matches!(check(&production), Err(Refusal::Production(_))));
+    }
+
+    #[test]
+    fn a_configured_pki_may_listen_beyond_loopback() {
+        let pki = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            api_listen: exposed("0.0.0.0:8443"),
+            broker_listen: exposed("0.0.0.0:8883"),
+            ..Config::default()
+        };
+        config.pki.dir = Some(PathBuf::from(pki.path()));
+        check(&config).unwrap();
+        config.production = true;
+        check(&config).unwrap();
+    }
 }

@@ -344,3 +344,62 @@ fn no_database_password_appears_in_the_output_of_a_run() {
         );
     }
 }
+
+/// The configuration file the Debian package installs as /etc/fleetd/fleetd.toml.
+const PACKAGED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/fleetd.toml");
+
+#[test]
+fn the_packaged_configuration_refuses_the_development_pki_beyond_loopback() {
+    let data_dir = private_dir();
+    let data = data_dir.path().to_str().unwrap();
+    let unreachable = "postgres://nobody@127.0.0.1:1/x";
+    let args = [
+        "--config",
+        PACKAGED_CONFIG,
+        "--data-dir",
+        data,
+        "--database-url",
+        unreachable,
+    ];
+    let ephemeral = [
+        ("FLEETD_API_LISTEN", "127.0.0.1:0"),
+        ("FLEETD_BROKER_LISTEN", "127.0.0.1:0"),
+    ];
+
+    // As installed (loopback only, development PKI): accepted, start-up goes on to the database.
+    let (code, output) = run_to_exit(&args, &ephemeral);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("production mode off"), "{output}");
+    assert!(output.contains("opening the database"), "{output}");
+    assert!(data_dir.path().join("pki/root-ca.pem").exists(), "{output}");
+
+    // Any one listener beyond loopback, production mode off: refused before anything else.
+    let fresh = private_dir();
+    let fresh_data = fresh.path().to_str().unwrap();
+    let args = [&args[..2], &["--data-dir", fresh_data], &args[4..]].concat();
+    for (listener, exposed) in [
+        ("FLEETD_API_LISTEN", "0.0.0.0:0"),
+        ("FLEETD_BROKER_LISTEN", "[::]:0"),
+        ("FLEETD_METRICS_LISTEN", "0.0.0.0:0"),
+    ] {
+        let env: Vec<_> = ephemeral
+            .iter()
+            .copied()
+            .filter(|(name, _)| *name != listener)
+            .chain([(listener, exposed)])
+            .collect();
+        let (code, output) = run_to_exit(&args, &env);
+        assert_eq!(code, Some(1), "{listener}: {output}");
+        assert!(
+            output.contains("the development PKI (pki.dir is unset, its root key is on this host) behind a listener beyond loopback"),
+            "{listener}: {output}"
+        );
+        let field = listener.trim_start_matches("FLEETD_").to_lowercase();
+        assert!(output.contains(&format!("{field} {exposed}")), "{output}");
+        assert!(!output.contains("opening the database"), "{output}");
+        assert!(
+            std::fs::read_dir(fresh.path()).unwrap().next().is_none(),
+            "{listener}: nothing was created in data_dir: {output}"
+        );
+    }
+}

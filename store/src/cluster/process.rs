@@ -60,6 +60,11 @@ pub(super) fn spawn_postgres(
             "listen_addresses=",
             "-c",
             "unix_socket_permissions=0700",
+            // No JIT: it writes machine code into memory it then makes executable, which
+            // fleetd's systemd unit forbids (MemoryDenyWriteExecute=yes) for fleetd and the
+            // cluster it starts; fleetd's queries are short, where JIT only costs.
+            "-c",
+            "jit=off",
         ]);
     if options.remove_when_stopped {
         command.env("FLEET_REMOVE_WHEN_STOPPED", &options.dir);
