@@ -295,7 +295,21 @@ fn run_uplink(mut jobs: mpsc::Receiver<UplinkJob>) {
             Ok(tx) => tx,
             Err(poisoned) => poisoned.into_inner(),
         };
-        tx.buffer().extend(packets);
+        {
+            let mut buffer = tx.buffer();
+            // The router takes a link's whole buffer on each notification, so a notification
+            // is sent only when the buffer goes from empty to not: a non-empty buffer has one
+            // on its way that will take these packets too. A notification per job instead
+            // leaves notifications behind for packets already taken, and the one after a
+            // DISCONNECT (the link is gone by then) made the router log "no-connection id
+            // ... is already gone" as an ERROR on every clean disconnect.
+            if !buffer.is_empty() {
+                buffer.extend(packets);
+                buffer.push_back(last);
+                continue;
+            }
+            buffer.extend(packets);
+        }
         // `LinkTx::send` is an `async fn` without an await point: it pushes, then makes a
         // blocking send into the router's queue. One poll runs it to completion, here,
         // on this thread.

@@ -503,6 +503,9 @@ pub struct Overrides {
     /// `--broker-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_listen: Option<String>,
+    /// `--metrics-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Why the configuration was refused.

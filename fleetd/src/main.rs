@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetd::config::{self, LogFormat, Overrides};
+use fleetd::config::{self, Overrides};
 use fleetd::Config;
-use tracing_subscriber::EnvFilter;
 
 /// The fleetplane server.
 #[derive(Parser)]
@@ -36,6 +35,9 @@ struct Cli {
     /// Address of the devices' MQTT listener.
     #[arg(long, global = true)]
     broker_listen: Option<String>,
+    /// Address of the plain-HTTP Prometheus listener (/metrics).
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         production: cli.production.then_some(true),
         api_listen: cli.api_listen,
         broker_listen: cli.broker_listen,
+        metrics_listen: cli.metrics_listen,
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    fleetd::logging::init(&config.log);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,17 +120,5 @@ impl ShutdownSignals {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -101,6 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(
         api = %format!("https://{api_addr}"),
         broker = %devices.broker_addr().map_or_else(|| config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), |addr| format!("mqtts://{addr}")),
+        metrics = %format!("http://{}/metrics", devices.metrics_addr),
         database = if config.database_url.is_none() { "private cluster" } else { "external" },
         data_dir = %config.data_dir.display(),
         "fleetd ready",
