@@ -75,6 +75,11 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
+    /// Whether the uplink thread still takes packets (it ends when the router is gone).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.uplink.is_closed()
+    }
+
     /// Spawns the router and the uplink thread, and opens the local publisher link.
     pub(crate) async fn start(limits: EngineLimits) -> Result<Arc<Self>, BrokerError> {
         let router_config = RouterConfig {

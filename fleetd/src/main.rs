@@ -48,6 +48,12 @@ enum Command {
     Run,
     /// Print a commented configuration file holding every default.
     Configfile,
+    /// Check a configuration file (with the environment and flags on top, as at start)
+    /// without starting: exit 0 and a summary, or exit 2 and what is wrong, where.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,14 +63,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let overrides = Overrides {
-        data_dir: cli.data_dir,
-        database_url: cli.database_url.map(config::SecretString::new),
-        database_url_file: cli.database_url_file,
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone().map(config::SecretString::new),
+        database_url_file: cli.database_url_file.clone(),
         production: cli.production.then_some(true),
-        api_listen: cli.api_listen,
-        broker_listen: cli.broker_listen,
-        metrics_listen: cli.metrics_listen,
+        api_listen: cli.api_listen.clone(),
+        broker_listen: cli.broker_listen.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
     };
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return check_config(file, &overrides);
+    }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -119,6 +128,26 @@ impl ShutdownSignals {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
+/// `fleetd check-config FILE`: loads the configuration as a start would, and says so.
+fn check_config(file: &std::path::Path, overrides: &Overrides) -> ExitCode {
+    match Config::load(Some(file), overrides) {
+        Ok(config) => {
+            println!("{}: ok", file.display());
+            println!("{}", config::summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let line = e.field().and_then(|field| config::line_of(&text, &field));
+            match line {
+                Some(line) => eprintln!("fleetd: {}:{line}: {e}", file.display()),
+                None => eprintln!("fleetd: {}: {e}", file.display()),
+            }
+            ExitCode::from(2)
         }
     }
 }
