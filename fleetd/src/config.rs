@@ -901,7 +901,10 @@ impl Config {
             return Err(ConfigError::BrokerLimit { field, reason });
         }
         if self.enrollment.max_concurrent_verifications == 0 {
-            return reject("enrollment.max_concurrent_verifications", "must be at least 1");
+            return reject(
+                "enrollment.max_concurrent_verifications",
+                "must be at least 1",
+            );
         }
         if self.enrollment.max_wait.is_zero() {
             return reject("enrollment.max_wait", "must be longer than zero");
@@ -911,7 +914,10 @@ impl Config {
         }
         let at_least_one = [
             (self.api.key_cache_capacity, "api.key_cache_capacity"),
-            (self.api.key_verify_concurrency, "api.key_verify_concurrency"),
+            (
+                self.api.key_verify_concurrency,
+                "api.key_verify_concurrency",
+            ),
             (
                 usize::try_from(self.api.max_failed_auth_per_source).unwrap_or(1),
                 "api.max_failed_auth_per_source",
@@ -967,11 +973,11 @@ impl Config {
         }
         if let Err(e) = self.ingest.validate() {
             let message = format!("ingest: {e}");
-            // Ingest's messages start with the field's name.
+            // Ingest's messages name the field ("ingest config: writers: must be ...").
             let field = message
                 .split_whitespace()
-                .nth(1)
-                .filter(|word| INGEST_DOCS.iter().any(|(key, _)| key == word))
+                .map(|word| word.trim_end_matches(':'))
+                .find(|word| INGEST_DOCS.iter().any(|(key, _)| key == word))
                 .map(|word| format!("ingest.{word}"));
             return Err(ConfigError::Invalid { message, field });
         }
@@ -1363,7 +1369,10 @@ const INGEST_DOCS: &[(&str, &str)] = &[
         "batch_max_records",
         "A tenant's batch is committed when it holds this many records...",
     ),
-    ("batch_window", "... or when its oldest message has waited this long."),
+    (
+        "batch_window",
+        "... or when its oldest message has waited this long.",
+    ),
     (
         "writers",
         "Transactions committing at once (each holds one pooled connection).",
@@ -1524,7 +1533,10 @@ const API_DOCS: &[(&str, &str)] = &[
         "Failed authentications one address may make per failed_auth_window; past it that\n\
          address alone is answered 429 until the window ends.",
     ),
-    ("failed_auth_window", "The window of max_failed_auth_per_source."),
+    (
+        "failed_auth_window",
+        "The window of max_failed_auth_per_source.",
+    ),
     (
         "key_verify_concurrency",
         "argon2 verifications of older API keys running at once.",
@@ -1557,20 +1569,16 @@ mod tests {
     fn connection_limits_out_of_range_are_refused_naming_the_field() {
         for (text, field) in [
             (
-                "[connections]\nbroker_max_handshakes_per_address = 0",
-                "connections.broker_max_handshakes_per_address",
-            ),
-            (
-                "[connections]\nbroker_max_pending_connects_per_device = 0",
-                "connections.broker_max_pending_connects_per_device",
-            ),
-            (
-                "[connections]\nbroker_max_connect_size = 10",
-                "connections.broker_max_connect_size",
-            ),
-            (
                 "[connections]\napi_max_handshakes_per_address = 0",
                 "connections.api_max_handshakes_per_address",
+            ),
+            (
+                "[connections]\napi_max_handshakes_in_flight = 0",
+                "connections.api_max_handshakes_in_flight",
+            ),
+            (
+                "[connections]\napi_handshake_timeout = \"0s\"",
+                "connections.api_handshake_timeout",
             ),
             (
                 "[connections]\napi_max_connections = 0",
@@ -1585,13 +1593,224 @@ mod tests {
                 "connections.api_idle_timeout",
             ),
         ] {
-            let err = load_toml(text).unwrap_err().to_string();
-            assert!(err.contains(field), "{text}: {err}");
+            let err = load_toml(text).unwrap_err();
+            assert_eq!(err.field().as_deref(), Some(field), "{text}: {err}");
+            assert!(err.to_string().contains(field), "{text}: {err}");
         }
         let limits = load_toml("[connections]\napi_idle_timeout = \"2m\"")
             .unwrap()
             .connections;
         assert_eq!(limits.api_idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn broker_limits_out_of_range_are_refused_naming_the_field() {
+        for (setting, field) in [
+            ("max_connections = 0", "max_connections"),
+            ("max_handshakes_in_flight = 0", "max_handshakes_in_flight"),
+            (
+                "max_handshakes_per_address = 0",
+                "max_handshakes_per_address",
+            ),
+            (
+                "max_pending_connects_per_device = 0",
+                "max_pending_connects_per_device",
+            ),
+            ("handshake_timeout = \"0s\"", "handshake_timeout"),
+            ("connect_timeout = \"0s\"", "connect_timeout"),
+            ("admission_timeout = \"0s\"", "admission_timeout"),
+            ("max_connect_size = 10", "max_connect_size"),
+            (
+                "max_packet_size = 2000\nmax_connect_size = 4096",
+                "max_connect_size",
+            ),
+            ("max_packet_size = 10", "max_packet_size"),
+            ("publish_rate = 0", "publish_rate"),
+            ("publish_rate = -1.5", "publish_rate"),
+            ("publish_burst = 0", "publish_burst"),
+            ("max_keep_alive_secs = 0", "max_keep_alive_secs"),
+            ("engine_segment_size = 100", "engine_segment_size"),
+            ("ingest_segment_size = 100", "ingest_segment_size"),
+            ("engine_segment_count = 0", "engine_segment_count"),
+        ] {
+            let text = format!("[broker]\n{setting}");
+            let err = load_toml(&text).unwrap_err();
+            let expected = format!("broker.{field}");
+            assert_eq!(err.field(), Some(expected.clone()), "{text}: {err}");
+            assert!(err.to_string().contains(&expected), "{text}: {err}");
+        }
+        let broker = load_toml("[broker]\npublish_rate = 50\nmax_keep_alive_secs = 60")
+            .unwrap()
+            .broker;
+        assert_eq!(
+            broker.publish_rate, 50.0,
+            "an integer rate is read as a number"
+        );
+        let mut config = broker::BrokerConfig::new(
+            Vec::new(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(Vec::new().into()),
+            rustls::pki_types::CertificateDer::from(Vec::new()),
+        );
+        broker.apply(&mut config, 7);
+        assert_eq!(
+            (
+                config.publish_rate,
+                config.max_keep_alive,
+                config.max_connections
+            ),
+            (50.0, 60, 7)
+        );
+    }
+
+    #[test]
+    fn the_broker_settings_of_connections_moved_to_broker() {
+        for (old, new) in MOVED {
+            let (section, key) = old.split_once('.').unwrap();
+            let err = load_toml(&format!("[{section}]\n{key} = 100")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid configuration: {old} is now {new}")
+            );
+            assert_eq!(err.field().as_deref(), Some(old));
+        }
+    }
+
+    #[test]
+    fn every_section_follows_the_environment_scheme() {
+        std::env::set_var("CONFIGTEST_SCHEME_BROKER__PUBLISH_RATE", "50");
+        std::env::set_var("CONFIGTEST_SCHEME_RETENTION__INTERVAL", "30m");
+        std::env::set_var("CONFIGTEST_SCHEME_API__READY_MAX_INGEST_LAG", "1m");
+        std::env::set_var("CONFIGTEST_SCHEME_METRICS_LISTEN", "127.0.0.1:19464");
+        let config =
+            Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_SCHEME_").unwrap();
+        assert_eq!(config.broker.publish_rate, 50.0);
+        assert_eq!(config.retention.interval, Duration::from_secs(1800));
+        assert_eq!(config.api.ready_max_ingest_lag, Duration::from_secs(60));
+        assert_eq!(config.metrics_listen, "127.0.0.1:19464".parse().unwrap());
+        std::env::set_var("CONFIGTEST_SCHEMEBAD_BROKER__PUBLISH_BURST", "0");
+        let err = Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_SCHEMEBAD_")
+            .unwrap_err();
+        assert_eq!(err.field().as_deref(), Some("broker.publish_burst"));
+        let overrides = Overrides {
+            metrics_listen: Some("127.0.0.1:29464".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load_with_env(None, &overrides, "CONFIGTEST_SCHEME_").unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            "127.0.0.1:29464".parse().unwrap(),
+            "the flag wins over the environment"
+        );
+    }
+
+    #[test]
+    fn other_new_settings_are_checked() {
+        for (text, field) in [
+            ("[retention]\ninterval = \"0s\"", "retention.interval"),
+            ("[retention]\nstep_rows = 0", "retention.step_rows"),
+            ("[retention]\nweeks_ahead = 0", "retention.weeks_ahead"),
+            (
+                "[retention]\nmax_partition_drops = 0",
+                "retention.max_partition_drops",
+            ),
+            ("[api]\nkey_env = \"Live!\"", "api.key_env"),
+            ("[api]\nkey_cache_capacity = 0", "api.key_cache_capacity"),
+            (
+                "[api]\nkey_verify_concurrency = 0",
+                "api.key_verify_concurrency",
+            ),
+            (
+                "[api]\nmax_failed_auth_per_source = 0",
+                "api.max_failed_auth_per_source",
+            ),
+            (
+                "[api]\nfailed_auth_window = \"0s\"",
+                "api.failed_auth_window",
+            ),
+            (
+                "[enrollment]\nmax_concurrent_verifications = 0",
+                "enrollment.max_concurrent_verifications",
+            ),
+            ("[enrollment]\nmax_wait = \"0s\"", "enrollment.max_wait"),
+            ("[ingest]\nwriters = 0", "ingest.writers"),
+            ("[broker]\nmax_conections = 1", "broker.max_conections"),
+            (
+                "[broker]\nmax_connections = \"many\"",
+                "broker.max_connections",
+            ),
+        ] {
+            let err = load_toml(text).unwrap_err();
+            assert_eq!(err.field().as_deref(), Some(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_error_is_located_on_its_line() {
+        let text = "api_listen = \"x\"\n\n[broker]\n# max_connections = 1\n  max_connections = 0\n\
+                    [api]\nkey_env=\"x\"\n";
+        assert_eq!(line_of(text, "api_listen"), Some(1));
+        assert_eq!(line_of(text, "broker.max_connections"), Some(5));
+        assert_eq!(line_of(text, "api.key_env"), Some(7));
+        assert_eq!(line_of(text, "broker.publish_rate"), None);
+        assert_eq!(
+            line_of("broker.max_connections = 0", "broker.max_connections"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn every_key_of_the_generated_sections_is_commented() {
+        let d = Config::default();
+        for (name, table, docs) in [
+            (
+                "ingest",
+                toml::Table::try_from(&d.ingest).unwrap(),
+                INGEST_DOCS,
+            ),
+            (
+                "connections",
+                toml::Table::try_from(&d.connections).unwrap(),
+                CONNECTIONS_DOCS,
+            ),
+            (
+                "broker",
+                toml::Table::try_from(&d.broker).unwrap(),
+                BROKER_DOCS,
+            ),
+            (
+                "retention",
+                toml::Table::try_from(&d.retention).unwrap(),
+                RETENTION_DOCS,
+            ),
+            ("api", toml::Table::try_from(&d.api).unwrap(), API_DOCS),
+        ] {
+            let documented: Vec<&str> = docs.iter().map(|(key, _)| *key).collect();
+            let mut settings: Vec<&str> = table.keys().map(String::as_str).collect();
+            let mut sorted = documented.clone();
+            sorted.sort_unstable();
+            settings.sort_unstable();
+            assert_eq!(
+                sorted, settings,
+                "[{name}]: settings without a comment, or the reverse"
+            );
+        }
+        // Every key line of the whole template has a comment right above it, or belongs to a
+        // group of keys under one comment.
+        let template = template();
+        let lines: Vec<&str> = template.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let above = lines[..at]
+                .iter()
+                .rev()
+                .find(|l| !(l.contains(" = ") && !l.starts_with('#')));
+            assert!(
+                above.is_some_and(|l| l.starts_with('#')),
+                "{line} has no comment"
+            );
+        }
     }
 
     #[test]
@@ -1918,8 +2137,9 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 7,
-            "pki, enrollment, ingest, external_broker, log, database, connections"
+            sections, 10,
+            "pki, enrollment, ingest, external_broker, log, database, connections, broker, \
+             retention, api"
         );
         for key in [
             "database_url",

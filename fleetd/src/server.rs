@@ -175,12 +175,9 @@ async fn start_devices(
         }
     };
     let (stop_background, stopped) = watch::channel(false);
-    let retention = ingest::Retention::new(
-        database.app.clone(),
-        config.retention.to_ingest(),
-        metrics,
-    )
-    .spawn(stopped);
+    let retention =
+        ingest::Retention::new(database.app.clone(), config.retention.to_ingest(), metrics)
+            .spawn(stopped);
     let crl_file = match &config.pki.crl_file {
         Some(path) => Some(
             crate::crl_file::CrlFile {
@@ -390,8 +387,7 @@ async fn start_api(
             verify_concurrency: config.api.key_verify_concurrency,
         },
         // Checked at load.
-        key_env: store::api_keys::KeyEnv::new(&config.api.key_env)
-            .context("api.key_env")?,
+        key_env: store::api_keys::KeyEnv::new(&config.api.key_env).context("api.key_env")?,
         metrics,
         readiness,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
