@@ -83,7 +83,17 @@ pub(crate) async fn readyz(State(ctx): State<Ctx>) -> Response {
     tracing::warn!(?failing, "not ready");
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "status": "not_ready", "failing": failing })),
+        Json(NotReady {
+            status: "not_ready",
+            failing,
+        }),
     )
         .into_response()
+}
+
+/// The 503 body; a struct keeps `status` first.
+#[derive(serde::Serialize)]
+struct NotReady {
+    status: &'static str,
+    failing: Vec<&'static str>,
 }
