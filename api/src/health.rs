@@ -25,8 +25,11 @@ pub const DEFAULT_READY_MAX_INGEST_LAG: Duration = Duration::from_secs(30);
 /// at once (it reads state, it does no I/O).
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Vec<(&'static str, Arc<dyn Fn() -> bool + Send + Sync>)>,
+    checks: Vec<(&'static str, Probe)>,
 }
+
+/// Answers whether one dependency is ready.
+type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Readiness {
     /// Adds the check `name` (answered in `failing` when `ready` says false).

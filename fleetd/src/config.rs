@@ -1805,7 +1805,7 @@ mod tests {
             let above = lines[..at]
                 .iter()
                 .rev()
-                .find(|l| !(l.contains(" = ") && !l.starts_with('#')));
+                .find(|l| !l.contains(" = ") || l.starts_with('#'));
             assert!(
                 above.is_some_and(|l| l.starts_with('#')),
                 "{line} has no comment"

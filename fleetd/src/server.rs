@@ -76,18 +76,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             return Err(e);
         }
     };
-    let bound_port = devices
-        .broker_addr()
-        .map_or(config.broker_listen.port(), |addr| addr.port());
-    let broker_url = config.broker_url(bound_port);
-    let readiness = devices.readiness(config.api.ready_max_ingest_lag);
     let api = start_api(
         &config,
         &pki,
         &database,
-        broker_url,
+        &devices,
         api_metrics,
-        readiness,
         stopped,
         descriptors,
     )
@@ -345,17 +339,21 @@ impl DeviceServices {
     }
 }
 
-/// The HTTPS API: enrollment, management, health.
+/// The HTTPS API: enrollment, management, health (its readiness checks the device side).
 async fn start_api(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
-    broker_url: String,
+    devices: &DeviceServices,
     metrics: api::ApiMetrics,
-    readiness: api::Readiness,
     mut stopped: watch::Receiver<bool>,
     descriptors: DescriptorBudget,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let bound_port = devices
+        .broker_addr()
+        .map_or(config.broker_listen.port(), |addr| addr.port());
+    let broker_url = config.broker_url(bound_port);
+    let readiness = devices.readiness(config.api.ready_max_ingest_lag);
     let listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding api_listen {}", config.api_listen))?;
