@@ -355,6 +355,7 @@ async fn json_logs_carry_tenant_and_device_as_fields() {
     let tenant = session.tenant.to_string();
     let device_id = device.device_id.to_string();
     let log = session.fleetd.stop();
+    println!("{log}");
 
     let lines: Vec<serde_json::Value> = log
         .lines()
