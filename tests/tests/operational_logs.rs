@@ -242,6 +242,21 @@ async fn a_redirected_log_is_plain_has_no_error_and_one_info_line_per_event() {
     .await
     .assert_status(200);
 
+    // The same key again from the same address (no new line), then from another (one line).
+    for source in ["127.0.0.1", "127.0.0.1", "127.0.0.2"] {
+        fleet_tests::https::https_request_from(
+            source.parse().unwrap(),
+            api,
+            &session.ca,
+            "GET",
+            "/v1/devices",
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await
+        .assert_status(200);
+    }
+
     // The revoked device is refused at CONNECT.
     let options = revoked.options(
         session.ca.root_der(),
@@ -338,9 +353,13 @@ async fn a_redirected_log_is_plain_has_no_error_and_one_info_line_per_event() {
         &["reason=invalid-token", "source=127.0.0.1"],
     );
     assert_eq!(info("enrollment accepted").len(), 2, "{log}");
-    one(
-        "API key used from a new address",
-        &[&tenant_field, "source=127.0.0.1"],
+    let new_address = info("API key used from a new address");
+    assert_eq!(new_address.len(), 2, "{log}");
+    assert!(new_address[0].contains(&tenant_field) && new_address[0].contains("source=127.0.0.1"));
+    assert!(
+        new_address[1].contains("source=127.0.0.2"),
+        "{}",
+        new_address[1]
     );
     // rumqttd's per-session lines are below INFO now.
     assert!(!log.contains("rumqttd"), "rumqttd lines at INFO:\n{log}");
