@@ -48,8 +48,9 @@ enum Command {
     Run,
     /// Print a commented configuration file holding every default.
     Configfile,
-    /// Check a configuration file (with the environment and flags on top, as at start)
-    /// without starting: exit 0 and a summary, or exit 2 and what is wrong, where.
+    /// Check a configuration file (with the environment and flags on top, as at start, and
+    /// production mode's refusals) without starting: exit 0 and a summary, or exit 2 and what
+    /// is wrong, where.
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
@@ -134,20 +135,23 @@ impl ShutdownSignals {
 
 /// `fleetd check-config FILE`: loads the configuration as a start would, and says so.
 fn check_config(file: &std::path::Path, overrides: &Overrides) -> ExitCode {
-    match Config::load(Some(file), overrides) {
-        Ok(config) => {
-            println!("{}: ok", file.display());
-            println!("{}", config::summary(&config));
-            ExitCode::SUCCESS
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let refused = |field: Option<String>, error: &dyn std::fmt::Display| {
+        match field.and_then(|field| config::line_of(&text, &field)) {
+            Some(line) => eprintln!("fleetd: {}:{line}: {error}", file.display()),
+            None => eprintln!("fleetd: {}: {error}", file.display()),
         }
-        Err(e) => {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            let line = e.field().and_then(|field| config::line_of(&text, &field));
-            match line {
-                Some(line) => eprintln!("fleetd: {}:{line}: {e}", file.display()),
-                None => eprintln!("fleetd: {}: {e}", file.display()),
-            }
-            ExitCode::from(2)
-        }
+        ExitCode::from(2)
+    };
+    let config = match Config::load(Some(file), overrides) {
+        Ok(config) => config,
+        Err(e) => return refused(e.field(), &e),
+    };
+    // Production mode's refusals only read the PKI directory; a start would make them.
+    if let Err(refusal) = fleetd::production::check(&config) {
+        return refused(Some("production".into()), &refusal);
     }
+    println!("{}: ok", file.display());
+    println!("{}", config::summary(&config));
+    ExitCode::SUCCESS
 }

@@ -426,6 +426,12 @@ fn check_config_names_the_field_and_its_line() {
         stderr.contains("fleetd.toml:3: invalid configuration: connections.broker_max_connect_size is now broker.max_connect_size"),
         "{stderr}"
     );
+    let (code, _, stderr) = check_config("# production\nproduction = true\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("fleetd.toml:2: production mode refuses to start: pki.dir is unset"),
+        "{stderr}"
+    );
     let (code, _, stderr) = check_config("", &[("FLEETD_BROKER__PUBLISH_BURST", "0")]);
     assert_eq!(code, Some(2));
     assert!(
