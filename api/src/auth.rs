@@ -96,8 +96,16 @@ impl Caller {
     /// key is not revoked. Handlers reach the database only through this.
     pub(crate) async fn begin(&self, ctx: &Ctx) -> Result<TenantTx, ApiError> {
         let mut tx = ctx.state.app.begin(self.tenant()).await?;
-        let touch = self.touch.then_some(self.source);
-        if !api_keys::check_live(&mut tx, &self.key.id, touch).await? {
+        let live = if self.touch {
+            let touched = api_keys::touch(&mut tx, &self.key.id, self.source).await?;
+            if touched == Some(true) {
+                tracing::info!(tenant = %self.key.tenant_id, key = %self.key.id, source = %self.source, "API key used from a new address");
+            }
+            touched.is_some()
+        } else {
+            api_keys::check_live(&mut tx, &self.key.id).await?
+        };
+        if !live {
             ctx.key_cache.purge(&self.key.id);
             ctx.metrics.auth_refusal("revoked");
             return Err(ApiError::InvalidApiKey);
@@ -171,14 +179,14 @@ async fn resolve(ctx: &Ctx, headers: &HeaderMap, source: IpAddr) -> Result<Calle
     let text = bearer(headers).ok_or(Refused("missing"))?;
     let presented = PresentedKey::parse(text).map_err(|_| Refused("malformed"))?;
     let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-    let cached = ctx.key_cache.get(&digest);
+    let cached = ctx.key_cache.get(&digest, source);
     ctx.metrics
         .key_cache(if cached.is_some() { "hit" } else { "miss" });
     let (key, touch) = match cached {
         Some(hit) => hit,
         None => {
             let key = Arc::new(verify(ctx, &presented).await?);
-            ctx.key_cache.insert(digest, key.clone());
+            ctx.key_cache.insert(digest, key.clone(), source);
             (key, true)
         }
     };
@@ -278,6 +286,8 @@ struct CacheEntry {
     key: Arc<ApiKey>,
     verified_at: Instant,
     touched_at: Instant,
+    /// The address of the last use written (the request that verified the key writes it).
+    touched_from: IpAddr,
 }
 
 /// How long a verified key stays in the cache by default.
@@ -302,8 +312,10 @@ impl KeyCache {
         }))
     }
 
-    /// The cached key and whether its last use is due to be written.
-    fn get(&self, digest: &[u8; 32]) -> Option<(Arc<ApiKey>, bool)> {
+    /// The cached key and whether its last use is due to be written: every `TOUCH_INTERVAL`,
+    /// and at once from an address other than the last one written (so a key used from a new
+    /// address is noticed on its first request from there).
+    fn get(&self, digest: &[u8; 32], source: IpAddr) -> Option<(Arc<ApiKey>, bool)> {
         let mut entries = self.0.entries.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let entry = entries.get_mut(digest)?;
@@ -311,14 +323,16 @@ impl KeyCache {
             entries.remove(digest);
             return None;
         }
-        let touch = now.duration_since(entry.touched_at) >= TOUCH_INTERVAL;
+        let touch =
+            now.duration_since(entry.touched_at) >= TOUCH_INTERVAL || entry.touched_from != source;
         if touch {
             entry.touched_at = now;
+            entry.touched_from = source;
         }
         Some((entry.key.clone(), touch))
     }
 
-    fn insert(&self, digest: [u8; 32], key: Arc<ApiKey>) {
+    fn insert(&self, digest: [u8; 32], key: Arc<ApiKey>, source: IpAddr) {
         if self.0.ttl.is_zero() {
             return;
         }
@@ -339,6 +353,7 @@ impl KeyCache {
                 key,
                 verified_at: now,
                 touched_at: now,
+                touched_from: source,
             },
         );
     }

@@ -92,7 +92,7 @@ async fn enroll_from(
     .await?;
     tx.commit().await?;
 
-    tracing::info!(tenant = %tenant_id, device = %device_id, token = %token.id, %source, "device enrolled");
+    tracing::info!(tenant = %tenant_id, device = %device_id, token = %token.id, %source, "enrollment accepted");
     issued.created(ctx)
 }
 

@@ -6,7 +6,7 @@
 //! | route            | what                                                           |
 //! |------------------|----------------------------------------------------------------|
 //! | `GET /healthz`   | the process answers                                            |
-//! | `GET /readyz`    | the database answers within 2 s                                |
+//! | `GET /readyz`    | the database answers within 2 s, and fleetd's checks pass      |
 //! | `POST /v1/enroll`| enrollment token + CSR in, device certificate chain out        |
 //! | `POST /v1/renew` | current device certificate (mutual TLS) + CSR in, new chain out |
 //! | `GET /v1/pki/crl`| the fleet's CRL (DER), unauthenticated; see the `crl` module   |
@@ -59,6 +59,7 @@ pub use client_addr::{PeerAddr, TlsPeer};
 pub use crl::{current_crl, CrlError, CRL_PATH};
 pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use health::{Readiness, DEFAULT_READY_MAX_INGEST_LAG};
 pub use metrics::ApiMetrics;
 pub use openapi::openapi;
 pub use tls::{
@@ -100,6 +101,8 @@ pub struct ApiState {
     /// Verified API keys; the composition root keeps it purged of revoked keys
     /// ([`KeyCache::follow_revocations`]).
     pub key_cache: KeyCache,
+    /// What `/readyz` checks beside the database.
+    pub readiness: Readiness,
 }
 
 impl ApiState {
@@ -117,6 +120,7 @@ impl ApiState {
             key_env: store::api_keys::KeyEnv::live(),
             metrics: ApiMetrics::default(),
             key_cache: KeyCache::default(),
+            readiness: Readiness::default(),
         }
     }
 }

@@ -183,7 +183,8 @@ pub(crate) async fn authorize(
 }
 
 /// Counts the answers of the routes that need no API key (enrollment, renewal, health), with
-/// role `none`, and logs refusals of enrollment and renewal (the device's address, the reason).
+/// role `none`, and logs refusals of enrollment and renewal (the device's address, the reason) but not
+/// the 429s of an address past its failure limit.
 pub(crate) async fn count_public(
     State(ctx): State<Ctx>,
     matched: MatchedPath,
@@ -198,8 +199,16 @@ pub(crate) async fn count_public(
     if let Some(ProblemSlug(slug)) = response.extensions().get::<ProblemSlug>() {
         if response.status().is_client_error() {
             ctx.metrics.refusal(&route, slug);
-            if route == "/v1/enroll" || route == "/v1/renew" {
-                tracing::info!(route, peer = %peer.addr.ip(), problem = slug, status = response.status().as_u16(), "device request refused");
+            // Each refused attempt once, with its reason (never the token or certificate).
+            // Past the per-source failure limit the answer is 429 too-many-failures: counted,
+            // not logged, for one address can cause those by the thousand.
+            let event = match route.as_str() {
+                "/v1/enroll" => Some("enrollment refused"),
+                "/v1/renew" => Some("renewal refused"),
+                _ => None,
+            };
+            if let Some(event) = event.filter(|_| *slug != "too-many-failures") {
+                tracing::info!(source = %peer.addr.ip(), reason = %slug, status = response.status().as_u16(), "{event}");
             }
         }
     }
@@ -228,7 +237,7 @@ async fn admit(
     if !rule.allows(caller.role(), scoped) {
         // A revoked key is told so (401), not that its role is short (403).
         let mut tx = ctx.state.app.begin(caller.tenant()).await?;
-        let live = store::api_keys::check_live(&mut tx, &caller.key().id, None).await?;
+        let live = store::api_keys::check_live(&mut tx, &caller.key().id).await?;
         tx.rollback().await?;
         if !live {
             ctx.key_cache.purge(&caller.key().id);

@@ -166,72 +166,100 @@ impl BrokerConfig {
 
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BrokerError> {
-        let checks: [(bool, &'static str); 15] = [
-            (
-                self.server_cert_chain.is_empty(),
-                "server_cert_chain is empty",
-            ),
+        if self.server_cert_chain.is_empty() {
+            return Err(BrokerError::InvalidConfig {
+                field: "server_cert_chain",
+                reason: "is empty",
+            });
+        }
+        match self.invalid_limit() {
+            Some((field, reason)) => Err(BrokerError::InvalidConfig { field, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// The first limit (every field but the listener and the certificates) out of range: its
+    /// name and what it must be. fleetd checks its `[broker]` section with it.
+    pub fn invalid_limit(&self) -> Option<(&'static str, &'static str)> {
+        let checks: [(bool, &'static str, &'static str); 14] = [
             (
                 self.handshake_timeout.is_zero(),
-                "handshake_timeout must be positive",
+                "handshake_timeout",
+                "must be positive",
             ),
             (
                 self.connect_timeout.is_zero(),
-                "connect_timeout must be positive",
+                "connect_timeout",
+                "must be positive",
             ),
             (
                 self.admission_timeout.is_zero(),
-                "admission_timeout must be positive",
+                "admission_timeout",
+                "must be positive",
             ),
             (
                 self.max_handshakes_in_flight == 0,
-                "max_handshakes_in_flight must be at least 1",
+                "max_handshakes_in_flight",
+                "must be at least 1",
             ),
             (
                 self.max_handshakes_per_address == 0,
-                "max_handshakes_per_address must be at least 1",
+                "max_handshakes_per_address",
+                "must be at least 1",
             ),
             (
                 self.max_pending_connects_per_device == 0,
-                "max_pending_connects_per_device must be at least 1",
-            ),
-            (
-                self.max_connect_size < 64 || self.max_connect_size > self.max_packet_size,
-                "max_connect_size must be at least 64 bytes and at most max_packet_size",
-            ),
-            (
-                self.max_connections == 0,
-                "max_connections must be at least 1",
+                "max_pending_connects_per_device",
+                "must be at least 1",
             ),
             (
                 self.max_packet_size < 64,
-                "max_packet_size must be at least 64 bytes",
+                "max_packet_size",
+                "must be at least 64 bytes",
             ),
             (
-                !(self.publish_rate.is_finite() && self.publish_rate > 0.0)
-                    || self.publish_burst == 0,
-                "publish_rate and publish_burst must be positive",
+                self.max_connect_size < 64 || self.max_connect_size > self.max_packet_size,
+                "max_connect_size",
+                "must be at least 64 bytes and at most max_packet_size",
+            ),
+            (
+                self.max_connections == 0,
+                "max_connections",
+                "must be at least 1",
+            ),
+            (
+                !(self.publish_rate.is_finite() && self.publish_rate > 0.0),
+                "publish_rate",
+                "must be a positive number of packets per second",
+            ),
+            (
+                self.publish_burst == 0,
+                "publish_burst",
+                "must be at least 1",
             ),
             (
                 self.max_keep_alive == 0,
-                "max_keep_alive must be at least 1 second",
+                "max_keep_alive",
+                "must be at least 1 second",
             ),
             (
-                self.engine_segment_size < 1024,
-                "engine_segment_size must be at least 1024 bytes (rumqttd panics below)",
-            ),
-            (
-                self.ingest_segment_size < 1024,
-                "ingest_segment_size must be at least 1024 bytes (rumqttd panics below)",
+                self.engine_segment_size < 1024 || self.ingest_segment_size < 1024,
+                if self.engine_segment_size < 1024 {
+                    "engine_segment_size"
+                } else {
+                    "ingest_segment_size"
+                },
+                "must be at least 1024 bytes (rumqttd panics below)",
             ),
             (
                 self.engine_segment_count == 0,
-                "engine_segment_count must be at least 1",
+                "engine_segment_count",
+                "must be at least 1",
             ),
         ];
-        match checks.into_iter().find(|(failed, _)| *failed) {
-            Some((_, message)) => Err(BrokerError::InvalidConfig(message)),
-            None => Ok(()),
-        }
+        checks
+            .into_iter()
+            .find(|(failed, _, _)| *failed)
+            .map(|(_, field, reason)| (field, reason))
     }
 }

@@ -75,6 +75,11 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
+    /// Whether the uplink thread still takes packets (it ends when the router is gone).
+    pub(crate) fn is_running(&self) -> bool {
+        !self.uplink.is_closed()
+    }
+
     /// Spawns the router and the uplink thread, and opens the local publisher link.
     pub(crate) async fn start(limits: EngineLimits) -> Result<Arc<Self>, BrokerError> {
         let router_config = RouterConfig {
@@ -295,7 +300,21 @@ fn run_uplink(mut jobs: mpsc::Receiver<UplinkJob>) {
             Ok(tx) => tx,
             Err(poisoned) => poisoned.into_inner(),
         };
-        tx.buffer().extend(packets);
+        {
+            let mut buffer = tx.buffer();
+            // The router takes a link's whole buffer on each notification, so a notification
+            // is sent only when the buffer goes from empty to not: a non-empty buffer has one
+            // on its way that will take these packets too. A notification per job instead
+            // leaves notifications behind for packets already taken, and the one after a
+            // DISCONNECT (the link is gone by then) made the router log "no-connection id
+            // ... is already gone" as an ERROR on every clean disconnect.
+            if !buffer.is_empty() {
+                buffer.extend(packets);
+                buffer.push_back(last);
+                continue;
+            }
+            buffer.extend(packets);
+        }
         // `LinkTx::send` is an `async fn` without an await point: it pushes, then makes a
         // blocking send into the router's queue. One poll runs it to completion, here,
         // on this thread.

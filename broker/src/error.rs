@@ -13,8 +13,13 @@ use std::net::SocketAddr;
 #[non_exhaustive]
 pub enum BrokerError {
     /// A configuration value is out of range; the message names the field.
-    #[error("invalid broker configuration: {0}")]
-    InvalidConfig(&'static str),
+    #[error("invalid broker configuration: {field} {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
 
     /// The server certificate chain or key was refused by rustls (a key that does not
     /// match the certificate, an unsupported key type, an empty chain).

@@ -174,6 +174,12 @@ impl RunningBroker {
         self.local_addr
     }
 
+    /// Whether the broker still takes devices: its accept loop runs and its engine's uplink
+    /// thread is alive.
+    pub fn is_serving(&self) -> bool {
+        !self.accept_task.is_finished() && self.shared.engine.is_running()
+    }
+
     /// Closes the device's live session now, if it has one, and says whether it had.
     ///
     /// The session ends with [`DisconnectReason::Revoked`]: its will is not published.

@@ -56,8 +56,14 @@ pub struct Config {
     pub log: LogConfig,
     /// Database tuning.
     pub database: DatabaseConfig,
-    /// Limits on the listeners' connections, per source address and per device.
+    /// Limits on the API listener's connections.
     pub connections: ConnectionLimits,
+    /// The embedded broker's limits.
+    pub broker: BrokerSettings,
+    /// How the telemetry retention sweep runs.
+    pub retention: RetentionSettings,
+    /// The API's key cache and readiness threshold.
+    pub api: ApiSettings,
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -144,6 +150,12 @@ pub struct EnrollmentConfig {
     /// The window of `max_failed_attempts_per_source`.
     #[serde(with = "humantime_serde")]
     pub failed_attempts_window: Duration,
+    /// Token verifications (argon2id, tokens from before migration 0008) running at once; the
+    /// rest wait their turn holding no database connection.
+    pub max_concurrent_verifications: usize,
+    /// How long an enrollment waits for its turn before it is answered 503 with Retry-After.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 impl Default for EnrollmentConfig {
@@ -154,23 +166,25 @@ impl Default for EnrollmentConfig {
             trusted_proxies: Vec::new(),
             max_failed_attempts_per_source: limits.failures_per_window,
             failed_attempts_window: limits.failure_window,
+            max_concurrent_verifications: limits.max_concurrent_verifications,
+            max_wait: limits.max_wait,
         }
     }
 }
 
-/// What one source address or one device may hold on the listeners, so that no one client
-/// locks the others out (the global caps alone let one address take them all).
+/// What one source address may hold on the API listener, so that no one client locks the
+/// others out (the global caps alone let one address take them all). The broker's limits are
+/// in [`BrokerSettings`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
-    /// TLS handshakes in progress at once from one IP address on the broker listener.
-    pub broker_max_handshakes_per_address: usize,
-    /// Connections of one device between its TLS handshake and CONNACK.
-    pub broker_max_pending_connects_per_device: usize,
-    /// Largest MQTT CONNECT, in bytes.
-    pub broker_max_connect_size: usize,
     /// TLS handshakes in progress at once from one IP address on the API listener.
     pub api_max_handshakes_per_address: usize,
+    /// TLS handshakes in progress at once on the API listener; accepting pauses at the cap.
+    pub api_max_handshakes_in_flight: usize,
+    /// Time an API client has to finish its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub api_handshake_timeout: Duration,
     /// Connections at once on the API listener.
     pub api_max_connections: usize,
     /// Time an API client has to send a request's headers (after the handshake, and between
@@ -186,10 +200,9 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         let api = api::TlsLimits::default();
         Self {
-            broker_max_handshakes_per_address: broker::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-            broker_max_pending_connects_per_device: broker::DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE,
-            broker_max_connect_size: broker::DEFAULT_MAX_CONNECT_SIZE,
             api_max_handshakes_per_address: api.max_handshakes_per_address,
+            api_max_handshakes_in_flight: api.max_handshakes_in_flight,
+            api_handshake_timeout: api.handshake_timeout,
             api_max_connections: api.max_connections,
             api_header_read_timeout: api.header_read_timeout,
             api_idle_timeout: api.idle_timeout,
@@ -202,38 +215,271 @@ impl ConnectionLimits {
     fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
         let at_least_one = [
             (
-                self.broker_max_handshakes_per_address,
-                "connections.broker_max_handshakes_per_address",
-            ),
-            (
-                self.broker_max_pending_connects_per_device,
-                "connections.broker_max_pending_connects_per_device",
-            ),
-            (
                 self.api_max_handshakes_per_address,
                 "connections.api_max_handshakes_per_address",
+            ),
+            (
+                self.api_max_handshakes_in_flight,
+                "connections.api_max_handshakes_in_flight",
             ),
             (self.api_max_connections, "connections.api_max_connections"),
         ];
         if let Some((_, field)) = at_least_one.iter().find(|(value, _)| *value == 0) {
             return Some((field, "must be at least 1"));
         }
-        if !(64..=broker::DEFAULT_MAX_PACKET_SIZE).contains(&self.broker_max_connect_size) {
-            return Some((
-                "connections.broker_max_connect_size",
-                "must be between 64 bytes and the broker's packet size limit",
-            ));
-        }
-        if self.api_header_read_timeout.is_zero() {
-            return Some((
+        let positive = [
+            (
+                self.api_handshake_timeout,
+                "connections.api_handshake_timeout",
+            ),
+            (
+                self.api_header_read_timeout,
                 "connections.api_header_read_timeout",
-                "must be longer than zero",
-            ));
-        }
-        if self.api_idle_timeout.is_zero() {
-            return Some(("connections.api_idle_timeout", "must be longer than zero"));
+            ),
+            (self.api_idle_timeout, "connections.api_idle_timeout"),
+        ];
+        if let Some((_, field)) = positive.iter().find(|(value, _)| value.is_zero()) {
+            return Some((field, "must be longer than zero"));
         }
         None
+    }
+
+    /// The API listener's limits, with the connection cap fleetd's descriptor budget allows.
+    pub fn api_limits(&self, max_connections: usize) -> api::TlsLimits {
+        api::TlsLimits {
+            handshake_timeout: self.api_handshake_timeout,
+            max_handshakes_in_flight: self.api_max_handshakes_in_flight,
+            max_handshakes_per_address: self.api_max_handshakes_per_address,
+            max_connections,
+            header_read_timeout: self.api_header_read_timeout,
+            idle_timeout: self.api_idle_timeout,
+        }
+    }
+}
+
+/// Settings of [`connections`](ConnectionLimits) that moved to `[broker]`: an old file is told
+/// where they went.
+const MOVED: [(&str, &str); 3] = [
+    (
+        "connections.broker_max_handshakes_per_address",
+        "broker.max_handshakes_per_address",
+    ),
+    (
+        "connections.broker_max_pending_connects_per_device",
+        "broker.max_pending_connects_per_device",
+    ),
+    (
+        "connections.broker_max_connect_size",
+        "broker.max_connect_size",
+    ),
+];
+
+/// The embedded broker's limits: the gateway in front of rumqttd (broker/README.md says what
+/// each one guards). Unused in ingest-only mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Device connections at once, handshaking or connected (lowered to fit the descriptor
+    /// limit, with a warning).
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes_in_flight: usize,
+    /// TLS handshakes in progress at once from one IP address.
+    pub max_handshakes_per_address: usize,
+    /// Connections of one device between its TLS handshake and CONNACK.
+    pub max_pending_connects_per_device: usize,
+    /// Time a TCP connection has to finish its TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time an authenticated connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time the admission check (the database) has to answer; past it the device is refused.
+    #[serde(with = "humantime_serde")]
+    pub admission_timeout: Duration,
+    /// Largest CONNECT, in bytes.
+    pub max_connect_size: usize,
+    /// Largest MQTT packet a device may send, in bytes.
+    pub max_packet_size: usize,
+    /// Sustained PUBLISH packets per second per device.
+    pub publish_rate: f64,
+    /// PUBLISH burst per device (token bucket depth).
+    pub publish_burst: u32,
+    /// Subscriptions per device connection.
+    pub max_subscriptions: usize,
+    /// Longest keep-alive a device may ask for, in seconds.
+    pub max_keep_alive_secs: u16,
+    /// rumqttd's in-memory log: bytes per segment, per filter (all but ingest's).
+    pub engine_segment_size: usize,
+    /// rumqttd's in-memory log of the ingest filter: bytes per segment.
+    pub ingest_segment_size: usize,
+    /// rumqttd's in-memory log: full segments kept per filter.
+    pub engine_segment_count: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: broker::DEFAULT_MAX_CONNECTIONS,
+            max_handshakes_in_flight: broker::DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            max_handshakes_per_address: broker::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_pending_connects_per_device: broker::DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE,
+            handshake_timeout: broker::DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: broker::DEFAULT_CONNECT_TIMEOUT,
+            admission_timeout: broker::DEFAULT_ADMISSION_TIMEOUT,
+            max_connect_size: broker::DEFAULT_MAX_CONNECT_SIZE,
+            max_packet_size: broker::DEFAULT_MAX_PACKET_SIZE,
+            publish_rate: broker::DEFAULT_PUBLISH_RATE,
+            publish_burst: broker::DEFAULT_PUBLISH_BURST,
+            max_subscriptions: broker::DEFAULT_MAX_SUBSCRIPTIONS,
+            max_keep_alive_secs: broker::DEFAULT_MAX_KEEP_ALIVE,
+            engine_segment_size: broker::DEFAULT_ENGINE_SEGMENT_SIZE,
+            ingest_segment_size: broker::DEFAULT_INGEST_SEGMENT_SIZE,
+            engine_segment_count: broker::DEFAULT_ENGINE_SEGMENT_COUNT,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// Sets every limit of `config` (all but the listener and the certificates) from these
+    /// settings; `max_connections` is the cap the descriptor budget allows.
+    pub fn apply(&self, config: &mut broker::BrokerConfig, max_connections: usize) {
+        config.max_connections = max_connections;
+        config.max_handshakes_in_flight = self.max_handshakes_in_flight;
+        config.max_handshakes_per_address = self.max_handshakes_per_address;
+        config.max_pending_connects_per_device = self.max_pending_connects_per_device;
+        config.handshake_timeout = self.handshake_timeout;
+        config.connect_timeout = self.connect_timeout;
+        config.admission_timeout = self.admission_timeout;
+        config.max_connect_size = self.max_connect_size;
+        config.max_packet_size = self.max_packet_size;
+        config.publish_rate = self.publish_rate;
+        config.publish_burst = self.publish_burst;
+        config.max_subscriptions = self.max_subscriptions;
+        config.max_keep_alive = self.max_keep_alive_secs;
+        config.engine_segment_size = self.engine_segment_size;
+        config.ingest_segment_size = self.ingest_segment_size;
+        config.engine_segment_count = self.engine_segment_count;
+    }
+
+    /// The first setting out of range, by the broker's own rules: its name under `[broker]`
+    /// and what it must be.
+    fn invalid_field(&self) -> Option<(String, &'static str)> {
+        let mut config = broker::BrokerConfig::new(
+            Vec::new(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(Vec::new().into()),
+            rustls::pki_types::CertificateDer::from(Vec::new()),
+        );
+        self.apply(&mut config, self.max_connections);
+        let (field, reason) = config.invalid_limit()?;
+        let field = match field {
+            "max_keep_alive" => "max_keep_alive_secs",
+            other => other,
+        };
+        Some((format!("broker.{field}"), reason))
+    }
+}
+
+/// Retention of telemetry (the per-tenant retention period is a tenant setting; this is how
+/// the sweep runs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Time between runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per transaction (1 to 100,000).
+    pub step_rows: i64,
+    /// Pause between steps, to leave the database to ingest.
+    #[serde(with = "humantime_serde")]
+    pub step_pause: Duration,
+    /// Weekly partitions kept ready ahead of now (at least 1).
+    pub weeks_ahead: i32,
+    /// Most partitions dropped per run (at least 1).
+    pub max_partition_drops: i32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let d = ingest::RetentionConfig::default();
+        Self {
+            interval: d.interval,
+            step_rows: d.step_rows,
+            step_pause: d.step_pause,
+            weeks_ahead: d.weeks_ahead,
+            max_partition_drops: d.max_partition_drops,
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// Ingest's view.
+    pub fn to_ingest(&self) -> ingest::RetentionConfig {
+        ingest::RetentionConfig {
+            interval: self.interval,
+            step_rows: self.step_rows,
+            step_pause: self.step_pause,
+            weeks_ahead: self.weeks_ahead,
+            max_partition_drops: self.max_partition_drops,
+        }
+    }
+
+    fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
+        if self.interval.is_zero() {
+            return Some(("retention.interval", "must be longer than zero"));
+        }
+        if !(1..=100_000).contains(&self.step_rows) {
+            return Some(("retention.step_rows", "must be between 1 and 100000"));
+        }
+        if self.weeks_ahead < 1 {
+            return Some(("retention.weeks_ahead", "must be at least 1"));
+        }
+        if self.max_partition_drops < 1 {
+            return Some(("retention.max_partition_drops", "must be at least 1"));
+        }
+        None
+    }
+}
+
+/// API keys and readiness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The environment written into new API keys (`fpk_<env>_...`): 1 to 8 lowercase letters
+    /// or digits.
+    pub key_env: String,
+    /// Failed authentications one address may make per `failed_auth_window`; past it that
+    /// address is answered 429 until the window ends.
+    pub max_failed_auth_per_source: u32,
+    /// The window of `max_failed_auth_per_source`.
+    #[serde(with = "humantime_serde")]
+    pub failed_auth_window: Duration,
+    /// argon2 key verifications (keys from before SHA-256 hashing) running at once.
+    pub key_verify_concurrency: usize,
+    /// How long a verified API key is trusted from the cache (revocations still apply at once);
+    /// 0s: every request verifies its key.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// Most API keys in the cache.
+    pub key_cache_capacity: usize,
+    /// `/readyz` answers 503 (`ingest_lag`) when the oldest record ingest holds uncommitted is
+    /// older than this.
+    #[serde(with = "humantime_serde")]
+    pub ready_max_ingest_lag: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        let auth = api::AuthLimits::default();
+        Self {
+            key_env: "live".into(),
+            max_failed_auth_per_source: auth.failures_per_window,
+            failed_auth_window: auth.failure_window,
+            key_verify_concurrency: auth.verify_concurrency,
+            key_cache_ttl: api::DEFAULT_KEY_CACHE_TTL,
+            key_cache_capacity: api::DEFAULT_KEY_CACHE_CAPACITY,
+            ready_max_ingest_lag: api::DEFAULT_READY_MAX_INGEST_LAG,
+        }
     }
 }
 
@@ -426,6 +672,9 @@ impl Default for Config {
             log: LogConfig::default(),
             database: DatabaseConfig::default(),
             connections: ConnectionLimits::default(),
+            broker: BrokerSettings::default(),
+            retention: RetentionSettings::default(),
+            api: ApiSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -510,6 +759,9 @@ pub struct Overrides {
     /// `--broker-listen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_listen: Option<String>,
+    /// `--metrics-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Why the configuration was refused.
@@ -519,8 +771,13 @@ pub enum ConfigError {
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
     /// A value is of the wrong type or unknown; the message names the field and its source.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    #[error("invalid configuration: {message}")]
+    Invalid {
+        /// What is wrong, and where the value came from.
+        message: String,
+        /// The setting (`section.key`), when known.
+        field: Option<String>,
+    },
     /// A file a field names cannot be used; `reason` never quotes the file.
     #[error("invalid configuration: {field}: {}: {reason}", path.display())]
     UnreadableFile {
@@ -530,6 +787,22 @@ pub enum ConfigError {
         path: PathBuf,
         /// Why not.
         reason: String,
+    },
+    /// A setting of an older fleetd that lives elsewhere now.
+    #[error("invalid configuration: {old} is now {new}")]
+    Moved {
+        /// Where it was.
+        old: &'static str,
+        /// Where it is.
+        new: &'static str,
+    },
+    /// A `[broker]` value is out of range.
+    #[error("invalid configuration: {field}: {reason}")]
+    BrokerLimit {
+        /// The field, `broker.<name>`.
+        field: String,
+        /// Why.
+        reason: &'static str,
     },
     /// A value parsed but makes no sense.
     #[error("invalid configuration: {field}: {reason}")]
@@ -560,11 +833,19 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        let figment = figment.merge(Env::prefixed(env_prefix).ignore(&["CONFIG"]).split("__"));
+        for (old, new) in MOVED {
+            if figment.find_value(old).is_ok() {
+                return Err(ConfigError::Moved { old, new });
+            }
+        }
         let mut config: Config = figment
-            .merge(Env::prefixed(env_prefix).ignore(&["CONFIG"]).split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+            .map_err(|e| ConfigError::Invalid {
+                field: error_field(&e),
+                message: describe(e),
+            })?;
         config.validate()?;
         config.read_database_url_file()?;
         config.resolve_paths()?;
@@ -616,8 +897,44 @@ impl Config {
         if self.database.max_connections == 0 {
             return reject("database.max_connections", "must be at least 1");
         }
-        if let Some((field, reason)) = self.connections.invalid_field() {
+        if let Some((field, reason)) = self
+            .connections
+            .invalid_field()
+            .or_else(|| self.retention.invalid_field())
+        {
             return reject(field, reason);
+        }
+        if let Some((field, reason)) = self.broker.invalid_field() {
+            return Err(ConfigError::BrokerLimit { field, reason });
+        }
+        if self.enrollment.max_concurrent_verifications == 0 {
+            return reject(
+                "enrollment.max_concurrent_verifications",
+                "must be at least 1",
+            );
+        }
+        if self.enrollment.max_wait.is_zero() {
+            return reject("enrollment.max_wait", "must be longer than zero");
+        }
+        if store::api_keys::KeyEnv::new(&self.api.key_env).is_err() {
+            return reject("api.key_env", "must be 1 to 8 lowercase letters or digits");
+        }
+        let at_least_one = [
+            (self.api.key_cache_capacity, "api.key_cache_capacity"),
+            (
+                self.api.key_verify_concurrency,
+                "api.key_verify_concurrency",
+            ),
+            (
+                usize::try_from(self.api.max_failed_auth_per_source).unwrap_or(1),
+                "api.max_failed_auth_per_source",
+            ),
+        ];
+        if let Some((_, field)) = at_least_one.iter().find(|(value, _)| *value == 0) {
+            return reject(field, "must be at least 1");
+        }
+        if self.api.failed_auth_window.is_zero() {
+            return reject("api.failed_auth_window", "must be longer than zero");
         }
         if self.database.connect_timeout.is_zero() {
             return reject("database.connect_timeout", "must be longer than zero");
@@ -662,7 +979,14 @@ impl Config {
             }
         }
         if let Err(e) = self.ingest.validate() {
-            return Err(ConfigError::Invalid(format!("ingest: {e}")));
+            let message = format!("ingest: {e}");
+            // Ingest's messages name the field ("ingest config: writers: must be ...").
+            let field = message
+                .split_whitespace()
+                .map(|word| word.trim_end_matches(':'))
+                .find(|word| INGEST_DOCS.iter().any(|(key, _)| key == word))
+                .map(|word| format!("ingest.{word}"));
+            return Err(ConfigError::Invalid { message, field });
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return reject(
@@ -724,6 +1048,94 @@ impl Config {
     }
 }
 
+impl ConfigError {
+    /// The setting the error is about (`section.key`, or `key` at the top level), when known.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Self::MissingFile(_) => None,
+            Self::Invalid { field, .. } => field.clone(),
+            Self::UnreadableFile { field, .. } | Self::Rejected { field, .. } => {
+                Some((*field).to_owned())
+            }
+            Self::Moved { old, .. } => Some((*old).to_owned()),
+            Self::BrokerLimit { field, .. } => Some(field.clone()),
+        }
+    }
+}
+
+/// The setting a figment error is about: its key path, plus the unknown key for an unknown
+/// field.
+fn error_field(error: &figment::Error) -> Option<String> {
+    let mut path = error.path.clone();
+    if let figment::error::Kind::UnknownField(name, _) = &error.kind {
+        if path.last() != Some(name) {
+            path.push(name.clone());
+        }
+    }
+    (!path.is_empty()).then(|| path.join("."))
+}
+
+/// The line (1-based) of setting `field` (`section.key` or `key`) in the TOML `text`, if it
+/// is written there as `key = ...` in its section (or as `section.key = ...` at the top).
+pub fn line_of(text: &str, field: &str) -> Option<usize> {
+    let (section, key) = field.rsplit_once('.').unwrap_or(("", field));
+    let assigns = |line: &str, key: &str| {
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut current = String::new();
+    for (at, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if (current == section && assigns(line, key))
+            || (current.is_empty() && assigns(line, field))
+        {
+            return Some(at + 1);
+        }
+    }
+    None
+}
+
+/// What a configuration amounts to, in a few lines (`fleetd check-config`). No secret: a
+/// database URL is shown with its password redacted.
+pub fn summary(config: &Config) -> String {
+    let broker = match &config.external_broker.url {
+        Some(url) => format!("{url} (external; this instance is ingest-only)"),
+        None => format!("mqtts://{} (embedded)", config.broker_listen),
+    };
+    let database = match &config.database_url {
+        Some(url) => url.redacted(),
+        None => format!(
+            "private cluster in {}",
+            config.data_dir.join("postgres").display()
+        ),
+    };
+    let pki = match &config.pki.dir {
+        Some(dir) => dir.display().to_string(),
+        None => format!("development PKI in {}", config.pki_dir().display()),
+    };
+    let format = match config.log.format {
+        LogFormat::Plain => "plain",
+        LogFormat::Json => "json",
+    };
+    format!(
+        "api        https://{api}\n\
+         broker     {broker}\n\
+         metrics    http://{metrics}/metrics\n\
+         database   {database}\n\
+         pki        {pki}\n\
+         data_dir   {data_dir}\n\
+         log        {format}, {level}\n\
+         production {production}",
+        api = config.api_listen,
+        metrics = config.metrics_listen,
+        data_dir = config.data_dir.display(),
+        level = config.log.level,
+        production = if config.production { "on" } else { "off" },
+    )
+}
+
 /// figment's errors name the key and where its value came from; keep all of them.
 fn describe(error: figment::Error) -> String {
     error
@@ -745,7 +1157,8 @@ pub fn template() -> String {
 # Environment variables override this file: FLEETD_<FIELD>, with __ between sections
 # (FLEETD_API_LISTEN, FLEETD_DATABASE__MAX_CONNECTIONS); an empty variable means unset.
 # Command-line flags (--data-dir, --database-url, --database-url-file, --api-listen,
-# --broker-listen, --production) override both.
+# --broker-listen, --metrics-listen, --production) override both.
+# `fleetd check-config FILE` checks a file (and the environment) without starting.
 # Durations are written like "10s", "5m", "90d" or "1h 30m".
 
 # --- Top level: storage, database, listeners, shutdown. -------------------------------------
@@ -815,8 +1228,8 @@ superseded_grace = "{superseded_grace}"
 # crl_file = "/etc/mosquitto/fleet-crl.pem"
 
 # --- [enrollment]: device onboarding through POST /v1/enroll. -------------------------------
-# Environment: FLEETD_ENROLLMENT__BROKER_URL, FLEETD_ENROLLMENT__TRUSTED_PROXIES,
-# FLEETD_ENROLLMENT__MAX_FAILED_ATTEMPTS_PER_SOURCE, FLEETD_ENROLLMENT__FAILED_ATTEMPTS_WINDOW.
+# Environment: FLEETD_ENROLLMENT__<KEY>, e.g. FLEETD_ENROLLMENT__BROKER_URL,
+# FLEETD_ENROLLMENT__MAX_FAILED_ATTEMPTS_PER_SOURCE.
 [enrollment]
 # Broker URL (mqtts://host[:port]) given to enrolled devices. Default (unset):
 # external_broker.url when set, else mqtts://<first server name>:<broker_listen port>.
@@ -826,7 +1239,13 @@ trusted_proxies = []
 # Refused enrollments (bad token, CSR or request) one client address may make per window;
 # past it that address alone is answered 429 with Retry-After until the window ends.
 max_failed_attempts_per_source = {max_failed_attempts_per_source}
+# The window of max_failed_attempts_per_source.
 failed_attempts_window = "{failed_attempts_window}"
+# Verifications of older (argon2id) tokens running at once (default: one per core); the rest
+# wait their turn holding no database connection.
+max_concurrent_verifications = {max_concurrent_verifications}
+# How long an enrollment waits for its turn before it is answered 503 with Retry-After.
+max_wait = "{enroll_max_wait}"
 
 # --- [ingest]: how device records are batched into PostgreSQL. ------------------------------
 # Records per batch and the time window, writer tasks, queue and memory bounds (while the
@@ -878,36 +1297,35 @@ connect_timeout = "{connect_timeout}"
 # fleet_audit_chains_broken, and fleetd still starts. 0 skips the check.
 audit_tail_check_rows = {audit_tail_check_rows}
 
-# --- [connections]: what one address or one device may hold on the listeners. ----------------
-# Above a cap the new connection is closed at once and counted; refusals are logged at most
-# every 10 s per kind. fleetd raises its soft descriptor limit to the hard one at start and
-# lowers the broker's and the API's connection caps to fit it if needed (with a warning), so
-# neither listener can take the descriptors of the other. Environment:
-# FLEETD_CONNECTIONS__<KEY>, e.g. FLEETD_CONNECTIONS__API_IDLE_TIMEOUT=2m.
+# --- [connections]: what one address may hold on the API listener. ---------------------------
+# Above a cap the new connection is closed at once and counted. fleetd raises its soft
+# descriptor limit to the hard one at start and lowers the broker's and the API's connection
+# caps to fit it if needed (with a warning), so neither listener can take the descriptors of
+# the other. The broker's limits are in [broker]. Environment: FLEETD_CONNECTIONS__<KEY>, e.g.
+# FLEETD_CONNECTIONS__API_IDLE_TIMEOUT=2m.
 [connections]
-# TLS handshakes in progress at once from one IP address, broker listener.
-broker_max_handshakes_per_address = {broker_per_address}
-# Connections of one device between its TLS handshake and CONNACK (its live session does
-# not count: a new CONNECT still replaces it).
-broker_max_pending_connects_per_device = {broker_pending}
-# Largest MQTT CONNECT, in bytes.
-broker_max_connect_size = {broker_connect_size}
-# TLS handshakes in progress at once from one IP address, API listener.
-api_max_handshakes_per_address = {api_per_address}
-# Connections at once on the API listener.
-api_max_connections = {api_connections}
-# Time an API client has to send a request's headers (after the handshake, and between
-# keep-alive requests); a slowloris client is closed then.
-api_header_read_timeout = "{api_header_read_timeout}"
-# An API connection on which no byte moved either way for this long is closed.
-api_idle_timeout = "{api_idle_timeout}"
-"#,
+{connections}
+# --- [broker]: the embedded broker's limits (unused in ingest-only mode). --------------------
+# The gateway in front of rumqttd; broker/README.md says what each limit guards. Refusals an
+# attacker can cause by the thousand are logged at most every 10 s per reason. Environment:
+# FLEETD_BROKER__<KEY>, e.g. FLEETD_BROKER__PUBLISH_RATE=50.
+[broker]
+{broker}
+# --- [retention]: how the telemetry retention sweep runs. -----------------------------------
+# (How long each tenant keeps its telemetry is a tenant setting.) Environment:
+# FLEETD_RETENTION__<KEY>, e.g. FLEETD_RETENTION__INTERVAL=30m.
+[retention]
+{retention}
+# --- [api]: API keys, and when /readyz says ready. -------------------------------------------
+# Environment: FLEETD_API__<KEY>, e.g. FLEETD_API__READY_MAX_INGEST_LAG=1m.
+[api]
+{api}"#,
         data_dir = d.data_dir.display().to_string(),
         production = d.production,
         api_listen = d.api_listen,
         broker_listen = d.broker_listen,
         metrics_listen = d.metrics_listen,
-        ingest = toml::to_string(&d.ingest).expect("ingest defaults serialise"),
+        ingest = documented(&d.ingest, INGEST_DOCS),
         server_names = d.pki.server_names,
         server_ips = d
             .pki
@@ -920,6 +1338,8 @@ api_idle_timeout = "{api_idle_timeout}"
         superseded_grace = humantime::format_duration(d.pki.superseded_grace),
         max_failed_attempts_per_source = d.enrollment.max_failed_attempts_per_source,
         failed_attempts_window = humantime::format_duration(d.enrollment.failed_attempts_window),
+        max_concurrent_verifications = d.enrollment.max_concurrent_verifications,
+        enroll_max_wait = humantime::format_duration(d.enrollment.max_wait),
         shutdown_grace = humantime::format_duration(d.shutdown_grace),
         share_group = d.external_broker.share_group,
         log_format = match d.log.format {
@@ -930,15 +1350,222 @@ api_idle_timeout = "{api_idle_timeout}"
         max_connections = d.database.max_connections,
         connect_timeout = humantime::format_duration(d.database.connect_timeout),
         audit_tail_check_rows = d.database.audit_tail_check_rows,
-        broker_per_address = d.connections.broker_max_handshakes_per_address,
-        broker_pending = d.connections.broker_max_pending_connects_per_device,
-        broker_connect_size = d.connections.broker_max_connect_size,
-        api_per_address = d.connections.api_max_handshakes_per_address,
-        api_connections = d.connections.api_max_connections,
-        api_header_read_timeout = humantime::format_duration(d.connections.api_header_read_timeout),
-        api_idle_timeout = humantime::format_duration(d.connections.api_idle_timeout),
+        connections = documented(&d.connections, CONNECTIONS_DOCS),
+        broker = documented(&d.broker, BROKER_DOCS),
+        retention = documented(&d.retention, RETENTION_DOCS),
+        api = documented(&d.api, API_DOCS),
     )
 }
+
+/// The keys of `section` (a struct of defaults), each under its comment from `docs` and with
+/// its default value. A key without a comment is a bug: the test
+/// `every_key_of_the_template_is_commented` finds it.
+fn documented(section: &impl Serialize, docs: &[(&str, &str)]) -> String {
+    let table = toml::Table::try_from(section).expect("defaults serialise as a table");
+    let mut out = String::new();
+    for (key, doc) in docs {
+        for line in doc.lines() {
+            out.push_str("# ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        let value = table
+            .get(*key)
+            .unwrap_or_else(|| panic!("{key} documented but not a setting"));
+        out.push_str(&format!("{key} = {value}\n"));
+    }
+    out
+}
+
+const INGEST_DOCS: &[(&str, &str)] = &[
+    (
+        "batch_max_records",
+        "A tenant's batch is committed when it holds this many records...",
+    ),
+    (
+        "batch_window",
+        "... or when its oldest message has waited this long.",
+    ),
+    (
+        "writers",
+        "Transactions committing at once (each holds one pooled connection).",
+    ),
+    (
+        "queue_capacity",
+        "Messages waiting in the input queue before the broker's side waits.",
+    ),
+    (
+        "max_buffered_bytes",
+        "The memory bound: payload bytes ingest holds at once (queued, batched, committing or\n\
+         retrying); decoded records cost about three times their payload.",
+    ),
+    (
+        "max_message_bytes",
+        "Largest accepted message in bytes (larger: refused as oversize). Keep it equal to\n\
+         broker.max_packet_size.",
+    ),
+    (
+        "directory_ttl",
+        "How long a device -> tenant answer is reused (revocation is checked in every batch).",
+    ),
+    (
+        "directory_negative_ttl",
+        "How long \"no such device\" is remembered.",
+    ),
+    (
+        "directory_capacity",
+        "Most devices the directory cache remembers.",
+    ),
+    (
+        "max_pending_ranges",
+        "Most disjoint handled ranges kept above a device's watermark; a record that would open\n\
+         one more is refused as too_many_gaps (not acknowledged: the device sends it again).",
+    ),
+    (
+        "retry_initial",
+        "First wait before retrying a failed commit; doubles up to retry_max.",
+    ),
+    ("retry_max", "Longest wait between commit retries."),
+];
+
+const CONNECTIONS_DOCS: &[(&str, &str)] = &[
+    (
+        "api_max_handshakes_per_address",
+        "TLS handshakes in progress at once from one IP address.",
+    ),
+    (
+        "api_max_handshakes_in_flight",
+        "TLS handshakes in progress at once; accepting pauses at the cap.",
+    ),
+    (
+        "api_handshake_timeout",
+        "Time a client has to finish its TLS handshake.",
+    ),
+    ("api_max_connections", "Connections at once."),
+    (
+        "api_header_read_timeout",
+        "Time a client has to send a request's headers (after the handshake, and between\n\
+         keep-alive requests); a slowloris client is closed then.",
+    ),
+    (
+        "api_idle_timeout",
+        "A connection on which no byte moved either way for this long is closed.",
+    ),
+];
+
+const BROKER_DOCS: &[(&str, &str)] = &[
+    (
+        "max_connections",
+        "Device connections at once, handshaking or connected.",
+    ),
+    (
+        "max_handshakes_in_flight",
+        "TLS handshakes in progress at once; a connection past it is closed at once.",
+    ),
+    (
+        "max_handshakes_per_address",
+        "TLS handshakes in progress at once from one IP address (a NAT in front of many\n\
+         devices reconnecting at once must fit).",
+    ),
+    (
+        "max_pending_connects_per_device",
+        "Connections of one device between its TLS handshake and CONNACK (its live session\n\
+         does not count: a new CONNECT still replaces it).",
+    ),
+    (
+        "handshake_timeout",
+        "Time a TCP connection has to finish its TLS handshake.",
+    ),
+    (
+        "connect_timeout",
+        "Time an authenticated connection has to send its MQTT CONNECT.",
+    ),
+    (
+        "admission_timeout",
+        "Time the admission check (revocation, quota: a database read) has to answer; past it\n\
+         the device is refused (fail closed).",
+    ),
+    (
+        "max_connect_size",
+        "Largest MQTT CONNECT in bytes (at least 64, at most max_packet_size).",
+    ),
+    (
+        "max_packet_size",
+        "Largest MQTT packet a device may send, in bytes (a full wire message plus its topic).",
+    ),
+    (
+        "publish_rate",
+        "Sustained PUBLISH packets per second per device (token bucket); above it the device\n\
+         is disconnected.",
+    ),
+    (
+        "publish_burst",
+        "PUBLISH burst per device (the bucket's depth): an agent replaying its outbox after a\n\
+         reconnect sends batches back to back.",
+    ),
+    ("max_subscriptions", "Subscriptions per device connection."),
+    (
+        "max_keep_alive_secs",
+        "Longest keep-alive a device may ask for, in seconds (0 is refused).",
+    ),
+    (
+        "engine_segment_size",
+        "rumqttd's in-memory log, bytes per segment, for every filter but ingest's (each\n\
+         device's down/# filter keeps up to size x (count + 1)).",
+    ),
+    (
+        "ingest_segment_size",
+        "rumqttd's in-memory log of the ingest filter, bytes per segment: how far ingest may\n\
+         fall behind before rumqttd drops the oldest messages (the outbox resends them).",
+    ),
+    (
+        "engine_segment_count",
+        "Full segments kept per filter, beside the active one.",
+    ),
+];
+
+const RETENTION_DOCS: &[(&str, &str)] = &[
+    ("interval", "Time between runs."),
+    ("step_rows", "Rows deleted per transaction (1 to 100000)."),
+    (
+        "step_pause",
+        "Pause between steps, to leave the database to ingest.",
+    ),
+    ("weeks_ahead", "Weekly partitions kept ready ahead of now."),
+    ("max_partition_drops", "Most partitions dropped per run."),
+];
+
+const API_DOCS: &[(&str, &str)] = &[
+    (
+        "key_env",
+        "The environment written into new API keys (fpk_<env>_...): 1 to 8 lowercase\n\
+         letters or digits.",
+    ),
+    (
+        "max_failed_auth_per_source",
+        "Failed authentications one address may make per failed_auth_window; past it that\n\
+         address alone is answered 429 until the window ends.",
+    ),
+    (
+        "failed_auth_window",
+        "The window of max_failed_auth_per_source.",
+    ),
+    (
+        "key_verify_concurrency",
+        "argon2 verifications of older API keys running at once.",
+    ),
+    (
+        "key_cache_ttl",
+        "How long a verified key is trusted from the cache (revocations still apply at once).\n\
+         0s: every request verifies its key.",
+    ),
+    ("key_cache_capacity", "Most keys in the cache."),
+    (
+        "ready_max_ingest_lag",
+        "/readyz answers 503 with \"ingest_lag\" when ingest has held messages this long\n\
+         without committing any (the database is down or a writer is stuck).",
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -955,20 +1582,16 @@ mod tests {
     fn connection_limits_out_of_range_are_refused_naming_the_field() {
         for (text, field) in [
             (
-                "[connections]\nbroker_max_handshakes_per_address = 0",
-                "connections.broker_max_handshakes_per_address",
-            ),
-            (
-                "[connections]\nbroker_max_pending_connects_per_device = 0",
-                "connections.broker_max_pending_connects_per_device",
-            ),
-            (
-                "[connections]\nbroker_max_connect_size = 10",
-                "connections.broker_max_connect_size",
-            ),
-            (
                 "[connections]\napi_max_handshakes_per_address = 0",
                 "connections.api_max_handshakes_per_address",
+            ),
+            (
+                "[connections]\napi_max_handshakes_in_flight = 0",
+                "connections.api_max_handshakes_in_flight",
+            ),
+            (
+                "[connections]\napi_handshake_timeout = \"0s\"",
+                "connections.api_handshake_timeout",
             ),
             (
                 "[connections]\napi_max_connections = 0",
@@ -983,13 +1606,224 @@ mod tests {
                 "connections.api_idle_timeout",
             ),
         ] {
-            let err = load_toml(text).unwrap_err().to_string();
-            assert!(err.contains(field), "{text}: {err}");
+            let err = load_toml(text).unwrap_err();
+            assert_eq!(err.field().as_deref(), Some(field), "{text}: {err}");
+            assert!(err.to_string().contains(field), "{text}: {err}");
         }
         let limits = load_toml("[connections]\napi_idle_timeout = \"2m\"")
             .unwrap()
             .connections;
         assert_eq!(limits.api_idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn broker_limits_out_of_range_are_refused_naming_the_field() {
+        for (setting, field) in [
+            ("max_connections = 0", "max_connections"),
+            ("max_handshakes_in_flight = 0", "max_handshakes_in_flight"),
+            (
+                "max_handshakes_per_address = 0",
+                "max_handshakes_per_address",
+            ),
+            (
+                "max_pending_connects_per_device = 0",
+                "max_pending_connects_per_device",
+            ),
+            ("handshake_timeout = \"0s\"", "handshake_timeout"),
+            ("connect_timeout = \"0s\"", "connect_timeout"),
+            ("admission_timeout = \"0s\"", "admission_timeout"),
+            ("max_connect_size = 10", "max_connect_size"),
+            (
+                "max_packet_size = 2000\nmax_connect_size = 4096",
+                "max_connect_size",
+            ),
+            ("max_packet_size = 10", "max_packet_size"),
+            ("publish_rate = 0", "publish_rate"),
+            ("publish_rate = -1.5", "publish_rate"),
+            ("publish_burst = 0", "publish_burst"),
+            ("max_keep_alive_secs = 0", "max_keep_alive_secs"),
+            ("engine_segment_size = 100", "engine_segment_size"),
+            ("ingest_segment_size = 100", "ingest_segment_size"),
+            ("engine_segment_count = 0", "engine_segment_count"),
+        ] {
+            let text = format!("[broker]\n{setting}");
+            let err = load_toml(&text).unwrap_err();
+            let expected = format!("broker.{field}");
+            assert_eq!(err.field(), Some(expected.clone()), "{text}: {err}");
+            assert!(err.to_string().contains(&expected), "{text}: {err}");
+        }
+        let broker = load_toml("[broker]\npublish_rate = 50\nmax_keep_alive_secs = 60")
+            .unwrap()
+            .broker;
+        assert_eq!(
+            broker.publish_rate, 50.0,
+            "an integer rate is read as a number"
+        );
+        let mut config = broker::BrokerConfig::new(
+            Vec::new(),
+            rustls::pki_types::PrivateKeyDer::Pkcs8(Vec::new().into()),
+            rustls::pki_types::CertificateDer::from(Vec::new()),
+        );
+        broker.apply(&mut config, 7);
+        assert_eq!(
+            (
+                config.publish_rate,
+                config.max_keep_alive,
+                config.max_connections
+            ),
+            (50.0, 60, 7)
+        );
+    }
+
+    #[test]
+    fn the_broker_settings_of_connections_moved_to_broker() {
+        for (old, new) in MOVED {
+            let (section, key) = old.split_once('.').unwrap();
+            let err = load_toml(&format!("[{section}]\n{key} = 100")).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("invalid configuration: {old} is now {new}")
+            );
+            assert_eq!(err.field().as_deref(), Some(old));
+        }
+    }
+
+    #[test]
+    fn every_section_follows_the_environment_scheme() {
+        std::env::set_var("CONFIGTEST_SCHEME_BROKER__PUBLISH_RATE", "50");
+        std::env::set_var("CONFIGTEST_SCHEME_RETENTION__INTERVAL", "30m");
+        std::env::set_var("CONFIGTEST_SCHEME_API__READY_MAX_INGEST_LAG", "1m");
+        std::env::set_var("CONFIGTEST_SCHEME_METRICS_LISTEN", "127.0.0.1:19464");
+        let config =
+            Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_SCHEME_").unwrap();
+        assert_eq!(config.broker.publish_rate, 50.0);
+        assert_eq!(config.retention.interval, Duration::from_secs(1800));
+        assert_eq!(config.api.ready_max_ingest_lag, Duration::from_secs(60));
+        assert_eq!(config.metrics_listen, "127.0.0.1:19464".parse().unwrap());
+        std::env::set_var("CONFIGTEST_SCHEMEBAD_BROKER__PUBLISH_BURST", "0");
+        let err = Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_SCHEMEBAD_")
+            .unwrap_err();
+        assert_eq!(err.field().as_deref(), Some("broker.publish_burst"));
+        let overrides = Overrides {
+            metrics_listen: Some("127.0.0.1:29464".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load_with_env(None, &overrides, "CONFIGTEST_SCHEME_").unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            "127.0.0.1:29464".parse().unwrap(),
+            "the flag wins over the environment"
+        );
+    }
+
+    #[test]
+    fn other_new_settings_are_checked() {
+        for (text, field) in [
+            ("[retention]\ninterval = \"0s\"", "retention.interval"),
+            ("[retention]\nstep_rows = 0", "retention.step_rows"),
+            ("[retention]\nweeks_ahead = 0", "retention.weeks_ahead"),
+            (
+                "[retention]\nmax_partition_drops = 0",
+                "retention.max_partition_drops",
+            ),
+            ("[api]\nkey_env = \"Live!\"", "api.key_env"),
+            ("[api]\nkey_cache_capacity = 0", "api.key_cache_capacity"),
+            (
+                "[api]\nkey_verify_concurrency = 0",
+                "api.key_verify_concurrency",
+            ),
+            (
+                "[api]\nmax_failed_auth_per_source = 0",
+                "api.max_failed_auth_per_source",
+            ),
+            (
+                "[api]\nfailed_auth_window = \"0s\"",
+                "api.failed_auth_window",
+            ),
+            (
+                "[enrollment]\nmax_concurrent_verifications = 0",
+                "enrollment.max_concurrent_verifications",
+            ),
+            ("[enrollment]\nmax_wait = \"0s\"", "enrollment.max_wait"),
+            ("[ingest]\nwriters = 0", "ingest.writers"),
+            ("[broker]\nmax_conections = 1", "broker.max_conections"),
+            (
+                "[broker]\nmax_connections = \"many\"",
+                "broker.max_connections",
+            ),
+        ] {
+            let err = load_toml(text).unwrap_err();
+            assert_eq!(err.field().as_deref(), Some(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_error_is_located_on_its_line() {
+        let text = "api_listen = \"x\"\n\n[broker]\n# max_connections = 1\n  max_connections = 0\n\
+                    [api]\nkey_env=\"x\"\n";
+        assert_eq!(line_of(text, "api_listen"), Some(1));
+        assert_eq!(line_of(text, "broker.max_connections"), Some(5));
+        assert_eq!(line_of(text, "api.key_env"), Some(7));
+        assert_eq!(line_of(text, "broker.publish_rate"), None);
+        assert_eq!(
+            line_of("broker.max_connections = 0", "broker.max_connections"),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn every_key_of_the_generated_sections_is_commented() {
+        let d = Config::default();
+        for (name, table, docs) in [
+            (
+                "ingest",
+                toml::Table::try_from(&d.ingest).unwrap(),
+                INGEST_DOCS,
+            ),
+            (
+                "connections",
+                toml::Table::try_from(&d.connections).unwrap(),
+                CONNECTIONS_DOCS,
+            ),
+            (
+                "broker",
+                toml::Table::try_from(&d.broker).unwrap(),
+                BROKER_DOCS,
+            ),
+            (
+                "retention",
+                toml::Table::try_from(&d.retention).unwrap(),
+                RETENTION_DOCS,
+            ),
+            ("api", toml::Table::try_from(&d.api).unwrap(), API_DOCS),
+        ] {
+            let documented: Vec<&str> = docs.iter().map(|(key, _)| *key).collect();
+            let mut settings: Vec<&str> = table.keys().map(String::as_str).collect();
+            let mut sorted = documented.clone();
+            sorted.sort_unstable();
+            settings.sort_unstable();
+            assert_eq!(
+                sorted, settings,
+                "[{name}]: settings without a comment, or the reverse"
+            );
+        }
+        // Every key line of the whole template has a comment right above it, or belongs to a
+        // group of keys under one comment.
+        let template = template();
+        let lines: Vec<&str> = template.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            let above = lines[..at]
+                .iter()
+                .rev()
+                .find(|l| !l.contains(" = ") || l.starts_with('#'));
+            assert!(
+                above.is_some_and(|l| l.starts_with('#')),
+                "{line} has no comment"
+            );
+        }
     }
 
     #[test]
@@ -1316,8 +2150,9 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 7,
-            "pki, enrollment, ingest, external_broker, log, database, connections"
+            sections, 10,
+            "pki, enrollment, ingest, external_broker, log, database, connections, broker, \
+             retention, api"
         );
         for key in [
             "database_url",

@@ -7,6 +7,7 @@ mod crl_file;
 mod data_path;
 mod descriptors;
 mod device_sessions;
+pub mod logging;
 mod metrics;
 pub mod pki;
 pub mod production;

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetd::config::{self, LogFormat, Overrides};
+use fleetd::config::{self, Overrides};
 use fleetd::Config;
-use tracing_subscriber::EnvFilter;
 
 /// The fleetplane server.
 #[derive(Parser)]
@@ -36,6 +35,9 @@ struct Cli {
     /// Address of the devices' MQTT listener.
     #[arg(long, global = true)]
     broker_listen: Option<String>,
+    /// Address of the plain-HTTP Prometheus listener (/metrics).
+    #[arg(long, global = true)]
+    metrics_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,6 +48,13 @@ enum Command {
     Run,
     /// Print a commented configuration file holding every default.
     Configfile,
+    /// Check a configuration file (with the environment and flags on top, as at start, and
+    /// production mode's refusals) without starting: exit 0 and a summary, or exit 2 and what
+    /// is wrong, where.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,13 +64,17 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let overrides = Overrides {
-        data_dir: cli.data_dir,
-        database_url: cli.database_url.map(config::SecretString::new),
-        database_url_file: cli.database_url_file,
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone().map(config::SecretString::new),
+        database_url_file: cli.database_url_file.clone(),
         production: cli.production.then_some(true),
-        api_listen: cli.api_listen,
-        broker_listen: cli.broker_listen,
+        api_listen: cli.api_listen.clone(),
+        broker_listen: cli.broker_listen.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
     };
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return check_config(file, &overrides);
+    }
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -69,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    fleetd::logging::init(&config.log);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,14 +133,25 @@ impl ShutdownSignals {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// `fleetd check-config FILE`: loads the configuration as a start would, and says so.
+fn check_config(file: &std::path::Path, overrides: &Overrides) -> ExitCode {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let refused = |field: Option<String>, error: &dyn std::fmt::Display| {
+        match field.and_then(|field| config::line_of(&text, &field)) {
+            Some(line) => eprintln!("fleetd: {}:{line}: {error}", file.display()),
+            None => eprintln!("fleetd: {}: {error}", file.display()),
+        }
+        ExitCode::from(2)
+    };
+    let config = match Config::load(Some(file), overrides) {
+        Ok(config) => config,
+        Err(e) => return refused(e.field(), &e),
+    };
+    // Production mode's refusals only read the PKI directory; a start would make them.
+    if let Err(refusal) = fleetd::production::check(&config) {
+        return refused(Some("production".into()), &refusal);
     }
+    println!("{}: ok", file.display());
+    println!("{}", config::summary(&config));
+    ExitCode::SUCCESS
 }

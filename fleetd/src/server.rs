@@ -59,7 +59,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     crate::production::check(&config)?;
     let pki = crate::pki::prepare(&config)?;
     let descriptors = crate::descriptors::raise_and_split(
-        broker::DEFAULT_MAX_CONNECTIONS,
+        config.broker.max_connections,
         config.connections.api_max_connections,
     );
     // One registry for every component, served on metrics_listen (fleetd/METRICS.md).
@@ -85,15 +85,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             return Err(e);
         }
     };
-    let bound_port = devices
-        .broker_addr()
-        .map_or(config.broker_listen.port(), |addr| addr.port());
-    let broker_url = config.broker_url(bound_port);
     let api = start_api(
         &config,
         &pki,
         &database,
-        broker_url,
+        &devices,
         api_metrics,
         stopped,
         descriptors,
@@ -110,6 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(
         api = %format!("https://{api_addr}"),
         broker = %devices.broker_addr().map_or_else(|| config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), |addr| format!("mqtts://{addr}")),
+        metrics = %format!("http://{}/metrics", devices.metrics_addr),
         database = if config.database_url.is_none() { "private cluster" } else { "external" },
         data_dir = %config.data_dir.display(),
         "fleetd ready",
@@ -235,12 +232,9 @@ async fn start_devices(
         }
     };
     let (stop_background, stopped) = watch::channel(false);
-    let retention = ingest::Retention::new(
-        database.app.clone(),
-        ingest::RetentionConfig::default(),
-        metrics,
-    )
-    .spawn(stopped);
+    let retention =
+        ingest::Retention::new(database.app.clone(), config.retention.to_ingest(), metrics)
+            .spawn(stopped);
     let crl_file = match &config.pki.crl_file {
         Some(path) => Some(
             crate::crl_file::CrlFile {
@@ -290,11 +284,9 @@ async fn start_embedded_broker(
         pki.issuing_ca.root_der().clone(),
     );
     broker_config.listen = config.broker_listen;
-    broker_config.max_connections = descriptors.broker_connections;
-    let limits = &config.connections;
-    broker_config.max_handshakes_per_address = limits.broker_max_handshakes_per_address;
-    broker_config.max_pending_connects_per_device = limits.broker_max_pending_connects_per_device;
-    broker_config.max_connect_size = limits.broker_max_connect_size;
+    config
+        .broker
+        .apply(&mut broker_config, descriptors.broker_connections);
     let (presence_tx, presence_rx) = mpsc::unbounded_channel();
     let hooks = BrokerHooks {
         admission: device_sessions::admission_check(
@@ -383,6 +375,25 @@ impl DeviceServices {
         let _ = self.metrics.await;
     }
 
+    /// What `/readyz` checks beside the database: the broker takes devices (the embedded one
+    /// serves, or the external one is connected), and ingest's lag is at most `max_lag`.
+    fn readiness(&self, max_lag: std::time::Duration) -> api::Readiness {
+        let readiness = match &self.front {
+            DeviceFront::Embedded { broker, .. } => {
+                // Weak: the broker must be unshared at shutdown.
+                let broker = Arc::downgrade(broker);
+                api::Readiness::default().with("broker", move || {
+                    broker.upgrade().is_some_and(|broker| broker.is_serving())
+                })
+            }
+            DeviceFront::External(source) => {
+                api::Readiness::default().with("broker", source.connection_probe())
+            }
+        };
+        let lag = self.ingest.lag_probe();
+        readiness.with("ingest_lag", move || lag() <= max_lag)
+    }
+
     fn broker_addr(&self) -> Option<SocketAddr> {
         match &self.front {
             DeviceFront::Embedded { broker, .. } => Some(broker.local_addr()),
@@ -391,23 +402,28 @@ impl DeviceServices {
     }
 }
 
-/// The HTTPS API: enrollment, management, health.
+/// The HTTPS API: enrollment, management, health (its readiness checks the device side).
 async fn start_api(
     config: &Config,
     pki: &ServerPki,
     database: &Database,
-    broker_url: String,
+    devices: &DeviceServices,
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
     descriptors: DescriptorBudget,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+    let bound_port = devices
+        .broker_addr()
+        .map_or(config.broker_listen.port(), |addr| addr.port());
+    let broker_url = config.broker_url(bound_port);
+    let readiness = devices.readiness(config.api.ready_max_ingest_lag);
     let listener = TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding api_listen {}", config.api_listen))?;
     let addr = listener.local_addr()?;
     let tls = api::tls_server_config_for(&pki.server_cert, pki.issuing_ca.root_der().clone())
         .context("API TLS configuration")?;
-    let key_cache = api::KeyCache::default();
+    let key_cache = api::KeyCache::new(config.api.key_cache_ttl, config.api.key_cache_capacity);
     let revoked_keys = store::revocations::ApiKeyRevocationListener::connect(&database.app)
         .await
         .context("listening for API key revocations")?;
@@ -423,21 +439,24 @@ async fn start_api(
         enroll_limits: api::EnrollLimits {
             failures_per_window: config.enrollment.max_failed_attempts_per_source,
             failure_window: config.enrollment.failed_attempts_window,
-            ..api::EnrollLimits::default()
+            max_concurrent_verifications: config.enrollment.max_concurrent_verifications,
+            max_wait: config.enrollment.max_wait,
         },
+        auth_limits: api::AuthLimits {
+            failures_per_window: config.api.max_failed_auth_per_source,
+            failure_window: config.api.failed_auth_window,
+            verify_concurrency: config.api.key_verify_concurrency,
+        },
+        // Checked at load.
+        key_env: store::api_keys::KeyEnv::new(&config.api.key_env).context("api.key_env")?,
         metrics: metrics.clone(),
+        readiness,
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let limits = api::TlsLimits {
-        max_handshakes_per_address: config.connections.api_max_handshakes_per_address,
-        max_connections: descriptors.api_connections,
-        header_read_timeout: config.connections.api_header_read_timeout,
-        idle_timeout: config.connections.api_idle_timeout,
-        ..api::TlsLimits::default()
-    };
+    let limits = config.connections.api_limits(descriptors.api_connections);
     let serve =
         api::serve_tls_observed(listener, tls, api::router(state), limits, metrics, shutdown);
     let task = tokio::spawn(async move {

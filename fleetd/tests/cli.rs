@@ -403,3 +403,128 @@ fn the_packaged_configuration_refuses_the_development_pki_beyond_loopback() {
         );
     }
 }
+
+/// `fleetd check-config FILE` with `env`: exit code, stdout, stderr.
+fn check_config(text: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleetd.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = Command::new(FLEETD);
+    command
+        .args(["check-config", path.to_str().unwrap()])
+        .args(["--data-dir", dir.path().to_str().unwrap()]);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    let created: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(created, ["fleetd.toml"], "check-config made something");
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_template_and_summarises_it_without_starting() {
+    let template = Command::new(FLEETD)
+        .arg("configfile")
+        .output()
+        .unwrap()
+        .stdout;
+    let template = String::from_utf8(template).unwrap();
+    let (code, stdout, stderr) = check_config(&template, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(": ok\n"), "{stdout}");
+    for line in [
+        "api        https://127.0.0.1:8443",
+        "broker     mqtts://127.0.0.1:8883 (embedded)",
+        "metrics    http://127.0.0.1:9464/metrics",
+        "database   private cluster in ",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    // A URL is not tried (nothing starts), and its password is not shown.
+    let (code, stdout, _) = check_config(
+        "database_url = \"postgres://owner:hunter2@db.example/fleet\"\n",
+        &[("FLEETD_METRICS_LISTEN", "127.0.0.1:19464")],
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("database   postgres://owner:<redacted>@db.example/fleet"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("http://127.0.0.1:19464/metrics"),
+        "the environment applies: {stdout}"
+    );
+}
+
+#[test]
+fn check_config_names_the_field_and_its_line() {
+    let text =
+        "api_listen = \"127.0.0.1:8443\"\n\n[broker]\nmax_connections = 100\npublish_rate = 0\n";
+    let (code, stdout, stderr) = check_config(text, &[]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(
+        stderr.contains("fleetd.toml:5: invalid configuration: broker.publish_rate: must be"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config("[broker]\nmax_conections = 1\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("fleetd.toml:2:"), "{stderr}");
+    assert!(stderr.contains("max_conections"), "{stderr}");
+    let (code, _, stderr) = check_config("[connections]\n\nbroker_max_connect_size = 100\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("fleetd.toml:3: invalid configuration: connections.broker_max_connect_size is now broker.max_connect_size"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config("# production\nproduction = true\n", &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("fleetd.toml:2: production mode refuses to start: pki.dir is unset"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config("", &[("FLEETD_BROKER__PUBLISH_BURST", "0")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("broker.publish_burst: must be at least 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_listener_has_a_flag() {
+    let help = Command::new(FLEETD).arg("--help").output().unwrap().stdout;
+    let help = String::from_utf8(help).unwrap();
+    for flag in ["--api-listen", "--broker-listen", "--metrics-listen"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+    let (code, stdout, stderr) = check_config("", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("http://127.0.0.1:9464/metrics"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleetd.toml");
+    std::fs::write(&path, "metrics_listen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(FLEETD)
+        .args([
+            "check-config",
+            path.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:29464",
+        ])
+        .env("FLEETD_METRICS_LISTEN", "127.0.0.1:2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("http://127.0.0.1:29464/metrics"),
+        "the flag wins: {stdout}"
+    );
+}

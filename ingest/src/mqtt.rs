@@ -7,6 +7,7 @@
 //! whatever was not PUBACKed when the instance reconnects with the same client id. The MQTT
 //! receive maximum bounds how many unacknowledged messages the broker sends at once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,7 +145,9 @@ impl ExternalSource {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (pending_tx, pending_rx) = mpsc::channel(usize::from(u16::MAX));
         let acker = tokio::spawn(ack_in_order(self.client.clone(), pending_rx));
+        let connected = Arc::new(AtomicBool::new(false));
         let poller = tokio::spawn(poll(
+            Arc::clone(&connected),
             self.eventloop,
             self.client.clone(),
             self.filter,
@@ -156,6 +159,7 @@ impl ExternalSource {
             client: self.client,
             shutdown,
             tasks: vec![poller, acker],
+            connected,
         }
     }
 }
@@ -165,9 +169,22 @@ pub struct ExternalHandle {
     client: AsyncClient,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    connected: Arc<AtomicBool>,
 }
 
 impl ExternalHandle {
+    /// Whether the client holds a connection to the external broker (CONNACK received, no
+    /// error since).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// [`Self::is_connected`], as a probe that outlives the handle's borrow (for readiness).
+    pub fn connection_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let connected = Arc::clone(&self.connected);
+        move || connected.load(Ordering::Relaxed)
+    }
+
     /// Disconnects. Messages not yet handled are not PUBACKed: the broker keeps them for the
     /// session and redelivers them to this client id (or, for new messages, to the group).
     pub async fn shutdown(self) {
@@ -181,6 +198,7 @@ impl ExternalHandle {
 }
 
 async fn poll(
+    connected: Arc<AtomicBool>,
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
@@ -197,6 +215,7 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 failures = 0;
+                connected.store(true, Ordering::Relaxed);
                 tracing::info!(
                     session_present = connack.session_present,
                     "connected to the external broker"
@@ -212,6 +231,7 @@ async fn poll(
             }
             Ok(_) => {}
             Err(e) => {
+                connected.store(false, Ordering::Relaxed);
                 failures = failures.saturating_add(1);
                 let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                 tracing::warn!(error = %e, ?delay, "external broker connection failed; reconnecting");

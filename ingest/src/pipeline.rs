@@ -50,6 +50,17 @@ impl IngestHandle {
     pub fn buffered_bytes(&self) -> usize {
         self.sender.buffered_bytes()
     }
+
+    /// [`IngestSender::lag`].
+    pub fn lag(&self) -> std::time::Duration {
+        self.sender.lag()
+    }
+
+    /// [`Self::lag`], as a probe that outlives the handle's borrow (for readiness).
+    pub fn lag_probe(&self) -> impl Fn() -> std::time::Duration + Send + Sync + 'static {
+        let sender = self.sender.clone();
+        move || sender.lag()
+    }
 }
 
 /// Starts ingest: records from `IngestSender` into the database as `app`, acks to `acks`.

@@ -1,7 +1,9 @@
 //! The input seam: whoever receives device messages (the embedded broker's local link, the
 //! external MQTT client, a test) hands them to ingest through an [`IngestSender`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -51,6 +53,7 @@ impl InboundMessage {
 pub(crate) struct Queued {
     pub(crate) message: InboundMessage,
     _budget: OwnedSemaphorePermit,
+    progress: Arc<Progress>,
 }
 
 /// Proof that a message was handled; completing it signals the source and frees its budget.
@@ -58,6 +61,35 @@ pub(crate) struct Queued {
 pub(crate) struct Completion {
     handled: Option<oneshot::Sender<()>>,
     _budget: OwnedSemaphorePermit,
+    progress: Arc<Progress>,
+}
+
+/// When ingest last finished a message (committed or refused for good), or began holding one
+/// after holding none: what readiness reads as ingest's lag.
+#[derive(Debug)]
+struct Progress {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
 }
 
 impl Queued {
@@ -66,9 +98,17 @@ impl Queued {
         let Queued {
             mut message,
             _budget,
+            progress,
         } = self;
         let handled = message.handled.take();
-        (message, Completion { handled, _budget })
+        (
+            message,
+            Completion {
+                handled,
+                _budget,
+                progress,
+            },
+        )
     }
 }
 
@@ -82,6 +122,13 @@ impl Completion {
     }
 }
 
+impl Drop for Completion {
+    /// Done with, whichever way: that is progress.
+    fn drop(&mut self) {
+        self.progress.touch();
+    }
+}
+
 /// Hands messages to ingest. Cheap to clone; `send` waits while ingest is at its memory bound
 /// (that is the backpressure: a source that waits stops reading from its broker).
 #[derive(Clone, Debug)]
@@ -89,6 +136,7 @@ pub struct IngestSender {
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
     max_permits: usize,
+    progress: Arc<Progress>,
 }
 
 impl IngestSender {
@@ -97,6 +145,7 @@ impl IngestSender {
             queue,
             budget: Arc::new(Semaphore::new(max_buffered_bytes)),
             max_permits: max_buffered_bytes,
+            progress: Arc::new(Progress::new()),
         }
     }
 
@@ -104,6 +153,10 @@ impl IngestSender {
     pub async fn send(&self, message: InboundMessage) -> Result<(), IngestError> {
         let cost = message.payload.len().clamp(1, self.max_permits);
         let cost = u32::try_from(cost).map_err(|_| IngestError::Closed)?;
+        if self.buffered_bytes() == 0 {
+            // Holding nothing until now: the lag counts from here, not from the last message.
+            self.progress.touch();
+        }
         let permit = Arc::clone(&self.budget)
             .acquire_many_owned(cost)
             .await
@@ -112,6 +165,7 @@ impl IngestSender {
             .send(Queued {
                 message,
                 _budget: permit,
+                progress: Arc::clone(&self.progress),
             })
             .await
             .map_err(|_| IngestError::Closed)
@@ -120,5 +174,15 @@ impl IngestSender {
     /// Payload bytes ingest holds right now.
     pub fn buffered_bytes(&self) -> usize {
         self.max_permits - self.budget.available_permits()
+    }
+
+    /// How long ingest has held messages without finishing any: zero while it holds none,
+    /// else the time since it last committed (or refused) one, or since it began holding them.
+    /// It grows while the database is down or a writer is stuck.
+    pub fn lag(&self) -> Duration {
+        if self.buffered_bytes() == 0 {
+            return Duration::ZERO;
+        }
+        self.progress.since()
     }
 }

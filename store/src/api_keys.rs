@@ -545,34 +545,39 @@ pub async fn load_for_auth(
     .transpose()
 }
 
-/// Whether the key is still unrevoked, read in the request's own transaction. With `touch`,
-/// also records it as used now from that address.
-pub async fn check_live(
+/// Whether the key is still unrevoked, read in the request's own transaction.
+pub async fn check_live(tx: &mut TenantTx, id: &ApiKeyId) -> Result<bool, StoreError> {
+    let live = sqlx::query_scalar!(
+        r#"SELECT revoked_at IS NULL AS "live!" FROM api_keys WHERE key_id = $1"#,
+        id.as_str(),
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(live.unwrap_or(false))
+}
+
+/// [`check_live`], and records the key as used now from `ip`. `None`: the key is revoked (or
+/// gone), nothing is written; `Some(new_address)`: it is live, and `new_address` says whether
+/// `ip` differs from the address of its previous recorded use (true on its first use).
+pub async fn touch(
     tx: &mut TenantTx,
     id: &ApiKeyId,
-    touch: Option<IpAddr>,
-) -> Result<bool, StoreError> {
-    let live: Option<bool> = match touch {
-        Some(ip) => {
-            sqlx::query_scalar!(
-                r#"UPDATE api_keys SET last_used_at = now(), last_used_ip = $2::text::inet
-                    WHERE key_id = $1 AND revoked_at IS NULL RETURNING true AS "live!""#,
-                id.as_str(),
-                ip.to_canonical().to_string(),
-            )
-            .fetch_optional(tx.conn())
-            .await?
-        }
-        None => {
-            sqlx::query_scalar!(
-                r#"SELECT revoked_at IS NULL AS "live!" FROM api_keys WHERE key_id = $1"#,
-                id.as_str(),
-            )
-            .fetch_optional(tx.conn())
-            .await?
-        }
-    };
-    Ok(live.unwrap_or(false))
+    ip: IpAddr,
+) -> Result<Option<bool>, StoreError> {
+    // Every part of one statement sees the same snapshot: `previous` is the row before the
+    // update.
+    let new_address = sqlx::query_scalar!(
+        r#"WITH previous AS (SELECT last_used_ip FROM api_keys WHERE key_id = $1)
+           UPDATE api_keys SET last_used_at = now(), last_used_ip = $2::text::inet
+            WHERE key_id = $1 AND revoked_at IS NULL
+           RETURNING (SELECT p.last_used_ip IS DISTINCT FROM $2::text::inet FROM previous p)
+                  AS "new_address!""#,
+        id.as_str(),
+        ip.to_canonical().to_string(),
+    )
+    .fetch_optional(tx.conn())
+    .await?;
+    Ok(new_address)
 }
 
 fn check_new(new: &NewApiKey) -> Result<(), StoreError> {

@@ -260,3 +260,127 @@ async fn a_tampered_chain_tail_is_logged_and_exported_at_start_and_fleetd_still_
     );
     running.shutdown().await.unwrap();
 }
+
+/// Polls `/readyz` (bounded) until its answer is `expected`; returns the last answer.
+async fn wait_for_readiness(running: &fleetd::Running, expected: (u16, &str)) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = get(running, "/readyz").await;
+        if (answer.0, answer.1.as_str()) == expected || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+const NOT_READY_DATABASE: &str = r#"{"status":"not_ready","failing":["database"]}"#;
+
+#[tokio::test]
+async fn readiness_names_the_database_when_fleetd_cannot_reach_it() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(config_for(&db, &data_dir)).await.unwrap();
+    assert_eq!(get(&running, "/readyz").await.0, 200);
+
+    // The application role may no longer log in, and its connections are cut: the pool's
+    // next connection is refused.
+    let role = db.app_role().await;
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query(&format!("ALTER ROLE {role} NOLOGIN"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        .bind(&role)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let (status, body) = wait_for_readiness(&running, (503, NOT_READY_DATABASE)).await;
+    assert_eq!((status, body.as_str()), (503, NOT_READY_DATABASE));
+    // Short names only: no error text, role, host or version for an unauthenticated caller.
+    assert!(
+        !body.contains(&role) && !body.contains("127.0.0.1"),
+        "{body}"
+    );
+
+    sqlx::query(&format!("ALTER ROLE {role} LOGIN"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let (status, body) = wait_for_readiness(&running, (200, r#"{"status":"ready"}"#)).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_names_ingest_when_its_writes_are_held_past_the_threshold() {
+    use fleet_tests::mqtt::{connect_subscribed, wait_for_ack, DeviceCredentials};
+    use rumqttc::QoS;
+
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = config_for(&db, &data_dir);
+    config.api.ready_max_ingest_lag = std::time::Duration::from_millis(300);
+    let running = fleetd::start(config).await.unwrap();
+    let (tenant, devices) =
+        fleet_tests::tenancy::tenant_with_devices(&running.database().app, "acme", 1).await;
+    let ca = &running.pki().issuing_ca;
+    let device = DeviceCredentials::issued(ca, tenant, devices[0]);
+    let port = running.broker_addr().unwrap().port();
+    let options = device.options(ca.root_der(), "localhost", port);
+    let within = std::time::Duration::from_secs(30);
+    let (client, mut events) =
+        connect_subscribed(options, wire::topic::ack(devices[0]), within).await;
+    let ready = (200, r#"{"status":"ready"}"#);
+    assert_eq!(
+        wait_for_readiness(&running, ready).await.0,
+        200,
+        "idle ingest is ready"
+    );
+
+    // A held lock on the records table: ingest's writer waits, holding the message.
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query("BEGIN").execute(&mut owner).await.unwrap();
+    sqlx::query("LOCK TABLE device_records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    client
+        .publish(
+            wire::topic::telemetry(devices[0]),
+            QoS::AtLeastOnce,
+            false,
+            fleet_tests::records::telemetry_batch([1]),
+        )
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        wait_for_ack(&mut events, 1, within).await;
+    });
+    let lagging = (503, r#"{"status":"not_ready","failing":["ingest_lag"]}"#);
+    let (status, body) = wait_for_readiness(&running, lagging).await;
+    assert_eq!((status, body.as_str()), lagging);
+
+    sqlx::query("ROLLBACK").execute(&mut owner).await.unwrap();
+    driver
+        .await
+        .expect("the record is committed and acknowledged once the lock is gone");
+    let (status, body) = wait_for_readiness(&running, ready).await;
+    assert_eq!((status, body.as_str()), ready);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn readiness_names_the_broker_when_the_external_one_is_unreachable() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = config_for(&db, &data_dir);
+    // Nothing listens on port 1.
+    config.external_broker.url = Some("mqtts://127.0.0.1:1".parse().unwrap());
+    config.external_broker.client_id = Some("fleetd-ready-test".into());
+    let running = fleetd::start(config).await.unwrap();
+    let expected = (503, r#"{"status":"not_ready","failing":["broker"]}"#);
+    let (status, body) = wait_for_readiness(&running, expected).await;
+    assert_eq!((status, body.as_str()), expected);
+    running.shutdown().await.unwrap();
+}

@@ -933,7 +933,7 @@ async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments
 
     let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(
-        logged.contains("device request refused") && logged.contains("invalid-csr"),
+        logged.contains("enrollment refused") && logged.contains("invalid-csr"),
         "the refused enrollment was not logged"
     );
     fleet.running.shutdown().await.unwrap();

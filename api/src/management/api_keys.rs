@@ -235,6 +235,6 @@ pub(crate) async fn revoke(
         .ok_or_else(ApiKeyId::not_found)?;
     tx.commit().await?;
     ctx.key_cache.purge(&id);
-    tracing::info!(tenant = %caller.tenant(), key = %id, "API key revoked");
+    tracing::info!(tenant = %caller.tenant(), key = %id, by = %caller.actor(), "API key revoked");
     Ok(Json(ApiKeyView::from(&key)))
 }

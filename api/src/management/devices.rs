@@ -224,7 +224,7 @@ pub(crate) async fn revoke(
         .await?
         .ok_or_else(DeviceId::not_found)?;
     tx.commit().await?;
-    tracing::info!(tenant = %caller.tenant(), device = %id, "device revoked");
+    tracing::info!(tenant = %caller.tenant(), device = %id, by = %caller.actor(), "device revoked");
     Ok(Json(DeviceView::from(&device)))
 }
 

@@ -209,5 +209,6 @@ pub(crate) async fn revoke(
         .await?
         .ok_or_else(EnrollmentTokenId::not_found)?;
     tx.commit().await?;
+    tracing::info!(tenant = %caller.tenant(), token = %id, by = %caller.actor(), "enrollment token revoked");
     Ok(Json(EnrollmentTokenView::from(&token)))
 }

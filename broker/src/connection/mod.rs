@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine::Engine;
 use crate::hooks::{AdmissionCheck, PresenceEvent};
@@ -89,7 +89,7 @@ pub(crate) async fn serve(
     handshake: HandshakeSlot,
     _connection: OwnedSemaphorePermit,
 ) {
-    let Some(stream) = tls_handshake(&shared, tcp, handshake).await else {
+    let Some(stream) = tls_handshake(&shared, tcp, remote_addr, handshake).await else {
         return;
     };
     let (identity, serial) = match tls::peer_identity(stream.get_ref().1) {
@@ -125,8 +125,10 @@ pub(crate) async fn serve(
                 Some(Refusal::TenantSessionLimit) => shared
                     .counters
                     .refused_and_logged(Refusal::TenantSessionLimit, remote_addr.ip()),
+                // Only a device with a valid certificate of this fleet gets here, one
+                // connection at a time per identity: one line each.
                 Some(refusal) => {
-                    debug!(%remote_addr, %identity, %refusal, "session refused");
+                    info!(tenant = %identity.tenant_id, device = %identity.device_id, %remote_addr, reason = %refusal, "device refused");
                     shared.counters.refused(refusal);
                 }
                 None => {}
@@ -138,19 +140,29 @@ pub(crate) async fn serve(
 
 /// The TLS handshake, bounded by the handshake timeout. Any failure (no certificate,
 /// another CA, expired, TLS below 1.2, garbage) is counted as such and ends here.
-async fn tls_handshake(shared: &Shared, tcp: TcpStream, permit: HandshakeSlot) -> Option<Stream> {
+async fn tls_handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    permit: HandshakeSlot,
+) -> Option<Stream> {
     let in_progress = shared.counters.handshake_started();
     let result = timeout(shared.limits.handshake_timeout, shared.acceptor.accept(tcp)).await;
     drop((permit, in_progress));
     match result {
         Ok(Ok(stream)) => Some(stream),
+        // Anyone can cause these by the thousand: logged at most every 10 s per reason.
         Ok(Err(error)) => {
-            debug!(%error, "TLS handshake failed");
-            shared.counters.refused(Refusal::TlsHandshake);
+            debug!(%remote_addr, %error, "TLS handshake failed");
+            shared
+                .counters
+                .refused_and_logged(Refusal::TlsHandshake, remote_addr.ip());
             None
         }
         Err(_elapsed) => {
-            shared.counters.refused(Refusal::TlsHandshakeTimeout);
+            shared
+                .counters
+                .refused_and_logged(Refusal::TlsHandshakeTimeout, remote_addr.ip());
             None
         }
     }

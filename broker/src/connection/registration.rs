@@ -95,7 +95,7 @@ impl Registration {
         self.counters.session_started();
         self.emit_presence(None);
         let (identity, remote_addr) = (self.identity, self.remote_addr);
-        info!(%identity, %remote_addr, session = self.control.session(), "device online");
+        info!(tenant = %identity.tenant_id, device = %identity.device_id, %remote_addr, session = self.control.session(), "device connected");
     }
 
     /// Why the session ended, for its offline event. A session dropped without one
@@ -134,7 +134,7 @@ impl Drop for Registration {
         self.emit_presence(Some(reason));
         self.counters.session_ended();
         let (identity, remote_addr) = (self.identity, self.remote_addr);
-        info!(%identity, %remote_addr, session = self.control.session(), %reason, "device offline");
+        info!(tenant = %identity.tenant_id, device = %identity.device_id, %remote_addr, session = self.control.session(), %reason, "device disconnected");
     }
 }
 
