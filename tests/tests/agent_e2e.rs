@@ -478,3 +478,36 @@ async fn enroll_refuses_a_root_that_is_not_the_ca_it_was_given() {
     serving.await.unwrap().unwrap();
     database.close().await.unwrap();
 }
+
+/// A record message lost on purpose between the broker and ingest (the broker has PUBACKed it,
+/// so MQTT will not resend it) is healed by the agent's own resend while it stays connected:
+/// every record committed exactly once, one session.
+#[tokio::test]
+async fn a_loss_between_broker_and_ingest_heals_by_resend_without_a_reconnect() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "resend").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let config = "[mqtt]\nresend_after = \"2s\"\nresend_max = \"4s\"\n";
+    let device = enrolled_agent(&running, tenant, device_dir.path(), config).await;
+    let sessions_before = running.broker_stats().unwrap().sessions_started;
+    // The first two record messages never reach ingest.
+    let loss = running.inject_ingest_loss(2);
+
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    assert_eq!(loss.dropped(), 2, "the loss was injected");
+    assert!(
+        text(&once).contains("publishing them again"),
+        "{}",
+        text(&once)
+    );
+    let sessions = running.broker_stats().unwrap().sessions_started - sessions_before;
+    assert_eq!(sessions, 1, "healed without a reconnect: {}", text(&once));
+    let (rows, distinct, lowest, highest) = ledger(&db, device).await;
+    assert!(rows >= 3, "start event, telemetry and patch status: {rows}");
+    assert_eq!(rows, distinct, "no record twice");
+    assert_eq!((lowest, highest), (1, rows), "no gap");
+    running.shutdown().await.unwrap();
+}

@@ -129,6 +129,10 @@ pub(super) struct Session {
     cursor: Seq,
     /// Publishes (batches and presence) not yet PUBACKed.
     inflight: usize,
+    /// When the records above the last ack are published again if no ack moves by then.
+    resend_at: Option<Instant>,
+    /// The current wait before a resend (from `mqtt.resend_after`, doubling to `resend_max`).
+    resend_delay: Duration,
 }
 
 impl Drop for Session {
@@ -201,6 +205,8 @@ impl Agent {
             connected: false,
             cursor: 0,
             inflight: 0,
+            resend_at: None,
+            resend_delay: self.config.mqtt.resend_after,
         });
         self.set_connection(Connection::Connecting, None);
         Ok(())
@@ -255,6 +261,8 @@ impl Agent {
         session.connected = true;
         session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);
         session.inflight = 0;
+        session.resend_at = None;
+        session.resend_delay = self.config.mqtt.resend_after;
         // Subscribe first: MQTT handles a client's packets in order, so no ack for the
         // records below can arrive before the subscription exists.
         let subscribed = session
@@ -290,6 +298,7 @@ impl Agent {
             }
         };
         let watermark = ack.watermark;
+        let acked_before = self.outbox.snapshot().last_acked.unwrap_or(0);
         match self
             .outbox
             .with(move |outbox| outbox.ack(watermark))
@@ -297,6 +306,10 @@ impl Agent {
         {
             Ok(()) => {
                 debug!(watermark, "ack");
+                let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+                if acked > acked_before {
+                    self.on_ack_progress(acked);
+                }
                 self.state.last_ack = self.outbox.snapshot().last_acked;
                 self.state.last_ack_at = Some(certinfo::now_secs());
                 self.refresh_depth();
@@ -316,6 +329,49 @@ impl Agent {
             }
             Err(err) => Err(RunError::Fatal(format!("outbox: {err}"))),
         }
+    }
+
+    /// The watermark moved to `acked`: the resend wait starts over, counted from now for
+    /// whatever is still out.
+    fn on_ack_progress(&mut self, acked: Seq) {
+        let initial = self.config.mqtt.resend_after;
+        let Link::Active(session) = &mut self.link else {
+            return;
+        };
+        session.cursor = session.cursor.max(acked);
+        session.resend_delay = initial;
+        session.resend_at = (session.cursor > acked).then(|| Instant::now() + initial);
+    }
+
+    /// When the unacknowledged records are due for a resend, if any are out.
+    pub(super) fn resend_due(&self) -> Option<Instant> {
+        match &self.link {
+            Link::Active(session) if session.connected => session.resend_at,
+            _ => None,
+        }
+    }
+
+    /// No ack covered the published records in time: publish them again from the last ack,
+    /// on the same connection (a loss between the broker and the commit heals without a
+    /// reconnect; ingest drops what it already has). The next wait is twice as long.
+    pub(super) fn resend(&mut self) {
+        let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+        let resend_max = self.config.mqtt.resend_max;
+        let Link::Active(session) = &mut self.link else {
+            return;
+        };
+        session.resend_at = None;
+        if session.cursor <= acked {
+            return;
+        }
+        warn!(
+            first = acked + 1,
+            last = session.cursor,
+            waited_secs = session.resend_delay.as_secs(),
+            "no ack for published records; publishing them again"
+        );
+        session.cursor = acked;
+        session.resend_delay = (session.resend_delay * 2).min(resend_max);
     }
 
     fn on_failure(&mut self, err: &ConnectionError) -> Result<(), RunError> {
@@ -362,14 +418,22 @@ impl Agent {
             return Ok(());
         }
         let last = self.outbox.snapshot().last_appended();
+        let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+        let max_unacked = self.config.mqtt.max_unacked_records;
         let mut published = false;
         while session.inflight < max_inflight && session.cursor < last {
+            let room = max_unacked.saturating_sub(session.cursor.saturating_sub(acked));
+            if room == 0 {
+                break; // the next ack makes room
+            }
             let after = session.cursor;
+            let max_records = usize::try_from(room).unwrap_or(usize::MAX);
             let (batch, skipped) = self
                 .outbox
                 .with(move |outbox| {
                     let mut skipped = Vec::new();
-                    let batch = records::next_batch(outbox, after, &mut skipped);
+                    let batch =
+                        records::next_batch_within(outbox, after, max_records, &mut skipped);
                     (batch, skipped)
                 })
                 .await?;
@@ -390,6 +454,9 @@ impl Agent {
                     debug!(first = batch.first_seq, last = batch.last_seq, kind = %batch.kind, "published");
                     session.cursor = batch.last_seq;
                     session.inflight += 1;
+                    session
+                        .resend_at
+                        .get_or_insert_with(|| Instant::now() + session.resend_delay);
                     published = true;
                 }
                 Err(_) => break, // the request channel is full: the next event makes room

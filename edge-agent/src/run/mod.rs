@@ -98,6 +98,7 @@ enum Wake {
     PatchPoll,
     PatchDone(PatchResult),
     RenewalCheck,
+    Resend,
     OnceDeadline,
     Shutdown,
 }
@@ -227,12 +228,14 @@ impl Agent {
                 }
             }
             self.pump().await?;
+            let resend_due = self.resend_due();
             let wake = tokio::select! {
                 event = next_link_event(&mut self.link) => Wake::Link(event),
                 _ = sleep_until(self.next_telemetry), if once_target.is_none() => Wake::Telemetry,
                 _ = sleep_until(self.next_patch_poll), if once_target.is_none() => Wake::PatchPoll,
                 result = join_patch(&mut self.patch_job) => Wake::PatchDone(result),
                 _ = sleep_until(self.next_renewal_check) => Wake::RenewalCheck,
+                _ = sleep_until(resend_due.unwrap_or(once_deadline)), if resend_due.is_some() => Wake::Resend,
                 _ = sleep_until(once_deadline), if once_target.is_some() => Wake::OnceDeadline,
                 _ = terminate.recv() => Wake::Shutdown,
                 _ = interrupt.recv() => Wake::Shutdown,
@@ -247,6 +250,7 @@ impl Agent {
                 Wake::PatchPoll => self.poll_package_db().await,
                 Wake::PatchDone(result) => self.on_patch_done(result).await?,
                 Wake::RenewalCheck => self.check_renewal().await?,
+                Wake::Resend => self.resend(),
                 Wake::OnceDeadline => {
                     let target = once_target.unwrap_or(0);
                     return Err(RunError::OnceTimeout(
