@@ -158,7 +158,12 @@ pub fn next_batch_within(
         return Ok(None);
     };
     let (first_seq, last_seq) = (first.seq, last.seq);
-    let batch = Batch::new(records);
+    let epoch = outbox.epoch();
+    let epoch = wire::Epoch {
+        id: epoch.id,
+        first_seq: epoch.first_seq,
+    };
+    let batch = Batch::in_epoch(records, epoch);
     Ok(Some(OutgoingBatch {
         kind,
         payload: wire::encode_batch(&batch),
@@ -193,6 +198,24 @@ pub fn drop_event(report: &DropReport) -> Body {
         dropped: report.count,
         first_seq: report.first_seq,
         last_seq: report.last_seq,
+    }))
+}
+
+/// The event saying the outbox left the sequence space `previous` for `epoch` because the
+/// server acknowledged `server_watermark` there when the outbox had assigned only up to
+/// `last_appended`.
+pub fn epoch_started(
+    previous: outbox::Epoch,
+    epoch: outbox::Epoch,
+    server_watermark: Seq,
+    last_appended: Seq,
+) -> Body {
+    Body::Event(AgentEvent::EpochStarted(wire::EpochStarted {
+        previous: previous.id,
+        epoch: epoch.id,
+        first_seq: epoch.first_seq,
+        server_watermark,
+        last_appended,
     }))
 }
 

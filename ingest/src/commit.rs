@@ -22,8 +22,8 @@ use crate::watermark::HandledSeqs;
 /// What a committed batch did.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    /// The durable watermark of every device that may be acknowledged.
-    pub(crate) acks: Vec<(DeviceId, i64)>,
+    /// The durable (epoch, watermark) of every device that may be acknowledged.
+    pub(crate) acks: Vec<(DeviceId, i64, i64)>,
     pub(crate) committed: u64,
     pub(crate) duplicates: u64,
     pub(crate) rejects: BTreeMap<&'static str, u64>,
@@ -115,9 +115,11 @@ pub(crate) async fn write_shares(
             );
         }
         if !locked.revoked {
-            outcome
-                .acks
-                .push((*device, device_work.handled.watermark()));
+            outcome.acks.push((
+                *device,
+                device_work.state.epoch,
+                device_work.handled.watermark(),
+            ));
         }
         work.push(device_work);
     }
@@ -172,7 +174,12 @@ pub(crate) async fn refuse_share(
                 outcome.reject(reason);
                 continue;
             }
-            DeviceInput::Records { records, .. } => records,
+            DeviceInput::Records { records, epoch, .. } => {
+                if !enter_epoch(&mut state, &mut handled, *epoch, now, &mut outcome) {
+                    continue;
+                }
+                records
+            }
         };
         for record in records {
             match i64::try_from(record.seq) {
@@ -200,10 +207,52 @@ pub(crate) async fn refuse_share(
     ingest_state::save(&mut tx, &[(device, &state, 0)]).await?;
     tx.commit().await?;
     if !locked.revoked {
-        outcome.acks.push((device, state.watermark));
+        outcome.acks.push((device, state.epoch, state.watermark));
     }
     Ok(outcome)
 }
+
+/// Puts the device's state in the sequence space of a message's `epoch`. A new epoch restarts
+/// the watermark at its first sequence number (the agent lost or rolled back its state, so its
+/// numbers start over; the old epoch's records stay in the ledger, whose key tells the two
+/// apart by `recorded_at`). A message of an epoch the device has left behind is not stored
+/// (`stale_epoch`; the agent sends its records again in the new epoch): returns false.
+fn enter_epoch(
+    state: &mut IngestState,
+    handled: &mut HandledSeqs,
+    epoch: wire::Epoch,
+    now: OffsetDateTime,
+    outcome: &mut Outcome,
+) -> bool {
+    // The id is stored bit for bit.
+    let id = epoch.id as i64;
+    if id == state.epoch {
+        return true;
+    }
+    if state.is_retired(id) {
+        let error = format!(
+            "a message of epoch {} (left behind) was not stored",
+            epoch.id
+        );
+        state.record_reject(STALE_EPOCH, &error, now);
+        outcome.reject(STALE_EPOCH);
+        return false;
+    }
+    let first_seq = i64::try_from(epoch.first_seq.max(1)).unwrap_or(i64::MAX);
+    tracing::info!(
+        previous = state.epoch as u64,
+        epoch = epoch.id,
+        first_seq,
+        left_at_watermark = state.watermark,
+        "a device started a new sequence space"
+    );
+    state.start_epoch(id, first_seq);
+    *handled = HandledSeqs::new(state.watermark, Vec::new());
+    true
+}
+
+/// The reject reason of a message from an epoch its device has left behind.
+pub(crate) const STALE_EPOCH: &str = "stale_epoch";
 
 /// The reject reason of records the database refused, one device's share at a time.
 pub(crate) const STORAGE_REFUSED: &str = "storage_refused";
@@ -227,9 +276,15 @@ fn plan_input(
         }
         DeviceInput::Records {
             topic,
+            epoch,
             records,
             received_at,
-        } => (*topic, records, *received_at),
+        } => {
+            if !enter_epoch(&mut work.state, &mut work.handled, *epoch, now, outcome) {
+                return;
+            }
+            (*topic, records, *received_at)
+        }
     };
     if revoked {
         if !records.is_empty() {

@@ -331,9 +331,10 @@ impl Writer {
     }
 
     async fn publish_acks(&self, outcome: &Outcome) {
-        for (device, watermark) in &outcome.acks {
+        for (device, epoch, watermark) in &outcome.acks {
             let watermark = u64::try_from(*watermark).unwrap_or(0);
-            let payload = wire::encode_ack(&wire::Ack::new(watermark));
+            // The epoch id is stored bit for bit.
+            let payload = wire::encode_ack(&wire::Ack::in_epoch(watermark, *epoch as u64));
             match self.acks.publish_ack(*device, payload).await {
                 Ok(()) => {
                     self.metrics.acks_published.inc();

@@ -511,3 +511,173 @@ async fn a_loss_between_broker_and_ingest_heals_by_resend_without_a_reconnect() 
     assert_eq!((lowest, highest), (1, rows), "no gap");
     running.shutdown().await.unwrap();
 }
+
+/// The sequence space of the agent's outbox under `dir` (its `outbox.meta` line).
+fn outbox_epoch(dir: &Path) -> wire::Epoch {
+    let meta = std::fs::read_to_string(dir.join("state/outbox/outbox.meta")).unwrap();
+    let line = meta
+        .lines()
+        .find_map(|line| line.strip_prefix("epoch "))
+        .unwrap_or_else(|| panic!("no epoch in {meta}"));
+    let (id, first_seq) = line.split_once(' ').unwrap();
+    wire::Epoch {
+        id: id.parse().unwrap(),
+        first_seq: first_seq.parse().unwrap(),
+    }
+}
+
+/// The agent events of `device` in the ledger.
+async fn agent_events(db: &TestDb, device: Uuid) -> Vec<wire::AgentEvent> {
+    let mut owner = db.connect_as_owner().await;
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT body FROM device_records WHERE device_id = $1 AND kind = 'event' ORDER BY received_at, seq",
+    )
+    .bind(device)
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    bodies
+        .iter()
+        .filter_map(|body| match wire::decode_body(body).unwrap() {
+            wire::Body::Event(event) => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes `seqs` as telemetry of `device` in `epoch`, with a certificate of its own identity
+/// (not through the agent); waits for their ack.
+async fn publish_as_the_device(
+    running: &fleetd::Running,
+    tenant: TenantId,
+    device: Uuid,
+    epoch: wire::Epoch,
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    let ca = &running.pki().issuing_ca;
+    let credentials = fleet_tests::mqtt::DeviceCredentials::issued(ca, tenant, DeviceId(device));
+    let port = running.broker_addr().unwrap().port();
+    let (client, mut events) = fleet_tests::mqtt::connect_subscribed(
+        credentials.options(ca.root_der(), "localhost", port),
+        wire::topic::ack(DeviceId(device)),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let last = *seqs.end();
+    let batch = wire::Batch::in_epoch(seqs.map(fleet_tests::records::telemetry).collect(), epoch);
+    client
+        .publish(
+            wire::topic::telemetry(DeviceId(device)),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            wire::encode_batch(&batch),
+        )
+        .await
+        .unwrap();
+    fleet_tests::mqtt::wait_for_ack(&mut events, last, std::time::Duration::from_secs(10)).await;
+    client.disconnect().await.unwrap();
+}
+
+/// The server's watermark is above everything the agent ever appended (records were published
+/// with the device's identity from elsewhere): its ack cannot be the agent's, so the agent
+/// starts a new sequence space, says so in an event, and its new records are stored.
+#[tokio::test]
+async fn an_ack_above_what_the_agent_sent_starts_a_new_epoch_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "epoch").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let (first_rows, _, _, first_last) = ledger(&db, device).await;
+    assert_eq!(first_rows, first_last, "seq 1..={first_last}");
+
+    let epoch = outbox_epoch(device_dir.path());
+    assert_ne!(epoch.id, 0, "a new outbox starts an epoch of its own");
+    publish_as_the_device(
+        &running,
+        tenant,
+        device,
+        epoch,
+        first_last as u64 + 1..=first_last as u64 + 8,
+    )
+    .await;
+    let (rows_before, ..) = ledger(&db, device).await;
+    assert_eq!(rows_before, first_last + 8);
+
+    // The agent numbers its next records from first_last + 1: the server has those numbers.
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "20"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("starting a new epoch"),
+        "{}",
+        text(&again)
+    );
+    let (rows, ..) = ledger(&db, device).await;
+    assert!(
+        rows >= rows_before + 4,
+        "the second run's start event, telemetry, patch status and epoch event are stored: {rows} rows after {rows_before}"
+    );
+    let new_epoch = outbox_epoch(device_dir.path());
+    assert_ne!(new_epoch.id, epoch.id);
+    assert_eq!(new_epoch.first_seq, first_last as u64 + 1);
+    let started: Vec<wire::EpochStarted> = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter_map(|event| match event {
+            wire::AgentEvent::EpochStarted(started) => Some(started),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        [wire::EpochStarted {
+            previous: epoch.id,
+            epoch: new_epoch.id,
+            first_seq: first_last as u64 + 1,
+            server_watermark: first_last as u64 + 8,
+            last_appended: started.first().map_or(0, |s| s.last_appended),
+        }],
+        "one event says so"
+    );
+    assert!(started[0].last_appended < started[0].server_watermark);
+    running.shutdown().await.unwrap();
+}
+
+/// The agent's state directory is wiped and recreated under the same identity: its new outbox
+/// numbers from 1 again, and those records are stored, not taken for the old ones.
+#[tokio::test]
+async fn a_wiped_state_directory_gets_its_new_records_stored() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "wiped").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let (first_rows, ..) = ledger(&db, device).await;
+    let first_epoch = outbox_epoch(device_dir.path());
+
+    std::fs::remove_dir_all(device_dir.path().join("state/outbox")).unwrap();
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let second_epoch = outbox_epoch(device_dir.path());
+    assert_ne!(second_epoch.id, first_epoch.id);
+    assert_eq!(second_epoch.first_seq, 1);
+    let (rows, _, lowest, _) = ledger(&db, device).await;
+    assert_eq!(lowest, 1);
+    assert!(
+        rows >= 2 * first_rows,
+        "the second run's records (from seq 1 again) are stored: {rows} rows, {first_rows} after the first run"
+    );
+    let starts = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter(|event| matches!(event, wire::AgentEvent::Started(_)))
+        .count();
+    assert_eq!(starts, 2, "both runs' start events");
+    running.shutdown().await.unwrap();
+}

@@ -21,6 +21,10 @@ pub struct Ack {
     /// The ack watermark. Key `w`.
     #[serde(rename = "w")]
     pub watermark: u64,
+    /// The id of the [`Epoch`](crate::Epoch) the watermark counts in. Key `e`; absent from
+    /// servers before epochs (the agent then takes the watermark as its own).
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl Ack {
@@ -29,6 +33,15 @@ impl Ack {
         Self {
             version: SchemaVersion::CURRENT,
             watermark,
+            epoch: None,
+        }
+    }
+
+    /// An ack of `watermark` in the epoch `epoch`.
+    pub fn in_epoch(watermark: u64, epoch: u64) -> Self {
+        Self {
+            epoch: Some(epoch),
+            ..Self::new(watermark)
         }
     }
 }

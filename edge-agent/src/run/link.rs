@@ -297,6 +297,16 @@ impl Agent {
                 return Ok(());
             }
         };
+        let epoch = self.outbox.snapshot().epoch;
+        if ack.epoch.is_some_and(|id| id != epoch.id) {
+            // An ack of a sequence space this outbox has left (or never had).
+            debug!(
+                ack_epoch = ack.epoch,
+                epoch = epoch.id,
+                "ignoring an ack of another epoch"
+            );
+            return Ok(());
+        }
         let watermark = ack.watermark;
         let acked_before = self.outbox.snapshot().last_acked.unwrap_or(0);
         match self
@@ -319,7 +329,12 @@ impl Agent {
             Err(crate::outbox::OutboxError::AckBeyondAppended {
                 watermark,
                 last_appended,
+            }) if ack.epoch.is_some() => self.start_epoch(watermark, last_appended).await,
+            Err(crate::outbox::OutboxError::AckBeyondAppended {
+                watermark,
+                last_appended,
             }) => {
+                // A server from before epochs: a new epoch would not change its answer.
                 warn!(
                     watermark,
                     last_appended,
@@ -329,6 +344,42 @@ impl Agent {
             }
             Err(err) => Err(RunError::Fatal(format!("outbox: {err}"))),
         }
+    }
+
+    /// The server acknowledged `watermark` in this outbox's epoch although the outbox never
+    /// assigned more than `last_appended`: the numbers above are someone else's (the state
+    /// directory was restored from an older copy, or another client published with this
+    /// device's identity), and the records the agent numbered there would be taken for
+    /// duplicates. Start a new sequence space, say so in an event, and send everything
+    /// unacknowledged again in it.
+    async fn start_epoch(&mut self, watermark: Seq, last_appended: Seq) -> Result<(), RunError> {
+        let (previous, epoch) = self
+            .outbox
+            .with(crate::outbox::Outbox::start_epoch)
+            .await?
+            .map_err(|err| RunError::Fatal(format!("outbox: {err}")))?;
+        warn!(
+            watermark,
+            last_appended,
+            previous = previous.id,
+            epoch = epoch.id,
+            first_seq = epoch.first_seq,
+            "the server acknowledged records this device never sent; starting a new epoch so that none of its records is taken for a duplicate"
+        );
+        self.append(records::epoch_started(
+            previous,
+            epoch,
+            watermark,
+            last_appended,
+        ))
+        .await?;
+        if let Link::Active(session) = &mut self.link {
+            // Everything unacknowledged goes out again, numbered in the new epoch.
+            session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);
+            session.resend_at = None;
+        }
+        self.store_state();
+        Ok(())
     }
 
     /// The watermark moved to `acked`: the resend wait starts over, counted from now for

@@ -204,13 +204,22 @@ pub fn batch() -> impl Strategy<Value = Batch> {
                     }
                 })
                 .collect();
-            Batch { version, records }
+            Batch {
+                version,
+                records,
+                epoch: None,
+            }
         })
 }
 
 pub fn ack() -> impl Strategy<Value = Ack> {
-    (version_in_major(SchemaVersion::CURRENT.major), any::<u64>())
-        .prop_map(|(version, watermark)| Ack { version, watermark })
+    (version_in_major(SchemaVersion::CURRENT.major), any::<u64>()).prop_map(
+        |(version, watermark)| Ack {
+            version,
+            watermark,
+            epoch: None,
+        },
+    )
 }
 
 pub fn presence() -> impl Strategy<Value = Presence> {

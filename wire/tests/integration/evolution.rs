@@ -311,6 +311,7 @@ fn ack_and_presence_follow_the_same_version_rules() {
     let ack = Ack {
         version: SchemaVersion::new(2, 0),
         watermark: 1,
+        epoch: None,
     };
     assert!(matches!(
         decode_ack(&encode_ack(&ack)),
