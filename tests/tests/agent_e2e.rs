@@ -681,3 +681,68 @@ async fn a_wiped_state_directory_gets_its_new_records_stored() {
     assert_eq!(starts, 2, "both runs' start events");
     running.shutdown().await.unwrap();
 }
+
+/// Copies the files of directory `from` into `to` (created), without subdirectories.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The agent's outbox is restored from an older copy: it numbers new records with sequence
+/// numbers the server already holds other records under (as many as the server has, so no ack
+/// is above what it appended). The server sees the reuse, asks for a new epoch, and the new
+/// records are stored.
+#[tokio::test]
+async fn an_outbox_restored_from_an_older_copy_gets_its_new_records_stored() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "restored").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let outbox = device_dir.path().join("state/outbox");
+    let snapshot = device_dir.path().join("outbox-snapshot");
+    copy_dir(&outbox, &snapshot);
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let (rows_before, ..) = ledger(&db, device).await;
+
+    std::fs::remove_dir_all(&outbox).unwrap();
+    copy_dir(&snapshot, &outbox);
+    let restored = agent(device_dir.path(), &["run", "--once", "--timeout", "30"]).await;
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert!(
+        text(&restored).contains("starting a new epoch"),
+        "{}",
+        text(&restored)
+    );
+    let (rows, ..) = ledger(&db, device).await;
+    let runs = rows_before / 2;
+    assert!(
+        rows > rows_before + runs,
+        "the restored run's records and its epoch event are stored: {rows} rows, {rows_before} before"
+    );
+    let starts = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter(|event| matches!(event, wire::AgentEvent::Started(_)))
+        .count();
+    assert_eq!(starts, 3, "every run's start event");
+    let mut owner = db.connect_as_owner().await;
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT last_error_reason FROM device_ingest_state WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(reason.as_deref(), Some("seq_reused"));
+    running.shutdown().await.unwrap();
+}

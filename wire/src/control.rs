@@ -25,6 +25,12 @@ pub struct Ack {
     /// servers before epochs (the agent then takes the watermark as its own).
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
+    /// The server holds other records than the device's under some of the sequence numbers
+    /// the device just sent in this epoch (its outbox was restored from an older copy): the
+    /// device must not trim its outbox with this ack, but start a new epoch and send its
+    /// unacknowledged records again in it. Key `n`; absent means false.
+    #[serde(rename = "n", default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_epoch: bool,
 }
 
 impl Ack {
@@ -34,6 +40,7 @@ impl Ack {
             version: SchemaVersion::CURRENT,
             watermark,
             epoch: None,
+            new_epoch: false,
         }
     }
 

@@ -73,9 +73,10 @@ pub struct CollectorError {
 }
 
 /// Payload of [`AgentEvent::EpochStarted`]: the server acknowledged sequence numbers this
-/// outbox never assigned (its state directory was wiped or restored from an older copy, or
-/// someone else published with the device's identity), so the agent numbers its records in a
-/// new [`Epoch`](crate::Epoch) instead of having them taken for duplicates.
+/// outbox never assigned (`server_watermark > last_appended`), or asked for a new epoch because
+/// it holds other records under numbers the outbox used (an outbox restored from an older
+/// copy, or someone else published with the device's identity), so the agent numbers its
+/// records in a new [`Epoch`](crate::Epoch) instead of having them taken for duplicates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStarted {
     /// The epoch left behind.

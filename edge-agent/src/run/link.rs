@@ -308,6 +308,12 @@ impl Agent {
             return Ok(());
         }
         let watermark = ack.watermark;
+        if ack.new_epoch {
+            // The server holds other records under numbers this outbox used: trimming with
+            // this watermark would drop records it does not have.
+            let last_appended = self.outbox.snapshot().last_appended();
+            return self.start_epoch(watermark, last_appended).await;
+        }
         let acked_before = self.outbox.snapshot().last_acked.unwrap_or(0);
         match self
             .outbox
@@ -346,12 +352,13 @@ impl Agent {
         }
     }
 
-    /// The server acknowledged `watermark` in this outbox's epoch although the outbox never
-    /// assigned more than `last_appended`: the numbers above are someone else's (the state
-    /// directory was restored from an older copy, or another client published with this
-    /// device's identity), and the records the agent numbered there would be taken for
-    /// duplicates. Start a new sequence space, say so in an event, and send everything
-    /// unacknowledged again in it.
+    /// The server's numbering in this outbox's epoch is not this outbox's: it acknowledged
+    /// `watermark` although the outbox never assigned more than `last_appended`, or it asked
+    /// for a new epoch because it holds other records under numbers this outbox used (the
+    /// state directory was restored from an older copy, or another client published with this
+    /// device's identity). The records the agent numbered there would be taken for duplicates.
+    /// Start a new sequence space, say so in an event, and send everything unacknowledged again
+    /// in it.
     async fn start_epoch(&mut self, watermark: Seq, last_appended: Seq) -> Result<(), RunError> {
         let (previous, epoch) = self
             .outbox
@@ -364,7 +371,7 @@ impl Agent {
             previous = previous.id,
             epoch = epoch.id,
             first_seq = epoch.first_seq,
-            "the server acknowledged records this device never sent; starting a new epoch so that none of its records is taken for a duplicate"
+            "the server's sequence numbers are not this outbox's; starting a new epoch so that none of its records is taken for a duplicate"
         );
         self.append(records::epoch_started(
             previous,

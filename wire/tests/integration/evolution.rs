@@ -312,6 +312,7 @@ fn ack_and_presence_follow_the_same_version_rules() {
         version: SchemaVersion::new(2, 0),
         watermark: 1,
         epoch: None,
+        new_epoch: false,
     };
     assert!(matches!(
         decode_ack(&encode_ack(&ack)),
