@@ -368,9 +368,9 @@ pub enum AgentEventView {
         message: String,
     },
     /// The agent started a new sequence space: the server had acknowledged sequence numbers
-    /// its outbox never assigned (its state directory was wiped or restored from an older copy,
-    /// or something else published with its identity). Records of the new epoch are stored as
-    /// new records, never taken for duplicates of the old epoch's.
+    /// its outbox never assigned, or held other records under numbers it used (its outbox was
+    /// restored from an older copy, or something else published with its identity). Records of
+    /// the new epoch are stored as new records, never taken for duplicates of the old epoch's.
     EpochStarted {
         /// The epoch left behind, as a decimal string (a 64-bit id).
         previous_epoch: String,
@@ -1109,7 +1109,7 @@ mod tests {
         assert!(
             event["oneOf"]
                 .as_array()
-                .is_some_and(|kinds| kinds.len() == 5),
+                .is_some_and(|kinds| kinds.len() == 6),
             "{event}"
         );
     }
