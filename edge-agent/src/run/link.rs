@@ -380,6 +380,7 @@ impl Agent {
             last_appended,
         ))
         .await?;
+        self.epoch_event_seq = self.outbox.snapshot().last_appended();
         if let Link::Active(session) = &mut self.link {
             // Everything unacknowledged goes out again, numbered in the new epoch.
             session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);

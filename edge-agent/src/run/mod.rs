@@ -90,6 +90,9 @@ struct Agent {
     next_patch: Instant,
     next_patch_poll: Instant,
     next_renewal_check: Instant,
+    /// The seq of the last `epoch_started` event of this run (0 if none): `--once` waits for it
+    /// too, so the event is on the server when the run ends.
+    epoch_event_seq: Seq,
 }
 
 enum Wake {
@@ -177,6 +180,7 @@ impl Agent {
             next_patch: now + config.patch.interval,
             next_patch_poll: now + config.patch.poll,
             next_renewal_check: now,
+            epoch_event_seq: 0,
             dir,
             config,
             identity,
@@ -217,7 +221,7 @@ impl Agent {
         let once_timeout = options.once_timeout.unwrap_or(self.config.once.timeout);
         let once_deadline = Instant::now() + once_timeout;
         loop {
-            if let Some(target) = once_target {
+            if let Some(target) = once_target.map(|t| t.max(self.epoch_event_seq)) {
                 if self.outbox.snapshot().last_acked.unwrap_or(0) >= target {
                     info!(
                         target,
@@ -252,7 +256,7 @@ impl Agent {
                 Wake::RenewalCheck => self.check_renewal().await?,
                 Wake::Resend => self.resend(),
                 Wake::OnceDeadline => {
-                    let target = once_target.unwrap_or(0);
+                    let target = once_target.unwrap_or(0).max(self.epoch_event_seq);
                     return Err(RunError::OnceTimeout(
                         self.once_timeout_message(target, once_timeout),
                     ));
