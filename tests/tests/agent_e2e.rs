@@ -746,3 +746,43 @@ async fn an_outbox_restored_from_an_older_copy_gets_its_new_records_stored() {
     assert_eq!(reason.as_deref(), Some("seq_reused"));
     running.shutdown().await.unwrap();
 }
+
+/// With every record message lost, the agent keeps at most `max_unacked_records` out: one
+/// record per round (the first publish and each resend), never the whole outbox.
+#[tokio::test]
+async fn what_the_agent_has_out_without_an_ack_is_capped() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "capped").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let config = "[mqtt]\nmax_unacked_records = 1\nresend_after = \"1s\"\nresend_max = \"1s\"\n";
+    let device = enrolled_agent(&running, tenant, device_dir.path(), config).await;
+    let loss = running.inject_ingest_loss(u64::MAX);
+
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "5"]).await;
+    assert!(
+        !once.status.success(),
+        "nothing can be acked: {}",
+        text(&once)
+    );
+    let resends = text(&once).matches("publishing them again").count() as u64;
+    assert!(resends >= 2, "{}", text(&once));
+    // What the agent published last may still be on its way into ingest.
+    let mut dropped = loss.dropped();
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        dropped = loss.dropped();
+        if dropped == 1 + resends {
+            break;
+        }
+    }
+    assert_eq!(
+        dropped,
+        1 + resends,
+        "one single-record message per round: {}",
+        text(&once)
+    );
+    assert_eq!(ledger(&db, device).await.0, 0);
+    running.shutdown().await.unwrap();
+}
