@@ -193,7 +193,7 @@ pub(crate) async fn refuse_share(
                 continue;
             }
             DeviceInput::Records { records, epoch, .. } => {
-                if !enter_epoch(&mut state, &mut handled, *epoch, now, &mut outcome) {
+                if !enter_epoch(device, &mut state, &mut handled, *epoch, now, &mut outcome) {
                     continue;
                 }
                 records
@@ -278,6 +278,7 @@ pub(crate) const SEQ_REUSED: &str = "seq_reused";
 /// apart by `recorded_at`). A message of an epoch the device has left behind is not stored
 /// (`stale_epoch`; the agent sends its records again in the new epoch): returns false.
 fn enter_epoch(
+    device: DeviceId,
     state: &mut IngestState,
     handled: &mut HandledSeqs,
     epoch: wire::Epoch,
@@ -300,6 +301,7 @@ fn enter_epoch(
     }
     let first_seq = i64::try_from(epoch.first_seq.max(1)).unwrap_or(i64::MAX);
     tracing::info!(
+        %device,
         previous = state.epoch as u64,
         epoch = epoch.id,
         first_seq,
@@ -340,7 +342,15 @@ fn plan_input(
             records,
             received_at,
         } => {
-            if !enter_epoch(&mut work.state, &mut work.handled, *epoch, now, outcome) {
+            let device = work.device;
+            if !enter_epoch(
+                device,
+                &mut work.state,
+                &mut work.handled,
+                *epoch,
+                now,
+                outcome,
+            ) {
                 return;
             }
             (*topic, records, *received_at)
