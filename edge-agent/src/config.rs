@@ -85,6 +85,17 @@ pub struct MqttConfig {
     pub backoff_max: Duration,
     /// Batches published and not yet acknowledged by the broker (PUBACK) at once.
     pub max_inflight_batches: usize,
+    /// Sequence numbers published and not yet covered by the server's ack watermark at once;
+    /// publishing waits for acks beyond this.
+    pub max_unacked_records: u64,
+    /// How long published records may stay without an ack while connected before the agent
+    /// publishes them again (from the last ack); doubles after each resend that brought no
+    /// ack, up to `resend_max`, and starts over once an ack moves.
+    #[serde(deserialize_with = "duration")]
+    pub resend_after: Duration,
+    /// Longest wait between resends.
+    #[serde(deserialize_with = "duration")]
+    pub resend_max: Duration,
     /// Consecutive connection attempts the broker refuses for the device certificate
     /// (a TLS alert about the certificate, or CONNACK "not authorized") before the agent
     /// concludes it was revoked and stops.
@@ -172,6 +183,9 @@ impl Default for MqttConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             max_inflight_batches: 4,
+            max_unacked_records: 4096,
+            resend_after: Duration::from_secs(30),
+            resend_max: Duration::from_secs(300),
             refusals_before_stop: 3,
         }
     }
@@ -404,11 +418,20 @@ impl Config {
         if self.mqtt.backoff_max < self.mqtt.backoff_initial {
             return Err("mqtt.backoff_max must be at least mqtt.backoff_initial".to_owned());
         }
-        if self.mqtt.max_inflight_batches == 0 || self.mqtt.refusals_before_stop == 0 {
+        if self.mqtt.max_inflight_batches == 0
+            || self.mqtt.max_unacked_records == 0
+            || self.mqtt.refusals_before_stop == 0
+        {
             return Err(
-                "mqtt.max_inflight_batches and mqtt.refusals_before_stop must be at least 1"
+                "mqtt.max_inflight_batches, mqtt.max_unacked_records and mqtt.refusals_before_stop must be at least 1"
                     .to_owned(),
             );
+        }
+        if self.mqtt.resend_after < second {
+            return Err("mqtt.resend_after must be at least 1s".to_owned());
+        }
+        if self.mqtt.resend_max < self.mqtt.resend_after {
+            return Err("mqtt.resend_max must be at least mqtt.resend_after".to_owned());
         }
         if self.renewal.check < second || self.once.timeout < second {
             return Err("renewal.check and once.timeout must be at least 1s".to_owned());
@@ -507,6 +530,12 @@ backoff_initial = "1s"
 backoff_max = "5m"
 # Record batches in flight (published, not yet PUBACKed) at once.
 max_inflight_batches = 4
+# Records published and not yet acknowledged by the server (after its commit) at once.
+max_unacked_records = 4096
+# Published records without the server's ack for this long are published again, without
+# reconnecting; the wait doubles per resend that brings no ack, up to resend_max.
+resend_after = "30s"
+resend_max = "5m"
 # Consecutive certificate refusals by the broker before the agent stops as revoked.
 refusals_before_stop = 3
 
@@ -734,6 +763,9 @@ mod tests {
             "[mqtt]\nconnect_timeout = \"0s\"",
             "[mqtt]\nbackoff_max_secs = 0",
             "[mqtt]\nbackoff_max = \"0s\"",
+            "[mqtt]\nmax_unacked_records = 0",
+            "[mqtt]\nresend_after = \"500ms\"",
+            "[mqtt]\nresend_after = \"1m\"\nresend_max = \"30s\"",
             "[renewal]\ncheck = \"0s\"",
             "[once]\ntimeout = \"0s\"",
             "[outbox]\nsegment_bytes = 1000",

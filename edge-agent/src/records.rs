@@ -18,7 +18,7 @@
 //!
 //! # Batches
 //!
-//! [`next_batch`] takes pending records in sequence order and groups a run of consecutive
+//! [`next_batch_within`] takes pending records in sequence order and groups a run of consecutive
 //! records of the same kind into one [`wire::Batch`] for that kind's topic, up to
 //! [`wire::limits::MAX_RECORDS_PER_BATCH`] records and the message size limit. Batches go
 //! out in sequence order, so a replay after a reconnect resends exactly what is above the
@@ -106,15 +106,27 @@ pub struct OutgoingBatch {
     pub last_seq: Seq,
 }
 
-/// The next batch after `after`: consecutive pending records of one kind, within the
-/// limits. Records that cannot be decoded are skipped with a warning (they would be
-/// refused by ingest anyway; the server's watermark passes over gaps it is told about
-/// and the skipped number is reported in `skipped`).
+/// [`next_batch_within`] with the batch's own record limit.
+#[cfg(test)]
 pub fn next_batch(
     outbox: &mut Outbox,
     after: Seq,
     skipped: &mut Vec<(Seq, String)>,
 ) -> Result<Option<OutgoingBatch>, RecordsError> {
+    next_batch_within(outbox, after, wire::limits::MAX_RECORDS_PER_BATCH, skipped)
+}
+
+/// The next batch after `after`: consecutive pending records of one kind, at most
+/// `max_records` (and the batch limits). Records that cannot be decoded are skipped with a
+/// warning (they would be refused by ingest anyway; the server's watermark passes over gaps
+/// it is told about and the skipped number is reported in `skipped`).
+pub fn next_batch_within(
+    outbox: &mut Outbox,
+    after: Seq,
+    max_records: usize,
+    skipped: &mut Vec<(Seq, String)>,
+) -> Result<Option<OutgoingBatch>, RecordsError> {
+    let max_records = max_records.clamp(1, wire::limits::MAX_RECORDS_PER_BATCH);
     let mut records: Vec<Record> = Vec::new();
     let mut kind = None;
     let mut bytes = 0usize;
@@ -132,7 +144,7 @@ pub fn next_batch(
             continue;
         };
         let size = stored.payload.len() + 16;
-        let fits = records.len() < wire::limits::MAX_RECORDS_PER_BATCH
+        let fits = records.len() < max_records
             && bytes + size <= MAX_BATCH_BYTES
             && kind.is_none_or(|k| k == record_kind);
         if !fits {
@@ -146,7 +158,12 @@ pub fn next_batch(
         return Ok(None);
     };
     let (first_seq, last_seq) = (first.seq, last.seq);
-    let batch = Batch::new(records);
+    let epoch = outbox.epoch();
+    let epoch = wire::Epoch {
+        id: epoch.id,
+        first_seq: epoch.first_seq,
+    };
+    let batch = Batch::in_epoch(records, epoch);
     Ok(Some(OutgoingBatch {
         kind,
         payload: wire::encode_batch(&batch),
@@ -181,6 +198,24 @@ pub fn drop_event(report: &DropReport) -> Body {
         dropped: report.count,
         first_seq: report.first_seq,
         last_seq: report.last_seq,
+    }))
+}
+
+/// The event saying the outbox left the sequence space `previous` for `epoch` because the
+/// server acknowledged `server_watermark` there when the outbox had assigned only up to
+/// `last_appended`.
+pub fn epoch_started(
+    previous: outbox::Epoch,
+    epoch: outbox::Epoch,
+    server_watermark: Seq,
+    last_appended: Seq,
+) -> Body {
+    Body::Event(AgentEvent::EpochStarted(wire::EpochStarted {
+        previous: previous.id,
+        epoch: epoch.id,
+        first_seq: epoch.first_seq,
+        server_watermark,
+        last_appended,
     }))
 }
 
@@ -443,6 +478,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(second.last_seq - second.first_seq + 1, 3);
+        let capped = next_batch_within(&mut outbox, 0, 10, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!((capped.first_seq, capped.last_seq), (1, 10));
     }
 
     #[test]

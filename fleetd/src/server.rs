@@ -31,6 +31,8 @@ pub struct Running {
 struct DeviceServices {
     front: DeviceFront,
     ingest: ingest::IngestHandle,
+    /// The test seam on the hand-off into ingest (off unless a test arms it).
+    loss: ingest::LossInjector,
     retention: JoinHandle<()>,
     /// Keeps `pki.crl_file` current, when configured.
     crl_file: Option<JoinHandle<()>>,
@@ -191,7 +193,7 @@ async fn start_devices(
         )
         .context("starting ingest")
     };
-    let (front, ingest) = match config.external_broker.host_port() {
+    let (front, ingest, loss) = match config.external_broker.host_port() {
         None => {
             let (broker, presence_rx) =
                 start_embedded_broker(config, pki, database, descriptors).await?;
@@ -200,6 +202,7 @@ async fn start_devices(
             )));
             let (sender, ingest) =
                 start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
+            let loss = sender.loss_injector();
             let subscription = broker
                 .subscribe_local(wire::topic::INGEST_FILTER)
                 .await
@@ -223,12 +226,14 @@ async fn start_devices(
                     feed,
                 },
                 ingest,
+                loss,
             )
         }
         Some((host, port)) => {
             let source = external_source(config, pki, host, port)?;
             let (sender, ingest) = start_ingest(source.ack_sink())?;
-            (DeviceFront::External(source.run(sender)), ingest)
+            let loss = sender.loss_injector();
+            (DeviceFront::External(source.run(sender)), ingest, loss)
         }
     };
     let (stop_background, stopped) = watch::channel(false);
@@ -260,6 +265,7 @@ async fn start_devices(
     Ok(DeviceServices {
         front,
         ingest,
+        loss,
         retention,
         crl_file,
         metrics,
@@ -471,6 +477,23 @@ impl Running {
     /// Where the embedded broker listens (useful with port 0); `None` in ingest-only mode.
     pub fn broker_addr(&self) -> Option<SocketAddr> {
         self.devices.broker_addr()
+    }
+
+    /// The embedded broker's counters (sessions started, publishes received, refusals);
+    /// `None` in ingest-only mode.
+    pub fn broker_stats(&self) -> Option<broker::BrokerStats> {
+        match &self.devices.front {
+            DeviceFront::Embedded { broker, .. } => Some(broker.stats()),
+            DeviceFront::External(_) => None,
+        }
+    }
+
+    /// A test seam: the hand-off from the broker into ingest discards the next `count` record
+    /// messages, as a loss in transit would. Not reachable from the configuration.
+    #[doc(hidden)]
+    pub fn inject_ingest_loss(&self, count: u64) -> ingest::LossInjector {
+        self.devices.loss.drop_next(count);
+        self.devices.loss.clone()
     }
 
     /// Where the Prometheus listener is (useful with port 0).

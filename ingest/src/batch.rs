@@ -7,7 +7,7 @@ use std::time::Instant;
 use store::{DeviceId, TenantId};
 use time::OffsetDateTime;
 use wire::topic::{self, Direction, TopicKind};
-use wire::Record;
+use wire::{Epoch, Record};
 
 use crate::source::{Completion, InboundMessage};
 
@@ -17,6 +17,8 @@ pub(crate) enum DeviceInput {
     /// A decoded batch from a record topic.
     Records {
         topic: TopicKind,
+        /// The device's sequence space the records are numbered in.
+        epoch: Epoch,
         records: Vec<Record>,
         received_at: OffsetDateTime,
     },
@@ -73,6 +75,7 @@ pub(crate) fn classify(message: &InboundMessage, max_message_bytes: usize) -> Cl
     let input = match wire::decode_batch_with_limit(&message.payload, max_message_bytes) {
         Ok(batch) => DeviceInput::Records {
             topic: parsed.kind,
+            epoch: batch.epoch(),
             records: batch.records,
             received_at: message.received_at,
         },

@@ -22,8 +22,8 @@ use crate::watermark::HandledSeqs;
 /// What a committed batch did.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    /// The durable watermark of every device that may be acknowledged.
-    pub(crate) acks: Vec<(DeviceId, i64)>,
+    /// What to acknowledge to every device that may be acknowledged.
+    pub(crate) acks: Vec<AckOut>,
     pub(crate) committed: u64,
     pub(crate) duplicates: u64,
     pub(crate) rejects: BTreeMap<&'static str, u64>,
@@ -45,12 +45,27 @@ impl Outcome {
     }
 }
 
+/// One device's ack after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckOut {
+    pub(crate) device: DeviceId,
+    /// The epoch the watermark counts in (a `wire::Epoch` id, bit for bit).
+    pub(crate) epoch: i64,
+    /// The durable watermark.
+    pub(crate) watermark: i64,
+    /// The device reused sequence numbers of this epoch for other records: it must start a
+    /// new epoch (see [`records::devices_reusing_seqs`]).
+    pub(crate) new_epoch: bool,
+}
+
 /// A device's work in progress inside the transaction.
 struct DeviceWork {
     device: DeviceId,
     state: IngestState,
     handled: HandledSeqs,
     new_rows: i64,
+    /// Records taken for replays (seq already handled): (seq, recorded_at).
+    replays: Vec<(i64, OffsetDateTime)>,
 }
 
 /// One device's share of a batch.
@@ -101,6 +116,7 @@ pub(crate) async fn write_shares(
             state: locked.state.clone(),
             handled: HandledSeqs::new(locked.state.watermark, locked.state.pending.clone()),
             new_rows: 0,
+            replays: Vec::new(),
         };
         for input in *inputs {
             plan_input(
@@ -115,12 +131,16 @@ pub(crate) async fn write_shares(
             );
         }
         if !locked.revoked {
-            outcome
-                .acks
-                .push((*device, device_work.handled.watermark()));
+            outcome.acks.push(AckOut {
+                device: *device,
+                epoch: device_work.state.epoch,
+                watermark: device_work.handled.watermark(),
+                new_epoch: false,
+            });
         }
         work.push(device_work);
     }
+    flag_reused_seqs(&mut tx, &mut work, &mut outcome, now).await?;
     let inserted: HashSet<(DeviceId, i64)> =
         records::insert(&mut tx, &rows).await?.into_iter().collect();
     outcome.committed = inserted.len() as u64;
@@ -172,7 +192,12 @@ pub(crate) async fn refuse_share(
                 outcome.reject(reason);
                 continue;
             }
-            DeviceInput::Records { records, .. } => records,
+            DeviceInput::Records { records, epoch, .. } => {
+                if !enter_epoch(device, &mut state, &mut handled, *epoch, now, &mut outcome) {
+                    continue;
+                }
+                records
+            }
         };
         for record in records {
             match i64::try_from(record.seq) {
@@ -200,10 +225,96 @@ pub(crate) async fn refuse_share(
     ingest_state::save(&mut tx, &[(device, &state, 0)]).await?;
     tx.commit().await?;
     if !locked.revoked {
-        outcome.acks.push((device, state.watermark));
+        outcome.acks.push(AckOut {
+            device,
+            epoch: state.epoch,
+            watermark: state.watermark,
+            new_epoch: false,
+        });
     }
     Ok(outcome)
 }
+
+/// Finds the devices whose replays are not replays: a seq already handled, stored with another
+/// `recorded_at` (the device's outbox was restored from an older copy and numbered new records
+/// with seqs it had used). Their acks ask for a new epoch, in which the agent sends those
+/// records again; the refusal is counted as `seq_reused` and set as the device's last error.
+async fn flag_reused_seqs(
+    tx: &mut TenantTx,
+    work: &mut [DeviceWork],
+    outcome: &mut Outcome,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let replays: Vec<(DeviceId, i64, OffsetDateTime)> = work
+        .iter()
+        .flat_map(|w| w.replays.iter().map(|(seq, at)| (w.device, *seq, *at)))
+        .collect();
+    if replays.is_empty() {
+        return Ok(());
+    }
+    let reusing = records::devices_reusing_seqs(tx, &replays).await?;
+    for device in reusing {
+        if let Some(w) = work.iter_mut().find(|w| w.device == device) {
+            let error = format!(
+                "records numbered with sequence numbers already used in epoch {} for other records (an outbox restored from an older copy?): the device is asked to start a new epoch",
+                w.state.epoch as u64
+            );
+            w.state.record_reject(SEQ_REUSED, &error, now);
+            outcome.reject(SEQ_REUSED);
+        }
+        for ack in outcome.acks.iter_mut().filter(|ack| ack.device == device) {
+            ack.new_epoch = true;
+        }
+    }
+    Ok(())
+}
+
+/// The reject reason of a device's records numbered with seqs it had used for other records.
+pub(crate) const SEQ_REUSED: &str = "seq_reused";
+
+/// Puts the device's state in the sequence space of a message's `epoch`. A new epoch restarts
+/// the watermark at its first sequence number (the agent lost or rolled back its state, so its
+/// numbers start over; the old epoch's records stay in the ledger, whose key tells the two
+/// apart by `recorded_at`). A message of an epoch the device has left behind is not stored
+/// (`stale_epoch`; the agent sends its records again in the new epoch): returns false.
+fn enter_epoch(
+    device: DeviceId,
+    state: &mut IngestState,
+    handled: &mut HandledSeqs,
+    epoch: wire::Epoch,
+    now: OffsetDateTime,
+    outcome: &mut Outcome,
+) -> bool {
+    // The id is stored bit for bit.
+    let id = epoch.id as i64;
+    if id == state.epoch {
+        return true;
+    }
+    if state.is_retired(id) {
+        let error = format!(
+            "a message of epoch {} (left behind) was not stored",
+            epoch.id
+        );
+        state.record_reject(STALE_EPOCH, &error, now);
+        outcome.reject(STALE_EPOCH);
+        return false;
+    }
+    let first_seq = i64::try_from(epoch.first_seq.max(1)).unwrap_or(i64::MAX);
+    tracing::info!(
+        %device,
+        previous = state.epoch as u64,
+        epoch = epoch.id,
+        first_seq,
+        left_at_watermark = state.watermark,
+        "a device started a new sequence space"
+    );
+    state.start_epoch(id, first_seq);
+    *handled = HandledSeqs::new(state.watermark, Vec::new());
+    true
+}
+
+/// The reject reason of a message from an epoch its device has left behind.
+pub(crate) const STALE_EPOCH: &str = "stale_epoch";
 
 /// The reject reason of records the database refused, one device's share at a time.
 pub(crate) const STORAGE_REFUSED: &str = "storage_refused";
@@ -227,9 +338,23 @@ fn plan_input(
         }
         DeviceInput::Records {
             topic,
+            epoch,
             records,
             received_at,
-        } => (*topic, records, *received_at),
+        } => {
+            let device = work.device;
+            if !enter_epoch(
+                device,
+                &mut work.state,
+                &mut work.handled,
+                *epoch,
+                now,
+                outcome,
+            ) {
+                return;
+            }
+            (*topic, records, *received_at)
+        }
     };
     if revoked {
         if !records.is_empty() {
@@ -274,6 +399,7 @@ fn plan_record(
     };
     if work.handled.contains(seq) {
         outcome.duplicates += 1;
+        work.replays.push((seq, device_time(record.recorded_at)));
         return;
     }
     if let Err(e) = topic::check_record(topic, record) {

@@ -36,4 +36,4 @@ pub use mqtt::{ExternalBrokerConfig, ExternalHandle, ExternalSource};
 pub use pipeline::{start, IngestHandle};
 pub use retention::{Retention, RetentionConfig, RetentionReport};
 pub use sink::{AckError, AckSink, BoxFuture};
-pub use source::{InboundMessage, IngestSender};
+pub use source::{InboundMessage, IngestSender, LossInjector};

@@ -342,10 +342,13 @@ impl Writer {
     }
 
     async fn publish_acks(&self, outcome: &Outcome) {
-        for (device, watermark) in &outcome.acks {
-            let watermark = u64::try_from(*watermark).unwrap_or(0);
-            let payload = wire::encode_ack(&wire::Ack::new(watermark));
-            match self.acks.publish_ack(*device, payload).await {
+        for ack in &outcome.acks {
+            let watermark = u64::try_from(ack.watermark).unwrap_or(0);
+            // The epoch id is stored bit for bit.
+            let mut message = wire::Ack::in_epoch(watermark, ack.epoch as u64);
+            message.new_epoch = ack.new_epoch;
+            let payload = wire::encode_ack(&message);
+            match self.acks.publish_ack(ack.device, payload).await {
                 Ok(()) => {
                     self.metrics.acks_published.inc();
                 }

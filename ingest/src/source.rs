@@ -137,6 +137,54 @@ pub struct IngestSender {
     budget: Arc<Semaphore>,
     max_permits: usize,
     progress: Arc<Progress>,
+    loss: LossInjector,
+}
+
+/// A test seam on the hand-off into ingest: [`drop_next`](Self::drop_next) makes
+/// [`IngestSender::send`] discard the next record messages (topics `up/telemetry`, `up/patch`,
+/// `up/events`) as if they had been lost in transit, so that a test can prove the device heals
+/// the loss. Off (zero) unless a test arms it; nothing in the configuration reaches it.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct LossInjector {
+    armed: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LossInjector {
+    /// Discards the next `count` record messages handed to ingest.
+    pub fn drop_next(&self, count: u64) {
+        self.armed.store(count, Ordering::SeqCst);
+    }
+
+    /// Record messages discarded so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Takes one armed loss for `topic` if it is a record topic.
+    fn take(&self, topic: &str) -> bool {
+        use wire::topic::TopicKind;
+        let is_record = matches!(
+            wire::topic::parse_device_topic(topic),
+            Ok(parsed) if matches!(
+                parsed.kind,
+                TopicKind::Telemetry | TopicKind::PatchStatus | TopicKind::Events
+            )
+        );
+        if !is_record {
+            return false;
+        }
+        let taken = self
+            .armed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if taken {
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(%topic, "test hook: a device message was discarded on its way into ingest");
+        }
+        taken
+    }
 }
 
 impl IngestSender {
@@ -146,11 +194,21 @@ impl IngestSender {
             budget: Arc::new(Semaphore::new(max_buffered_bytes)),
             max_permits: max_buffered_bytes,
             progress: Arc::new(Progress::new()),
+            loss: LossInjector::default(),
         }
+    }
+
+    /// The loss-injection seam of this sender (and of its clones).
+    #[doc(hidden)]
+    pub fn loss_injector(&self) -> LossInjector {
+        self.loss.clone()
     }
 
     /// Queues a message, waiting for room in the memory budget and the queue.
     pub async fn send(&self, message: InboundMessage) -> Result<(), IngestError> {
+        if self.loss.take(&message.topic) {
+            return Ok(());
+        }
         let cost = message.payload.len().clamp(1, self.max_permits);
         let cost = u32::try_from(cost).map_err(|_| IngestError::Closed)?;
         if self.buffered_bytes() == 0 {

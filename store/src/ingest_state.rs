@@ -33,7 +33,15 @@ pub struct IngestState {
     pub last_error_reason: Option<String>,
     /// When it happened.
     pub last_error_at: Option<OffsetDateTime>,
+    /// The device's sequence space the watermark counts in (a `wire::Epoch` id, bit for bit;
+    /// 0 for agents from before epochs).
+    pub epoch: i64,
+    /// Epochs left behind, newest last, at most [`MAX_RETIRED_EPOCHS`].
+    pub retired_epochs: Vec<i64>,
 }
+
+/// How many retired epochs a device's state remembers.
+pub const MAX_RETIRED_EPOCHS: usize = 16;
 
 impl IngestState {
     /// Counts one refusal and makes it the last error.
@@ -42,6 +50,25 @@ impl IngestState {
         self.last_error = Some(error.chars().take(MAX_ERROR_CHARS).collect());
         self.last_error_reason = Some(reason.to_owned());
         self.last_error_at = Some(at);
+    }
+
+    /// Moves to the sequence space `epoch`, which counts from `first_seq`: the watermark
+    /// restarts at `first_seq - 1` with no ranges above it, and the epoch left behind is
+    /// remembered as retired (the oldest forgotten beyond [`MAX_RETIRED_EPOCHS`]).
+    pub fn start_epoch(&mut self, epoch: i64, first_seq: i64) {
+        self.retired_epochs
+            .retain(|retired| *retired != self.epoch && *retired != epoch);
+        self.retired_epochs.push(self.epoch);
+        let excess = self.retired_epochs.len().saturating_sub(MAX_RETIRED_EPOCHS);
+        self.retired_epochs.drain(..excess);
+        self.epoch = epoch;
+        self.watermark = first_seq.saturating_sub(1).max(0);
+        self.pending.clear();
+    }
+
+    /// Whether `epoch` is one this device has left behind.
+    pub fn is_retired(&self, epoch: i64) -> bool {
+        epoch != self.epoch && self.retired_epochs.contains(&epoch)
     }
 }
 
@@ -81,7 +108,7 @@ pub async fn lock(
         r#"SELECT s.device_id AS "device_id: DeviceId", d.status = 'revoked' AS "revoked!",
                   s.watermark, s.pending_ranges, s.records_committed,
                   s.rejects AS "rejects: Json<BTreeMap<String, i64>>",
-                  s.last_error, s.last_error_reason, s.last_error_at
+                  s.last_error, s.last_error_reason, s.last_error_at, s.epoch, s.retired_epochs
              FROM device_ingest_state s
              JOIN devices d USING (tenant_id, device_id)
             WHERE s.device_id = ANY ($1::uuid[])
@@ -104,6 +131,8 @@ pub async fn lock(
                 last_error: row.last_error,
                 last_error_reason: row.last_error_reason,
                 last_error_at: row.last_error_at,
+                epoch: row.epoch,
+                retired_epochs: row.retired_epochs,
             }
             .into(),
         })
@@ -127,6 +156,8 @@ pub async fn save(
     let mut errors = Vec::with_capacity(devices.len());
     let mut reasons = Vec::with_capacity(devices.len());
     let mut error_times = Vec::with_capacity(devices.len());
+    let mut epochs = Vec::with_capacity(devices.len());
+    let mut retired = Vec::with_capacity(devices.len());
     for (device, state, new_records) in devices {
         ids.push(device.0);
         watermarks.push(state.watermark);
@@ -136,17 +167,19 @@ pub async fn save(
         errors.push(state.last_error.as_deref());
         reasons.push(state.last_error_reason.as_deref());
         error_times.push(state.last_error_at);
+        epochs.push(state.epoch);
+        retired.push(array_literal(&state.retired_epochs));
     }
     sqlx::query!(
         "UPDATE device_ingest_state s
             SET watermark = u.watermark, pending_ranges = u.pending::bigint[],
                 records_committed = u.committed, rejects = u.rejects, last_error = u.last_error,
                 last_error_reason = u.last_error_reason, last_error_at = u.last_error_at,
-                updated_at = now()
+                epoch = u.epoch, retired_epochs = u.retired::bigint[], updated_at = now()
            FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::jsonb[], $6::text[],
-                       $7::text[], $8::timestamptz[])
+                       $7::text[], $8::timestamptz[], $9::int8[], $10::text[])
                 AS u(device_id, watermark, pending, committed, rejects, last_error,
-                     last_error_reason, last_error_at)
+                     last_error_reason, last_error_at, epoch, retired)
           WHERE s.device_id = u.device_id",
         &ids,
         &watermarks,
@@ -156,6 +189,8 @@ pub async fn save(
         &errors as _,
         &reasons as _,
         &error_times as _,
+        &epochs,
+        &retired,
     )
     .execute(tx.conn())
     .await?;
@@ -168,7 +203,7 @@ pub async fn get(tx: &mut TenantTx, device: DeviceId) -> Result<Option<IngestSta
         StateRow,
         r#"SELECT watermark, pending_ranges, records_committed,
                   rejects AS "rejects: Json<BTreeMap<String, i64>>",
-                  last_error, last_error_reason, last_error_at
+                  last_error, last_error_reason, last_error_at, epoch, retired_epochs
              FROM device_ingest_state WHERE device_id = $1"#,
         device as DeviceId,
     )
@@ -186,6 +221,8 @@ struct StateRow {
     last_error: Option<String>,
     last_error_reason: Option<String>,
     last_error_at: Option<OffsetDateTime>,
+    epoch: i64,
+    retired_epochs: Vec<i64>,
 }
 
 impl From<StateRow> for IngestState {
@@ -202,16 +239,21 @@ impl From<StateRow> for IngestState {
             last_error: row.last_error,
             last_error_reason: row.last_error_reason,
             last_error_at: row.last_error_at,
+            epoch: row.epoch,
+            retired_epochs: row.retired_epochs,
         }
     }
 }
 
 /// `{from1,to1,from2,to2}`: a bigint[] literal, since unnest cannot take ragged arrays.
 fn ranges_literal(ranges: &[(i64, i64)]) -> String {
-    let items: Vec<String> = ranges
-        .iter()
-        .flat_map(|(from, to)| [from.to_string(), to.to_string()])
-        .collect();
+    let items: Vec<i64> = ranges.iter().flat_map(|(from, to)| [*from, *to]).collect();
+    array_literal(&items)
+}
+
+/// `{a,b,c}`: a bigint[] literal.
+fn array_literal(items: &[i64]) -> String {
+    let items: Vec<String> = items.iter().map(i64::to_string).collect();
     format!("{{{}}}", items.join(","))
 }
 
@@ -223,6 +265,29 @@ mod tests {
     fn ranges_literal_flattens_pairs() {
         assert_eq!(ranges_literal(&[]), "{}");
         assert_eq!(ranges_literal(&[(3, 4), (9, 12)]), "{3,4,9,12}");
+    }
+
+    #[test]
+    fn a_new_epoch_restarts_the_watermark_and_retires_the_old_one() {
+        let mut state = IngestState {
+            watermark: 40,
+            pending: vec![(45, 50)],
+            ..IngestState::default()
+        };
+        state.start_epoch(7, 5);
+        assert_eq!((state.epoch, state.watermark), (7, 4));
+        assert!(state.pending.is_empty());
+        assert!(state.is_retired(0) && !state.is_retired(7) && !state.is_retired(8));
+        for epoch in 8..40 {
+            state.start_epoch(epoch, 1);
+        }
+        assert_eq!(state.retired_epochs.len(), MAX_RETIRED_EPOCHS);
+        assert_eq!(state.retired_epochs.last(), Some(&38));
+        assert!(!state.is_retired(0), "the oldest are forgotten");
+        // Back to a retired epoch (an agent restored twice): it becomes current again.
+        state.start_epoch(30, 1);
+        assert!(!state.is_retired(30) && state.is_retired(39));
+        assert_eq!(state.watermark, 0);
     }
 
     #[test]

@@ -129,6 +129,41 @@ pub async fn insert(
         .collect())
 }
 
+/// Of the records `(device, seq, recorded_at)` that ingest takes for replays (their seq is
+/// already handled), the devices for which some seq is in the ledger with another
+/// `recorded_at` and never with this one: the device numbered a different record with a seq
+/// it had used before (its outbox was restored from an older copy), so its sequence space has
+/// diverged from the ledger's. An agent never reuses a seq within one epoch, and a replay
+/// carries the same `recorded_at`.
+pub async fn devices_reusing_seqs(
+    tx: &mut TenantTx,
+    replays: &[(DeviceId, i64, OffsetDateTime)],
+) -> Result<Vec<DeviceId>, StoreError> {
+    if replays.is_empty() {
+        return Ok(Vec::new());
+    }
+    let devices: Vec<Uuid> = replays.iter().map(|(device, _, _)| device.0).collect();
+    let seqs: Vec<i64> = replays.iter().map(|(_, seq, _)| *seq).collect();
+    let times: Vec<OffsetDateTime> = replays.iter().map(|(_, _, at)| *at).collect();
+    let tenant = tx.tenant();
+    let rows = sqlx::query_scalar!(
+        r#"SELECT DISTINCT u.device_id AS "device_id!: DeviceId"
+             FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[]) AS u(device_id, seq, recorded_at)
+            WHERE EXISTS (SELECT 1 FROM device_records r
+                           WHERE r.tenant_id = $1 AND r.device_id = u.device_id AND r.seq = u.seq)
+              AND NOT EXISTS (SELECT 1 FROM device_records r
+                               WHERE r.tenant_id = $1 AND r.device_id = u.device_id
+                                 AND r.seq = u.seq AND r.recorded_at = u.recorded_at)"#,
+        tenant as TenantId,
+        &devices,
+        &seqs,
+        &times,
+    )
+    .fetch_all(tx.conn())
+    .await?;
+    Ok(rows)
+}
+
 /// A ledger row as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRecord {

@@ -478,3 +478,311 @@ async fn enroll_refuses_a_root_that_is_not_the_ca_it_was_given() {
     serving.await.unwrap().unwrap();
     database.close().await.unwrap();
 }
+
+/// A record message lost on purpose between the broker and ingest (the broker has PUBACKed it,
+/// so MQTT will not resend it) is healed by the agent's own resend while it stays connected:
+/// every record committed exactly once, one session.
+#[tokio::test]
+async fn a_loss_between_broker_and_ingest_heals_by_resend_without_a_reconnect() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "resend").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let config = "[mqtt]\nresend_after = \"2s\"\nresend_max = \"4s\"\n";
+    let device = enrolled_agent(&running, tenant, device_dir.path(), config).await;
+    let sessions_before = running.broker_stats().unwrap().sessions_started;
+    // The first two record messages never reach ingest.
+    let loss = running.inject_ingest_loss(2);
+
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    assert_eq!(loss.dropped(), 2, "the loss was injected");
+    assert!(
+        text(&once).contains("publishing them again"),
+        "{}",
+        text(&once)
+    );
+    let sessions = running.broker_stats().unwrap().sessions_started - sessions_before;
+    assert_eq!(sessions, 1, "healed without a reconnect: {}", text(&once));
+    let (rows, distinct, lowest, highest) = ledger(&db, device).await;
+    assert!(rows >= 3, "start event, telemetry and patch status: {rows}");
+    assert_eq!(rows, distinct, "no record twice");
+    assert_eq!((lowest, highest), (1, rows), "no gap");
+    running.shutdown().await.unwrap();
+}
+
+/// The sequence space of the agent's outbox under `dir` (its `outbox.meta` line).
+fn outbox_epoch(dir: &Path) -> wire::Epoch {
+    let meta = std::fs::read_to_string(dir.join("state/outbox/outbox.meta")).unwrap();
+    let line = meta
+        .lines()
+        .find_map(|line| line.strip_prefix("epoch "))
+        .unwrap_or_else(|| panic!("no epoch in {meta}"));
+    let (id, first_seq) = line.split_once(' ').unwrap();
+    wire::Epoch {
+        id: id.parse().unwrap(),
+        first_seq: first_seq.parse().unwrap(),
+    }
+}
+
+/// The agent events of `device` in the ledger.
+async fn agent_events(db: &TestDb, device: Uuid) -> Vec<wire::AgentEvent> {
+    let mut owner = db.connect_as_owner().await;
+    let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT body FROM device_records WHERE device_id = $1 AND kind = 'event' ORDER BY received_at, seq",
+    )
+    .bind(device)
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    bodies
+        .iter()
+        .filter_map(|body| match wire::decode_body(body).unwrap() {
+            wire::Body::Event(event) => Some(event),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes `seqs` as telemetry of `device` in `epoch`, with a certificate of its own identity
+/// (not through the agent); waits for their ack.
+async fn publish_as_the_device(
+    running: &fleetd::Running,
+    tenant: TenantId,
+    device: Uuid,
+    epoch: wire::Epoch,
+    seqs: std::ops::RangeInclusive<u64>,
+) {
+    let ca = &running.pki().issuing_ca;
+    let credentials = fleet_tests::mqtt::DeviceCredentials::issued(ca, tenant, DeviceId(device));
+    let port = running.broker_addr().unwrap().port();
+    let (client, mut events) = fleet_tests::mqtt::connect_subscribed(
+        credentials.options(ca.root_der(), "localhost", port),
+        wire::topic::ack(DeviceId(device)),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let last = *seqs.end();
+    let batch = wire::Batch::in_epoch(seqs.map(fleet_tests::records::telemetry).collect(), epoch);
+    client
+        .publish(
+            wire::topic::telemetry(DeviceId(device)),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            wire::encode_batch(&batch),
+        )
+        .await
+        .unwrap();
+    fleet_tests::mqtt::wait_for_ack(&mut events, last, std::time::Duration::from_secs(10)).await;
+    client.disconnect().await.unwrap();
+}
+
+/// The server's watermark is above everything the agent ever appended (records were published
+/// with the device's identity from elsewhere): its ack cannot be the agent's, so the agent
+/// starts a new sequence space, says so in an event, and its new records are stored.
+#[tokio::test]
+async fn an_ack_above_what_the_agent_sent_starts_a_new_epoch_and_nothing_is_lost() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "epoch").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let (first_rows, _, _, first_last) = ledger(&db, device).await;
+    assert_eq!(first_rows, first_last, "seq 1..={first_last}");
+
+    let epoch = outbox_epoch(device_dir.path());
+    assert_ne!(epoch.id, 0, "a new outbox starts an epoch of its own");
+    publish_as_the_device(
+        &running,
+        tenant,
+        device,
+        epoch,
+        first_last as u64 + 1..=first_last as u64 + 8,
+    )
+    .await;
+    let (rows_before, ..) = ledger(&db, device).await;
+    assert_eq!(rows_before, first_last + 8);
+
+    // The agent numbers its next records from first_last + 1: the server has those numbers.
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "20"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("starting a new epoch"),
+        "{}",
+        text(&again)
+    );
+    let (rows, ..) = ledger(&db, device).await;
+    assert!(
+        rows >= rows_before + 4,
+        "the second run's start event, telemetry, patch status and epoch event are stored: {rows} rows after {rows_before}"
+    );
+    let new_epoch = outbox_epoch(device_dir.path());
+    assert_ne!(new_epoch.id, epoch.id);
+    assert_eq!(new_epoch.first_seq, first_last as u64 + 1);
+    let started: Vec<wire::EpochStarted> = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter_map(|event| match event {
+            wire::AgentEvent::EpochStarted(started) => Some(started),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        [wire::EpochStarted {
+            previous: epoch.id,
+            epoch: new_epoch.id,
+            first_seq: first_last as u64 + 1,
+            server_watermark: first_last as u64 + 8,
+            last_appended: started.first().map_or(0, |s| s.last_appended),
+        }],
+        "one event says so"
+    );
+    assert!(started[0].last_appended < started[0].server_watermark);
+    running.shutdown().await.unwrap();
+}
+
+/// The agent's state directory is wiped and recreated under the same identity: its new outbox
+/// numbers from 1 again, and those records are stored, not taken for the old ones.
+#[tokio::test]
+async fn a_wiped_state_directory_gets_its_new_records_stored() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "wiped").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let (first_rows, ..) = ledger(&db, device).await;
+    let first_epoch = outbox_epoch(device_dir.path());
+
+    std::fs::remove_dir_all(device_dir.path().join("state/outbox")).unwrap();
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let second_epoch = outbox_epoch(device_dir.path());
+    assert_ne!(second_epoch.id, first_epoch.id);
+    assert_eq!(second_epoch.first_seq, 1);
+    let (rows, _, lowest, _) = ledger(&db, device).await;
+    assert_eq!(lowest, 1);
+    assert!(
+        rows >= 2 * first_rows,
+        "the second run's records (from seq 1 again) are stored: {rows} rows, {first_rows} after the first run"
+    );
+    let starts = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter(|event| matches!(event, wire::AgentEvent::Started(_)))
+        .count();
+    assert_eq!(starts, 2, "both runs' start events");
+    running.shutdown().await.unwrap();
+}
+
+/// Copies the files of directory `from` into `to` (created), without subdirectories.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The agent's outbox is restored from an older copy: it numbers new records with sequence
+/// numbers the server already holds other records under (as many as the server has, so no ack
+/// is above what it appended). The server sees the reuse, asks for a new epoch, and the new
+/// records are stored.
+#[tokio::test]
+async fn an_outbox_restored_from_an_older_copy_gets_its_new_records_stored() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "restored").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let device = enrolled_agent(&running, tenant, device_dir.path(), "").await;
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(once.status.success(), "{}", text(&once));
+    let outbox = device_dir.path().join("state/outbox");
+    let snapshot = device_dir.path().join("outbox-snapshot");
+    copy_dir(&outbox, &snapshot);
+    let again = agent(device_dir.path(), &["run", "--once", "--timeout", "60"]).await;
+    assert!(again.status.success(), "{}", text(&again));
+    let (rows_before, ..) = ledger(&db, device).await;
+
+    std::fs::remove_dir_all(&outbox).unwrap();
+    copy_dir(&snapshot, &outbox);
+    let restored = agent(device_dir.path(), &["run", "--once", "--timeout", "30"]).await;
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert!(
+        text(&restored).contains("starting a new epoch"),
+        "{}",
+        text(&restored)
+    );
+    let (rows, ..) = ledger(&db, device).await;
+    let runs = rows_before / 2;
+    assert!(
+        rows > rows_before + runs,
+        "the restored run's records and its epoch event are stored: {rows} rows, {rows_before} before"
+    );
+    let starts = agent_events(&db, device)
+        .await
+        .into_iter()
+        .filter(|event| matches!(event, wire::AgentEvent::Started(_)))
+        .count();
+    assert_eq!(starts, 3, "every run's start event");
+    let mut owner = db.connect_as_owner().await;
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT last_error_reason FROM device_ingest_state WHERE device_id = $1",
+    )
+    .bind(device)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(reason.as_deref(), Some("seq_reused"));
+    running.shutdown().await.unwrap();
+}
+
+/// With every record message lost, the agent keeps at most `max_unacked_records` out: one
+/// record per round (the first publish and each resend), never the whole outbox.
+#[tokio::test]
+async fn what_the_agent_has_out_without_an_ack_is_capped() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd_config(&db, &data_dir)).await.unwrap();
+    let tenant = tenant(&running.database().app, "capped").await;
+    let device_dir = tempfile::tempdir().unwrap();
+    let config = "[mqtt]\nmax_unacked_records = 1\nresend_after = \"1s\"\nresend_max = \"1s\"\n";
+    let device = enrolled_agent(&running, tenant, device_dir.path(), config).await;
+    let loss = running.inject_ingest_loss(u64::MAX);
+
+    let once = agent(device_dir.path(), &["run", "--once", "--timeout", "5"]).await;
+    assert!(
+        !once.status.success(),
+        "nothing can be acked: {}",
+        text(&once)
+    );
+    let resends = text(&once).matches("publishing them again").count() as u64;
+    assert!(resends >= 2, "{}", text(&once));
+    // What the agent published last may still be on its way into ingest.
+    let mut dropped = loss.dropped();
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        dropped = loss.dropped();
+        if dropped == 1 + resends {
+            break;
+        }
+    }
+    assert_eq!(
+        dropped,
+        1 + resends,
+        "one single-record message per round: {}",
+        text(&once)
+    );
+    assert_eq!(ledger(&db, device).await.0, 0);
+    running.shutdown().await.unwrap();
+}

@@ -26,6 +26,38 @@ pub struct Batch {
         deserialize_with = "bounded::vec::<_, _, MAX_RECORDS_PER_BATCH>"
     )]
     pub records: Vec<Record>,
+
+    /// The sender's sequence space: see [`Epoch`]. Key `e`; absent (as agents before epochs
+    /// send it) means epoch 0 starting at sequence number 1.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+}
+
+/// A device's sequence space. Sequence numbers are unique within one epoch. An agent whose
+/// state directory was wiped or restored from an older copy cannot know which numbers it
+/// already used, so it starts a new epoch (a random id, recorded in its outbox) and says from
+/// which sequence number on it counts: ingest keeps one watermark per device, for the epoch it
+/// saw last, and starts it afresh at `first_seq - 1` when a new epoch appears. A record of an
+/// epoch ingest has already left behind is not stored (the agent sends it again in its new
+/// epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct Epoch {
+    /// Random, chosen by the agent when it starts the epoch; 0 is the epoch of agents and
+    /// outboxes from before epochs. Key `i`.
+    #[serde(rename = "i")]
+    pub id: u64,
+    /// The lowest sequence number the epoch uses (at least 1): everything below it counts as
+    /// handled in this epoch. Key `f`.
+    #[serde(rename = "f")]
+    pub first_seq: u64,
+}
+
+impl Epoch {
+    /// The epoch of senders that name none: 0, from sequence number 1.
+    pub const LEGACY: Epoch = Epoch {
+        id: 0,
+        first_seq: 1,
+    };
 }
 
 /// One thing the device reports, with its place in the device's sequence.
@@ -91,7 +123,21 @@ impl Batch {
         Self {
             version: SchemaVersion::CURRENT,
             records,
+            epoch: None,
         }
+    }
+
+    /// A batch of `records` in `epoch`.
+    pub fn in_epoch(records: Vec<Record>, epoch: Epoch) -> Self {
+        Self {
+            epoch: Some(epoch),
+            ..Self::new(records)
+        }
+    }
+
+    /// The batch's epoch ([`Epoch::LEGACY`] when it names none).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch.unwrap_or(Epoch::LEGACY)
     }
 
     /// Applies the checks [`decode_batch`](crate::decode_batch) applies after

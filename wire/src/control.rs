@@ -21,6 +21,16 @@ pub struct Ack {
     /// The ack watermark. Key `w`.
     #[serde(rename = "w")]
     pub watermark: u64,
+    /// The id of the [`Epoch`](crate::Epoch) the watermark counts in. Key `e`; absent from
+    /// servers before epochs (the agent then takes the watermark as its own).
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// The server holds other records than the device's under some of the sequence numbers
+    /// the device just sent in this epoch (its outbox was restored from an older copy): the
+    /// device must not trim its outbox with this ack, but start a new epoch and send its
+    /// unacknowledged records again in it. Key `n`; absent means false.
+    #[serde(rename = "n", default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_epoch: bool,
 }
 
 impl Ack {
@@ -29,6 +39,16 @@ impl Ack {
         Self {
             version: SchemaVersion::CURRENT,
             watermark,
+            epoch: None,
+            new_epoch: false,
+        }
+    }
+
+    /// An ack of `watermark` in the epoch `epoch`.
+    pub fn in_epoch(watermark: u64, epoch: u64) -> Self {
+        Self {
+            epoch: Some(epoch),
+            ..Self::new(watermark)
         }
     }
 }

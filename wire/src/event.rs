@@ -24,6 +24,8 @@ pub enum AgentEvent {
     CertificateRenewed(CertificateRenewed),
     /// A metric or inventory collector failed. Kind `collector_error`.
     CollectorError(CollectorError),
+    /// The agent started a new sequence space. Kind `epoch_started`.
+    EpochStarted(EpochStarted),
     /// An event kind this build does not know; its payload was skipped.
     Other {
         /// The kind as it appeared on the wire.
@@ -70,7 +72,27 @@ pub struct CollectorError {
     pub message: String,
 }
 
+/// Payload of [`AgentEvent::EpochStarted`]: the server acknowledged sequence numbers this
+/// outbox never assigned (`server_watermark > last_appended`), or asked for a new epoch because
+/// it holds other records under numbers the outbox used (an outbox restored from an older
+/// copy, or someone else published with the device's identity), so the agent numbers its
+/// records in a new [`Epoch`](crate::Epoch) instead of having them taken for duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStarted {
+    /// The epoch left behind.
+    pub previous: u64,
+    /// The new epoch's id.
+    pub epoch: u64,
+    /// The first sequence number of the new epoch.
+    pub first_seq: u64,
+    /// The watermark the server acknowledged in the previous epoch.
+    pub server_watermark: u64,
+    /// The last sequence number the outbox had assigned when that ack came.
+    pub last_appended: u64,
+}
+
 const STARTED: &str = "started";
+const EPOCH_STARTED: &str = "epoch_started";
 const OUTBOX_OVERFLOW: &str = "outbox_overflow";
 const CERTIFICATE_RENEWED: &str = "certificate_renewed";
 const COLLECTOR_ERROR: &str = "collector_error";
@@ -83,6 +105,7 @@ impl AgentEvent {
             Self::OutboxOverflow(_) => OUTBOX_OVERFLOW,
             Self::CertificateRenewed(_) => CERTIFICATE_RENEWED,
             Self::CollectorError(_) => COLLECTOR_ERROR,
+            Self::EpochStarted(_) => EPOCH_STARTED,
             Self::Other { kind } => kind,
         }
     }
@@ -98,7 +121,7 @@ impl AgentEvent {
                 limits::check_len("collector_error.message", &error.message, MAX_TEXT_BYTES)
             }
             Self::Other { kind } => limits::check_name("event.kind", kind),
-            Self::OutboxOverflow(_) | Self::CertificateRenewed(_) => Ok(()),
+            Self::OutboxOverflow(_) | Self::CertificateRenewed(_) | Self::EpochStarted(_) => Ok(()),
         }
     }
 }
@@ -113,6 +136,7 @@ impl Serialize for AgentEvent {
                 bounded::serialize_tagged(serializer, kind, payload)
             }
             Self::CollectorError(payload) => bounded::serialize_tagged(serializer, kind, payload),
+            Self::EpochStarted(payload) => bounded::serialize_tagged(serializer, kind, payload),
             Self::Other { .. } => bounded::serialize_tagged(serializer, kind, &EmptyPayload {}),
         }
     }
@@ -133,6 +157,7 @@ impl OpenEnum for AgentEvent {
             OUTBOX_OVERFLOW => Self::OutboxOverflow(map.next_value()?),
             CERTIFICATE_RENEWED => Self::CertificateRenewed(map.next_value()?),
             COLLECTOR_ERROR => Self::CollectorError(map.next_value()?),
+            EPOCH_STARTED => Self::EpochStarted(map.next_value()?),
             _ => return Ok(None),
         };
         Ok(Some(event))

@@ -154,7 +154,7 @@ mod time;
 pub mod topic;
 mod version;
 
-pub use batch::{Batch, Body, Record, RecordKind};
+pub use batch::{Batch, Body, Epoch, Record, RecordKind};
 pub use codec::{
     decode_ack, decode_batch, decode_batch_with_limit, decode_body, decode_body_with_limit,
     decode_presence, decode_record, decode_record_with_limit, encode_ack, encode_batch,
@@ -162,7 +162,9 @@ pub use codec::{
 };
 pub use control::{Ack, Presence};
 pub use error::{DecodeError, RecordError};
-pub use event::{AgentEvent, CertificateRenewed, CollectorError, OutboxOverflow, Started};
+pub use event::{
+    AgentEvent, CertificateRenewed, CollectorError, EpochStarted, OutboxOverflow, Started,
+};
 pub use ids::{DeviceId, TenantId};
 pub use patch::{Package, PackageManager, PatchStatus};
 pub use telemetry::{Disk, LoadAverage, Memory, NetworkInterface, Telemetry, Temperature};

@@ -367,6 +367,22 @@ pub enum AgentEventView {
         /// What went wrong, as the agent wrote it.
         message: String,
     },
+    /// The agent started a new sequence space: the server had acknowledged sequence numbers
+    /// its outbox never assigned, or held other records under numbers it used (its outbox was
+    /// restored from an older copy, or something else published with its identity). Records of
+    /// the new epoch are stored as new records, never taken for duplicates of the old epoch's.
+    EpochStarted {
+        /// The epoch left behind, as a decimal string (a 64-bit id).
+        previous_epoch: String,
+        /// The new epoch, as a decimal string.
+        epoch: String,
+        /// The first sequence number of the new epoch.
+        first_seq: u64,
+        /// The watermark the server had acknowledged in the previous epoch.
+        server_watermark: u64,
+        /// The last sequence number the agent had assigned then.
+        last_appended: u64,
+    },
     /// An event kind this server does not know yet (from a newer agent).
     Other {
         /// The kind as the agent named it.
@@ -392,6 +408,13 @@ impl From<&wire::AgentEvent> for AgentEventView {
             E::CollectorError(error) => Self::CollectorError {
                 collector: error.collector.clone(),
                 message: error.message.clone(),
+            },
+            E::EpochStarted(started) => Self::EpochStarted {
+                previous_epoch: started.previous.to_string(),
+                epoch: started.epoch.to_string(),
+                first_seq: started.first_seq,
+                server_watermark: started.server_watermark,
+                last_appended: started.last_appended,
             },
             E::Other { kind } => Self::Other {
                 wire_kind: kind.clone(),
@@ -1028,6 +1051,20 @@ mod tests {
                 json!({ "kind": "collector_error", "collector": "thermal", "message": "no zones" }),
             ),
             (
+                wire::AgentEvent::EpochStarted(wire::EpochStarted {
+                    previous: 0,
+                    epoch: u64::MAX,
+                    first_seq: 4,
+                    server_watermark: 11,
+                    last_appended: 6,
+                }),
+                json!({
+                    "kind": "epoch_started", "previous_epoch": "0",
+                    "epoch": "18446744073709551615", "first_seq": 4,
+                    "server_watermark": 11, "last_appended": 6,
+                }),
+            ),
+            (
                 wire::AgentEvent::Other {
                     kind: "firmware_flashed".into(),
                 },
@@ -1072,7 +1109,7 @@ mod tests {
         assert!(
             event["oneOf"]
                 .as_array()
-                .is_some_and(|kinds| kinds.len() == 5),
+                .is_some_and(|kinds| kinds.len() == 6),
             "{event}"
         );
     }

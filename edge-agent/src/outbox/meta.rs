@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::Path;
 
-use super::{DropReason, DropReport, OutboxError, ResultExt, Seq};
+use super::{DropReason, DropReport, Epoch, OutboxError, ResultExt, Seq};
 
 pub(crate) const META_FILE: &str = "outbox.meta";
 pub(crate) const META_TMP_FILE: &str = "outbox.meta.tmp";
@@ -28,6 +28,9 @@ pub(crate) struct Meta {
     pub next_seq: Seq,
     /// Gaps not yet handed to the server.
     pub drops: Vec<DropReport>,
+    /// The sequence space: its id (0 in files from before epochs, which have no `epoch`
+    /// line) and its first sequence number.
+    pub epoch: Epoch,
 }
 
 /// What [`load`] found.
@@ -73,6 +76,7 @@ fn render(meta: &Meta) -> String {
         "{MAGIC_LINE}\nacked {}\nevicted_through {}\nlost_through {}\nnext_seq {}\n",
         meta.acked, meta.evicted_through, meta.lost_through, meta.next_seq
     );
+    let _ = writeln!(body, "epoch {} {}", meta.epoch.id, meta.epoch.first_seq);
     for drop in &meta.drops {
         let _ = writeln!(
             body,
@@ -124,6 +128,13 @@ fn parse_line(line: &str, meta: &mut Meta) -> Option<()> {
         "evicted_through" => meta.evicted_through = number()?,
         "lost_through" => meta.lost_through = number()?,
         "next_seq" => meta.next_seq = number()?,
+        "epoch" => {
+            let id = number()?;
+            meta.epoch = Epoch {
+                id,
+                first_seq: number()?,
+            };
+        }
         "drop" => {
             let reason = DropReason::from_str(fields.next()?)?;
             let mut number = || fields.next()?.parse::<u64>().ok();
@@ -156,6 +167,10 @@ mod tests {
                 first_seq: 5,
                 last_seq: 7,
             }],
+            epoch: Epoch {
+                id: u64::MAX,
+                first_seq: 12,
+            },
         }
     }
 
@@ -167,6 +182,17 @@ mod tests {
             Loaded::Valid(meta) => assert_eq!(meta, sample()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_file_from_before_epochs_is_epoch_zero_from_seq_one() {
+        let mut body =
+            format!("{MAGIC_LINE}\nacked 41\nevicted_through 7\nlost_through 3\nnext_seq 99\n");
+        let crc = crc32fast::hash(body.as_bytes());
+        let _ = writeln!(body, "crc32 {crc:08x}");
+        let meta = parse(&body).unwrap();
+        assert_eq!(meta.epoch, Epoch::default());
+        assert_eq!((meta.acked, meta.next_seq), (41, 99));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!   There is no segment header: the record layout is the format. A future format uses a
 //!   new file extension and meta magic line.
 //! - **`outbox.meta`**: a small text file (ack watermark, eviction watermark, sequence floor,
-//!   undelivered drop reports) ending in a CRC32 line; replaced atomically by writing
+//!   the [`Epoch`] (sequence space: id and first sequence number; a file without it is epoch 0
+//!   from 1), undelivered drop reports) ending in a CRC32 line; replaced atomically by writing
 //!   `outbox.meta.tmp`, fsyncing it, renaming it over, and fsyncing the directory.
 //! - **`lock`**: held with `flock(2)` while an [`Outbox`] is open, so two agents cannot
 //!   interleave writes.
@@ -210,6 +211,42 @@ pub struct DropReport {
     pub last_seq: Seq,
 }
 
+/// The outbox's sequence space. The server keeps one watermark per device for the epoch it
+/// saw last; a new epoch (after the state directory was wiped, restored from an older copy, or
+/// the server acknowledged numbers this outbox never assigned) makes it count afresh from
+/// `first_seq`, so new records are never taken for duplicates of old ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    /// Random, chosen when the epoch starts; 0 for outboxes from before epochs.
+    pub id: u64,
+    /// The lowest sequence number sent in this epoch.
+    pub first_seq: Seq,
+}
+
+impl Default for Epoch {
+    /// The epoch of outboxes from before epochs: 0, from sequence number 1.
+    fn default() -> Self {
+        Self {
+            id: 0,
+            first_seq: 1,
+        }
+    }
+}
+
+impl Epoch {
+    /// A new epoch with a random non-zero id other than `other`'s, from `first_seq`.
+    fn new_random(first_seq: Seq, other: u64) -> Self {
+        let mut id = fastrand::u64(1..);
+        while id == other {
+            id = fastrand::u64(1..);
+        }
+        Self {
+            id,
+            first_seq: first_seq.max(1),
+        }
+    }
+}
+
 /// How many records wait for an ack, and how many bytes they occupy on disk (headers
 /// included).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -271,6 +308,9 @@ pub struct OpenReport {
     pub removed_segments: usize,
     /// The state file.
     pub meta: MetaStatus,
+    /// The sequence space the outbox numbers in (new when the state file was created, missing
+    /// or damaged).
+    pub epoch: Epoch,
 }
 
 /// Errors of the outbox.
@@ -373,6 +413,7 @@ pub struct Outbox {
     /// unflushed tail); unlike `evicted_through` it is not a delivery watermark.
     lost_through: Seq,
     drops: Vec<DropReport>,
+    epoch: Epoch,
     /// Leading drop reports being turned into records by `append_drop_events`; new drops
     /// are not merged into them.
     frozen_drops: usize,
@@ -404,6 +445,7 @@ impl Outbox {
             evicted_through: meta.evicted_through,
             lost_through: meta.lost_through,
             drops: meta.drops.clone(),
+            epoch: meta.epoch,
             frozen_drops: 0,
             unsynced_appends: 0,
             last_sync: Instant::now(),
@@ -417,6 +459,7 @@ impl Outbox {
             ignored_files: Vec::new(),
             removed_segments: 0,
             meta: meta_status,
+            epoch: meta.epoch,
         };
         let paths = outbox.list_segments(&mut report)?;
         if report.meta == MetaStatus::Created && !paths.is_empty() {
@@ -428,6 +471,18 @@ impl Outbox {
             .next_seq
             .max(outbox.acked + 1)
             .max(outbox.evicted_through + 1);
+        if report.meta != MetaStatus::Loaded {
+            // A new outbox, or one whose state is gone: which numbers the server has seen in
+            // the old sequence space is unknown, so start a new one where the records on disk
+            // begin (those the server already has land on their first copy).
+            let first_seq = outbox
+                .segments
+                .iter()
+                .find_map(|segment| segment.first_seq)
+                .unwrap_or(outbox.next_seq);
+            outbox.epoch = Epoch::new_random(first_seq, meta.epoch.id);
+        }
+        report.epoch = outbox.epoch;
         report.recovered_records = outbox.depth().records;
         outbox.store_meta()?;
         Ok((outbox, report))
@@ -481,6 +536,25 @@ impl Outbox {
         self.store_meta()?;
         self.remove_covered_segments()?;
         self.recount_front_segment()
+    }
+
+    /// The sequence space the outbox numbers in.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Starts a new sequence space from the first unacknowledged record (or the next one to
+    /// be appended): for when the server acknowledged numbers this outbox never assigned (see
+    /// [`OutboxError::AckBeyondAppended`]). Persisted before it returns. Returns the epoch left
+    /// behind and the new one.
+    pub fn start_epoch(&mut self) -> Result<(Epoch, Epoch), OutboxError> {
+        let previous = self.epoch;
+        self.epoch = Epoch::new_random(self.skip_through() + 1, previous.id);
+        if let Err(err) = self.store_meta() {
+            self.epoch = previous;
+            return Err(err);
+        }
+        Ok((previous, self.epoch))
     }
 
     /// Unacknowledged records with a sequence number above `after` (or above the last ack
@@ -616,6 +690,7 @@ impl Outbox {
             lost_through: self.lost_through,
             next_seq: self.next_seq,
             drops: self.drops.clone(),
+            epoch: self.epoch,
         };
         meta::store(&self.dir, &meta, self.durable())
     }

@@ -560,3 +560,49 @@ fn small_config_with_child_sizes() -> OutboxConfig {
         fsync: FsyncPolicy::Always,
     }
 }
+
+#[test]
+fn a_new_outbox_has_an_epoch_of_its_own_that_survives_reopening() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut outbox, report) = open(tmp.path(), small_config());
+    let epoch = outbox.epoch();
+    assert_ne!(epoch.id, 0);
+    assert_eq!((epoch.first_seq, report.epoch), (1, epoch));
+    append_n(&mut outbox, 5);
+    outbox.ack(2).unwrap();
+    drop(outbox);
+    let (mut outbox, _) = open(tmp.path(), small_config());
+    assert_eq!(outbox.epoch(), epoch, "kept in outbox.meta");
+
+    let (previous, started) = outbox.start_epoch().unwrap();
+    assert_eq!(previous, epoch);
+    assert_ne!(started.id, epoch.id);
+    assert_eq!(started.first_seq, 3, "from the first unacknowledged record");
+    assert_eq!(
+        pending_seqs(&mut outbox, None),
+        [3, 4, 5],
+        "nothing is dropped"
+    );
+    drop(outbox);
+    let (outbox, _) = open(tmp.path(), small_config());
+    assert_eq!(outbox.epoch(), started, "the new epoch is persisted");
+}
+
+#[test]
+fn an_outbox_whose_state_file_is_gone_starts_an_epoch_where_its_records_begin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut outbox, _) = open(tmp.path(), small_config());
+    let epoch = outbox.epoch();
+    append_n(&mut outbox, 20);
+    outbox.ack(9).unwrap();
+    drop(outbox);
+    fs::remove_file(tmp.path().join(META_FILE)).unwrap();
+    let (outbox, report) = open(tmp.path(), small_config());
+    assert_eq!(report.meta, MetaStatus::Missing);
+    assert_ne!(outbox.epoch().id, epoch.id);
+    let first_on_disk = segment_files(tmp.path())
+        .first()
+        .and_then(|path| path.file_stem()?.to_str()?.parse::<Seq>().ok())
+        .unwrap();
+    assert_eq!(outbox.epoch().first_seq, first_on_disk);
+}

@@ -129,6 +129,10 @@ pub(super) struct Session {
     cursor: Seq,
     /// Publishes (batches and presence) not yet PUBACKed.
     inflight: usize,
+    /// When the records above the last ack are published again if no ack moves by then.
+    resend_at: Option<Instant>,
+    /// The current wait before a resend (from `mqtt.resend_after`, doubling to `resend_max`).
+    resend_delay: Duration,
 }
 
 impl Drop for Session {
@@ -201,6 +205,8 @@ impl Agent {
             connected: false,
             cursor: 0,
             inflight: 0,
+            resend_at: None,
+            resend_delay: self.config.mqtt.resend_after,
         });
         self.set_connection(Connection::Connecting, None);
         Ok(())
@@ -255,6 +261,8 @@ impl Agent {
         session.connected = true;
         session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);
         session.inflight = 0;
+        session.resend_at = None;
+        session.resend_delay = self.config.mqtt.resend_after;
         // Subscribe first: MQTT handles a client's packets in order, so no ack for the
         // records below can arrive before the subscription exists.
         let subscribed = session
@@ -289,7 +297,24 @@ impl Agent {
                 return Ok(());
             }
         };
+        let epoch = self.outbox.snapshot().epoch;
+        if ack.epoch.is_some_and(|id| id != epoch.id) {
+            // An ack of a sequence space this outbox has left (or never had).
+            debug!(
+                ack_epoch = ack.epoch,
+                epoch = epoch.id,
+                "ignoring an ack of another epoch"
+            );
+            return Ok(());
+        }
         let watermark = ack.watermark;
+        if ack.new_epoch {
+            // The server holds other records under numbers this outbox used: trimming with
+            // this watermark would drop records it does not have.
+            let last_appended = self.outbox.snapshot().last_appended();
+            return self.start_epoch(watermark, last_appended).await;
+        }
+        let acked_before = self.outbox.snapshot().last_acked.unwrap_or(0);
         match self
             .outbox
             .with(move |outbox| outbox.ack(watermark))
@@ -297,6 +322,10 @@ impl Agent {
         {
             Ok(()) => {
                 debug!(watermark, "ack");
+                let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+                if acked > acked_before {
+                    self.on_ack_progress(acked);
+                }
                 self.state.last_ack = self.outbox.snapshot().last_acked;
                 self.state.last_ack_at = Some(certinfo::now_secs());
                 self.refresh_depth();
@@ -306,7 +335,12 @@ impl Agent {
             Err(crate::outbox::OutboxError::AckBeyondAppended {
                 watermark,
                 last_appended,
+            }) if ack.epoch.is_some() => self.start_epoch(watermark, last_appended).await,
+            Err(crate::outbox::OutboxError::AckBeyondAppended {
+                watermark,
+                last_appended,
             }) => {
+                // A server from before epochs: a new epoch would not change its answer.
                 warn!(
                     watermark,
                     last_appended,
@@ -316,6 +350,87 @@ impl Agent {
             }
             Err(err) => Err(RunError::Fatal(format!("outbox: {err}"))),
         }
+    }
+
+    /// The server's numbering in this outbox's epoch is not this outbox's: it acknowledged
+    /// `watermark` although the outbox never assigned more than `last_appended`, or it asked
+    /// for a new epoch because it holds other records under numbers this outbox used (the
+    /// state directory was restored from an older copy, or another client published with this
+    /// device's identity). The records the agent numbered there would be taken for duplicates.
+    /// Start a new sequence space, say so in an event, and send everything unacknowledged again
+    /// in it.
+    async fn start_epoch(&mut self, watermark: Seq, last_appended: Seq) -> Result<(), RunError> {
+        let (previous, epoch) = self
+            .outbox
+            .with(crate::outbox::Outbox::start_epoch)
+            .await?
+            .map_err(|err| RunError::Fatal(format!("outbox: {err}")))?;
+        warn!(
+            watermark,
+            last_appended,
+            previous = previous.id,
+            epoch = epoch.id,
+            first_seq = epoch.first_seq,
+            "the server's sequence numbers are not this outbox's; starting a new epoch so that none of its records is taken for a duplicate"
+        );
+        self.append(records::epoch_started(
+            previous,
+            epoch,
+            watermark,
+            last_appended,
+        ))
+        .await?;
+        self.epoch_event_seq = self.outbox.snapshot().last_appended();
+        if let Link::Active(session) = &mut self.link {
+            // Everything unacknowledged goes out again, numbered in the new epoch.
+            session.cursor = self.outbox.snapshot().last_acked.unwrap_or(0);
+            session.resend_at = None;
+        }
+        self.store_state();
+        Ok(())
+    }
+
+    /// The watermark moved to `acked`: the resend wait starts over, counted from now for
+    /// whatever is still out.
+    fn on_ack_progress(&mut self, acked: Seq) {
+        let initial = self.config.mqtt.resend_after;
+        let Link::Active(session) = &mut self.link else {
+            return;
+        };
+        session.cursor = session.cursor.max(acked);
+        session.resend_delay = initial;
+        session.resend_at = (session.cursor > acked).then(|| Instant::now() + initial);
+    }
+
+    /// When the unacknowledged records are due for a resend, if any are out.
+    pub(super) fn resend_due(&self) -> Option<Instant> {
+        match &self.link {
+            Link::Active(session) if session.connected => session.resend_at,
+            _ => None,
+        }
+    }
+
+    /// No ack covered the published records in time: publish them again from the last ack,
+    /// on the same connection (a loss between the broker and the commit heals without a
+    /// reconnect; ingest drops what it already has). The next wait is twice as long.
+    pub(super) fn resend(&mut self) {
+        let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+        let resend_max = self.config.mqtt.resend_max;
+        let Link::Active(session) = &mut self.link else {
+            return;
+        };
+        session.resend_at = None;
+        if session.cursor <= acked {
+            return;
+        }
+        warn!(
+            first = acked + 1,
+            last = session.cursor,
+            waited_secs = session.resend_delay.as_secs(),
+            "no ack for published records; publishing them again"
+        );
+        session.cursor = acked;
+        session.resend_delay = (session.resend_delay * 2).min(resend_max);
     }
 
     fn on_failure(&mut self, err: &ConnectionError) -> Result<(), RunError> {
@@ -362,14 +477,22 @@ impl Agent {
             return Ok(());
         }
         let last = self.outbox.snapshot().last_appended();
+        let acked = self.outbox.snapshot().last_acked.unwrap_or(0);
+        let max_unacked = self.config.mqtt.max_unacked_records;
         let mut published = false;
         while session.inflight < max_inflight && session.cursor < last {
+            let room = max_unacked.saturating_sub(session.cursor.saturating_sub(acked));
+            if room == 0 {
+                break; // the next ack makes room
+            }
             let after = session.cursor;
+            let max_records = usize::try_from(room).unwrap_or(usize::MAX);
             let (batch, skipped) = self
                 .outbox
                 .with(move |outbox| {
                     let mut skipped = Vec::new();
-                    let batch = records::next_batch(outbox, after, &mut skipped);
+                    let batch =
+                        records::next_batch_within(outbox, after, max_records, &mut skipped);
                     (batch, skipped)
                 })
                 .await?;
@@ -390,6 +513,9 @@ impl Agent {
                     debug!(first = batch.first_seq, last = batch.last_seq, kind = %batch.kind, "published");
                     session.cursor = batch.last_seq;
                     session.inflight += 1;
+                    session
+                        .resend_at
+                        .get_or_insert_with(|| Instant::now() + session.resend_delay);
                     published = true;
                 }
                 Err(_) => break, // the request channel is full: the next event makes room

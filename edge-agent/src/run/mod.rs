@@ -90,6 +90,9 @@ struct Agent {
     next_patch: Instant,
     next_patch_poll: Instant,
     next_renewal_check: Instant,
+    /// The seq of the last `epoch_started` event of this run (0 if none): `--once` waits for it
+    /// too, so the event is on the server when the run ends.
+    epoch_event_seq: Seq,
 }
 
 enum Wake {
@@ -98,6 +101,7 @@ enum Wake {
     PatchPoll,
     PatchDone(PatchResult),
     RenewalCheck,
+    Resend,
     OnceDeadline,
     Shutdown,
 }
@@ -176,6 +180,7 @@ impl Agent {
             next_patch: now + config.patch.interval,
             next_patch_poll: now + config.patch.poll,
             next_renewal_check: now,
+            epoch_event_seq: 0,
             dir,
             config,
             identity,
@@ -216,7 +221,7 @@ impl Agent {
         let once_timeout = options.once_timeout.unwrap_or(self.config.once.timeout);
         let once_deadline = Instant::now() + once_timeout;
         loop {
-            if let Some(target) = once_target {
+            if let Some(target) = once_target.map(|t| t.max(self.epoch_event_seq)) {
                 if self.outbox.snapshot().last_acked.unwrap_or(0) >= target {
                     info!(
                         target,
@@ -227,12 +232,14 @@ impl Agent {
                 }
             }
             self.pump().await?;
+            let resend_due = self.resend_due();
             let wake = tokio::select! {
                 event = next_link_event(&mut self.link) => Wake::Link(event),
                 _ = sleep_until(self.next_telemetry), if once_target.is_none() => Wake::Telemetry,
                 _ = sleep_until(self.next_patch_poll), if once_target.is_none() => Wake::PatchPoll,
                 result = join_patch(&mut self.patch_job) => Wake::PatchDone(result),
                 _ = sleep_until(self.next_renewal_check) => Wake::RenewalCheck,
+                _ = sleep_until(resend_due.unwrap_or(once_deadline)), if resend_due.is_some() => Wake::Resend,
                 _ = sleep_until(once_deadline), if once_target.is_some() => Wake::OnceDeadline,
                 _ = terminate.recv() => Wake::Shutdown,
                 _ = interrupt.recv() => Wake::Shutdown,
@@ -247,8 +254,9 @@ impl Agent {
                 Wake::PatchPoll => self.poll_package_db().await,
                 Wake::PatchDone(result) => self.on_patch_done(result).await?,
                 Wake::RenewalCheck => self.check_renewal().await?,
+                Wake::Resend => self.resend(),
                 Wake::OnceDeadline => {
-                    let target = once_target.unwrap_or(0);
+                    let target = once_target.unwrap_or(0).max(self.epoch_event_seq);
                     return Err(RunError::OnceTimeout(
                         self.once_timeout_message(target, once_timeout),
                     ));

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::outbox::{Depth, OpenReport, Outbox, OutboxConfig, Seq};
+use crate::outbox::{Depth, Epoch, OpenReport, Outbox, OutboxConfig, Seq};
 
 use super::RunError;
 
@@ -27,6 +27,8 @@ pub(super) struct Snapshot {
     pub(super) next_seq: Seq,
     /// The highest acknowledged sequence number.
     pub(super) last_acked: Option<Seq>,
+    /// The sequence space.
+    pub(super) epoch: Epoch,
 }
 
 impl Snapshot {
@@ -35,6 +37,7 @@ impl Snapshot {
             depth: outbox.depth(),
             next_seq: outbox.next_seq(),
             last_acked: outbox.last_acked(),
+            epoch: outbox.epoch(),
         }
     }
 

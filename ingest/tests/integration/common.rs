@@ -103,6 +103,7 @@ pub async fn send_raw(sender: &IngestSender, topic: String, payload: Vec<u8>) {
 #[derive(Clone, Default)]
 pub struct RecordingSink {
     acks: Arc<Mutex<HashMap<DeviceId, Vec<u64>>>>,
+    new_epoch: Arc<Mutex<HashMap<DeviceId, usize>>>,
 }
 
 impl RecordingSink {
@@ -113,6 +114,16 @@ impl RecordingSink {
             .get(&device)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// How many of the device's acks asked it to start a new epoch.
+    pub fn new_epoch_acks(&self, device: DeviceId) -> usize {
+        self.new_epoch
+            .lock()
+            .unwrap()
+            .get(&device)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn last_ack(&self, device: DeviceId) -> Option<u64> {
@@ -150,6 +161,9 @@ impl AckSink for RecordingSink {
         payload: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), AckError>> {
         let ack = wire::decode_ack(&payload).expect("ingest encodes valid acks");
+        if ack.new_epoch {
+            *self.new_epoch.lock().unwrap().entry(device).or_default() += 1;
+        }
         self.acks
             .lock()
             .unwrap()

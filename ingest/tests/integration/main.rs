@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod epochs;
 mod exactly_once;
 mod external_mosquitto;
 mod isolation;

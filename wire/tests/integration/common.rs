@@ -10,9 +10,9 @@ use proptest::num::{f32 as f32s, f64 as f64s};
 use proptest::option;
 use proptest::prelude::*;
 use wire::{
-    Ack, AgentEvent, Batch, Body, CertificateRenewed, CollectorError, DecodeError, Disk,
-    LoadAverage, Memory, NetworkInterface, OutboxOverflow, Package, PackageManager, PatchStatus,
-    Presence, Record, SchemaVersion, Started, Telemetry, Temperature, UnixMillis,
+    Ack, AgentEvent, Batch, Body, CertificateRenewed, CollectorError, DecodeError, Disk, Epoch,
+    EpochStarted, LoadAverage, Memory, NetworkInterface, OutboxOverflow, Package, PackageManager,
+    PatchStatus, Presence, Record, SchemaVersion, Started, Telemetry, Temperature, UnixMillis,
 };
 
 /// Finite floats: NaN is encodable but not equal to itself, which would make
@@ -165,11 +165,23 @@ pub fn agent_event() -> impl Strategy<Value = AgentEvent> {
         (name(), "([^\\p{Cc}]|[\\t\\n\\r]){0,40}").prop_map(|(collector, message)| {
             AgentEvent::CollectorError(CollectorError { collector, message })
         }),
+        any::<(u64, u64, u64, u64, u64)>().prop_map(
+            |(previous, epoch, first_seq, server_watermark, last_appended)| {
+                AgentEvent::EpochStarted(EpochStarted {
+                    previous,
+                    epoch,
+                    first_seq,
+                    server_watermark,
+                    last_appended,
+                })
+            }
+        ),
         unknown_kind(&[
             "started",
             "outbox_overflow",
             "certificate_renewed",
             "collector_error",
+            "epoch_started",
         ])
         .prop_map(|kind| AgentEvent::Other { kind }),
     ]
@@ -190,8 +202,9 @@ pub fn batch() -> impl Strategy<Value = Batch> {
         version_in_major(SchemaVersion::CURRENT.major),
         1..u64::MAX / 2,
         vec((1..1_000u64, any::<u64>(), body()), 0..6),
+        proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(version, first_seq, parts)| {
+        .prop_map(|(version, first_seq, parts, epoch)| {
             let mut seq = first_seq;
             let records = parts
                 .into_iter()
@@ -204,13 +217,30 @@ pub fn batch() -> impl Strategy<Value = Batch> {
                     }
                 })
                 .collect();
-            Batch { version, records }
+            Batch {
+                version,
+                records,
+                epoch: epoch.map(|id| Epoch {
+                    id,
+                    first_seq: first_seq.max(1),
+                }),
+            }
         })
 }
 
 pub fn ack() -> impl Strategy<Value = Ack> {
-    (version_in_major(SchemaVersion::CURRENT.major), any::<u64>())
-        .prop_map(|(version, watermark)| Ack { version, watermark })
+    (
+        version_in_major(SchemaVersion::CURRENT.major),
+        any::<u64>(),
+        any::<Option<u64>>(),
+        any::<bool>(),
+    )
+        .prop_map(|(version, watermark, epoch, new_epoch)| Ack {
+            version,
+            watermark,
+            epoch,
+            new_epoch,
+        })
 }
 
 pub fn presence() -> impl Strategy<Value = Presence> {

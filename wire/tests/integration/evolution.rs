@@ -311,6 +311,8 @@ fn ack_and_presence_follow_the_same_version_rules() {
     let ack = Ack {
         version: SchemaVersion::new(2, 0),
         watermark: 1,
+        epoch: None,
+        new_epoch: false,
     };
     assert!(matches!(
         decode_ack(&encode_ack(&ack)),
@@ -328,4 +330,34 @@ fn ack_and_presence_follow_the_same_version_rules() {
     let mut newer_ack = to_value(&Ack::new(42));
     insert(&mut newer_ack, "ranges", novel_value());
     assert_eq!(decode_ack(&encode_value(&newer_ack)), Ok(Ack::new(42)));
+}
+
+#[test]
+fn messages_from_before_epochs_are_epoch_zero_and_epochs_round_trip() {
+    let old = crate::common::batch_of(Body::Event(AgentEvent::Other {
+        kind: "firmware_flashed".into(),
+    }));
+    let bytes = encode_batch(&old);
+    assert!(
+        !to_value(&old)
+            .as_map()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.as_text() == Some("e")),
+        "no epoch key unless there is an epoch"
+    );
+    let decoded = decode_batch(&bytes).unwrap();
+    assert_eq!(decoded.epoch(), wire::Epoch::LEGACY);
+    let epoch = wire::Epoch {
+        id: u64::MAX,
+        first_seq: 7,
+    };
+    let new = Batch::in_epoch(old.records.clone(), epoch);
+    assert_eq!(decode_batch(&encode_batch(&new)).unwrap().epoch(), epoch);
+
+    let old_ack = decode_ack(&encode_ack(&Ack::new(9))).unwrap();
+    assert_eq!((old_ack.epoch, old_ack.new_epoch), (None, false));
+    let mut ack = Ack::in_epoch(9, u64::MAX);
+    ack.new_epoch = true;
+    assert_eq!(decode_ack(&encode_ack(&ack)), Ok(ack));
 }
