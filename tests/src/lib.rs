@@ -229,6 +229,20 @@ async fn connect(url: &str) -> PgConnection {
         .expect("connect to the test PostgreSQL server")
 }
 
+/// The binary `bin` of workspace package `package`, in this test's target directory, built
+/// first every time: a binary left from an older build would test older code.
+pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().expect("test executable");
+    let target = deps.parent().and_then(|d| d.parent()).expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-p", package, "--bin", bin])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building {bin}");
+    target.join(bin)
+}
+
 /// A data directory the private cluster's system user can reach even when tests run as root
 /// (tempfile makes 0700 directories).
 pub fn data_dir() -> tempfile::TempDir {

@@ -24,16 +24,7 @@ const WAIT: Duration = Duration::from_secs(60);
 const SESSIONS: u64 = 5;
 
 fn fleetd_binary() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let target = deps.parent().unwrap().parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Always: a binary left from an older build would test older code.
-    let status = Command::new(cargo)
-        .args(["build", "-p", "fleetd", "--bin", "fleetd"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building fleetd");
-    target.join("fleetd")
+    fleet_tests::workspace_binary("fleetd", "fleetd")
 }
 
 /// fleetd as a child, its stderr in `log`.
