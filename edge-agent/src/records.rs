@@ -23,6 +23,14 @@
 //! [`wire::limits::MAX_RECORDS_PER_BATCH`] records and the message size limit. Batches go
 //! out in sequence order, so a replay after a reconnect resends exactly what is above the
 //! last ack, in order.
+//!
+//! Each batch goes out with the wire's sequence header ([`wire::encode_message`]): its epoch
+//! and first and last seq before the CBOR, so that the server can refuse it for good and move
+//! its watermark past it even if the body does not decode there. The header says every seq
+//! from first to last is in the message or never sent; a batch is a run of consecutive outbox
+//! records of one kind, and the only numbers it leaves out are records it skipped (they cannot
+//! be read back and are never sent), so that holds. A run spans at most
+//! [`wire::limits::MAX_RECORDS_PER_BATCH`] seqs, the header's bound.
 
 use crate::collect::packages::{self, PatchStatus as CollectedPatch, SecurityUpdate};
 use crate::collect::system::SystemMetrics;
@@ -144,7 +152,13 @@ pub fn next_batch_within(
             continue;
         };
         let size = stored.payload.len() + 16;
+        // The sequence header spans at most a full batch's worth of seqs (skipped records
+        // inside the run count too).
+        let spans = records.first().is_none_or(|first: &Record| {
+            record.seq - first.seq < wire::limits::MAX_RECORDS_PER_BATCH as u64
+        });
         let fits = records.len() < max_records
+            && spans
             && bytes + size <= MAX_BATCH_BYTES
             && kind.is_none_or(|k| k == record_kind);
         if !fits {
@@ -166,7 +180,7 @@ pub fn next_batch_within(
     let batch = Batch::in_epoch(records, epoch);
     Ok(Some(OutgoingBatch {
         kind,
-        payload: wire::encode_batch(&batch),
+        payload: wire::encode_message(&batch),
         first_seq,
         last_seq,
     }))
@@ -403,9 +417,43 @@ mod tests {
         let batch = next_batch(&mut outbox, 0, &mut Vec::new())
             .unwrap()
             .unwrap();
-        let decoded = wire::decode_batch(&batch.payload).unwrap();
+        let (header, decoded) = wire::decode_message_with_limit(
+            &batch.payload,
+            wire::limits::DEFAULT_MAX_MESSAGE_BYTES,
+        )
+        .unwrap();
+        let header = header.expect("the agent sends the sequence header");
+        assert_eq!((header.first_seq, header.last_seq), (1, 1));
+        assert_eq!(header.epoch.id, outbox.epoch().id);
         assert_eq!(decoded.records[0].seq, 1);
         assert_eq!(decoded.records[0].body, record.body);
+    }
+
+    #[test]
+    fn a_batch_spans_at_most_what_its_sequence_header_can_carry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut outbox = outbox(tmp.path());
+        let tel = telemetry(&SystemMetrics::default());
+        append(&mut outbox, tel.clone()).unwrap(); // 1
+        let max = wire::limits::MAX_RECORDS_PER_BATCH as u64;
+        for _ in 0..max {
+            outbox.append(&[0xff]).unwrap(); // 2..=1025, unreadable, skipped
+        }
+        append(&mut outbox, tel).unwrap(); // 1026
+        let mut skipped = Vec::new();
+        let first = next_batch(&mut outbox, 0, &mut skipped).unwrap().unwrap();
+        assert_eq!((first.first_seq, first.last_seq), (1, 1));
+        let second = next_batch(&mut outbox, 1, &mut skipped).unwrap().unwrap();
+        assert_eq!((second.first_seq, second.last_seq), (max + 2, max + 2));
+        for batch in [first, second] {
+            let (header, _) = wire::decode_message_with_limit(&batch.payload, 1 << 20).unwrap();
+            let header = header.expect("every batch has its header");
+            assert_eq!(
+                (header.first_seq, header.last_seq),
+                (batch.first_seq, batch.last_seq)
+            );
+        }
+        assert!(!skipped.is_empty());
     }
 
     #[test]

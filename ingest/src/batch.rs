@@ -7,7 +7,7 @@ use std::time::Instant;
 use store::{DeviceId, TenantId};
 use time::OffsetDateTime;
 use wire::topic::{self, Direction, TopicKind};
-use wire::{Epoch, Record};
+use wire::{Epoch, Record, SeqHeader};
 
 use crate::source::{Completion, InboundMessage};
 
@@ -22,8 +22,13 @@ pub(crate) enum DeviceInput {
         records: Vec<Record>,
         received_at: OffsetDateTime,
     },
-    /// A message refused as a whole (malformed, oversize, unknown version, ...).
-    Refused { reason: &'static str, error: String },
+    /// A message refused as a whole (malformed, oversize, unknown version, ...). `seqs`, from
+    /// its sequence header when it had a valid one, are refused for good with it.
+    Refused {
+        reason: &'static str,
+        error: String,
+        seqs: Option<SeqHeader>,
+    },
 }
 
 impl DeviceInput {
@@ -72,16 +77,17 @@ pub(crate) fn classify(message: &InboundMessage, max_message_bytes: usize) -> Cl
             reason: "not_up_topic",
         };
     }
-    let input = match wire::decode_batch_with_limit(&message.payload, max_message_bytes) {
-        Ok(batch) => DeviceInput::Records {
+    let input = match wire::decode_message_with_limit(&message.payload, max_message_bytes) {
+        Ok((_, batch)) => DeviceInput::Records {
             topic: parsed.kind,
             epoch: batch.epoch(),
             records: batch.records,
             received_at: message.received_at,
         },
-        Err(e) => DeviceInput::Refused {
-            reason: e.reason(),
-            error: e.to_string(),
+        Err(refused) => DeviceInput::Refused {
+            reason: refused.error.reason(),
+            error: refused.error.to_string(),
+            seqs: refused.header,
         },
     };
     Classified::ForDevice { device, input }
@@ -171,6 +177,27 @@ mod tests {
                 } => assert_eq!(reason, expected),
                 other => panic!("{expected}: {other:?}"),
             }
+        }
+        // With a sequence header, the refusal names the seqs.
+        let mut headed = wire::encode_message(&Batch::new(vec![Record {
+            seq: 4,
+            recorded_at: UnixMillis(1),
+            body: Body::Event(AgentEvent::Started(Started {
+                agent_version: "1".into(),
+            })),
+        }]));
+        let body_starts = headed.len() - event_batch().len();
+        headed.truncate(body_starts + 2);
+        match classify(&InboundMessage::new(topic::events(device()), headed), 1024) {
+            Classified::ForDevice {
+                input: DeviceInput::Refused { reason, seqs, .. },
+                ..
+            } => {
+                assert_eq!(reason, "malformed");
+                let seqs = seqs.expect("attributed");
+                assert_eq!((seqs.first_seq, seqs.last_seq), (4, 4));
+            }
+            other => panic!("{other:?}"),
         }
         let not_ours = InboundMessage::new("something/else", event_batch());
         assert!(matches!(

@@ -173,6 +173,7 @@ pub(crate) async fn refuse_share(
     tenant: TenantId,
     (device, inputs): DeviceShare<'_>,
     error: &StoreError,
+    max_pending_ranges: usize,
 ) -> Result<Outcome, StoreError> {
     let mut outcome = Outcome::default();
     let mut tx = app.begin(tenant).await?;
@@ -187,9 +188,21 @@ pub(crate) async fn refuse_share(
     let mut refused = 0u64;
     for input in inputs {
         let records = match input {
-            DeviceInput::Refused { reason, error } => {
-                state.record_reject(reason, error, now);
-                outcome.reject(reason);
+            DeviceInput::Refused {
+                reason,
+                error,
+                seqs,
+            } => {
+                refuse_message(
+                    device,
+                    &mut state,
+                    &mut handled,
+                    (reason, error, seqs.as_ref()),
+                    !locked.revoked,
+                    max_pending_ranges,
+                    now,
+                    &mut outcome,
+                );
                 continue;
             }
             DeviceInput::Records { records, epoch, .. } => {
@@ -313,6 +326,55 @@ fn enter_epoch(
     true
 }
 
+/// Refuses a message as a whole: counted once under its reason and set as the device's last
+/// error. When it had a sequence header (`seqs`), the header's seqs are refused for good with
+/// it, in the header's epoch: handled, so the watermark moves past them and the ack covers them.
+/// Not when the device is revoked (never acked), when the epoch is one the device left, or when
+/// they would open more than `max_pending_ranges` gaps (then they wait, as records do:
+/// `too_many_gaps`, and the device sends the message again). The header's range is at most
+/// `wire::limits::MAX_RECORDS_PER_BATCH` seqs, no more than one valid batch could mark.
+#[allow(clippy::too_many_arguments)]
+fn refuse_message(
+    device: DeviceId,
+    state: &mut IngestState,
+    handled: &mut HandledSeqs,
+    (reason, error, seqs): (&'static str, &str, Option<&wire::SeqHeader>),
+    mark: bool,
+    max_pending_ranges: usize,
+    now: OffsetDateTime,
+    outcome: &mut Outcome,
+) {
+    outcome.reject(reason);
+    let Some(header) = seqs.filter(|_| mark) else {
+        state.record_reject(reason, error, now);
+        return;
+    };
+    state.record_reject(
+        reason,
+        &format!(
+            "seqs {}..={} refused: {error}",
+            header.first_seq, header.last_seq
+        ),
+        now,
+    );
+    if !enter_epoch(device, state, handled, header.epoch, now, outcome) {
+        return;
+    }
+    // The header's bounds keep both within 1..2^63.
+    let (from, to) = (header.first_seq as i64, header.last_seq as i64);
+    let mut after = handled.clone();
+    after.insert_range(from, to);
+    if after.ranges().len() > max_pending_ranges.max(handled.ranges().len()) {
+        let error = format!(
+            "seqs {from}..={to} of a refused message: more than {max_pending_ranges} gaps above the watermark"
+        );
+        state.record_reject("too_many_gaps", &error, now);
+        outcome.reject("too_many_gaps");
+        return;
+    }
+    *handled = after;
+}
+
 /// The reject reason of a message from an epoch its device has left behind.
 pub(crate) const STALE_EPOCH: &str = "stale_epoch";
 
@@ -331,9 +393,21 @@ fn plan_input(
     outcome: &mut Outcome,
 ) {
     let (topic, records, received_at) = match input {
-        DeviceInput::Refused { reason, error } => {
-            work.state.record_reject(reason, error, now);
-            outcome.reject(reason);
+        DeviceInput::Refused {
+            reason,
+            error,
+            seqs,
+        } => {
+            refuse_message(
+                work.device,
+                &mut work.state,
+                &mut work.handled,
+                (reason, error, seqs.as_ref()),
+                !revoked,
+                max_pending_ranges,
+                now,
+                outcome,
+            );
             return;
         }
         DeviceInput::Records {

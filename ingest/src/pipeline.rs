@@ -300,7 +300,15 @@ impl Writer {
         tracing::warn!(error = %refusal, %tenant, device = %share.0, "the database refuses this device's records; refusing them for good");
         let mut backoff = Backoff::new(self.config.retry_initial, self.config.retry_max);
         loop {
-            match refuse_share(&self.app, tenant, share, refusal).await {
+            match refuse_share(
+                &self.app,
+                tenant,
+                share,
+                refusal,
+                self.config.max_pending_ranges,
+            )
+            .await
+            {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) if e.is_transient() => {
                     self.metrics.commit_retries.inc();

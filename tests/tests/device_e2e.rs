@@ -17,6 +17,7 @@ use rustls::pki_types::CertificateDer;
 use store::devices;
 use store::enrollment_tokens::{self, NewEnrollmentToken};
 use store::{Purpose, TenantId};
+use wire::topic::TopicKind;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -256,6 +257,168 @@ async fn a_hundred_devices_through_the_gateway_commit_every_record_exactly_once(
         "{total} records from {DEVICES} devices committed and acknowledged in {:?}",
         started.elapsed()
     );
+    Arc::try_unwrap(running)
+        .ok()
+        .expect("no other owner")
+        .shutdown()
+        .await
+        .unwrap();
+}
+
+/// Through the gateway, in one tenant: a device whose patch report names a package with NUL in
+/// it and one whose messages do not decode, next to 20 good devices sending at the same time.
+/// Every good record is committed and acked; the bad messages are refused and counted on their
+/// devices; since the messages carry the wire's sequence header, both bad devices' watermarks
+/// move past the bad seqs and their later records are acked.
+#[tokio::test]
+async fn a_nul_bearing_device_and_an_undecodable_one_cost_twenty_good_devices_nothing() {
+    const GOOD: usize = 20;
+    const RECORDS: u64 = 50;
+    const PER_MESSAGE: u64 = 10;
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = Arc::new(start_fleetd(&db, &data_dir).await);
+    let tenant = tenant(&running.database().app, "mixed").await;
+    let mut good = Vec::new();
+    for _ in 0..GOOD {
+        good.push(provisioned_device(&running, tenant).await);
+    }
+    let nul = provisioned_device(&running, tenant).await;
+    let garbled = provisioned_device(&running, tenant).await;
+    let (nul_id, garbled_id) = (nul.device_id.0, garbled.device_id.0);
+    let headed = |records: Vec<wire::Record>| wire::encode_message(&wire::Batch::new(records));
+    let telemetry = fleet_tests::records::telemetry;
+
+    let nul_patch = wire::Record {
+        seq: 4,
+        recorded_at: wire::UnixMillis::now(),
+        body: wire::Body::PatchStatus(wire::PatchStatus {
+            os_id: "debian".into(),
+            os_version: "12".into(),
+            package_manager: wire::PackageManager::Apt,
+            packages: vec![wire::Package {
+                name: "lib\0c6".into(),
+                installed: "2.36".into(),
+                candidate: None,
+                security: false,
+            }],
+            reboot_required: false,
+            lists_refreshed_at: None,
+        }),
+    };
+    let mut cut = headed((1..=3).map(telemetry).collect());
+    cut.truncate(wire::header::HEADER_LEN + 5);
+    // (device, [(topic kind, payload)], final watermark)
+    let mut plans = vec![
+        (
+            nul,
+            vec![
+                (
+                    TopicKind::Telemetry,
+                    headed((1..=3).map(telemetry).collect()),
+                ),
+                (TopicKind::PatchStatus, headed(vec![nul_patch])),
+                (TopicKind::Telemetry, headed(vec![telemetry(5)])),
+            ],
+            5,
+        ),
+        (
+            garbled,
+            vec![
+                (TopicKind::Telemetry, cut),
+                // Not CBOR and no header: refused, nothing to attribute.
+                (TopicKind::Telemetry, vec![0xff, 0x00]),
+                (
+                    TopicKind::Telemetry,
+                    headed((4..=5).map(telemetry).collect()),
+                ),
+            ],
+            5,
+        ),
+    ];
+    let good_ids: Vec<wire::DeviceId> = good.iter().map(|d| d.device_id).collect();
+    for device in good {
+        let messages = (1..=RECORDS)
+            .step_by(PER_MESSAGE as usize)
+            .map(|first| {
+                let records = (first..first + PER_MESSAGE).map(telemetry).collect();
+                (TopicKind::Telemetry, headed(records))
+            })
+            .collect();
+        plans.push((device, messages, RECORDS));
+    }
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|(device, messages, watermark)| {
+            let running = running.clone();
+            tokio::spawn(async move {
+                let (client, mut events) = connect(&running, &device).await;
+                for (kind, payload) in messages {
+                    client
+                        .publish(
+                            kind.topic(device.device_id),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload,
+                        )
+                        .await
+                        .unwrap();
+                }
+                (
+                    device.device_id,
+                    wait_for_ack(&mut events, watermark).await == watermark,
+                )
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (device, acked) = task.await.unwrap();
+        assert!(acked, "{device} gets its final watermark");
+    }
+
+    let total = GOOD as i64 * RECORDS as i64;
+    let mut owner = db.connect_as_owner().await;
+    let per_device: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT device_id, count(*) FROM device_records WHERE tenant_id = $1 GROUP BY device_id",
+    )
+    .bind(tenant)
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    let per_device: BTreeMap<uuid::Uuid, i64> = per_device.into_iter().collect();
+    for device in &good_ids {
+        assert_eq!(per_device.get(&device.0), Some(&(RECORDS as i64)));
+    }
+    assert_eq!(per_device.get(&nul_id), Some(&4), "seqs 1, 2, 3 and 5");
+    assert_eq!(per_device.get(&garbled_id), Some(&2), "seqs 4 and 5");
+    assert_eq!(committed(&db, tenant).await, (total + 6, total + 6));
+
+    let states: Vec<(uuid::Uuid, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT device_id, watermark, rejects::text, last_error FROM device_ingest_state WHERE device_id = ANY($1)",
+    )
+    .bind(vec![nul_id, garbled_id])
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    let states: BTreeMap<uuid::Uuid, _> = states
+        .into_iter()
+        .map(|(device, watermark, rejects, error)| {
+            let rejects: serde_json::Value = serde_json::from_str(&rejects).unwrap();
+            (device, (watermark, rejects, error))
+        })
+        .collect();
+    let (watermark, rejects, error) = &states[&nul_id];
+    assert_eq!(*watermark, 5);
+    assert_eq!(rejects["forbidden_character"], 1);
+    assert_eq!(
+        error.as_deref(),
+        Some("seqs 4..=4 refused: package.name contains the control character U+0000 at byte 3")
+    );
+    let (watermark, rejects, _) = &states[&garbled_id];
+    assert_eq!(*watermark, 5);
+    assert_eq!(rejects["malformed"], 2);
+    eprintln!("NUL device: {:?}", states[&nul_id]);
+    eprintln!("garbled device: {:?}", states[&garbled_id]);
     Arc::try_unwrap(running)
         .ok()
         .expect("no other owner")

@@ -25,10 +25,26 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
 
 /// Decodes a batch, refusing input over `max_message_bytes` before parsing it.
 ///
+/// The batch may come with a [`SeqHeader`](crate::SeqHeader) before it (as
+/// [`encode_message`](crate::encode_message) writes it) or without (as
+/// [`encode_batch`] does); a header is checked and must agree with the batch.
+/// [`decode_message_with_limit`](crate::decode_message_with_limit) also tells,
+/// on refusal, which sequence numbers the header named.
+///
 /// On success the batch has passed [`Batch::validate`]: its counts and strings
 /// are within [`limits`](crate::limits) and its sequence numbers increase. Its
 /// records may still include [`Body::Unknown`](crate::Body::Unknown) ones.
 pub fn decode_batch_with_limit(
+    bytes: &[u8],
+    max_message_bytes: usize,
+) -> Result<Batch, DecodeError> {
+    crate::decode_message_with_limit(bytes, max_message_bytes)
+        .map(|(_, batch)| batch)
+        .map_err(|refused| refused.error)
+}
+
+/// [`decode_batch_with_limit`] of a batch without a header.
+pub(crate) fn decode_bare_batch(
     bytes: &[u8],
     max_message_bytes: usize,
 ) -> Result<Batch, DecodeError> {

@@ -85,6 +85,11 @@ pub enum DecodeError {
         at: usize,
     },
 
+    /// The message starts with a [`SeqHeader`](crate::SeqHeader) that is truncated, of an
+    /// unknown version, outside its bounds, or that does not agree with the batch after it.
+    #[error("bad sequence header: {0}")]
+    BadHeader(String),
+
     /// Sequence numbers in a batch must start above zero and strictly increase;
     /// this one does not.
     #[error("sequence number {seq} does not follow {previous}")]
@@ -110,6 +115,7 @@ impl DecodeError {
             Self::FieldTooLong { .. } => "field_too_long",
             Self::ForbiddenCharacter { .. } => "forbidden_character",
             Self::SeqNotIncreasing { .. } => "bad_sequence",
+            Self::BadHeader(_) => "bad_header",
         }
     }
 

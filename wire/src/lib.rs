@@ -61,6 +61,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # The sequence header
+//!
+//! A record message may start with a fixed 35-byte [`SeqHeader`] before the
+//! batch's CBOR: magic `FP`, header version 1, the epoch (id, first seq) and
+//! the first and last sequence numbers the message accounts for, big endian
+//! (layout in [`header`]). It lets ingest refuse a message whose body does not
+//! decode *for good*: those sequence numbers are marked handled and the ack
+//! watermark moves past them, where a message without a header has no numbers
+//! to mark. The agent writes it ([`encode_message`]); messages without it, from
+//! agents before it, are read as before ([`decode_batch`] reads both). A header
+//! spans at most [`limits::MAX_RECORDS_PER_BATCH`] numbers, so it can declare
+//! handled no more than one full batch would.
+//!
 //! # Encoding
 //!
 //! CBOR ([RFC 8949]) through serde and ciborium. Structs are maps with short
@@ -129,6 +142,9 @@
 //!   fail the transaction it shares with other devices.
 //! * Nesting deeper than 32 levels is refused before it can exhaust the stack.
 //! * Exactly one CBOR item: trailing bytes are refused.
+//! * A [`SeqHeader`] is read (35 bytes) before the size check, so an oversize
+//!   message is still attributed; a header outside its bounds is refused
+//!   ([`DecodeError::BadHeader`]) and attributes nothing.
 //!
 //! The agent checks its records against the same limits
 //! ([`Record::validate`]) before queuing them, so ingest never has to refuse
@@ -146,6 +162,7 @@ mod control;
 pub mod enrollment;
 mod error;
 mod event;
+pub mod header;
 pub mod ids;
 pub mod limits;
 mod patch;
@@ -165,6 +182,7 @@ pub use error::{DecodeError, RecordError};
 pub use event::{
     AgentEvent, CertificateRenewed, CollectorError, EpochStarted, OutboxOverflow, Started,
 };
+pub use header::{decode_message_with_limit, encode_message, SeqHeader, Undecodable};
 pub use ids::{DeviceId, TenantId};
 pub use patch::{Package, PackageManager, PatchStatus};
 pub use telemetry::{Disk, LoadAverage, Memory, NetworkInterface, Telemetry, Temperature};

@@ -97,6 +97,19 @@ proptest! {
     }
 
     #[test]
+    fn mutated_headed_messages_never_panic(
+        batch in crate::common::batch(),
+        mutations in vec(mutation(), 1..6),
+    ) {
+        let mut bytes = wire::encode_message(&batch);
+        for mutation in &mutations {
+            apply(&mut bytes, mutation);
+        }
+        decode_everything(&bytes);
+        let _ = wire::decode_message_with_limit(&bytes, 1 << 20);
+    }
+
+    #[test]
     fn mutated_bodies_never_panic(
         body in crate::common::body(),
         mutations in vec(mutation(), 1..6),

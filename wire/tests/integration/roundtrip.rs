@@ -14,6 +14,14 @@ proptest! {
     }
 
     #[test]
+    fn headed_message_round_trips(batch in crate::common::batch()) {
+        let message = wire::encode_message(&batch);
+        let header = wire::SeqHeader::of(&batch);
+        prop_assert_eq!(message.len() - encode_batch(&batch).len(), if header.is_some() { wire::header::HEADER_LEN } else { 0 });
+        prop_assert_eq!(wire::decode_message_with_limit(&message, 1 << 20), Ok((header, batch)));
+    }
+
+    #[test]
     fn ack_round_trips(ack in crate::common::ack()) {
         prop_assert_eq!(decode_ack(&encode_ack(&ack)), Ok(ack));
     }
