@@ -18,27 +18,13 @@ use store::{devices, DeviceId, TenantId};
 use tempfile::TempDir;
 use uuid::Uuid;
 
-/// `FLEET_AGENT_BIN`, or the agent binary next to this test's own directory in the target
-/// dir, built if missing.
+/// `FLEET_AGENT_BIN`, or the agent built from this checkout (always built first: a binary
+/// left from an older build would test older code).
 fn agent_binary() -> PathBuf {
     if let Ok(binary) = std::env::var("FLEET_AGENT_BIN") {
         return workspace_root().join(binary);
     }
-    let deps = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let binary = deps.parent().unwrap().join("fleet-agent");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "edge-agent", "--bin", "fleet-agent"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building fleet-agent");
-    }
-    binary
+    fleet_tests::workspace_binary("edge-agent", "fleet-agent")
 }
 
 /// Runs the agent on the blocking pool: fleetd serves from this test's runtime meanwhile.
