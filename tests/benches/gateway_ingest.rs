@@ -11,15 +11,23 @@
 //! 1. end to end: committed records/s from the first publish to the last final ack, and the
 //!    publish-to-commit latency of every message (the arrival of the first ack whose watermark
 //!    covers the message's last seq, minus the moment the device published it): p50/p99/max;
-//! 2. in the same run, on the same server, for the same row shape (the same CBOR telemetry body):
-//!    INSERT ... unnest, 1,000 rows per transaction, forced RLS, as the application role with app.tenant_id
-//!    set (the real ceiling: COPY is refused under RLS), and COPY into an identical table without
-//!    RLS (the physical ceiling); the ratio ours / RLS ceiling;
-//! 3. where the time went during the end-to-end phase: CPU of fleetd's runtime threads, the load
+//! 2. in the same run, on the same server, for the same row shape (the same CBOR telemetry body),
+//!    the ceilings of fleet_tests::ceilings: INSERT ... unnest, 1,000 rows per transaction, forced
+//!    RLS, as the application role with app.tenant_id set (the real ceiling: COPY is refused
+//!    under RLS), 1 and 2 connections; ingest's own statement (store::records::insert); COPY into
+//!    an identical table without RLS (the physical ceiling); the ratios ours / ceilings;
+//! 3. ingest alone, in process (no TLS, no MQTT): the same devices' messages handed straight to
+//!    ingest::start's sender, committed records/s until every device's last ack, so the gap
+//!    between 1 and the ceiling splits into the gateway's share and ingest's;
+//! 4. where the time went during the end-to-end phase: CPU of fleetd's runtime threads, the load
 //!    generator's (two separate runtimes, so /proc tells them apart; rumqttd's router thread is
 //!    among "other threads"), the PostgreSQL processes and the whole machine; what the application role
 //!    sessions were doing (pg_stat_activity sampled every 2 ms); ingest's Prometheus metrics
 //!    from fleetd's /metrics.
+//!
+//! Every simulated device sends what the agent sends: batches in an epoch of its own (a random
+//! id, from seq 1) behind the sequence header (wire::encode_message), and takes only acks of
+//! that epoch.
 //!
 //! Each simulated device keeps under the gateway's per-device publish limit (20 messages/s,
 //! burst 200) with its own token bucket at 95% of it. With the defaults (40 messages per device)
@@ -28,16 +36,18 @@
 //!
 //! `GATEWAY_BENCH_PERF=<file>`: runs `perf record -a` (cpu-clock) over the end-to-end phase only.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fleet_tests::ceilings::{Ceiling, Insert};
 use fleet_tests::mqtt::{connect_subscribed, DeviceCredentials};
 use fleet_tests::records::{committed, telemetry_200_bytes};
 use fleet_tests::TestDb;
+use ingest::{AckError, AckSink, BoxFuture, InboundMessage};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
-use store::TenantId;
-use wire::Batch;
+use store::{DeviceId, TenantId};
+use wire::{Batch, Epoch};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The gateway's defaults (broker::config), with a margin.
@@ -62,6 +72,11 @@ fn main() {
     assert!(
         per_message > 0 && records.is_multiple_of(per_message),
         "records_per_device must be a multiple of records_per_message"
+    );
+    assert!(
+        per_message <= wire::limits::MAX_RECORDS_PER_BATCH as u64,
+        "the sequence header spans at most {} records",
+        wire::limits::MAX_RECORDS_PER_BATCH
     );
 
     // Two runtimes, so that /proc/self/task tells fleetd's CPU from the load generator's.
@@ -233,44 +248,58 @@ async fn run(
     let metrics = fleet_tests::metrics::scrape_body(running.metrics_addr()).await;
 
     // Ceilings, same server, same row shape, after the end-to-end phase (nothing else running).
+    let db = test_db.open().await;
     let ceiling_rows = (total as usize).div_ceil(10_000) * 10_000;
-    let (ceiling_tenant, ceiling_devices) = {
-        let running = running.clone();
-        fleetd_rt
-            .spawn(async move {
-                fleet_tests::tenancy::tenant_with_devices(&running.database().app, "ceiling", 100)
-                    .await
-            })
-            .await
-            .unwrap()
-    };
+    let (ceiling_tenant, ceiling_devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "ceiling", 100).await;
     let body = stored_body(&test_db, tenant).await;
     println!();
     println!(
         "ceilings, {ceiling_rows} rows each, same {}-byte body:",
         body.len()
     );
-    let ceiling = fleet_tests::ceilings::Ceiling {
+    let ceiling = Ceiling {
         test_db: &test_db,
+        app: &db.app,
         tenant: ceiling_tenant,
         devices: &ceiling_devices,
         rows: ceiling_rows,
         body: &body,
     };
-    let rls = ceiling.unnest_rls(1, 0, false).await;
+    let rls = ceiling.unnest_rls(Insert::Bare, 1, 0).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 1 conn : {rls:>9.0} rows/s");
-    let rls_ingest = ceiling.unnest_rls(1, 20_000_000, true).await;
-    println!("  the same + ON CONFLICT DO NOTHING RETURNING (ingest's) : {rls_ingest:>9.0} rows/s");
-    let rls2 = ceiling.unnest_rls(2, 10_000_000, false).await;
+    let rls_ingest = ceiling.unnest_rls(Insert::Ingest, 1, 20_000_000).await;
+    println!("  ingest's INSERT (store::records::insert), 1 conn     : {rls_ingest:>9.0} rows/s");
+    let rls2 = ceiling.unnest_rls(Insert::Bare, 2, 10_000_000).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 2 conns: {rls2:>9.0} rows/s");
     let copy = ceiling.copy_without_rls().await;
-    println!("  COPY text, 10,000/tx, identical table without RLS      : {copy:>9.0} rows/s");
+    println!("  COPY text, 10,000/tx, identical table without RLS     : {copy:>9.0} rows/s");
+
+    let alone = ingest_alone(&db, device_count, records, per_message, ingest_config).await;
     println!();
     println!(
-        "ours / RLS ceiling (1 conn): {:.2}; ours / RLS ceiling (2 conns): {:.2}; ours / COPY: {:.2}",
+        "ingest alone, in process (no TLS, no MQTT), {device_count} devices x {records} records, {per_message} per message:"
+    );
+    println!(
+        "  committed records/s                     : {:>9.0} (commit lag p50 <= {} ms, p99 <= {} ms)",
+        alone.rate,
+        alone.lag_p50 * 1000.0,
+        alone.lag_p99 * 1000.0
+    );
+    db.close().await.expect("close the ceilings' pool");
+
+    println!();
+    println!(
+        "committed / RLS ceiling (1 conn): {:.2}  (2 conns: {:.2}; ingest's INSERT: {:.2}; COPY: {:.2})",
         ours / rls,
         ours / rls2,
+        ours / rls_ingest,
         ours / copy
+    );
+    println!(
+        "ingest alone / RLS ceiling (1 conn): {:.2}; end to end / ingest alone: {:.2}",
+        alone.rate / rls,
+        ours / alone.rate
     );
     print_metrics(&metrics);
 
@@ -303,6 +332,11 @@ async fn device(
     start: Instant,
     paced: f64,
 ) -> DeviceResult {
+    // The agent's outbox: a random non-zero epoch id, counting from seq 1.
+    let epoch = Epoch {
+        id: uuid::Uuid::new_v4().as_u64_pair().0.max(1),
+        first_seq: 1,
+    };
     let (rate, burst) = if paced > 0.0 {
         assert!(paced <= PUBLISH_RATE, "keep under the gateway's limit");
         (paced, 1.0)
@@ -319,6 +353,10 @@ async fn device(
                 {
                     let at = Instant::now();
                     let ack = wire::decode_ack(&publish.payload).expect("an ack");
+                    assert!(!ack.new_epoch, "no reused seqs in a fresh epoch");
+                    if ack.epoch != Some(epoch.id) {
+                        continue;
+                    }
                     acks.push((at, ack.watermark));
                     if ack.watermark >= records {
                         return;
@@ -351,8 +389,9 @@ async fn device(
         }
         tokens -= 1.0;
         let last = first + per_message - 1;
-        let payload = wire::encode_batch(&Batch::new(
+        let payload = wire::encode_message(&Batch::in_epoch(
             (first..=last).map(telemetry_200_bytes).collect(),
+            epoch,
         ));
         publishes.push((Instant::now(), last));
         client
@@ -592,28 +631,14 @@ fn print_waits() {
 fn print_metrics(text: &str) {
     println!();
     println!("fleetd /metrics (ingest) after the end-to-end phase:");
-    let mut histograms: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("fleet_ingest_")) {
         let Some((key, value)) = line.rsplit_once(' ') else {
             continue;
         };
         let value: f64 = value.parse().unwrap_or(f64::NAN);
-        if let Some(name) = key.split_once("_bucket{").map(|(n, _)| n) {
-            let le = key
-                .split("le=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("+Inf");
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap()
-            };
-            histograms
-                .entry(name.to_owned())
-                .or_default()
-                .push((le, value));
+        if key.contains("_bucket{") {
+            continue;
         } else if let Some(name) = key.strip_suffix("_sum") {
             sums.insert(name.to_owned(), value);
         } else if key.ends_with("_count") || value == 0.0 {
@@ -622,25 +647,175 @@ fn print_metrics(text: &str) {
             println!("  {key} {value}");
         }
     }
-    for (name, mut buckets) in histograms {
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (name, buckets) in histograms(text, "fleet_ingest_") {
         let count = buckets.last().map(|b| b.1).unwrap_or(0.0);
         if count == 0.0 {
             continue;
         }
-        let quantile = |q: f64| {
-            buckets
-                .iter()
-                .find(|b| b.1 >= q * count)
-                .map(|b| b.0)
-                .unwrap_or(f64::NAN)
-        };
         let sum = sums.get(&name).copied().unwrap_or(f64::NAN);
         println!(
             "  {name}: count {count}, sum {sum:.3}, mean {:.4}, p50 <= {}, p99 <= {}",
             sum / count,
-            quantile(0.5),
-            quantile(0.99)
+            quantile(&buckets, 0.5),
+            quantile(&buckets, 0.99)
         );
+    }
+}
+
+/// The histograms whose names start with `prefix` in exposition `text`: name -> (upper bound,
+/// cumulative count), sorted by bound (series of one name with other labels are added up).
+fn histograms(text: &str, prefix: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let mut histograms: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(prefix)) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, _)) = key.split_once("_bucket{") else {
+            continue;
+        };
+        let le = key
+            .split("le=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("+Inf");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap()
+        };
+        histograms
+            .entry(name.to_owned())
+            .or_default()
+            .push((le, value.parse().unwrap_or(f64::NAN)));
+    }
+    for buckets in histograms.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Labelled series of one name: add up the counts of equal bounds.
+        buckets.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+            }
+            same
+        });
+    }
+    histograms
+}
+
+/// The upper bound of the first bucket holding the `q` quantile.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let count = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|b| b.1 >= q * count)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
+}
+
+// ---- ingest alone, in process ----
+
+struct Alone {
+    rate: f64,
+    lag_p50: f64,
+    lag_p99: f64,
+}
+
+/// The last watermark acked to each device, in the device's epoch.
+#[derive(Clone, Default)]
+struct LastAcks(Arc<Mutex<HashMap<DeviceId, u64>>>);
+
+impl AckSink for LastAcks {
+    fn publish_ack(
+        &self,
+        device: DeviceId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), AckError>> {
+        let ack = wire::decode_ack(&payload).map_err(|e| AckError(e.to_string()));
+        if let Ok(ack) = &ack {
+            self.0.lock().unwrap().insert(device, ack.watermark);
+        }
+        Box::pin(async move { ack.map(|_| ()) })
+    }
+}
+
+/// `device_count` new devices of a new tenant, each sending `records` records in messages of
+/// `per_message` (headed, in an epoch of its own) straight into ingest's sender with fleetd's
+/// ingest settings, as fast as ingest takes them; committed records/s until every device's last
+/// ack is its last seq, and ingest's commit lag.
+async fn ingest_alone(
+    db: &store::Database,
+    device_count: usize,
+    records: u64,
+    per_message: u64,
+    config: ingest::IngestConfig,
+) -> Alone {
+    let (_, devices) =
+        fleet_tests::tenancy::tenant_with_devices(&db.app, "alone", device_count).await;
+    let sink = LastAcks::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ingest::Metrics::register(&mut registry);
+    let (sender, handle) = ingest::start(
+        config,
+        db.app.clone(),
+        Arc::new(sink.clone()),
+        metrics.clone(),
+    )
+    .expect("ingest starts");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for device in devices.iter().copied() {
+        let sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            let epoch = Epoch {
+                id: uuid::Uuid::new_v4().as_u64_pair().0.max(1),
+                first_seq: 1,
+            };
+            let topic = wire::topic::telemetry(device);
+            for first in (1..=records).step_by(per_message as usize) {
+                let batch = Batch::in_epoch(
+                    (first..first + per_message)
+                        .map(telemetry_200_bytes)
+                        .collect(),
+                    epoch,
+                );
+                let payload = wire::encode_message(&batch);
+                sender
+                    .send(InboundMessage::new(topic.clone(), payload))
+                    .await
+                    .expect("ingest takes the message");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while !devices
+        .iter()
+        .all(|d| sink.0.lock().unwrap().get(d) == Some(&records))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "ingest alone: no final acks in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let committed = metrics.records_committed_total();
+    assert_eq!(
+        committed,
+        device_count as u64 * records,
+        "every record once"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("exposition");
+    handle.shutdown().await;
+    let lag = histograms(&text, "fleet_ingest_commit_lag_seconds")
+        .remove("fleet_ingest_commit_lag_seconds")
+        .unwrap_or_default();
+    Alone {
+        rate: committed as f64 / elapsed,
+        lag_p50: quantile(&lag, 0.5),
+        lag_p99: quantile(&lag, 0.99),
     }
 }
