@@ -165,6 +165,10 @@ impl LossInjector {
     /// Takes one armed loss for `topic` if it is a record topic.
     fn take(&self, topic: &str) -> bool {
         use wire::topic::TopicKind;
+        // Off (the only state outside tests): one atomic load per message, no topic parse.
+        if self.armed.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         let is_record = matches!(
             wire::topic::parse_device_topic(topic),
             Ok(parsed) if matches!(
