@@ -57,24 +57,37 @@ impl Default for AuthLimits {
 /// How often a key's last-used time and address are written, per fleetd.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request: an API key or a signed-in person, with the same
+/// tenant, role and group scope either way, checked by the same permission table.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    key: Arc<ApiKey>,
+    who: Who,
     scope: GroupScope,
     source: IpAddr,
     touch: bool,
 }
 
+#[derive(Clone, Debug)]
+enum Who {
+    Key(Arc<ApiKey>),
+    Person(Arc<crate::people::Person>),
+}
+
 impl Caller {
     /// The caller's tenant: the only one this request may touch.
     pub fn tenant(&self) -> TenantId {
-        self.key.tenant_id
+        match &self.who {
+            Who::Key(key) => key.tenant_id,
+            Who::Person(person) => person.user.tenant_id,
+        }
     }
 
     /// The caller's role.
     pub fn role(&self) -> Role {
-        self.key.role
+        match &self.who {
+            Who::Key(key) => key.role,
+            Who::Person(person) => person.user.role,
+        }
     }
 
     /// The groups the caller may see.
@@ -82,31 +95,71 @@ impl Caller {
         &self.scope
     }
 
-    /// The key itself.
-    pub fn key(&self) -> &ApiKey {
-        &self.key
+    /// Whether the caller is limited to some groups.
+    pub fn is_scoped(&self) -> bool {
+        self.scope != GroupScope::All
+    }
+
+    /// The key, when the caller is an API key.
+    pub fn key(&self) -> Option<&ApiKey> {
+        match &self.who {
+            Who::Key(key) => Some(key),
+            Who::Person(_) => None,
+        }
+    }
+
+    /// The person, when the caller signed in with a session cookie.
+    pub(crate) fn person(&self) -> Option<&crate::people::Person> {
+        match &self.who {
+            Who::Key(_) => None,
+            Who::Person(person) => Some(person),
+        }
+    }
+
+    /// When the caller's credential stops working (a key's expiry; a session has none fixed).
+    pub fn expires_at(&self) -> Option<time::OffsetDateTime> {
+        self.key().and_then(|key| key.expires_at)
     }
 
     /// The audit actor for what this caller changes.
     pub fn actor(&self) -> Actor {
-        Actor::ApiKey(self.key.id.clone())
+        match &self.who {
+            Who::Key(key) => Actor::ApiKey(key.id.clone()),
+            Who::Person(person) => Actor::User(person.user.id),
+        }
+    }
+
+    /// A caller signed in with a session (the permission check makes it).
+    pub(crate) fn from_person(person: crate::people::Person, source: IpAddr) -> Self {
+        let scope = GroupScope::from_key(person.user.group_scope.as_deref());
+        Self {
+            who: Who::Person(Arc::new(person)),
+            scope,
+            source,
+            touch: false,
+        }
     }
 
     /// Opens the request's transaction in the caller's tenant, after re-reading in it that the
-    /// key is not revoked. Handlers reach the database only through this.
+    /// key is not revoked (or the session not ended). Handlers reach the database only through
+    /// this.
     pub(crate) async fn begin(&self, ctx: &Ctx) -> Result<TenantTx, ApiError> {
+        let key = match &self.who {
+            Who::Key(key) => key,
+            Who::Person(person) => return crate::people::begin_for(ctx, person).await,
+        };
         let mut tx = ctx.state.app.begin(self.tenant()).await?;
         let live = if self.touch {
-            let touched = api_keys::touch(&mut tx, &self.key.id, self.source).await?;
+            let touched = api_keys::touch(&mut tx, &key.id, self.source).await?;
             if touched == Some(true) {
-                tracing::info!(tenant = %self.key.tenant_id, key = %self.key.id, source = %self.source, "API key used from a new address");
+                tracing::info!(tenant = %key.tenant_id, key = %key.id, source = %self.source, "API key used from a new address");
             }
             touched.is_some()
         } else {
-            api_keys::check_live(&mut tx, &self.key.id).await?
+            api_keys::check_live(&mut tx, &key.id).await?
         };
         if !live {
-            ctx.key_cache.purge(&self.key.id);
+            ctx.key_cache.purge(&key.id);
             ctx.metrics.auth_refusal("revoked");
             return Err(ApiError::InvalidApiKey);
         }
@@ -138,12 +191,24 @@ pub(crate) async fn authenticate(
     headers: &HeaderMap,
     source: IpAddr,
 ) -> Result<Caller, ApiError> {
+    let caller = authenticate_key(ctx, bearer(headers), source).await?;
+    check_origin(caller, headers)
+}
+
+/// Resolves the caller presenting the key `text` (`None`: no key) from `source`, or says why
+/// not (and counts it): the whole check of [`authenticate`] but the browser origin, for
+/// callers that do not come over HTTP (live streams).
+pub(crate) async fn authenticate_key(
+    ctx: &Ctx,
+    text: Option<&str>,
+    source: IpAddr,
+) -> Result<Caller, ApiError> {
     if let Some(retry_after_secs) = ctx.failures.blocked(source) {
         ctx.metrics.auth_refusal("slowed");
         return Err(ApiError::TooManyFailures { retry_after_secs });
     }
-    match resolve(ctx, headers, source).await {
-        Ok(caller) => check_origin(caller, headers),
+    match resolve(ctx, text, source).await {
+        Ok(caller) => Ok(caller),
         Err(Refused(reason)) => {
             ctx.failures.record(source);
             ctx.metrics.auth_refusal(reason);
@@ -175,8 +240,8 @@ impl From<store::StoreError> for Failure {
     }
 }
 
-async fn resolve(ctx: &Ctx, headers: &HeaderMap, source: IpAddr) -> Result<Caller, Failure> {
-    let text = bearer(headers).ok_or(Refused("missing"))?;
+async fn resolve(ctx: &Ctx, text: Option<&str>, source: IpAddr) -> Result<Caller, Failure> {
+    let text = text.ok_or(Refused("missing"))?;
     let presented = PresentedKey::parse(text).map_err(|_| Refused("malformed"))?;
     let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
     let cached = ctx.key_cache.get(&digest, source);
@@ -203,7 +268,7 @@ async fn resolve(ctx: &Ctx, headers: &HeaderMap, source: IpAddr) -> Result<Calle
     }
     let scope = GroupScope::from_key(key.group_scope.as_deref());
     Ok(Caller {
-        key,
+        who: Who::Key(key),
         scope,
         source,
         touch,
@@ -240,7 +305,7 @@ async fn verify(ctx: &Ctx, presented: &PresentedKey) -> Result<ApiKey, Failure> 
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -253,9 +318,8 @@ fn check_origin(caller: Caller, headers: &HeaderMap) -> Result<Caller, ApiError>
     };
     let origin = origin.to_str().unwrap_or("");
     let allowed = caller
-        .key
-        .cors_origins
-        .as_ref()
+        .key()
+        .and_then(|key| key.cors_origins.as_ref())
         .is_some_and(|origins| origins.iter().any(|o| o == origin));
     if allowed {
         Ok(caller)
@@ -409,7 +473,7 @@ impl FailureLimiter {
     }
 
     /// Seconds to wait when `source` is over the limit.
-    fn blocked(&self, source: IpAddr) -> Option<u64> {
+    pub(crate) fn blocked(&self, source: IpAddr) -> Option<u64> {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let (count, started) = windows.get(&source)?;
         let elapsed = started.elapsed();
@@ -417,7 +481,7 @@ impl FailureLimiter {
             .then(|| (self.window - elapsed).as_secs().max(1))
     }
 
-    fn record(&self, source: IpAddr) {
+    pub(crate) fn record(&self, source: IpAddr) {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let entry = self.current_window(&mut windows, source);
         entry.0 = entry.0.saturating_add(1);

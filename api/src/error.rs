@@ -126,6 +126,36 @@ pub enum ApiError {
     /// 500: logged with its cause, answered without detail.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 401: sign-in refused: unknown tenant or email, wrong password, wrong or replayed code,
+    /// disabled user, expired challenge. One answer for all, so nothing tells which (the audit
+    /// trail does).
+    #[error("sign-in failed: wrong tenant, email, password or code")]
+    SignInFailed,
+    /// 401: no session cookie, or one that is unknown, signed out, expired, or of a disabled user.
+    #[error("a valid session is required (sign in again)")]
+    SessionRequired,
+    /// 403: a state-changing request with a session cookie but without the session's CSRF token
+    /// in `X-CSRF-Token`.
+    #[error("this request needs the session's CSRF token in the X-CSRF-Token header")]
+    CsrfTokenRequired,
+    /// 404: the tenant has no single sign-on provider, or sign-in through it is disabled (an
+    /// unknown tenant answers the same).
+    #[error("single sign-on is not configured for this tenant")]
+    SsoNotConfigured,
+    /// 401: a sign-in through the tenant's provider is refused; the detail says why (a replayed
+    /// state, a token for another client, an unverified email, ...).
+    #[error("single sign-on refused: {0}")]
+    SsoRefused(String),
+    /// 502: the tenant's identity provider could not be reached, or answered something unusable.
+    #[error("{0}")]
+    SsoProviderUnavailable(String),
+    /// 429 with `Retry-After`: this address started more single sign-ons than
+    /// `oidc::MAX_STARTS_PER_SOURCE` in the window.
+    #[error("too many sign-ins started from this address; retry later")]
+    TooManySignInStarts {
+        /// Seconds until the address may start again.
+        retry_after_secs: u64,
+    },
 }
 
 impl From<store::StoreError> for ApiError {
@@ -138,6 +168,24 @@ impl From<store::StoreError> for ApiError {
                 reason,
             },
             other => Self::Internal(format!("store: {other}")),
+        }
+    }
+}
+
+impl From<crate::oidc::OidcError> for ApiError {
+    fn from(e: crate::oidc::OidcError) -> Self {
+        use crate::oidc::OidcError;
+        match e {
+            OidcError::NotConfigured => Self::SsoNotConfigured,
+            OidcError::Refused(refusal) => Self::SsoRefused(refusal.to_string()),
+            e @ OidcError::TokenRequestRefused(_) => Self::SsoRefused(e.to_string()),
+            e @ OidcError::ProviderUnavailable(_) => Self::SsoProviderUnavailable(e.to_string()),
+            OidcError::InvalidProviderUrl(why) => Self::InvalidField {
+                field: "issuer".into(),
+                reason: why,
+            },
+            OidcError::Store(e) => e.into(),
+            e @ (OidcError::NoKey | OidcError::Secret(_)) => Self::Internal(e.to_string()),
         }
     }
 }
@@ -196,6 +244,12 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::SignInFailed | Self::SessionRequired => StatusCode::UNAUTHORIZED,
+            Self::CsrfTokenRequired => StatusCode::FORBIDDEN,
+            Self::SsoNotConfigured => StatusCode::NOT_FOUND,
+            Self::SsoRefused(_) => StatusCode::UNAUTHORIZED,
+            Self::SsoProviderUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::TooManySignInStarts { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -228,11 +282,19 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal(_) => "internal",
+            Self::SignInFailed => "sign-in-failed",
+            Self::SessionRequired => "session-required",
+            Self::CsrfTokenRequired => "csrf-token-required",
+            Self::SsoNotConfigured => "sso-not-configured",
+            Self::SsoRefused(_) => "sso-refused",
+            Self::SsoProviderUnavailable(_) => "sso-provider-unavailable",
+            Self::TooManySignInStarts { .. } => "too-many-sign-in-starts",
         }
     }
 
     /// What the client is told. Internal errors say nothing of their cause.
-    fn detail(&self) -> String {
+    /// What went wrong, for people (an internal cause is logged, never told).
+    pub(crate) fn detail(&self) -> String {
         match self {
             Self::Internal(_) => "the server failed; the error was logged".into(),
             other => other.to_string(),
@@ -243,9 +305,19 @@ impl ApiError {
         match self {
             Self::DailyLimitReached { retry_after_secs }
             | Self::TooManyFailures { retry_after_secs }
-            | Self::RenewalTooSoon { retry_after_secs } => Some(*retry_after_secs),
+            | Self::RenewalTooSoon { retry_after_secs }
+            | Self::TooManySignInStarts { retry_after_secs } => Some(*retry_after_secs),
             Self::Busy => Some(1),
             _ => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// An internal cause goes to the log (the answer only says the server failed).
+    pub(crate) fn log_if_internal(&self) {
+        if let Self::Internal(cause) = self {
+            tracing::error!(%cause, "request failed");
         }
     }
 }
@@ -253,9 +325,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(%cause, "request failed");
-        }
+        self.log_if_internal();
         let mut body = json!({
             "type": format!("urn:fleetplane:problem:{}", self.slug()),
             "title": status.canonical_reason().unwrap_or("Error"),

@@ -10,6 +10,7 @@
 //! | `POST /v1/enroll`| enrollment token + CSR in, device certificate chain out        |
 //! | `POST /v1/renew` | current device certificate (mutual TLS) + CSR in, new chain out |
 //! | `GET /v1/pki/crl`| the fleet's CRL (DER), unauthenticated; see the `crl` module   |
+//! | `GET /`          | the web console (the `console` module), then the management API |
 //!
 //! The composition root builds an [`ApiState`], a TLS configuration with
 //! [`tls_server_config`], and runs [`serve_tls`] with the [`router`]:
@@ -28,6 +29,8 @@
 
 mod auth;
 mod client_addr;
+mod clock;
+mod console;
 mod crl;
 mod device_certificate;
 mod enroll;
@@ -37,10 +40,14 @@ mod health;
 mod management;
 mod metrics;
 mod openapi;
+pub mod people;
 pub mod permissions;
 mod renew;
+mod stream_auth;
 mod tls;
 pub mod views;
+// OIDC single sign-on up to a verified identity (issue 13, item 6).
+pub mod oidc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,12 +63,15 @@ use tokio::sync::Semaphore;
 
 pub use auth::{AuthLimits, Caller, KeyCache, DEFAULT_KEY_CACHE_CAPACITY, DEFAULT_KEY_CACHE_TTL};
 pub use client_addr::{PeerAddr, TlsPeer};
+pub use clock::Clock;
 pub use crl::{current_crl, CrlError, CRL_PATH};
 pub use error::{ApiError, Problem};
 pub use extract::{Page, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use health::{Readiness, DEFAULT_READY_MAX_INGEST_LAG};
 pub use metrics::ApiMetrics;
 pub use openapi::openapi;
+pub use people::PeopleSettings;
+pub use stream_auth::{StreamAuth, StreamCaller, StreamDenial};
 pub use tls::{
     serve_tls, serve_tls_observed, serve_tls_with, tls_server_config, tls_server_config_for,
     TlsConnection, TlsLimits, TlsListener, DEFAULT_API_MAX_CONNECTIONS, LINGER_MAX_BYTES,
@@ -103,6 +113,10 @@ pub struct ApiState {
     pub key_cache: KeyCache,
     /// What `/readyz` checks beside the database.
     pub readiness: Readiness,
+    /// People: the clock, the TOTP sealing key, sign-in limits.
+    pub people: PeopleSettings,
+    /// Single sign-on: the key that seals client secrets, and the providers' client.
+    pub oidc: oidc::OidcSettings,
 }
 
 impl ApiState {
@@ -121,6 +135,8 @@ impl ApiState {
             metrics: ApiMetrics::default(),
             key_cache: KeyCache::default(),
             readiness: Readiness::default(),
+            people: PeopleSettings::default(),
+            oidc: oidc::OidcSettings::default(),
         }
     }
 }
@@ -172,6 +188,12 @@ pub(crate) struct CtxInner {
     /// Failed enrollments per source address.
     pub(crate) enroll_failures: auth::FailureLimiter,
     pub(crate) metrics: ApiMetrics,
+    /// Failed sign-ins per source address.
+    pub(crate) sign_in_failures: auth::FailureLimiter,
+    /// Password verifications (argon2, 64 MiB each) running at once.
+    pub(crate) password_permits: Semaphore,
+    /// Single sign-on starts per source address (each records an attempt row).
+    pub(crate) oidc_starts: auth::FailureLimiter,
 }
 
 impl std::ops::Deref for Ctx {
@@ -188,11 +210,23 @@ impl std::ops::Deref for Ctx {
 /// router with [`serve_tls`]. (With `into_make_service_with_connect_info::<PeerAddr>()`,
 /// enrollment works and renewal answers 401: there is no client certificate.)
 pub fn router(state: ApiState) -> Router {
+    router_and_stream_auth(state).0
+}
+
+/// [`router`], and the [`StreamAuth`] that checks live-stream keys with the router's own key
+/// cache, failure limiter and verification permits.
+pub fn router_and_stream_auth(state: ApiState) -> (Router, StreamAuth) {
     let permits = state.enroll_limits.max_concurrent_verifications.max(1);
     let limits = state.auth_limits;
     let enroll_limits = state.enroll_limits;
     let key_cache = state.key_cache.clone();
+    let people = state.people.clone();
     let ctx = Ctx(Arc::new(CtxInner {
+        sign_in_failures: auth::FailureLimiter::new(
+            people.sign_in_failures_per_source,
+            people.sign_in_source_window,
+        ),
+        password_permits: Semaphore::new(people.password_verify_concurrency.max(1)),
         metrics: state.metrics.clone(),
         state,
         verify_permits: Semaphore::new(permits),
@@ -203,6 +237,7 @@ pub fn router(state: ApiState) -> Router {
             enroll_limits.failures_per_window,
             enroll_limits.failure_window,
         ),
+        oidc_starts: auth::FailureLimiter::new(oidc::MAX_STARTS_PER_SOURCE, oidc::START_WINDOW),
     }));
     let management = permissions::management_router().route_layer(middleware::from_fn_with_state(
         ctx.clone(),
@@ -215,11 +250,15 @@ pub fn router(state: ApiState) -> Router {
         .route(wire::enrollment::RENEW_PATH, post(renew::renew))
         .route(crl::CRL_PATH, get(crl::serve))
         .route("/v1/openapi.json", get(openapi::serve))
+        .route(oidc::routes::START_PATH, get(oidc::routes::start))
+        .route(oidc::routes::CALLBACK_PATH, get(oidc::routes::callback))
+        .route("/", get(console::page))
+        .route("/console/{version}/{*path}", get(console::asset))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),
             permissions::count_public,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(public)
         .merge(management)
         .fallback(error::not_found)
@@ -227,7 +266,8 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_LEN))
         .layer(middleware::map_response(security_headers))
         .layer(middleware::from_fn(cors_preflight))
-        .with_state(ctx)
+        .with_state(ctx.clone());
+    (router, StreamAuth(ctx))
 }
 
 /// Answers CORS preflight requests (they carry no credentials, so no key can be checked yet):
@@ -250,7 +290,7 @@ async fn cors_preflight(request: axum::extract::Request, next: middleware::Next)
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type"),
+            HeaderValue::from_static("authorization, content-type, x-csrf-token"),
         );
         headers.insert(
             header::ACCESS_CONTROL_MAX_AGE,
@@ -282,6 +322,18 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(console::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // The console's assets are cached for good (their URL changes with them); nothing else is.
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }

@@ -20,8 +20,10 @@ pub fn openapi() -> Document {
     doc.info.title = "fleetplane management API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some(
-        "Every route takes `Authorization: Bearer fpk_...`. Each operation's description ends \
-         with the roles allowed (the one permission table)."
+        "Every route takes `Authorization: Bearer fpk_...` or a signed-in session cookie \
+         (`__Host-fleet_session`, with `X-CSRF-Token` on state-changing requests), as its \
+         `x-fleet-callers` says; the sign-in steps take neither. Each operation's description \
+         ends with the roles allowed (the one permission table)."
             .into(),
     );
     let components = doc.components.get_or_insert_with(Default::default);
@@ -31,6 +33,14 @@ pub fn openapi() -> Document {
     );
     let requirement =
         utoipa::openapi::security::SecurityRequirement::new::<&str, [&str; 0], &str>("api_key", []);
+    components.add_security_scheme(
+        "session",
+        SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+            utoipa::openapi::security::ApiKeyValue::new(crate::people::SESSION_COOKIE),
+        )),
+    );
+    let session =
+        utoipa::openapi::security::SecurityRequirement::new::<&str, [&str; 0], &str>("session", []);
     for (path, item) in doc.paths.paths.iter_mut() {
         for (method, operation) in operations(item) {
             let Some(rule) = permissions::ROUTES
@@ -51,7 +61,13 @@ pub fn openapi() -> Document {
                 description.push_str("\n\n");
             }
             description.push_str(&note);
-            operation.security = Some(vec![requirement.clone()]);
+            let (security, callers) = match rule.callers {
+                permissions::Callers::Both => (vec![requirement.clone(), session.clone()], "both"),
+                permissions::Callers::KeysOnly => (vec![requirement.clone()], "api_keys"),
+                permissions::Callers::SessionsOnly => (vec![session.clone()], "sessions"),
+                permissions::Callers::Anonymous => (Vec::new(), "anonymous"),
+            };
+            operation.security = Some(security);
             qualify_operation_id(operation);
             document_common_answers(operation);
             let extensions = operation.extensions.get_or_insert_with(Default::default);
@@ -60,6 +76,7 @@ pub fn openapi() -> Document {
                 "x-fleet-group-scoped".into(),
                 serde_json::json!(rule.group_scoped),
             );
+            extensions.insert("x-fleet-callers".into(), serde_json::json!(callers));
         }
     }
     doc

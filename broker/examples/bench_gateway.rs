@@ -8,9 +8,11 @@
 //! 1. full mutual-TLS handshakes per second (no resumption), 16 concurrent clients;
 //! 2. idle devices held (each connected with its own certificate and CONNACKed), with
 //!    the broker process's RSS per connection. The clients run in a child process (this
-//!    program re-executed), so the RSS is the server's alone;
+//!    program re-executed), so the RSS is the server's alone; they connect from
+//!    127.0.0.2, .3, ... (20,000 each), so more than one address's ephemeral ports fit, but
+//!    the open-file limit (`ulimit -n`) must exceed the device count in both processes;
 //! 3. QoS 1 publishes per second through the gateway (rumqttc publishers over mutual
-//!    TLS, one in-process consumer on `fleet/v1/+/up/#`), and the same load against a
+//!    TLS, a device-publish sink that counts and takes each at once), and the same load against a
 //!    Mosquitto started here with TLS client certificates (`require_certificate`,
 //!    `use_identity_as_username`) and one MQTT subscriber over TLS. The ratio is the
 //!    figure.
@@ -115,6 +117,16 @@ fn client_tls(
     config
 }
 
+/// The device-publish sink of the benchmark: counts each publish and takes it at once.
+struct CountingSink(Arc<AtomicU64>);
+
+impl broker::DevicePublishSink for CountingSink {
+    fn publish(&self, _message: broker::DevicePublish) -> broker::DevicePublishFuture {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -156,19 +168,13 @@ async fn bench(idle: usize, publishers: usize, messages: usize) -> anyhow::Resul
     config.publish_burst = u32::MAX;
     config.max_connections = idle + publishers + 1_000;
     config.max_handshakes_in_flight = 4_096;
-    if let Some(mib) = std::env::var("BENCH_SEGMENT_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        config.ingest_segment_size = mib << 20;
-    }
-    println!(
-        "engine log of the ingest filter: {} MiB x ({} + 1) segments",
-        config.ingest_segment_size >> 20,
-        config.engine_segment_count
-    );
+    // The idle clients come from a few loopback addresses (ephemeral ports are per address).
+    config.max_handshakes_per_address = 4_096;
     let rss_before_broker = rss_kib();
-    let broker = Broker::start(config, BrokerHooks::admit_all()).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let mut hooks = BrokerHooks::admit_all();
+    hooks.device_publishes = Some(Arc::new(CountingSink(Arc::clone(&received))));
+    let broker = Broker::start(config, hooks).await?;
     let addr = broker.local_addr();
     println!(
         "machine: {} cores",
@@ -261,21 +267,11 @@ async fn bench(idle: usize, publishers: usize, messages: usize) -> anyhow::Resul
     let devices: Vec<Device> = (0..publishers)
         .map(|_| issue(ca))
         .collect::<Result<_, _>>()?;
-    let mut ingest = broker.subscribe_local(wire::topic::INGEST_FILTER).await?;
     let total = (publishers * messages) as u64;
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&received);
-    let consumer = tokio::spawn(async move {
-        while ingest.recv().await.is_some() {
-            if counter.fetch_add(1, Ordering::Relaxed) + 1 == total {
-                return;
-            }
-        }
-    });
+    received.store(0, Ordering::Relaxed);
     let gateway = publish_load(addr, &root, &devices, messages, true, &received).await?;
-    consumer.abort();
     println!(
-        "gateway: {total} QoS 1 publishes ({PAYLOAD} B, {publishers} publishers) acked in {:.2} s = {:.0}/s; delivered in-process: {}",
+        "gateway: {total} QoS 1 publishes ({PAYLOAD} B, {publishers} publishers) acked in {:.2} s = {:.0}/s; taken by the device-publish sink: {}",
         gateway.0,
         total as f64 / gateway.0,
         gateway.1
@@ -486,12 +482,13 @@ async fn idle_clients(pki_dir: PathBuf, addr: SocketAddr, count: usize) -> anyho
     );
     let (tx, mut rx) = tokio::sync::mpsc::channel(count.max(1));
     let semaphore = Arc::new(tokio::sync::Semaphore::new(64));
-    for device in devices {
+    for (n, device) in devices.into_iter().enumerate() {
         let tx = tx.clone();
         let root = root.clone();
         let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let source = source_address(n);
         tokio::spawn(async move {
-            let result = connect_idle(addr, &root, &device).await;
+            let result = connect_idle(addr, source, &root, &device).await;
             drop(permit);
             let _ = tx.send(result).await;
         });
@@ -521,14 +518,27 @@ async fn idle_clients(pki_dir: PathBuf, addr: SocketAddr, count: usize) -> anyho
     Ok(())
 }
 
+/// Idle devices per loopback source address: below the 28,000 ephemeral ports of one.
+const DEVICES_PER_SOURCE_ADDRESS: usize = 20_000;
+
+/// The loopback address idle device `n` connects from: 127.0.0.2, .3, ... (Linux routes all
+/// of 127.0.0.0/8 to lo).
+fn source_address(n: usize) -> SocketAddr {
+    let host = u8::try_from(2 + n / DEVICES_PER_SOURCE_ADDRESS).unwrap_or(u8::MAX);
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0))
+}
+
 /// One device: TLS with its certificate, CONNECT (keep-alive 900 s), CONNACK.
 async fn connect_idle(
     addr: SocketAddr,
+    source: SocketAddr,
     root: &CertificateDer<'static>,
     device: &Device,
 ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(root, device, false)));
-    let tcp = TcpStream::connect(addr).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(source)?;
+    let tcp = socket.connect(addr).await?;
     let mut stream = connector
         .connect(ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()), tcp)
         .await?;

@@ -58,15 +58,15 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 8;
 /// Default longest keep-alive a device may ask for, in seconds.
 pub const DEFAULT_MAX_KEEP_ALIVE: u16 = 900;
 
-/// Default size of one segment of rumqttd's in-memory log, for every filter but the
-/// ingest filter. Small: a device's `down/#` filter holds a few acks, and its log is kept
+/// Default size of one segment of rumqttd's in-memory log, per filter. Small: rumqttd only
+/// fans out server messages (device publishes never enter it), and a filter's log is kept
 /// (up to `size × (count + 1)`) for as long as the broker runs.
 pub const DEFAULT_ENGINE_SEGMENT_SIZE: usize = 16 * 1024;
 
-/// Default size of one segment of the log of [`wire::topic::INGEST_FILTER`], which every
-/// device publish lands in. Its size is how far ingest may fall behind before rumqttd
-/// drops the oldest messages (silently): 32 MiB × 3 is about 600,000 small messages.
-pub const DEFAULT_INGEST_SEGMENT_SIZE: usize = 32 * 1024 * 1024;
+/// Default cap on one device's publishes read but not yet taken by the device-publish sink.
+/// A well-behaved agent keeps fewer in flight (its QoS 1 window); past the cap the device's
+/// socket is no longer read until the sink catches up.
+pub const DEFAULT_MAX_PENDING_PUBLISHES: usize = 128;
 
 /// Default number of full segments rumqttd keeps per filter (beside the active one).
 pub const DEFAULT_ENGINE_SEGMENT_COUNT: usize = 2;
@@ -123,13 +123,16 @@ pub struct BrokerConfig {
     /// Longest keep-alive a device may ask for, in seconds. Zero (no keep-alive) and
     /// longer values are refused at CONNECT.
     pub max_keep_alive: u16,
-    /// rumqttd's in-memory log: bytes per segment, per filter (every filter but the
-    /// ingest filter).
+    /// rumqttd's in-memory log: bytes per segment, per filter.
     pub engine_segment_size: usize,
-    /// rumqttd's in-memory log for [`wire::topic::INGEST_FILTER`]: bytes per segment.
-    pub ingest_segment_size: usize,
     /// rumqttd's in-memory log: segments kept per filter.
     pub engine_segment_count: usize,
+    /// Live streams for API-key subscribers (`crate::LiveStreams`); `None` (the default): off,
+    /// and the handshake requires a client certificate.
+    pub live_streams: Option<crate::LiveStreams>,
+    /// A device's publishes read but not yet taken by the device-publish sink (PUBACK
+    /// pending); above it the device's socket is not read until the sink catches up.
+    pub max_pending_publishes: usize,
 }
 
 impl BrokerConfig {
@@ -159,8 +162,9 @@ impl BrokerConfig {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_keep_alive: DEFAULT_MAX_KEEP_ALIVE,
             engine_segment_size: DEFAULT_ENGINE_SEGMENT_SIZE,
-            ingest_segment_size: DEFAULT_INGEST_SEGMENT_SIZE,
             engine_segment_count: DEFAULT_ENGINE_SEGMENT_COUNT,
+            live_streams: None,
+            max_pending_publishes: DEFAULT_MAX_PENDING_PUBLISHES,
         }
     }
 
@@ -181,7 +185,7 @@ impl BrokerConfig {
     /// The first limit (every field but the listener and the certificates) out of range: its
     /// name and what it must be. fleetd checks its `[broker]` section with it.
     pub fn invalid_limit(&self) -> Option<(&'static str, &'static str)> {
-        let checks: [(bool, &'static str, &'static str); 14] = [
+        let checks: [(bool, &'static str, &'static str); 15] = [
             (
                 self.handshake_timeout.is_zero(),
                 "handshake_timeout",
@@ -243,12 +247,8 @@ impl BrokerConfig {
                 "must be at least 1 second",
             ),
             (
-                self.engine_segment_size < 1024 || self.ingest_segment_size < 1024,
-                if self.engine_segment_size < 1024 {
-                    "engine_segment_size"
-                } else {
-                    "ingest_segment_size"
-                },
+                self.engine_segment_size < 1024,
+                "engine_segment_size",
                 "must be at least 1024 bytes (rumqttd panics below)",
             ),
             (
@@ -256,10 +256,16 @@ impl BrokerConfig {
                 "engine_segment_count",
                 "must be at least 1",
             ),
+            (
+                self.max_pending_publishes == 0,
+                "max_pending_publishes",
+                "must be at least 1",
+            ),
         ];
         checks
             .into_iter()
             .find(|(failed, _, _)| *failed)
             .map(|(_, field, reason)| (field, reason))
+            .or_else(|| self.live_streams.and_then(|streams| streams.invalid()))
     }
 }

@@ -1,11 +1,11 @@
 //! The embedded rumqttd, fed in-process.
 //!
 //! rumqttd's router runs on its own thread ([`Router::spawn`]); nothing listens on a
-//! socket for it. Every device session and every in-process subscriber is a rumqttd
-//! *local link* ([`LinkBuilder`]): the gateway hands it packets it has already checked,
-//! exactly as rumqttd's own network code does after parsing, and writes what the router
-//! answers back to the device. So no device can reach the router except through the
-//! gateway, and no second TLS stack or loopback hop exists.
+//! socket for it. It only fans out server messages: device publishes never enter it (the
+//! sessions hand them to the device-publish sink), and device sessions have no link of
+//! their own. Every in-process subscriber and the server's publisher is a rumqttd *local
+//! link* ([`LinkBuilder`]); one of them, subscribed to `fleet/v1/+/down/cmd`, routes
+//! commands to the device's session through the registry.
 //!
 //! Two rumqttd calls block the calling thread: building a link (it waits for the
 //! router's CONNACK) and pushing packets (a blocking send into the router's bounded
@@ -35,7 +35,8 @@ const UPLINK_QUEUE: usize = 4096;
 /// Messages buffered between a local link and its [`LocalSubscription`] receiver.
 const LOCAL_SUBSCRIPTION_QUEUE: usize = 1024;
 
-/// Links the engine holds beside device sessions (local subscribers, the publisher).
+/// Links the engine holds (local subscribers, the publisher, the command route): device
+/// sessions have none.
 const LOCAL_LINK_ALLOWANCE: usize = 64;
 
 /// Client ids of local links start with this; a device's client id is a UUID, so the two
@@ -57,9 +58,7 @@ struct UplinkJob {
 /// Sizing of the router.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EngineLimits {
-    pub(crate) max_sessions: usize,
     pub(crate) segment_size: usize,
-    pub(crate) ingest_segment_size: usize,
     pub(crate) segment_count: usize,
 }
 
@@ -83,20 +82,11 @@ impl Engine {
     /// Spawns the router and the uplink thread, and opens the local publisher link.
     pub(crate) async fn start(limits: EngineLimits) -> Result<Arc<Self>, BrokerError> {
         let router_config = RouterConfig {
-            max_connections: limits.max_sessions + LOCAL_LINK_ALLOWANCE,
+            max_connections: LOCAL_LINK_ALLOWANCE,
             max_outgoing_packet_count: 200,
             max_segment_size: limits.segment_size,
             max_segment_count: limits.segment_count,
-            custom_segment: Some(
-                [(
-                    wire::topic::INGEST_FILTER.to_owned(),
-                    rumqttd::SegmentConfig {
-                        max_segment_size: limits.ingest_segment_size,
-                        max_segment_count: limits.segment_count,
-                    },
-                )]
-                .into(),
-            ),
+            custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         };
@@ -138,9 +128,8 @@ impl Engine {
         }))
     }
 
-    /// Opens a link for a device session (on the blocking pool: rumqttd waits for its
-    /// router's answer). The router's CONNACK comes back with it.
-    pub(crate) async fn open_link(
+    /// Opens a link (on the blocking pool: rumqttd waits for its router's answer). The router's CONNACK comes back with it.
+    async fn open_link(
         self: &Arc<Self>,
         client_id: String,
     ) -> Result<(SharedLinkTx, LinkRx, Notification), BrokerError> {

@@ -59,4 +59,9 @@ pub enum BrokerError {
     /// cannot be served.
     #[error("the broker has shut down")]
     Closed,
+
+    /// A message for one device's session was not queued on it (counted in
+    /// [`BrokerStats::undelivered`](crate::BrokerStats::undelivered)).
+    #[error("server message not delivered: {0}")]
+    Undelivered(crate::Undelivered),
 }

@@ -1,5 +1,5 @@
-//! What the composition root plugs into the broker: the admission check and the
-//! presence channel.
+//! What the composition root plugs into the broker: the admission check, the presence
+//! channel and the sink of device publishes.
 
 use std::fmt;
 use std::future::Future;
@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use certs::{DeviceIdentity, SerialNumber};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -54,6 +55,12 @@ pub struct BrokerHooks {
     /// never waits on the store: the receiver must keep up (one event per connect and
     /// per disconnect).
     pub presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
+    /// Who may read live streams; required when
+    /// [`BrokerConfig::live_streams`](crate::BrokerConfig::live_streams) is on.
+    pub streams: Option<Arc<dyn crate::StreamAuthority>>,
+    /// Where checked device PUBLISHes go (fleetd: ingest). `None`: nowhere; each is PUBACKed
+    /// and counted as discarded ([`BrokerStats::publishes_discarded`](crate::BrokerStats)).
+    pub device_publishes: Option<Arc<dyn DevicePublishSink>>,
 }
 
 impl BrokerHooks {
@@ -63,6 +70,8 @@ impl BrokerHooks {
         Self {
             admission: Arc::new(|_, _| Box::pin(async { Ok(Admission::ADMIT_UNLIMITED) })),
             presence: None,
+            streams: None,
+            device_publishes: None,
         }
     }
 }
@@ -71,6 +80,8 @@ impl fmt::Debug for BrokerHooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerHooks")
             .field("presence", &self.presence.is_some())
+            .field("streams", &self.streams.is_some())
+            .field("device_publishes", &self.device_publishes.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -111,14 +122,14 @@ pub enum DisconnectReason {
     /// A newer connection with the same device id took over. The will is not
     /// published.
     Replaced,
-    /// The embedded engine closed the session (it stopped, or dropped the link). The
-    /// will is not published; the device reconnects and replays from its outbox.
-    EngineClosed,
     /// The device broke a rule (topic, rate, size, protocol); see the refusal
     /// counters. The will is published, as MQTT asks after a protocol violation.
     Refused(crate::Refusal),
     /// The broker is shutting down. The will is not published.
     Shutdown,
+    /// The device-publish sink stopped taking messages (ingest stopped). The will is not
+    /// published; the device reconnects and replays what was not PUBACKed.
+    IngestClosed,
 }
 
 impl DisconnectReason {
@@ -130,9 +141,9 @@ impl DisconnectReason {
             Self::KeepAliveTimeout => "keep_alive_timeout",
             Self::Revoked => "revoked",
             Self::Replaced => "replaced",
-            Self::EngineClosed => "engine_closed",
             Self::Refused(_) => "refused",
             Self::Shutdown => "shutdown",
+            Self::IngestClosed => "ingest_closed",
         }
     }
 
@@ -152,4 +163,31 @@ impl fmt::Display for DisconnectReason {
             other => f.write_str(other.as_str()),
         }
     }
+}
+
+/// A device PUBLISH that passed the topic rules and the limits: on one of the publisher's
+/// own `up` topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePublish {
+    /// The topic, such as `fleet/v1/{device}/up/telemetry`.
+    pub topic: String,
+    /// The payload, as published.
+    pub payload: Bytes,
+}
+
+/// The sink no longer takes messages (ingest stopped): the device's session ends unacked, and
+/// the device replays from its outbox when it reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkClosed;
+
+/// The future a [`DevicePublishSink`] returns: `Ok` once the sink has taken the message.
+pub type DevicePublishFuture = Pin<Box<dyn Future<Output = Result<(), SinkClosed>> + Send>>;
+
+/// Takes device PUBLISHes, one at a time per session and in the order the device sent them.
+/// The session PUBACKs a QoS 1 PUBLISH only once its future resolves `Ok`, and starts the
+/// next hand-off only then: a sink that waits (ingest at its memory bound) is the device's
+/// backpressure.
+pub trait DevicePublishSink: Send + Sync {
+    /// Hands one message over.
+    fn publish(&self, message: DevicePublish) -> DevicePublishFuture;
 }

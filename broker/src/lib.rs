@@ -5,23 +5,33 @@
 //! fleet PKI. The gateway terminates TLS itself, takes the device's identity from the
 //! verified certificate only, enforces the topic rules of [`wire::topic`] and the
 //! per-device limits, asks the composition root whether the device is revoked, and
-//! feeds what passes to rumqttd through in-process links. The composition root
-//! (fleetd) receives device messages with [`RunningBroker::subscribe_local`], sends
-//! acks and commands with [`RunningBroker::publish_local`], closes a revoked device's
-//! session with [`RunningBroker::disconnect`], and drains [`PresenceEvent`]s into the
-//! store.
+//! hands each device publish that passes to the composition root's
+//! [`DevicePublishSink`] (fleetd: ingest), PUBACKing it once the sink took it. The
+//! composition root sends an ack to one device's session with [`RunningBroker::deliver`],
+//! closes a revoked device's session with [`RunningBroker::disconnect`], and drains
+//! [`PresenceEvent`]s into the store. The embedded rumqttd only fans out server messages
+//! ([`RunningBroker::subscribe_local`], [`RunningBroker::publish_local`]).
 //!
 //! ```no_run
 //! # async fn run(config: broker::BrokerConfig) -> Result<(), broker::BrokerError> {
-//! use broker::{Broker, BrokerHooks};
+//! use std::sync::Arc;
 //!
-//! let broker = Broker::start(config, BrokerHooks::admit_all()).await?;
-//! let mut ingest = broker.subscribe_local(wire::topic::INGEST_FILTER).await?;
-//! while let Some(message) = ingest.recv().await {
-//!     // decode, write, commit, then:
-//!     # let device_id = wire::DeviceId::from(wire::Uuid::nil());
-//!     broker.publish_local(&wire::topic::ack(device_id), vec![0u8]).await?;
+//! use broker::{Broker, BrokerHooks, DevicePublish, DevicePublishFuture, DevicePublishSink};
+//!
+//! struct Ingest;
+//! impl DevicePublishSink for Ingest {
+//!     fn publish(&self, message: DevicePublish) -> DevicePublishFuture {
+//!         // queue it for the database; resolve once it is taken
+//!         Box::pin(async { Ok(()) })
+//!     }
 //! }
+//!
+//! let mut hooks = BrokerHooks::admit_all();
+//! hooks.device_publishes = Some(Arc::new(Ingest));
+//! let broker = Broker::start(config, hooks).await?;
+//! // after the database commit of a device's records:
+//! # let device_id = wire::DeviceId::from(wire::Uuid::nil());
+//! let _ = broker.deliver(device_id, wire::topic::TopicKind::Ack, vec![0u8]);
 //! broker.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -39,6 +49,7 @@ mod hooks;
 mod policy;
 mod registry;
 mod stats;
+mod stream;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -56,22 +67,30 @@ use wire::DeviceId;
 
 pub use config::{
     BrokerConfig, DEFAULT_ADMISSION_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ENGINE_SEGMENT_COUNT,
-    DEFAULT_ENGINE_SEGMENT_SIZE, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INGEST_SEGMENT_SIZE,
-    DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECT_SIZE,
-    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, DEFAULT_MAX_KEEP_ALIVE,
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE, DEFAULT_MAX_SUBSCRIPTIONS,
-    DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
+    DEFAULT_ENGINE_SEGMENT_SIZE, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECT_SIZE, DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS, DEFAULT_MAX_KEEP_ALIVE, DEFAULT_MAX_PACKET_SIZE,
+    DEFAULT_MAX_PENDING_CONNECTS_PER_DEVICE, DEFAULT_MAX_PENDING_PUBLISHES,
+    DEFAULT_MAX_SUBSCRIPTIONS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
 };
 pub use engine::{LocalMessage, LocalSubscription};
 pub use error::BrokerError;
 pub use hooks::{
-    Admission, AdmissionCheck, AdmissionError, AdmissionFuture, BrokerHooks, DisconnectReason,
-    PresenceEvent,
+    Admission, AdmissionCheck, AdmissionError, AdmissionFuture, BrokerHooks, DevicePublish,
+    DevicePublishFuture, DevicePublishSink, DisconnectReason, PresenceEvent, SinkClosed,
 };
-pub use stats::{BrokerStats, Refusal};
+pub use stats::{BrokerStats, Refusal, Undelivered};
+pub use stream::{
+    stream_topic, LiveStreams, StreamAuthError, StreamAuthority, StreamCredentials, StreamFuture,
+    StreamGrant, StreamKeyStats, StreamRefusal, StreamScope, StreamVerdict,
+    DEFAULT_MAX_PENDING_STREAM_CONNECTS_PER_ADDRESS, DEFAULT_STREAM_QUEUE_CAPACITY,
+    DEFAULT_STREAM_RECHECK_INTERVAL, STREAM_ROOT,
+};
 
 use connection::{HandshakeSlot, Limits, Shared};
 use engine::{Engine, EngineLimits};
+use registry::{Downlink, Registry};
+use wire::topic::{Direction, TopicKind};
 
 /// How long [`RunningBroker::shutdown`] waits for sessions to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -91,14 +110,22 @@ impl Broker {
         hooks: BrokerHooks,
     ) -> Result<RunningBroker, BrokerError> {
         config.validate()?;
+        let streams = stream_side(&config, hooks.streams.clone())?;
+        let hub = streams.as_ref().map(|side| Arc::clone(&side.hub));
         let acceptor = TlsAcceptor::from(tls::server_config(&config)?);
         let engine = Engine::start(EngineLimits {
-            max_sessions: config.max_connections,
             segment_size: config.engine_segment_size,
-            ingest_segment_size: config.ingest_segment_size,
             segment_count: config.engine_segment_count,
         })
         .await?;
+        let registry = Arc::<Registry>::default();
+        let counters = Arc::<stats::Counters>::default();
+        let commands = engine.subscribe_local(&command_filter()).await?;
+        tokio::spawn(route_commands(
+            commands,
+            Arc::clone(&registry),
+            Arc::clone(&counters),
+        ));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -122,15 +149,18 @@ impl Broker {
                 publish_burst: config.publish_burst,
                 max_subscriptions: config.max_subscriptions,
                 max_keep_alive: config.max_keep_alive,
+                max_pending_publishes: config.max_pending_publishes,
             },
             acceptor,
             engine,
-            counters: Default::default(),
-            registry: Default::default(),
+            counters,
+            registry,
             pending_connects: PerKeyLimit::new(config.max_pending_connects_per_device),
             admission: hooks.admission,
             presence: hooks.presence,
             shutdown: shutdown_rx,
+            streams,
+            device_publishes: hooks.device_publishes,
         });
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let handshakes = HandshakeLimits {
@@ -146,6 +176,7 @@ impl Broker {
         info!(%local_addr, "device broker listening");
         Ok(RunningBroker {
             local_addr,
+            hub: hub.unwrap_or_default(),
             shared,
             connections,
             max_connections: config.max_connections,
@@ -160,6 +191,8 @@ impl Broker {
 #[derive(Debug)]
 pub struct RunningBroker {
     local_addr: SocketAddr,
+    /// The live-stream subscribers (empty when streams are off).
+    hub: Arc<stream::StreamHub>,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -199,6 +232,11 @@ impl RunningBroker {
         self.shared.registry.devices()
     }
 
+    /// Where committed records go to reach live-stream subscribers.
+    pub fn stream_publisher(&self) -> StreamPublisher {
+        StreamPublisher(Arc::clone(&self.hub))
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> BrokerStats {
         self.stats_reader().snapshot()
@@ -208,22 +246,51 @@ impl RunningBroker {
     /// collector that outlives [`Self::shutdown`]).
     pub fn stats_reader(&self) -> StatsReader {
         StatsReader {
+            hub: Arc::clone(&self.hub),
             counters: Arc::clone(&self.shared.counters),
             connections: Arc::clone(&self.connections),
             max_connections: self.max_connections,
         }
     }
 
-    /// Subscribes an in-process receiver to an MQTT filter, such as
-    /// [`wire::topic::INGEST_FILTER`]. See [`LocalSubscription`] for the delivery
-    /// guarantee (at most once: durability comes from the device outbox).
+    /// Sends a server message (`kind` is one of the `down` topics, such as
+    /// [`TopicKind::Ack`]) to the device's live session on this broker, which writes it if it
+    /// subscribed to a filter covering the topic, at the QoS it was granted. Returns at once:
+    /// the message is queued on the session (at most a few: what is sent down is superseded
+    /// by the next message). A message that is not written is counted
+    /// ([`BrokerStats::undelivered`]) and the reason returned; the device does not get it.
+    pub fn deliver(
+        &self,
+        device_id: DeviceId,
+        kind: TopicKind,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), BrokerError> {
+        if kind.direction() != Direction::Down {
+            return Err(BrokerError::InvalidTopic(kind.topic(device_id)));
+        }
+        let message = Downlink {
+            topic: kind.topic(device_id),
+            payload: payload.into(),
+        };
+        deliver(
+            &self.shared.registry,
+            &self.shared.counters,
+            device_id,
+            message,
+        )
+        .map_err(BrokerError::Undelivered)
+    }
+
+    /// Subscribes an in-process receiver to an MQTT filter on what the server publishes
+    /// ([`Self::publish_local`]; device publishes go to the [`DevicePublishSink`], not here).
+    /// See [`LocalSubscription`] for the delivery guarantee (at most once).
     pub async fn subscribe_local(&self, filter: &str) -> Result<LocalSubscription, BrokerError> {
         self.shared.engine.subscribe_local(filter).await
     }
 
-    /// Publishes a message from the server (an ack watermark, a command) to a topic;
-    /// devices subscribed to it receive it at the QoS they subscribed with (at most 1).
-    /// Returns once the engine's queue has taken it.
+    /// Publishes a message from the server to a topic, for in-process subscribers; a
+    /// `fleet/v1/{device}/down/cmd` message is also routed to that device's session as
+    /// [`Self::deliver`] does. Returns once the engine's queue has taken it.
     pub async fn publish_local(
         &self,
         topic: &str,
@@ -250,10 +317,54 @@ impl RunningBroker {
     }
 }
 
+/// The filter of the one engine link that routes commands to device sessions.
+fn command_filter() -> String {
+    format!(
+        "{}/+/{}/{}",
+        wire::topic::ROOT,
+        Direction::Down.as_str(),
+        TopicKind::Command.as_str()
+    )
+}
+
+/// Queues a message on the device's session, counting it if it cannot be.
+fn deliver(
+    registry: &Registry,
+    counters: &stats::Counters,
+    device_id: DeviceId,
+    message: Downlink,
+) -> Result<(), Undelivered> {
+    let delivered = registry.deliver(device_id, message);
+    if let Err(reason) = delivered {
+        counters.undelivered(reason);
+    }
+    delivered
+}
+
+/// Routes every command published into the engine to its device's session.
+async fn route_commands(
+    mut commands: LocalSubscription,
+    registry: Arc<Registry>,
+    counters: Arc<stats::Counters>,
+) {
+    while let Some(message) = commands.recv().await {
+        // The filter admits any third level; only a canonical device id names a session.
+        let Ok(topic) = wire::topic::parse_device_topic(&message.topic) else {
+            continue;
+        };
+        let downlink = Downlink {
+            topic: message.topic,
+            payload: message.payload,
+        };
+        let _ = deliver(&registry, &counters, topic.device_id, downlink);
+    }
+}
+
 /// Reads a broker's counters at any time, cheaply (atomics, no lock): see
 /// [`RunningBroker::stats_reader`].
 #[derive(Clone, Debug)]
 pub struct StatsReader {
+    hub: Arc<stream::StreamHub>,
     counters: Arc<stats::Counters>,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -270,6 +381,52 @@ impl StatsReader {
         stats.connections_open = (self.max_connections - free) as u64;
         stats
     }
+
+    /// Live-stream subscribers connected now.
+    pub fn stream_subscribers(&self) -> usize {
+        self.hub.subscriber_count()
+    }
+
+    /// Every API key that streamed from this broker, with its messages delivered and dropped.
+    pub fn stream_keys(&self) -> Vec<StreamKeyStats> {
+        self.hub.key_stats()
+    }
+}
+
+/// Hands committed records to live-stream subscribers: see [`RunningBroker::stream_publisher`].
+#[derive(Clone)]
+pub struct StreamPublisher(Arc<stream::StreamHub>);
+
+impl std::fmt::Debug for StreamPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamPublisher").finish_non_exhaustive()
+    }
+}
+
+impl StreamPublisher {
+    /// Whether any subscriber is connected (one atomic load): when not, skip all encoding.
+    pub fn has_subscribers(&self) -> bool {
+        self.0.has_subscribers()
+    }
+
+    /// Whether `tenant` has a subscriber now.
+    pub fn has_subscribers_in(&self, tenant: wire::TenantId) -> bool {
+        self.0.has_subscribers_in(tenant)
+    }
+
+    /// Queues `payload` (one record, encoded) for every subscriber of `tenant` whose filters
+    /// and scope take `device`'s records of `kind`, on
+    /// [`stream_topic`]`(tenant, device, kind)`. Never waits: a subscriber whose queue is full
+    /// loses this message (counted for its key). Returns how many subscribers got it.
+    pub fn publish(
+        &self,
+        tenant: wire::TenantId,
+        device: DeviceId,
+        kind: wire::topic::TopicKind,
+        payload: Bytes,
+    ) -> usize {
+        self.0.publish(tenant, device, kind, payload)
+    }
 }
 
 impl Drop for RunningBroker {
@@ -282,6 +439,26 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
     }
+}
+
+/// The live-stream side of the broker when streams are on; its authority is required then.
+fn stream_side(
+    config: &BrokerConfig,
+    authority: Option<Arc<dyn StreamAuthority>>,
+) -> Result<Option<connection::StreamSide>, BrokerError> {
+    let Some(settings) = config.live_streams else {
+        return Ok(None);
+    };
+    let authority = authority.ok_or(BrokerError::InvalidConfig {
+        field: "live_streams",
+        reason: "is on, but the hooks have no stream authority",
+    })?;
+    Ok(Some(connection::StreamSide {
+        authority,
+        hub: Arc::default(),
+        settings,
+        pending: PerKeyLimit::new(settings.max_pending_connects_per_address),
+    }))
 }
 
 /// The caps on handshakes in progress: all of them, and per source address.

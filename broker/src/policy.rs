@@ -3,7 +3,7 @@
 //! The topic rules themselves live in [`wire::topic`], shared with the agent and with
 //! the Mosquitto ACL of external mode; this module applies them to MQTT packets.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rumqttd::protocol::{Filter, LastWill, QoS};
 use tokio::time::Instant;
@@ -45,19 +45,43 @@ pub(crate) fn check_subscribe_filter(device_id: DeviceId, filter: &str) -> Resul
     }
 }
 
-/// The subscriptions of one connection, bounded.
+/// Whether an MQTT `filter` (already checked well formed) covers `topic`.
+pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (level, Some(topic_level)) if level == topic_level => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// The subscriptions of one connection, bounded, with the QoS granted to each.
 #[derive(Debug)]
 pub(crate) struct Subscriptions {
-    filters: HashSet<String>,
+    filters: HashMap<String, QoS>,
     max: usize,
 }
 
 impl Subscriptions {
     pub(crate) fn new(max: usize) -> Self {
         Self {
-            filters: HashSet::new(),
+            filters: HashMap::new(),
             max,
         }
+    }
+
+    /// The QoS a server message on `topic` is written with: the highest granted among the
+    /// filters covering it; `None` when no filter does.
+    pub(crate) fn qos_for(&self, topic: &str) -> Option<QoS> {
+        self.filters
+            .iter()
+            .filter(|(filter, _)| filter_matches(filter, topic))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|qos| *qos as u8)
     }
 
     /// Checks a SUBSCRIBE as a whole: every filter must be allowed and the total must
@@ -75,7 +99,7 @@ impl Subscriptions {
         let new = filters
             .iter()
             .map(|filter| filter.path.as_str())
-            .filter(|path| !self.filters.contains(*path))
+            .filter(|path| !self.filters.contains_key(*path))
             .collect::<HashSet<_>>()
             .len();
         if self.filters.len() + new > self.max {
@@ -85,7 +109,7 @@ impl Subscriptions {
             if filter.qos == QoS::ExactlyOnce {
                 filter.qos = QoS::AtLeastOnce;
             }
-            self.filters.insert(filter.path.clone());
+            self.filters.insert(filter.path.clone(), filter.qos);
         }
         Ok(())
     }
@@ -249,6 +273,44 @@ mod tests {
         );
         subscriptions.remove(&[cmd]);
         assert_eq!(subscriptions.admit(device(), &mut [filter(&all)]), Ok(()));
+    }
+
+    #[test]
+    fn a_filter_covers_the_topics_its_wildcards_allow() {
+        let ack = format!("fleet/v1/{DEVICE}/down/ack");
+        for filter in [
+            ack.clone(),
+            format!("fleet/v1/{DEVICE}/down/#"),
+            format!("fleet/v1/{DEVICE}/down/+"),
+            format!("fleet/v1/{DEVICE}/#"),
+            "fleet/v1/+/down/ack".to_owned(),
+        ] {
+            assert!(filter_matches(&filter, &ack), "{filter}");
+        }
+        for filter in [
+            format!("fleet/v1/{DEVICE}/down/cmd"),
+            format!("fleet/v1/{DEVICE}/down"),
+            format!("fleet/v1/{DEVICE}/down/ack/more"),
+            format!("fleet/v1/{DEVICE}/down/+/+"),
+            format!("fleet/v1/{OTHER}/down/#"),
+        ] {
+            assert!(!filter_matches(&filter, &ack), "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_server_message_gets_the_highest_qos_granted_for_its_topic() {
+        let mut subscriptions = Subscriptions::new(4);
+        let ack = format!("fleet/v1/{DEVICE}/down/ack");
+        assert_eq!(subscriptions.qos_for(&ack), None);
+        let mut all = filter(&format!("fleet/v1/{DEVICE}/down/#"));
+        all.qos = QoS::AtMostOnce;
+        assert_eq!(subscriptions.admit(device(), &mut [all]), Ok(()));
+        assert_eq!(subscriptions.qos_for(&ack), Some(QoS::AtMostOnce));
+        assert_eq!(subscriptions.admit(device(), &mut [filter(&ack)]), Ok(()));
+        assert_eq!(subscriptions.qos_for(&ack), Some(QoS::AtLeastOnce));
+        subscriptions.remove(std::slice::from_ref(&ack));
+        assert_eq!(subscriptions.qos_for(&ack), Some(QoS::AtMostOnce));
     }
 
     #[test]

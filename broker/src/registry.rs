@@ -1,15 +1,29 @@
 //! Live device sessions, by device id: how `disconnect(device)` and a newer connection
 //! of the same device reach a running session, and how many sessions each tenant holds
-//! (its quota, checked at admission).
+//! (its quota, checked at admission), and how a server message reaches one device's session
+//! ([`Registry::deliver`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use wire::{DeviceId, TenantId};
 
 use crate::hooks::DisconnectReason;
+use crate::stats::Undelivered;
+
+/// Server messages queued for one session before more are dropped. Small: what is sent down
+/// (ack watermarks, commands) is superseded by the next message or sent again.
+pub(crate) const DOWNLINK_QUEUE: usize = 8;
+
+/// A server message for one device's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Downlink {
+    pub(crate) topic: String,
+    pub(crate) payload: Bytes,
+}
 
 /// The control block of one session.
 #[derive(Debug)]
@@ -17,6 +31,10 @@ pub(crate) struct SessionControl {
     session: u64,
     reason: Mutex<Option<DisconnectReason>>,
     notify: Notify,
+    /// Allocated by the first message and freed when the session takes them: an idle session
+    /// holds no buffer.
+    downlink: Mutex<VecDeque<Downlink>>,
+    downlink_ready: Notify,
 }
 
 impl SessionControl {
@@ -48,6 +66,34 @@ impl SessionControl {
                 return;
             }
             self.notify.notified().await;
+        }
+    }
+
+    /// Queues a message for the session, unless [`DOWNLINK_QUEUE`] are waiting already.
+    fn push_downlink(&self, message: Downlink) -> Result<(), Undelivered> {
+        let mut queue = lock(&self.downlink);
+        if queue.len() >= DOWNLINK_QUEUE {
+            return Err(Undelivered::QueueFull);
+        }
+        queue.push_back(message);
+        drop(queue);
+        self.downlink_ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes what is still queued, for a session that ends without writing it.
+    pub(crate) fn take_downlink(&self) -> usize {
+        std::mem::take(&mut *lock(&self.downlink)).len()
+    }
+
+    /// Completes once messages are queued, and takes them all.
+    pub(crate) async fn downlink(&self) -> VecDeque<Downlink> {
+        loop {
+            let queued = std::mem::take(&mut *lock(&self.downlink));
+            if !queued.is_empty() {
+                return queued;
+            }
+            self.downlink_ready.notified().await;
         }
     }
 }
@@ -98,6 +144,8 @@ impl Registry {
             session: self.next_session.fetch_add(1, Ordering::Relaxed) + 1,
             reason: Mutex::new(None),
             notify: Notify::new(),
+            downlink: Mutex::new(VecDeque::new()),
+            downlink_ready: Notify::new(),
         });
         let mut sessions = lock(&self.sessions);
         let entry = Entry {
@@ -184,6 +232,21 @@ impl Registry {
         }
     }
 
+    /// Queues a server message for the device's live session. The session writes it if it
+    /// subscribed to a filter covering `topic`.
+    pub(crate) fn deliver(
+        &self,
+        device_id: DeviceId,
+        message: Downlink,
+    ) -> Result<(), Undelivered> {
+        let control = lock(&self.sessions)
+            .by_device
+            .get(&device_id)
+            .map(|entry| Arc::clone(&entry.control))
+            .ok_or(Undelivered::Offline)?;
+        control.push_downlink(message)
+    }
+
     /// The devices with a live session now (registered before their admission check, so a
     /// session that is being admitted is included).
     pub(crate) fn devices(&self) -> Vec<DeviceId> {
@@ -231,6 +294,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(control.reason(), Some(DisconnectReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn a_message_reaches_the_live_session_and_a_full_queue_drops_the_rest() {
+        let registry = Registry::default();
+        let device = DeviceId::from(uuid::Uuid::from_u128(1));
+        let message = |n: u8| Downlink {
+            topic: wire::topic::ack(device),
+            payload: Bytes::from(vec![n]),
+        };
+        assert_eq!(
+            registry.deliver(device, message(0)),
+            Err(Undelivered::Offline)
+        );
+        let control = registry.register(device, tenant(7));
+        for n in 0..DOWNLINK_QUEUE as u8 {
+            assert_eq!(registry.deliver(device, message(n)), Ok(()));
+        }
+        assert_eq!(
+            registry.deliver(device, message(99)),
+            Err(Undelivered::QueueFull)
+        );
+        let taken = tokio::time::timeout(Duration::from_secs(1), control.downlink())
+            .await
+            .unwrap();
+        let expected: Vec<_> = (0..DOWNLINK_QUEUE as u8).map(message).collect();
+        assert_eq!(Vec::from(taken), expected);
+        assert_eq!(registry.deliver(device, message(7)), Ok(()), "room again");
+        registry.remove(device, control.session());
+        assert_eq!(
+            registry.deliver(device, message(8)),
+            Err(Undelivered::Offline)
+        );
     }
 
     #[test]

@@ -57,8 +57,6 @@ pub enum Refusal {
     Revoked,
     /// The admission hook failed or timed out: refused, fail closed. CONNACK 0x03.
     AdmissionError,
-    /// The embedded engine refused the session. CONNACK 0x03.
-    EngineUnavailable,
     /// The device's tenant already holds its quota of live sessions on this broker (the
     /// admission hook's `tenant_session_quota`). CONNACK 0x03.
     TenantSessionLimit,
@@ -74,11 +72,29 @@ pub enum Refusal {
     SubscribeTopic,
     /// SUBSCRIBE that would exceed `max_subscriptions`. SUBACK 0x80.
     SubscriptionLimit,
+    /// A live-stream connection (no client certificate) without a username and password, or
+    /// with a key that is unknown, wrong, malformed, revoked, expired or not allowed from its
+    /// address. CONNACK 0x04.
+    StreamCredentials,
+    /// A live-stream key whose role may not read the stream. CONNACK 0x05.
+    StreamNotAuthorized,
+    /// The stream key check failed or timed out: refused, fail closed. CONNACK 0x03.
+    StreamCheckError,
+    /// A connection without a certificate finished its handshake while its source address had
+    /// `max_pending_connects_per_address` others waiting for CONNACK; closed at once.
+    StreamPendingLimit,
+    /// A live-stream subscriber sent PUBLISH (streams are read only). Disconnected.
+    StreamPublish,
+    /// A live-stream SUBSCRIBE with a filter outside the key's tenant stream. SUBACK 0x80.
+    StreamSubscribeTopic,
+    /// A live subscriber's key was found revoked or expired (or its check failed) at a
+    /// recheck. Disconnected.
+    StreamKeyEnded,
 }
 
 impl Refusal {
     /// Every reason, in declaration order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 30] = [
         Self::ConnectionLimit,
         Self::HandshakeCapacity,
         Self::AddressHandshakeLimit,
@@ -95,7 +111,6 @@ impl Refusal {
         Self::WillTopic,
         Self::Revoked,
         Self::AdmissionError,
-        Self::EngineUnavailable,
         Self::TenantSessionLimit,
         Self::PublishTopic,
         Self::PublishQos,
@@ -103,6 +118,13 @@ impl Refusal {
         Self::PacketTooLarge,
         Self::SubscribeTopic,
         Self::SubscriptionLimit,
+        Self::StreamCredentials,
+        Self::StreamNotAuthorized,
+        Self::StreamCheckError,
+        Self::StreamPendingLimit,
+        Self::StreamPublish,
+        Self::StreamSubscribeTopic,
+        Self::StreamKeyEnded,
     ];
 
     /// A stable, low-cardinality metrics label.
@@ -124,7 +146,6 @@ impl Refusal {
             Self::WillTopic => "will_topic",
             Self::Revoked => "revoked",
             Self::AdmissionError => "admission_error",
-            Self::EngineUnavailable => "engine_unavailable",
             Self::TenantSessionLimit => "tenant_session_limit",
             Self::PublishTopic => "publish_topic",
             Self::PublishQos => "publish_qos",
@@ -132,6 +153,13 @@ impl Refusal {
             Self::PacketTooLarge => "packet_too_large",
             Self::SubscribeTopic => "subscribe_topic",
             Self::SubscriptionLimit => "subscription_limit",
+            Self::StreamCredentials => "stream_credentials",
+            Self::StreamNotAuthorized => "stream_not_authorized",
+            Self::StreamCheckError => "stream_check_error",
+            Self::StreamPendingLimit => "stream_pending_limit",
+            Self::StreamPublish => "stream_publish",
+            Self::StreamSubscribeTopic => "stream_subscribe_topic",
+            Self::StreamKeyEnded => "stream_key_ended",
         }
     }
 
@@ -147,6 +175,45 @@ impl fmt::Display for Refusal {
 }
 
 /// The live counters, shared by every connection task.
+/// Why a server message for one device ([`RunningBroker::deliver`](crate::RunningBroker::deliver))
+/// was not written to it. Not a loss: acks are superseded by the next one and the agent resends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Undelivered {
+    /// The device has no live session on this broker (or its session ended before writing
+    /// the message).
+    Offline,
+    /// The session already had its queue of server messages full (a device that does not
+    /// read, or a burst).
+    QueueFull,
+    /// The session has no subscription covering the topic.
+    NotSubscribed,
+}
+
+impl Undelivered {
+    /// Every reason.
+    pub const ALL: [Self; 3] = [Self::Offline, Self::QueueFull, Self::NotSubscribed];
+
+    /// A stable, low-cardinality metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::QueueFull => "queue_full",
+            Self::NotSubscribed => "not_subscribed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     tcp_accepted: AtomicU64,
@@ -154,6 +221,8 @@ pub(crate) struct Counters {
     sessions_started: AtomicU64,
     sessions_active: AtomicU64,
     publishes_received: AtomicU64,
+    publishes_discarded: AtomicU64,
+    undelivered: [AtomicU64; Undelivered::ALL.len()],
     packets_sent: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
@@ -209,6 +278,14 @@ impl Counters {
         self.publishes_received.fetch_add(count, Ordering::Relaxed);
     }
 
+    pub(crate) fn publishes_discarded(&self, count: u64) {
+        self.publishes_discarded.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn undelivered(&self, reason: Undelivered) {
+        self.undelivered[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn packets_sent(&self, count: u64) {
         self.packets_sent.fetch_add(count, Ordering::Relaxed);
     }
@@ -232,18 +309,24 @@ impl Counters {
         for (slot, counter) in refusals.iter_mut().zip(&self.refusals) {
             *slot = counter.load(Ordering::Relaxed);
         }
+        let mut undelivered = [0; Undelivered::ALL.len()];
+        for (slot, counter) in undelivered.iter_mut().zip(&self.undelivered) {
+            *slot = counter.load(Ordering::Relaxed);
+        }
         BrokerStats {
             tcp_accepted: self.tcp_accepted.load(Ordering::Relaxed),
             handshakes_completed: self.handshakes_completed.load(Ordering::Relaxed),
             sessions_started: self.sessions_started.load(Ordering::Relaxed),
             sessions_active: self.sessions_active.load(Ordering::Relaxed),
             publishes_received: self.publishes_received.load(Ordering::Relaxed),
+            publishes_discarded: self.publishes_discarded.load(Ordering::Relaxed),
             packets_sent: self.packets_sent.load(Ordering::Relaxed),
             bytes_received: self.bytes_received.load(Ordering::Relaxed),
             bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
             handshakes_in_progress: self.handshakes_in_progress.load(Ordering::Relaxed),
             connections_open: 0,
             refusals,
+            undelivered,
         }
     }
 }
@@ -264,14 +347,20 @@ impl Drop for HandshakeInProgress {
 pub struct BrokerStats {
     /// TCP connections accepted by the listener (before any limit).
     pub tcp_accepted: u64,
-    /// TLS handshakes that completed with a verified client certificate.
+    /// TLS handshakes that completed with a verified client certificate, or without one from a
+    /// live-stream subscriber (live streams on).
     pub handshakes_completed: u64,
-    /// MQTT sessions accepted (CONNACK 0x00 sent).
+    /// Device MQTT sessions accepted (CONNACK 0x00 sent); live-stream subscribers are not
+    /// counted here (`StatsReader::stream_subscribers`).
     pub sessions_started: u64,
     /// MQTT sessions open now.
     pub sessions_active: u64,
-    /// PUBLISH packets accepted from devices and handed to the engine.
+    /// PUBLISH packets accepted from devices (past the topic rules and limits), on their way
+    /// to the device-publish sink.
     pub publishes_received: u64,
+    /// Accepted PUBLISH packets that went nowhere because the broker runs without a
+    /// device-publish sink (tests and benchmarks only; fleetd always has one).
+    pub publishes_discarded: u64,
     /// Packets written to devices (CONNACK excluded).
     pub packets_sent: u64,
     /// MQTT bytes read from devices (after TLS decryption; TLS records and handshakes not
@@ -285,6 +374,7 @@ pub struct BrokerStats {
     /// in a session, closing); 0 in a snapshot that does not come from a running broker.
     pub connections_open: u64,
     refusals: [u64; Refusal::ALL.len()],
+    undelivered: [u64; Undelivered::ALL.len()],
 }
 
 impl BrokerStats {
@@ -301,6 +391,18 @@ impl BrokerStats {
     /// Every reason with its count, for exporting.
     pub fn refusals(&self) -> impl Iterator<Item = (Refusal, u64)> + '_ {
         Refusal::ALL.into_iter().zip(self.refusals.iter().copied())
+    }
+
+    /// How many server messages for one device were not written to it for `reason`.
+    pub fn undelivered(&self, reason: Undelivered) -> u64 {
+        self.undelivered[reason.index()]
+    }
+
+    /// Every reason a server message went undelivered, with its count, for exporting.
+    pub fn undelivered_by_reason(&self) -> impl Iterator<Item = (Undelivered, u64)> + '_ {
+        Undelivered::ALL
+            .into_iter()
+            .zip(self.undelivered.iter().copied())
     }
 }
 

@@ -18,13 +18,15 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 
 /// The gateway's server configuration: the server side's TLS policy (`certs::tls`), a client
-/// certificate required and verified against the fleet root.
+/// certificate verified against the fleet root, and required unless live streams are on (a
+/// connection without one is then a stream subscriber and must log in with an API key).
 pub(crate) fn server_config(config: &BrokerConfig) -> Result<Arc<ServerConfig>, BrokerError> {
-    let verifier = certs::tls::client_cert_verifier(
-        config.client_ca_root.clone(),
-        ClientCertificates::Required,
-    )
-    .map_err(BrokerError::ClientCa)?;
+    let certificates = match config.live_streams {
+        Some(_) => ClientCertificates::Optional,
+        None => ClientCertificates::Required,
+    };
+    let verifier = certs::tls::client_cert_verifier(config.client_ca_root.clone(), certificates)
+        .map_err(BrokerError::ClientCa)?;
     let server = certs::tls::server_builder()
         .map_err(BrokerError::ServerCertificate)?
         .with_client_cert_verifier(verifier)

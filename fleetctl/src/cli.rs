@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 
 use crate::commands::{
-    api_key, audit, database, device, enrollment_token, group, patch, pki, tenant,
+    api_key, audit, database, device, enrollment_token, group, patch, pki, tenant, user,
 };
 
 /// The heading of the options every command takes.
@@ -19,7 +19,8 @@ Where commands go:
   Over HTTPS to the management API (--server), authenticated with an API key from
   FLEETCTL_API_KEY or --api-key-file: every command except those below.
   On the database (--data-dir or --database-url, for bootstrap and break-glass):
-  db migrate, tenant create, tenant list, and api-key create / audit verify when
+  db migrate, tenant create, tenant list, user reset-mfa|set-password|create-owner,
+  and api-key create / audit verify when
   --data-dir, --database-url or --database-url-file (or FLEETD_DATA_DIR,
   FLEETD_DATABASE_URL, FLEETD_DATABASE_URL_FILE) is given. A URL with a password belongs
   in the file or the environment: arguments are visible to every local user.
@@ -152,6 +153,10 @@ pub enum Command {
     /// The database's schema: apply migrations (on the database).
     #[command(subcommand)]
     Db(database::DbCommand),
+    /// People, break-glass on the database: reset a user's TOTP, set a password, create an
+    /// owner.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 #[cfg(test)]

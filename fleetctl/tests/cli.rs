@@ -758,3 +758,105 @@ async fn a_shell_without_user_still_names_the_operator_from_the_user_id() {
     assert_eq!(others, 0);
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
 }
+
+#[tokio::test]
+async fn user_break_glass_creates_an_owner_sets_a_password_and_resets_mfa_audited_as_such() {
+    let db = migrated_db().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("password");
+    let weak = dir.path().join("weak");
+    std::fs::write(&password_file, "violet-harbour-lantern-42\n").unwrap();
+    std::fs::write(&weak, "q1w2e3r4t5y6\n").unwrap();
+    let file = password_file.to_str().unwrap();
+    let with = |command: &'static str, file: &str| {
+        [
+            "--tenant",
+            "acme",
+            "user",
+            command,
+            "--email",
+            "Root@Acme.example",
+            "--password-file",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([file.to_owned()])
+        .collect::<Vec<String>>()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    let weak_args = with("create-owner", weak.to_str().unwrap());
+    on_db(&db, &args(&weak_args))
+        .await
+        .fails(1, "invalid-field");
+    // Nothing was created by the refusal, so the reset finds no one.
+    on_db(
+        &db,
+        &[
+            "--tenant",
+            "acme",
+            "user",
+            "reset-mfa",
+            "--email",
+            "root@acme.example",
+        ],
+    )
+    .await
+    .fails(3, "not-found");
+    let create = with("create-owner", file);
+    let out = on_db(&db, &args(&create)).await.ok();
+    assert!(out.contains("owner created"), "{out}");
+    on_db(&db, &args(&create)).await.fails(1, "conflict");
+    let set = with("set-password", file);
+    assert!(on_db(&db, &args(&set)).await.ok().contains("password set"));
+    on_db(
+        &db,
+        &[
+            "--tenant",
+            "acme",
+            "user",
+            "reset-mfa",
+            "--email",
+            "root@acme.example",
+        ],
+    )
+    .await
+    .ok();
+    // On the database only, and for a named tenant.
+    on_db(&db, &["user", "reset-mfa", "--email", "root@acme.example"])
+        .await
+        .fails(2, "usage");
+
+    let database = db.open().await;
+    let mut tx = database.app.begin(acme).await.unwrap();
+    let email = store::users::Email::parse("root@acme.example").unwrap();
+    let (user, hash) = store::users::load_for_sign_in(&mut tx, &email)
+        .await
+        .unwrap()
+        .expect("the owner exists");
+    tx.rollback().await.unwrap();
+    database.close().await.unwrap();
+    assert_eq!(user.role, store::api_keys::Role::Owner);
+    assert!(store::credentials::verify_password(
+        hash.as_ref(),
+        b"violet-harbour-lantern-42"
+    ));
+    let events = audit_events(&db, acme).await;
+    let tail: Vec<(&str, &str)> = events
+        .iter()
+        .rev()
+        .take(3)
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("user.break_glass_reset_mfa", "operator:alice@fleetctl"),
+            ("user.break_glass_set_password", "operator:alice@fleetctl"),
+            ("user.break_glass_create_owner", "operator:alice@fleetctl"),
+        ]
+    );
+}

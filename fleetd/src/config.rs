@@ -309,12 +309,22 @@ pub struct BrokerSettings {
     pub max_subscriptions: usize,
     /// Longest keep-alive a device may ask for, in seconds.
     pub max_keep_alive_secs: u16,
-    /// rumqttd's in-memory log: bytes per segment, per filter (all but ingest's).
+    /// rumqttd's in-memory log: bytes per segment, per filter.
     pub engine_segment_size: usize,
-    /// rumqttd's in-memory log of the ingest filter: bytes per segment.
-    pub ingest_segment_size: usize,
     /// rumqttd's in-memory log: full segments kept per filter.
     pub engine_segment_count: usize,
+    /// Live streams: connections without a client certificate log in with an API key and
+    /// subscribe to their tenant's stream (broker/README.md). Off: a certificate is required.
+    pub live_streams: bool,
+    /// How often a stream subscriber's key is checked again and its groups' devices re-read.
+    #[serde(with = "humantime_serde")]
+    pub stream_recheck_interval: Duration,
+    /// Messages queued per stream subscriber; beyond, its messages are dropped and counted.
+    pub stream_queue_capacity: usize,
+    /// Connections without a certificate from one address between handshake and CONNACK.
+    pub max_pending_stream_connects_per_address: usize,
+    /// A device's publishes read but not yet taken by ingest; above it its socket is not read.
+    pub max_pending_publishes: usize,
 }
 
 impl Default for BrokerSettings {
@@ -334,8 +344,13 @@ impl Default for BrokerSettings {
             max_subscriptions: broker::DEFAULT_MAX_SUBSCRIPTIONS,
             max_keep_alive_secs: broker::DEFAULT_MAX_KEEP_ALIVE,
             engine_segment_size: broker::DEFAULT_ENGINE_SEGMENT_SIZE,
-            ingest_segment_size: broker::DEFAULT_INGEST_SEGMENT_SIZE,
             engine_segment_count: broker::DEFAULT_ENGINE_SEGMENT_COUNT,
+            live_streams: true,
+            stream_recheck_interval: broker::DEFAULT_STREAM_RECHECK_INTERVAL,
+            stream_queue_capacity: broker::DEFAULT_STREAM_QUEUE_CAPACITY,
+            max_pending_stream_connects_per_address:
+                broker::DEFAULT_MAX_PENDING_STREAM_CONNECTS_PER_ADDRESS,
+            max_pending_publishes: broker::DEFAULT_MAX_PENDING_PUBLISHES,
         }
     }
 }
@@ -358,8 +373,13 @@ impl BrokerSettings {
         config.max_subscriptions = self.max_subscriptions;
         config.max_keep_alive = self.max_keep_alive_secs;
         config.engine_segment_size = self.engine_segment_size;
-        config.ingest_segment_size = self.ingest_segment_size;
         config.engine_segment_count = self.engine_segment_count;
+        config.live_streams = self.live_streams.then_some(broker::LiveStreams {
+            recheck_interval: self.stream_recheck_interval,
+            queue_capacity: self.stream_queue_capacity,
+            max_pending_connects_per_address: self.max_pending_stream_connects_per_address,
+        });
+        config.max_pending_publishes = self.max_pending_publishes;
     }
 
     /// The first setting out of range, by the broker's own rules: its name under `[broker]`
@@ -374,6 +394,11 @@ impl BrokerSettings {
         let (field, reason) = config.invalid_limit()?;
         let field = match field {
             "max_keep_alive" => "max_keep_alive_secs",
+            "live_streams.recheck_interval" => "stream_recheck_interval",
+            "live_streams.queue_capacity" => "stream_queue_capacity",
+            "live_streams.max_pending_connects_per_address" => {
+                "max_pending_stream_connects_per_address"
+            }
             other => other,
         };
         Some((format!("broker.{field}"), reason))
@@ -1510,17 +1535,38 @@ const BROKER_DOCS: &[(&str, &str)] = &[
     ),
     (
         "engine_segment_size",
-        "rumqttd's in-memory log, bytes per segment, for every filter but ingest's (each\n\
-         device's down/# filter keeps up to size x (count + 1)).",
-    ),
-    (
-        "ingest_segment_size",
-        "rumqttd's in-memory log of the ingest filter, bytes per segment: how far ingest may\n\
-         fall behind before rumqttd drops the oldest messages (the outbox resends them).",
+        "rumqttd's in-memory log, bytes per segment, per filter (it only fans out server\n\
+         messages: each filter keeps up to size x (count + 1)).",
     ),
     (
         "engine_segment_count",
         "Full segments kept per filter, beside the active one.",
+    ),
+    (
+        "live_streams",
+        "Live streams for integrations: a client without a certificate logs in with an API key\n\
+         (username = key id, password = key) and subscribes, read only, to\n\
+         fleet/v1/stream/{tenant_id}/# (broker/README.md). false: every client needs a\n\
+         device certificate.",
+    ),
+    (
+        "stream_recheck_interval",
+        "How often a stream subscriber's key is checked again (revoked or expired: closed) and\n\
+         its groups' devices re-read: the bound on both.",
+    ),
+    (
+        "stream_queue_capacity",
+        "Messages queued per stream subscriber; beyond, its messages are dropped and counted\n\
+         (fleet_broker_stream_dropped_total): a slow subscriber never slows ingest.",
+    ),
+    (
+        "max_pending_stream_connects_per_address",
+        "Connections without a certificate from one address between handshake and CONNACK.",
+    ),
+    (
+        "max_pending_publishes",
+        "A device's publishes read but not yet taken by ingest (their PUBACK waits); above it\n\
+         the device's socket is not read until ingest catches up (TCP backpressure).",
     ),
 ];
 
@@ -1643,8 +1689,8 @@ mod tests {
             ("publish_burst = 0", "publish_burst"),
             ("max_keep_alive_secs = 0", "max_keep_alive_secs"),
             ("engine_segment_size = 100", "engine_segment_size"),
-            ("ingest_segment_size = 100", "ingest_segment_size"),
             ("engine_segment_count = 0", "engine_segment_count"),
+            ("max_pending_publishes = 0", "max_pending_publishes"),
         ] {
             let text = format!("[broker]\n{setting}");
             let err = load_toml(&text).unwrap_err();

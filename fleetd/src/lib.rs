@@ -7,10 +7,12 @@ mod crl_file;
 mod data_path;
 mod descriptors;
 mod device_sessions;
+mod live_streams;
 pub mod logging;
 mod metrics;
 pub mod pki;
 pub mod production;
+mod sealing_key;
 mod server;
 
 pub use config::Config;

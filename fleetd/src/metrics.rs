@@ -117,7 +117,8 @@ impl Collector for BrokerCollector {
         counter(
             &mut encoder,
             "fleet_broker_tls_handshakes_completed",
-            "Device TLS handshakes completed with a verified client certificate",
+            "TLS handshakes completed with a verified client certificate, or without one from a \
+             live-stream subscriber",
             None,
             stats.handshakes_completed,
         )?;
@@ -164,19 +165,76 @@ impl Collector for BrokerCollector {
             Some(&Unit::Bytes),
             stats.bytes_sent,
         )?;
-        let refused = ConstCounter::new(0u64);
-        let mut refusals = encoder.encode_descriptor(
+        labelled_counters(
+            &mut encoder,
             "fleet_broker_refusals",
             "Connections, packets and subscriptions the device gateway refused, by reason",
-            None,
-            refused.metric_type(),
+            "reason",
+            stats
+                .refusals()
+                .map(|(reason, count)| (reason.as_str(), count)),
         )?;
-        for (reason, count) in stats.refusals() {
-            ConstCounter::new(count)
-                .encode(refusals.encode_family(&[("reason", reason.as_str())])?)?;
-        }
-        Ok(())
+        labelled_counters(
+            &mut encoder,
+            "fleet_broker_server_messages_undelivered",
+            "Server messages for one device (ack watermarks, commands) not written to it, by \
+             reason: offline, queue_full, not_subscribed",
+            "reason",
+            stats
+                .undelivered_by_reason()
+                .map(|(reason, count)| (reason.as_str(), count)),
+        )?;
+        encode_streams(&self.0, &mut encoder)
     }
+}
+
+/// The live-stream series: subscribers now, and per API key the messages delivered and dropped.
+fn encode_streams(reader: &StatsReader, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    gauge(
+        encoder,
+        "fleet_broker_stream_subscribers",
+        "Live-stream subscribers (API keys over MQTT) connected now",
+        None,
+        int(reader.stream_subscribers() as u64),
+    )?;
+    let keys = reader.stream_keys();
+    for (name, help, value) in [
+        (
+            "fleet_broker_stream_delivered",
+            "Live-stream messages queued toward the subscribers of an API key",
+            (|k: &broker::StreamKeyStats| k.delivered) as fn(&broker::StreamKeyStats) -> u64,
+        ),
+        (
+            "fleet_broker_stream_dropped",
+            "Live-stream messages dropped because a subscriber of an API key was too slow",
+            |k: &broker::StreamKeyStats| k.dropped,
+        ),
+    ] {
+        labelled_counters(
+            encoder,
+            name,
+            help,
+            "key_id",
+            keys.iter().map(|key| (key.key_id.as_str(), value(key))),
+        )?;
+    }
+    Ok(())
+}
+
+/// One counter family with a single label, a sample per value.
+fn labelled_counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) -> std::fmt::Result {
+    let sample = ConstCounter::new(0u64);
+    let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+    for (value, count) in samples {
+        ConstCounter::new(count).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 /// The process, read from `/proc/self` at scrape time, under the names Prometheus client

@@ -25,6 +25,8 @@ pub struct Running {
     stop: watch::Sender<bool>,
     api: JoinHandle<std::io::Result<()>>,
     devices: DeviceServices,
+    /// The API's clock (people's session expiry), which tests advance.
+    clock: api::Clock,
 }
 
 /// The device side: where device messages come from, ingest, and the background tasks.
@@ -39,6 +41,8 @@ struct DeviceServices {
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
+    /// The broker's live-stream key check, set once the API has started.
+    stream_keys: crate::live_streams::StreamKeys,
 }
 
 /// Where device messages come from.
@@ -48,7 +52,6 @@ enum DeviceFront {
         broker: Arc<RunningBroker>,
         presence: JoinHandle<()>,
         revocations: JoinHandle<()>,
-        feed: JoinHandle<()>,
     },
     /// An external broker, consumed through a shared subscription (ingest-only instance).
     External(ingest::ExternalHandle),
@@ -97,7 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         descriptors,
     )
     .await;
-    let (api_addr, api) = match api {
+    let (api_addr, api, clock) = match api {
         Ok(api) => api,
         Err(e) => {
             devices.stop().await;
@@ -121,6 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         api,
         devices,
+        clock,
     })
 }
 
@@ -184,30 +188,41 @@ async fn start_devices(
     descriptors: DescriptorBudget,
 ) -> anyhow::Result<DeviceServices> {
     let metrics = ingest::Metrics::register(&mut registry);
-    let start_ingest = |acks: Arc<dyn ingest::AckSink>| {
-        ingest::start(
+    // Filled once the API starts (it needs the device side's readiness first).
+    let stream_keys = crate::live_streams::StreamKeys::default();
+    let start_ingest = |acks: Arc<dyn ingest::AckSink>, streams: Arc<dyn ingest::StreamSink>| {
+        ingest::start_with_streams(
             config.ingest.clone(),
             database.app.clone(),
             acks,
+            streams,
             metrics.clone(),
         )
         .context("starting ingest")
     };
     let (front, ingest, loss) = match config.external_broker.host_port() {
         None => {
-            let (broker, presence_rx) =
-                start_embedded_broker(config, pki, database, descriptors).await?;
+            let broker_slot = crate::data_path::BrokerSlot::default();
+            let acks = crate::data_path::BrokerAcks(Arc::clone(&broker_slot));
+            let streams =
+                crate::live_streams::StreamRecords::start(Arc::clone(&broker_slot), &mut registry)
+                    .context("starting the live-stream encoder")?;
+            let (sender, ingest) = start_ingest(Arc::new(acks), Arc::new(streams))?;
+            let loss = sender.loss_injector();
+            let sink = Arc::new(crate::data_path::IngestSink(sender));
+            let (broker, presence_rx) = start_embedded_broker(
+                config,
+                pki,
+                database,
+                descriptors,
+                sink,
+                stream_keys.clone(),
+            )
+            .await?;
+            let _ = broker_slot.set(Arc::clone(&broker));
             registry.register_collector(Box::new(crate::metrics::BrokerCollector(
                 broker.stats_reader(),
             )));
-            let (sender, ingest) =
-                start_ingest(Arc::new(crate::data_path::BrokerAcks(broker.clone())))?;
-            let loss = sender.loss_injector();
-            let subscription = broker
-                .subscribe_local(wire::topic::INGEST_FILTER)
-                .await
-                .context("subscribing ingest")?;
-            let feed = tokio::spawn(crate::data_path::feed_ingest(subscription, sender));
             let online = OnlineDevices::default();
             let presence = tokio::spawn(device_sessions::record_presence(
                 database.app.clone(),
@@ -223,7 +238,6 @@ async fn start_devices(
                     broker,
                     presence,
                     revocations,
-                    feed,
                 },
                 ingest,
                 loss,
@@ -231,7 +245,7 @@ async fn start_devices(
         }
         Some((host, port)) => {
             let source = external_source(config, pki, host, port)?;
-            let (sender, ingest) = start_ingest(source.ack_sink())?;
+            let (sender, ingest) = start_ingest(source.ack_sink(), Arc::new(ingest::NoStreams))?;
             let loss = sender.loss_injector();
             (DeviceFront::External(source.run(sender)), ingest, loss)
         }
@@ -271,6 +285,7 @@ async fn start_devices(
         metrics,
         metrics_addr,
         stop_background,
+        stream_keys,
     })
 }
 
@@ -280,6 +295,8 @@ async fn start_embedded_broker(
     pki: &ServerPki,
     database: &Database,
     descriptors: DescriptorBudget,
+    device_publishes: Arc<crate::data_path::IngestSink>,
+    stream_keys: crate::live_streams::StreamKeys,
 ) -> anyhow::Result<(
     Arc<RunningBroker>,
     mpsc::UnboundedReceiver<broker::PresenceEvent>,
@@ -300,6 +317,8 @@ async fn start_embedded_broker(
             config.pki.superseded_grace,
         ),
         presence: Some(presence_tx),
+        device_publishes: Some(device_publishes),
+        streams: Some(Arc::new(stream_keys)),
     };
     let broker = Broker::start(broker_config, hooks).await.with_context(|| {
         format!(
@@ -349,12 +368,11 @@ impl DeviceServices {
                 broker,
                 presence,
                 revocations,
-                feed,
             } => {
                 revocations.abort();
                 let _ = revocations.await;
-                feed.abort();
-                let _ = feed.await;
+                // Sessions still hand publishes in until ingest stops; from then on they end
+                // (ingest closed) unacknowledged, and their devices replay them.
                 self.ingest.shutdown().await;
                 match Arc::try_unwrap(broker) {
                     Ok(broker) => broker.shutdown().await,
@@ -409,6 +427,9 @@ impl DeviceServices {
 }
 
 /// The HTTPS API: enrollment, management, health (its readiness checks the device side).
+/// The API's address, its serving task, and its clock.
+type StartedApi = (SocketAddr, JoinHandle<std::io::Result<()>>, api::Clock);
+
 async fn start_api(
     config: &Config,
     pki: &ServerPki,
@@ -417,7 +438,7 @@ async fn start_api(
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
     descriptors: DescriptorBudget,
-) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
+) -> anyhow::Result<StartedApi> {
     let bound_port = devices
         .broker_addr()
         .map_or(config.broker_listen.port(), |addr| addr.port());
@@ -429,11 +450,19 @@ async fn start_api(
     let addr = listener.local_addr()?;
     let tls = api::tls_server_config_for(&pki.server_cert, pki.issuing_ca.root_der().clone())
         .context("API TLS configuration")?;
+    // The dummy hashes that unknown keys and users are verified against, made before the first
+    // request, which would otherwise pay for them and so be told apart.
+    tokio::task::spawn_blocking(store::credentials::warm_up)
+        .await
+        .context("preparing the dummy hashes")?;
+    let clock = api::Clock::system();
     let key_cache = api::KeyCache::new(config.api.key_cache_ttl, config.api.key_cache_capacity);
     let revoked_keys = store::revocations::ApiKeyRevocationListener::connect(&database.app)
         .await
         .context("listening for API key revocations")?;
     let follower = tokio::spawn(key_cache.clone().follow_revocations(revoked_keys));
+    let sealing_key = crate::sealing_key::load_or_create(&config.data_dir)
+        .context("the key that seals stored secrets (TOTP, OIDC client secrets)")?;
     let state = api::ApiState {
         key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
@@ -457,20 +486,32 @@ async fn start_api(
         key_env: store::api_keys::KeyEnv::new(&config.api.key_env).context("api.key_env")?,
         metrics: metrics.clone(),
         readiness,
+        people: api::PeopleSettings {
+            clock: clock.clone(),
+            seal_key: std::sync::Arc::new(api::people::SealKey::from_bytes(&sealing_key)),
+            ..api::PeopleSettings::default()
+        },
+        oidc: api::oidc::OidcSettings {
+            key: Some(Arc::new(api::oidc::SsoKey::from_bytes(&sealing_key))),
+            // A provider on this host's loopback over plain HTTP only outside production mode.
+            providers: api::oidc::Providers::default().with_loopback_http(!config.production),
+        },
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let limits = config.connections.api_limits(descriptors.api_connections);
-    let serve =
-        api::serve_tls_observed(listener, tls, api::router(state), limits, metrics, shutdown);
+    let (router, stream_auth) = api::router_and_stream_auth(state);
+    // Live-stream subscribers are refused as unavailable until this is set.
+    let _ = devices.stream_keys.0.set(stream_auth);
+    let serve = api::serve_tls_observed(listener, tls, router, limits, metrics, shutdown);
     let task = tokio::spawn(async move {
         let served = serve.await;
         follower.abort();
         served
     });
-    Ok((addr, task))
+    Ok((addr, task, clock))
 }
 
 impl Running {
@@ -509,6 +550,11 @@ impl Running {
     /// The PKI in use.
     pub fn pki(&self) -> &ServerPki {
         &self.pki
+    }
+
+    /// The API's clock: a test advances it to see sessions expire.
+    pub fn clock(&self) -> &api::Clock {
+        &self.clock
     }
 
     /// The open database.

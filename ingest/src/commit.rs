@@ -1,6 +1,8 @@
 //! One tenant batch, one transaction: lock the devices' ingest state in id order, drop what is
-//! already handled, insert the rest with `ON CONFLICT DO NOTHING`, apply new patch reports,
-//! advance each watermark, save, commit. Acks are built from what was committed.
+//! already handled, apply new patch reports, advance each watermark, then insert the rest and
+//! save the state rows in one statement (a plain INSERT: what the state rows do not know is new,
+//! so nothing to return; should a row collide anyway, the transaction is written again with
+//! `ON CONFLICT DO NOTHING RETURNING` first), commit. Acks are built from what was committed.
 //!
 //! When the database refuses a batch's data, the pipeline writes it again one device's share at
 //! a time ([`write_shares`]), and refuses for good only the shares the database still refuses
@@ -8,13 +10,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use bytes::Bytes;
+
 use store::ingest_state::{self, IngestState, LockedDevice};
 use store::patch_inventory::{self, PackageRow, PatchReport};
 use store::records::{self, NewRecords, RecordKind};
 use store::{AppDb, DeviceId, StoreError, TenantId, TenantTx};
 use time::OffsetDateTime;
 use wire::topic::{self, TopicKind};
-use wire::{AgentEvent, Body, PatchStatus, Record, UnixMillis};
+use wire::{BodyView, PatchStatus, RecordView, UnixMillis};
 
 use crate::batch::{DeviceInput, TenantBatch};
 use crate::watermark::HandledSeqs;
@@ -27,6 +31,8 @@ pub(crate) struct Outcome {
     pub(crate) committed: u64,
     pub(crate) duplicates: u64,
     pub(crate) rejects: BTreeMap<&'static str, u64>,
+    /// The (device, seq) of every record the commit inserted (for live streams).
+    pub(crate) inserted: HashSet<(DeviceId, i64)>,
 }
 
 impl Outcome {
@@ -39,6 +45,7 @@ impl Outcome {
         self.acks.extend(other.acks);
         self.committed += other.committed;
         self.duplicates += other.duplicates;
+        self.inserted.extend(other.inserted);
         for (reason, count) in other.rejects {
             *self.rejects.entry(reason).or_default() += count;
         }
@@ -63,9 +70,34 @@ struct DeviceWork {
     device: DeviceId,
     state: IngestState,
     handled: HandledSeqs,
-    new_rows: i64,
-    /// Records taken for replays (seq already handled): (seq, recorded_at).
+    /// The ledger rows planned for it: (seq, recorded_at).
+    planned: Vec<(i64, OffsetDateTime)>,
+    /// Records taken for replays of rows already stored (seq handled before this
+    /// transaction): (seq, recorded_at).
     replays: Vec<(i64, OffsetDateTime)>,
+    /// A record reused the seq of another record planned in this transaction.
+    reuses_planned_seq: bool,
+    /// Where the rows of the current epoch start in `planned`.
+    epoch_planned_from: usize,
+}
+
+impl DeviceWork {
+    /// The device went from epoch `left` to `self.state.epoch` during this transaction (or
+    /// stayed): the replays and reuse seen in the epoch it left say nothing about the new one,
+    /// whose seqs start over. Only the new epoch's own evidence flags its ack.
+    fn note_epoch_change(&mut self, left: i64) {
+        if self.state.epoch == left {
+            return;
+        }
+        self.replays.clear();
+        self.reuses_planned_seq = false;
+        self.epoch_planned_from = self.planned.len();
+    }
+
+    /// The rows planned in the current epoch.
+    fn planned_in_epoch(&self) -> &[(i64, OffsetDateTime)] {
+        &self.planned[self.epoch_planned_from..]
+    }
 }
 
 /// One device's share of a batch.
@@ -80,12 +112,81 @@ pub(crate) fn shares(batch: &TenantBatch) -> Vec<DeviceShare<'_>> {
         .collect()
 }
 
-/// Writes the `shares` of devices of `tenant` in one transaction.
+/// Writes the `shares` of devices of `tenant` in one transaction: first with a plain INSERT;
+/// if a row was already in the ledger (unknown to the state rows: a record sent again from an
+/// older outbox in a new epoch), again from the start with one that skips stored rows.
 pub(crate) async fn write_shares(
     app: &AppDb,
     tenant: TenantId,
     shares: &[DeviceShare<'_>],
     max_pending_ranges: usize,
+) -> Result<Outcome, StoreError> {
+    match write_shares_once(app, tenant, shares, max_pending_ranges, InsertMode::AllNew).await {
+        Err(e) if e.is_unique_violation() => {
+            tracing::debug!(%tenant, "a record of the batch was already stored; writing it again skipping stored rows");
+            write_shares_once(
+                app,
+                tenant,
+                shares,
+                max_pending_ranges,
+                InsertMode::SkipStored,
+            )
+            .await
+        }
+        written => written,
+    }
+}
+
+/// How the ledger rows of a batch are inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InsertMode {
+    /// With the state rows' update ([`ingest_state::save_with_new_records`]), no `RETURNING`:
+    /// a collision fails the transaction.
+    AllNew,
+    /// [`records::insert`]: collisions skipped, the new rows returned.
+    SkipStored,
+}
+
+/// Which planned rows the INSERT wrote.
+enum Inserted {
+    All,
+    Only(HashSet<(DeviceId, i64)>),
+}
+
+impl Inserted {
+    fn contains(&self, device: DeviceId, seq: i64) -> bool {
+        match self {
+            Inserted::All => true,
+            Inserted::Only(rows) => rows.contains(&(device, seq)),
+        }
+    }
+
+    /// Of `work`'s planned rows, how many were written.
+    fn count_for(&self, work: &DeviceWork) -> i64 {
+        match self {
+            Inserted::All => work.planned.len() as i64,
+            Inserted::Only(rows) => rows.iter().filter(|(d, _)| *d == work.device).count() as i64,
+        }
+    }
+
+    /// The (device, seq) of every row written, of those `work` planned.
+    fn into_set(self, work: &[DeviceWork]) -> HashSet<(DeviceId, i64)> {
+        match self {
+            Inserted::All => work
+                .iter()
+                .flat_map(|w| w.planned.iter().map(|(seq, _)| (w.device, *seq)))
+                .collect(),
+            Inserted::Only(rows) => rows,
+        }
+    }
+}
+
+async fn write_shares_once(
+    app: &AppDb,
+    tenant: TenantId,
+    shares: &[DeviceShare<'_>],
+    max_pending_ranges: usize,
+    mode: InsertMode,
 ) -> Result<Outcome, StoreError> {
     let mut tx = app.begin(tenant).await?;
     let device_ids: Vec<DeviceId> = shares.iter().map(|(device, _)| *device).collect();
@@ -115,8 +216,10 @@ pub(crate) async fn write_shares(
             device: *device,
             state: locked.state.clone(),
             handled: HandledSeqs::new(locked.state.watermark, locked.state.pending.clone()),
-            new_rows: 0,
+            planned: Vec::new(),
             replays: Vec::new(),
+            reuses_planned_seq: false,
+            epoch_planned_from: 0,
         };
         for input in *inputs {
             plan_input(
@@ -141,26 +244,30 @@ pub(crate) async fn write_shares(
         work.push(device_work);
     }
     flag_reused_seqs(&mut tx, &mut work, &mut outcome, now).await?;
-    let inserted: HashSet<(DeviceId, i64)> =
-        records::insert(&mut tx, &rows).await?.into_iter().collect();
-    outcome.committed = inserted.len() as u64;
-    outcome.duplicates += (rows.len() - inserted.len()) as u64;
+    let inserted = match mode {
+        InsertMode::AllNew => Inserted::All,
+        InsertMode::SkipStored => {
+            Inserted::Only(records::insert(&mut tx, &rows).await?.into_iter().collect())
+        }
+    };
+    let written: i64 = work.iter().map(|w| inserted.count_for(w)).sum();
+    outcome.committed = written as u64;
+    outcome.duplicates += (rows.len() as u64).saturating_sub(written as u64);
     apply_patch_reports(&mut tx, patches, &inserted).await?;
-    let mut new_rows: BTreeMap<DeviceId, i64> = BTreeMap::new();
-    for (device, _) in &inserted {
-        *new_rows.entry(*device).or_default() += 1;
-    }
     for device_work in &mut work {
-        device_work.new_rows = new_rows.get(&device_work.device).copied().unwrap_or(0);
         device_work.state.watermark = device_work.handled.watermark();
         device_work.state.pending = device_work.handled.ranges().to_vec();
     }
     let saves: Vec<(DeviceId, &IngestState, i64)> = work
         .iter()
-        .map(|w| (w.device, &w.state, w.new_rows))
+        .map(|w| (w.device, &w.state, inserted.count_for(w)))
         .collect();
-    ingest_state::save(&mut tx, &saves).await?;
+    match mode {
+        InsertMode::AllNew => ingest_state::save_with_new_records(&mut tx, &saves, &rows).await?,
+        InsertMode::SkipStored => ingest_state::save(&mut tx, &saves).await?,
+    }
     tx.commit().await?;
+    outcome.inserted = inserted.into_set(&work);
     Ok(outcome)
 }
 
@@ -262,10 +369,16 @@ async fn flag_reused_seqs(
         .iter()
         .flat_map(|w| w.replays.iter().map(|(seq, at)| (w.device, *seq, *at)))
         .collect();
-    if replays.is_empty() {
-        return Ok(());
+    let mut reusing: Vec<DeviceId> = work
+        .iter()
+        .filter(|w| w.reuses_planned_seq)
+        .map(|w| w.device)
+        .collect();
+    if !replays.is_empty() {
+        reusing.extend(records::devices_reusing_seqs(tx, &replays).await?);
     }
-    let reusing = records::devices_reusing_seqs(tx, &replays).await?;
+    reusing.sort_unstable();
+    reusing.dedup();
     for device in reusing {
         if let Some(w) = work.iter_mut().find(|w| w.device == device) {
             let error = format!(
@@ -392,12 +505,13 @@ fn plan_input(
     patches: &mut Vec<(DeviceId, PatchReport)>,
     outcome: &mut Outcome,
 ) {
-    let (topic, records, received_at) = match input {
+    let (topic, records, bodies, received_at) = match input {
         DeviceInput::Refused {
             reason,
             error,
             seqs,
         } => {
+            let left = work.state.epoch;
             refuse_message(
                 work.device,
                 &mut work.state,
@@ -408,26 +522,30 @@ fn plan_input(
                 now,
                 outcome,
             );
+            work.note_epoch_change(left);
             return;
         }
         DeviceInput::Records {
             topic,
             epoch,
             records,
+            bodies,
             received_at,
         } => {
-            let device = work.device;
-            if !enter_epoch(
-                device,
+            let left = work.state.epoch;
+            let entered = enter_epoch(
+                work.device,
                 &mut work.state,
                 &mut work.handled,
                 *epoch,
                 now,
                 outcome,
-            ) {
+            );
+            work.note_epoch_change(left);
+            if !entered {
                 return;
             }
-            (*topic, records, *received_at)
+            (*topic, records, bodies, *received_at)
         }
     };
     if revoked {
@@ -438,11 +556,11 @@ fn plan_input(
         }
         return;
     }
-    for record in records {
+    for (record, body) in records.iter().zip(bodies) {
         plan_record(
             work,
             topic,
-            record,
+            (record, body),
             received_at,
             now,
             max_pending_ranges,
@@ -457,7 +575,7 @@ fn plan_input(
 fn plan_record(
     work: &mut DeviceWork,
     topic: TopicKind,
-    record: &Record,
+    (record, body): (&RecordView, &Bytes),
     received_at: OffsetDateTime,
     now: OffsetDateTime,
     max_pending_ranges: usize,
@@ -473,10 +591,22 @@ fn plan_record(
     };
     if work.handled.contains(seq) {
         outcome.duplicates += 1;
-        work.replays.push((seq, device_time(record.recorded_at)));
+        let recorded_at = device_time(record.recorded_at);
+        // A row planned in this transaction is not in the ledger yet: compare with the plan
+        // of this epoch (the ledger, and the plan of an epoch left in this transaction, may
+        // hold another epoch's row under the same seq).
+        match work
+            .planned_in_epoch()
+            .iter()
+            .find(|(planned, _)| *planned == seq)
+        {
+            Some((_, at)) if *at == recorded_at => {}
+            Some(_) => work.reuses_planned_seq = true,
+            None => work.replays.push((seq, recorded_at)),
+        }
         return;
     }
-    if let Err(e) = topic::check_record(topic, record) {
+    if let Err(e) = topic::check_kind(topic, record.body.kind()) {
         // Refused for good: handled, so the watermark passes it.
         work.state
             .record_reject(e.reason(), &format!("seq {seq}: {e}"), now);
@@ -492,17 +622,27 @@ fn plan_record(
         return;
     }
     let recorded_at = device_time(record.recorded_at);
-    let (kind, body) = ledger_body(&record.body);
-    rows.push(work.device, seq, recorded_at, received_at, kind, body);
+    let kind = ledger_kind(&record.body);
+    // The bytes as the device sent them: decoding validated them, and the API decodes them
+    // with the same rules (wire::decode_body).
+    rows.push(
+        work.device,
+        seq,
+        recorded_at,
+        received_at,
+        kind,
+        body.clone(),
+    );
+    work.planned.push((seq, recorded_at));
     work.handled.insert(seq);
     match &record.body {
-        Body::Event(AgentEvent::OutboxOverflow(lost)) => {
+        BodyView::Event(Some(lost)) => {
             // The agent dropped these and will never send them: do not wait for them.
             let from = i64::try_from(lost.first_seq).unwrap_or(i64::MAX);
             let to = i64::try_from(lost.last_seq).unwrap_or(i64::MAX);
             work.handled.insert_range(from.max(1), to);
         }
-        Body::PatchStatus(status) => patches.push((
+        BodyView::PatchStatus(status) => patches.push((
             work.device,
             patch_report(seq, recorded_at, received_at, status),
         )),
@@ -514,9 +654,9 @@ fn plan_record(
 async fn apply_patch_reports(
     tx: &mut TenantTx,
     mut patches: Vec<(DeviceId, PatchReport)>,
-    inserted: &HashSet<(DeviceId, i64)>,
+    inserted: &Inserted,
 ) -> Result<(), StoreError> {
-    patches.retain(|(device, report)| inserted.contains(&(*device, report.seq)));
+    patches.retain(|(device, report)| inserted.contains(*device, report.seq));
     patches.sort_by_key(|(device, report)| (*device, report.recorded_at, report.seq));
     for (device, report) in patches {
         patch_inventory::apply(tx, device, report).await?;
@@ -524,15 +664,14 @@ async fn apply_patch_reports(
     Ok(())
 }
 
-/// The ledger's kind and CBOR body of a record that passed `check_record`.
-fn ledger_body(body: &Body) -> (RecordKind, Vec<u8>) {
-    let kind = match body {
-        Body::Telemetry(_) => RecordKind::Telemetry,
-        Body::PatchStatus(_) => RecordKind::PatchStatus,
-        // check_record refuses Unknown before this point.
-        Body::Event(_) | Body::Unknown { .. } => RecordKind::Event,
-    };
-    (kind, wire::encode_body(body))
+/// The ledger's kind of a record that passed `check_kind`.
+fn ledger_kind(body: &BodyView) -> RecordKind {
+    match body {
+        BodyView::Telemetry => RecordKind::Telemetry,
+        BodyView::PatchStatus(_) => RecordKind::PatchStatus,
+        // check_kind refuses Unknown before this point.
+        BodyView::Event(_) | BodyView::Unknown => RecordKind::Event,
+    }
 }
 
 /// The device's clock as a timestamp; times past year 9999 are clamped (deterministically, so a

@@ -14,7 +14,8 @@ pub struct IngestConfig {
     /// ... or when its oldest message has waited this long.
     #[serde(with = "humantime_serde")]
     pub batch_window: Duration,
-    /// Transactions committing at once (each holds one pooled connection).
+    /// Transactions committing at once (each holds one pooled connection). Each writer owns a
+    /// fixed share of the devices (by id), so writers never wait on each other's row locks.
     pub writers: usize,
     /// Messages waiting in the input queue before senders wait.
     pub queue_capacity: usize,
@@ -50,7 +51,7 @@ impl Default for IngestConfig {
         Self {
             batch_max_records: 1000,
             batch_window: Duration::from_millis(10),
-            writers: 2,
+            writers: 4,
             queue_capacity: 4096,
             max_buffered_bytes: 64 * 1024 * 1024,
             max_message_bytes: wire::limits::DEFAULT_MAX_MESSAGE_BYTES,

@@ -5,10 +5,12 @@
 //! source ──InboundMessage──▶ IngestSender ──▶ batcher (per tenant) ──▶ writers ──COMMIT──▶ AckSink
 //! ```
 //!
-//! * Sources: the embedded broker's local link (fleetd wires it: call [`IngestSender::send`]
-//!   for each message), or [`ExternalSource`], an MQTT v5 client of an external broker with a
+//! * Sources: the embedded broker's sessions (fleetd wires them: [`IngestSender::send`] for
+//!   each device publish), or [`ExternalSource`], an MQTT v5 client of an external broker with a
 //!   shared subscription and manual acks.
-//! * Sink: [`AckSink`], where encoded [`wire::Ack`] watermarks go after the commit.
+//! * Sinks: [`AckSink`], where encoded [`wire::Ack`] watermarks go after the commit, and
+//!   [`StreamSink`], where the records a commit inserted go for live streams (best effort;
+//!   [`start_with_streams`]).
 //! * [`start`] runs the pipeline; [`Metrics::register`] adds its metrics to fleetd's registry;
 //!   [`Retention`] is the background job for retention and partitions.
 //!
@@ -26,6 +28,7 @@ mod pipeline;
 mod retention;
 mod sink;
 mod source;
+mod stream;
 mod tls;
 pub mod watermark;
 
@@ -33,7 +36,7 @@ pub use config::IngestConfig;
 pub use error::IngestError;
 pub use metrics::{Metrics, ReasonLabel, TopicLabel};
 pub use mqtt::{ExternalBrokerConfig, ExternalHandle, ExternalSource};
-pub use pipeline::{start, IngestHandle};
+pub use pipeline::{start, start_with_streams, IngestHandle};
 pub use retention::{Retention, RetentionConfig, RetentionReport};
-pub use sink::{AckError, AckSink, BoxFuture};
+pub use sink::{AckError, AckSink, BoxFuture, CommittedRecord, NoStreams, StreamSink};
 pub use source::{InboundMessage, IngestSender, LossInjector};

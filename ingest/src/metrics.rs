@@ -91,7 +91,7 @@ impl Metrics {
         );
         r.register(
             "batch_records",
-            "Records per committed batch",
+            "Records per committed batch, as sent (duplicates and refused ones included)",
             metrics.batch_records.clone(),
         );
         r.register(

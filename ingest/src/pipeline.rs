@@ -1,30 +1,32 @@
 //! The running pipeline: one batcher task and `writers` writer tasks.
 //!
 //! ```text
-//! IngestSender ──bounded queue──▶ batcher ──bounded channel──▶ writers (N) ──COMMIT──▶ AckSink
-//!   (byte budget)                 per-tenant batches              one TenantTx each     then handled signals
+//! IngestSender ──bounded queue──▶ batcher ──a channel per writer──▶ writers (N) ──COMMIT──▶ AckSink
+//!   (byte budget)                 per tenant and writer               one TenantTx each   then handled
 //! ```
+//!
+//! Each device belongs to one writer ([`writer_of`](crate::batch::writer_of)), so writers never
+//! wait on each other's state-row locks, and a device's messages commit in arrival order.
 //!
 //! Backpressure: every message holds its payload's share of the byte budget until it is handled.
 //! While Postgres is down a writer retries its batch with backoff; the batch channel fills, the
 //! batcher stops reading, the queue fills, the budget runs out, and `IngestSender::send` waits:
 //! nothing is acknowledged and memory stays bounded. When Postgres returns, all of it drains.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use store::{AppDb, StoreError, TenantId};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use wire::backoff::Backoff;
 
-use crate::batch::{classify, topic_label, Classified, TenantBatch};
+use crate::batch::{classify, topic_label, Classified, OpenBatches, TenantBatch};
 use crate::commit::{refuse_share, shares, write_shares, DeviceShare, Outcome};
 use crate::directory::Directory;
 use crate::metrics::{Metrics, TopicLabel};
-use crate::sink::AckSink;
+use crate::sink::{AckSink, NoStreams, StreamSink};
 use crate::source::{IngestSender, Queued};
 use crate::{IngestConfig, IngestError};
 
@@ -70,12 +72,23 @@ pub fn start(
     acks: Arc<dyn AckSink>,
     metrics: Metrics,
 ) -> Result<(IngestSender, IngestHandle), IngestError> {
+    start_with_streams(config, app, acks, Arc::new(NoStreams), metrics)
+}
+
+/// [`start`], handing every commit's inserted records to `streams` (live streams).
+pub fn start_with_streams(
+    config: IngestConfig,
+    app: AppDb,
+    acks: Arc<dyn AckSink>,
+    streams: Arc<dyn StreamSink>,
+    metrics: Metrics,
+) -> Result<(IngestSender, IngestHandle), IngestError> {
     config.validate()?;
     let (queue_tx, queue_rx) = mpsc::channel(config.queue_capacity);
     let sender = IngestSender::new(queue_tx, config.max_buffered_bytes);
-    let (batch_tx, batch_rx) = mpsc::channel(config.writers);
+    let (batch_txs, batch_rxs): (Vec<_>, Vec<_>) =
+        (0..config.writers).map(|_| mpsc::channel(1)).unzip();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let batch_rx = Arc::new(Mutex::new(batch_rx));
     let config = Arc::new(config);
     let mut tasks = Vec::with_capacity(config.writers + 1);
     let batcher = Batcher {
@@ -87,21 +100,22 @@ pub fn start(
         ),
         config: Arc::clone(&config),
         metrics: metrics.clone(),
-        open: HashMap::new(),
-        out: batch_tx,
+        open: OpenBatches::new(config.writers),
+        out: batch_txs,
         shutdown: shutdown_rx.clone(),
     };
     tasks.push(tokio::spawn(batcher.run(queue_rx)));
-    for _ in 0..config.writers {
+    for batches in batch_rxs {
         let writer = Writer {
             app: app.clone(),
             acks: Arc::clone(&acks),
+            streams: Arc::clone(&streams),
             config: Arc::clone(&config),
             metrics: metrics.clone(),
             shutdown: shutdown_rx.clone(),
             sender: sender.clone(),
         };
-        tasks.push(tokio::spawn(writer.run(Arc::clone(&batch_rx))));
+        tasks.push(tokio::spawn(writer.run(batches)));
     }
     let handle = IngestHandle {
         shutdown,
@@ -115,19 +129,16 @@ struct Batcher {
     directory: Directory,
     config: Arc<IngestConfig>,
     metrics: Metrics,
-    open: HashMap<TenantId, TenantBatch>,
-    out: mpsc::Sender<TenantBatch>,
+    open: OpenBatches,
+    /// One channel per writer, indexed as `writer_of` numbers them.
+    out: Vec<mpsc::Sender<TenantBatch>>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Batcher {
     async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
         loop {
-            let deadline = self
-                .open
-                .values()
-                .map(|batch| batch.opened + self.config.batch_window)
-                .min();
+            let deadline = self.open.next_deadline(self.config.batch_window);
             tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => break,
@@ -136,6 +147,10 @@ impl Batcher {
                         if self.accept(message).await.is_err() {
                             break;
                         }
+                        // Decoding is CPU work on a runtime thread the writers share: let a
+                        // writer whose statement has returned go on at once rather than idle
+                        // in its transaction behind a backlog of messages.
+                        tokio::task::yield_now().await;
                     }
                     None => break,
                 },
@@ -146,9 +161,8 @@ impl Batcher {
                 }
             }
         }
-        let tenants: Vec<TenantId> = self.open.keys().copied().collect();
-        for tenant in tenants {
-            if self.flush(tenant).await.is_err() {
+        for (writer, batch) in self.open.take_all() {
+            if self.send(writer, batch).await.is_err() {
                 break;
             }
         }
@@ -180,13 +194,12 @@ impl Batcher {
             completion.complete();
             return Ok(());
         };
-        let batch = self
-            .open
-            .entry(tenant)
-            .or_insert_with(|| TenantBatch::new(tenant));
-        batch.push(device, input, completion, message.received_at);
-        if batch.weight >= self.config.batch_max_records {
-            self.flush(tenant).await?;
+        let item = (input, completion, message.received_at);
+        if let Some((writer, full)) =
+            self.open
+                .push(tenant, device, item, self.config.batch_max_records)
+        {
+            self.send(writer, full).await?;
         }
         Ok(())
     }
@@ -206,30 +219,23 @@ impl Batcher {
     }
 
     async fn flush_due(&mut self) -> Result<(), Closed> {
-        let now = Instant::now();
-        let due: Vec<TenantId> = self
-            .open
-            .iter()
-            .filter(|(_, batch)| batch.opened + self.config.batch_window <= now)
-            .map(|(tenant, _)| *tenant)
-            .collect();
-        for tenant in due {
-            self.flush(tenant).await?;
+        let due = self.open.take_due(Instant::now(), self.config.batch_window);
+        for (writer, batch) in due {
+            self.send(writer, batch).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, tenant: TenantId) -> Result<(), Closed> {
-        if let Some(batch) = self.open.remove(&tenant) {
-            self.out.send(batch).await.map_err(|_| Closed)?;
-        }
-        Ok(())
+    /// Hands `batch` to its writer, waiting while that writer is busy.
+    async fn send(&self, writer: usize, batch: TenantBatch) -> Result<(), Closed> {
+        self.out[writer].send(batch).await.map_err(|_| Closed)
     }
 }
 
 struct Writer {
     app: AppDb,
     acks: Arc<dyn AckSink>,
+    streams: Arc<dyn StreamSink>,
     config: Arc<IngestConfig>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
@@ -237,10 +243,8 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, batches: Arc<Mutex<mpsc::Receiver<TenantBatch>>>) {
-        loop {
-            let next = { batches.lock().await.recv().await };
-            let Some(batch) = next else { break };
+    async fn run(mut self, mut batches: mpsc::Receiver<TenantBatch>) {
+        while let Some(batch) = batches.recv().await {
             let started = Instant::now();
             let Ok(outcome) = self.commit_with_retry(&batch).await else {
                 // Shut down while the database was away: nothing acknowledged, nothing lost.
@@ -249,7 +253,12 @@ impl Writer {
             self.metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_records.observe(batch.weight as f64);
+            self.metrics
+                .batch_records
+                .observe(batch.record_count() as f64);
+            // Before the acks: once a device holds its ack, its records are on their way to
+            // the stream (offer never waits).
+            crate::stream::offer_committed(&*self.streams, &batch, &outcome.inserted);
             self.publish_acks(&outcome).await;
             self.finish(batch, &outcome);
         }

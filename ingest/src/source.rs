@@ -1,4 +1,4 @@
-//! The input seam: whoever receives device messages (the embedded broker's local link, the
+//! The input seam: whoever receives device messages (the embedded broker's sessions, the
 //! external MQTT client, a test) hands them to ingest through an [`IngestSender`].
 
 use std::sync::atomic::{AtomicU64, Ordering};

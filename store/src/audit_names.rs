@@ -7,12 +7,18 @@
 //! | a device (its certificate)   | `device:<device id>`               |
 //! | a person at `fleetctl` on the database (bootstrap, break-glass) | `operator:<name>@fleetctl` |
 //! | fleetd itself                | `system`                           |
+//! | a signed-in person           | `user:<user id>`                   |
+//! | a sign-in attempt (the name typed, user known or not) | `sign_in:<email>` |
+//! | an invitation being accepted | `invitation:<invitation id>`       |
 //!
 //! Targets are `<kind>:<id>` the same way; actions are the dotted names of [`Action`].
 
 use std::fmt;
 
-use crate::{ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, StoreError, TenantId};
+use crate::{
+    ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvitationId, StoreError, TenantId,
+    UserId,
+};
 
 /// Who made a change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +33,12 @@ pub enum Actor {
     Operator(OperatorName),
     /// fleetd on its own (retention, start-up).
     System,
+    /// A signed-in person (session cookie).
+    User(UserId),
+    /// Someone signing in as this email (lower-cased; the user may not exist).
+    SignIn(String),
+    /// Someone accepting this invitation.
+    Invitation(InvitationId),
 }
 
 impl fmt::Display for Actor {
@@ -37,6 +49,9 @@ impl fmt::Display for Actor {
             Actor::Device(id) => write!(f, "device:{id}"),
             Actor::Operator(name) => write!(f, "operator:{}@fleetctl", name.0),
             Actor::System => f.write_str("system"),
+            Actor::User(id) => write!(f, "user:{id}"),
+            Actor::SignIn(email) => write!(f, "sign_in:{email}"),
+            Actor::Invitation(id) => write!(f, "invitation:{id}"),
         }
     }
 }
@@ -76,6 +91,10 @@ pub enum Target {
     EnrollmentToken(EnrollmentTokenId),
     /// An API key.
     ApiKey(ApiKeyId),
+    /// A user.
+    User(UserId),
+    /// An invitation.
+    Invitation(InvitationId),
 }
 
 impl fmt::Display for Target {
@@ -86,6 +105,8 @@ impl fmt::Display for Target {
             Target::DeviceGroup(id) => write!(f, "device_group:{id}"),
             Target::EnrollmentToken(id) => write!(f, "enrollment_token:{id}"),
             Target::ApiKey(id) => write!(f, "api_key:{id}"),
+            Target::User(id) => write!(f, "user:{id}"),
+            Target::Invitation(id) => write!(f, "invitation:{id}"),
         }
     }
 }
@@ -155,6 +176,44 @@ actions! {
     ApiKeyBreakGlassCreate => "api_key.break_glass_create",
     /// An API key was revoked.
     ApiKeyRevoke => "api_key.revoke",
+    /// A person was invited (the invitation token is display-once).
+    UserInvite => "user.invite",
+    /// An invitation was accepted: the user exists, with a password.
+    UserInvitationAccept => "user.invitation_accept",
+    /// A user was created without an invitation (single sign-on, just in time).
+    UserCreate => "user.create",
+    /// A person signed in (a full session started).
+    UserSignIn => "user.sign_in",
+    /// A sign-in failed (wrong password, unknown user, wrong code, disabled, limited).
+    UserSignInFailed => "user.sign_in_failed",
+    /// A session ended by signing out.
+    UserSignOut => "user.sign_out",
+    /// Every session of a user ended.
+    UserSignOutEverywhere => "user.sign_out_everywhere",
+    /// A user changed their password (their other sessions ended).
+    UserPasswordChange => "user.password_change",
+    /// A user enrolled TOTP (and got new recovery codes).
+    UserTotpEnrol => "user.totp_enrol",
+    /// A recovery code was used in place of a TOTP code.
+    UserRecoveryCodeUse => "user.recovery_code_use",
+    /// A user was disabled (their sessions ended).
+    UserDisable => "user.disable",
+    /// A user was enabled again.
+    UserEnable => "user.enable",
+    /// A user's role or group scope changed.
+    UserRoleChange => "user.role_change",
+    /// A user was removed.
+    UserRemove => "user.remove",
+    /// `fleetctl user reset-mfa` on the database: the user's TOTP and recovery codes removed.
+    UserBreakGlassResetMfa => "user.break_glass_reset_mfa",
+    /// `fleetctl user set-password` on the database (the user's sessions ended).
+    UserBreakGlassSetPassword => "user.break_glass_set_password",
+    /// `fleetctl user create-owner` on the database.
+    UserBreakGlassCreateOwner => "user.break_glass_create_owner",
+    /// A tenant's OIDC single sign-on provider was set or changed.
+    TenantSsoSet => "tenant.sso_set",
+    /// A tenant's OIDC single sign-on provider was removed.
+    TenantSsoDelete => "tenant.sso_delete",
 }
 
 #[cfg(test)]

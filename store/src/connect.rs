@@ -466,8 +466,9 @@ impl AppDb {
         let waiting = self.metrics.waiting(APP_POOL);
         let connection = self.pool.acquire().await?;
         self.metrics.acquired(APP_POOL, waiting);
-        let tx = sqlx::Transaction::begin(connection, None).await?;
-        TenantTx::begin(tx, tenant, self.metrics.clone()).await
+        let begin = TenantTx::begin_statement(tenant);
+        let tx = sqlx::Transaction::begin(connection, Some(begin.into())).await?;
+        Ok(TenantTx::opened(tx, tenant, self.metrics.clone()))
     }
 
     /// The collector of this pool's sizes (`fleet_store_pool_connections`,

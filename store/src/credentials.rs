@@ -161,9 +161,69 @@ fn dummy_hash() -> &'static SecretHash {
     })
 }
 
-/// Computes the dummy hash now, so the first request for an unknown credential does not pay.
+/// Computes the dummy hashes now, so the first request for an unknown credential or user does
+/// not pay for making one (which would tell it apart). CPU-bound: run it off the executor.
 pub fn warm_up() {
     let _ = dummy_hash();
+    let _ = dummy_password_hash();
+}
+
+/// argon2id parameters for people's passwords: m = 64 MiB, t = 2, p = 1. Above OWASP's minimum
+/// (m = 19 MiB, t = 2, p = 1, what the random 256-bit secrets of keys and tokens use): a password
+/// is chosen by a person and is worth more work per guess (3.4 times the minimum's memory × passes).
+/// 227 ms per verification measured on the shared 2-core machine under a load of about 7
+/// (BENCHMARKS.md, "Password verification"); t = 3 took 450 ms there, too slow for a sign-in.
+pub const PASSWORD_PARAMS: (u32, u32, u32) = (65_536, 2, 1);
+
+fn password_hasher() -> Argon2<'static> {
+    let (m, t, p) = PASSWORD_PARAMS;
+    let params = argon2::Params::new(m, t, p, None).expect("valid argon2 parameters");
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+}
+
+/// Hashes a password with [`PASSWORD_PARAMS`] and a fresh salt, on the blocking pool.
+pub async fn hash_password(password: &[u8]) -> Result<SecretHash, StoreError> {
+    let password = zeroize::Zeroizing::new(password.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        password_hasher()
+            .hash_password(&password, &salt)
+            .map(|phc| SecretHash(phc.to_string()))
+            .map_err(|e| StoreError::Invalid {
+                field: "password",
+                reason: format!("argon2: {e}"),
+            })
+    })
+    .await
+    .map_err(|e| StoreError::Invalid {
+        field: "password",
+        reason: format!("hashing task failed: {e}"),
+    })?
+}
+
+/// Whether `password` matches `stored` (the parameters are read from the hash). With `None` it
+/// verifies against a dummy password hash of the same parameters and returns false, so an
+/// unknown user costs what a wrong password costs. CPU-bound: call it with `spawn_blocking`.
+pub fn verify_password(stored: Option<&SecretHash>, password: &[u8]) -> bool {
+    match stored {
+        Some(stored) => verify_phc(stored.as_str(), password),
+        None => {
+            let _ = verify_phc(dummy_password_hash().as_str(), password);
+            false
+        }
+    }
+}
+
+/// A password hash with [`PASSWORD_PARAMS`] of a password nobody knows.
+fn dummy_password_hash() -> &'static SecretHash {
+    static DUMMY: OnceLock<SecretHash> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        let phc = password_hasher()
+            .hash_password(random_base62(43).as_bytes(), &salt)
+            .expect("argon2 hashes 43 bytes");
+        SecretHash(phc.to_string())
+    })
 }
 
 #[cfg(test)]

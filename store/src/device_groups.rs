@@ -17,7 +17,7 @@ pub const DEFAULT_GROUP: &str = "default";
 /// Longest group name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
-/// A device group as stored, with its device count.
+/// A device group as stored, with counts of its devices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceGroup {
     /// Its id.
@@ -28,6 +28,10 @@ pub struct DeviceGroup {
     pub created_at: OffsetDateTime,
     /// Devices in it now.
     pub device_count: i64,
+    /// Of them, connected now.
+    pub online_count: i64,
+    /// Of them, whose newest inventory has security updates pending.
+    pub pending_security_count: i64,
 }
 
 /// Which groups a caller may see: all of them, or only some.
@@ -186,17 +190,8 @@ pub async fn get(
     id: DeviceGroupId,
     scope: &GroupScope,
 ) -> Result<Option<DeviceGroup>, StoreError> {
-    Ok(sqlx::query_as!(
-        DeviceGroup,
-        r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
-                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
-             FROM device_groups g
-            WHERE g.group_id = $1 AND ($2::uuid[] IS NULL OR g.group_id = ANY($2))"#,
-        id as DeviceGroupId,
-        scope.bind_value() as Option<&[DeviceGroupId]>,
-    )
-    .fetch_optional(tx.conn())
-    .await?)
+    let found = select(tx, Some(id), None, scope, None, 1).await?;
+    Ok(found.into_iter().next())
 }
 
 /// The group with this name, if it exists (any scope: for uniqueness and references).
@@ -204,15 +199,8 @@ pub async fn find_by_name(
     tx: &mut TenantTx,
     name: &str,
 ) -> Result<Option<DeviceGroup>, StoreError> {
-    Ok(sqlx::query_as!(
-        DeviceGroup,
-        r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
-                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
-             FROM device_groups g WHERE g.name = $1"#,
-        name,
-    )
-    .fetch_optional(tx.conn())
-    .await?)
+    let found = select(tx, None, Some(name), &GroupScope::All, None, 1).await?;
+    Ok(found.into_iter().next())
 }
 
 /// Groups in `scope` ordered by name, after `after`, at most `limit`.
@@ -222,14 +210,39 @@ pub async fn list(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeviceGroup>, StoreError> {
+    select(tx, None, None, scope, after, limit).await
+}
+
+/// The one query of groups with their counts, each `None` not narrowing: one round trip for a
+/// whole page, counted per group by the index `devices_by_group`.
+async fn select(
+    tx: &mut TenantTx,
+    id: Option<DeviceGroupId>,
+    name: Option<&str>,
+    scope: &GroupScope,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeviceGroup>, StoreError> {
     Ok(sqlx::query_as!(
         DeviceGroup,
         r#"SELECT g.group_id AS "id: DeviceGroupId", g.name, g.created_at,
-                  (SELECT count(*) FROM devices d WHERE d.device_group = g.name) AS "device_count!"
+                  c.devices AS "device_count!", c.online AS "online_count!",
+                  c.pending AS "pending_security_count!"
              FROM device_groups g
-            WHERE ($1::uuid[] IS NULL OR g.group_id = ANY($1))
-              AND ($2::text IS NULL OR g.name > $2)
-            ORDER BY g.name LIMIT $3"#,
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS devices, count(*) FILTER (WHERE d.online) AS online,
+                        count(*) FILTER (WHERE p.security_upgradable_count > 0) AS pending
+                   FROM devices d
+                   LEFT JOIN device_patch_status p
+                          ON p.tenant_id = d.tenant_id AND p.device_id = d.device_id
+                  WHERE d.tenant_id = g.tenant_id AND d.device_group = g.name) c
+            WHERE ($1::uuid IS NULL OR g.group_id = $1)
+              AND ($2::text IS NULL OR g.name = $2)
+              AND ($3::uuid[] IS NULL OR g.group_id = ANY($3))
+              AND ($4::text IS NULL OR g.name > $4)
+            ORDER BY g.name LIMIT $5"#,
+        id as Option<DeviceGroupId>,
+        name,
         scope.bind_value() as Option<&[DeviceGroupId]>,
         after,
         limit,

@@ -86,6 +86,19 @@ pub struct Device {
     pub created_at: OffsetDateTime,
     /// When it was last connected or heard from.
     pub last_seen_at: Option<OffsetDateTime>,
+    /// Its newest patch inventory at a glance; `None` before its first inventory.
+    pub patch: Option<PatchGlance>,
+}
+
+/// What the fleet list shows of a device's newest patch inventory (`device_patch_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchGlance {
+    /// Security updates pending.
+    pub pending_security_updates: i32,
+    /// Whether the device said it needs a reboot.
+    pub reboot_required: bool,
+    /// When the device took the inventory, by its own clock.
+    pub inventory_at: OffsetDateTime,
 }
 
 /// A `devices` row as selected: the macros' target, turned into a [`Device`].
@@ -99,6 +112,10 @@ struct DeviceRow {
     online: bool,
     created_at: OffsetDateTime,
     last_seen_at: Option<OffsetDateTime>,
+    // From the LEFT JOIN of device_patch_status: all NULL or none.
+    pending_security_updates: Option<i32>,
+    reboot_required: Option<bool>,
+    inventory_at: Option<OffsetDateTime>,
 }
 
 impl TryFrom<DeviceRow> for Device {
@@ -114,6 +131,18 @@ impl TryFrom<DeviceRow> for Device {
             online: row.online,
             created_at: row.created_at,
             last_seen_at: row.last_seen_at,
+            patch: match (
+                row.pending_security_updates,
+                row.reboot_required,
+                row.inventory_at,
+            ) {
+                (Some(pending), Some(reboot), Some(at)) => Some(PatchGlance {
+                    pending_security_updates: pending,
+                    reboot_required: reboot,
+                    inventory_at: at,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -194,7 +223,9 @@ async fn insert(tx: &mut TenantTx, id: DeviceId, new: &NewDevice) -> Result<Devi
            VALUES ($1, $2, $3, $4, $5)
            RETURNING d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
                      d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
-                     d.status, d.online, d.created_at, d.last_seen_at"#,
+                     d.status, d.online, d.created_at, d.last_seen_at,
+                     NULL::int AS pending_security_updates, NULL::bool AS reboot_required,
+                     NULL::timestamptz AS inventory_at"#,
         tenant as TenantId,
         id as DeviceId,
         new.name,
@@ -232,8 +263,11 @@ pub async fn get_scoped(
         DeviceRow,
         r#"SELECT d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
                   d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
-                  d.status, d.online, d.created_at, d.last_seen_at
+                  d.status, d.online, d.created_at, d.last_seen_at,
+                  p.security_upgradable_count AS "pending_security_updates?",
+                  p.reboot_required AS "reboot_required?", p.recorded_at AS "inventory_at?"
              FROM devices d
+             LEFT JOIN device_patch_status p ON p.tenant_id = d.tenant_id AND p.device_id = d.device_id
             WHERE d.device_id = $1
               AND ($2::uuid[] IS NULL OR d.device_group IN
                    (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))"#,
@@ -265,6 +299,29 @@ pub struct DeviceFilter {
     pub last_seen_after: Option<OffsetDateTime>,
     /// Whose name starts with this.
     pub name_prefix: Option<String>,
+    /// Whose newest inventory says a reboot is required (or not); devices without an inventory
+    /// match neither.
+    pub reboot_required: Option<bool>,
+    /// Whose name contains this, ignoring case, or whose id is exactly this. At most
+    /// [`MAX_SEARCH_LEN`] bytes; `%`, `_` and `\` match themselves.
+    pub search: Option<String>,
+}
+
+/// Longest [`DeviceFilter::search`], in bytes.
+pub const MAX_SEARCH_LEN: usize = 200;
+
+/// An `ILIKE … ESCAPE '\'` pattern matching names that contain `text` literally.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Devices of the transaction's tenant in `scope` matching `filter`, ordered by id, after
@@ -280,12 +337,28 @@ pub async fn list(
         .label
         .as_ref()
         .map(|(k, v)| Json(BTreeMap::from([(k.clone(), v.clone())])));
+    if let Some(search) = &filter.search {
+        if search.len() > MAX_SEARCH_LEN {
+            return Err(StoreError::Invalid {
+                field: "search",
+                reason: format!("longer than {MAX_SEARCH_LEN} bytes"),
+            });
+        }
+    }
+    let search_pattern = filter.search.as_deref().map(contains_pattern);
+    let search_id = filter
+        .search
+        .as_deref()
+        .and_then(|s| s.parse::<DeviceId>().ok());
     let rows = sqlx::query_as!(
         DeviceRow,
         r#"SELECT d.tenant_id AS "tenant_id: TenantId", d.device_id AS "device_id: DeviceId",
                   d.name, d.device_group, d.labels AS "labels: Json<BTreeMap<String, String>>",
-                  d.status, d.online, d.created_at, d.last_seen_at
+                  d.status, d.online, d.created_at, d.last_seen_at,
+                  p.security_upgradable_count AS "pending_security_updates?",
+                  p.reboot_required AS "reboot_required?", p.recorded_at AS "inventory_at?"
              FROM devices d
+             LEFT JOIN device_patch_status p ON p.tenant_id = d.tenant_id AND p.device_id = d.device_id
           WHERE ($2::uuid[] IS NULL OR d.device_group IN
                  (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($2)))
             AND ($1::uuid IS NULL OR d.device_id > $1)
@@ -293,12 +366,12 @@ pub async fn list(
             AND ($4::jsonb IS NULL OR d.labels @> $4)
             AND ($5::text IS NULL OR d.status = $5)
             AND ($6::bool IS NULL OR d.online = $6)
-            AND ($7::bool IS NULL OR EXISTS (
-                    SELECT 1 FROM device_patch_status p
-                     WHERE p.device_id = d.device_id AND p.security_upgradable_count > 0) = $7)
+            AND ($7::bool IS NULL OR (coalesce(p.security_upgradable_count, 0) > 0) = $7)
             AND ($8::timestamptz IS NULL OR d.last_seen_at < $8)
             AND ($9::timestamptz IS NULL OR d.last_seen_at >= $9)
             AND ($10::text IS NULL OR starts_with(d.name, $10))
+            AND ($12::bool IS NULL OR p.reboot_required = $12)
+            AND ($13::text IS NULL OR d.name ILIKE $13 ESCAPE '\' OR d.device_id = $14)
           ORDER BY d.device_id LIMIT $11"#,
         after as Option<DeviceId>,
         scope.bind_value() as Option<&[DeviceGroupId]>,
@@ -311,6 +384,9 @@ pub async fn list(
         filter.last_seen_after,
         filter.name_prefix.as_deref(),
         limit,
+        filter.reboot_required,
+        search_pattern.as_deref(),
+        search_id as Option<DeviceId>,
     )
     .fetch_all(tx.conn())
     .await?;
@@ -483,7 +559,14 @@ pub async fn is_active(tx: &mut TenantTx, id: DeviceId) -> Result<bool, StoreErr
     Ok(active.unwrap_or(false))
 }
 
-/// Records a connect or disconnect; false when the tenant has no such device.
+/// How many presence events [`record_presence`] keeps per device: the newest, the rest trimmed.
+/// At a reconnect a minute that is more than half a day of a flapping device, and years of a
+/// healthy one.
+pub const PRESENCE_HISTORY_KEPT: i64 = 1_000;
+
+/// Records a connect or disconnect: the device's current state and its presence history, in one
+/// statement, then trims the history to [`PRESENCE_HISTORY_KEPT`] events. False when the tenant
+/// has no such device.
 pub async fn record_presence(
     tx: &mut TenantTx,
     id: DeviceId,
@@ -491,12 +574,78 @@ pub async fn record_presence(
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query!(
-        "UPDATE devices SET online = $2, last_seen_at = $3 WHERE device_id = $1",
+        "WITH updated AS (
+             UPDATE devices SET online = $2, last_seen_at = $3 WHERE device_id = $1
+             RETURNING tenant_id, device_id)
+         INSERT INTO device_presence_events (tenant_id, device_id, at, online)
+         SELECT tenant_id, device_id, $3, $2 FROM updated",
         id as DeviceId,
         online,
         at,
     )
     .execute(tx.conn())
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query!(
+        "DELETE FROM device_presence_events e
+          WHERE e.device_id = $1
+            AND (e.at, e.event_id) <= (
+                SELECT k.at, k.event_id FROM device_presence_events k
+                 WHERE k.device_id = $1
+                 ORDER BY k.at DESC, k.event_id DESC OFFSET $2 LIMIT 1)",
+        id as DeviceId,
+        PRESENCE_HISTORY_KEPT,
+    )
+    .execute(tx.conn())
+    .await?;
+    Ok(true)
+}
+
+/// One connect or disconnect of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresenceEvent {
+    /// Its position among the tenant's presence events (ties of `at` are ordered by it).
+    pub event_id: i64,
+    /// When the broker saw it.
+    pub at: OffsetDateTime,
+    /// Connected (true) or disconnected.
+    pub online: bool,
+}
+
+/// A device's presence events, newest first, before `before` (an event's `(at, event_id)`), at
+/// most `limit`. The caller checks that the device is in its scope.
+pub async fn presence_history(
+    tx: &mut TenantTx,
+    id: DeviceId,
+    before: Option<(OffsetDateTime, i64)>,
+    limit: i64,
+) -> Result<Vec<PresenceEvent>, StoreError> {
+    let (before_at, before_id) = before.unzip();
+    Ok(sqlx::query_as!(
+        PresenceEvent,
+        "SELECT e.event_id, e.at, e.online FROM device_presence_events e
+          WHERE e.device_id = $1
+            AND ($2::timestamptz IS NULL OR (e.at, e.event_id) < ($2, $3))
+          ORDER BY e.at DESC, e.event_id DESC LIMIT $4",
+        id as DeviceId,
+        before_at,
+        before_id,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_matches_like_metacharacters_literally() {
+        assert_eq!(contains_pattern("lab-1"), "%lab-1%");
+        assert_eq!(contains_pattern("50%_x\\y"), "%50\\%\\_x\\\\y%");
+        assert_eq!(contains_pattern(""), "%%");
+    }
 }

@@ -121,6 +121,16 @@ impl StoreError {
         }
     }
 
+    /// Whether a row collided with one already stored (SQLSTATE 23505, unique violation).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                db.code().as_deref() == Some("23505")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the database refused the data itself (SQLSTATE class 22, data exception, or
     /// 23, integrity constraint violation): the same rows will be refused again, while other
     /// rows in the same transaction may well be accepted on their own.

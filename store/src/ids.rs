@@ -71,3 +71,16 @@ impl fmt::Display for ApiKeyId {
         f.write_str(&self.0)
     }
 }
+
+wire::uuid_id!(
+    /// A person's account in one tenant: listings, URLs, the audit trail (`user:<id>`).
+    #[derive(sqlx::Type)]
+    #[sqlx(transparent)]
+    UserId
+);
+wire::uuid_id!(
+    /// An invitation to become a user; its token is display-once, only its SHA-256 is stored.
+    #[derive(sqlx::Type)]
+    #[sqlx(transparent)]
+    InvitationId
+);

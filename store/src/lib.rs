@@ -35,6 +35,8 @@ pub mod revocations;
 pub mod tenants;
 pub mod text;
 mod tx;
+// OIDC single sign-on: providers and sign-in attempts (issue 13).
+pub mod sso;
 
 pub use connect::{
     app_role, check_server_version, expected_schema_version, AdminDb, AppDb, Database,
@@ -45,5 +47,9 @@ pub use error::StoreError;
 pub use ids::{
     ApiKeyId, DeviceGroupId, DeviceId, EnrollmentTokenId, InvalidApiKeyId, TenantId, API_KEY_ID_LEN,
 };
+pub use ids::{InvitationId, UserId};
+pub mod people_tokens;
+pub mod sessions;
+pub mod users;
 pub use metrics::{PoolCollector, StoreMetrics};
 pub use tx::TenantTx;

@@ -499,6 +499,46 @@ pub async fn summary(
     .await?)
 }
 
+/// A package with an update pending on some devices, as counted by [`most_pending_packages`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingPackage {
+    /// The package's name.
+    pub name: String,
+    /// Devices whose current inventory has an update of it pending.
+    pub devices: i64,
+    /// Of those, the devices on which that update is a security update.
+    pub security_devices: i64,
+}
+
+/// The `limit` packages pending on the most devices in `scope`, from each device's current
+/// inventory: security updates first, then by devices, then by name. One query; nothing about
+/// devices outside `scope` is read or counted.
+pub async fn most_pending_packages(
+    tx: &mut TenantTx,
+    scope: &GroupScope,
+    limit: i64,
+) -> Result<Vec<PendingPackage>, StoreError> {
+    // The scope condition is the one of `summary`, with the scope bound as $1.
+    Ok(sqlx::query_as!(
+        PendingPackage,
+        r#"SELECT k.name,
+                count(*) AS "devices!",
+                count(*) FILTER (WHERE k.security) AS "security_devices!"
+           FROM device_packages k
+           JOIN devices d ON d.tenant_id = k.tenant_id AND d.device_id = k.device_id
+          WHERE k.candidate IS NOT NULL
+            AND ($1::uuid[] IS NULL OR d.device_group IN
+                (SELECT g.name FROM device_groups g WHERE g.group_id = ANY($1)))
+          GROUP BY k.name
+          ORDER BY 3 DESC, 2 DESC, k.name
+          LIMIT $2"#,
+        scope.bind_value() as Option<&[DeviceGroupId]>,
+        limit,
+    )
+    .fetch_all(tx.conn())
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The record ledger: every accepted device record, once per (tenant, device, seq), in a table
 //! partitioned by week of the device's clock; per-tenant retention; partition maintenance.
 
+use bytes::Bytes;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -41,15 +42,36 @@ impl RecordKind {
     }
 }
 
+/// `sqlx::query!($sql, $before..., tenant, the rows' columns...)`: the ledger's columns as the
+/// statements that insert [`NewRecords`] bind them, after the parameters `$before` (a macro,
+/// since the query macros take their arguments as written).
+macro_rules! query_with_new_records {
+    ($sql:literal, [$($before:expr),*], $tenant:expr, $rows:expr, $bodies:expr) => {
+        sqlx::query!(
+            $sql,
+            $($before,)*
+            $tenant as TenantId,
+            &$rows.device_ids,
+            &$rows.seqs,
+            &$rows.recorded_at,
+            &$rows.received_at,
+            &$rows.kinds as &[&str],
+            &$bodies as &[&[u8]],
+        )
+    };
+}
+pub(crate) use query_with_new_records;
+
 /// Rows for [`insert`], column by column (the shape `unnest` takes).
 #[derive(Clone, Debug, Default)]
 pub struct NewRecords {
-    device_ids: Vec<Uuid>,
-    seqs: Vec<i64>,
-    recorded_at: Vec<OffsetDateTime>,
-    received_at: Vec<OffsetDateTime>,
-    kinds: Vec<&'static str>,
-    bodies: Vec<Vec<u8>>,
+    pub(crate) device_ids: Vec<Uuid>,
+    pub(crate) seqs: Vec<i64>,
+    pub(crate) recorded_at: Vec<OffsetDateTime>,
+    pub(crate) received_at: Vec<OffsetDateTime>,
+    pub(crate) kinds: Vec<&'static str>,
+    /// Shared, not copied: ingest hands in slices of the messages as received.
+    bodies: Vec<Bytes>,
 }
 
 impl NewRecords {
@@ -73,14 +95,14 @@ impl NewRecords {
         recorded_at: OffsetDateTime,
         received_at: OffsetDateTime,
         kind: RecordKind,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
     ) {
         self.device_ids.push(device.0);
         self.seqs.push(seq);
         self.recorded_at.push(recorded_at);
         self.received_at.push(received_at);
         self.kinds.push(kind.as_str());
-        self.bodies.push(body);
+        self.bodies.push(body.into());
     }
 
     /// How many rows.
@@ -92,13 +114,18 @@ impl NewRecords {
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
     }
+
+    pub(crate) fn body_slices(&self) -> Vec<&[u8]> {
+        self.bodies.iter().map(|body| body.as_ref()).collect()
+    }
 }
 
 /// Inserts the rows into the transaction's tenant, skipping those already stored; returns the
 /// (device, seq) of the rows that were new.
 ///
-/// One statement, `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`: COPY is
-/// refused under row-level security, and batched unnest is within noise of it here.
+/// `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`: what ingest runs
+/// when [`ingest_state::save_with_new_records`](crate::ingest_state::save_with_new_records)
+/// found a row already stored.
 pub async fn insert(
     tx: &mut TenantTx,
     rows: &NewRecords,
@@ -107,19 +134,17 @@ pub async fn insert(
         return Ok(Vec::new());
     }
     let tenant = tx.tenant();
-    let inserted = sqlx::query!(
+    let bodies = rows.body_slices();
+    let inserted = query_with_new_records!(
         r#"INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
            SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[],
                                     $6::text[], $7::bytea[])
            ON CONFLICT DO NOTHING
            RETURNING device_id AS "device_id: DeviceId", seq"#,
-        tenant as TenantId,
-        &rows.device_ids,
-        &rows.seqs,
-        &rows.recorded_at,
-        &rows.received_at,
-        &rows.kinds as &[&str],
-        &rows.bodies,
+        [],
+        tenant,
+        rows,
+        bodies
     )
     .fetch_all(tx.conn())
     .await?;

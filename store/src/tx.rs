@@ -9,7 +9,8 @@ use crate::{StoreError, TenantId};
 
 /// A database transaction bound to exactly one tenant.
 ///
-/// Opening it sets `app.tenant_id` with `set_config(..., true)`, which is transaction-local:
+/// Opening it sets `app.tenant_id` with `set_config(..., true)` (in the same round trip as
+/// `BEGIN`), which is transaction-local:
 /// the setting ends with the transaction, so a pooled connection never carries a tenant into
 /// the next use. Row-level security policies compare every row's `tenant_id` with it.
 /// Dropping a `TenantTx` without [`TenantTx::commit`] rolls it back.
@@ -42,28 +43,29 @@ impl Drop for Observed {
 }
 
 impl TenantTx {
-    pub(crate) async fn begin(
-        mut tx: Transaction<'static, Postgres>,
+    /// What opens a tenant transaction: `BEGIN` and the tenant setting, one simple query of two
+    /// statements, so one round trip. The id is inlined: a UUID's text is hex digits and dashes.
+    pub(crate) fn begin_statement(tenant: TenantId) -> String {
+        format!("BEGIN; SELECT set_config('app.tenant_id', '{tenant}', true)")
+    }
+
+    /// Wraps `tx`, opened with [`Self::begin_statement`] of `tenant`.
+    pub(crate) fn opened(
+        tx: Transaction<'static, Postgres>,
         tenant: TenantId,
         metrics: StoreMetrics,
-    ) -> Result<Self, StoreError> {
+    ) -> Self {
         let observed = Observed {
             metrics,
             started: Instant::now(),
             outcome: "rollback",
             appends: Vec::new(),
         };
-        sqlx::query!(
-            "SELECT set_config('app.tenant_id', $1, true)",
-            tenant.to_string()
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok(Self {
+        Self {
             tx,
             tenant,
             observed,
-        })
+        }
     }
 
     /// The tenant this transaction works for.

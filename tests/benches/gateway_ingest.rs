@@ -14,7 +14,7 @@
 //! 2. in the same run, on the same server, for the same row shape (the same CBOR telemetry body),
 //!    the ceilings of fleet_tests::ceilings: INSERT ... unnest, 1,000 rows per transaction, forced
 //!    RLS, as the application role with app.tenant_id set (the real ceiling: COPY is refused
-//!    under RLS), 1 and 2 connections; ingest's own statement (store::records::insert); COPY into
+//!    under RLS), 1 and 2 connections; ingest's own statement (store::ingest_state::save_with_new_records, without state rows); COPY into
 //!    an identical table without RLS (the physical ceiling); the ratios ours / ceilings;
 //! 3. ingest alone, in process (no TLS, no MQTT): the same devices' messages handed straight to
 //!    ingest::start's sender, committed records/s until every device's last ack, so the gap
@@ -35,6 +35,8 @@
 //! records/s once bursts are spent.
 //!
 //! `GATEWAY_BENCH_PERF=<file>`: runs `perf record -a` (cpu-clock) over the end-to-end phase only.
+//! `GATEWAY_BENCH_INGEST=writers=6,batch_window_ms=5,batch_max_records=500`: ingest settings
+//! other than the defaults, to compare them in runs of one build.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -116,10 +118,11 @@ async fn run(
 ) {
     let test_db = TestDb::new().await;
     let data_dir = fleet_tests::data_dir();
-    let config = fleetd::Config::on_ephemeral_loopback_ports(
+    let mut config = fleetd::Config::on_ephemeral_loopback_ports(
         data_dir.path(),
         test_db.url().parse().expect("a postgres:// URL"),
     );
+    tune_from_env(&mut config.ingest);
     let ingest_config = config.ingest.clone();
     let running = Arc::new(
         fleetd_rt
@@ -269,7 +272,7 @@ async fn run(
     let rls = ceiling.unnest_rls(Insert::Bare, 1, 0).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 1 conn : {rls:>9.0} rows/s");
     let rls_ingest = ceiling.unnest_rls(Insert::Ingest, 1, 20_000_000).await;
-    println!("  ingest's INSERT (store::records::insert), 1 conn     : {rls_ingest:>9.0} rows/s");
+    println!("  ingest's INSERT (save_with_new_records), 1 conn      : {rls_ingest:>9.0} rows/s");
     let rls2 = ceiling.unnest_rls(Insert::Bare, 2, 10_000_000).await;
     println!("  INSERT unnest, 1,000/tx, forced RLS, app role, 2 conns: {rls2:>9.0} rows/s");
     let copy = ceiling.copy_without_rls().await;
@@ -309,6 +312,25 @@ async fn run(
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Applies `GATEWAY_BENCH_INGEST` (see the file's docs) to `config`.
+fn tune_from_env(config: &mut ingest::IngestConfig) {
+    let Ok(settings) = std::env::var("GATEWAY_BENCH_INGEST") else {
+        return;
+    };
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (key, value) = setting
+            .split_once('=')
+            .expect("GATEWAY_BENCH_INGEST: key=value,...");
+        let value: u64 = value.parse().expect("GATEWAY_BENCH_INGEST: numeric values");
+        match key {
+            "writers" => config.writers = value as usize,
+            "batch_window_ms" => config.batch_window = Duration::from_millis(value),
+            "batch_max_records" => config.batch_max_records = value as usize,
+            other => panic!("GATEWAY_BENCH_INGEST: unknown setting {other}"),
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,8 +1,9 @@
 //! The ceilings a benchmark compares ingest with, on the same server and for the same row shape
 //! (tests/benches/gateway_ingest.rs): INSERT ... unnest as the application role under forced
 //! RLS (the real ceiling: COPY is refused under RLS), ingest's own statement
-//! (store::records::insert, called, not copied), and COPY into an identical table without RLS
-//! (the physical ceiling). The ceilings' SQL lives here and nowhere else.
+//! (store::ingest_state::save_with_new_records with no state rows, called, not copied), and
+//! COPY into an identical table without RLS (the physical ceiling). The ceilings' SQL lives here
+//! and nowhere else.
 
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ const INSERT_ROWS_PER_TX: usize = 1000;
 /// Rows per transaction of the COPY ceiling.
 const COPY_ROWS_PER_TX: usize = 10_000;
 
-/// The ceiling statement: ingest's INSERT without ON CONFLICT and RETURNING.
+/// The ceiling statement: ingest's INSERT on raw connections, outside store's transactions.
 const UNNEST_SQL: &str =
     "INSERT INTO device_records (tenant_id, device_id, seq, recorded_at, received_at, kind, body)
      SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bytea[])";
@@ -41,8 +42,8 @@ pub enum Insert {
     /// [`UNNEST_SQL`] on raw application-role connections, `app.tenant_id` set per
     /// transaction: the ceiling.
     Bare,
-    /// store::records::insert (ON CONFLICT DO NOTHING RETURNING) in a store transaction from
-    /// the application pool: what ingest's writers run.
+    /// store::ingest_state::save_with_new_records without state rows (ingest's INSERT, its
+    /// state update left out) in a store transaction from the application pool.
     Ingest,
 }
 
@@ -95,10 +96,9 @@ impl Ceiling<'_> {
                                 records.push(device, seq, now, now, kind, body.clone());
                             }
                             let mut tx = app.begin(tenant).await.expect("a transaction");
-                            let inserted = store::records::insert(&mut tx, &records)
+                            store::ingest_state::save_with_new_records(&mut tx, &[], &records)
                                 .await
-                                .expect("ingest's INSERT");
-                            assert_eq!(inserted.len(), INSERT_ROWS_PER_TX, "all rows new");
+                                .expect("ingest's INSERT: all rows new");
                             tx.commit().await.expect("commit");
                         }
                     }

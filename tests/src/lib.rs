@@ -8,10 +8,17 @@
 pub mod ceilings;
 pub mod device;
 pub mod enroll;
+// fleetd with a tenant, its owner key and signed-in people.
+pub mod fleet;
 pub mod https;
+pub mod logs;
 pub mod metrics;
 pub mod mosquitto;
 pub mod mqtt;
+// Test-only Node packages from committed lock files.
+pub mod npm;
+// A real OpenID provider (Node, oidc-provider) and a browser for it.
+pub mod oidc;
 pub mod openssl;
 pub mod records;
 pub mod tenancy;
@@ -148,6 +155,30 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// Every row of every table of the schema, as the owner sees it, each as its text form
+    /// (`t::text`: bytea as hex), by table name; tables without rows are there, empty. For
+    /// "this secret is nowhere in the database" checks.
+    pub async fn every_row_as_text(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut owner = self.connect_as_owner().await;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')",
+        )
+        .fetch_all(&mut owner)
+        .await
+        .expect("the schema's tables");
+        let mut rows = std::collections::BTreeMap::new();
+        for table in tables {
+            let text: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+                .fetch_all(&mut owner)
+                .await
+                .expect("a table's rows");
+            rows.insert(table, text);
+        }
+        owner.close().await.ok();
+        rows
+    }
+
     /// The name of this database's application role (the database must be migrated).
     pub async fn app_role(&self) -> String {
         let mut owner = self.connect_as_owner().await;
@@ -268,3 +299,5 @@ pub async fn ensure_group(tx: &mut store::TenantTx, name: &str) {
             .unwrap();
     }
 }
+// A headless Chromium through chromedriver, for the console.
+pub mod browser;

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use sqlx::PgConnection;
+use store::api_keys::{self, KeyEnv, NewApiKey, Role};
 use store::devices::{self, NewDevice};
-use store::{tenants, AppDb, DeviceId, TenantId};
+use store::{device_groups, tenants, AppDb, DeviceGroupId, DeviceId, TenantId};
 
 /// Sets `app.tenant_id` on `conn` for the session (not only a transaction), as a raw
 /// connection must to act as `tenant` under row-level security.
@@ -35,6 +36,55 @@ pub async fn add_devices(app: &AppDb, tenant: TenantId, prefix: &str, n: usize) 
     }
     tx.commit().await.unwrap();
     ids
+}
+
+/// Creates a device in `tenant`'s group `group`, creating the group first if needed; returns its
+/// id.
+pub async fn add_device_in_group(app: &AppDb, tenant: TenantId, group: &str) -> DeviceId {
+    let mut tx = app.begin(tenant).await.unwrap();
+    crate::ensure_group(&mut tx, group).await;
+    let new = NewDevice {
+        name: format!("{group}-{}", DeviceId::new_random()),
+        group: group.into(),
+        labels: BTreeMap::new(),
+    };
+    let device = devices::create(&mut tx, &new, &store::audit::Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    device.id
+}
+
+/// A live API key of `tenant` with `role`, limited to the groups named `groups` (`None`: every
+/// group), created in the store by the system; named after its role.
+pub async fn api_key(
+    app: &AppDb,
+    tenant: TenantId,
+    role: Role,
+    groups: Option<&[&str]>,
+) -> api_keys::IssuedKey {
+    let mut tx = app.begin(tenant).await.unwrap();
+    let mut group_scope: Option<Vec<DeviceGroupId>> = None;
+    for name in groups.into_iter().flatten() {
+        let group = device_groups::find_by_name(&mut tx, name)
+            .await
+            .unwrap()
+            .expect("the group exists");
+        group_scope.get_or_insert_with(Vec::new).push(group.id);
+    }
+    let new = NewApiKey {
+        name: format!("{role} key"),
+        role,
+        group_scope,
+        expires_at: None,
+        allowed_cidrs: None,
+        cors_origins: None,
+    };
+    let issued = api_keys::create(&mut tx, &new, &KeyEnv::live(), &store::audit::Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issued
 }
 
 /// A new tenant `name`, created by the system; returns its id.

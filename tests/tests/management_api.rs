@@ -3,85 +3,32 @@
 //! fleetd, group scopes, bad input, and the OpenAPI document against the router's table.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::permissions::{RouteRule, ROUTES};
+use api::permissions::{Callers, RouteRule, ROUTES};
 use fleet_tests::https::{https_request, Response};
+use fleet_tests::logs::capture_logs;
 use fleet_tests::mqtt::DeviceCredentials;
-use fleet_tests::TestDb;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet};
 use serde_json::{json, Value};
-use store::api_keys::{KeyEnv, Role};
+use store::api_keys::Role;
 use store::audit::Actor;
 use store::devices::{self, NewDevice};
-use store::{tenants, TenantId};
 
-/// What fleetd logged during the test: every secret must be absent from it.
-#[derive(Clone, Default)]
-struct LogCapture(Arc<Mutex<Vec<u8>>>);
+/// fleetd with tenant `acme` and its owner key (`fleet_tests::fleet`), with this file's calls.
+struct Fleet(fleet_tests::fleet::Fleet);
 
-impl Write for LogCapture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
+impl std::ops::Deref for Fleet {
+    type Target = fleet_tests::fleet::Fleet;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> LogCapture {
-    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
-    CAPTURE
-        .get_or_init(|| {
-            let capture = LogCapture::default();
-            let writer = capture.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .init();
-            capture
-        })
-        .clone()
-}
-
-struct Fleet {
-    _db: TestDb,
-    _dir: tempfile::TempDir,
-    running: fleetd::Running,
-    tenant: TenantId,
-    owner_key: String,
 }
 
 impl Fleet {
     async fn start() -> Self {
-        capture_logs();
-        let db = TestDb::new().await;
-        let dir = fleet_tests::data_dir();
-        let running = fleetd::start(fleetd::Config::on_ephemeral_loopback_ports(
-            dir.path(),
-            db.url().parse().unwrap(),
-        ))
-        .await
-        .expect("fleetd starts");
-        let (tenant, key) = tenants::create_with_owner_key(
-            &running.database().app,
-            "acme",
-            &KeyEnv::live(),
-            &Actor::System,
-        )
-        .await
-        .unwrap();
-        Fleet {
-            _db: db,
-            _dir: dir,
-            running,
-            tenant: tenant.id,
-            owner_key: key.secret.expose().to_owned(),
-        }
+        Self(fleet_tests::fleet::Fleet::start().await)
     }
 
     async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> Response {
@@ -150,19 +97,12 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Response {
-    let auth = format!("Bearer {key}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    if !bytes.is_empty() {
-        headers.push(("Content-Type", "application/json"));
-    }
-    https_request(
-        running.api_addr(),
-        &running.pki().issuing_ca,
+    call_as(
+        running,
+        &Credential::Key(key.to_owned()),
         method,
         path,
-        &headers,
-        &bytes,
+        body,
     )
     .await
 }
@@ -173,9 +113,15 @@ fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
         p if p.starts_with("/v1/api-keys/") => &ids["key"],
         p if p.starts_with("/v1/enrollment-tokens/") => &ids["token"],
         p if p.starts_with("/v1/device-groups/") => &ids["group"],
+        p if p.starts_with("/v1/users/") => &ids["user"],
         _ => &ids["device"],
     };
-    rule.path.replace("{id}", id)
+    let path = rule.path.replace("{id}", id);
+    // The one route with a required query parameter.
+    if rule.path.ends_with("/chart.svg") {
+        return format!("{path}?metric=cpu_usage_percent");
+    }
+    path
 }
 
 /// A body that passes validation for the mutating routes, so a 403 can only come from the table.
@@ -192,7 +138,93 @@ fn body_for(rule: &RouteRule, run: usize) -> Option<Value> {
         ("POST", "/v1/device-groups") => Some(json!({ "name": format!("made-{run}") })),
         ("PATCH", "/v1/device-groups/{id}") => Some(json!({ "name": "lab" })),
         ("PATCH", "/v1/devices/{id}") => Some(json!({ "name": "lab-1" })),
+        ("PATCH", "/v1/users/{id}") => Some(json!({ "role": "auditor" })),
+        ("POST", "/v1/invitations") => Some(json!({
+            "email": format!("invited-{run}@acme.example"), "role": "auditor",
+        })),
+        ("PUT", "/v1/tenant/sso") => Some(json!({
+            "issuer": "https://idp.example.com", "client_id": "fleet", "client_secret": "s",
+        })),
         _ => None,
+    }
+}
+
+/// How a caller of the matrix authenticates: an API key, or a person's session cookie with its
+/// CSRF token.
+enum Credential {
+    Key(String),
+    Session { cookie: String, csrf: String },
+}
+
+async fn call_as(
+    running: &fleetd::Running,
+    credential: &Credential,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
+    let (name, value, csrf) = match credential {
+        Credential::Key(key) => ("Authorization", format!("Bearer {key}"), None),
+        Credential::Session { cookie, csrf } => (
+            "Cookie",
+            format!("__Host-fleet_session={cookie}"),
+            Some(csrf.as_str()),
+        ),
+    };
+    let mut headers = vec![(name, value.as_str())];
+    headers.extend(csrf.map(|csrf| ("X-CSRF-Token", csrf)));
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    if !bytes.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    https_request(
+        running.api_addr(),
+        &running.pki().issuing_ca,
+        method,
+        path,
+        &headers,
+        &bytes,
+    )
+    .await
+}
+
+impl Fleet {
+    /// A person with `role` (and optionally a group scope), invited by the owner key, signed in
+    /// (enrolling TOTP where the role requires it).
+    async fn person(&self, role: &str, group_ids: Option<Vec<String>>, n: usize) -> Credential {
+        let groups: Option<Vec<&str>> = group_ids
+            .as_ref()
+            .map(|ids| ids.iter().map(String::as_str).collect());
+        let email = format!("{role}{n}@acme.example");
+        let person = self.person_in_groups(&email, role, groups.as_deref()).await;
+        Credential::Session {
+            cookie: person.session.cookie,
+            csrf: person.session.csrf,
+        }
+    }
+
+    /// A user with no password (as single sign-on creates them), to be disabled, changed or
+    /// removed by the matrix.
+    async fn spare_user(&self, run: usize) -> String {
+        let mut tx = self
+            .running
+            .database()
+            .app
+            .begin(self.tenant)
+            .await
+            .unwrap();
+        let email = store::users::Email::parse(&format!("spare{run}@acme.example")).unwrap();
+        let (user, _) = store::users::find_or_create_verified(
+            &mut tx,
+            &email,
+            Role::Auditor,
+            &Actor::System,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        user.id.to_string()
     }
 }
 
@@ -201,19 +233,48 @@ async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
     let fleet = Fleet::start().await;
     let lab = fleet.group("lab").await;
     let lab_id = lab["id"].as_str().unwrap().to_owned();
-    let device = fleet.device_in("lab", "lab-1").await;
-    let mut keys = Vec::new();
+    let mut callers = Vec::new();
     for role in Role::ALL {
-        keys.push((role, false, fleet.key(role.as_str(), None).await.0));
-        keys.push((
-            role,
-            true,
-            fleet.key(role.as_str(), Some(vec![lab_id.clone()])).await.0,
-        ));
+        let unscoped = fleet.key(role.as_str(), None).await.0;
+        let scoped = fleet.key(role.as_str(), Some(vec![lab_id.clone()])).await.0;
+        callers.push((role, false, Credential::Key(unscoped)));
+        callers.push((role, true, Credential::Key(scoped)));
     }
+    run_matrix(&fleet, &lab_id, &callers).await;
+    fleet.0.running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_route_answers_every_role_of_signed_in_users_exactly_as_the_permission_table_says() {
+    let fleet = Fleet::start().await;
+    let lab = fleet.group("lab").await;
+    let lab_id = lab["id"].as_str().unwrap().to_owned();
+    let mut callers = Vec::new();
+    for (n, role) in Role::ALL.into_iter().enumerate() {
+        let unscoped = fleet.person(role.as_str(), None, n * 2).await;
+        let scoped = fleet
+            .person(role.as_str(), Some(vec![lab_id.clone()]), n * 2 + 1)
+            .await;
+        callers.push((role, false, unscoped));
+        callers.push((role, true, scoped));
+    }
+    run_matrix(&fleet, &lab_id, &callers).await;
+    fleet.0.running.shutdown().await.unwrap();
+}
+
+/// Every route of the table (but the sign-in steps, which take no caller) for every caller:
+/// success where the table allows the role, the scope and the kind of caller, 403 elsewhere.
+/// A person's own state-changing session routes (sign out, password) would end the session the
+/// matrix goes on with: tests/people.rs covers them.
+async fn run_matrix(fleet: &Fleet, lab_id: &str, callers: &[(Role, bool, Credential)]) {
+    let device = fleet.device_in("lab", "lab-1").await;
     let mut run = 0;
-    for rule in ROUTES {
-        for (role, scoped, key) in &keys {
+    for rule in ROUTES.iter().filter(|r| r.callers != Callers::Anonymous) {
+        for (role, scoped, credential) in callers {
+            let session = matches!(credential, Credential::Session { .. });
+            if session && rule.callers == Callers::SessionsOnly && rule.method != "GET" {
+                continue;
+            }
             run += 1;
             // Objects that a DELETE may consume are made fresh for each call.
             let (spare_key, spare_key_id) = fleet.key("auditor", None).await;
@@ -238,24 +299,35 @@ async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
             let group_id = if rule.method == "DELETE" {
                 spare_group["id"].as_str().unwrap().to_owned()
             } else {
-                lab_id.clone()
+                lab_id.to_owned()
+            };
+            let user = if rule.path.starts_with("/v1/users/") {
+                fleet.spare_user(run).await
+            } else {
+                String::new()
             };
             let ids = BTreeMap::from([
                 ("key", spare_key_id),
                 ("token", token["id"].as_str().unwrap().to_owned()),
                 ("group", group_id),
                 ("device", device.clone()),
+                ("user", user),
             ]);
             let path = concrete(rule, &ids);
-            let answer = fleet
-                .call(key, rule.method, &path, body_for(rule, run))
-                .await;
-            let allowed = rule.allows(*role, *scoped);
+            let answer = call_as(
+                &fleet.running,
+                credential,
+                rule.method,
+                &path,
+                body_for(rule, run),
+            )
+            .await;
+            let allowed = rule.allows(*role, *scoped) && rule.takes(session);
             if allowed {
                 assert!(
                     answer.status < 400
                         || (rule.path.contains("patch-status") && answer.status == 404),
-                    "{} {path} as {role:?} scoped={scoped}: expected success, got {} {}",
+                    "{} {path} as {role:?} scoped={scoped} session={session}: expected success, got {} {}",
                     rule.method,
                     answer.status,
                     answer.text()
@@ -265,7 +337,6 @@ async fn every_route_answers_every_role_exactly_as_the_permission_table_says() {
             }
         }
     }
-    fleet.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -311,20 +382,9 @@ async fn secrets_appear_only_in_the_creating_response_never_in_the_database_or_t
     }
 
     // Every column of every table, as text.
-    let mut owner = fleet._db.connect_as_owner().await;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')",
-    )
-    .fetch_all(&mut owner)
-    .await
-    .unwrap();
-    assert!(tables.contains(&"api_keys".to_owned()));
-    for table in tables {
-        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
-            .fetch_all(&mut owner)
-            .await
-            .unwrap();
+    let tables = fleet.db.every_row_as_text().await;
+    assert!(tables.contains_key("api_keys"));
+    for (table, rows) in tables {
         for row in rows {
             for secret in secrets.iter().chain(&secret_parts) {
                 assert!(
@@ -339,12 +399,12 @@ async fn secrets_appear_only_in_the_creating_response_never_in_the_database_or_t
     let _ = fleet
         .call(&format!("{key}x"), "GET", "/v1/devices", None)
         .await;
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(logged.contains("API key created"), "the capture works");
     for secret in secrets.iter().chain(&secret_parts) {
         assert!(!logged.contains(secret.as_str()), "a secret was logged");
     }
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -353,8 +413,8 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
     // A second fleetd on the same database.
     let dir_b = fleet_tests::data_dir();
     let mut config_b =
-        fleetd::Config::on_ephemeral_loopback_ports(dir_b.path(), fleet._db.url().parse().unwrap());
-    config_b.pki.dir = Some(fleet._dir.path().join("pki"));
+        fleetd::Config::on_ephemeral_loopback_ports(dir_b.path(), fleet.db.url().parse().unwrap());
+    config_b.pki.dir = Some(fleet.dir.path().join("pki"));
     let b = fleetd::start(config_b).await.expect("second fleetd");
 
     let (key, key_id) = fleet.key("operator", None).await;
@@ -432,7 +492,7 @@ async fn revocation_expiry_and_cidrs_take_effect_on_the_next_request_on_every_fl
             .assert_problem(401, "invalid-api-key");
     }
     b.shutdown().await.unwrap();
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -506,7 +566,7 @@ async fn a_group_scoped_key_sees_nothing_of_other_groups() {
         .json();
     assert_eq!(other["status"], "active");
     assert_eq!(other["name"], "theirs");
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -749,7 +809,7 @@ async fn bad_input_is_refused_with_the_field_named_and_never_a_server_error() {
         .await
         .assert_problem(401, "invalid-api-key");
     }
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -774,7 +834,7 @@ async fn repeated_failures_from_one_address_are_slowed_without_starving_good_key
     let slowed = slowed.expect("slowed after repeated failures");
     slowed.assert_problem(429, "too-many-failures");
     assert!(slowed.header("retry-after").is_some());
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -832,7 +892,7 @@ async fn a_key_never_creates_a_key_with_more_power_than_its_own() {
         .map(|e| e["actor"].as_str().unwrap())
         .collect();
     assert!(actors.iter().any(|a| a.starts_with("api_key:")), "{events}");
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -874,7 +934,7 @@ async fn the_openapi_document_has_exactly_the_routes_of_the_permission_table() {
         served.json()["paths"].as_object().unwrap().len(),
         json["paths"].as_object().unwrap().len()
     );
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -931,12 +991,12 @@ async fn requests_refusals_and_the_key_cache_are_counted_and_refused_enrollments
     // Route templates, never concrete ids, label the series.
     assert!(!metrics.contains(&fleet.tenant.to_string()));
 
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(
         logged.contains("enrollment refused") && logged.contains("invalid-csr"),
         "the refused enrollment was not logged"
     );
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }
 
 /// The CONNACK code a device of fleetd's embedded broker got (`None`: no CONNACK at all); a
@@ -1051,5 +1111,5 @@ async fn the_connection_quota_is_set_through_the_api_audited_and_applies_to_the_
     assert!(changes.contains(&(100_000, 1)), "{events}");
     assert!(changes.contains(&(1, 2)), "{events}");
     assert_eq!(changes.len(), 2, "{events}");
-    fleet.running.shutdown().await.unwrap();
+    fleet.0.running.shutdown().await.unwrap();
 }

@@ -164,8 +164,9 @@ async fn a_scripted_session_moves_every_counter_and_ops_files_use_only_exported_
         .unwrap();
     let driver = tokio::spawn(async move { while events.poll().await.is_ok() {} });
 
-    // A device without a client certificate: refused at the TLS handshake.
-    refused_without_certificate(broker, ca).await;
+    // A device with a certificate of another CA: refused at the TLS handshake. (Without a
+    // certificate it would be a live-stream subscriber, refused at CONNECT without a key.)
+    refused_with_a_foreign_certificate(broker, ca).await;
 
     let after = wait_until_moved(metrics, &before).await;
     for (name, labels) in MUST_MOVE {
@@ -242,8 +243,18 @@ async fn a_scripted_session_moves_every_counter_and_ops_files_use_only_exported_
 
 /// Connects to the broker over TLS trusting the fleet root but presenting no certificate, and
 /// waits for the connection to end.
-async fn refused_without_certificate(broker: SocketAddr, ca: &certs::IssuingCa) {
-    let connector = tokio_rustls::TlsConnector::from(fleet_tests::https::client_config(ca));
+async fn refused_with_a_foreign_certificate(broker: SocketAddr, ca: &certs::IssuingCa) {
+    let foreign_dir = tempfile::tempdir().unwrap();
+    let foreign =
+        certs::Pki::generate(&foreign_dir.path().join("pki"), &Default::default()).unwrap();
+    let identity = certs::DeviceIdentity {
+        tenant_id: store::TenantId::new_random(),
+        device_id: store::DeviceId::new_random(),
+    };
+    let validity = certs::Validity::from_now(Duration::from_secs(3600)).unwrap();
+    let device = fleet_tests::device::issue(foreign.issuing_ca(), identity, validity);
+    let tls = fleet_tests::device::device_tls(ca.root_der(), device.chain, &device.key);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
     let tcp = tokio::net::TcpStream::connect(broker).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     // With TLS 1.3 the client may finish first; the server's refusal then ends the read.
@@ -253,7 +264,7 @@ async fn refused_without_certificate(broker: SocketAddr, ca: &certs::IssuingCa) 
         let read = tokio::time::timeout(TIMEOUT, tls.read(&mut buf)).await;
         assert!(
             matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-            "a connection without a certificate got an answer: {read:?}"
+            "a connection with a foreign certificate got an answer: {read:?}"
         );
     }
 }

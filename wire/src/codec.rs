@@ -181,7 +181,7 @@ fn check_size(bytes: &[u8], max_bytes: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn check_major_version(version: SchemaVersion) -> Result<(), DecodeError> {
+pub(crate) fn check_major_version(version: SchemaVersion) -> Result<(), DecodeError> {
     let supported = SchemaVersion::CURRENT.major;
     if version.major != supported {
         return Err(DecodeError::UnsupportedMajorVersion {

@@ -141,22 +141,35 @@ impl SeqHeader {
 
     /// Refuses a decoded `batch` that does not agree with the header.
     pub(crate) fn check_body(&self, batch: &Batch) -> Result<(), DecodeError> {
-        if batch.epoch() != self.epoch {
+        let seqs = batch.records.first().zip(batch.records.last());
+        self.check_span(
+            batch.epoch(),
+            seqs.map(|(first, last)| (first.seq, last.seq)),
+        )
+    }
+
+    /// Refuses a batch of `epoch` whose records run from `seqs.0` to `seqs.1` (`None`: no
+    /// record) when it does not agree with the header.
+    pub(crate) fn check_span(
+        &self,
+        epoch: Epoch,
+        seqs: Option<(u64, u64)>,
+    ) -> Result<(), DecodeError> {
+        if epoch != self.epoch {
             return Err(DecodeError::BadHeader(format!(
                 "header names epoch {}, the batch epoch {}",
-                self.epoch.id,
-                batch.epoch().id
+                self.epoch.id, epoch.id
             )));
         }
-        let (Some(first), Some(last)) = (batch.records.first(), batch.records.last()) else {
+        let Some((first, last)) = seqs else {
             return Err(DecodeError::BadHeader(
                 "a headed batch holds no record".into(),
             ));
         };
-        if first.seq < self.first_seq || last.seq > self.last_seq {
+        if first < self.first_seq || last > self.last_seq {
             return Err(DecodeError::BadHeader(format!(
-                "records {}..={} outside the header's {}..={}",
-                first.seq, last.seq, self.first_seq, self.last_seq
+                "records {first}..={last} outside the header's {}..={}",
+                self.first_seq, self.last_seq
             )));
         }
         Ok(())
@@ -193,6 +206,22 @@ pub fn decode_message_with_limit(
     bytes: &[u8],
     max_message_bytes: usize,
 ) -> Result<(Option<SeqHeader>, Batch), Undecodable> {
+    let (header, body) = split_within(bytes, max_message_bytes)?;
+    let refused = |error| Undecodable { error, header };
+    let batch = crate::codec::decode_bare_batch(body, max_message_bytes).map_err(refused)?;
+    if let Some(header) = &header {
+        header.check_body(&batch).map_err(refused)?;
+    }
+    Ok((header, batch))
+}
+
+/// The first checks of every record message: its header (read before the size, so that an
+/// oversize message is still attributed), then its size. The header, if any, and the batch's
+/// CBOR after it.
+pub(crate) fn split_within(
+    bytes: &[u8],
+    max_message_bytes: usize,
+) -> Result<(Option<SeqHeader>, &[u8]), Undecodable> {
     let (header, body) = match SeqHeader::split(bytes) {
         Ok(Some((header, body))) => (Some(header), body),
         Ok(None) => (None, bytes),
@@ -203,18 +232,16 @@ pub fn decode_message_with_limit(
             })
         }
     };
-    let refused = |error| Undecodable { error, header };
     if bytes.len() > max_message_bytes {
-        return Err(refused(DecodeError::TooLarge {
-            len: bytes.len(),
-            max: max_message_bytes,
-        }));
+        return Err(Undecodable {
+            error: DecodeError::TooLarge {
+                len: bytes.len(),
+                max: max_message_bytes,
+            },
+            header,
+        });
     }
-    let batch = crate::codec::decode_bare_batch(body, max_message_bytes).map_err(refused)?;
-    if let Some(header) = &header {
-        header.check_body(&batch).map_err(refused)?;
-    }
-    Ok((header, batch))
+    Ok((header, body))
 }
 
 #[cfg(test)]

@@ -29,9 +29,11 @@
 //! after the commit. The tenant and the device are never in a payload: they come
 //! from the authenticated connection.
 //!
-//! Ingest's ledger keeps each record's [`Body`] alone, as [`encode_body`]
-//! writes it; the management API reads it back with [`decode_body`], under the
-//! same bounds as a batch. The agent's outbox keeps each whole [`Record`], as
+//! Ingest's ledger keeps each record's [`Body`] alone, the bytes the device sent
+//! (ingest decodes a message in one pass with [`decode_message_view`], which accepts what
+//! [`decode_message_with_limit`] accepts and tells where each body lies; [`encode_body`]
+//! writes the same bytes for a body the agent encoded); the management API reads it back with
+//! [`decode_body`], under the same bounds as a batch. The agent's outbox keeps each whole [`Record`], as
 //! [`encode_record`] writes it, and reads it back with [`decode_record`], under
 //! the same bounds again.
 //!
@@ -170,6 +172,7 @@ mod telemetry;
 mod time;
 pub mod topic;
 mod version;
+mod view;
 
 pub use batch::{Batch, Body, Epoch, Record, RecordKind};
 pub use codec::{
@@ -191,3 +194,4 @@ pub use time::UnixMillis;
 pub use uuid::Error as UuidError;
 pub use uuid::Uuid;
 pub use version::SchemaVersion;
+pub use view::{decode_message_view, BodyView, MessageView, RecordView};

@@ -106,7 +106,7 @@ impl PackageManager {
         }
     }
 
-    fn from_name(name: &str) -> Self {
+    pub(crate) fn from_name(name: &str) -> Self {
         match name {
             "apt" => Self::Apt,
             "apk" => Self::Apk,
@@ -151,16 +151,21 @@ impl Visitor<'_> for PackageManagerVisitor {
 impl PatchStatus {
     /// Checks counts and string lengths against [`limits`](crate::limits).
     pub(crate) fn validate(&self) -> Result<(), DecodeError> {
+        self.validate_header()?;
+        self.packages.iter().try_for_each(Package::validate)
+    }
+
+    /// The checks of [`validate`](Self::validate) before those of each package.
+    pub(crate) fn validate_header(&self) -> Result<(), DecodeError> {
         limits::check_name("patch.os_id", &self.os_id)?;
         limits::check_name("patch.os_version", &self.os_version)?;
         limits::check_name("patch.package_manager", self.package_manager.as_str())?;
-        limits::check_count("patch.packages", self.packages.len(), MAX_PACKAGES)?;
-        self.packages.iter().try_for_each(Package::validate)
+        limits::check_count("patch.packages", self.packages.len(), MAX_PACKAGES)
     }
 }
 
 impl Package {
-    fn validate(&self) -> Result<(), DecodeError> {
+    pub(crate) fn validate(&self) -> Result<(), DecodeError> {
         limits::check_name("package.name", &self.name)?;
         limits::check_name("package.installed", &self.installed)?;
         if let Some(candidate) = &self.candidate {

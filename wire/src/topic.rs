@@ -34,7 +34,8 @@ use crate::{Record, RecordError, RecordKind};
 /// The first two levels of every fleetplane topic.
 pub const ROOT: &str = "fleet/v1";
 
-/// The filter ingest subscribes to in embedded mode: every device's `up` topics.
+/// Every device's `up` topics: what ingest consumes (in external mode through a shared
+/// subscription; in embedded mode the gateway hands them over directly).
 pub const INGEST_FILTER: &str = "fleet/v1/+/up/#";
 
 /// Mosquitto pattern ACL lines confining each device to its own topics, for
@@ -316,7 +317,13 @@ pub fn device_may_subscribe(device_id: DeviceId, filter: &str) -> bool {
 /// [`Body::Unknown`](crate::Body::Unknown) record, or a record of a kind the
 /// topic does not carry.
 pub fn check_record(topic: TopicKind, record: &Record) -> Result<(), RecordError> {
-    let kind = record.kind().ok_or(RecordError::UnknownKind)?;
+    check_kind(topic, record.kind())
+}
+
+/// [`check_record`] of a record of `kind` (`None`: a kind this build does not know), as
+/// [`BodyView::kind`](crate::BodyView::kind) tells it.
+pub fn check_kind(topic: TopicKind, kind: Option<RecordKind>) -> Result<(), RecordError> {
+    let kind = kind.ok_or(RecordError::UnknownKind)?;
     if !topic.carries(kind) {
         return Err(RecordError::WrongTopic {
             record: kind,

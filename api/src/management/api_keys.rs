@@ -144,7 +144,7 @@ pub(crate) async fn create(
     ApiJson(request): ApiJson<NewApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     may_create_key(&caller, request.role, request.group_ids.as_deref())?;
-    if let (Some(own), Some(asked)) = (caller.key().expires_at, request.expires_at) {
+    if let (Some(own), Some(asked)) = (caller.expires_at(), request.expires_at) {
         if asked > own {
             return Err(invalid(
                 "expires_at",
@@ -157,7 +157,7 @@ pub(crate) async fn create(
         role: request.role,
         group_scope: request.group_ids,
         // A key that expires cannot create one that outlives it.
-        expires_at: request.expires_at.or(caller.key().expires_at),
+        expires_at: request.expires_at.or(caller.expires_at()),
         allowed_cidrs: request.allowed_cidrs,
         cors_origins: request.cors_origins,
     };

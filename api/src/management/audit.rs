@@ -12,7 +12,8 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use store::audit::{self, AuditEvent, AuditFilter, ChainVerdict};
+use store::audit::{self, AuditEvent, AuditFilter, ChainVerdict, Target};
+use store::DeviceId;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
@@ -121,6 +122,23 @@ fn time_range(query: &mut Query) -> Result<AuditFilter, ApiError> {
     })
 }
 
+/// `target`, or `device` as the target `device:<id>` (every event about a device names it so).
+fn target(query: &mut Query) -> Result<Option<String>, ApiError> {
+    let target = query.text("target")?;
+    let device = query
+        .text("device")?
+        .map(|id| {
+            id.parse::<DeviceId>()
+                .map_err(|_| invalid("device", "expected a device id (a UUID)"))
+        })
+        .transpose()?;
+    match (target, device) {
+        (Some(_), Some(_)) => Err(invalid("device", "give target or device, not both")),
+        (target, None) => Ok(target),
+        (None, Some(device)) => Ok(Some(Target::Device(device).to_string())),
+    }
+}
+
 /// Lists the tenant's audit events, oldest first.
 ///
 /// Filters match exactly; `since` and `until` select `[since, until)`.
@@ -129,6 +147,8 @@ fn time_range(query: &mut Query) -> Result<AuditFilter, ApiError> {
            ("actor" = Option<String>, Query, description = "exactly this actor, e.g. api-key:AbCdEf123456"),
            ("action" = Option<String>, Query, description = "exactly this action, e.g. device.revoke"),
            ("target" = Option<String>, Query, description = "exactly this target, e.g. device:<id>"),
+           ("device" = Option<String>, Query, format = Uuid,
+            description = "events about this device (its target device:<id>); not with target"),
            ("since" = Option<String>, Query, format = DateTime, description = "occurred at or after (RFC 3339)"),
            ("until" = Option<String>, Query, format = DateTime, description = "occurred before (RFC 3339)")),
     responses((status = 200, body = Page<AuditEventView>), (status = 400, body = Problem), (status = 401, body = Problem),
@@ -143,7 +163,7 @@ pub(crate) async fn list(
     let filter = AuditFilter {
         actor: query.text("actor")?,
         action: query.text("action")?,
-        target: query.text("target")?,
+        target: target(&mut query)?,
         ..time_range(&mut query)?
     };
     query.finish()?;
@@ -209,7 +229,7 @@ pub(crate) async fn export_csv(
         .map_err(|e| ApiError::Internal(format!("content disposition: {e}")))?;
     let mut chunk = audit::CSV_HEADER.to_owned();
     let next = render(&mut chunk, &first);
-    tracing::info!(tenant = %caller.tenant(), key = %caller.key().id, since = ?filter.since, until = ?filter.until, "audit export");
+    tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), since = ?filter.since, until = ?filter.until, "audit export");
     let export = Export {
         ctx,
         caller,
@@ -357,6 +377,25 @@ mod tests {
         let page: Vec<AuditEvent> = (1..=CSV_PAGE_ROWS).map(|s| event(s, "{}")).collect();
         assert_eq!(render(&mut String::new(), &page), Some(CSV_PAGE_ROWS));
         assert_eq!(render(&mut String::new(), &[]), None);
+    }
+
+    #[test]
+    fn a_device_filter_is_its_target_and_excludes_target() {
+        let id = "0b6f1f9e-5a57-4c1e-9d56-2f0f6d1d8f10";
+        let mut q = Query::parse(Some(&format!("device={id}")));
+        assert_eq!(target(&mut q).unwrap(), Some(format!("device:{id}")));
+        let mut q = Query::parse(Some("target=api_key:AbCdEf123456"));
+        assert_eq!(
+            target(&mut q).unwrap().as_deref(),
+            Some("api_key:AbCdEf123456")
+        );
+        for refused in ["device=lab-1", &format!("device={id}&target=device:{id}")] {
+            let mut q = Query::parse(Some(refused));
+            assert!(
+                matches!(target(&mut q), Err(ApiError::InvalidField { field, .. }) if field == "device"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

@@ -1,23 +1,26 @@
-//! `/v1/devices`: list with filters, show, rename, labels, move, revoke; presence and ingest
-//! health; telemetry records and bucketed aggregates. Everything is limited to the caller's
+//! `/v1/devices`: list with filters, show, rename, labels, move, revoke; presence, its history and
+//! ingest health; telemetry records, bucketed aggregates and charts. Everything is limited to the caller's
 //! group scope: a device outside it is not found.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use store::device_certificates;
 use store::devices::{self, Device, DeviceFilter, DeviceStatus};
 use store::records::{self, RecordKind};
 use store::{ingest_state, DeviceId, EnrollmentTokenId, TenantTx};
-use time::OffsetDateTime;
+use time::{OffsetDateTime, UtcOffset};
 use utoipa::ToSchema;
 
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, PathId, Query, Resource};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, PageRequest, PathId, Query, Resource};
+use crate::views::chart::{self, ChartInput};
 use crate::views::telemetry::{Aggregation, Aggregator, TelemetrySample, Window};
 use crate::Ctx;
 
@@ -41,6 +44,12 @@ pub struct DeviceView {
     pub created_at: String,
     /// When it last connected or disconnected.
     pub last_seen_at: Option<String>,
+    /// Security updates pending in its newest inventory; null before its first inventory.
+    pub pending_security_updates: Option<i32>,
+    /// Whether its newest inventory says it needs a reboot; null before its first inventory.
+    pub reboot_required: Option<bool>,
+    /// When the device took its newest inventory, by its own clock; null before the first.
+    pub inventory_at: Option<String>,
 }
 
 impl From<&Device> for DeviceView {
@@ -54,6 +63,9 @@ impl From<&Device> for DeviceView {
             online: d.online,
             created_at: rfc3339(d.created_at),
             last_seen_at: rfc3339_opt(d.last_seen_at),
+            pending_security_updates: d.patch.map(|p| p.pending_security_updates),
+            reboot_required: d.patch.map(|p| p.reboot_required),
+            inventory_at: rfc3339_opt(d.patch.map(|p| p.inventory_at)),
         }
     }
 }
@@ -94,7 +106,11 @@ pub struct DeviceDetail {
            ("pending_security_updates" = Option<bool>, Query),
            ("last_seen_before" = Option<String>, Query, format = DateTime),
            ("last_seen_after" = Option<String>, Query, format = DateTime),
-           ("name_prefix" = Option<String>, Query)),
+           ("name_prefix" = Option<String>, Query),
+           ("reboot_required" = Option<bool>, Query,
+            description = "by the newest inventory; devices without one match neither"),
+           ("search" = Option<String>, Query,
+            description = "name contains this (ignoring case, taken literally) or id is exactly this; at most 200 bytes")),
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = Problem), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 422, body = Problem)))]
 pub(crate) async fn list(
@@ -137,6 +153,9 @@ fn device_filter(query: &mut Query) -> Result<DeviceFilter, ApiError> {
         last_seen_before: query.time("last_seen_before")?,
         last_seen_after: query.time("last_seen_after")?,
         name_prefix: query.text("name_prefix")?,
+        reboot_required: query.boolean("reboot_required")?,
+        // An empty search box searches for nothing, not for every name.
+        search: query.text("search")?.filter(|s| !s.is_empty()),
     })
 }
 
@@ -345,6 +364,11 @@ pub(crate) async fn telemetry(
             ));
         }
     }
+    Ok(Json(positioned_page(&page, items)))
+}
+
+/// A page of items listed by (time, number), whose cursor is the last item's position.
+fn positioned_page<T>(page: &PageRequest, items: Vec<(RecordPosition, T)>) -> Page<T> {
     let last = items.last().map(|(position, _)| *position);
     let mut page = page.page(items.into_iter().map(|(_, r)| r).collect(), |_| {
         String::new()
@@ -352,10 +376,11 @@ pub(crate) async fn telemetry(
     if page.next_cursor.is_some() {
         page.next_cursor = last.map(|p| crate::extract::cursor_for(&p));
     }
-    Ok(Json(page))
+    page
 }
 
-/// Where a page of records ends: (recorded_at, seq), as `<unix nanos>.<seq>`.
+/// Where a page of records (or presence events) ends: (recorded_at, seq), as
+/// `<unix nanos>.<seq>`.
 #[derive(Clone, Copy, Debug)]
 struct RecordPosition {
     at: OffsetDateTime,
@@ -408,14 +433,27 @@ pub(crate) async fn telemetry_aggregate(
     query.finish()?;
     let window = Window::new(from, to, bucket).map_err(|e| invalid("bucket", &e.to_string()))?;
     let filter = (!metrics.is_empty()).then_some(metrics);
-    let mut aggregator =
+    let aggregator =
         Aggregator::new(window, filter).map_err(|e| invalid("metric", &e.to_string()))?;
     let (mut tx, device) = visible(&ctx, &caller, id).await?;
+    let aggregation = aggregate(&mut tx, &device, aggregator).await?;
+    tx.commit().await?;
+    Ok(Json(aggregation))
+}
+
+/// Feeds `aggregator` the device's telemetry in its window, read in pages (one query up to
+/// 5,000 records), refusing past [`MAX_AGGREGATED_RECORDS`].
+async fn aggregate(
+    tx: &mut TenantTx,
+    device: &Device,
+    mut aggregator: Aggregator,
+) -> Result<Aggregation, ApiError> {
+    let (from, to) = (aggregator.window().from(), aggregator.window().to());
     let mut after = None;
     let mut read = 0;
     loop {
         let page = records::list_in_range(
-            &mut tx,
+            tx,
             device.id,
             RecordKind::Telemetry,
             from,
@@ -440,11 +478,157 @@ pub(crate) async fn telemetry_aggregate(
             Some(last) if page.len() as i64 == AGGREGATE_PAGE => {
                 after = Some((last.recorded_at, last.seq));
             }
-            _ => break,
+            _ => return Ok(aggregator.finish()),
         }
     }
+}
+
+/// The widest viewer offset either way: UTC−12:00 to UTC+14:00.
+const MAX_OFFSET_MINUTES: i32 = 14 * 60;
+
+/// About this many buckets in a chart whose bucket is not given: finer is noise at its width.
+const CHART_BUCKETS: i64 = 120;
+
+/// One metric's telemetry drawn as an SVG chart (`image/svg+xml`), bucketed as the aggregate
+/// route buckets it: the mean as a line, min–max as a band, empty buckets as gaps (never
+/// interpolated); network counters as rates. The axis has the metric's unit; the times are in
+/// the viewer's offset, written under the axis. A range without data answers a chart that says
+/// so. The SVG has no style or script (it is served under the API's Content-Security-Policy).
+#[utoipa::path(get, path = "/v1/devices/{id}/telemetry/chart.svg", tag = "telemetry", params(("id" = String, Path),
+        ("metric" = String, Query, description = "one metric name, as the aggregate route names them, e.g. cpu_usage_percent or temperature_celsius:cpu"),
+        ("from" = Option<String>, Query, format = DateTime, description = "default: 24 h before `to`"),
+        ("to" = Option<String>, Query, format = DateTime, description = "default: now"),
+        ("bucket" = Option<String>, Query, description = "bucket width, e.g. 5m (default: the range in about 120 buckets, rounded to 1, 2, 5, 10, 15 or 30 minutes, or hours)"),
+        ("tz_offset_minutes" = Option<i32>, Query, minimum = -720, maximum = 840,
+         description = "the viewer's offset from UTC in minutes, east positive: +60 for CET, -300 for EST (the negation of JavaScript's Date.getTimezoneOffset()); default 0")),
+    responses((status = 200, content_type = "image/svg+xml", body = String), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn telemetry_chart(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    PathId(id): PathId<DeviceId>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut query = Query::parse(raw.as_deref());
+    let (from, to) = time_range(&mut query)?;
+    let metric = query
+        .text("metric")?
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "metric",
+                "required: one metric name, e.g. cpu_usage_percent",
+            )
+        })?;
+    let bucket = match query.duration("bucket")? {
+        Some(bucket) => {
+            time::Duration::try_from(bucket).map_err(|_| invalid("bucket", "too long"))?
+        }
+        None => chart_bucket(to - from),
+    };
+    let offset = viewer_offset(&mut query)?;
+    query.finish()?;
+    let window = Window::new(from, to, bucket).map_err(|e| invalid("bucket", &e.to_string()))?;
+    let aggregator = Aggregator::new(window, Some(BTreeSet::from([metric.clone()])))
+        .map_err(|e| invalid("metric", &e.to_string()))?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
+    let aggregation = aggregate(&mut tx, &device, aggregator).await?;
     tx.commit().await?;
-    Ok(Json(aggregator.finish()))
+    let points = aggregation
+        .series
+        .into_iter()
+        .next()
+        .map(|series| series.points)
+        .unwrap_or_default();
+    let svg = chart::render(&ChartInput {
+        metric: &metric,
+        subject: &device.name,
+        window,
+        points: &points,
+        offset,
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+/// `tz_offset_minutes`, checked.
+fn viewer_offset(query: &mut Query) -> Result<UtcOffset, ApiError> {
+    let minutes = query
+        .parsed::<i32>("tz_offset_minutes", "whole minutes east of UTC, e.g. 60")?
+        .unwrap_or(0);
+    if !(-12 * 60..=MAX_OFFSET_MINUTES).contains(&minutes) {
+        return Err(invalid("tz_offset_minutes", "must be between -720 and 840"));
+    }
+    UtcOffset::from_whole_seconds(minutes * 60)
+        .map_err(|_| invalid("tz_offset_minutes", "must be between -720 and 840"))
+}
+
+/// The round bucket width that cuts `span` into at most about [`CHART_BUCKETS`] buckets.
+fn chart_bucket(span: time::Duration) -> time::Duration {
+    const ROUND_MINUTES: [i64; 12] = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440];
+    let rough = span / CHART_BUCKETS as i32;
+    ROUND_MINUTES
+        .iter()
+        .map(|&m| time::Duration::minutes(m))
+        .find(|&width| width >= rough)
+        .unwrap_or_else(|| time::Duration::days(rough.whole_days() + 1))
+}
+
+/// One connect or disconnect.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceEventView {
+    /// When the broker saw it (RFC 3339).
+    pub at: String,
+    /// Connected (true) or disconnected (false).
+    pub online: bool,
+}
+
+/// A device's connects and disconnects, newest first (the newest 1,000 are kept).
+#[utoipa::path(get, path = "/v1/devices/{id}/presence", tag = "devices", params(("id" = String, Path),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Page<PresenceEventView>), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+pub(crate) async fn presence(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    PathId(id): PathId<DeviceId>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Page<PresenceEventView>>, ApiError> {
+    let mut query = Query::parse(raw.as_deref());
+    let page = query.page()?;
+    query.finish()?;
+    let before: Option<RecordPosition> = page.after()?;
+    let (mut tx, device) = visible(&ctx, &caller, id).await?;
+    let events = devices::presence_history(
+        &mut tx,
+        device.id,
+        before.map(|p| (p.at, p.seq)),
+        page.limit,
+    )
+    .await?;
+    tx.commit().await?;
+    let items = events
+        .iter()
+        .map(|e| {
+            let position = RecordPosition {
+                at: e.at,
+                seq: e.event_id,
+            };
+            let view = PresenceEventView {
+                at: rfc3339(e.at),
+                online: e.online,
+            };
+            (position, view)
+        })
+        .collect();
+    Ok(Json(positioned_page(&page, items)))
 }
 
 /// `from` and `to` (default: the last day up to now); `from` must be before `to`.

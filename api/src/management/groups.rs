@@ -1,4 +1,5 @@
-//! `/v1/device-groups`: create, rename, delete (only when empty), list.
+//! `/v1/device-groups`: create, rename, delete (only when empty), list with counts of devices,
+//! online devices and devices with security updates pending.
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -26,6 +27,10 @@ pub struct DeviceGroupView {
     pub created_at: String,
     /// Devices in it now.
     pub device_count: i64,
+    /// Of them, connected now.
+    pub online_count: i64,
+    /// Of them, whose newest inventory has security updates pending.
+    pub pending_security_count: i64,
 }
 
 impl From<DeviceGroup> for DeviceGroupView {
@@ -35,6 +40,8 @@ impl From<DeviceGroup> for DeviceGroupView {
             name: g.name,
             created_at: rfc3339(g.created_at),
             device_count: g.device_count,
+            online_count: g.online_count,
+            pending_security_count: g.pending_security_count,
         }
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::Serialize;
-use store::patch_inventory::{self, CurrentPatchStatus, GroupPatchSummary, PackageRow};
+use store::patch_inventory::{
+    self, CurrentPatchStatus, GroupPatchSummary, PackageRow, PendingPackage,
+};
 use store::{devices, DeviceId};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -19,6 +21,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::{invalid, NoQuery, PathId, Query, Resource};
 use crate::Ctx;
+
+/// How many packages `most_pending_packages` lists.
+const MOST_PENDING_PACKAGES: i64 = 20;
 
 /// `stale_after` when the request does not say.
 const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -150,7 +155,29 @@ impl From<GroupPatchSummary> for GroupPatchSummaryView {
     }
 }
 
-/// The patch posture of the caller's devices: totals, and per group.
+/// A package with an update pending on some of the caller's devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingPackageView {
+    /// Package name.
+    pub name: String,
+    /// Devices whose newest inventory has an update of it pending.
+    pub devices: i64,
+    /// Of those, the devices on which the update is a security update.
+    pub security_devices: i64,
+}
+
+impl From<PendingPackage> for PendingPackageView {
+    fn from(p: PendingPackage) -> Self {
+        Self {
+            name: p.name,
+            devices: p.devices,
+            security_devices: p.security_devices,
+        }
+    }
+}
+
+/// The patch posture of the caller's devices: totals, per group, and the packages most often
+/// pending.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PatchSummaryView {
     /// Totals over every device the caller may see.
@@ -158,6 +185,9 @@ pub struct PatchSummaryView {
     pub totals: PatchCounts,
     /// Per group the caller may see that has devices, by name.
     pub by_group: Vec<GroupPatchSummaryView>,
+    /// The 20 packages pending on the most of the caller's devices: security updates first
+    /// (by `security_devices`), then by `devices`, then by name.
+    pub most_pending_packages: Vec<PendingPackageView>,
 }
 
 /// Shows a device's current patch status.
@@ -211,8 +241,11 @@ pub(crate) async fn summary(
     let stale_before = stale_before(OffsetDateTime::now_utc(), stale_after)?;
     let mut tx = caller.begin(&ctx).await?;
     let groups = patch_inventory::summary(&mut tx, caller.scope(), stale_before).await?;
+    let packages =
+        patch_inventory::most_pending_packages(&mut tx, caller.scope(), MOST_PENDING_PACKAGES)
+            .await?;
     tx.commit().await?;
-    Ok(Json(summarize(groups)))
+    Ok(Json(summarize(groups, packages)))
 }
 
 /// The instant before which an inventory is stale.
@@ -223,13 +256,17 @@ fn stale_before(now: OffsetDateTime, stale_after: Duration) -> Result<OffsetDate
         .ok_or_else(|| invalid("stale_after", "is too long"))
 }
 
-fn summarize(groups: Vec<GroupPatchSummary>) -> PatchSummaryView {
+fn summarize(groups: Vec<GroupPatchSummary>, packages: Vec<PendingPackage>) -> PatchSummaryView {
     let by_group: Vec<GroupPatchSummaryView> = groups.into_iter().map(Into::into).collect();
     let mut totals = PatchCounts::default();
     for group in &by_group {
         totals.add(&group.counts);
     }
-    PatchSummaryView { totals, by_group }
+    PatchSummaryView {
+        totals,
+        by_group,
+        most_pending_packages: packages.into_iter().map(Into::into).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -249,7 +286,15 @@ mod tests {
 
     #[test]
     fn totals_add_up_the_groups_and_serialize_flat() {
-        let view = summarize(vec![group("default", 5, 1), group("edge", 3, 0)]);
+        let pending = PendingPackage {
+            name: "openssl".into(),
+            devices: 2,
+            security_devices: 1,
+        };
+        let view = summarize(
+            vec![group("default", 5, 1), group("edge", 3, 0)],
+            vec![pending],
+        );
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["devices"], 8);
         assert_eq!(json["pending_security_updates"], 2);
@@ -257,7 +302,9 @@ mod tests {
         assert_eq!(json["never_reported"], 1);
         assert_eq!(json["by_group"][1]["group"], "edge");
         assert_eq!(json["by_group"][1]["devices"], 3);
-        let empty = serde_json::to_value(summarize(Vec::new())).unwrap();
+        assert_eq!(json["most_pending_packages"][0]["name"], "openssl");
+        assert_eq!(json["most_pending_packages"][0]["security_devices"], 1);
+        let empty = serde_json::to_value(summarize(Vec::new(), Vec::new())).unwrap();
         assert_eq!(empty["devices"], 0);
         assert_eq!(empty["by_group"], serde_json::json!([]));
     }

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use store::tenants::{self, SettingsChange, TenantSettings};
+use store::users::{self, PeoplePolicy};
 use store::TenantId;
 use utoipa::ToSchema;
 
@@ -28,16 +29,25 @@ pub struct TenantView {
     /// The most devices connected at once on one gateway; a further device's CONNECT is
     /// refused (CONNACK 0x03) until one disconnects. A reconnecting device is never refused.
     pub max_device_connections: i32,
+    /// A person's session unused this long ends (seconds; 8 hours by default).
+    pub session_idle_timeout_secs: i64,
+    /// A person's session this old ends, used or not (seconds; 30 days by default).
+    pub session_absolute_timeout_secs: i64,
+    /// Whether every role must enrol TOTP (owners and admins always must).
+    pub totp_required_for_all: bool,
 }
 
-impl From<TenantSettings> for TenantView {
-    fn from(s: TenantSettings) -> Self {
+impl TenantView {
+    fn new(s: TenantSettings, people: PeoplePolicy) -> Self {
         Self {
             id: s.tenant.id,
             name: s.tenant.name,
             created_at: rfc3339(s.tenant.created_at),
             record_retention_days: s.record_retention_days,
             max_device_connections: s.max_device_connections,
+            session_idle_timeout_secs: people.idle_timeout.whole_seconds(),
+            session_absolute_timeout_secs: people.absolute_timeout.whole_seconds(),
+            totp_required_for_all: people.totp_required_for_all,
         }
     }
 }
@@ -55,6 +65,14 @@ pub struct TenantUpdate {
     /// connections at once; connected devices above a lowered quota stay connected.
     #[schema(minimum = 1, maximum = 10_000_000)]
     pub max_device_connections: Option<i32>,
+    /// Seconds a person's session may stay unused, 60 to 2592000.
+    #[schema(minimum = 60, maximum = 2_592_000)]
+    pub session_idle_timeout_secs: Option<i32>,
+    /// Seconds a person's session may last at most, 300 to 31536000.
+    #[schema(minimum = 300, maximum = 31_536_000)]
+    pub session_absolute_timeout_secs: Option<i32>,
+    /// Require TOTP of every role, not only owners and admins.
+    pub totp_required_for_all: Option<bool>,
 }
 
 /// The caller's tenant.
@@ -67,11 +85,13 @@ pub(crate) async fn show(
 ) -> Result<Json<TenantView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let settings = tenants::settings(&mut tx).await?;
+    let people = users::policy(&mut tx).await?;
     tx.commit().await?;
-    Ok(Json(settings.into()))
+    Ok(Json(TenantView::new(settings, people)))
 }
 
-/// Changes the tenant's name, record retention or connection quota.
+/// Changes the tenant's name, record retention, connection quota, or people's session lifetimes
+/// and TOTP rule.
 #[utoipa::path(patch, path = "/v1/tenant", tag = "tenant", request_body = TenantUpdate,
     responses((status = 200, body = TenantView), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -86,9 +106,24 @@ pub(crate) async fn update(
         record_retention_days: update.record_retention_days,
         max_device_connections: update.max_device_connections,
     };
+    let people_change = (
+        update.session_idle_timeout_secs,
+        update.session_absolute_timeout_secs,
+        update.totp_required_for_all,
+    );
     let mut tx = caller.begin(&ctx).await?;
-    let settings =
-        tenants::update_settings(&mut tx, &change, &ctx.state.app, &caller.actor()).await?;
+    // Each part audits its own change; an empty update still records one (as before people).
+    let settings = if change != SettingsChange::default() || people_change == (None, None, None) {
+        tenants::update_settings(&mut tx, &change, &ctx.state.app, &caller.actor()).await?
+    } else {
+        tenants::settings(&mut tx).await?
+    };
+    let people = if people_change == (None, None, None) {
+        users::policy(&mut tx).await?
+    } else {
+        let (idle, absolute, totp) = people_change;
+        users::update_policy(&mut tx, idle, absolute, totp, &caller.actor()).await?
+    };
     tx.commit().await?;
-    Ok(Json(settings.into()))
+    Ok(Json(TenantView::new(settings, people)))
 }

@@ -625,6 +625,11 @@ impl Aggregator {
         })
     }
 
+    /// The window it aggregates over.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
     /// Adds one sample, recorded at `recorded_at`. Ignored if outside the window.
     pub fn add(&mut self, recorded_at: OffsetDateTime, sample: &wire::Telemetry) {
         let Some(index) = self.window.index_of(recorded_at) else {

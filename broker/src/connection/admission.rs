@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use certs::{DeviceIdentity, SerialNumber};
-use rumqttd::local::LinkRx;
-use rumqttd::protocol::{self, ConnAck, ConnectReturnCode, LastWill, Packet};
+use rumqttd::protocol::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Login, Packet};
 use tokio::time::timeout;
 use tracing::warn;
 use wire::DeviceId;
@@ -15,22 +14,47 @@ use wire::DeviceId;
 use super::codec::{DeviceIo, ReadError};
 use super::registration::Registration;
 use super::{Shared, CLOSE_TIMEOUT};
-use crate::engine::SharedLinkTx;
 use crate::hooks::{Admission, DisconnectReason};
 use crate::policy;
 use crate::stats::Refusal;
 
+/// What a client's CONNECT carries that admission looks at.
+pub(super) type ConnectPacket = (Connect, Option<LastWill>, Option<Login>);
+
+/// Reads the first packet, which must be CONNECT, under the connect timeout and
+/// `max_connect_size`; then the session's packets get the full size. An unsupported protocol
+/// level gets its CONNACK here; `Err(None)`: the connection closed without a word.
+pub(super) async fn read_connect(
+    shared: &Shared,
+    client: &mut DeviceIo,
+) -> Result<ConnectPacket, Option<Refusal>> {
+    let first = timeout(shared.limits.connect_timeout, client.read_packet()).await;
+    let connect = match first {
+        Err(_elapsed) => return Err(Some(Refusal::ConnectTimeout)),
+        Ok(Ok((Packet::Connect(connect, _, will, _, login), _))) => (connect, will, login),
+        Ok(Ok(_other)) => return Err(Some(Refusal::ProtocolError)),
+        Ok(Err(ReadError::Protocol(
+            protocol::Error::InvalidProtocolLevel(_) | protocol::Error::InvalidProtocol,
+        ))) => {
+            refuse_connect(client, ConnectReturnCode::RefusedProtocolVersion).await;
+            return Err(Some(Refusal::ProtocolVersion));
+        }
+        Ok(Err(ReadError::Closed | ReadError::Io(_))) => return Err(None),
+        Ok(Err(ReadError::TooLarge)) => return Err(Some(Refusal::ConnectTooLarge)),
+        Ok(Err(error)) => return Err(Some(error.refusal())),
+    };
+    client.set_max_packet_size(shared.limits.max_packet_size);
+    Ok(connect)
+}
+
 /// A session that passed every check at CONNECT.
 pub(super) struct Admitted {
     pub(super) registration: Registration,
-    pub(super) link_tx: SharedLinkTx,
-    pub(super) link_rx: LinkRx,
     pub(super) will: Option<LastWill>,
     pub(super) keep_alive: Duration,
 }
 
-/// Reads and checks CONNECT, asks the admission hook, opens the engine link and sends
-/// CONNACK. Every refusal that MQTT lets us explain gets its CONNACK code first.
+/// Reads and checks CONNECT, asks the admission hook and sends CONNACK. Every refusal that MQTT lets us explain gets its CONNACK code first.
 pub(super) async fn admit(
     shared: &Shared,
     device: &mut DeviceIo,
@@ -38,24 +62,8 @@ pub(super) async fn admit(
     serial: SerialNumber,
     remote_addr: SocketAddr,
 ) -> Result<Admitted, Option<Refusal>> {
-    let first = timeout(shared.limits.connect_timeout, device.read_packet()).await;
-    let (connect, will) = match first {
-        Err(_elapsed) => return Err(Some(Refusal::ConnectTimeout)),
-        Ok(Ok((Packet::Connect(connect, _, will, _, _login), _))) => (connect, will),
-        Ok(Ok(_other)) => return Err(Some(Refusal::ProtocolError)),
-        Ok(Err(ReadError::Protocol(
-            protocol::Error::InvalidProtocolLevel(_) | protocol::Error::InvalidProtocol,
-        ))) => {
-            refuse_connect(device, ConnectReturnCode::RefusedProtocolVersion).await;
-            return Err(Some(Refusal::ProtocolVersion));
-        }
-        Ok(Err(ReadError::Closed | ReadError::Io(_))) => return Err(None),
-        Ok(Err(ReadError::TooLarge)) => return Err(Some(Refusal::ConnectTooLarge)),
-        Ok(Err(error)) => return Err(Some(error.refusal())),
-    };
-    // CONNECT was read under `max_connect_size`; the session's packets get the full size.
-    device.set_max_packet_size(shared.limits.max_packet_size);
     // Username and password, if any, are ignored: the certificate is the credential.
+    let (connect, will, _login) = read_connect(shared, device).await?;
     if let Err(refusal) = check_connect(
         identity.device_id,
         &connect.client_id,
@@ -67,17 +75,16 @@ pub(super) async fn admit(
         return Err(Some(refusal));
     }
 
-    let (registration, link_tx, link_rx) =
-        match register_and_open(shared, identity, serial, &connect.client_id, remote_addr).await {
-            Ok(opened) => opened,
-            // The registration was dropped on the way out of `register_and_open`: a
-            // device told "no" has no session left to find.
-            Err(Some(refusal)) => {
-                refuse_connect(device, connack_code(refusal)).await;
-                return Err(Some(refusal));
-            }
-            Err(None) => return Err(None),
-        };
+    let registration = match register(shared, identity, serial, remote_addr).await {
+        Ok(registration) => registration,
+        // The registration was dropped on the way out of `register`: a device told "no"
+        // has no session left to find.
+        Err(Some(refusal)) => {
+            refuse_connect(device, connack_code(refusal)).await;
+            return Err(Some(refusal));
+        }
+        Err(None) => return Err(None),
+    };
     let connack = Packet::ConnAck(
         ConnAck {
             session_present: false,
@@ -86,28 +93,23 @@ pub(super) async fn admit(
         None,
     );
     if device.write_packets([connack]).await.is_err() {
-        shared.engine.end_link(&link_tx).await;
         return Err(None);
     }
     Ok(Admitted {
         registration,
-        link_tx,
-        link_rx,
         will,
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
     })
 }
 
-/// Registers the session, asks the admission hook and opens the engine link. On
-/// refusal (`Some` when the device gets a CONNACK saying why) the registration is
-/// gone by the time this returns.
-async fn register_and_open(
+/// Registers the session and asks the admission hook. On refusal (`Some` when the device
+/// gets a CONNACK saying why) the registration is gone by the time this returns.
+async fn register(
     shared: &Shared,
     identity: DeviceIdentity,
     serial: SerialNumber,
-    client_id: &str,
     remote_addr: SocketAddr,
-) -> Result<(Registration, SharedLinkTx, LinkRx), Option<Refusal>> {
+) -> Result<Registration, Option<Refusal>> {
     // Registered before the admission check: a revocation that lands while the check
     // runs finds the session and is remembered, so it cannot slip between the two.
     let registration = Registration::register(shared, identity, remote_addr);
@@ -117,15 +119,11 @@ async fn register_and_open(
     registration
         .take_tenant_place(quota)
         .map_err(|_| Some(Refusal::TenantSessionLimit))?;
-    let (link_tx, link_rx) = open_link(shared, identity, client_id).await.map_err(Some)?;
     // A revocation or a newer session that arrived during the checks wins over them.
     if let Some(reason) = registration.control().reason() {
-        if reason != DisconnectReason::Replaced {
-            shared.engine.end_link(&link_tx).await;
-        }
         return Err((reason == DisconnectReason::Revoked).then_some(Refusal::Revoked));
     }
-    Ok((registration, link_tx, link_rx))
+    Ok(registration)
 }
 
 /// The CONNECT checks that need no I/O.
@@ -187,23 +185,9 @@ async fn ask_admission(
     }
 }
 
-/// Opens the session's engine link.
-async fn open_link(
-    shared: &Shared,
-    identity: DeviceIdentity,
-    client_id: &str,
-) -> Result<(SharedLinkTx, LinkRx), Refusal> {
-    match shared.engine.open_link(client_id.to_owned()).await {
-        Ok((link_tx, link_rx, _connack)) => Ok((link_tx, link_rx)),
-        Err(error) => {
-            warn!(%identity, %error, "engine refused the session");
-            Err(Refusal::EngineUnavailable)
-        }
-    }
-}
-
 /// Sends a refusing CONNACK; errors are moot, the connection closes next.
-async fn refuse_connect(device: &mut DeviceIo, code: ConnectReturnCode) {
+/// Answers CONNECT with a refusing CONNACK, bounded by the close timeout.
+pub(super) async fn refuse_connect(device: &mut DeviceIo, code: ConnectReturnCode) {
     let connack = Packet::ConnAck(
         ConnAck {
             session_present: false,
@@ -269,10 +253,6 @@ mod tests {
             (Refusal::Revoked, ConnectReturnCode::NotAuthorized),
             (
                 Refusal::AdmissionError,
-                ConnectReturnCode::ServiceUnavailable,
-            ),
-            (
-                Refusal::EngineUnavailable,
                 ConnectReturnCode::ServiceUnavailable,
             ),
             (

@@ -15,11 +15,16 @@ use tokio_rustls::server::TlsStream;
 use super::CLOSE_TIMEOUT;
 use crate::stats::{Counters, Refusal};
 
-/// Read buffer space reserved before each read.
+/// Read buffer space reserved before each read once a packet has begun.
 const READ_CHUNK: usize = 2048;
 
-/// A device's TLS stream.
-pub(super) type Stream = TlsStream<TcpStream>;
+/// The first read after an empty buffer goes to this much stack space: an idle device waits
+/// for its next packet without a read buffer.
+const FIRST_READ: usize = 64;
+
+/// A device's TLS stream, boxed: moved from phase to phase of a connection, it is not copied
+/// into each phase's future (1.2 KiB each).
+pub(super) type Stream = Box<TlsStream<TcpStream>>;
 
 /// Closes a TLS stream politely (close_notify), without waiting long.
 pub(super) async fn close(mut stream: Stream) {
@@ -50,7 +55,7 @@ impl DeviceIo {
     }
 
     /// Reads the next packet (cancel safe: partial input stays in the reader).
-    pub(super) async fn read_packet(&mut self) -> Result<(Packet, u8), ReadError> {
+    pub(super) async fn read_packet(&mut self) -> Result<(Packet, RawHeader), ReadError> {
         let before = self.reader.bytes_read;
         let read = self.reader.next(&mut self.stream).await;
         self.counters
@@ -59,7 +64,7 @@ impl DeviceIo {
     }
 
     /// A complete packet already read, if there is one: no I/O.
-    pub(super) fn buffered_packet(&mut self) -> Result<Option<(Packet, u8)>, ReadError> {
+    pub(super) fn buffered_packet(&mut self) -> Result<Option<(Packet, RawHeader)>, ReadError> {
         self.reader.buffered()
     }
 
@@ -76,7 +81,8 @@ impl DeviceIo {
         if result.is_ok() {
             self.counters.bytes_sent(self.write_buffer.len() as u64);
         }
-        self.write_buffer.clear();
+        // Freed, not cleared: an idle device keeps no write buffer.
+        self.write_buffer = BytesMut::new();
         result?;
         self.stream.flush().await
     }
@@ -101,6 +107,46 @@ fn strip_properties(packet: Packet) -> Packet {
         Packet::Disconnect(disconnect, _) => Packet::Disconnect(disconnect, None),
         other => other,
     }
+}
+
+/// What the session needs from a packet's raw bytes beyond what rumqttd's `Packet` shows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RawHeader {
+    /// The fixed header's first byte (a PUBLISH's QoS is in it).
+    pub(super) first_byte: u8,
+    /// A QoS 1 or 2 PUBLISH's packet id (0 otherwise): rumqttd keeps the field crate-private.
+    pub(super) publish_pkid: u16,
+}
+
+impl RawHeader {
+    /// Reads the header of the complete packet at the start of `raw`.
+    fn of(raw: &[u8]) -> Self {
+        let first_byte = raw[0];
+        let is_publish = first_byte >> 4 == 3;
+        let qos = (first_byte >> 1) & 0b11;
+        let publish_pkid = if is_publish && qos > 0 {
+            publish_pkid(raw).unwrap_or(0)
+        } else {
+            0
+        };
+        Self {
+            first_byte,
+            publish_pkid,
+        }
+    }
+}
+
+/// The packet id of a QoS 1/2 PUBLISH: after the fixed header (1 byte, 1 to 4 of remaining
+/// length) and the topic (2 bytes of length, then the topic).
+fn publish_pkid(raw: &[u8]) -> Option<u16> {
+    let length_bytes = raw.get(1..5)?.iter().position(|byte| byte & 0x80 == 0)? + 1;
+    let topic_at = 1 + length_bytes;
+    let topic_len = u16::from_be_bytes([*raw.get(topic_at)?, *raw.get(topic_at + 1)?]);
+    let pkid_at = topic_at + 2 + usize::from(topic_len);
+    Some(u16::from_be_bytes([
+        *raw.get(pkid_at)?,
+        *raw.get(pkid_at + 1)?,
+    ]))
 }
 
 /// Why reading a packet failed.
@@ -143,11 +189,14 @@ impl PacketReader {
         }
     }
 
-    /// A complete packet already buffered, with its first byte.
-    fn buffered(&mut self) -> Result<Option<(Packet, u8)>, ReadError> {
-        let Some(&header) = self.buffer.first() else {
+    /// A complete packet already buffered, with its raw header.
+    fn buffered(&mut self) -> Result<Option<(Packet, RawHeader)>, ReadError> {
+        if self.buffer.is_empty() {
+            // Nothing held between packets: an idle device keeps no read buffer.
+            self.buffer = BytesMut::new();
             return Ok(None);
-        };
+        }
+        let header = RawHeader::of(&self.buffer);
         match V4.read_mut(&mut self.buffer, self.max_packet_size) {
             Ok(packet) => Ok(Some((packet, header))),
             Err(protocol::Error::InsufficientBytes(_)) => Ok(None),
@@ -160,16 +209,23 @@ impl PacketReader {
     async fn next<S: AsyncRead + Unpin>(
         &mut self,
         stream: &mut S,
-    ) -> Result<(Packet, u8), ReadError> {
+    ) -> Result<(Packet, RawHeader), ReadError> {
         loop {
             if let Some(packet) = self.buffered()? {
                 return Ok(packet);
             }
-            self.buffer.reserve(READ_CHUNK);
-            let read = stream
-                .read_buf(&mut self.buffer)
-                .await
-                .map_err(ReadError::Io)?;
+            let read = if self.buffer.is_empty() {
+                let mut first = [0u8; FIRST_READ];
+                let read = stream.read(&mut first).await.map_err(ReadError::Io)?;
+                self.buffer.extend_from_slice(&first[..read]);
+                read
+            } else {
+                self.buffer.reserve(READ_CHUNK);
+                stream
+                    .read_buf(&mut self.buffer)
+                    .await
+                    .map_err(ReadError::Io)?
+            };
             if read == 0 {
                 return Err(ReadError::Closed);
             }
@@ -191,6 +247,21 @@ mod tests {
             reader.next(&mut input).await,
             Err(ReadError::TooLarge)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_qos_1_publish_shows_its_packet_id() {
+        // PUBLISH QoS 1, topic "a/b", packet id 0x1234, payload "x"; then PINGREQ.
+        let mut input: &[u8] = &[
+            0x32, 0x08, 0x00, 0x03, b'a', b'/', b'b', 0x12, 0x34, b'x', 0xc0, 0x00,
+        ];
+        let mut reader = PacketReader::new(1024);
+        let (packet, header) = reader.next(&mut input).await.unwrap();
+        assert!(matches!(packet, Packet::Publish(..)));
+        assert_eq!((header.first_byte, header.publish_pkid), (0x32, 0x1234));
+        let (packet, header) = reader.next(&mut input).await.unwrap();
+        assert!(matches!(packet, Packet::PingReq(_)));
+        assert_eq!(header.publish_pkid, 0);
     }
 
     #[tokio::test]

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{Broker, BrokerConfig, BrokerHooks, LocalSubscription, PresenceEvent, RunningBroker};
+use broker::{
+    Broker, BrokerConfig, BrokerHooks, DevicePublish, DevicePublishFuture, DevicePublishSink,
+    PresenceEvent, RunningBroker,
+};
 use certs::{
     CertificateDer, DeviceIdentity, IssuingCa, Pki, PkiParams, ServerCertParams, Validity,
 };
@@ -137,12 +140,22 @@ pub async fn start_broker(
     Broker::start(config, hooks).await.unwrap()
 }
 
-/// An in-process subscription to every device's `up` topics, as ingest has.
-pub async fn subscribe_ingest(broker: &RunningBroker) -> LocalSubscription {
-    broker
-        .subscribe_local(wire::topic::INGEST_FILTER)
-        .await
-        .unwrap()
+/// A device-publish sink that passes every publish to the test, as ingest takes them.
+struct ChannelSink(mpsc::UnboundedSender<DevicePublish>);
+
+impl DevicePublishSink for ChannelSink {
+    fn publish(&self, message: DevicePublish) -> DevicePublishFuture {
+        let sent = self.0.send(message).map_err(|_| broker::SinkClosed);
+        Box::pin(async move { sent })
+    }
+}
+
+/// Installs a sink in `hooks` and returns what it receives: every device publish the gateway
+/// let through, in order.
+pub fn tap_ingest(hooks: &mut BrokerHooks) -> mpsc::UnboundedReceiver<DevicePublish> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    hooks.device_publishes = Some(Arc::new(ChannelSink(tx)));
+    rx
 }
 
 /// Hooks that admit everyone and hand presence events to the test.

@@ -70,8 +70,9 @@ async fn mosquitto_pub_publishes_through_the_gateway() {
         return;
     }
     let pki = TestPki::new();
-    let broker = start_broker(&pki, BrokerHooks::admit_all(), |_| {}).await;
-    let mut ingest = subscribe_ingest(&broker).await;
+    let mut hooks = BrokerHooks::admit_all();
+    let mut ingest = tap_ingest(&mut hooks);
+    let broker = start_broker(&pki, hooks, |_| {}).await;
     let device = pki.device();
     let files = files(&pki, &device);
     let topic = wire::topic::events(device.id());
@@ -129,10 +130,8 @@ async fn mosquitto_sub_receives_server_messages_through_the_gateway() {
     let publisher = async {
         // Until mosquitto_sub has subscribed, messages have nowhere to go: repeat.
         loop {
-            broker
-                .publish_local(&wire::topic::ack(device.id()), &b"ack 42"[..])
-                .await
-                .unwrap();
+            // Not subscribed yet, or queued: either way nothing to check here.
+            let _ = broker.deliver(device.id(), wire::topic::TopicKind::Ack, &b"ack 42"[..]);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };

@@ -10,12 +10,12 @@ use tokio::time::timeout;
 #[tokio::test]
 async fn an_oversize_packet_is_refused_and_counted() {
     let pki = TestPki::new();
-    let (hooks, mut presence) = hooks_with_presence();
+    let (mut hooks, mut presence) = hooks_with_presence();
+    let mut ingest = tap_ingest(&mut hooks);
     let broker = start_broker(&pki, hooks, |config| {
         config.max_packet_size = 4096;
     })
     .await;
-    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let mut options = device_options(&pki, &broker, &device);
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -47,12 +47,13 @@ async fn an_oversize_packet_is_refused_and_counted() {
 #[tokio::test]
 async fn a_publish_flood_is_refused_and_counted() {
     let pki = TestPki::new();
-    let broker = start_broker(&pki, BrokerHooks::admit_all(), |config| {
+    let mut hooks = BrokerHooks::admit_all();
+    let mut ingest = tap_ingest(&mut hooks);
+    let broker = start_broker(&pki, hooks, |config| {
         config.publish_rate = 5.0;
         config.publish_burst = 10;
     })
     .await;
-    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let (client, mut eventloop) = connect(device_options(&pki, &broker, &device)).await;
     let topic = wire::topic::telemetry(device.id());

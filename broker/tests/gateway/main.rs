@@ -11,5 +11,6 @@ mod limits;
 mod revocation;
 mod session;
 mod slow_clients;
+mod streams;
 mod tenant_quota;
 mod topic_rules;

@@ -31,8 +31,8 @@ async fn a_revoked_device_is_dropped_within_two_seconds_and_cannot_reconnect() {
     let (mut hooks, revoked) = revocation_list();
     let (presence_tx, mut presence) = tokio::sync::mpsc::unbounded_channel();
     hooks.presence = Some(presence_tx);
+    let mut ingest = tap_ingest(&mut hooks);
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut ingest = subscribe_ingest(&broker).await;
     let device = pki.device();
     let bystander = pki.device();
     let (_bystander_client, bystander_loop) =

@@ -6,16 +6,17 @@
 use std::time::Duration;
 
 use crate::common::*;
-use broker::{BrokerHooks, DisconnectReason, Refusal};
+use broker::{BrokerError, BrokerHooks, DisconnectReason, Refusal, Undelivered};
 use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
 use tokio::time::timeout;
+use wire::topic::TopicKind;
 
 #[tokio::test]
 async fn device_a_cannot_publish_to_device_bs_topics() {
     let pki = TestPki::new();
-    let (hooks, mut presence) = hooks_with_presence();
+    let (mut hooks, mut presence) = hooks_with_presence();
+    let mut everything = tap_ingest(&mut hooks);
     let broker = start_broker(&pki, hooks, |_| {}).await;
-    let mut everything = broker.subscribe_local("#").await.unwrap();
     let a = pki.device();
     let b = pki.device();
 
@@ -116,17 +117,22 @@ async fn device_a_cannot_subscribe_to_device_bs_topics_or_wildcards_above_its_ow
     );
     assert_eq!(stats.sessions_active, 1);
 
-    // B's server messages do not reach A.
+    // B's server messages do not reach A (B has no session); A's do.
+    assert!(matches!(
+        broker.deliver(b.id(), TopicKind::Ack, &b"for b"[..]),
+        Err(BrokerError::Undelivered(Undelivered::Offline))
+    ));
     broker
-        .publish_local(&wire::topic::ack(b.id()), &b"for b"[..])
-        .await
-        .unwrap();
-    broker
-        .publish_local(&wire::topic::ack(a.id()), &b"for a"[..])
-        .await
+        .deliver(a.id(), TopicKind::Ack, &b"for a"[..])
         .unwrap();
     let publish = next_publish(&mut eventloop).await;
     assert_eq!(&publish.payload[..], b"for a");
+    assert_eq!(broker.stats().undelivered(Undelivered::Offline), 1);
+    // Only `down` topics are sent to a device.
+    assert!(matches!(
+        broker.deliver(a.id(), TopicKind::Telemetry, &b"up"[..]),
+        Err(BrokerError::InvalidTopic(_))
+    ));
     broker.shutdown().await;
 }
 

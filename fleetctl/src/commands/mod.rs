@@ -10,6 +10,7 @@ pub mod group;
 pub mod patch;
 pub mod pki;
 pub mod tenant;
+pub mod user;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,7 @@ pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
         Command::Audit(c) => audit::run(&ctx, c).await,
         Command::Db(c) => database::run(&ctx, c).await,
         Command::Pki(c) => pki::run(&ctx, c),
+        Command::User(c) => user::run(&ctx, c).await,
     }
 }
 

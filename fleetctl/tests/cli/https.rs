@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use fleet_tests::TestDb;
-use store::api_keys::{self, KeyEnv, NewApiKey, Role};
+use store::api_keys::{KeyEnv, Role};
 use store::audit::Actor;
 use store::devices::{self, NewDevice};
 use store::{tenants, DeviceId, TenantId};
@@ -70,25 +70,8 @@ impl Fleet {
 
     /// A key of `role` made in the store.
     async fn key_with_role(&self, role: Role) -> String {
-        let mut tx = self
-            .running
-            .database()
-            .app
-            .begin(self.tenant)
-            .await
-            .unwrap();
-        let new = NewApiKey {
-            name: format!("{role} key"),
-            role,
-            group_scope: None,
-            expires_at: None,
-            allowed_cidrs: None,
-            cors_origins: None,
-        };
-        let issued = api_keys::create(&mut tx, &new, &KeyEnv::live(), &Actor::System)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        let app = &self.running.database().app;
+        let issued = fleet_tests::tenancy::api_key(app, self.tenant, role, None).await;
         issued.secret.expose().to_owned()
     }
 

@@ -103,7 +103,8 @@ pub async fn send_raw(sender: &IngestSender, topic: String, payload: Vec<u8>) {
 #[derive(Clone, Default)]
 pub struct RecordingSink {
     acks: Arc<Mutex<HashMap<DeviceId, Vec<u64>>>>,
-    new_epoch: Arc<Mutex<HashMap<DeviceId, usize>>>,
+    /// The epoch of every ack that asked for a new one, per device, in order.
+    new_epoch: Arc<Mutex<HashMap<DeviceId, Vec<Option<u64>>>>>,
 }
 
 impl RecordingSink {
@@ -122,8 +123,18 @@ impl RecordingSink {
             .lock()
             .unwrap()
             .get(&device)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, Vec::len)
+    }
+
+    /// How many of the device's acks in `epoch` asked it to start another one.
+    pub fn new_epoch_acks_in(&self, device: DeviceId, epoch: u64) -> usize {
+        self.new_epoch
+            .lock()
+            .unwrap()
+            .get(&device)
+            .map_or(0, |epochs| {
+                epochs.iter().filter(|e| **e == Some(epoch)).count()
+            })
     }
 
     pub fn last_ack(&self, device: DeviceId) -> Option<u64> {
@@ -162,7 +173,12 @@ impl AckSink for RecordingSink {
     ) -> BoxFuture<'_, Result<(), AckError>> {
         let ack = wire::decode_ack(&payload).expect("ingest encodes valid acks");
         if ack.new_epoch {
-            *self.new_epoch.lock().unwrap().entry(device).or_default() += 1;
+            self.new_epoch
+                .lock()
+                .unwrap()
+                .entry(device)
+                .or_default()
+                .push(ack.epoch);
         }
         self.acks
             .lock()

@@ -216,3 +216,36 @@ async fn wait_for_acks(sink: &RecordingSink, device: DeviceId, count: usize) {
     }
     panic!("fewer than {count} acks: {:?}", sink.acks_of(device));
 }
+
+/// The ledger keeps each record's body as the device sent it, byte for byte, even in an
+/// encoding wire does not write (here an indefinite-length map), and the API's decoder reads it.
+#[tokio::test]
+async fn the_stored_body_is_the_bytes_the_device_sent() {
+    let (_test_db, db, tenant, devices) = acme_with_devices(1).await;
+    let device = devices[0];
+    let (sender, handle, sink, _metrics) = start_recorded(&db, test_config());
+    let record = telemetry(1);
+    let canonical = wire::encode_body(&record.body);
+    let mut message = wire::encode_batch(&wire::Batch::new(vec![record.clone()]));
+    let at = message.len() - canonical.len();
+    assert_eq!(message[at..], canonical, "the body ends the message");
+    assert_eq!(message[at], 0xa1, "a one-entry map");
+    message[at] = 0xbf;
+    message.push(0xff);
+    let sent = message[at..].to_vec();
+    send_raw(&sender, wire::topic::telemetry(device), message).await;
+    sink.wait_for_watermark(&[device], 1, Duration::from_secs(10))
+        .await;
+
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let stored = records::list_for_device(&mut tx, device, 0, 10)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, sent, "the bytes as sent");
+    assert_ne!(stored[0].body, canonical, "not encoded again");
+    assert_eq!(wire::decode_body(&stored[0].body), Ok(record.body));
+    drop(sender);
+    handle.shutdown().await;
+}

@@ -49,6 +49,17 @@ proptest! {
     fn the_bytes_are_what_ingest_wrote_before(body in crate::common::body()) {
         prop_assert_eq!(encode_body(&body), ciborium_bytes(&body));
     }
+
+    /// What ingest stores now: each body's bytes as found in the message the device sent.
+    #[test]
+    fn the_body_spans_of_a_message_are_its_encoded_bodies(batch in crate::common::batch()) {
+        for message in [wire::encode_message(&batch), encode_batch(&batch)] {
+            let view = wire::decode_message_view(&message, 1 << 20).expect("a view");
+            let found: Vec<&[u8]> = view.records.into_iter().map(|r| &message[r.span]).collect();
+            let expected: Vec<Vec<u8>> = batch.records.iter().map(|r| encode_body(&r.body)).collect();
+            prop_assert_eq!(found, expected.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        }
+    }
 }
 
 #[test]

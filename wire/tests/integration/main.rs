@@ -8,3 +8,4 @@ mod evolution;
 mod no_panic;
 mod record;
 mod roundtrip;
+mod view;
