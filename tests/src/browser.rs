@@ -234,6 +234,16 @@ impl Browser {
             .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
+    /// Loads the current page again from the server, as the browser's reload button does. (A
+    /// `goto` to the address the page is already on changes nothing: only its fragment would
+    /// differ, and it does not, so the console is not asked to draw anything again.)
+    pub async fn reload(&self) {
+        self.driver
+            .refresh()
+            .await
+            .unwrap_or_else(|e| panic!("reload: {e}"));
+    }
+
     /// The first element matching `css`, waiting for it up to [`WAIT`].
     pub async fn wait(&self, css: &str) -> WebElement {
         self.driver

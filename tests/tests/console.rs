@@ -449,8 +449,9 @@ async fn text(browser: &Browser, css: &str) -> String {
     }
 }
 
-/// Waits until the text of `css` is `expected`, opening `hash` (page `name`) again between looks:
-/// for what the server changes on its own time (a revoked device going offline). Twice [`WAIT`]:
+/// Waits until the text of `css` is `expected` on `hash` (page `name`), reloading the page from
+/// the server between looks: for what the server changes on its own time (a revoked device going
+/// offline a moment after the revocation was answered). Twice [`WAIT`]:
 /// on a loaded machine one look (a whole device page) can take most of one.
 async fn wait_for_text_after_reloads(
     browser: &Browser,
@@ -460,8 +461,8 @@ async fn wait_for_text_after_reloads(
     expected: &str,
 ) {
     let deadline = Instant::now() + 2 * WAIT;
+    open_page(browser, hash, name).await;
     loop {
-        open_page(browser, hash, name).await;
         let now = text(browser, css).await;
         if now == expected {
             return;
@@ -472,6 +473,8 @@ async fn wait_for_text_after_reloads(
             2 * WAIT
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+        browser.reload().await;
+        browser.wait_page(name).await;
     }
 }
 
