@@ -172,9 +172,11 @@ async fn the_sixth_wrong_password_is_refused_with_429_even_when_right_and_unknow
     assert_eq!(fleet.sign_in(&other.email, PASSWORD).await.status, 200);
 
     // An unknown user and a wrong password: the same status, body and time (4 of each,
-    // interleaved, under the per-account limit).
-    let mut unknown = Duration::ZERO;
-    let mut wrong = Duration::ZERO;
+    // interleaved, under the per-account limit). Time is compared by medians, and loosely: the
+    // other tests of this binary hash passwords on the same two cores, and what this must catch
+    // (an unknown user answered without a password hash computed) is many times faster.
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
     let mut bodies = Vec::new();
     for i in 0..4 {
         let started = Instant::now();
@@ -184,10 +186,10 @@ async fn the_sixth_wrong_password_is_refused_with_429_even_when_right_and_unknow
                 "not-the-password-at-all",
             )
             .await;
-        unknown += started.elapsed();
+        unknown.push(started.elapsed());
         let started = Instant::now();
         let b = fleet.sign_in(&other.email, "not-the-password-at-all").await;
-        wrong += started.elapsed();
+        wrong.push(started.elapsed());
         assert_eq!(
             (a.status, a.header("content-type")),
             (b.status, b.header("content-type"))
@@ -197,11 +199,12 @@ async fn the_sixth_wrong_password_is_refused_with_429_even_when_right_and_unknow
     for (a, b) in &bodies {
         assert_eq!(a, b);
     }
+    println!("sign-in refusal: unknown user {unknown:?}, wrong password {wrong:?}");
+    let (unknown, wrong) = (median(unknown), median(wrong));
     let (slow, fast) = (unknown.max(wrong), unknown.min(wrong));
-    println!("sign-in refusal: unknown user {unknown:?}, wrong password {wrong:?} for 4");
     assert!(
-        slow.as_secs_f64() <= fast.as_secs_f64() * 1.5 + 0.05,
-        "unknown user {unknown:?} vs wrong password {wrong:?}"
+        slow.as_secs_f64() <= fast.as_secs_f64() * 2.5,
+        "median unknown user {unknown:?} vs wrong password {wrong:?}"
     );
     // An unknown tenant answers the same too.
     let no_tenant = fleet
@@ -707,4 +710,15 @@ async fn no_password_totp_secret_recovery_code_or_session_id_is_stored_answered_
         assert!(!logged.contains(secret.as_str()), "a secret was logged");
     }
     fleet.running.shutdown().await.unwrap();
+}
+
+/// The median of `times` (the mean of the middle two for an even count).
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    let middle = times.len() / 2;
+    if times.len() % 2 == 0 {
+        (times[middle - 1] + times[middle]) / 2
+    } else {
+        times[middle]
+    }
 }
