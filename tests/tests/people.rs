@@ -716,7 +716,7 @@ async fn no_password_totp_secret_recovery_code_or_session_id_is_stored_answered_
 fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     let middle = times.len() / 2;
-    if times.len() % 2 == 0 {
+    if times.len().is_multiple_of(2) {
         (times[middle - 1] + times[middle]) / 2
     } else {
         times[middle]
