@@ -31,6 +31,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::audit_checkpoints::CheckpointVerifier;
 pub use crate::audit_names::{Action, Actor, OperatorName, Target};
 use crate::{StoreError, TenantId, TenantTx};
 
@@ -305,6 +306,14 @@ pub enum ChainBreak {
     HeadMismatch,
     /// The tenant has no head row.
     HeadMissing,
+    /// A checkpoint's signature does not verify with the pinned key, or its parts disagree: it
+    /// is forged (the seq is the checkpoint's).
+    CheckpointSignatureInvalid,
+    /// The event's hash is not the one a signed checkpoint recorded for it: it was rewritten and
+    /// the chain recomputed (or the checkpoint is another tenant's).
+    CheckpointMismatch,
+    /// A signed checkpoint covers events that are gone: the tail was cut or the head rewound.
+    BehindCheckpoint,
 }
 
 impl ChainBreak {
@@ -316,6 +325,15 @@ impl ChainBreak {
             ChainBreak::RowMissing => "row is missing (gap in the sequence)",
             ChainBreak::HeadMismatch => "chain head does not point at the last row",
             ChainBreak::HeadMissing => "tenant has no chain head",
+            ChainBreak::CheckpointSignatureInvalid => {
+                "checkpoint signature does not verify with the pinned key (forged checkpoint)"
+            }
+            ChainBreak::CheckpointMismatch => {
+                "hash differs from the one a signed checkpoint recorded (row rewritten)"
+            }
+            ChainBreak::BehindCheckpoint => {
+                "a signed checkpoint covers events that are missing (tail cut or head rewound)"
+            }
         }
     }
 }
@@ -340,9 +358,70 @@ pub enum ChainVerdict {
 /// Recomputes the transaction's tenant chain from the first event and names the first break.
 /// Counted in `fleet_audit_chain_verifications_total{scope="full"}`.
 pub async fn verify(tx: &mut TenantTx) -> Result<ChainVerdict, StoreError> {
-    let outcome = verify_from(tx, 1, GENESIS_HASH).await;
+    let outcome = verify_from(tx, 1, GENESIS_HASH, None).await;
     tx.metrics().verified("full", &outcome);
     outcome
+}
+
+/// [`verify`], and every event checked against signed checkpoints
+/// ([`crate::audit_checkpoints`]) under the pinned key: a forged checkpoint, an event whose hash
+/// differs from the one a checkpoint recorded, and a chain that ends before a checkpoint's seq
+/// are each named by the first bad seq. Counted in
+/// `fleet_audit_chain_verifications_total{scope="checkpoints"}`.
+pub async fn verify_with_checkpoints(
+    tx: &mut TenantTx,
+    checkpoints: Vec<crate::audit_checkpoints::Checkpoint>,
+    key: &crate::audit_checkpoints::PublicKey,
+) -> Result<ChainVerdict, StoreError> {
+    let outcome = match CheckpointVerifier::new(tx.tenant(), checkpoints, key) {
+        Ok(mut verifier) => verify_from(tx, 1, GENESIS_HASH, Some(&mut verifier)).await,
+        Err((seq, reason)) => Ok(ChainVerdict::Broken { seq, reason }),
+    };
+    tx.metrics().verified("checkpoints", &outcome);
+    outcome
+}
+
+/// Verifies a whole exported chain (events by seq from 1, e.g. read back from a JSON Lines
+/// export) against checkpoints, without the database: as [`verify_with_checkpoints`] except for
+/// the head row, which an export does not carry.
+pub fn verify_exported(
+    events: impl IntoIterator<Item = AuditEvent>,
+    verifier: &mut CheckpointVerifier,
+) -> ChainVerdict {
+    let mut prev_hash = GENESIS_HASH;
+    let mut expected_seq = 1;
+    for event in events {
+        if let Some(reason) = check_event(&event, expected_seq, &prev_hash, Some(&mut *verifier)) {
+            return ChainVerdict::Broken {
+                seq: break_seq(reason, expected_seq, &event),
+                reason,
+            };
+        }
+        prev_hash = event.hash;
+        expected_seq += 1;
+    }
+    let last_seq = expected_seq - 1;
+    match verifier.finish(last_seq) {
+        Some((seq, reason)) => ChainVerdict::Broken { seq, reason },
+        None => ChainVerdict::Intact { events: last_seq },
+    }
+}
+
+fn check_event(
+    event: &AuditEvent,
+    expected_seq: i64,
+    prev_hash: &[u8; 32],
+    verifier: Option<&mut CheckpointVerifier>,
+) -> Option<ChainBreak> {
+    check_link(event, expected_seq, prev_hash).or_else(|| verifier.and_then(|v| v.check(event)))
+}
+
+fn break_seq(reason: ChainBreak, expected_seq: i64, event: &AuditEvent) -> i64 {
+    if reason == ChainBreak::RowMissing {
+        expected_seq
+    } else {
+        event.seq
+    }
 }
 
 /// Verifies the last `rows` events of the transaction's tenant chain (at least one): each
@@ -374,26 +453,25 @@ async fn verify_last(tx: &mut TenantTx, rows: i64) -> Result<ChainVerdict, Store
             }
         }
     };
-    verify_from(tx, first, anchor).await
+    verify_from(tx, first, anchor, None).await
 }
 
-/// Checks the events from `first_seq` on, the first of them against `prev_hash`, then the head.
+/// Checks the events from `first_seq` on, the first of them against `prev_hash` (and each
+/// against the checkpoints, if given), then the head.
 async fn verify_from(
     tx: &mut TenantTx,
     first_seq: i64,
     mut prev_hash: [u8; 32],
+    mut checkpoints: Option<&mut CheckpointVerifier>,
 ) -> Result<ChainVerdict, StoreError> {
     let mut expected_seq = first_seq;
     loop {
         let page = list_after(tx, expected_seq - 1, VERIFY_PAGE_ROWS).await?;
         let page_len = page.len();
         for event in page {
-            if let Some(reason) = check_link(&event, expected_seq, &prev_hash) {
-                let seq = if reason == ChainBreak::RowMissing {
-                    expected_seq
-                } else {
-                    event.seq
-                };
+            let verifier = checkpoints.as_deref_mut();
+            if let Some(reason) = check_event(&event, expected_seq, &prev_hash, verifier) {
+                let seq = break_seq(reason, expected_seq, &event);
                 return Ok(ChainVerdict::Broken { seq, reason });
             }
             prev_hash = event.hash;
@@ -404,6 +482,11 @@ async fn verify_from(
         }
     }
     let last_seq = expected_seq - 1;
+    // A checkpoint beyond the end is named before the head: a rewound head agrees with the
+    // shortened chain, so only the checkpoint shows what is gone.
+    if let Some((seq, reason)) = checkpoints.and_then(|v| v.finish(last_seq)) {
+        return Ok(ChainVerdict::Broken { seq, reason });
+    }
     Ok(check_head(tx, last_seq, &prev_hash)
         .await?
         .unwrap_or(ChainVerdict::Intact {
@@ -411,7 +494,11 @@ async fn verify_from(
         }))
 }
 
-fn check_link(event: &AuditEvent, expected_seq: i64, prev_hash: &[u8; 32]) -> Option<ChainBreak> {
+pub(crate) fn check_link(
+    event: &AuditEvent,
+    expected_seq: i64,
+    prev_hash: &[u8; 32],
+) -> Option<ChainBreak> {
     if event.seq != expected_seq {
         Some(ChainBreak::RowMissing)
     } else if event.prev_hash != *prev_hash {
@@ -460,12 +547,13 @@ async fn check_head(
     Ok(None)
 }
 
-fn now_micros() -> OffsetDateTime {
+pub(crate) fn now_micros() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     from_unix_micros(unix_micros(now))
 }
 
-fn unix_micros(at: OffsetDateTime) -> i64 {
+/// Microseconds since the Unix epoch: what the canonical encoding stores of a time.
+pub fn unix_micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).expect("timestamps fit i64 microseconds")
 }
 
@@ -545,6 +633,9 @@ impl ChainBreak {
             ChainBreak::RowMissing => "row_missing",
             ChainBreak::HeadMismatch => "head_mismatch",
             ChainBreak::HeadMissing => "head_missing",
+            ChainBreak::CheckpointSignatureInvalid => "checkpoint_signature_invalid",
+            ChainBreak::CheckpointMismatch => "checkpoint_mismatch",
+            ChainBreak::BehindCheckpoint => "behind_checkpoint",
         }
     }
 }
@@ -605,6 +696,136 @@ pub fn csv_row(event: &AuditEvent) -> String {
     out.push_str(&hex::encode(event.hash));
     out.push_str("\r\n");
     out
+}
+
+/// The trailing record of a CSV export: two fields, `checkpoint` and the covering checkpoint's
+/// JSON document ([`crate::audit_checkpoints::CheckpointDocument`], quoted as any field), after
+/// the last event row. Absent when no checkpoint covers the exported range yet.
+pub fn csv_checkpoint_record(checkpoint: &crate::audit_checkpoints::Checkpoint) -> String {
+    let json = serde_json::to_string(&checkpoint.to_document()).expect("documents serialize");
+    let mut out = String::from("checkpoint,");
+    push_csv_field(&mut out, &json);
+    out.push_str("\r\n");
+    out
+}
+
+/// One event as a line of the JSON Lines export, with its LF.
+///
+/// # JSON Lines export
+///
+/// One JSON object per line, LF-terminated: first every event, by seq from 1, as
+/// `{"record":"event","tenant_id":..,"seq":..,"occurred_at":..,"occurred_at_micros":..,
+/// "actor":..,"action":..,"target":..,"details":..,"prev_hash":..,"hash":..}` where `details`
+/// is the exact JSON text hashed, as a JSON string, and the hashes are lowercase hex; then, if a
+/// checkpoint covers any of them, one line `{"record":"checkpoint","checkpoint":{..}}` with the
+/// newest checkpoint at or before the last event ([`crate::audit_checkpoints::CheckpointDocument`]).
+/// `tools/verify_audit_export.py` re-verifies such a file with the Python standard library and
+/// `openssl`.
+pub fn jsonl_event_line(event: &AuditEvent) -> String {
+    let line = ExportedEvent {
+        record: "event".into(),
+        tenant_id: event.tenant_id.to_string(),
+        seq: event.seq,
+        occurred_at: rfc3339_micros(event.occurred_at),
+        occurred_at_micros: unix_micros(event.occurred_at),
+        actor: event.actor.clone(),
+        action: event.action.clone(),
+        target: event.target.clone(),
+        details: event.details.clone(),
+        prev_hash: hex::encode(event.prev_hash),
+        hash: hex::encode(event.hash),
+    };
+    let mut out = serde_json::to_string(&line).expect("events serialize");
+    out.push('\n');
+    out
+}
+
+/// The last line of a JSON Lines export: the covering checkpoint.
+pub fn jsonl_checkpoint_line(checkpoint: &crate::audit_checkpoints::Checkpoint) -> String {
+    let line =
+        serde_json::json!({ "record": "checkpoint", "checkpoint": checkpoint.to_document() });
+    let mut out = line.to_string();
+    out.push('\n');
+    out
+}
+
+/// A JSON Lines export read back: its events and its checkpoint, if it has one.
+#[derive(Debug, Default)]
+pub struct JsonlExport {
+    /// The events, in file order.
+    pub events: Vec<AuditEvent>,
+    /// The covering checkpoint, not yet checked.
+    pub checkpoint: Option<crate::audit_checkpoints::Checkpoint>,
+}
+
+/// One exported event line.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExportedEvent {
+    record: String,
+    tenant_id: String,
+    seq: i64,
+    occurred_at: String,
+    occurred_at_micros: i64,
+    actor: String,
+    action: String,
+    target: String,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+/// Parses a JSON Lines export ([`jsonl_event_line`]); a line that is not one of its records is
+/// an error naming the line.
+pub fn parse_jsonl(text: &str) -> Result<JsonlExport, StoreError> {
+    let mut export = JsonlExport::default();
+    for (number, line) in (1..).zip(text.lines()) {
+        let bad = |reason: String| StoreError::Invalid {
+            field: "JSON Lines export",
+            reason: format!("line {number}: {reason}"),
+        };
+        let value: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        match value.get("record").and_then(Value::as_str) {
+            Some("event") => {
+                let e: ExportedEvent =
+                    serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                let hash = |text: &str| -> Result<[u8; 32], StoreError> {
+                    hex::decode(text)
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| bad("a hash is not 64 hex characters".into()))
+                };
+                export.events.push(AuditEvent {
+                    tenant_id: e
+                        .tenant_id
+                        .parse()
+                        .map_err(|_| bad("tenant_id is not a UUID".into()))?,
+                    seq: e.seq,
+                    occurred_at: OffsetDateTime::from_unix_timestamp_nanos(
+                        i128::from(e.occurred_at_micros) * 1_000,
+                    )
+                    .map_err(|_| bad("occurred_at_micros is out of range".into()))?,
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    details: e.details,
+                    prev_hash: hash(&e.prev_hash)?,
+                    hash: hash(&e.hash)?,
+                });
+            }
+            Some("checkpoint") => {
+                let doc: crate::audit_checkpoints::CheckpointDocument = value
+                    .get("checkpoint")
+                    .cloned()
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(|e| bad(e.to_string()))?
+                    .ok_or_else(|| bad("checkpoint record without a checkpoint".into()))?;
+                export.checkpoint = Some(doc.try_into()?);
+            }
+            _ => return Err(bad("not an event or checkpoint record".into())),
+        }
+    }
+    Ok(export)
 }
 
 /// Appends one CSV field, quoted (RFC 4180) when it contains `,`, `"`, CR or LF.

@@ -15,6 +15,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod audit_checkpoints;
 mod audit_names;
 pub mod cluster;
 mod connect;
