@@ -394,3 +394,290 @@ async fn chain_hashes_survive_a_dump_and_restore_round_trip_of_their_columns() {
     );
     db.close().await.unwrap();
 }
+
+// Signed checkpoints (issue 15): what the plain chain cannot see.
+
+use store::audit_checkpoints::{self, Checkpoint, CheckpointKey};
+
+fn checkpoint_key(seed: u8) -> CheckpointKey {
+    CheckpointKey::from_seed(&[seed; 32]).unwrap()
+}
+
+/// Writes a checkpoint of the tenant's chain as fleetd does, pushed to `dir`.
+async fn checkpoint(
+    db: &store::Database,
+    tenant: store::TenantId,
+    key: &CheckpointKey,
+    dir: &std::path::Path,
+) -> Checkpoint {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let written = audit_checkpoints::write(&mut tx, key)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    audit_checkpoints::push_to_dir(dir, &written).unwrap();
+    written
+}
+
+async fn verdict_with_checkpoints(
+    db: &store::Database,
+    tenant: store::TenantId,
+    dir: &std::path::Path,
+    key: &CheckpointKey,
+) -> ChainVerdict {
+    let checkpoints = audit_checkpoints::read_dir(dir, tenant).unwrap();
+    assert!(!checkpoints.is_empty());
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let verdict = audit::verify_with_checkpoints(&mut tx, checkpoints, &key.public_key())
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    verdict
+}
+
+/// As a superuser with triggers off: `edit` event `seq`, then recompute every later hash and
+/// the head, so that the plain chain verifies again.
+async fn rewrite_and_rechain(
+    test_db: &TestDb,
+    db: &store::Database,
+    tenant: store::TenantId,
+    seq: i64,
+) {
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let mut events = audit::list_after(&mut tx, 0, 100_000).await.unwrap();
+    tx.rollback().await.unwrap();
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let mut prev = events[(seq - 2) as usize].hash;
+    for event in events.iter_mut().skip((seq - 1) as usize) {
+        if event.seq == seq {
+            event.details = r#"{"to":"evil"}"#.into();
+        }
+        event.prev_hash = prev;
+        event.hash = event.recompute_hash();
+        prev = event.hash;
+        sqlx::query("UPDATE audit_events SET details = $3, prev_hash = $4, hash = $5 WHERE tenant_id = $1 AND seq = $2")
+            .bind(tenant)
+            .bind(event.seq)
+            .bind(&event.details)
+            .bind(&event.prev_hash[..])
+            .bind(&event.hash[..])
+            .execute(&mut owner)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE audit_chain_heads SET last_hash = $2 WHERE tenant_id = $1")
+        .bind(tenant)
+        .bind(&prev[..])
+        .execute(&mut owner)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rewritten_and_rechained_event_passes_the_plain_check_but_not_the_checkpoints() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = checkpoint_key(1);
+    let tenant = tenant_with_events(&db, 30).await;
+    let first = checkpoint(&db, tenant, &key, dir.path()).await;
+    assert_eq!((first.first_seq, first.seq), (1, 31));
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    for i in 0..10 {
+        audit::append_for_tests(&mut tx, "system", "test.more", "x", &json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let second = checkpoint(&db, tenant, &key, dir.path()).await;
+    assert_eq!((second.first_seq, second.seq), (32, 41));
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, dir.path(), &key).await,
+        ChainVerdict::Intact { events: 41 }
+    );
+
+    rewrite_and_rechain(&test_db, &db, tenant, 17).await;
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Intact { events: 41 },
+        "the attack the plain chain cannot see"
+    );
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, dir.path(), &key).await,
+        ChainVerdict::Broken {
+            seq: 17,
+            reason: ChainBreak::CheckpointMismatch
+        }
+    );
+    // The next checkpoint refuses nothing here (the rewrite re-chained), but a plain edit after
+    // the last checkpoint is refused rather than signed.
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    audit::append_for_tests(&mut tx, "system", "test.more", "x", &json!({}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tamper(
+        &test_db,
+        "UPDATE audit_events SET actor = 'mallory' WHERE tenant_id = $1 AND seq = 42",
+        tenant,
+    )
+    .await;
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let refused = audit_checkpoints::write(&mut tx, &key).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    tx.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cut_tail_with_a_rewound_head_is_behind_the_checkpoint() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = checkpoint_key(1);
+    let tenant = tenant_with_events(&db, 20).await;
+    checkpoint(&db, tenant, &key, dir.path()).await;
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    let kept = audit::list_after(&mut tx, 17, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    tx.rollback().await.unwrap();
+    tamper(
+        &test_db,
+        "DELETE FROM audit_events WHERE tenant_id = $1 AND seq > 18",
+        tenant,
+    )
+    .await;
+    let mut owner = test_db.connect_as_owner().await;
+    sqlx::query("UPDATE audit_chain_heads SET last_seq = 18, last_hash = $2 WHERE tenant_id = $1")
+        .bind(tenant)
+        .bind(&kept.hash[..])
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&db, tenant).await,
+        ChainVerdict::Intact { events: 18 },
+        "the attack the plain chain cannot see"
+    );
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, dir.path(), &key).await,
+        ChainVerdict::Broken {
+            seq: 19,
+            reason: ChainBreak::BehindCheckpoint
+        }
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_file_with_a_changed_seq_or_another_keys_signature_is_forged() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let key = checkpoint_key(1);
+    let tenant = tenant_with_events(&db, 5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let written = checkpoint(&db, tenant, &key, dir.path()).await;
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, dir.path(), &key).await,
+        ChainVerdict::Intact { events: 6 }
+    );
+    // Never overwritten: the same checkpoint again is a no-op, another one under its name fails.
+    audit_checkpoints::push_to_dir(dir.path(), &written).unwrap();
+    let mut other = written.clone();
+    other.created_at += time::Duration::seconds(1);
+    assert!(audit_checkpoints::push_to_dir(dir.path(), &other).is_err());
+
+    let path = audit_checkpoints::file_path(dir.path(), &written);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("\"seq\": 6", "\"seq\": 5")).unwrap();
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, dir.path(), &key).await,
+        ChainVerdict::Broken {
+            seq: 5,
+            reason: ChainBreak::CheckpointSignatureInvalid
+        }
+    );
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    audit::append_for_tests(&mut tx, "system", "test.more", "x", &json!({}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Signed by another key, which the verifier does not pin.
+    checkpoint(&db, tenant, &checkpoint_key(2), other_dir.path()).await;
+    audit_checkpoints::push_to_dir(other_dir.path(), &written).unwrap();
+    assert_eq!(
+        verdict_with_checkpoints(&db, tenant, other_dir.path(), &key).await,
+        ChainVerdict::Broken {
+            seq: 7,
+            reason: ChainBreak::CheckpointSignatureInvalid
+        }
+    );
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkpoints_are_append_only_tenant_scoped_and_due_only_after_new_events() {
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = checkpoint_key(1);
+    let a = tenant_with_events(&db, 3).await;
+    let b = tenant_with_events(&db, 3).await;
+    let due = audit_checkpoints::tenants_due(&db.app, 100).await.unwrap();
+    assert!(due.contains(&a) && due.contains(&b));
+    checkpoint(&db, a, &key, dir.path()).await;
+    let due = audit_checkpoints::tenants_due(&db.app, 100).await.unwrap();
+    assert!(!due.contains(&a) && due.contains(&b));
+    // Nothing new: no checkpoint.
+    let mut tx = db.app.begin(a).await.unwrap();
+    assert!(audit_checkpoints::write(&mut tx, &key)
+        .await
+        .unwrap()
+        .is_none());
+    tx.rollback().await.unwrap();
+    // B sees none of A's.
+    let mut tx = db.app.begin(b).await.unwrap();
+    assert!(audit_checkpoints::list(&mut tx, 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    tx.rollback().await.unwrap();
+
+    let mut app = test_db.connect_as_app().await;
+    for statement in [
+        "UPDATE audit_checkpoints SET seq = 1",
+        "DELETE FROM audit_checkpoints",
+        "TRUNCATE audit_checkpoints",
+    ] {
+        let refused = sqlx::query(statement).execute(&mut app).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("permission denied"),
+            "{statement}: {refused}"
+        );
+    }
+    let mut owner = test_db.connect_as_owner().await;
+    for statement in [
+        "DELETE FROM audit_checkpoints",
+        "TRUNCATE audit_checkpoints",
+    ] {
+        let refused = sqlx::query(statement)
+            .execute(&mut owner)
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("append-only"),
+            "{statement}: {refused}"
+        );
+    }
+    db.close().await.unwrap();
+}
