@@ -117,6 +117,9 @@ pub struct ApiState {
     pub people: PeopleSettings,
     /// Single sign-on: the key that seals client secrets, and the providers' client.
     pub oidc: oidc::OidcSettings,
+    /// Signs audit checkpoints on request (`POST /v1/audit-checkpoints`); `None`: that route
+    /// answers 503.
+    pub audit_checkpoints: Option<Arc<store::audit_checkpoints::Checkpointer>>,
 }
 
 impl ApiState {
@@ -137,6 +140,7 @@ impl ApiState {
             readiness: Readiness::default(),
             people: PeopleSettings::default(),
             oidc: oidc::OidcSettings::default(),
+            audit_checkpoints: None,
         }
     }
 }

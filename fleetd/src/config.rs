@@ -64,6 +64,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// The API's key cache and readiness threshold.
     pub api: ApiSettings,
+    /// Signed checkpoints of the audit chain.
+    pub audit: AuditSettings,
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -405,6 +407,33 @@ impl BrokerSettings {
     }
 }
 
+/// Signed checkpoints of the audit chain (store::audit_checkpoints).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Time between checkpoint runs (each signs every tenant with new events).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// The Ed25519 seed file (32 bytes, mode 0600). `None`: `<data_dir>/audit-checkpoint.key`,
+    /// created at first start.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub checkpoint_key: Option<PathBuf>,
+    /// Where every checkpoint is also written, as `<tenant>/<seq>.json`; best on another mount
+    /// or an append-only store. `None`: `<data_dir>/audit-checkpoints`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(300),
+            checkpoint_key: None,
+            checkpoint_dir: None,
+        }
+    }
+}
+
 /// Retention of telemetry (the per-tenant retention period is a tenant setting; this is how
 /// the sweep runs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -700,6 +729,7 @@ impl Default for Config {
             broker: BrokerSettings::default(),
             retention: RetentionSettings::default(),
             api: ApiSettings::default(),
+            audit: AuditSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -922,6 +952,9 @@ impl Config {
         if self.database.max_connections == 0 {
             return reject("database.max_connections", "must be at least 1");
         }
+        if self.audit.checkpoint_interval < Duration::from_secs(1) {
+            return reject("audit.checkpoint_interval", "must be at least 1s");
+        }
         if let Some((field, reason)) = self
             .connections
             .invalid_field()
@@ -1020,6 +1053,23 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The audit checkpoint key file: `audit.checkpoint_key`, or `<data_dir>/audit-checkpoint.key`.
+    pub fn audit_checkpoint_key(&self) -> PathBuf {
+        self.audit
+            .checkpoint_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoint.key"))
+    }
+
+    /// Where checkpoints are pushed as files: `audit.checkpoint_dir`, or
+    /// `<data_dir>/audit-checkpoints`.
+    pub fn audit_checkpoint_dir(&self) -> PathBuf {
+        self.audit
+            .checkpoint_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints"))
     }
 
     /// The PKI directory: configured, or the development PKI's place in the data directory.
@@ -1341,6 +1391,21 @@ audit_tail_check_rows = {audit_tail_check_rows}
 # FLEETD_RETENTION__<KEY>, e.g. FLEETD_RETENTION__INTERVAL=30m.
 [retention]
 {retention}
+# --- [audit]: signed checkpoints of the audit chain. -----------------------------------------
+# Every interval and at shutdown, fleetd signs each tenant's chain up to its last event with an
+# Ed25519 key kept outside the database, and writes each checkpoint to the database and as a file.
+# `fleetctl audit verify --checkpoints DIR --public-key FILE` then detects a rewritten event, a cut
+# tail or a forged checkpoint. Environment: FLEETD_AUDIT__CHECKPOINT_INTERVAL,
+# FLEETD_AUDIT__CHECKPOINT_KEY, FLEETD_AUDIT__CHECKPOINT_DIR.
+[audit]
+# Time between checkpoint runs (at least 1s).
+checkpoint_interval = "{checkpoint_interval}"
+# The signing key: a 32-byte Ed25519 seed, mode 0600. Back it up; keep it from database admins.
+# Default (unset): <data_dir>/audit-checkpoint.key, created on first start.
+# checkpoint_key = "/etc/fleetplane/audit-checkpoint.key"
+# Where each checkpoint is also written, as <tenant>/<seq>.json, never overwritten: best another
+# mount (or an append-only share). Default (unset): <data_dir>/audit-checkpoints.
+# checkpoint_dir = "/mnt/audit/fleetplane"
 # --- [api]: API keys, and when /readyz says ready. -------------------------------------------
 # Environment: FLEETD_API__<KEY>, e.g. FLEETD_API__READY_MAX_INGEST_LAG=1m.
 [api]
@@ -1379,6 +1444,7 @@ audit_tail_check_rows = {audit_tail_check_rows}
         broker = documented(&d.broker, BROKER_DOCS),
         retention = documented(&d.retention, RETENTION_DOCS),
         api = documented(&d.api, API_DOCS),
+        checkpoint_interval = humantime::format_duration(d.audit.checkpoint_interval),
     )
 }
 
@@ -2196,9 +2262,9 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 10,
+            sections, 11,
             "pki, enrollment, ingest, external_broker, log, database, connections, broker, \
-             retention, api"
+             retention, audit, api"
         );
         for key in [
             "database_url",

@@ -2,10 +2,12 @@
 //! database (starting the private cluster when no URL is configured) and serves the listeners,
 //! in that order, until it is told to stop.
 
+mod audit_checkpoints;
 pub mod config;
 mod crl_file;
 mod data_path;
 mod descriptors;
+mod key_file;
 mod device_sessions;
 mod live_streams;
 pub mod logging;

@@ -7,74 +7,26 @@
 //! (`fleetctl user reset-mfa` re-enrols a user) and every client secret must be set again; back
 //! it up with the PKI.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use zeroize::Zeroizing;
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "sealing.key";
 
-/// The key's bytes in `data_dir`, created there if absent. An existing file must be trusted as
-/// the PKI's files are (owned by fleetd's user or root, writable by nobody else) and readable by
-/// nobody else: it holds a secret.
+/// The key's bytes in `data_dir`, created there if absent ([`crate::key_file::load_or_create`]).
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
-    let path = data_dir.join(FILE_NAME);
-    match std::fs::OpenOptions::new().read(true).open(&path) {
-        Ok(mut file) => {
-            certs::check_trusted_path(&path)
-                .with_context(|| format!("checking {}", path.display()))?;
-            let mode = file
-                .metadata()
-                .with_context(|| format!("reading {}", path.display()))?
-                .permissions()
-                .mode()
-                & 0o777;
-            if mode & 0o077 != 0 {
-                bail!(
-                    "{} has mode {mode:o}; it holds a secret key: chmod 600",
-                    path.display()
-                );
-            }
-            let mut bytes = zeroize::Zeroizing::new(Vec::new());
-            Read::by_ref(&mut file)
-                .take(33)
-                .read_to_end(&mut bytes)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let Ok(key) = <&[u8; 32]>::try_from(bytes.as_slice()) else {
-                bail!("{} must hold exactly 32 bytes", path.display());
-            };
-            Ok(Zeroizing::new(*key))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // With an external database and the PKI elsewhere, nothing else made the directory.
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
-            let bytes = api::people::SealKey::new_key_bytes();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            file.write_all(&bytes[..])
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("writing {}", path.display()))?;
-            tracing::info!(path = %path.display(), "created the key that seals stored secrets");
-            Ok(bytes)
-        }
-        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
-    }
+    crate::key_file::load_or_create(
+        &data_dir.join(FILE_NAME),
+        "the key that seals stored secrets",
+        api::people::SealKey::new_key_bytes,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_key_is_created_once_then_read_back_and_a_bad_file_is_refused() {

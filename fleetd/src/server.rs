@@ -27,6 +27,8 @@ pub struct Running {
     devices: DeviceServices,
     /// The API's clock (people's session expiry), which tests advance.
     clock: api::Clock,
+    /// Signs audit checkpoints every `audit.checkpoint_interval` and once at shutdown.
+    checkpoints: JoinHandle<()>,
 }
 
 /// The device side: where device messages come from, ingest, and the background tasks.
@@ -81,6 +83,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     registry.register_collector(Box::new(database.app.pool_collector()));
     registry.register_collector(Box::new(crate::metrics::ProcessCollector));
     crate::metrics::register_certificates(&mut registry, &pki);
+    let checkpointer = match crate::audit_checkpoints::prepare(&config) {
+        Ok(checkpointer) => checkpointer,
+        Err(e) => {
+            database.close().await.ok();
+            return Err(e);
+        }
+    };
     let (stop, stopped) = watch::channel(false);
     let api_metrics = api::ApiMetrics::register(&mut registry);
     let devices = match start_devices(&config, &pki, &database, registry, descriptors).await {
@@ -96,8 +105,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &database,
         &devices,
         api_metrics,
-        stopped,
+        stopped.clone(),
         descriptors,
+        checkpointer.clone(),
     )
     .await;
     let (api_addr, api, clock) = match api {
@@ -108,6 +118,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             return Err(e);
         }
     };
+    let checkpoints = crate::audit_checkpoints::spawn(
+        checkpointer,
+        database.app.clone(),
+        config.audit.checkpoint_interval,
+        stopped,
+    );
     tracing::info!(
         api = %format!("https://{api_addr}"),
         broker = %devices.broker_addr().map_or_else(|| config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), |addr| format!("mqtts://{addr}")),
@@ -125,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api,
         devices,
         clock,
+        checkpoints,
     })
 }
 
@@ -438,6 +455,7 @@ async fn start_api(
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
     descriptors: DescriptorBudget,
+    checkpointer: Arc<store::audit_checkpoints::Checkpointer>,
 ) -> anyhow::Result<StartedApi> {
     let bound_port = devices
         .broker_addr()
@@ -496,6 +514,7 @@ async fn start_api(
             // A provider on this host's loopback over plain HTTP only outside production mode.
             providers: api::oidc::Providers::default().with_loopback_http(!config.production),
         },
+        audit_checkpoints: Some(checkpointer),
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
@@ -578,6 +597,10 @@ impl Running {
         match tokio::time::timeout(self.config.shutdown_grace, self.api).await {
             Ok(joined) => joined.context("API task")?.context("API listener")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within shutdown_grace"),
+        }
+        // The last checkpoint covers what the requests just finished wrote.
+        if let Err(e) = self.checkpoints.await {
+            tracing::error!(error = %e, "audit checkpoint task failed");
         }
         self.devices.stop().await;
         self.database

@@ -71,6 +71,14 @@ impl CheckpointKey {
         Ok(Self { pair })
     }
 
+    /// A new random seed, for a key file created at first start.
+    pub fn new_seed() -> zeroize::Zeroizing<[u8; 32]> {
+        use rand_core::{OsRng, RngCore};
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut seed[..]);
+        seed
+    }
+
     /// The public half, which verifiers pin.
     pub fn public_key(&self) -> PublicKey {
         let bytes = self.pair.public_key().as_ref();
@@ -462,6 +470,128 @@ pub fn push_to_dir(dir: &Path, checkpoint: &Checkpoint) -> std::io::Result<PathB
     // The directory entry is durable too.
     std::fs::File::open(tenant_dir)?.sync_all()?;
     Ok(path)
+}
+
+/// What signs checkpoints and where they are pushed: fleetd's periodic task and the API's
+/// on-demand route share one.
+#[derive(Debug)]
+pub struct Checkpointer {
+    key: CheckpointKey,
+    dir: PathBuf,
+}
+
+/// What one [`Checkpointer::run`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointRun {
+    /// Checkpoints written (and pushed, or counted as `push_failed`).
+    pub written: usize,
+    /// Tenants that could not be checkpointed (logged).
+    pub failed: usize,
+}
+
+impl Checkpointer {
+    /// Signs with `key`, pushes to `dir`.
+    pub fn new(key: CheckpointKey, dir: PathBuf) -> Self {
+        Self { key, dir }
+    }
+
+    /// The public half of the signing key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The push directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the transaction's tenant checkpoint on request of `actor`, and the audit event
+    /// that records it (after the events it covers), in the caller's transaction; `None` when
+    /// there is nothing new. The caller commits, then [`Self::push`]es.
+    pub async fn write_on_request(
+        &self,
+        tx: &mut TenantTx,
+        actor: &audit::Actor,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let written = write(tx, &self.key).await;
+        let written = counted(tx, written);
+        if let Ok(Some(checkpoint)) = &written {
+            let details = serde_json::json!({
+                "first_seq": checkpoint.first_seq,
+                "seq": checkpoint.seq,
+                "key_fingerprint": checkpoint.key_fingerprint,
+            });
+            let target = audit::Target::Tenant(tx.tenant());
+            audit::append(tx, actor, audit::Action::AuditCheckpoint, &target, &details).await?;
+        }
+        written
+    }
+
+    /// Writes the checkpoint file; a failure is logged and counted (`push_failed`), since the
+    /// checkpoint is stored already.
+    pub fn push(&self, metrics: &crate::StoreMetrics, checkpoint: &Checkpoint) -> bool {
+        match push_to_dir(&self.dir, checkpoint) {
+            Ok(_) => true,
+            Err(e) => {
+                metrics.checkpoint("push_failed");
+                tracing::error!(tenant = %checkpoint.tenant_id, seq = checkpoint.seq, dir = %self.dir.display(), error = %e, "audit checkpoint stored but not written to the checkpoint directory");
+                false
+            }
+        }
+    }
+
+    /// Checkpoints every tenant with events after its last checkpoint, each in its own
+    /// transaction, until each is covered (several checkpoints for a long stretch).
+    pub async fn run(&self, app: &AppDb) -> Result<CheckpointRun, StoreError> {
+        let mut run = CheckpointRun::default();
+        for tenant in tenants_due(app, 100_000).await? {
+            loop {
+                match self.write_one(app, tenant).await {
+                    Ok(Some(c)) => {
+                        run.written += 1;
+                        if c.seq - c.first_seq + 1 < MAX_EVENTS_PER_CHECKPOINT {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(%tenant, error = %e, "audit checkpoint not written");
+                        run.failed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    async fn write_one(
+        &self,
+        app: &AppDb,
+        tenant: TenantId,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let mut tx = app.begin(tenant).await?;
+        let written = write(&mut tx, &self.key).await;
+        let written = counted(&tx, written)?;
+        tx.commit().await?;
+        if let Some(checkpoint) = &written {
+            self.push(app.metrics(), checkpoint);
+        }
+        Ok(written)
+    }
+}
+
+fn counted(
+    tx: &TenantTx,
+    written: Result<Option<Checkpoint>, StoreError>,
+) -> Result<Option<Checkpoint>, StoreError> {
+    match &written {
+        Ok(Some(_)) => tx.metrics().checkpoint("written"),
+        Ok(None) => {}
+        Err(StoreError::Conflict(_)) => tx.metrics().checkpoint("refused"),
+        Err(_) => tx.metrics().checkpoint("error"),
+    }
+    written
 }
 
 /// Every checkpoint file of `tenant` in a push directory, by seq. A file that does not parse is

@@ -214,6 +214,8 @@ actions! {
     TenantSsoSet => "tenant.sso_set",
     /// A tenant's OIDC single sign-on provider was removed.
     TenantSsoDelete => "tenant.sso_delete",
+    /// A signed audit checkpoint was written on request (`POST /v1/audit-checkpoints`).
+    AuditCheckpoint => "audit.checkpoint",
 }
 
 #[cfg(test)]

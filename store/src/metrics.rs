@@ -13,6 +13,7 @@
 //! | `fleet_audit_appends_total` | counter | `action` (`device.enroll`, `api_key.create`, ...): events made durable, counted at commit |
 //! | `fleet_audit_chain_verifications_total` | counter | `scope` (`full`, `tail`), `result` (`intact`, `broken`, `error`) |
 //! | `fleet_audit_chains_broken` | gauge | none: tenants whose chain the start-up tail check found broken |
+//! | `fleet_audit_checkpoints_total` | counter | `result` (`written`, `refused`: chain broken, not signed; `error`; `push_failed`: stored but not written to the checkpoint directory) |
 //!
 //! sqlx exposes no count of tasks waiting for a pooled connection, so the store counts its own:
 //! every [`AppDb::begin`](crate::AppDb::begin) is a waiter from its call until the pool hands it
@@ -48,6 +49,11 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerificationLabels {
     scope: &'static str,
     result: &'static str,
@@ -65,6 +71,7 @@ pub struct StoreMetrics {
     audit_appends: Family<ActionLabels, Counter>,
     verifications: Family<VerificationLabels, Counter>,
     chains_broken: Gauge,
+    checkpoints: Family<ResultLabels, Counter>,
 }
 
 fn acquire_histogram() -> Histogram {
@@ -86,9 +93,13 @@ impl Default for StoreMetrics {
             audit_appends: Family::default(),
             verifications: Family::default(),
             chains_broken: Gauge::default(),
+            checkpoints: Family::default(),
         }
     }
 }
+
+/// The `result` label values of `fleet_audit_checkpoints_total`.
+pub const CHECKPOINT_RESULTS: [&str; 4] = ["written", "refused", "error", "push_failed"];
 
 /// The application pool's name in the `pool` label.
 pub(crate) const APP_POOL: &str = "app";
@@ -129,6 +140,14 @@ impl StoreMetrics {
             "Tenants whose audit chain the start-up tail check found broken",
             metrics.chains_broken.clone(),
         );
+        audit.register(
+            "checkpoints",
+            "Signed audit checkpoints by result (written, refused, error, push_failed)",
+            metrics.checkpoints.clone(),
+        );
+        for result in CHECKPOINT_RESULTS {
+            drop(metrics.checkpoints.get_or_create(&ResultLabels { result }));
+        }
         // Present from the first scrape: an alert on rate() needs the zero before the first one.
         drop(
             metrics
@@ -192,6 +211,13 @@ impl StoreMetrics {
         self.verifications
             .get_or_create(&VerificationLabels { scope, result })
             .inc();
+    }
+
+    /// Counts one checkpoint attempt in `fleet_audit_checkpoints_total`; `result` is one of
+    /// [`CHECKPOINT_RESULTS`].
+    pub fn checkpoint(&self, result: &'static str) {
+        debug_assert!(CHECKPOINT_RESULTS.contains(&result));
+        self.checkpoints.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Sets `fleet_audit_chains_broken`.
