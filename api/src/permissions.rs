@@ -171,6 +171,9 @@ permission_table! {
     // browser needed it then; a GET changes nothing, the cookie is SameSite=Strict, and every
     // page of the stream re-checks the session as it does a key.
     get "/v1/audit-events.csv" => audit::export_csv, ADMINISTER_READ, TENANT_WIDE;
+    get "/v1/audit-events.jsonl" => audit::export_jsonl, ADMINISTER_READ, TENANT_WIDE;
+    get "/v1/audit-checkpoints" => audit::list_checkpoints, ADMINISTER_READ, TENANT_WIDE;
+    post "/v1/audit-checkpoints" => audit::create_checkpoint, ADMINISTER, TENANT_WIDE;
 
     post "/v1/sign-in" => sign_in::sign_in, ALL, SCOPED, ANONYMOUS;
     post "/v1/sign-in/second-factor" => sign_in::second_factor, ALL, SCOPED, ANONYMOUS;

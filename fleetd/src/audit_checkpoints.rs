@@ -52,7 +52,11 @@ pub fn spawn(
             };
             match checkpointer.run(&app).await {
                 Ok(run) if run.written > 0 || run.failed > 0 => {
-                    tracing::info!(written = run.written, failed = run.failed, "audit checkpoints")
+                    tracing::info!(
+                        written = run.written,
+                        failed = run.failed,
+                        "audit checkpoints"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "audit checkpoint run failed"),

@@ -217,7 +217,9 @@ impl StoreMetrics {
     /// [`CHECKPOINT_RESULTS`].
     pub fn checkpoint(&self, result: &'static str) {
         debug_assert!(CHECKPOINT_RESULTS.contains(&result));
-        self.checkpoints.get_or_create(&ResultLabels { result }).inc();
+        self.checkpoints
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Sets `fleet_audit_chains_broken`.

@@ -8,11 +8,12 @@ use std::fmt::Write as _;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use store::audit::{self, AuditEvent, AuditFilter, ChainVerdict, Target};
+use store::audit_checkpoints::{self, Checkpoint};
 use store::DeviceId;
 use utoipa::ToSchema;
 
@@ -201,14 +202,16 @@ pub(crate) async fn verify(
 /// RFC 4180, by seq, streamed. The export ends at the last event that existed when it started;
 /// every row carries its hashes, `occurred_at_micros` and the exact `details` text, so the chain
 /// can be re-verified from the file alone: each `hash` is SHA-256 of `prev_hash` and the event's
-/// canonical encoding (version 1, documented in the store's `audit` module). Each page of 1,000
-/// rows is read in its own short transaction; a failure after the first page ends the transfer
-/// early (incomplete, never silently short).
+/// canonical encoding (version 1, documented in the store's `audit` module). After the last
+/// event, a record `checkpoint,<JSON>` carries the newest signed checkpoint at or before it
+/// (none while no checkpoint exists). Each page of 1,000 rows is read in its own short
+/// transaction; a failure after the first page ends the transfer early (incomplete, never
+/// silently short).
 #[utoipa::path(get, path = "/v1/audit-events.csv", tag = "audit",
     params(("since" = Option<String>, Query, format = DateTime, description = "occurred at or after (RFC 3339)"),
            ("until" = Option<String>, Query, format = DateTime, description = "occurred before (RFC 3339)")),
     responses((status = 200, content_type = "text/csv", body = String,
-               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash"),
+               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash; last record checkpoint,<checkpoint JSON>"),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 pub(crate) async fn export_csv(
@@ -217,34 +220,94 @@ pub(crate) async fn export_csv(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut query = Query::parse(raw.as_deref());
-    let mut filter = time_range(&mut query)?;
+    let filter = time_range(&mut query)?;
     query.finish()?;
+    export(ctx, caller, filter, Format::Csv).await
+}
+
+/// Exports the tenant's whole audit chain as JSON Lines, with its covering checkpoint.
+///
+/// One JSON object per line, by seq from 1: `{"record":"event",...}` with `seq`, `prev_hash`,
+/// `hash` and every field the canonical encoding covers (`details` as the exact text hashed),
+/// then `{"record":"checkpoint","checkpoint":{...}}`, the newest signed checkpoint at or before
+/// the last event (absent while there is none). `tools/verify_audit_export.py` re-verifies the
+/// file with the Python standard library and `openssl`. Streamed like the CSV export.
+#[utoipa::path(get, path = "/v1/audit-events.jsonl", tag = "audit",
+    responses((status = 200, content_type = "application/jsonl", body = String,
+               description = "event records, then one checkpoint record"),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+pub(crate) async fn export_jsonl(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    _no_query: NoQuery,
+) -> Result<Response, ApiError> {
+    export(ctx, caller, AuditFilter::default(), Format::Jsonl).await
+}
+
+/// The two export formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    fn event(self, event: &AuditEvent) -> String {
+        match self {
+            Format::Csv => audit::csv_row(event),
+            Format::Jsonl => audit::jsonl_event_line(event),
+        }
+    }
+
+    fn checkpoint(self, checkpoint: &Checkpoint) -> String {
+        match self {
+            Format::Csv => audit::csv_checkpoint_record(checkpoint),
+            Format::Jsonl => audit::jsonl_checkpoint_line(checkpoint),
+        }
+    }
+}
+
+async fn export(
+    ctx: Ctx,
+    caller: Caller,
+    mut filter: AuditFilter,
+    format: Format,
+) -> Result<Response, ApiError> {
     // The first page is read before answering, so a refusal or failure there is a proper error.
     let mut tx = caller.begin(&ctx).await?;
     filter.through_seq = Some(audit::last_event_seq(&mut tx).await?);
-    let first = audit::list(&mut tx, &filter, 0, CSV_PAGE_ROWS).await?;
+    let export = Export {
+        ctx: ctx.clone(),
+        caller: caller.clone(),
+        filter,
+        format,
+    };
+    let first = read_page_in(&mut tx, &export, 0).await?;
     tx.commit().await?;
-    let filename = format!("attachment; filename=\"audit-{}.csv\"", caller.tenant());
+    let (extension, content_type) = match format {
+        Format::Csv => ("csv", "text/csv; charset=utf-8"),
+        Format::Jsonl => ("jsonl", "application/jsonl; charset=utf-8"),
+    };
+    let filename = format!(
+        "attachment; filename=\"audit-{}.{extension}\"",
+        caller.tenant()
+    );
     let disposition = HeaderValue::try_from(filename)
         .map_err(|e| ApiError::Internal(format!("content disposition: {e}")))?;
-    let mut chunk = audit::CSV_HEADER.to_owned();
-    let next = render(&mut chunk, &first);
-    tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), since = ?filter.since, until = ?filter.until, "audit export");
-    let export = Export {
-        ctx,
-        caller,
-        filter,
+    let mut chunk = match format {
+        Format::Csv => audit::CSV_HEADER.to_owned(),
+        Format::Jsonl => String::new(),
     };
+    let next = render(&mut chunk, &first, format);
+    tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), since = ?export.filter.since, until = ?export.filter.until, format = extension, "audit export");
     let body = Body::from_stream(futures_util::stream::unfold(
         (export, Step::Send(chunk, next)),
         step,
     ));
     Ok((
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/csv; charset=utf-8"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CONTENT_DISPOSITION, disposition),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
@@ -258,6 +321,14 @@ struct Export {
     ctx: Ctx,
     caller: Caller,
     filter: AuditFilter,
+    format: Format,
+}
+
+/// One page of an export, and on the last page the checkpoint that covers the export.
+struct ExportPage {
+    events: Vec<AuditEvent>,
+    /// `Some` on the last page: the trailer (`None` inside when no checkpoint covers it yet).
+    last: Option<Option<Checkpoint>>,
 }
 
 /// Where the export is.
@@ -270,13 +341,21 @@ enum Step {
     Done,
 }
 
-/// Appends the rows of `events`; the seq to read after when the page was full.
-fn render(chunk: &mut String, events: &[AuditEvent]) -> Option<i64> {
-    for event in events {
-        chunk.push_str(&audit::csv_row(event));
+/// Appends the page's rows, and the trailer on the last page; the seq to read after when there
+/// is more.
+fn render(chunk: &mut String, page: &ExportPage, format: Format) -> Option<i64> {
+    for event in &page.events {
+        chunk.push_str(&format.event(event));
     }
-    let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= CSV_PAGE_ROWS;
-    events.last().filter(|_| full).map(|last| last.seq)
+    match &page.last {
+        Some(checkpoint) => {
+            if let Some(checkpoint) = checkpoint {
+                chunk.push_str(&format.checkpoint(checkpoint));
+            }
+            None
+        }
+        None => page.events.last().map(|last| last.seq),
+    }
 }
 
 async fn step(
@@ -288,10 +367,9 @@ async fn step(
             Some((Ok(Bytes::from(chunk)), (export, then)))
         }
         Step::Read(after) => match read_page(&export, after).await {
-            Ok(events) if events.is_empty() => None,
-            Ok(events) => {
+            Ok(page) => {
                 let mut chunk = String::new();
-                let next = render(&mut chunk, &events);
+                let next = render(&mut chunk, &page, export.format);
                 let then = next.map_or(Step::Done, Step::Read);
                 Some((Ok(Bytes::from(chunk)), (export, then)))
             }
@@ -306,11 +384,141 @@ async fn step(
 }
 
 /// One page in its own transaction, which also re-checks that the key is still live.
-async fn read_page(export: &Export, after: i64) -> Result<Vec<AuditEvent>, ApiError> {
+async fn read_page(export: &Export, after: i64) -> Result<ExportPage, ApiError> {
     let mut tx = export.caller.begin(&export.ctx).await?;
-    let events = audit::list(&mut tx, &export.filter, after, CSV_PAGE_ROWS).await?;
+    let page = read_page_in(&mut tx, export, after).await?;
     tx.commit().await?;
-    Ok(events)
+    Ok(page)
+}
+
+async fn read_page_in(
+    tx: &mut store::TenantTx,
+    export: &Export,
+    after: i64,
+) -> Result<ExportPage, ApiError> {
+    let events = audit::list(tx, &export.filter, after, CSV_PAGE_ROWS).await?;
+    let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= CSV_PAGE_ROWS;
+    let last = if full {
+        None
+    } else {
+        let through = export.filter.through_seq.unwrap_or(i64::MAX);
+        Some(audit_checkpoints::latest_through(tx, through).await?)
+    };
+    Ok(ExportPage { events, last })
+}
+
+/// A signed checkpoint of the tenant's chain (store::audit_checkpoints documents the signed
+/// bytes): Ed25519 over the tenant, `first_seq`, `seq`, `created_at_micros`, `last_hash` and the
+/// SHA-256 of `event_hashes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointView {
+    /// Always 1.
+    pub version: u32,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The first event covered.
+    pub first_seq: i64,
+    /// The last event covered.
+    pub seq: i64,
+    /// RFC 3339, UTC, with microseconds.
+    #[schema(example = "2026-12-01T09:30:00.123456Z")]
+    pub created_at: String,
+    /// The same instant in microseconds since the Unix epoch (what the signature covers).
+    pub created_at_micros: i64,
+    /// The hash of event `seq` (lowercase hex).
+    pub last_hash: String,
+    /// The hashes of events `first_seq..=seq` (lowercase hex).
+    pub event_hashes: Vec<String>,
+    /// SHA-256 of the raw Ed25519 public key (lowercase hex).
+    pub key_fingerprint: String,
+    /// The Ed25519 signature (lowercase hex, 64 bytes).
+    pub signature: String,
+}
+
+impl From<&Checkpoint> for CheckpointView {
+    fn from(c: &Checkpoint) -> Self {
+        let d = c.to_document();
+        Self {
+            version: d.version,
+            tenant_id: d.tenant_id,
+            first_seq: d.first_seq,
+            seq: d.seq,
+            created_at: d.created_at,
+            created_at_micros: d.created_at_micros,
+            last_hash: d.last_hash,
+            event_hashes: d.event_hashes,
+            key_fingerprint: d.key_fingerprint,
+            signature: d.signature,
+        }
+    }
+}
+
+/// Lists the tenant's signed audit checkpoints, oldest first.
+///
+/// A copy kept in the database: a verifier checks them against the public key it pins (and
+/// against the copies fleetd writes outside the database), never trusts them for being here.
+#[utoipa::path(get, path = "/v1/audit-checkpoints", tag = "audit",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 500), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = Page<CheckpointView>), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn list_checkpoints(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Page<CheckpointView>>, ApiError> {
+    let mut query = Query::parse(raw.as_deref());
+    let page = query.page()?;
+    query.finish()?;
+    let after: i64 = page.after()?.unwrap_or(0);
+    let mut tx = caller.begin(&ctx).await?;
+    let checkpoints = audit_checkpoints::list(&mut tx, after, page.limit).await?;
+    tx.commit().await?;
+    let views = checkpoints.iter().map(CheckpointView::from).collect();
+    Ok(Json(page.page(views, |c: &CheckpointView| c.seq)))
+}
+
+/// Signs a checkpoint of the tenant's chain now.
+///
+/// 201 with the new checkpoint, covering every event since the previous one (recorded by an
+/// `audit.checkpoint` event, which the next checkpoint covers); 200 with the newest checkpoint
+/// when there is nothing new. 409 when the events after the last checkpoint do not verify: a
+/// broken chain is never signed.
+#[utoipa::path(post, path = "/v1/audit-checkpoints", tag = "audit",
+    responses((status = 201, body = CheckpointView), (status = 200, body = CheckpointView),
+              (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn create_checkpoint(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    _no_query: NoQuery,
+) -> Result<(StatusCode, Json<CheckpointView>), ApiError> {
+    let checkpointer = ctx
+        .state
+        .audit_checkpoints
+        .clone()
+        .ok_or(ApiError::Conflict(
+            "audit checkpoints are not configured on this server",
+        ))?;
+    let mut tx = caller.begin(&ctx).await?;
+    let written = checkpointer
+        .write_on_request(&mut tx, &caller.actor())
+        .await?;
+    let answer = match written {
+        Some(checkpoint) => {
+            tx.commit().await?;
+            checkpointer.push(ctx.state.app.metrics(), &checkpoint);
+            tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), seq = checkpoint.seq, "audit checkpoint written");
+            (StatusCode::CREATED, checkpoint)
+        }
+        None => {
+            let latest = audit_checkpoints::latest(&mut tx)
+                .await?
+                .ok_or(ApiError::ResourceNotFound("audit checkpoint"))?;
+            tx.commit().await?;
+            (StatusCode::OK, latest)
+        }
+    };
+    Ok((answer.0, Json(CheckpointView::from(&answer.1))))
 }
 
 #[cfg(test)]
@@ -370,13 +578,45 @@ mod tests {
     }
 
     #[test]
-    fn a_full_page_asks_for_the_next_and_a_short_one_ends() {
+    fn a_full_page_asks_for_the_next_and_the_last_ends_with_its_checkpoint() {
         let mut chunk = String::new();
-        assert_eq!(render(&mut chunk, &[event(1, "{}"), event(2, "{}")]), None);
+        let last = ExportPage {
+            events: vec![event(1, "{}"), event(2, "{}")],
+            last: Some(None),
+        };
+        assert_eq!(render(&mut chunk, &last, Format::Csv), None);
         assert_eq!(chunk.matches("\r\n").count(), 2);
-        let page: Vec<AuditEvent> = (1..=CSV_PAGE_ROWS).map(|s| event(s, "{}")).collect();
-        assert_eq!(render(&mut String::new(), &page), Some(CSV_PAGE_ROWS));
-        assert_eq!(render(&mut String::new(), &[]), None);
+        let full = ExportPage {
+            events: (1..=CSV_PAGE_ROWS).map(|s| event(s, "{}")).collect(),
+            last: None,
+        };
+        assert_eq!(
+            render(&mut String::new(), &full, Format::Csv),
+            Some(CSV_PAGE_ROWS)
+        );
+        let key = store::audit_checkpoints::CheckpointKey::from_seed(&[1; 32]).unwrap();
+        let checkpoint = Checkpoint {
+            tenant_id: TenantId(uuid::Uuid::from_u128(7)),
+            first_seq: 1,
+            seq: 1,
+            last_hash: [0xab; 32],
+            event_hashes: vec![[0xab; 32]],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            key_fingerprint: key.public_key().fingerprint(),
+            signature: [0; 64],
+        };
+        let trailer = ExportPage {
+            events: Vec::new(),
+            last: Some(Some(checkpoint)),
+        };
+        let mut chunk = String::new();
+        assert_eq!(render(&mut chunk, &trailer, Format::Csv), None);
+        assert!(chunk.starts_with("checkpoint,\"{"), "{chunk}");
+        let mut chunk = String::new();
+        assert_eq!(render(&mut chunk, &trailer, Format::Jsonl), None);
+        let line: serde_json::Value = serde_json::from_str(chunk.trim_end()).unwrap();
+        assert_eq!(line["record"], "checkpoint");
+        assert_eq!(line["checkpoint"]["seq"], 1);
     }
 
     #[test]
