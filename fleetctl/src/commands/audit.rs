@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::audit::{self, ChainVerdict};
+use store::audit_checkpoints::{self, CheckpointKey, CheckpointVerifier, PublicKey};
 use time::OffsetDateTime;
 
 use super::{more_notice, show, Ctx, ListArgs};
@@ -24,10 +25,46 @@ pub enum AuditCommand {
     /// Recompute the audit chain and name the first broken event; exits 1 if it is broken.
     ///
     /// Over HTTPS: the API key's tenant. With --data-dir or --database-url: every tenant's
-    /// chain on the database, or only --tenant's.
-    Verify,
-    /// Export audit events as CSV (with seq and hashes, checkable without fleetplane).
+    /// chain on the database, or only --tenant's. With --checkpoints and --public-key, every
+    /// event is also checked against the signed checkpoints: a rewritten event, a cut tail, a
+    /// rewound head or a forged checkpoint is named by the first bad seq.
+    Verify(VerifyArgs),
+    /// Export audit events as CSV or JSON Lines (with seq, hashes and the covering signed
+    /// checkpoint, checkable without fleetplane: tools/verify_audit_export.py).
     Export(ExportArgs),
+    /// Sign a checkpoint of the chain now (fleetd also does so every audit.checkpoint_interval).
+    Checkpoint,
+    /// Print the public key that verifies checkpoints (PEM), from fleetd's checkpoint key file.
+    PublicKey(PublicKeyArgs),
+}
+
+/// `fleetctl audit verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// fleetd's checkpoint directory (audit.checkpoint_dir, files <tenant>/<seq>.json).
+    #[arg(long, value_name = "DIR", requires = "public_key")]
+    checkpoints: Option<PathBuf>,
+    /// The pinned checkpoint public key (PEM, as `fleetctl audit public-key` prints it, or 64
+    /// hex characters).
+    #[arg(long, value_name = "FILE", requires = "checkpoints")]
+    public_key: Option<PathBuf>,
+}
+
+/// `fleetctl audit public-key`.
+#[derive(Args)]
+pub struct PublicKeyArgs {
+    /// The checkpoint key file (audit.checkpoint_key); default <data-dir>/audit-checkpoint.key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// `fleetctl audit export --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// RFC 4180 CSV, a trailing `checkpoint,<JSON>` record.
+    Csv,
+    /// JSON Lines: the whole chain, then the checkpoint (no --since/--until).
+    Jsonl,
 }
 
 /// `fleetctl audit list` filters.
@@ -61,10 +98,13 @@ pub struct ExportArgs {
     /// Only events before this time (RFC 3339, or a duration ago).
     #[arg(long, value_name = "TIME", value_parser = parse::moment)]
     until: Option<OffsetDateTime>,
-    /// Write the CSV to this file (replaced only once the export is complete) instead of
+    /// Write the export to this file (replaced only once the export is complete) instead of
     /// standard output.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// csv or jsonl.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ExportFormat,
 }
 
 #[derive(Deserialize)]
@@ -92,12 +132,67 @@ struct VerdictView {
 pub async fn run(ctx: &Ctx, command: AuditCommand) -> Result<(), Failure> {
     match command {
         AuditCommand::List(filters) => list(ctx, filters).await,
-        AuditCommand::Verify => match ctx.database_location()? {
-            Some(location) => verify_on_database(ctx, &location).await,
-            None => verify(ctx).await,
-        },
+        AuditCommand::Verify(args) => {
+            let checkpoints = match (&args.checkpoints, &args.public_key) {
+                (Some(dir), Some(key)) => Some((dir.clone(), read_public_key(key)?)),
+                _ => None,
+            };
+            match (ctx.database_location()?, checkpoints) {
+                (Some(location), checkpoints) => {
+                    verify_on_database(ctx, &location, checkpoints.as_ref()).await
+                }
+                (None, None) => verify(ctx).await,
+                (None, Some((dir, key))) => verify_export_with_checkpoints(ctx, &dir, &key).await,
+            }
+        }
         AuditCommand::Export(args) => export(ctx, args).await,
+        AuditCommand::Checkpoint => checkpoint(ctx).await,
+        AuditCommand::PublicKey(args) => public_key(ctx, args),
     }
+}
+
+fn read_public_key(path: &Path) -> Result<PublicKey, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("--public-key {}: {e}", path.display())))?;
+    PublicKey::parse(&text)
+        .map_err(|e| Failure::usage(format!("--public-key {}: {e}", path.display())))
+}
+
+/// Over HTTPS: the key's tenant chain as a JSON Lines export, checked here against the
+/// checkpoint files and the pinned key (not against what the server says of itself).
+async fn verify_export_with_checkpoints(
+    ctx: &Ctx,
+    dir: &Path,
+    key: &PublicKey,
+) -> Result<(), Failure> {
+    let api = ctx.api("audit verify").await.map_err(|f| {
+        f.hint_without_key(
+            "to verify every tenant on the database, give --data-dir or --database-url",
+        )
+    })?;
+    let mut body = Vec::new();
+    api.download("v1/audit-events.jsonl", &[], &mut body)
+        .await?;
+    let text = String::from_utf8(body)
+        .map_err(|_| Failure::new(Exit::Refused, "audit-export", "the export is not UTF-8"))?;
+    let export = audit::parse_jsonl(&text)?;
+    let Some(tenant) = export.events.first().map(|e| e.tenant_id) else {
+        return Err(Failure::new(
+            Exit::Refused,
+            "audit-export",
+            "the export holds no events",
+        ));
+    };
+    let checkpoints = audit_checkpoints::read_dir(dir, tenant)?;
+    let count = checkpoints.len();
+    let verdict = match CheckpointVerifier::new(tenant, checkpoints, key) {
+        Ok(mut verifier) => audit::verify_exported(export.events, &mut verifier),
+        Err((seq, reason)) => ChainVerdict::Broken { seq, reason },
+    };
+    report_verdicts(
+        ctx,
+        &[(tenant.to_string(), String::new(), verdict, Some(count))],
+    )
 }
 
 async fn list(ctx: &Ctx, f: ListFilters) -> Result<(), Failure> {
@@ -181,7 +276,11 @@ async fn verify(ctx: &Ctx) -> Result<(), Failure> {
     ))
 }
 
-async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failure> {
+async fn verify_on_database(
+    ctx: &Ctx,
+    location: &Location,
+    checkpoints: Option<&(PathBuf, PublicKey)>,
+) -> Result<(), Failure> {
     let database = db::open(location).await?;
     let outcome = async {
         let chosen = match ctx.tenant() {
@@ -191,9 +290,19 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
         let mut verdicts = Vec::new();
         for tenant in chosen {
             let mut tx = database.app.begin(tenant.id).await?;
-            let verdict = audit::verify(&mut tx).await?;
+            let (verdict, count) = match checkpoints {
+                None => (audit::verify(&mut tx).await?, None),
+                Some((dir, key)) => {
+                    let found = audit_checkpoints::read_dir(dir, tenant.id)?;
+                    let count = found.len();
+                    (
+                        audit::verify_with_checkpoints(&mut tx, found, key).await?,
+                        Some(count),
+                    )
+                }
+            };
             tx.rollback().await?;
-            verdicts.push((tenant, verdict));
+            verdicts.push((tenant.id.to_string(), tenant.name, verdict, count));
         }
         Ok::<_, Failure>(verdicts)
     }
@@ -201,22 +310,36 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
     let closed = db::close(database).await;
     let verdicts = outcome?;
     closed?;
+    report_verdicts(ctx, &verdicts)
+}
 
+/// Shows (tenant id, name, verdict, checkpoints checked) rows; exits 1 naming the first bad seq
+/// when any chain is broken.
+fn report_verdicts(
+    ctx: &Ctx,
+    verdicts: &[(String, String, ChainVerdict, Option<usize>)],
+) -> Result<(), Failure> {
     let items: Vec<Value> = verdicts
         .iter()
-        .map(|(tenant, verdict)| match verdict {
-            ChainVerdict::Intact { events } => json!({
-                "tenant_id": tenant.id, "name": tenant.name, "status": "intact", "events": events,
-            }),
-            ChainVerdict::Broken { seq, reason } => json!({
-                "tenant_id": tenant.id, "name": tenant.name, "status": "broken", "seq": seq,
-                "reason": reason.as_str(), "description": reason.describe(),
-            }),
+        .map(|(id, name, verdict, checkpoints)| {
+            let mut item = match verdict {
+                ChainVerdict::Intact { events } => json!({
+                    "tenant_id": id, "name": name, "status": "intact", "events": events,
+                }),
+                ChainVerdict::Broken { seq, reason } => json!({
+                    "tenant_id": id, "name": name, "status": "broken", "seq": seq,
+                    "reason": reason.as_str(), "description": reason.describe(),
+                }),
+            };
+            if let Some(count) = checkpoints {
+                item["checkpoints"] = json!(count);
+            }
+            item
         })
         .collect();
     show(ctx, &json!({ "items": items }), || {
         let mut table = Table::new(&["TENANT", "NAME", "CHAIN", "EVENTS", "BROKEN AT", "REASON"]);
-        for (tenant, verdict) in &verdicts {
+        for (id, name, verdict, _) in verdicts {
             let (status, events, seq, reason) = match verdict {
                 ChainVerdict::Intact { events } => {
                     ("intact", events.to_string(), "-".into(), "-".into())
@@ -225,12 +348,12 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
                     "broken",
                     "-".into(),
                     seq.to_string(),
-                    reason.describe().to_owned(),
+                    format!("{} ({})", reason.describe(), reason.as_str()),
                 ),
             };
             table.row(vec![
-                tenant.id.to_string(),
-                tenant.name.clone(),
+                id.clone(),
+                name.clone(),
                 status.to_owned(),
                 events,
                 seq,
@@ -239,16 +362,64 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
         }
         Ok(table.render())
     })?;
-    let broken = verdicts
+    let broken: Vec<_> = verdicts
         .iter()
-        .filter(|(_, v)| matches!(v, ChainVerdict::Broken { .. }))
-        .count();
-    if broken > 0 {
+        .filter_map(|(id, _, v, _)| match v {
+            ChainVerdict::Broken { seq, reason } => Some((id, *seq, *reason)),
+            ChainVerdict::Intact { .. } => None,
+        })
+        .collect();
+    if let Some((id, seq, reason)) = broken.first() {
         return Err(Failure::new(
             Exit::Refused,
             "audit-chain-broken",
-            format!("{broken} of {} audit chains are broken", verdicts.len()),
+            format!(
+                "{} of {} audit chains are broken; first: tenant {id} at seq {seq}: {}",
+                broken.len(),
+                verdicts.len(),
+                reason.as_str()
+            ),
         ));
+    }
+    Ok(())
+}
+
+async fn checkpoint(ctx: &Ctx) -> Result<(), Failure> {
+    let api = ctx.api("audit checkpoint").await?;
+    let value = api.post("v1/audit-checkpoints", &json!({})).await?;
+    show(ctx, &value, || {
+        let mut table = Table::new(&["FIRST SEQ", "SEQ", "CREATED", "KEY"]);
+        table.row(vec![
+            value["first_seq"].to_string(),
+            value["seq"].to_string(),
+            value["created_at"].as_str().unwrap_or("-").to_owned(),
+            value["key_fingerprint"].as_str().unwrap_or("-").to_owned(),
+        ]);
+        Ok(table.render())
+    })
+}
+
+fn public_key(ctx: &Ctx, args: PublicKeyArgs) -> Result<(), Failure> {
+    let path = match args.key {
+        Some(path) => path,
+        None => match ctx.database_location()? {
+            Some(Location::DataDir(dir)) => dir.join("audit-checkpoint.key"),
+            _ => PathBuf::from(db::DEFAULT_DATA_DIR).join("audit-checkpoint.key"),
+        },
+    };
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(&path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
+    );
+    let seed: &[u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Failure::usage(format!("{} must hold exactly 32 bytes", path.display())))?;
+    let public = CheckpointKey::from_seed(seed)?.public_key();
+    if ctx.json() {
+        let value = json!({ "pem": public.to_pem(), "raw": hex::encode(public.0), "fingerprint": public.fingerprint() });
+        println!("{value}");
+    } else {
+        print!("{}", public.to_pem());
     }
     Ok(())
 }
@@ -256,9 +427,18 @@ async fn verify_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failur
 async fn export(ctx: &Ctx, args: ExportArgs) -> Result<(), Failure> {
     if ctx.json() {
         return Err(Failure::usage(
-            "audit export writes CSV; --json does not apply",
+            "audit export writes CSV or JSON Lines (--format); --json does not apply",
         ));
     }
+    let route = match args.format {
+        ExportFormat::Csv => "v1/audit-events.csv",
+        ExportFormat::Jsonl if args.since.is_some() || args.until.is_some() => {
+            return Err(Failure::usage(
+                "--format jsonl exports the whole chain; --since and --until apply to csv",
+            ))
+        }
+        ExportFormat::Jsonl => "v1/audit-events.jsonl",
+    };
     let api = ctx.api("audit export").await?;
     let mut query = Vec::new();
     if let Some(since) = args.since {
@@ -270,15 +450,12 @@ async fn export(ctx: &Ctx, args: ExportArgs) -> Result<(), Failure> {
     match &args.output {
         None => {
             let mut stdout = std::io::stdout().lock();
-            api.download("v1/audit-events.csv", &query, &mut stdout)
-                .await?;
+            api.download(route, &query, &mut stdout).await?;
             Ok(())
         }
         Some(path) => {
             let mut file = temp_beside(path)?;
-            let bytes = api
-                .download("v1/audit-events.csv", &query, file.as_file_mut())
-                .await?;
+            let bytes = api.download(route, &query, file.as_file_mut()).await?;
             file.as_file_mut()
                 .sync_all()
                 .map_err(|e| write_failure(path, &e))?;
