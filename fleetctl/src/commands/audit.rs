@@ -191,7 +191,7 @@ async fn verify_export_with_checkpoints(
     };
     report_verdicts(
         ctx,
-        &[(tenant.to_string(), String::new(), verdict, Some(count))],
+        &[(tenant.to_string(), "-".to_owned(), verdict, Some(count))],
     )
 }
 

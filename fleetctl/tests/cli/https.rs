@@ -830,3 +830,141 @@ async fn audit_events_are_listed_verified_and_exported() {
         .fails(2, "usage");
     fleet.stop().await;
 }
+
+/// Runs tools/verify_audit_export.py on `export` with the pinned `pem`: (exit code, stdout).
+fn python_verify(export: &std::path::Path, pem: &std::path::Path) -> (i32, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/verify_audit_export.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(export)
+        .arg("--public-key")
+        .arg(pem)
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_verify_the_chain_and_a_jsonl_export_re_verifies_with_python() {
+    let fleet = Fleet::start().await;
+    fleet.ctl(&["group", "create", "line-3"]).await.ok();
+    let data_dir = fleet._data_dir.path().to_owned();
+    let checkpoints = data_dir.join("audit-checkpoints");
+    let work = tempfile::tempdir().unwrap();
+
+    let written = fleet.ctl(&["--json", "audit", "checkpoint"]).await.json();
+    assert_eq!(written["first_seq"], 1);
+    let covered = written["seq"].as_i64().unwrap();
+    assert!(covered >= 2, "{written}");
+    let file = checkpoints
+        .join(fleet.tenant.to_string())
+        .join(format!("{covered}.json"));
+    assert!(file.exists(), "{} was not pushed", file.display());
+    // The second covers the first's own audit event.
+    let second = fleet.ctl(&["--json", "audit", "checkpoint"]).await.json();
+    assert_eq!(second["first_seq"].as_i64(), Some(covered + 1));
+    // An auditor may not sign.
+    let auditor = fleet.key_with_role(Role::Auditor).await;
+    run(fleet.ctl_with_key(&auditor), &["audit", "checkpoint"])
+        .await
+        .fails(4, "forbidden");
+
+    let key_file = data_dir.join("audit-checkpoint.key");
+    let pem = fleet
+        .ctl(&["audit", "public-key", "--key", key_file.to_str().unwrap()])
+        .await
+        .ok();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    let pem_file = work.path().join("checkpoint.pem");
+    std::fs::write(&pem_file, &pem).unwrap();
+
+    let verify = [
+        "audit",
+        "verify",
+        "--checkpoints",
+        checkpoints.to_str().unwrap(),
+        "--public-key",
+        pem_file.to_str().unwrap(),
+    ];
+    let out = fleet.ctl(&verify).await.ok();
+    assert_eq!(rows(&out)[0][2], "intact", "{out}");
+
+    let export = work.path().join("audit.jsonl");
+    fleet
+        .ctl(&[
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--output",
+            export.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains(r#""record":"checkpoint""#),
+        "{text}"
+    );
+    let (code, out) = python_verify(&export, &pem_file);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("intact: "), "{out}");
+    // One changed byte in an event, then in the signature.
+    let changed = work.path().join("changed.jsonl");
+    std::fs::write(&changed, text.replacen("tenant.create", "tenant.creatf", 1)).unwrap();
+    assert_eq!(
+        python_verify(&changed, &pem_file),
+        (1, "broken at seq 1: content_changed\n".into())
+    );
+    let signature = text.rfind(r#""signature":""#).unwrap() + r#""signature":""#.len();
+    let mut forged = text.clone().into_bytes();
+    forged[signature] = if forged[signature] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    std::fs::write(&changed, forged).unwrap();
+    let (code, out) = python_verify(&changed, &pem_file);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.ends_with(": checkpoint_signature_invalid\n"), "{out}");
+    // Another key is not the pinned one.
+    let other = store::audit_checkpoints::CheckpointKey::from_seed(&[9; 32])
+        .unwrap()
+        .public_key();
+    let other_pem = work.path().join("other.pem");
+    std::fs::write(&other_pem, other.to_pem()).unwrap();
+    assert_eq!(python_verify(&export, &other_pem).0, 1);
+    let line = fleet
+        .ctl(&[
+            "audit",
+            "verify",
+            "--checkpoints",
+            checkpoints.to_str().unwrap(),
+            "--public-key",
+            other_pem.to_str().unwrap(),
+        ])
+        .await
+        .fails(1, "audit-chain-broken");
+    assert!(line.contains("checkpoint_signature_invalid"), "{line}");
+
+    // Rewritten behind the application's back: named over HTTPS from the checkpoints.
+    let mut owner = fleet._db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET hash = decode(repeat('ab', 32), 'hex') WHERE tenant_id = $1 AND seq = 2")
+        .bind(fleet.tenant)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let line = fleet.ctl(&verify).await.fails(1, "audit-chain-broken");
+    assert!(line.contains("at seq 2"), "{line}");
+    fleet.stop().await;
+}
