@@ -67,3 +67,30 @@ pub fn spawn(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_key_is_created_0600_once_and_read_back_and_an_open_file_is_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: parent.path().join("data"),
+            ..Config::default()
+        };
+        let first = prepare(&config).unwrap().public_key();
+        let path = config.audit_checkpoint_key();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(config.audit_checkpoint_dir().is_dir());
+        assert_eq!(prepare(&config).unwrap().public_key(), first);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = prepare(&config).unwrap_err();
+        assert!(format!("{refused:#}").contains("chmod 600"), "{refused:#}");
+    }
+}

@@ -1801,6 +1801,36 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_section_defaults_under_the_data_dir_and_reads_its_keys() {
+        let d = Config::default();
+        assert_eq!(d.audit.checkpoint_interval, Duration::from_secs(300));
+        assert_eq!(
+            d.audit_checkpoint_key(),
+            d.data_dir.join("audit-checkpoint.key")
+        );
+        assert_eq!(
+            d.audit_checkpoint_dir(),
+            d.data_dir.join("audit-checkpoints")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleetd.toml");
+        std::fs::write(
+            &path,
+            "[audit]\ncheckpoint_interval = \"1m\"\ncheckpoint_key = \"/k/audit.key\"\ncheckpoint_dir = \"/mnt/audit\"",
+        )
+        .unwrap();
+        let config =
+            Config::load_with_env(Some(&path), &Overrides::default(), "CONFIGTEST_AUDIT_").unwrap();
+        assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
+        assert_eq!(config.audit_checkpoint_key(), PathBuf::from("/k/audit.key"));
+        assert_eq!(config.audit_checkpoint_dir(), PathBuf::from("/mnt/audit"));
+        std::env::set_var("CONFIGTEST_AUDITBAD_AUDIT__CHECKPOINT_INTERVAL", "0s");
+        let err =
+            Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_AUDITBAD_").unwrap_err();
+        assert_eq!(err.field().as_deref(), Some("audit.checkpoint_interval"));
+    }
+
+    #[test]
     fn every_section_follows_the_environment_scheme() {
         std::env::set_var("CONFIGTEST_SCHEME_BROKER__PUBLISH_RATE", "50");
         std::env::set_var("CONFIGTEST_SCHEME_RETENTION__INTERVAL", "30m");
