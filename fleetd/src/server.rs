@@ -83,13 +83,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     registry.register_collector(Box::new(database.app.pool_collector()));
     registry.register_collector(Box::new(crate::metrics::ProcessCollector));
     crate::metrics::register_certificates(&mut registry, &pki);
-    let checkpointer = match crate::audit_checkpoints::prepare(&config) {
-        Ok(checkpointer) => checkpointer,
-        Err(e) => {
-            database.close().await.ok();
-            return Err(e);
-        }
-    };
     let (stop, stopped) = watch::channel(false);
     let api_metrics = api::ApiMetrics::register(&mut registry);
     let devices = match start_devices(&config, &pki, &database, registry, descriptors).await {
@@ -107,10 +100,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api_metrics,
         stopped.clone(),
         descriptors,
-        checkpointer.clone(),
     )
     .await;
-    let (api_addr, api, clock) = match api {
+    let (api_addr, api, clock, checkpointer) = match api {
         Ok(api) => api,
         Err(e) => {
             devices.stop().await;
@@ -445,7 +437,12 @@ impl DeviceServices {
 
 /// The HTTPS API: enrollment, management, health (its readiness checks the device side).
 /// The API's address, its serving task, and its clock.
-type StartedApi = (SocketAddr, JoinHandle<std::io::Result<()>>, api::Clock);
+type StartedApi = (
+    SocketAddr,
+    JoinHandle<std::io::Result<()>>,
+    api::Clock,
+    Arc<store::audit_checkpoints::Checkpointer>,
+);
 
 async fn start_api(
     config: &Config,
@@ -455,7 +452,6 @@ async fn start_api(
     metrics: api::ApiMetrics,
     mut stopped: watch::Receiver<bool>,
     descriptors: DescriptorBudget,
-    checkpointer: Arc<store::audit_checkpoints::Checkpointer>,
 ) -> anyhow::Result<StartedApi> {
     let bound_port = devices
         .broker_addr()
@@ -481,6 +477,8 @@ async fn start_api(
     let follower = tokio::spawn(key_cache.clone().follow_revocations(revoked_keys));
     let sealing_key = crate::sealing_key::load_or_create(&config.data_dir)
         .context("the key that seals stored secrets (TOTP, OIDC client secrets)")?;
+    // The API signs checkpoints on request; the caller runs the periodic task with the same one.
+    let checkpointer = crate::audit_checkpoints::prepare(config)?;
     let state = api::ApiState {
         key_cache,
         device_cert_lifetime: config.pki.device_cert_lifetime,
@@ -514,7 +512,7 @@ async fn start_api(
             // A provider on this host's loopback over plain HTTP only outside production mode.
             providers: api::oidc::Providers::default().with_loopback_http(!config.production),
         },
-        audit_checkpoints: Some(checkpointer),
+        audit_checkpoints: Some(checkpointer.clone()),
         ..api::ApiState::new(database.app.clone(), pki.issuing_ca.clone(), broker_url)
     };
     let shutdown = async move {
@@ -530,7 +528,7 @@ async fn start_api(
         follower.abort();
         served
     });
-    Ok((addr, task, clock))
+    Ok((addr, task, clock, checkpointer))
 }
 
 impl Running {
