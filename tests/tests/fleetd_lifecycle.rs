@@ -384,3 +384,54 @@ async fn readiness_names_the_broker_when_the_external_one_is_unreachable() {
     assert_eq!((status, body.as_str()), expected);
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn fleetd_signs_new_events_every_interval() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = config_for(&db, &data_dir);
+    config.audit.checkpoint_interval = std::time::Duration::from_secs(1);
+    let dir = config.audit_checkpoint_dir();
+    let running = fleetd::start(config).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "signed", &audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
+    let first = dir.join(tenant.to_string()).join("1.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !first.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 20 s of an interval of 1 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    running.shutdown().await.unwrap();
+    let found = store::audit_checkpoints::read_dir(&dir, tenant).unwrap();
+    assert_eq!(found.last().map(|c| c.seq), Some(1), "{found:?}");
+    let key = std::fs::read(data_dir.path().join("audit-checkpoint.key")).unwrap();
+    let key = store::audit_checkpoints::CheckpointKey::from_seed(&key.try_into().unwrap())
+        .unwrap()
+        .public_key();
+    assert!(found.iter().all(|c| c.is_authentic(&key)));
+}
+
+#[tokio::test]
+async fn the_shutdown_signs_what_no_interval_reached() {
+    let db = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config = config_for(&db, &data_dir);
+    config.audit.checkpoint_interval = std::time::Duration::from_secs(3600);
+    let dir = config.audit_checkpoint_dir();
+    let running = fleetd::start(config).await.unwrap();
+    let tenant = tenants::create(&running.database().app, "late", &audit::Actor::System)
+        .await
+        .unwrap()
+        .id;
+    assert!(store::audit_checkpoints::read_dir(&dir, tenant)
+        .unwrap()
+        .is_empty());
+    running.shutdown().await.unwrap();
+    let found = store::audit_checkpoints::read_dir(&dir, tenant).unwrap();
+    assert_eq!(found.iter().map(|c| c.seq).collect::<Vec<_>>(), [1]);
+}
