@@ -7,7 +7,9 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::audit::{self, ChainVerdict};
-use store::audit_checkpoints::{self, CheckpointKey, CheckpointVerifier, PublicKey};
+use store::audit_checkpoints::{
+    self, Checkpoint, CheckpointDocument, CheckpointKey, CheckpointVerifier, PublicKey,
+};
 use time::OffsetDateTime;
 
 use super::{more_notice, show, Ctx, ListArgs};
@@ -41,9 +43,11 @@ pub enum AuditCommand {
 /// `fleetctl audit verify`.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// fleetd's checkpoint directory (audit.checkpoint_dir, files <tenant>/<seq>.json).
-    #[arg(long, value_name = "DIR", requires = "public_key")]
-    checkpoints: Option<PathBuf>,
+    /// fleetd's checkpoint directory (audit.checkpoint_dir, files <tenant>/<seq>.json), or over
+    /// HTTPS the URL <server>/v1/audit-checkpoints (the database's copy: signatures are checked
+    /// all the same, but only the directory shows a checkpoint deleted from the database).
+    #[arg(long, value_name = "DIR|URL", requires = "public_key")]
+    checkpoints: Option<String>,
     /// The pinned checkpoint public key (PEM, as `fleetctl audit public-key` prints it, or 64
     /// hex characters).
     #[arg(long, value_name = "FILE", requires = "checkpoints")]
@@ -134,20 +138,59 @@ pub async fn run(ctx: &Ctx, command: AuditCommand) -> Result<(), Failure> {
         AuditCommand::List(filters) => list(ctx, filters).await,
         AuditCommand::Verify(args) => {
             let checkpoints = match (&args.checkpoints, &args.public_key) {
-                (Some(dir), Some(key)) => Some((dir.clone(), read_public_key(key)?)),
+                (Some(source), Some(key)) => {
+                    Some((CheckpointSource::parse(ctx, source)?, read_public_key(key)?))
+                }
                 _ => None,
             };
             match (ctx.database_location()?, checkpoints) {
-                (Some(location), checkpoints) => {
-                    verify_on_database(ctx, &location, checkpoints.as_ref()).await
+                (Some(_), Some((CheckpointSource::Api, _))) => Err(Failure::usage(
+                    "--checkpoints URL applies over HTTPS; on the database give the checkpoint \
+                     directory",
+                )),
+                (Some(location), Some((CheckpointSource::Dir(dir), key))) => {
+                    verify_on_database(ctx, &location, Some(&(dir, key))).await
                 }
+                (Some(location), None) => verify_on_database(ctx, &location, None).await,
                 (None, None) => verify(ctx).await,
-                (None, Some((dir, key))) => verify_export_with_checkpoints(ctx, &dir, &key).await,
+                (None, Some((source, key))) => {
+                    verify_export_with_checkpoints(ctx, &source, &key).await
+                }
             }
         }
         AuditCommand::Export(args) => export(ctx, args).await,
         AuditCommand::Checkpoint => checkpoint(ctx).await,
         AuditCommand::PublicKey(args) => public_key(ctx, args),
+    }
+}
+
+/// Where `audit verify --checkpoints` reads checkpoints from.
+enum CheckpointSource {
+    /// fleetd's push directory.
+    Dir(PathBuf),
+    /// `GET /v1/audit-checkpoints` of --server.
+    Api,
+}
+
+impl CheckpointSource {
+    fn parse(ctx: &Ctx, text: &str) -> Result<Self, Failure> {
+        if !(text.starts_with("https://") || text.starts_with("http://")) {
+            return Ok(Self::Dir(PathBuf::from(text)));
+        }
+        let url = reqwest::Url::parse(text)
+            .map_err(|e| Failure::usage(format!("--checkpoints {text}: {e}")))?;
+        let server = ctx.server();
+        if url.origin() != server.origin()
+            || url.path().trim_end_matches('/') != "/v1/audit-checkpoints"
+        {
+            let expected = server
+                .join("v1/audit-checkpoints")
+                .map_or_else(|_| "v1/audit-checkpoints".to_owned(), String::from);
+            return Err(Failure::usage(format!(
+                "--checkpoints {text}: a URL must be {expected} (of --server)"
+            )));
+        }
+        Ok(Self::Api)
     }
 }
 
@@ -162,7 +205,7 @@ fn read_public_key(path: &Path) -> Result<PublicKey, Failure> {
 /// checkpoint files and the pinned key (not against what the server says of itself).
 async fn verify_export_with_checkpoints(
     ctx: &Ctx,
-    dir: &Path,
+    source: &CheckpointSource,
     key: &PublicKey,
 ) -> Result<(), Failure> {
     let api = ctx.api("audit verify").await.map_err(|f| {
@@ -183,7 +226,23 @@ async fn verify_export_with_checkpoints(
             "the export holds no events",
         ));
     };
-    let checkpoints = audit_checkpoints::read_dir(dir, tenant)?;
+    let checkpoints = match source {
+        CheckpointSource::Dir(dir) => audit_checkpoints::read_dir(dir, tenant)?,
+        CheckpointSource::Api => {
+            let every = http::Paging {
+                limit: None,
+                cursor: None,
+            };
+            let page = api.list("v1/audit-checkpoints", &[], &every).await?;
+            page.items
+                .into_iter()
+                .map(|item| {
+                    let doc: CheckpointDocument = http::decode(item)?;
+                    Ok(Checkpoint::try_from(doc)?)
+                })
+                .collect::<Result<Vec<_>, Failure>>()?
+        }
+    };
     let count = checkpoints.len();
     let verdict = match CheckpointVerifier::new(tenant, checkpoints, key) {
         Ok(mut verifier) => audit::verify_exported(export.events, &mut verifier),

@@ -52,6 +52,11 @@ impl Ctx {
         self.global.json
     }
 
+    /// The `--server` URL.
+    pub fn server(&self) -> &reqwest::Url {
+        &self.global.server
+    }
+
     /// The `--tenant` value, if given.
     pub fn tenant(&self) -> Option<&str> {
         self.global.tenant.as_deref()

@@ -953,6 +953,31 @@ async fn signed_checkpoints_verify_the_chain_and_a_jsonl_export_re_verifies_with
         .fails(1, "audit-chain-broken");
     assert!(line.contains("checkpoint_signature_invalid"), "{line}");
 
+    // The database's copy, through the API, checked under the pinned key all the same.
+    let url = format!("{}/v1/audit-checkpoints", fleet.server());
+    let by_url = [
+        "audit",
+        "verify",
+        "--checkpoints",
+        url.as_str(),
+        "--public-key",
+        pem_file.to_str().unwrap(),
+    ];
+    let out = fleet.ctl(&by_url).await.ok();
+    assert_eq!(rows(&out)[0][2], "intact", "{out}");
+    let line = fleet
+        .ctl(&[
+            "audit",
+            "verify",
+            "--checkpoints",
+            "https://elsewhere.example/v1/audit-checkpoints",
+            "--public-key",
+            pem_file.to_str().unwrap(),
+        ])
+        .await
+        .fails(2, "usage");
+    assert!(line.contains("of --server"), "{line}");
+
     // Rewritten behind the application's back: named over HTTPS from the checkpoints.
     let mut owner = fleet._db.connect_as_owner().await;
     sqlx::query("SET session_replication_role = replica")
@@ -965,6 +990,8 @@ async fn signed_checkpoints_verify_the_chain_and_a_jsonl_export_re_verifies_with
         .await
         .unwrap();
     let line = fleet.ctl(&verify).await.fails(1, "audit-chain-broken");
+    assert!(line.contains("at seq 2"), "{line}");
+    let line = fleet.ctl(&by_url).await.fails(1, "audit-chain-broken");
     assert!(line.contains("at seq 2"), "{line}");
     fleet.stop().await;
 }
