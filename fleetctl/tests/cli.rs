@@ -860,3 +860,86 @@ async fn user_break_glass_creates_an_owner_sets_a_password_and_resets_mfa_audite
         ]
     );
 }
+
+#[tokio::test]
+async fn verify_on_the_database_with_checkpoints_names_a_cut_tail_and_a_url_is_refused() {
+    let db = migrated_db().await;
+    let (acme, _) = create_tenant(&db, "acme").await;
+    let (beta, _) = create_tenant(&db, "beta").await;
+    let key = store::audit_checkpoints::CheckpointKey::from_seed(&[5; 32]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("checkpoint.pem");
+    std::fs::write(&pem, key.public_key().to_pem()).unwrap();
+    let database = db.open().await;
+    for tenant in [acme, beta] {
+        let mut tx = database.app.begin(tenant).await.unwrap();
+        let written = store::audit_checkpoints::write(&mut tx, &key)
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+        store::audit_checkpoints::push_to_dir(dir.path(), &written).unwrap();
+    }
+    database.close().await.unwrap();
+    let checkpoints = dir.path().to_str().unwrap();
+    let args = [
+        "audit",
+        "verify",
+        "--checkpoints",
+        checkpoints,
+        "--public-key",
+        pem.to_str().unwrap(),
+    ];
+    let out = on_db(&db, &args).await.ok();
+    assert!(rows(&out).iter().all(|r| r[2] == "intact"), "{out}");
+
+    // Beta's newest event removed and its head rewound to the one before: the plain chain holds.
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM audit_events WHERE tenant_id = $1")
+        .bind(beta)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND seq = $2")
+        .bind(beta)
+        .bind(last)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE audit_chain_heads h SET last_seq = e.seq, last_hash = e.hash
+           FROM audit_events e WHERE h.tenant_id = $1 AND e.tenant_id = $1 AND e.seq = $2",
+    )
+    .bind(beta)
+    .bind(last - 1)
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    on_db(&db, &["audit", "verify", "--tenant", "beta"])
+        .await
+        .ok();
+    let line = on_db(&db, &args).await.fails(1, "audit-chain-broken");
+    assert!(
+        line.contains(&format!("tenant {beta} at seq {last}: behind_checkpoint")),
+        "{line}"
+    );
+
+    let line = on_db(
+        &db,
+        &[
+            "audit",
+            "verify",
+            "--checkpoints",
+            "https://127.0.0.1:1/v1/audit-checkpoints",
+            "--public-key",
+            pem.to_str().unwrap(),
+        ],
+    )
+    .await
+    .fails(2, "usage");
+    assert!(line.contains("on the database"), "{line}");
+}

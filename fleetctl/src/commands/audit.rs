@@ -144,10 +144,7 @@ pub async fn run(ctx: &Ctx, command: AuditCommand) -> Result<(), Failure> {
                 _ => None,
             };
             match (ctx.database_location()?, checkpoints) {
-                (Some(_), Some((CheckpointSource::Api, _))) => Err(Failure::usage(
-                    "--checkpoints URL applies over HTTPS; on the database give the checkpoint \
-                     directory",
-                )),
+                (Some(_), Some((CheckpointSource::Api, _))) => Err(over_https_only()),
                 (Some(location), Some((CheckpointSource::Dir(dir), key))) => {
                     verify_on_database(ctx, &location, Some(&(dir, key))).await
                 }
@@ -177,6 +174,9 @@ impl CheckpointSource {
         if !(text.starts_with("https://") || text.starts_with("http://")) {
             return Ok(Self::Dir(PathBuf::from(text)));
         }
+        if ctx.database_location()?.is_some() {
+            return Err(over_https_only());
+        }
         let url = reqwest::Url::parse(text)
             .map_err(|e| Failure::usage(format!("--checkpoints {text}: {e}")))?;
         let server = ctx.server();
@@ -192,6 +192,12 @@ impl CheckpointSource {
         }
         Ok(Self::Api)
     }
+}
+
+fn over_https_only() -> Failure {
+    Failure::usage(
+        "--checkpoints URL applies over HTTPS; on the database give the checkpoint directory",
+    )
 }
 
 fn read_public_key(path: &Path) -> Result<PublicKey, Failure> {
