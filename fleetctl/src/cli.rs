@@ -144,7 +144,8 @@ pub enum Command {
     Device(device::DeviceCommand),
     /// Patch status across the fleet: pending security updates, reboots, stale inventories.
     PatchSummary(patch::SummaryArgs),
-    /// The audit trail: events, chain verification, CSV export.
+    /// The audit trail: events, chain verification (with signed checkpoints), signed
+    /// checkpoints, CSV and JSON Lines export.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// The fleet PKI.
