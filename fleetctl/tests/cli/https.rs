@@ -866,6 +866,11 @@ async fn signed_checkpoints_verify_the_chain_and_a_jsonl_export_re_verifies_with
     // The second covers the first's own audit event.
     let second = fleet.ctl(&["--json", "audit", "checkpoint"]).await.json();
     assert_eq!(second["first_seq"].as_i64(), Some(covered + 1));
+    let out = fleet
+        .ctl(&["audit", "list", "--action", "audit.checkpoint"])
+        .await
+        .ok();
+    assert_eq!(rows(&out).len(), 2, "each request is audited: {out}");
     // An auditor may not sign.
     let auditor = fleet.key_with_role(Role::Auditor).await;
     run(fleet.ctl_with_key(&auditor), &["audit", "checkpoint"])
