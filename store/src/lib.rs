@@ -16,6 +16,7 @@
 pub mod api_keys;
 pub mod audit;
 mod audit_names;
+pub mod backup;
 pub mod cluster;
 mod connect;
 pub mod credentials;

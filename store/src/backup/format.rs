@@ -1,0 +1,440 @@
+//! The encrypted file: key, framing, and the streaming writer and reader.
+//!
+//! ```text
+//! preamble  (43 bytes, clear, bound into every record's AAD)
+//!   magic "FLEETBAK" (8) | format version u16 BE (= 1) | key source u8 (1 = key file) |
+//!   salt (32 random bytes, per file)
+//! key check (32 bytes, clear): HKDF-SHA256(salt, master key, "fleetplane backup v1 key check")
+//! records, each:
+//!   kind u8 (0 header, 1 data, 2 trailer) | length u32 BE of the ciphertext | ciphertext+tag
+//!   ChaCha20-Poly1305, key HKDF-SHA256(salt, master key, "fleetplane backup v1 chacha20-poly1305"),
+//!   nonce 4 zero bytes | record number u64 BE (0, 1, 2, ... in file order),
+//!   AAD preamble | kind | record number u64 BE
+//! ```
+//!
+//! Record 0 is the header (JSON), then data records (the dump, at most [`CHUNK`] bytes of plain
+//! text each), then exactly one trailer (JSON: the dump's SHA-256 and length), which must be the
+//! last thing in the file. The record number in the nonce and the AAD refuses reordered, dropped
+//! or replayed records; the trailer's kind (authenticated) refuses a file cut at a record
+//! boundary; the key check tells a wrong key apart from an altered file.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::hkdf;
+use ring::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use super::BackupError;
+
+/// The first bytes of every backup file.
+pub const MAGIC: &[u8; 8] = b"FLEETBAK";
+/// The version of this framing.
+pub const FORMAT_VERSION: u16 = 1;
+/// Plain text bytes per data record: memory stays at a few of these whatever the dump's size.
+pub const CHUNK: usize = 64 * 1024;
+const KEY_SOURCE_FILE: u8 = 1;
+const PREAMBLE_LEN: usize = 8 + 2 + 1 + 32;
+const TAG_LEN: usize = 16;
+/// The header and trailer are small JSON; a larger length is an altered file, not a reason to
+/// allocate.
+const MAX_RECORD: usize = CHUNK + TAG_LEN;
+
+/// What a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Header = 0,
+    Data = 1,
+    Trailer = 2,
+}
+
+impl RecordKind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Header),
+            1 => Some(Self::Data),
+            2 => Some(Self::Trailer),
+            _ => None,
+        }
+    }
+}
+
+/// The master key of a key file: 32 random bytes. No `Debug`; wiped when dropped.
+pub struct BackupKey(Zeroizing<[u8; 32]>);
+
+/// The first line of a key file.
+const KEY_FILE_LINE: &str = "fleetplane-backup-key-v1";
+
+impl BackupKey {
+    /// A new random key.
+    pub fn generate() -> Result<Self, BackupError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| BackupError::Random)?;
+        Ok(Self(bytes))
+    }
+
+    /// The key file's text: a format line, then the key in hex.
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{KEY_FILE_LINE}\n{}\n",
+            hex::encode(self.0.as_ref())
+        ))
+    }
+
+    /// Parses a key file's text.
+    pub fn from_file_text(text: &str) -> Result<Self, &'static str> {
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_LINE) {
+            return Err("not a fleetplane backup key file (its first line must be fleetplane-backup-key-v1)");
+        }
+        let hex_key = Zeroizing::new(lines.next().unwrap_or("").trim().to_owned());
+        if lines.any(|l| !l.trim().is_empty()) {
+            return Err("unexpected lines after the key");
+        }
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(hex_key.as_bytes(), bytes.as_mut())
+            .map_err(|_| "the key must be 64 hex digits")?;
+        Ok(Self(bytes))
+    }
+
+    fn derive(&self, salt: &[u8; 32], label: &'static [u8]) -> Zeroizing<[u8; 32]> {
+        struct Len32;
+        impl hkdf::KeyType for Len32 {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(self.0.as_ref());
+        let mut out = Zeroizing::new([0u8; 32]);
+        prk.expand(&[label], Len32)
+            .and_then(|okm| okm.fill(out.as_mut()))
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        out
+    }
+}
+
+/// The per-file key material.
+struct FileKeys {
+    aead: LessSafeKey,
+    check: Zeroizing<[u8; 32]>,
+}
+
+fn file_keys(key: &BackupKey, salt: &[u8; 32]) -> FileKeys {
+    let aead_key = key.derive(salt, b"fleetplane backup v1 chacha20-poly1305");
+    let unbound = UnboundKey::new(&CHACHA20_POLY1305, aead_key.as_ref())
+        .expect("32 bytes is a ChaCha20-Poly1305 key");
+    FileKeys {
+        aead: LessSafeKey::new(unbound),
+        check: key.derive(salt, b"fleetplane backup v1 key check"),
+    }
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+fn aad(preamble: &[u8; PREAMBLE_LEN], kind: RecordKind, counter: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(PREAMBLE_LEN + 9);
+    aad.extend_from_slice(preamble);
+    aad.push(kind as u8);
+    aad.extend_from_slice(&counter.to_be_bytes());
+    aad
+}
+
+/// Writes a backup file's records to `out`.
+pub struct Writer<W> {
+    out: W,
+    preamble: [u8; PREAMBLE_LEN],
+    keys: FileKeys,
+    counter: u64,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Writes the preamble and key check, with a fresh random salt.
+    pub async fn start(mut out: W, key: &BackupKey) -> Result<Self, BackupError> {
+        let mut salt = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| BackupError::Random)?;
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        preamble[..8].copy_from_slice(MAGIC);
+        preamble[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        preamble[10] = KEY_SOURCE_FILE;
+        preamble[11..].copy_from_slice(&salt);
+        let keys = file_keys(key, &salt);
+        out.write_all(&preamble).await.map_err(write_error)?;
+        out.write_all(keys.check.as_ref())
+            .await
+            .map_err(write_error)?;
+        Ok(Self {
+            out,
+            preamble,
+            keys,
+            counter: 0,
+        })
+    }
+
+    /// Encrypts and writes one record.
+    pub async fn record(&mut self, kind: RecordKind, plain: &[u8]) -> Result<(), BackupError> {
+        debug_assert!(plain.len() <= CHUNK);
+        let mut buffer = Vec::with_capacity(plain.len() + TAG_LEN);
+        buffer.extend_from_slice(plain);
+        let aad = aad(&self.preamble, kind, self.counter);
+        self.keys
+            .aead
+            .seal_in_place_append_tag(nonce(self.counter), Aad::from(aad), &mut buffer)
+            .map_err(|_| BackupError::Random)?;
+        self.counter += 1;
+        let mut head = [0u8; 5];
+        head[0] = kind as u8;
+        head[1..].copy_from_slice(&(buffer.len() as u32).to_be_bytes());
+        self.out.write_all(&head).await.map_err(write_error)?;
+        self.out.write_all(&buffer).await.map_err(write_error)
+    }
+
+    /// Flushes and returns the output.
+    pub async fn finish(mut self) -> Result<W, BackupError> {
+        self.out.flush().await.map_err(write_error)?;
+        Ok(self.out)
+    }
+}
+
+fn write_error(e: std::io::Error) -> BackupError {
+    BackupError::Io {
+        context: "writing the backup".into(),
+        source: e,
+    }
+}
+
+/// Reads and authenticates a backup file's records, one at a time.
+pub struct Reader<R> {
+    input: R,
+    preamble: [u8; PREAMBLE_LEN],
+    keys: FileKeys,
+    counter: u64,
+    ended: bool,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Reads the preamble and checks the key against the file's key check.
+    pub async fn start(mut input: R, key: &BackupKey) -> Result<Self, BackupError> {
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        read_exact_or(&mut input, &mut preamble[..8], BackupError::NotABackup).await?;
+        if &preamble[..8] != MAGIC {
+            return Err(BackupError::NotABackup);
+        }
+        read_exact_or(&mut input, &mut preamble[8..], BackupError::Truncated).await?;
+        let version = u16::from_be_bytes([preamble[8], preamble[9]]);
+        if version != FORMAT_VERSION || preamble[10] != KEY_SOURCE_FILE {
+            return Err(BackupError::UnsupportedFormat {
+                version,
+                key_source: preamble[10],
+            });
+        }
+        let salt: [u8; 32] = preamble[11..].try_into().expect("32 bytes");
+        let keys = file_keys(key, &salt);
+        let mut check = [0u8; 32];
+        read_exact_or(&mut input, &mut check, BackupError::Truncated).await?;
+        if !bool::from(check.ct_eq(keys.check.as_ref())) {
+            return Err(BackupError::WrongKey);
+        }
+        Ok(Self {
+            input,
+            preamble,
+            keys,
+            counter: 0,
+            ended: false,
+        })
+    }
+
+    /// The next record, authenticated: `None` after the trailer, which must end the file. A file
+    /// that ends before its trailer is [`BackupError::Truncated`]; a record that fails
+    /// authentication, or bytes after the trailer, [`BackupError::Altered`].
+    pub async fn next(&mut self) -> Result<Option<(RecordKind, Vec<u8>)>, BackupError> {
+        if self.ended {
+            let mut probe = [0u8; 1];
+            return match self.input.read(&mut probe).await.map_err(read_error)? {
+                0 => Ok(None),
+                _ => Err(BackupError::Altered {
+                    record: self.counter,
+                }),
+            };
+        }
+        let mut head = [0u8; 5];
+        read_exact_or(&mut self.input, &mut head, BackupError::Truncated).await?;
+        let altered = BackupError::Altered {
+            record: self.counter,
+        };
+        let kind = RecordKind::from_byte(head[0]).ok_or(altered)?;
+        let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+        if !(TAG_LEN..=MAX_RECORD).contains(&len) {
+            return Err(BackupError::Altered {
+                record: self.counter,
+            });
+        }
+        let mut buffer = vec![0u8; len];
+        read_exact_or(&mut self.input, &mut buffer, BackupError::Truncated).await?;
+        let aad = aad(&self.preamble, kind, self.counter);
+        let plain_len = self
+            .keys
+            .aead
+            .open_in_place(nonce(self.counter), Aad::from(aad), &mut buffer)
+            .map_err(|_| BackupError::Altered {
+                record: self.counter,
+            })?
+            .len();
+        buffer.truncate(plain_len);
+        let expected_first = self.counter == 0;
+        if expected_first != (kind == RecordKind::Header) {
+            return Err(BackupError::Altered {
+                record: self.counter,
+            });
+        }
+        self.counter += 1;
+        self.ended = kind == RecordKind::Trailer;
+        Ok(Some((kind, buffer)))
+    }
+}
+
+async fn read_exact_or<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut [u8],
+    short: BackupError,
+) -> Result<(), BackupError> {
+    match input.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(short),
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+fn read_error(e: std::io::Error) -> BackupError {
+    BackupError::Io {
+        context: "reading the backup".into(),
+        source: e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sealed(key: &BackupKey, data: &[&[u8]]) -> Vec<u8> {
+        let mut writer = Writer::start(Vec::new(), key).await.unwrap();
+        writer.record(RecordKind::Header, b"{}").await.unwrap();
+        for chunk in data {
+            writer.record(RecordKind::Data, chunk).await.unwrap();
+        }
+        writer.record(RecordKind::Trailer, b"{}").await.unwrap();
+        writer.finish().await.unwrap()
+    }
+
+    async fn read_all(bytes: &[u8], key: &BackupKey) -> Result<Vec<Vec<u8>>, BackupError> {
+        let mut reader = Reader::start(bytes, key).await?;
+        let mut out = Vec::new();
+        while let Some((_, plain)) = reader.next().await? {
+            out.push(plain);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_every_damage_is_refused() {
+        let key = BackupKey::generate().unwrap();
+        let file = sealed(&key, &[b"one", b"two"]).await;
+        let records = read_all(&file, &key).await.unwrap();
+        assert_eq!(
+            records,
+            vec![
+                b"{}".to_vec(),
+                b"one".to_vec(),
+                b"two".to_vec(),
+                b"{}".to_vec()
+            ]
+        );
+
+        let other = BackupKey::generate().unwrap();
+        assert!(matches!(
+            read_all(&file, &other).await,
+            Err(BackupError::WrongKey)
+        ));
+
+        for cut in [10, PREAMBLE_LEN + 32 + 3, file.len() - 1, file.len() - 21] {
+            let err = read_all(&file[..cut], &key).await.unwrap_err();
+            assert!(matches!(err, BackupError::Truncated), "cut at {cut}: {err}");
+        }
+        // Cut exactly before the trailer record: every record read authenticates, none is final.
+        let trailer_len = 5 + 2 + TAG_LEN;
+        let err = read_all(&file[..file.len() - trailer_len], &key)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackupError::Truncated), "{err}");
+
+        for at in [PREAMBLE_LEN + 32, file.len() / 2, file.len() - 1] {
+            let mut flipped = file.clone();
+            flipped[at] ^= 0x01;
+            let err = read_all(&flipped, &key).await.unwrap_err();
+            assert!(
+                matches!(err, BackupError::Altered { .. }),
+                "flip at {at}: {err}"
+            );
+        }
+        // A flipped salt changes the derived key: refused as the wrong key, before any record.
+        let mut salted = file.clone();
+        salted[20] ^= 0x01;
+        assert!(matches!(
+            read_all(&salted, &key).await,
+            Err(BackupError::WrongKey)
+        ));
+
+        let mut longer = file.clone();
+        longer.push(0);
+        assert!(matches!(
+            read_all(&longer, &key).await,
+            Err(BackupError::Altered { .. })
+        ));
+        assert!(matches!(
+            read_all(b"PGDMP....", &key).await,
+            Err(BackupError::NotABackup)
+        ));
+    }
+
+    #[tokio::test]
+    async fn records_cannot_be_reordered_or_dropped() {
+        let key = BackupKey::generate().unwrap();
+        let file = sealed(&key, &[b"aaaa", b"bbbb"]).await;
+        let start = PREAMBLE_LEN + 32;
+        let header = 5 + 2 + TAG_LEN;
+        let data = 5 + 4 + TAG_LEN;
+        let (first, second) = (start + header, start + header + data);
+        let mut swapped = file[..first].to_vec();
+        swapped.extend_from_slice(&file[second..second + data]);
+        swapped.extend_from_slice(&file[first..second]);
+        swapped.extend_from_slice(&file[second + data..]);
+        assert!(matches!(
+            read_all(&swapped, &key).await,
+            Err(BackupError::Altered { record: 1 })
+        ));
+        let mut dropped = file[..first].to_vec();
+        dropped.extend_from_slice(&file[second..]);
+        assert!(matches!(
+            read_all(&dropped, &key).await,
+            Err(BackupError::Altered { record: 1 })
+        ));
+    }
+
+    #[test]
+    fn key_files_round_trip_and_bad_ones_are_refused() {
+        let key = BackupKey::generate().unwrap();
+        let text = key.to_file_text();
+        let again = BackupKey::from_file_text(&text).unwrap();
+        assert_eq!(again.0.as_ref(), key.0.as_ref());
+        assert!(BackupKey::from_file_text("00").is_err());
+        assert!(BackupKey::from_file_text("fleetplane-backup-key-v1\nzz\n").is_err());
+        assert!(BackupKey::from_file_text(&format!("{}extra\n", text.as_str())).is_err());
+    }
+}
