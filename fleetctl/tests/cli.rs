@@ -1,6 +1,8 @@
 //! fleetctl run as the binary: bootstrap and break-glass on a real database here, every HTTPS
 //! command against a fleetd started in the test in `cli/https.rs`.
 
+#[path = "cli/backup.rs"]
+mod backup;
 #[path = "cli/https.rs"]
 mod https;
 

@@ -93,10 +93,68 @@ impl BackupKey {
         if lines.any(|l| !l.trim().is_empty()) {
             return Err("unexpected lines after the key");
         }
+        Self::from_hex(&hex_key)
+    }
+
+    /// The key from its 64 hex digits (the second line of a key file).
+    pub fn from_hex(hex_key: &str) -> Result<Self, &'static str> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(hex_key.as_bytes(), bytes.as_mut())
             .map_err(|_| "the key must be 64 hex digits")?;
         Ok(Self(bytes))
+    }
+
+    /// Reads a key file, refusing one that group or others may read or write.
+    pub fn load(path: &std::path::Path) -> Result<Self, BackupError> {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let key_file = |reason: String| BackupError::KeyFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| key_file(e.to_string()))?;
+        let mode = file
+            .metadata()
+            .map_err(|e| key_file(e.to_string()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(key_file(format!(
+                "has mode {mode:o}; it holds a secret key: chmod 600"
+            )));
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.by_ref()
+            .take(4096)
+            .read_to_string(&mut text)
+            .map_err(|e| key_file(e.to_string()))?;
+        Self::from_file_text(&text).map_err(|reason| key_file(reason.to_owned()))
+    }
+
+    /// Writes a new random key to `path` (mode 0600), which must not exist.
+    pub fn write_new(path: &std::path::Path) -> Result<(), BackupError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = Self::generate()?;
+        let key_file = |e: std::io::Error| BackupError::KeyFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(key_file)?;
+        let written = file
+            .write_all(key.to_file_text().as_bytes())
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(path);
+            return Err(key_file(e));
+        }
+        Ok(())
     }
 
     fn derive(&self, salt: &[u8; 32], label: &'static [u8]) -> Zeroizing<[u8; 32]> {
@@ -436,5 +494,27 @@ mod tests {
         assert!(BackupKey::from_file_text("00").is_err());
         assert!(BackupKey::from_file_text("fleetplane-backup-key-v1\nzz\n").is_err());
         assert!(BackupKey::from_file_text(&format!("{}extra\n", text.as_str())).is_err());
+    }
+
+    #[test]
+    fn key_files_are_written_0600_never_overwritten_and_loose_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.key");
+        BackupKey::write_new(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        BackupKey::load(&path).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            BackupKey::write_new(&path),
+            Err(BackupError::KeyFile { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not overwritten");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = BackupKey::load(&path).err().unwrap();
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        let missing = BackupKey::load(&dir.path().join("none")).err().unwrap();
+        assert!(matches!(missing, BackupError::KeyFile { .. }), "{missing}");
     }
 }

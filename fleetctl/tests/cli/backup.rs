@@ -1,0 +1,306 @@
+//! `fleetctl backup`: create → verify → restore → fleetd starts on the restored database and a
+//! device reconnects; a wrong key, a truncated file, an altered file, a loose key file and a
+//! backup whose audit chain is broken are each refused with one clear line.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use fleet_tests::mqtt::{connect_subscribed, DeviceCredentials};
+use fleet_tests::TestDb;
+use sqlx::Connection;
+use store::api_keys::KeyEnv;
+use store::audit::Actor;
+use store::tenants;
+
+use super::{fleetctl, run, Run};
+
+async fn on(db: &TestDb, args: &[&str]) -> Run {
+    let mut command = fleetctl();
+    command.arg("--database-url").arg(db.url());
+    run(command, args).await
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+/// The recorded verifications of `db`: (file name, verified, detail), oldest first.
+async fn verifications(db: &TestDb) -> Vec<(String, bool, String)> {
+    let mut owner = db.connect_as_owner().await;
+    let rows = sqlx::query_as(
+        "SELECT file_name, verified, detail FROM backup_verifications ORDER BY verification_id",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    owner.close().await.ok();
+    rows
+}
+
+/// Every row of every table but the verifications (recorded in the source after its backup).
+async fn contents(db: &TestDb) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut rows = db.every_row_as_text().await;
+    rows.remove("backup_verifications");
+    rows
+}
+
+#[tokio::test]
+async fn a_backup_is_verified_restored_and_fleetd_starts_on_it_where_its_devices_reconnect() {
+    let source = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let running = fleetd::start(fleetd::Config::on_ephemeral_loopback_ports(
+        data_dir.path(),
+        source.url().parse().unwrap(),
+    ))
+    .await
+    .expect("fleetd starts");
+    let app = &running.database().app;
+    let (acme, _) = tenants::create_with_owner_key(app, "acme", &KeyEnv::live(), &Actor::System)
+        .await
+        .unwrap();
+    let (beta, _) = tenants::create_with_owner_key(app, "beta", &KeyEnv::live(), &Actor::System)
+        .await
+        .unwrap();
+    let ids = fleet_tests::tenancy::add_devices(app, acme.id, "gw-", 3).await;
+    fleet_tests::tenancy::add_devices(app, beta.id, "pi-", 2).await;
+    let device = DeviceCredentials::issued(&running.pki().issuing_ca, acme.id, ids[0]);
+    running.shutdown().await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("backup.key");
+    let file = work.path().join("fleet.backup");
+    run(fleetctl(), &["backup", "keygen", "--out", path(&key)])
+        .await
+        .ok();
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let created = on(
+        &source,
+        &[
+            "backup",
+            "create",
+            "--out",
+            path(&file),
+            "--key-file",
+            path(&key),
+        ],
+    )
+    .await
+    .ok();
+    assert!(created.starts_with("backup written to "), "{created}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup is as secret as the database");
+    let dump = std::fs::read(&file).unwrap();
+    assert!(
+        !dump.windows(4).any(|w| w == b"acme") && !dump.windows(5).any(|w| w == b"PGDMP"),
+        "nothing of the dump is in the clear"
+    );
+
+    let verified = on(
+        &source,
+        &["backup", "verify", path(&file), "--key-file", path(&key)],
+    )
+    .await
+    .ok();
+    assert!(verified.contains("audit chains intact"), "{verified}");
+    for tenant in [acme.id, beta.id] {
+        assert!(verified.contains(&tenant.to_string()), "{verified}");
+    }
+    assert!(
+        verified
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["devices", "5", "5", "yes"]),
+        "{verified}"
+    );
+    let recorded = verifications(&source).await;
+    assert_eq!(recorded.len(), 1);
+    assert!(recorded[0].1, "{recorded:?}");
+    assert_eq!(recorded[0].0, path(&file));
+
+    let target = TestDb::new().await;
+    let restored = on(
+        &target,
+        &["backup", "restore", path(&file), "--key-file", path(&key)],
+    )
+    .await
+    .ok();
+    assert!(restored.contains("start fleetd on it"), "{restored}");
+    assert_eq!(contents(&target).await, contents(&source).await);
+    let again = on(
+        &target,
+        &["backup", "restore", path(&file), "--key-file", path(&key)],
+    )
+    .await;
+    let line = again.fails(1, "database-not-empty");
+    assert!(line.contains("restore needs an empty database"), "{line}");
+
+    // The same data directory (PKI) on the restored database: the device's certificate works.
+    let running = fleetd::start(fleetd::Config::on_ephemeral_loopback_ports(
+        data_dir.path(),
+        target.url().parse().unwrap(),
+    ))
+    .await
+    .expect("fleetd starts on the restored database");
+    let addr = running.broker_addr().expect("the embedded broker");
+    let options = device.options(
+        running.pki().issuing_ca.root_der(),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    let topic = wire::topic::ack(device.device_id);
+    let (_client, _events) = connect_subscribed(options, topic, Duration::from_secs(20)).await;
+    let mut tx = running.database().app.begin(acme.id).await.unwrap();
+    let verdict = store::audit::verify(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        matches!(verdict, store::audit::ChainVerdict::Intact { .. }),
+        "{verdict:?}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_key_a_truncated_or_altered_file_and_a_broken_chain_are_refused_and_recorded() {
+    let source = TestDb::new().await;
+    on(&source, &["db", "migrate"]).await.ok();
+    on(&source, &["tenant", "create", "acme"]).await.ok();
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("backup.key");
+    let other = work.path().join("other.key");
+    let file = work.path().join("fleet.backup");
+    run(fleetctl(), &["backup", "keygen", "--out", path(&key)])
+        .await
+        .ok();
+    run(fleetctl(), &["backup", "keygen", "--out", path(&other)])
+        .await
+        .ok();
+    let existing = run(fleetctl(), &["backup", "keygen", "--out", path(&other)]).await;
+    existing.fails(1, "backup-key-file");
+    on(
+        &source,
+        &[
+            "backup",
+            "create",
+            "--out",
+            path(&file),
+            "--key-file",
+            path(&key),
+        ],
+    )
+    .await
+    .ok();
+    let bytes = std::fs::read(&file).unwrap();
+
+    let wrong = on(
+        &source,
+        &["backup", "verify", path(&file), "--key-file", path(&other)],
+    )
+    .await;
+    assert!(wrong
+        .fails(1, "backup-wrong-key")
+        .contains("wrong key file"));
+
+    let truncated = work.path().join("truncated.backup");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 30]).unwrap();
+    let cut = on(
+        &source,
+        &[
+            "backup",
+            "verify",
+            path(&truncated),
+            "--key-file",
+            path(&key),
+        ],
+    )
+    .await;
+    assert!(cut.fails(1, "backup-truncated").contains("truncated"));
+
+    let altered = work.path().join("altered.backup");
+    let mut flipped = bytes.clone();
+    // Inside the header record's ciphertext (after the 43-byte preamble, the 32-byte key check
+    // and the record's 5-byte kind and length).
+    flipped[100] ^= 0x40;
+    std::fs::write(&altered, &flipped).unwrap();
+    let bad = on(
+        &source,
+        &["backup", "verify", path(&altered), "--key-file", path(&key)],
+    )
+    .await;
+    assert!(bad
+        .fails(1, "backup-altered")
+        .contains("fails authentication"));
+
+    // A bad file restores nothing: the target stays empty.
+    let target = TestDb::new().await;
+    let refused = on(
+        &target,
+        &[
+            "backup",
+            "restore",
+            path(&altered),
+            "--key-file",
+            path(&key),
+        ],
+    )
+    .await;
+    refused.fails(1, "backup-altered");
+    assert!(contents(&target).await.is_empty(), "nothing was restored");
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = on(
+        &source,
+        &["backup", "verify", path(&file), "--key-file", path(&key)],
+    )
+    .await;
+    assert!(loose.fails(1, "backup-key-file").contains("chmod 600"));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let no_key = on(&source, &["backup", "verify", path(&file)]).await;
+    no_key.fails(2, "usage");
+
+    // A backup of a database whose audit chain was altered restores, and is not verified.
+    let mut owner = source.connect_as_owner().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET details = '{\"name\":\"evil\"}' WHERE seq = 1")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.ok();
+    let broken = work.path().join("broken.backup");
+    on(
+        &source,
+        &[
+            "backup",
+            "create",
+            "--out",
+            path(&broken),
+            "--key-file",
+            path(&key),
+        ],
+    )
+    .await
+    .ok();
+    let unverified = on(
+        &source,
+        &["backup", "verify", path(&broken), "--key-file", path(&key)],
+    )
+    .await;
+    assert!(
+        unverified.stdout.contains("broken"),
+        "{}",
+        unverified.stdout
+    );
+    let line = unverified.fails(1, "backup-not-verified");
+    assert!(line.contains("1 of 1 audit chains broken"), "{line}");
+
+    let recorded = verifications(&source).await;
+    let verdicts: Vec<bool> = recorded.iter().map(|r| r.1).collect();
+    assert_eq!(verdicts, [false, false, false, false], "{recorded:?}");
+    assert!(recorded[0].2.contains("wrong key"), "{recorded:?}");
+    assert!(recorded[1].2.contains("truncated"), "{recorded:?}");
+    // The loose key file and the missing key never reached a verification.
+    assert!(recorded[3].2.contains("NOT verified"), "{recorded:?}");
+}
