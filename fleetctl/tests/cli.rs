@@ -5,6 +5,8 @@
 mod backup;
 #[path = "cli/https.rs"]
 mod https;
+#[path = "cli/migrations.rs"]
+mod migrations;
 
 use std::path::Path;
 use std::process::Output;
