@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use store::audit::ChainVerdict;
-use store::backup::{self, BackupError, BackupKey, PgAccess, Verification};
+use store::backup::{
+    self, BackupError, BackupKey, BackupSecret, Passphrase, PgAccess, Verification,
+};
 
 use super::{show, Ctx};
 use crate::db::{self, Location};
@@ -15,6 +17,8 @@ use crate::output::{self, Table};
 
 /// The environment variable that may hold the key (64 hex digits) instead of a key file.
 const KEY_ENV: &str = "FLEETCTL_BACKUP_KEY";
+/// The environment variable that may hold a passphrase instead of a key.
+const PASSPHRASE_ENV: &str = "FLEETPLANE_BACKUP_PASSPHRASE";
 
 /// `fleetctl backup ...`.
 #[derive(Subcommand)]
@@ -51,31 +55,49 @@ pub enum BackupCommand {
     },
 }
 
-/// Where the key is: a file, else the environment. Never an argument holding the key itself.
+/// Where the key is: a key file, a passphrase file, else the environment. Never an argument
+/// holding the secret itself.
 #[derive(Args)]
 pub struct KeyArgs {
     /// The key file (`fleetctl backup keygen`), mode 0600 [default: the key in hex in
-    /// FLEETCTL_BACKUP_KEY].
-    #[arg(long, value_name = "KEYFILE", env = "FLEETCTL_BACKUP_KEY_FILE")]
+    /// FLEETCTL_BACKUP_KEY, else a passphrase in FLEETPLANE_BACKUP_PASSPHRASE].
+    #[arg(long, value_name = "KEYFILE", conflicts_with = "passphrase_file")]
     key_file: Option<PathBuf>,
+    /// A file (mode 0600) whose first line is a passphrase (at least 12 characters), stretched
+    /// with argon2id, instead of a key file.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
 }
 
 impl KeyArgs {
-    fn load(&self) -> Result<BackupKey, Failure> {
+    fn load(&self) -> Result<BackupSecret, Failure> {
         if let Some(path) = &self.key_file {
-            return BackupKey::load(path).map_err(failure);
+            return BackupKey::load(path)
+                .map(BackupSecret::Key)
+                .map_err(failure);
         }
-        match std::env::var(KEY_ENV) {
-            Ok(hex) if !hex.is_empty() => {
-                let hex = zeroize::Zeroizing::new(hex);
-                BackupKey::from_hex(hex.trim())
-                    .map_err(|reason| Failure::usage(format!("{KEY_ENV}: {reason}")))
-            }
-            _ => Err(Failure::usage(format!(
-                "no backup key: give --key-file KEYFILE (fleetctl backup keygen makes one) or set \
-                 {KEY_ENV}"
-            ))),
+        if let Some(path) = &self.passphrase_file {
+            let text = backup::read_secret_file(path).map_err(failure)?;
+            let first = zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+            return Passphrase::new(first)
+                .map(BackupSecret::Passphrase)
+                .map_err(|reason| Failure::usage(format!("{}: {reason}", path.display())));
         }
+        if let Some(hex) = std::env::var(KEY_ENV).ok().filter(|v| !v.is_empty()) {
+            let hex = zeroize::Zeroizing::new(hex);
+            return BackupKey::from_hex(hex.trim())
+                .map(BackupSecret::Key)
+                .map_err(|reason| Failure::usage(format!("{KEY_ENV}: {reason}")));
+        }
+        if let Some(text) = std::env::var(PASSPHRASE_ENV).ok().filter(|v| !v.is_empty()) {
+            return Passphrase::new(zeroize::Zeroizing::new(text))
+                .map(BackupSecret::Passphrase)
+                .map_err(|reason| Failure::usage(format!("{PASSPHRASE_ENV}: {reason}")));
+        }
+        Err(Failure::usage(format!(
+            "no backup key: give --key-file KEYFILE (fleetctl backup keygen makes one) or \
+             --passphrase-file FILE, or set {KEY_ENV} or {PASSPHRASE_ENV}"
+        )))
     }
 }
 
@@ -100,7 +122,7 @@ fn keygen(ctx: &Ctx, out: &Path) -> Result<(), Failure> {
     })
 }
 
-async fn create(ctx: &Ctx, out: &Path, key: &BackupKey) -> Result<(), Failure> {
+async fn create(ctx: &Ctx, out: &Path, key: &BackupSecret) -> Result<(), Failure> {
     let database = db::open(&ctx.bootstrap_location()?).await?;
     let outcome = backup::create(&database, out, key).await;
     db::close(database).await?;
@@ -128,7 +150,7 @@ async fn create(ctx: &Ctx, out: &Path, key: &BackupKey) -> Result<(), Failure> {
     )
 }
 
-async fn verify(ctx: &Ctx, file: &Path, key: &BackupKey) -> Result<(), Failure> {
+async fn verify(ctx: &Ctx, file: &Path, key: &BackupSecret) -> Result<(), Failure> {
     let database = db::open(&ctx.bootstrap_location()?).await?;
     let outcome = backup::verify(file, key, &database).await;
     let file_name = file.display().to_string();
@@ -223,7 +245,7 @@ fn verification_text(v: &Verification) -> String {
     )
 }
 
-async fn restore(ctx: &Ctx, file: &Path, key: &BackupKey) -> Result<(), Failure> {
+async fn restore(ctx: &Ctx, file: &Path, key: &BackupSecret) -> Result<(), Failure> {
     let Some(Location::Url(url)) = ctx.database_location()? else {
         return Err(Failure::usage(
             "backup restore needs --database-url (or --database-url-file) of an empty database, \
@@ -267,6 +289,7 @@ fn failure(e: BackupError) -> Failure {
         BackupError::UnsupportedFormat { .. } => "backup-unsupported",
         BackupError::Invalid(_) => "backup-invalid",
         BackupError::KeyFile { .. } => "backup-key-file",
+        BackupError::OtherKeySource { .. } => "backup-wrong-key",
         BackupError::NotEmpty { .. } => "database-not-empty",
         BackupError::Io { .. } => "backup-io",
         BackupError::Tool { .. } | BackupError::Random => {

@@ -304,3 +304,85 @@ async fn a_wrong_key_a_truncated_or_altered_file_and_a_broken_chain_are_refused_
     // The loose key file and the missing key never reached a verification.
     assert!(recorded[3].2.contains("NOT verified"), "{recorded:?}");
 }
+
+#[tokio::test]
+async fn a_passphrase_backup_opens_with_its_passphrase_only() {
+    let source = TestDb::new().await;
+    on(&source, &["db", "migrate"]).await.ok();
+    on(&source, &["tenant", "create", "acme"]).await.ok();
+    let work = tempfile::tempdir().unwrap();
+    let phrase = work.path().join("passphrase");
+    std::fs::write(&phrase, "violet harbour lantern forty-two\n").unwrap();
+    std::fs::set_permissions(&phrase, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = work.path().join("backup.key");
+    run(fleetctl(), &["backup", "keygen", "--out", path(&key)])
+        .await
+        .ok();
+    let file = work.path().join("fleet.backup");
+    let create = ["backup", "create", "--out", path(&file)];
+    on(
+        &source,
+        &[&create[..], &["--passphrase-file", path(&phrase)]].concat(),
+    )
+    .await
+    .ok();
+    let verified = on(
+        &source,
+        &[
+            "backup",
+            "verify",
+            path(&file),
+            "--passphrase-file",
+            path(&phrase),
+        ],
+    )
+    .await
+    .ok();
+    assert!(verified.contains("audit chains intact"), "{verified}");
+
+    let mut with_env = fleetctl();
+    with_env
+        .env(
+            "FLEETPLANE_BACKUP_PASSPHRASE",
+            "violet harbour lantern forty-three",
+        )
+        .arg("--database-url")
+        .arg(source.url());
+    let wrong = run(with_env, &["backup", "verify", path(&file)]).await;
+    assert!(wrong.fails(1, "backup-wrong-key").contains("wrong key"));
+    let keyed = on(
+        &source,
+        &["backup", "verify", path(&file), "--key-file", path(&key)],
+    )
+    .await;
+    assert!(keyed
+        .fails(1, "backup-wrong-key")
+        .contains("made with a passphrase"));
+    std::fs::set_permissions(&phrase, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let loose = on(
+        &source,
+        &[
+            "backup",
+            "verify",
+            path(&file),
+            "--passphrase-file",
+            path(&phrase),
+        ],
+    )
+    .await;
+    assert!(loose.fails(1, "backup-key-file").contains("chmod 600"));
+    let both = on(
+        &source,
+        &[
+            "backup",
+            "verify",
+            path(&file),
+            "--key-file",
+            path(&key),
+            "--passphrase-file",
+            path(&phrase),
+        ],
+    )
+    .await;
+    assert_eq!(both.code, 2, "{}", both.stderr);
+}

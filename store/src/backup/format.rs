@@ -1,9 +1,11 @@
 //! The encrypted file: key, framing, and the streaming writer and reader.
 //!
 //! ```text
-//! preamble  (43 bytes, clear, bound into every record's AAD)
-//!   magic "FLEETBAK" (8) | format version u16 BE (= 1) | key source u8 (1 = key file) |
-//!   salt (32 random bytes, per file)
+//! preamble  (55 bytes, clear, bound into every record's AAD)
+//!   magic "FLEETBAK" (8) | format version u16 BE (= 1) |
+//!   key source u8 (1 = key file, 2 = passphrase) | salt (32 random bytes, per file) |
+//!   argon2id memory KiB u32 BE | iterations u32 BE | parallelism u32 BE (zeros for a key file)
+//! master key: the key file's 32 bytes, or argon2id(passphrase, salt, the parameters above)
 //! key check (32 bytes, clear): HKDF-SHA256(salt, master key, "fleetplane backup v1 key check")
 //! records, each:
 //!   kind u8 (0 header, 1 data, 2 trailer) | length u32 BE of the ciphertext | ciphertext+tag
@@ -34,7 +36,95 @@ pub const FORMAT_VERSION: u16 = 1;
 /// Plain text bytes per data record: memory stays at a few of these whatever the dump's size.
 pub const CHUNK: usize = 64 * 1024;
 const KEY_SOURCE_FILE: u8 = 1;
-const PREAMBLE_LEN: usize = 8 + 2 + 1 + 32;
+const KEY_SOURCE_PASSPHRASE: u8 = 2;
+const PREAMBLE_LEN: usize = 8 + 2 + 1 + 32 + 12;
+/// argon2id for a passphrase: 64 MiB, 3 passes, one lane (above OWASP's minimum for argon2id).
+const ARGON2_DEFAULT: Argon2Params = Argon2Params {
+    memory_kib: 64 * 1024,
+    iterations: 3,
+    parallelism: 1,
+};
+/// The most a file may ask of the reader: an altered preamble must not exhaust memory or time.
+const ARGON2_MAX_MEMORY_KIB: u32 = 1024 * 1024;
+const ARGON2_MAX_ITERATIONS: u32 = 64;
+const ARGON2_MAX_PARALLELISM: u32 = 16;
+
+/// argon2id's cost parameters, as recorded in the preamble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+/// A passphrase for backups. No `Debug`; wiped when dropped.
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    /// Wraps a passphrase; refuses one shorter than 12 characters.
+    pub fn new(text: Zeroizing<String>) -> Result<Self, &'static str> {
+        if text.chars().count() < 12 {
+            return Err("a backup passphrase must have at least 12 characters");
+        }
+        Ok(Self(text))
+    }
+
+    fn master_key(&self, salt: &[u8; 32], params: Argon2Params) -> Result<BackupKey, BackupError> {
+        if params.memory_kib > ARGON2_MAX_MEMORY_KIB
+            || params.iterations > ARGON2_MAX_ITERATIONS
+            || params.parallelism > ARGON2_MAX_PARALLELISM
+        {
+            return Err(BackupError::Invalid(
+                "passphrase parameters (beyond this build's limits)",
+            ));
+        }
+        let argon2_params = argon2::Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            Some(32),
+        )
+        .map_err(|_| BackupError::Invalid("passphrase parameters"))?;
+        let argon2 = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2_params,
+        );
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        argon2
+            .hash_password_into(self.0.as_bytes(), salt, bytes.as_mut())
+            .map_err(|_| BackupError::Invalid("passphrase parameters"))?;
+        Ok(BackupKey(bytes))
+    }
+}
+
+/// What opens a backup: a key file's key, or a passphrase.
+pub enum BackupSecret {
+    /// A key file's key.
+    Key(BackupKey),
+    /// A passphrase, stretched with argon2id.
+    Passphrase(Passphrase),
+}
+
+impl BackupSecret {
+    fn source(&self) -> u8 {
+        match self {
+            BackupSecret::Key(_) => KEY_SOURCE_FILE,
+            BackupSecret::Passphrase(_) => KEY_SOURCE_PASSPHRASE,
+        }
+    }
+
+    /// The master key for a file with this salt and these parameters.
+    fn master_key(&self, salt: &[u8; 32], params: Argon2Params) -> Result<BackupKey, BackupError> {
+        match self {
+            BackupSecret::Key(key) => Ok(BackupKey(key.0.clone())),
+            BackupSecret::Passphrase(passphrase) => passphrase.master_key(salt, params),
+        }
+    }
+}
 const TAG_LEN: usize = 16;
 /// The header and trailer are small JSON; a larger length is an altered file, not a reason to
 /// allocate.
@@ -106,30 +196,11 @@ impl BackupKey {
 
     /// Reads a key file, refusing one that group or others may read or write.
     pub fn load(path: &std::path::Path) -> Result<Self, BackupError> {
-        use std::io::Read;
-        use std::os::unix::fs::PermissionsExt;
-        let key_file = |reason: String| BackupError::KeyFile {
+        let text = read_secret_file(path)?;
+        Self::from_file_text(&text).map_err(|reason| BackupError::KeyFile {
             path: path.to_owned(),
-            reason,
-        };
-        let mut file = std::fs::File::open(path).map_err(|e| key_file(e.to_string()))?;
-        let mode = file
-            .metadata()
-            .map_err(|e| key_file(e.to_string()))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(key_file(format!(
-                "has mode {mode:o}; it holds a secret key: chmod 600"
-            )));
-        }
-        let mut text = Zeroizing::new(String::new());
-        file.by_ref()
-            .take(4096)
-            .read_to_string(&mut text)
-            .map_err(|e| key_file(e.to_string()))?;
-        Self::from_file_text(&text).map_err(|reason| key_file(reason.to_owned()))
+            reason: reason.to_owned(),
+        })
     }
 
     /// Writes a new random key to `path` (mode 0600), which must not exist.
@@ -173,6 +244,35 @@ impl BackupKey {
     }
 }
 
+/// The text of a file holding a secret (a key, a passphrase): at most 4 KiB, and refused when
+/// group or others may read or write it.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Zeroizing<String>, BackupError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = |reason: String| BackupError::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| key_file(e.to_string()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| key_file(e.to_string()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(key_file(format!(
+            "has mode {mode:o}; it holds a secret: chmod 600"
+        )));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.by_ref()
+        .take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| key_file(e.to_string()))?;
+    Ok(text)
+}
+
 /// The per-file key material.
 struct FileKeys {
     aead: LessSafeKey,
@@ -213,17 +313,28 @@ pub struct Writer<W> {
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes the preamble and key check, with a fresh random salt.
-    pub async fn start(mut out: W, key: &BackupKey) -> Result<Self, BackupError> {
+    pub async fn start(mut out: W, secret: &BackupSecret) -> Result<Self, BackupError> {
         let mut salt = [0u8; 32];
         SystemRandom::new()
             .fill(&mut salt)
             .map_err(|_| BackupError::Random)?;
+        let params = match secret {
+            BackupSecret::Key(_) => Argon2Params {
+                memory_kib: 0,
+                iterations: 0,
+                parallelism: 0,
+            },
+            BackupSecret::Passphrase(_) => ARGON2_DEFAULT,
+        };
         let mut preamble = [0u8; PREAMBLE_LEN];
         preamble[..8].copy_from_slice(MAGIC);
         preamble[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
-        preamble[10] = KEY_SOURCE_FILE;
-        preamble[11..].copy_from_slice(&salt);
-        let keys = file_keys(key, &salt);
+        preamble[10] = secret.source();
+        preamble[11..43].copy_from_slice(&salt);
+        preamble[43..47].copy_from_slice(&params.memory_kib.to_be_bytes());
+        preamble[47..51].copy_from_slice(&params.iterations.to_be_bytes());
+        preamble[51..55].copy_from_slice(&params.parallelism.to_be_bytes());
+        let keys = file_keys(&secret.master_key(&salt, params)?, &salt);
         out.write_all(&preamble).await.map_err(write_error)?;
         out.write_all(keys.check.as_ref())
             .await
@@ -279,7 +390,7 @@ pub struct Reader<R> {
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads the preamble and checks the key against the file's key check.
-    pub async fn start(mut input: R, key: &BackupKey) -> Result<Self, BackupError> {
+    pub async fn start(mut input: R, secret: &BackupSecret) -> Result<Self, BackupError> {
         let mut preamble = [0u8; PREAMBLE_LEN];
         read_exact_or(&mut input, &mut preamble[..8], BackupError::NotABackup).await?;
         if &preamble[..8] != MAGIC {
@@ -287,14 +398,32 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
         read_exact_or(&mut input, &mut preamble[8..], BackupError::Truncated).await?;
         let version = u16::from_be_bytes([preamble[8], preamble[9]]);
-        if version != FORMAT_VERSION || preamble[10] != KEY_SOURCE_FILE {
+        let source = preamble[10];
+        if version != FORMAT_VERSION || ![KEY_SOURCE_FILE, KEY_SOURCE_PASSPHRASE].contains(&source)
+        {
             return Err(BackupError::UnsupportedFormat {
                 version,
-                key_source: preamble[10],
+                key_source: source,
             });
         }
-        let salt: [u8; 32] = preamble[11..].try_into().expect("32 bytes");
-        let keys = file_keys(key, &salt);
+        if source != secret.source() {
+            return Err(BackupError::OtherKeySource {
+                made_with: if source == KEY_SOURCE_FILE {
+                    "a key file"
+                } else {
+                    "a passphrase"
+                },
+            });
+        }
+        let salt: [u8; 32] = preamble[11..43].try_into().expect("32 bytes");
+        let word =
+            |at: usize| u32::from_be_bytes(preamble[at..at + 4].try_into().expect("4 bytes"));
+        let params = Argon2Params {
+            memory_kib: word(43),
+            iterations: word(47),
+            parallelism: word(51),
+        };
+        let keys = file_keys(&secret.master_key(&salt, params)?, &salt);
         let mut check = [0u8; 32];
         read_exact_or(&mut input, &mut check, BackupError::Truncated).await?;
         if !bool::from(check.ct_eq(keys.check.as_ref())) {
@@ -381,7 +510,11 @@ fn read_error(e: std::io::Error) -> BackupError {
 mod tests {
     use super::*;
 
-    async fn sealed(key: &BackupKey, data: &[&[u8]]) -> Vec<u8> {
+    fn key_secret() -> BackupSecret {
+        BackupSecret::Key(BackupKey::generate().unwrap())
+    }
+
+    async fn sealed(key: &BackupSecret, data: &[&[u8]]) -> Vec<u8> {
         let mut writer = Writer::start(Vec::new(), key).await.unwrap();
         writer.record(RecordKind::Header, b"{}").await.unwrap();
         for chunk in data {
@@ -391,7 +524,7 @@ mod tests {
         writer.finish().await.unwrap()
     }
 
-    async fn read_all(bytes: &[u8], key: &BackupKey) -> Result<Vec<Vec<u8>>, BackupError> {
+    async fn read_all(bytes: &[u8], key: &BackupSecret) -> Result<Vec<Vec<u8>>, BackupError> {
         let mut reader = Reader::start(bytes, key).await?;
         let mut out = Vec::new();
         while let Some((_, plain)) = reader.next().await? {
@@ -402,7 +535,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_round_trip_and_every_damage_is_refused() {
-        let key = BackupKey::generate().unwrap();
+        let key = key_secret();
         let file = sealed(&key, &[b"one", b"two"]).await;
         let records = read_all(&file, &key).await.unwrap();
         assert_eq!(
@@ -415,7 +548,7 @@ mod tests {
             ]
         );
 
-        let other = BackupKey::generate().unwrap();
+        let other = key_secret();
         assert!(matches!(
             read_all(&file, &other).await,
             Err(BackupError::WrongKey)
@@ -432,7 +565,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, BackupError::Truncated), "{err}");
 
-        for at in [PREAMBLE_LEN + 32, file.len() / 2, file.len() - 1] {
+        for at in [PREAMBLE_LEN + 32, PREAMBLE_LEN + 32 + 5, file.len() - 1] {
             let mut flipped = file.clone();
             flipped[at] ^= 0x01;
             let err = read_all(&flipped, &key).await.unwrap_err();
@@ -463,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_cannot_be_reordered_or_dropped() {
-        let key = BackupKey::generate().unwrap();
+        let key = key_secret();
         let file = sealed(&key, &[b"aaaa", b"bbbb"]).await;
         let start = PREAMBLE_LEN + 32;
         let header = 5 + 2 + TAG_LEN;
@@ -483,6 +616,42 @@ mod tests {
             read_all(&dropped, &key).await,
             Err(BackupError::Altered { record: 1 })
         ));
+    }
+
+    fn passphrase(text: &str) -> BackupSecret {
+        BackupSecret::Passphrase(Passphrase::new(Zeroizing::new(text.to_owned())).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_passphrase_opens_its_backup_through_argon2id_and_nothing_else_does() {
+        let secret = passphrase("correct horse battery staple");
+        let file = sealed(&secret, &[b"rows"]).await;
+        assert_eq!(file[10], KEY_SOURCE_PASSPHRASE);
+        assert_eq!(
+            u32::from_be_bytes(file[43..47].try_into().unwrap()),
+            ARGON2_DEFAULT.memory_kib,
+            "the parameters are recorded"
+        );
+        let records = read_all(&file, &secret).await.unwrap();
+        assert_eq!(records[1], b"rows");
+        let wrong = passphrase("correct horse battery stable");
+        assert!(matches!(
+            read_all(&file, &wrong).await,
+            Err(BackupError::WrongKey)
+        ));
+        let other = read_all(&file, &key_secret()).await.unwrap_err();
+        assert!(
+            other.to_string().contains("made with a passphrase"),
+            "{other}"
+        );
+        // Parameters beyond the limits are refused before any work.
+        let mut greedy = file.clone();
+        greedy[43..47].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            read_all(&greedy, &secret).await,
+            Err(BackupError::Invalid(_))
+        ));
+        assert!(Passphrase::new(Zeroizing::new("short".into())).is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use format::BackupKey;
+pub use format::{read_secret_file, BackupKey, BackupSecret, Passphrase};
 use format::{Reader, RecordKind, Writer, CHUNK};
 pub use pg::PgAccess;
 
@@ -48,6 +48,12 @@ pub enum BackupError {
     Altered {
         /// The number of the first bad record.
         record: u64,
+    },
+    /// The file was made with the other kind of secret.
+    #[error("this backup was made with {made_with}: give that instead")]
+    OtherKeySource {
+        /// "a key file" or "a passphrase".
+        made_with: &'static str,
     },
     /// The file does not start with the magic bytes.
     #[error("not a fleetplane backup file")]
@@ -163,7 +169,7 @@ pub struct Created {
 
 /// Dumps the database of `db` into `out` (mode 0600, written to a temporary name beside it and
 /// renamed when complete: `out` is either the whole backup or untouched).
-pub async fn create(db: &Database, out: &Path, key: &BackupKey) -> Result<Created, BackupError> {
+pub async fn create(db: &Database, out: &Path, key: &BackupSecret) -> Result<Created, BackupError> {
     let access = db.owner_access();
     let mut conn = PgConnection::connect_with(&access.options).await?;
     let outcome = create_in_snapshot(&mut conn, access, out, key).await;
@@ -176,7 +182,7 @@ async fn create_in_snapshot(
     conn: &mut PgConnection,
     access: &PgAccess,
     out: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
 ) -> Result<Created, BackupError> {
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
@@ -233,7 +239,7 @@ async fn write_dump(
     access: &PgAccess,
     snapshot: &str,
     partial: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     header: &Header,
 ) -> Result<Trailer, BackupError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -325,7 +331,7 @@ async fn fill<R: tokio::io::AsyncRead + Unpin>(
 
 async fn open_backup(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
 ) -> Result<Reader<tokio::io::BufReader<tokio::fs::File>>, BackupError> {
     let input = tokio::fs::File::open(file)
         .await
@@ -340,7 +346,7 @@ async fn open_backup(
 /// and length. Returns the header and trailer.
 async fn read_backup<F, Fut>(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     mut sink: F,
 ) -> Result<(Header, Trailer), BackupError>
 where
@@ -384,7 +390,7 @@ where
 }
 
 /// Authenticates the whole file without restoring it: the header and trailer.
-pub async fn check_file(file: &Path, key: &BackupKey) -> Result<(Header, Trailer), BackupError> {
+pub async fn check_file(file: &Path, key: &BackupSecret) -> Result<(Header, Trailer), BackupError> {
     read_backup(file, key, |_| async { Ok(()) }).await
 }
 
@@ -402,7 +408,7 @@ pub struct Restored {
 /// authenticated in full before anything is written; the restore is one transaction.
 pub async fn restore(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     target: &PgAccess,
 ) -> Result<Restored, BackupError> {
     check_file(file, key).await?;
@@ -413,7 +419,7 @@ pub async fn restore(
 /// again before pg_restore sees it: a file changed in between fails, and nothing is committed.
 async fn restore_after_check(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     target: &PgAccess,
 ) -> Result<Restored, BackupError> {
     let mut conn = PgConnection::connect_with(&target.options).await?;
@@ -424,7 +430,7 @@ async fn restore_after_check(
 
 async fn restore_checked(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     target: &PgAccess,
     conn: &mut PgConnection,
 ) -> Result<Restored, BackupError> {
@@ -557,7 +563,7 @@ impl Verification {
 /// application role are dropped afterwards, whatever happens.
 pub async fn verify(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     source: &Database,
 ) -> Result<Verification, BackupError> {
     check_file(file, key).await?;
@@ -590,7 +596,7 @@ async fn drop_scratch(admin: &mut PgConnection, scratch: &str) -> Result<(), Bac
 
 async fn verify_in(
     file: &Path,
-    key: &BackupKey,
+    key: &BackupSecret,
     target: &PgAccess,
 ) -> Result<Verification, BackupError> {
     let restored = restore_after_check(file, key, target).await?;
