@@ -2,6 +2,7 @@
 //! database (starting the private cluster when no URL is configured) and serves the listeners,
 //! in that order, until it is told to stop.
 
+mod backups;
 pub mod config;
 mod crl_file;
 mod data_path;

@@ -124,7 +124,7 @@ fn keygen(ctx: &Ctx, out: &Path) -> Result<(), Failure> {
 
 async fn create(ctx: &Ctx, out: &Path, key: &BackupSecret) -> Result<(), Failure> {
     let database = db::open(&ctx.bootstrap_location()?).await?;
-    let outcome = backup::create(&database, out, key).await;
+    let outcome = backup::create(database.owner_access(), out, key).await;
     db::close(database).await?;
     let created = outcome.map_err(failure)?;
     let rows: i64 = created.header.row_counts.values().sum();

@@ -386,3 +386,66 @@ async fn a_passphrase_backup_opens_with_its_passphrase_only() {
     .await;
     assert_eq!(both.code, 2, "{}", both.stderr);
 }
+
+#[tokio::test]
+async fn fleetd_makes_scheduled_backups_and_keeps_the_newest() {
+    let source = TestDb::new().await;
+    let data_dir = fleet_tests::data_dir();
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("backup.key");
+    run(fleetctl(), &["backup", "keygen", "--out", path(&key)])
+        .await
+        .ok();
+    let dir = work.path().join("backups");
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), source.url().parse().unwrap());
+    config.backup.enabled = true;
+    config.backup.interval = Duration::from_millis(300);
+    config.backup.key_file = Some(key.clone());
+    config.backup.dir = Some(dir.clone());
+    config.backup.keep = 2;
+    let running = fleetd::start(config).await.expect("fleetd starts");
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < 4 {
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert!(
+            names.len() <= 3,
+            "rotation keeps 2 (and the one being rotated): {names:?}"
+        );
+        seen.extend(names);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backups made: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await.unwrap();
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    let newest = left.last().unwrap();
+    let verified = on(
+        &source,
+        &["backup", "verify", path(newest), "--key-file", path(&key)],
+    )
+    .await
+    .ok();
+    assert!(verified.contains("verified: "), "{verified}");
+
+    // A loose key file refuses the start rather than every run.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), source.url().parse().unwrap());
+    config.backup.enabled = true;
+    config.backup.key_file = Some(key.clone());
+    let err = fleetd::start(config).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("chmod 600"), "{err:#}");
+}

@@ -167,10 +167,14 @@ pub struct Created {
     pub trailer: Trailer,
 }
 
-/// Dumps the database of `db` into `out` (mode 0600, written to a temporary name beside it and
-/// renamed when complete: `out` is either the whole backup or untouched).
-pub async fn create(db: &Database, out: &Path, key: &BackupSecret) -> Result<Created, BackupError> {
-    let access = db.owner_access();
+/// Dumps the database of `access` (its owner role: [`Database::owner_access`]) into `out`
+/// (mode 0600, written to a temporary name beside it and renamed when complete: `out` is either
+/// the whole backup or untouched).
+pub async fn create(
+    access: &PgAccess,
+    out: &Path,
+    key: &BackupSecret,
+) -> Result<Created, BackupError> {
     let mut conn = PgConnection::connect_with(&access.options).await?;
     let outcome = create_in_snapshot(&mut conn, access, out, key).await;
     // The snapshot's transaction ends only after pg_dump has finished with it.
@@ -513,6 +517,49 @@ async fn restore_checked(
     })
 }
 
+/// The name of a scheduled backup made at `at`: `fleetplane-20261202T153000Z.backup`, so that
+/// names sort by time.
+pub fn scheduled_file_name(at: OffsetDateTime) -> String {
+    format!(
+        "fleetplane-{:04}{:02}{:02}T{:02}{:02}{:02}Z.backup",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// Rotation: removes all but the `keep` newest scheduled backups in `dir` (by name, which sorts
+/// by time), and any partial file a crash left. Other files are never touched. Returns what was
+/// removed.
+pub fn rotate(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
+    let io = |e: std::io::Error| BackupError::Io {
+        context: format!("rotating backups in {}", dir.display()),
+        source: e,
+    };
+    let mut scheduled = Vec::new();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.starts_with("fleetplane-") && name.ends_with(".backup");
+        if name.starts_with(".fleetplane-") && name.ends_with(".backup.partial") {
+            removed.push(entry.path());
+        } else if ours && name.len() == scheduled_file_name(OffsetDateTime::UNIX_EPOCH).len() {
+            scheduled.push(name);
+        }
+    }
+    scheduled.sort_unstable();
+    let excess = scheduled.len().saturating_sub(keep);
+    removed.extend(scheduled.drain(..excess).map(|name| dir.join(name)));
+    for path in &removed {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    Ok(removed)
+}
+
 /// A table's rows: as the header recorded them, and as restored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TableCheck {
@@ -789,5 +836,51 @@ pub fn summary(v: &Verification) -> String {
             v.tables.len(),
             v.chains.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_the_newest_scheduled_backups_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let names: Vec<String> = (0..5)
+            .map(|h| scheduled_file_name(start + time::Duration::hours(h)))
+            .collect();
+        // Written out of order: the names, not the files' times, decide.
+        for name in names.iter().rev() {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("manual.backup"), b"x").unwrap();
+        std::fs::write(dir.path().join("fleetplane-notes.backup"), b"x").unwrap();
+        let partial = format!(".{}.partial", scheduled_file_name(start));
+        std::fs::write(dir.path().join(&partial), b"x").unwrap();
+
+        let removed = rotate(dir.path(), 2).unwrap();
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            names[3].clone(),
+            names[4].clone(),
+            "fleetplane-notes.backup".to_owned(),
+            "manual.backup".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+        assert!(
+            rotate(dir.path(), 2).unwrap().is_empty(),
+            "a second run removes nothing"
+        );
+        assert_eq!(
+            scheduled_file_name(start),
+            "fleetplane-20270115T080000Z.backup"
+        );
     }
 }
