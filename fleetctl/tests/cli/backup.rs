@@ -303,6 +303,22 @@ async fn a_wrong_key_a_truncated_or_altered_file_and_a_broken_chain_are_refused_
     assert!(recorded[1].2.contains("truncated"), "{recorded:?}");
     // The loose key file and the missing key never reached a verification.
     assert!(recorded[3].2.contains("NOT verified"), "{recorded:?}");
+    // What the compliance report reads: the latest.
+    let database = store::Database::open(&source.settings(), store::Purpose::Tool)
+        .await
+        .unwrap();
+    let last = store::backup::last_verification(&database)
+        .await
+        .unwrap()
+        .expect("recorded");
+    database.close().await.unwrap();
+    assert!(!last.verified, "{last:?}");
+    assert_eq!(last.file_name, path(&broken));
+    assert!(
+        last.detail.contains("NOT verified") && last.dump_sha256.is_some(),
+        "{last:?}"
+    );
+    assert!(last.checks["chains"][0]["intact"] == false, "{last:?}");
 }
 
 #[tokio::test]

@@ -717,7 +717,7 @@ async fn check_restored(
 }
 
 /// The outcome of one `fleetctl backup verify`, as kept in `backup_verifications`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct VerificationRecord {
     /// When it ran.
     pub verified_at: OffsetDateTime,
@@ -782,33 +782,12 @@ pub async fn record_verification(
 
 /// The most recent verification recorded in `db`, for the compliance report.
 pub async fn last_verification(db: &Database) -> Result<Option<VerificationRecord>, StoreError> {
-    let row: Option<(
-        OffsetDateTime,
-        String,
-        Option<OffsetDateTime>,
-        Option<String>,
-        bool,
-        String,
-        serde_json::Value,
-    )> = sqlx::query_as(
+    Ok(sqlx::query_as::<_, VerificationRecord>(
         "SELECT verified_at, file_name, backup_created_at, dump_sha256, verified, detail, checks
            FROM public.backup_verifications ORDER BY verified_at DESC, verification_id DESC LIMIT 1",
     )
     .fetch_optional(db.admin()?.pool())
-    .await?;
-    Ok(row.map(
-        |(verified_at, file_name, backup_created_at, dump_sha256, verified, detail, checks)| {
-            VerificationRecord {
-                verified_at,
-                file_name,
-                backup_created_at,
-                dump_sha256,
-                verified,
-                detail,
-                checks,
-            }
-        },
-    ))
+    .await?)
 }
 
 /// One line saying what a verification found.

@@ -398,8 +398,8 @@ pub(crate) fn tool_io(program: &'static str, e: std::io::Error) -> BackupError {
 pub(crate) fn tool_failed(program: &'static str, status: ExitStatus, stderr: &str) -> BackupError {
     let last = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rev()
+        .find(|l| !l.trim().is_empty())
         .unwrap_or("");
     BackupError::Tool {
         program,
