@@ -38,6 +38,42 @@ async fn verifications(db: &TestDb) -> Vec<(String, bool, String)> {
     rows
 }
 
+/// The privileges on every table, sequence and function, with the application role's name
+/// replaced by `APP` (each database has its own).
+async fn privileges(db: &TestDb) -> Vec<String> {
+    let role = db.app_role().await;
+    let mut owner = db.connect_as_owner().await;
+    // Each object's privileges as a sorted set (NULL ACLs as their defaults): the same rights
+    // spelled in another order, or implicitly, are the same.
+    let acls: Vec<String> = sqlx::query_scalar(
+        "WITH objects AS (
+             SELECT c.relname::text AS name,
+                    coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::\"char\",
+                                                  c.relowner)) AS acl
+               FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace
+             UNION ALL
+             SELECT p.oid::regprocedure::text, coalesce(p.proacl, acldefault('f', p.proowner))
+               FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace)
+         SELECT name || ' ' || string_agg(privilege, ',' ORDER BY privilege)
+           FROM (SELECT o.name, CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text
+                                END || '=' || a.privilege_type AS privilege
+                   FROM objects o, aclexplode(o.acl) a) p
+          GROUP BY name
+         UNION ALL
+         SELECT 'connect ' || has_database_privilege($1, current_database(), 'CONNECT')::text
+                || ' public ' || has_database_privilege('public', current_database(), 'CONNECT')::text
+         ORDER BY 1",
+    )
+    .bind(&role)
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    owner.close().await.ok();
+    acls.into_iter()
+        .map(|acl| acl.replace(&role, "APP"))
+        .collect()
+}
+
 /// Every row of every table but the verifications (recorded in the source after its backup).
 async fn contents(db: &TestDb) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut rows = db.every_row_as_text().await;
@@ -127,6 +163,11 @@ async fn a_backup_is_verified_restored_and_fleetd_starts_on_it_where_its_devices
     .ok();
     assert!(restored.contains("start fleetd on it"), "{restored}");
     assert_eq!(contents(&target).await, contents(&source).await);
+    assert_eq!(
+        privileges(&target).await,
+        privileges(&source).await,
+        "the application role's privileges, and PUBLIC's, are the source's"
+    );
     let again = on(
         &target,
         &["backup", "restore", path(&file), "--key-file", path(&key)],

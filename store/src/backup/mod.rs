@@ -117,8 +117,8 @@ impl From<sqlx::Error> for BackupError {
     }
 }
 
-/// One privilege of the application role, as recorded at backup time and granted at restore to
-/// the target's own application role.
+/// One privilege of the application role (or of PUBLIC, on a function), as recorded at backup
+/// time and granted at restore to the target's own application role.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "on", rename_all = "snake_case")]
 pub enum Grant {
@@ -130,8 +130,12 @@ pub enum Grant {
         column: String,
         privilege: String,
     },
+    /// A sequence privilege.
+    Sequence { sequence: String, privilege: String },
     /// EXECUTE on a function (its signature).
     Function { function: String },
+    /// EXECUTE on a function for PUBLIC (the default the migrations left in place).
+    PublicFunction { function: String },
 }
 
 /// The authenticated header of a backup (record 0).

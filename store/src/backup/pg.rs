@@ -211,12 +211,12 @@ pub(crate) async fn row_counts(
 /// Every privilege the database's application role holds in schema `public`.
 pub(crate) async fn app_grants(conn: &mut PgConnection) -> Result<Vec<Grant>, BackupError> {
     let role = crate::app_role(conn).await?;
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT format('public.%I', c.relname), a.privilege_type
+    let tables: Vec<(String, bool, String)> = sqlx::query_as(
+        "SELECT format('public.%I', c.relname), c.relkind = 'S', a.privilege_type
            FROM pg_class c, aclexplode(c.relacl) a
           WHERE c.relnamespace = 'public'::regnamespace
             AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
-          ORDER BY 1, 2",
+          ORDER BY 1, 3",
     )
     .bind(&role)
     .fetch_all(&mut *conn)
@@ -231,19 +231,28 @@ pub(crate) async fn app_grants(conn: &mut PgConnection) -> Result<Vec<Grant>, Ba
     .bind(&role)
     .fetch_all(&mut *conn)
     .await?;
-    let functions: Vec<String> = sqlx::query_scalar(
-        "SELECT p.oid::regprocedure::text
-           FROM pg_proc p, aclexplode(p.proacl) a
+    // A function's ACL is NULL while it has its default, EXECUTE for PUBLIC; the migrations
+    // revoke that from the privileged ones. Both are recorded: the restore skips all ACLs.
+    let functions: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT p.oid::regprocedure::text, a.grantee = 0
+           FROM pg_proc p,
+                aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
           WHERE p.pronamespace = 'public'::regnamespace AND a.privilege_type = 'EXECUTE'
-            AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
-          ORDER BY 1",
+            AND (a.grantee = 0 OR a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1))
+          ORDER BY 1, 2",
     )
     .bind(&role)
     .fetch_all(&mut *conn)
     .await?;
     let mut grants: Vec<Grant> = tables
         .into_iter()
-        .map(|(table, privilege)| Grant::Table { table, privilege })
+        .map(|(table, sequence, privilege)| match sequence {
+            true => Grant::Sequence {
+                sequence: table,
+                privilege,
+            },
+            false => Grant::Table { table, privilege },
+        })
         .collect();
     grants.extend(
         columns
@@ -257,13 +266,17 @@ pub(crate) async fn app_grants(conn: &mut PgConnection) -> Result<Vec<Grant>, Ba
     grants.extend(
         functions
             .into_iter()
-            .map(|function| Grant::Function { function }),
+            .map(|(function, public)| match public {
+                true => Grant::PublicFunction { function },
+                false => Grant::Function { function },
+            }),
     );
     Ok(grants)
 }
 
-/// Table and column privileges a grant may name: nothing else is ever spliced into SQL.
-const PRIVILEGES: [&str; 7] = [
+/// Table, sequence and column privileges a grant may name: nothing else is ever spliced into SQL.
+const PRIVILEGES: [&str; 8] = [
+    "USAGE",
     "SELECT",
     "INSERT",
     "UPDATE",
@@ -295,7 +308,10 @@ pub(crate) async fn grant_to_app_role(
         }
         .into());
     }
-    let mut statements = Vec::with_capacity(grants.len() + 4);
+    let mut statements = Vec::with_capacity(grants.len() + 5);
+    // pg_restore --no-acl leaves every function at its default, EXECUTE for PUBLIC: start from
+    // none, then grant what the source granted.
+    statements.push("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC".to_owned());
     if !exists {
         statements.push(format_sql(
             conn,
@@ -327,12 +343,32 @@ pub(crate) async fn grant_to_app_role(
                 )
                 .await?
             }
+            Grant::Sequence {
+                sequence,
+                privilege,
+            } => {
+                check_privilege(privilege)?;
+                format_sql(
+                    conn,
+                    "SELECT format('GRANT %s ON SEQUENCE %s TO %I', $1::text, $2::regclass, $3::text)",
+                    &[privilege, sequence, &role],
+                )
+                .await?
+            }
             Grant::Function { function } => format_sql(
                 conn,
                 "SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', $1::regprocedure, $2::text)",
                 &[function, &role],
             )
             .await?,
+            Grant::PublicFunction { function } => {
+                format_sql(
+                    conn,
+                    "SELECT format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', $1::regprocedure)",
+                    &[function],
+                )
+                .await?
+            }
         };
         statements.push(statement);
     }
