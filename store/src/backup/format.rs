@@ -592,6 +592,13 @@ mod tests {
             read_all(b"PGDMP....", &key).await,
             Err(BackupError::NotABackup)
         ));
+        let mut future = file.clone();
+        future[9] = 2;
+        let err = read_all(&future, &key).await.unwrap_err();
+        assert!(
+            matches!(err, BackupError::UnsupportedFormat { version: 2, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -221,12 +221,13 @@ async fn create_in_snapshot(
             return Err(e);
         }
     };
-    tokio::fs::rename(&partial, out)
-        .await
-        .map_err(|e| BackupError::Io {
+    if let Err(e) = tokio::fs::rename(&partial, out).await {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(BackupError::Io {
             context: format!("renaming the backup to {}", out.display()),
             source: e,
-        })?;
+        });
+    }
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(Created { header, trailer })
 }

@@ -465,3 +465,26 @@ pub(crate) fn collect_stderr(
         String::from_utf8_lossy(&kept).into_owned()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_or_too_old_pg_dump_is_refused_naming_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = PgAccess::new(PgConnectOptions::new(), None, Some(dir.path().to_owned()));
+        let err = find_tool("pg_dump", &access, 15).await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("postgresql-client-15"), "{message}");
+        assert!(message.contains("none found"), "{message}");
+        // A pg_dump of an older major than the server's cannot read its catalog.
+        let old = dir.path().join("pg_dump");
+        std::fs::write(&old, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n").unwrap();
+        std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = find_tool("pg_dump", &access, 15).await.unwrap_err();
+        assert!(err.to_string().contains("is 14"), "{err}");
+        assert_eq!(find_tool("pg_dump", &access, 14).await.unwrap(), old);
+    }
+}
