@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 
 use crate::commands::{
-    api_key, audit, database, device, enrollment_token, group, patch, pki, tenant, user,
+    api_key, audit, backup, database, device, enrollment_token, group, patch, pki, tenant, user,
 };
 
 /// The heading of the options every command takes.
@@ -20,6 +20,7 @@ Where commands go:
   FLEETCTL_API_KEY or --api-key-file: every command except those below.
   On the database (--data-dir or --database-url, for bootstrap and break-glass):
   db migrate, tenant create, tenant list, user reset-mfa|set-password|create-owner,
+  backup create|verify|restore (backup keygen works locally),
   and api-key create / audit verify when
   --data-dir, --database-url or --database-url-file (or FLEETD_DATA_DIR,
   FLEETD_DATABASE_URL, FLEETD_DATABASE_URL_FILE) is given. A URL with a password belongs
@@ -154,6 +155,10 @@ pub enum Command {
     /// The database's schema: apply migrations (on the database).
     #[command(subcommand)]
     Db(database::DbCommand),
+    /// Encrypted backups of the database: keygen, create, verify (by restoring into a scratch
+    /// database), restore.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// People, break-glass on the database: reset a user's TOTP, set a password, create an
     /// owner.
     #[command(subcommand)]

@@ -12,7 +12,9 @@
 //! every local user can read it): `tenant create` (the tenant and its first owner key), `tenant list`,
 //! `api-key create --tenant T --role owner` (an owner locked out of the API) and `audit verify`
 //! of every tenant; `db migrate` applies the migrations (fleetd does at start; no other command
-//! migrates, and each refuses a schema other than its own). `pki init` works locally.
+//! migrates, and each refuses a schema other than its own). `backup create|verify|restore` work on
+//! the database too (encrypted dumps, verified by restoring them: store::backup); `pki init` and
+//! `backup keygen` work locally.
 //!
 //! Output is a table for people (a header row, aligned columns, RFC 3339 times) or, with
 //! `--json`, the API's JSON for scripts.

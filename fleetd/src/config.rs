@@ -66,6 +66,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// Signed checkpoints of the audit chain.
     pub audit: AuditSettings,
+    /// Scheduled encrypted backups (off by default).
+    pub backup: BackupSettings,
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -495,6 +497,61 @@ impl RetentionSettings {
     }
 }
 
+/// Scheduled backups: store::backup::create every `interval` into `dir`, keeping `keep`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSettings {
+    /// Whether fleetd makes backups.
+    pub enabled: bool,
+    /// Time between backups; the first is made one interval after start.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Where backups go. `None`: `<data_dir>/backups`.
+    pub dir: Option<PathBuf>,
+    /// The key file (`fleetctl backup keygen`), mode 0600; required when enabled.
+    pub key_file: Option<PathBuf>,
+    /// How many scheduled backups to keep (at least 1).
+    pub keep: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Duration::from_secs(24 * 3600),
+            dir: None,
+            key_file: None,
+            keep: 7,
+        }
+    }
+}
+
+impl BackupSettings {
+    /// Where the backups go, with the data directory fleetd uses.
+    pub fn dir_in(&self, data_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("backups"))
+    }
+
+    fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
+        if !self.enabled {
+            return None;
+        }
+        if self.interval.is_zero() {
+            return Some(("backup.interval", "must be longer than zero"));
+        }
+        if self.key_file.is_none() {
+            return Some((
+                "backup.key_file",
+                "must name the backup key file when backups are enabled (fleetctl backup keygen)",
+            ));
+        }
+        if self.keep == 0 {
+            return Some(("backup.keep", "must be at least 1"));
+        }
+        None
+    }
+}
+
 /// API keys and readiness.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -730,6 +787,7 @@ impl Default for Config {
             retention: RetentionSettings::default(),
             api: ApiSettings::default(),
             audit: AuditSettings::default(),
+            backup: BackupSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -959,6 +1017,7 @@ impl Config {
             .connections
             .invalid_field()
             .or_else(|| self.retention.invalid_field())
+            .or_else(|| self.backup.invalid_field())
         {
             return reject(field, reason);
         }
@@ -1409,7 +1468,23 @@ checkpoint_interval = "{checkpoint_interval}"
 # --- [api]: API keys, and when /readyz says ready. -------------------------------------------
 # Environment: FLEETD_API__<KEY>, e.g. FLEETD_API__READY_MAX_INGEST_LAG=1m.
 [api]
-{api}"#,
+{api}# --- [backup]: scheduled encrypted backups (off by default). --------------------------------
+# What `fleetctl backup create` makes (pg_dump, encrypted with the key file), every interval,
+# into dir, keeping the newest; prove them with `fleetctl backup verify`. Each run connects as
+# the owner role for the dump only. Environment: FLEETD_BACKUP__<KEY>, e.g.
+# FLEETD_BACKUP__ENABLED=true.
+[backup]
+# Whether fleetd makes backups.
+enabled = {backup_enabled}
+# Time between backups; the first is made one interval after start.
+interval = "{backup_interval}"
+# Where backups go (default: <data_dir>/backups).
+# dir = "/var/backups/fleetplane"
+# The key file (fleetctl backup keygen --out FILE), mode 0600; required when enabled.
+# key_file = "/etc/fleetplane/backup.key"
+# How many scheduled backups to keep; older ones are removed after each new one.
+keep = {backup_keep}
+"#,
         data_dir = d.data_dir.display().to_string(),
         production = d.production,
         api_listen = d.api_listen,
@@ -1445,6 +1520,9 @@ checkpoint_interval = "{checkpoint_interval}"
         retention = documented(&d.retention, RETENTION_DOCS),
         api = documented(&d.api, API_DOCS),
         checkpoint_interval = humantime::format_duration(d.audit.checkpoint_interval),
+        backup_enabled = d.backup.enabled,
+        backup_interval = humantime::format_duration(d.backup.interval),
+        backup_keep = d.backup.keep,
     )
 }
 
@@ -1862,6 +1940,15 @@ mod tests {
     fn other_new_settings_are_checked() {
         for (text, field) in [
             ("[retention]\ninterval = \"0s\"", "retention.interval"),
+            ("[backup]\nenabled = true", "backup.key_file"),
+            (
+                "[backup]\nenabled = true\nkey_file = \"k\"\nkeep = 0",
+                "backup.keep",
+            ),
+            (
+                "[backup]\nenabled = true\nkey_file = \"k\"\ninterval = \"0s\"",
+                "backup.interval",
+            ),
             ("[retention]\nstep_rows = 0", "retention.step_rows"),
             ("[retention]\nweeks_ahead = 0", "retention.weeks_ahead"),
             (
@@ -2292,9 +2379,9 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 11,
+            sections, 12,
             "pki, enrollment, ingest, external_broker, log, database, connections, broker, \
-             retention, audit, api"
+             retention, audit, api, backup"
         );
         for key in [
             "database_url",

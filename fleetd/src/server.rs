@@ -40,6 +40,8 @@ struct DeviceServices {
     retention: JoinHandle<()>,
     /// Keeps `pki.crl_file` current, when configured.
     crl_file: Option<JoinHandle<()>>,
+    /// Scheduled backups, when enabled.
+    backups: Option<JoinHandle<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
@@ -276,6 +278,12 @@ async fn start_devices(
         ),
         None => None,
     };
+    let backups = crate::backups::start(
+        &config.backup,
+        config.backup.dir_in(&config.data_dir),
+        database.owner_access().clone(),
+        stop_background.subscribe(),
+    )?;
     let listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
@@ -291,6 +299,7 @@ async fn start_devices(
         loss,
         retention,
         crl_file,
+        backups,
         metrics,
         metrics_addr,
         stop_background,
@@ -404,6 +413,9 @@ impl DeviceServices {
         let _ = self.retention.await;
         if let Some(crl_file) = self.crl_file {
             let _ = crl_file.await;
+        }
+        if let Some(backups) = self.backups {
+            let _ = backups.await;
         }
         let _ = self.metrics.await;
     }

@@ -88,6 +88,8 @@ pub struct Database {
     cluster: Option<PrivateCluster>,
     /// Every tenant when the database was opened, for [`Database::verify_chain_tails`].
     tenants_at_open: Vec<Tenant>,
+    /// How pg_dump reaches the database as the owner (backups).
+    owner_access: crate::backup::PgAccess,
 }
 
 impl Database {
@@ -121,6 +123,11 @@ impl Database {
                 (cluster.connect_options(cluster::DATABASE), Some(cluster))
             }
         };
+        let owner_access = crate::backup::PgAccess::new(
+            owner_options.clone(),
+            settings.url.as_ref().and_then(DatabaseUrl::password),
+            settings.postgres_bindir.clone(),
+        );
         let admin = AdminDb::connect(&owner_options, settings.connect_timeout).await?;
         admin.check_server_version().await?;
         match purpose {
@@ -166,7 +173,13 @@ impl Database {
             app,
             cluster,
             tenants_at_open,
+            owner_access,
         })
+    }
+
+    /// How the owner role reaches this database, for backups.
+    pub fn owner_access(&self) -> &crate::backup::PgAccess {
+        &self.owner_access
     }
 
     /// Verifies the last `rows` events of every tenant's audit chain ([`audit::verify_tail`]),
@@ -313,6 +326,10 @@ impl AdminDb {
             .connect_with(options.clone().application_name("fleetd-admin"))
             .await?;
         Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Applies the embedded migrations that have not run yet.

@@ -35,6 +35,27 @@ impl DatabaseUrl {
         &self.0
     }
 
+    /// The password, percent-decoded: of the user information, else of a `password` query
+    /// parameter. For the environment of pg_dump and pg_restore (never their arguments).
+    pub(crate) fn password(&self) -> Option<Zeroizing<String>> {
+        let (_, rest) = self.0.split_once("://")?;
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                return Some(percent_decode(password));
+            }
+        }
+        let (_, query) = rest.split_once('?')?;
+        let query = query.split('#').next().unwrap_or("");
+        query
+            .split('&')
+            .find_map(|pair| match pair.split_once('=') {
+                Some((key, value)) if key.eq_ignore_ascii_case("password") => {
+                    Some(percent_decode(value))
+                }
+                _ => None,
+            })
+    }
+
     /// The URL with any password replaced by `<redacted>`: safe to log.
     pub fn redacted(&self) -> String {
         let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
@@ -53,6 +74,26 @@ impl DatabaseUrl {
         };
         format!("{scheme}://{userinfo}{}", redact_query_password(after))
     }
+}
+
+fn percent_decode(text: &str) -> Zeroizing<String> {
+    let bytes = text.as_bytes();
+    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len()));
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    Zeroizing::new(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `tail` (path, query, fragment) with the value of every `password` query parameter redacted.
@@ -126,6 +167,26 @@ mod tests {
             assert!(
                 !debug.contains("hunter2") && !debug.contains("word@") && !debug.contains("ter?2"),
                 "{debug}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_password_is_found_and_decoded_for_the_tools_environment() {
+        for (url, password) in [
+            ("postgres://owner:p%40ss%3Aw@db/fleet", Some("p@ss:w")),
+            (
+                "postgres://db/fleet?user=o&password=hun%20ter",
+                Some("hun ter"),
+            ),
+            ("postgres://owner@db/fleet?host=/run/pg", None),
+            ("postgres://db/fleet", None),
+        ] {
+            let parsed = DatabaseUrl::parse(url).unwrap();
+            assert_eq!(
+                parsed.password().as_deref().map(String::as_str),
+                password,
+                "{url}"
             );
         }
     }

@@ -17,6 +17,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod audit_checkpoints;
 mod audit_names;
+pub mod backup;
 pub mod cluster;
 mod connect;
 pub mod credentials;

@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod backup;
 pub mod database;
 pub mod device;
 pub mod enrollment_token;
@@ -35,6 +36,7 @@ pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
         Command::PatchSummary(args) => patch::summary(&ctx, args).await,
         Command::Audit(c) => audit::run(&ctx, c).await,
         Command::Db(c) => database::run(&ctx, c).await,
+        Command::Backup(c) => backup::run(&ctx, c).await,
         Command::Pki(c) => pki::run(&ctx, c),
         Command::User(c) => user::run(&ctx, c).await,
     }
