@@ -38,6 +38,8 @@ struct DeviceServices {
     retention: JoinHandle<()>,
     /// Keeps `pki.crl_file` current, when configured.
     crl_file: Option<JoinHandle<()>>,
+    /// Forwards opted-in tenants' audit trails, when `[siem]` names a collector.
+    siem: Option<JoinHandle<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
@@ -267,6 +269,14 @@ async fn start_devices(
         ),
         None => None,
     };
+    let siem = match config.siem.collector {
+        Some(_) => {
+            let metrics = crate::siem::SiemMetrics::register(&mut registry);
+            crate::siem::Forwarder::new(database.app.clone(), &config.siem, metrics)?
+                .map(|forwarder| forwarder.spawn(stop_background.subscribe()))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
@@ -282,6 +292,7 @@ async fn start_devices(
         loss,
         retention,
         crl_file,
+        siem,
         metrics,
         metrics_addr,
         stop_background,
@@ -395,6 +406,9 @@ impl DeviceServices {
         let _ = self.retention.await;
         if let Some(crl_file) = self.crl_file {
             let _ = crl_file.await;
+        }
+        if let Some(siem) = self.siem {
+            let _ = siem.await;
         }
         let _ = self.metrics.await;
     }
