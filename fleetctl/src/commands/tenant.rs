@@ -201,3 +201,15 @@ fn parse_on_off(text: &str) -> Result<bool, String> {
         other => Err(format!("expected on or off, not {other:?}")),
     }
 }
+
+#[cfg(test)]
+mod siem_flag_tests {
+    use super::parse_on_off;
+
+    #[test]
+    fn the_siem_flag_takes_on_or_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("yes").unwrap_err().contains("on or off"));
+    }
+}
