@@ -52,6 +52,12 @@ const PRI: u8 = 13 * 8 + 6;
 /// Longest wait for one TCP connect, TLS handshake, write or flush.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a new connection waits for a late refusal of the handshake before writing.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// How long a clean close waits for the collector's end of the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// The forwarder's counters, registered when `[siem]` is configured (fleetd/METRICS.md).
 #[derive(Clone, Default)]
 pub struct SiemMetrics {
@@ -214,11 +220,15 @@ impl Forwarder {
                         let ended = self
                             .serve(&mut stream, &mut opened_at, &mut backoff, &mut stop)
                             .await;
+                        let ended = match ended {
+                            Ended::Stopped => match close(&mut stream).await {
+                                Ok(()) => Ended::Stopped,
+                                Err(e) => Ended::Failed(e),
+                            },
+                            other => other,
+                        };
                         match &ended {
-                            Ended::Stopped => {
-                                // close_notify: the collector sees a clean end.
-                                let _ = tokio::time::timeout(IO_TIMEOUT, stream.shutdown()).await;
-                            }
+                            Ended::Stopped => {}
                             Ended::Failed(_) | Ended::Database(_) => {
                                 if matches!(ended, Ended::Failed(_)) {
                                     self.metrics.failed("io");
@@ -232,6 +242,14 @@ impl Forwarder {
             };
             let delay = match ended {
                 Ended::Stopped => return,
+                Ended::Failed(e) if *stop.borrow() => {
+                    // Stopping: write the move back now, there is no next connection.
+                    tracing::warn!(error = %format!("{e:#}"), "SIEM collector connection failed");
+                    if let Err(e) = self.write_rewinds(&mut rewinds).await {
+                        tracing::error!(error = %format!("{e:#}"), "SIEM cursor not moved back");
+                    }
+                    return;
+                }
                 Ended::Failed(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "SIEM collector connection failed");
                     backoff.next_delay()
@@ -258,10 +276,28 @@ impl Forwarder {
         .map_err(|e| ("connect", anyhow::Error::from(e).context("connect")))?;
         let _ = tcp.set_nodelay(true);
         let connector = TlsConnector::from(Arc::clone(&self.tls));
-        tokio::time::timeout(IO_TIMEOUT, connector.connect(self.server_name.clone(), tcp))
-            .await
-            .map_err(|_| ("tls", anyhow::anyhow!("TLS handshake timed out")))?
-            .map_err(|e| ("tls", anyhow::Error::from(e).context("TLS handshake")))
+        let mut stream =
+            tokio::time::timeout(IO_TIMEOUT, connector.connect(self.server_name.clone(), tcp))
+                .await
+                .map_err(|_| ("tls", anyhow::anyhow!("TLS handshake timed out")))?
+                .map_err(|e| ("tls", anyhow::Error::from(e).context("TLS handshake")))?;
+        // In TLS 1.3 the client's handshake ends before the server has judged its certificate:
+        // a refusal arrives as an alert just after. Waiting for it briefly, before anything is
+        // written, keeps a refused connection from moving the cursor at all (should it come
+        // later, the move back after the failure still resends).
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(SETTLE, stream.read(&mut byte)).await {
+            Err(_) => Ok(stream),
+            Ok(Ok(0)) => Err((
+                "tls",
+                anyhow::anyhow!("the collector closed the connection after the handshake"),
+            )),
+            Ok(Ok(_)) => Err(("io", anyhow::anyhow!("the collector sent data"))),
+            Ok(Err(e)) => Err((
+                "tls",
+                anyhow::Error::from(e).context("refused after the handshake"),
+            )),
+        }
     }
 
     /// Forwards until fleetd stops or something fails.
@@ -384,6 +420,27 @@ impl Forwarder {
         }
         Ok(())
     }
+}
+
+/// Ends the connection cleanly: `close_notify`, then (bounded) what the collector answers. An
+/// alert instead of the end (a refusal that came late) is a failure: what was written on the
+/// connection is moved back for resending.
+async fn close(stream: &mut TlsStream<TcpStream>) -> anyhow::Result<()> {
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.shutdown()).await;
+    let mut buf = [0u8; 512];
+    let drained = tokio::time::timeout(CLOSE_WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // rsyslog closes TCP without its own close_notify: a clean end here.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(anyhow::Error::from(e).context("closing")),
+            }
+        }
+    })
+    .await;
+    drained.unwrap_or(Ok(()))
 }
 
 /// PEM of a private key: no `Debug`, so it cannot reach a log.

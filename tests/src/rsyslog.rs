@@ -61,8 +61,18 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
 
 impl Rsyslog {
     /// Starts rsyslog in `dir` with a server certificate for `localhost` and 127.0.0.1 issued
-    /// by `ca`, and waits (at most 10 s) until it listens.
+    /// by `ca`, and waits (at most 10 s) until it listens. Clients need no certificate.
     pub async fn start(dir: &Path, ca: &IssuingCa) -> Self {
+        Self::start_with(dir, ca, "anon").await
+    }
+
+    /// [`Rsyslog::start`], requiring every client to present a certificate issued by `ca`
+    /// (mutual TLS: rsyslog's `x509/certvalid`).
+    pub async fn start_requiring_client_certificates(dir: &Path, ca: &IssuingCa) -> Self {
+        Self::start_with(dir, ca, "x509/certvalid").await
+    }
+
+    async fn start_with(dir: &Path, ca: &IssuingCa, auth_mode: &str) -> Self {
         let server = ca
             .issue_server_cert(&ServerCertParams::new(
                 vec!["localhost".into()],
@@ -85,7 +95,7 @@ impl Rsyslog {
     defaultNetstreamDriverCertFile="{certfile}"
     defaultNetstreamDriverKeyFile="{keyfile}"
 )
-module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="anon")
+module(load="imtcp" streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="{auth_mode}")
 input(type="imtcp" address="127.0.0.1" port="{port}")
 template(name="parsed" type="string"
          string="%protocol-version%\t%app-name%\t%msgid%\t%structured-data%\t%msg%\n")

@@ -359,3 +359,65 @@ async fn the_opt_in_is_a_tenant_setting_off_by_default_and_audited() {
     assert_eq!(change, &json!({ "from": false, "to": true }), "{events}");
     fleet.running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_collector_requiring_mutual_tls_gets_events_only_with_the_client_certificate() {
+    let db = TestDb::new().await;
+    let database = db.open().await;
+    let app = database.app.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path());
+    let rsyslog = Rsyslog::start_requiring_client_certificates(dir.path(), &ca).await;
+    let forwarded = tenant(&app, "forwarded", true).await;
+    append(&app, forwarded, 3).await;
+
+    // Without a client certificate: refused, nothing received.
+    let anonymous = siem_settings(dir.path(), &ca, rsyslog.port);
+    let (metrics, stop, task) = start_forwarder(&app, &anonymous);
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    while metrics.connection_failures("tls") < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_forwarder(stop, task).await;
+    assert!(rsyslog.received().is_empty());
+    assert_eq!(cursor(&app, forwarded).await, 0, "nothing marked forwarded");
+    println!(
+        "without a client certificate: {} tls, {} io failures, {} rewound",
+        metrics.connection_failures("tls"),
+        metrics.connection_failures("io"),
+        metrics.forwarded("rewound"),
+    );
+
+    // With one issued by the collector's CA: everything arrives.
+    let client = ca.issue_service_client_cert("fleetd-siem").unwrap();
+    let mut mutual = anonymous.clone();
+    mutual.client_cert_file = Some(dir.path().join("siem-client.pem"));
+    mutual.client_key_file = Some(dir.path().join("siem-client.key"));
+    std::fs::write(
+        mutual.client_cert_file.as_ref().unwrap(),
+        client.chain_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        mutual.client_key_file.as_ref().unwrap(),
+        client.key().to_pkcs8_pem().as_bytes(),
+    )
+    .unwrap();
+    let (_metrics, stop, task) = start_forwarder(&app, &mutual);
+    let received = rsyslog
+        .wait_until(ARRIVAL, |r| complete(r, forwarded, 5))
+        .await;
+    check_arrived(&received, &events(&app, forwarded).await);
+    stop_forwarder(stop, task).await;
+    assert_eq!(cursor(&app, forwarded).await, 5);
+
+    // A certificate without its key is refused at start, naming the setting.
+    let mut half = mutual.clone();
+    half.client_key_file = None;
+    let err = Forwarder::new(app.clone(), &half, SiemMetrics::default())
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("go together"), "{err:#}");
+    database.close().await.unwrap();
+}
