@@ -71,6 +71,94 @@ pub struct Config {
     /// How long in-flight requests get to finish at shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// SIEM forwarding of opted-in tenants' audit trails (off unless `collector` is set).
+    pub siem: SiemSettings,
+}
+
+/// `[siem]`: the audit trails of the tenants that opted in, as RFC 5424 syslog over TLS
+/// (RFC 5425) to one collector (`crate::siem`). Off while `collector` is unset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiemSettings {
+    /// The collector, `host:port` (an IPv6 address in brackets).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub collector: Option<String>,
+    /// PEM trust anchor(s) for the collector's certificate; required with `collector`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the collector's certificate must carry; default: the host of `collector`.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM), for a collector that requires mutual TLS.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, PKCS#8, SEC1 or PKCS#1).
+    #[serde(deserialize_with = "empty_is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// HOSTNAME of the messages; default: this host's name.
+    #[serde(deserialize_with = "empty_is_none")]
+    pub hostname: Option<String>,
+    /// Events read and written per tenant at a time (1 to 10,000).
+    pub batch: u32,
+    /// How often the forwarder looks for new events once it has caught up.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most events per tenant resent after a connection fails (what the collector may have
+    /// received but not stored); 0 resends nothing.
+    pub resend_window: u32,
+}
+
+impl Default for SiemSettings {
+    fn default() -> Self {
+        Self {
+            collector: None,
+            ca_file: None,
+            server_name: None,
+            client_cert_file: None,
+            client_key_file: None,
+            hostname: None,
+            batch: 500,
+            poll_interval: Duration::from_secs(1),
+            resend_window: 1000,
+        }
+    }
+}
+
+impl SiemSettings {
+    fn invalid_field(&self) -> Option<(&'static str, &'static str)> {
+        if !(1..=10_000).contains(&self.batch) {
+            return Some(("siem.batch", "must be between 1 and 10000"));
+        }
+        if self.poll_interval.is_zero() {
+            return Some(("siem.poll_interval", "must be longer than zero"));
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Some((
+                "siem.client_key_file",
+                "client_cert_file and client_key_file go together",
+            ));
+        }
+        let collector = self.collector.as_deref()?;
+        if split_host_port(collector).is_none() {
+            return Some(("siem.collector", "must be host:port"));
+        }
+        if self.ca_file.is_none() {
+            return Some(("siem.ca_file", "must be set with siem.collector"));
+        }
+        None
+    }
+}
+
+/// `host:port` or `[v6]:port` as host and a port above 0.
+pub fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|port| *port > 0)?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    (!host.is_empty() && !host.contains(['/', '@', ' '])).then(|| (host.to_owned(), port))
 }
 
 /// Where the fleet PKI is and what the listeners' certificates name.
@@ -789,6 +877,7 @@ impl Default for Config {
             audit: AuditSettings::default(),
             backup: BackupSettings::default(),
             shutdown_grace: Duration::from_secs(10),
+            siem: SiemSettings::default(),
         }
     }
 }
@@ -1018,6 +1107,7 @@ impl Config {
             .invalid_field()
             .or_else(|| self.retention.invalid_field())
             .or_else(|| self.backup.invalid_field())
+            .or_else(|| self.siem.invalid_field())
         {
             return reject(field, reason);
         }
@@ -1484,7 +1574,30 @@ interval = "{backup_interval}"
 # key_file = "/etc/fleetplane/backup.key"
 # How many scheduled backups to keep; older ones are removed after each new one.
 keep = {backup_keep}
-"#,
+
+# --- [siem]: the audit trail of tenants that opted in (`fleetctl tenant set --siem-forwarding
+# on`) as RFC 5424 syslog over TLS (RFC 5425 framing) to one collector; README, "SIEM
+# forwarding". Off while collector is unset. Environment: FLEETD_SIEM__<KEY>, e.g.
+# FLEETD_SIEM__COLLECTOR=siem.example:6514.
+[siem]
+# The collector, host:port (an IPv6 address in brackets).
+# collector = "siem.example:6514"
+# PEM trust anchor(s) for the collector's certificate (required with collector).
+# ca_file = "/etc/fleetplane/siem-ca.pem"
+# The name the collector's certificate must carry. Default: the host of collector.
+# server_name = "siem.example"
+# A client certificate chain and its key (PEM), for a collector that requires mutual TLS.
+# client_cert_file = "/etc/fleetplane/siem-client.pem"
+# client_key_file = "/etc/fleetplane/siem-client.key"
+# HOSTNAME of the messages. Default: this host's name.
+# hostname = "fleetd-1"
+# Events read and written per tenant at a time (1 to 10000).
+batch = {siem_batch}
+# How often the forwarder looks for new events once it has caught up.
+poll_interval = "{siem_poll_interval}"
+# Most events per tenant sent again after a connection to the collector fails (what it may
+# have received but not stored); the collector de-duplicates by tenant and seq. 0: none.
+resend_window = {siem_resend_window}"#,
         data_dir = d.data_dir.display().to_string(),
         production = d.production,
         api_listen = d.api_listen,
@@ -1523,6 +1636,9 @@ keep = {backup_keep}
         backup_enabled = d.backup.enabled,
         backup_interval = humantime::format_duration(d.backup.interval),
         backup_keep = d.backup.keep,
+        siem_batch = d.siem.batch,
+        siem_poll_interval = humantime::format_duration(d.siem.poll_interval),
+        siem_resend_window = d.siem.resend_window,
     )
 }
 
@@ -1950,6 +2066,14 @@ mod tests {
                 "backup.interval",
             ),
             ("[retention]\nstep_rows = 0", "retention.step_rows"),
+            ("[siem]\nbatch = 0", "siem.batch"),
+            ("[siem]\npoll_interval = \"0s\"", "siem.poll_interval"),
+            ("[siem]\ncollector = \"siem.example\"", "siem.collector"),
+            ("[siem]\ncollector = \"siem.example:6514\"", "siem.ca_file"),
+            (
+                "[siem]\nclient_cert_file = \"/c.pem\"",
+                "siem.client_key_file",
+            ),
             ("[retention]\nweeks_ahead = 0", "retention.weeks_ahead"),
             (
                 "[retention]\nmax_partition_drops = 0",
@@ -2053,6 +2177,32 @@ mod tests {
                 "{line} has no comment"
             );
         }
+    }
+
+    #[test]
+    fn siem_collectors_are_host_and_port() {
+        assert_eq!(
+            split_host_port("siem.example:6514"),
+            Some(("siem.example".into(), 6514))
+        );
+        assert_eq!(split_host_port("[::1]:6514"), Some(("::1".into(), 6514)));
+        for bad in [
+            "siem.example",
+            ":6514",
+            "h:0",
+            "h:x",
+            "::1:6514",
+            "[::1:6514",
+            "a/b:1",
+        ] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
+        let config =
+            load_toml("[siem]\ncollector = \"127.0.0.1:6514\"\nca_file = \"/ca.pem\"\nbatch = 10")
+                .unwrap();
+        assert_eq!(config.siem.collector.as_deref(), Some("127.0.0.1:6514"));
+        assert_eq!(config.siem.batch, 10);
+        assert_eq!(Config::default().siem.collector, None);
     }
 
     #[test]
@@ -2379,9 +2529,9 @@ mod tests {
             );
         }
         assert_eq!(
-            sections, 12,
+            sections, 13,
             "pki, enrollment, ingest, external_broker, log, database, connections, broker, \
-             retention, audit, api, backup"
+             retention, audit, api, backup, siem"
         );
         for key in [
             "database_url",

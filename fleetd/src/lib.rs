@@ -17,6 +17,7 @@ pub mod pki;
 pub mod production;
 mod sealing_key;
 mod server;
+pub mod siem;
 
 pub use config::Config;
 pub use server::{start, Running};

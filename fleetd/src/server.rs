@@ -42,6 +42,8 @@ struct DeviceServices {
     crl_file: Option<JoinHandle<()>>,
     /// Scheduled backups, when enabled.
     backups: Option<JoinHandle<()>>,
+    /// Forwards opted-in tenants' audit trails, when `[siem]` names a collector.
+    siem: Option<JoinHandle<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     metrics_addr: SocketAddr,
     stop_background: watch::Sender<bool>,
@@ -284,6 +286,14 @@ async fn start_devices(
         database.owner_access().clone(),
         stop_background.subscribe(),
     )?;
+    let siem = match config.siem.collector {
+        Some(_) => {
+            let metrics = crate::siem::SiemMetrics::register(&mut registry);
+            crate::siem::Forwarder::new(database.app.clone(), &config.siem, metrics)?
+                .map(|forwarder| forwarder.spawn(stop_background.subscribe()))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", config.metrics_listen))?;
@@ -300,6 +310,7 @@ async fn start_devices(
         retention,
         crl_file,
         backups,
+        siem,
         metrics,
         metrics_addr,
         stop_background,
@@ -416,6 +427,9 @@ impl DeviceServices {
         }
         if let Some(backups) = self.backups {
             let _ = backups.await;
+        }
+        if let Some(siem) = self.siem {
+            let _ = siem.await;
         }
         let _ = self.metrics.await;
     }

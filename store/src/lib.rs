@@ -52,6 +52,8 @@ pub use ids::{
 pub use ids::{InvitationId, UserId};
 pub mod people_tokens;
 pub mod sessions;
+// SIEM forwarding: the per-tenant opt-in and the forwarder's cursor (issue 15).
+pub mod siem;
 pub mod users;
 pub use metrics::{PoolCollector, StoreMetrics};
 pub use tx::TenantTx;

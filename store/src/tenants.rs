@@ -97,6 +97,8 @@ pub struct TenantSettings {
     pub record_retention_days: i32,
     /// The most device sessions the tenant may hold on one gateway.
     pub max_device_connections: i32,
+    /// Whether fleetd forwards the tenant's audit trail to the SIEM collector ([`crate::siem`]).
+    pub siem_forwarding: bool,
 }
 
 /// What a settings change asks for; `None` keeps the current value.
@@ -108,6 +110,8 @@ pub struct SettingsChange {
     pub record_retention_days: Option<i32>,
     /// A new connection quota, 1 to [`MAX_DEVICE_CONNECTIONS`].
     pub max_device_connections: Option<i32>,
+    /// Turn SIEM forwarding of the audit trail on or off.
+    pub siem_forwarding: Option<bool>,
 }
 
 /// The transaction's tenant and its settings.
@@ -115,10 +119,12 @@ pub async fn settings(tx: &mut TenantTx) -> Result<TenantSettings, StoreError> {
     let tenant = get(tx).await?;
     let record_retention_days = crate::records::retention_days(tx).await?;
     let max_device_connections = max_device_connections(tx).await?;
+    let siem_forwarding = crate::siem::enabled(tx).await?;
     Ok(TenantSettings {
         tenant,
         record_retention_days,
         max_device_connections,
+        siem_forwarding,
     })
 }
 
@@ -149,6 +155,9 @@ pub async fn update_settings(
     if let Some(quota) = change.max_device_connections {
         set_max_device_connections(tx, quota).await?;
     }
+    if let Some(on) = change.siem_forwarding {
+        crate::siem::set_enabled(tx, on).await?;
+    }
     let after = settings(tx).await?;
     audit::append(
         tx,
@@ -164,6 +173,10 @@ pub async fn update_settings(
             "max_device_connections": {
                 "from": before.max_device_connections,
                 "to": after.max_device_connections,
+            },
+            "siem_forwarding": {
+                "from": before.siem_forwarding,
+                "to": after.siem_forwarding,
             },
         }),
     )

@@ -21,6 +21,8 @@ pub mod npm;
 pub mod oidc;
 pub mod openssl;
 pub mod records;
+// rsyslog as a TLS syslog collector for the SIEM forwarding tests.
+pub mod rsyslog;
 pub mod tenancy;
 
 use std::path::PathBuf;

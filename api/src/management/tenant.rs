@@ -35,6 +35,9 @@ pub struct TenantView {
     pub session_absolute_timeout_secs: i64,
     /// Whether every role must enrol TOTP (owners and admins always must).
     pub totp_required_for_all: bool,
+    /// Whether fleetd forwards the tenant's audit trail to the installation's SIEM collector
+    /// (syslog over TLS; off by default).
+    pub siem_forwarding: bool,
 }
 
 impl TenantView {
@@ -48,6 +51,7 @@ impl TenantView {
             session_idle_timeout_secs: people.idle_timeout.whole_seconds(),
             session_absolute_timeout_secs: people.absolute_timeout.whole_seconds(),
             totp_required_for_all: people.totp_required_for_all,
+            siem_forwarding: s.siem_forwarding,
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct TenantUpdate {
     pub session_absolute_timeout_secs: Option<i32>,
     /// Require TOTP of every role, not only owners and admins.
     pub totp_required_for_all: Option<bool>,
+    /// Forward the tenant's audit trail to the installation's SIEM collector.
+    pub siem_forwarding: Option<bool>,
 }
 
 /// The caller's tenant.
@@ -105,6 +111,7 @@ pub(crate) async fn update(
         name: update.name,
         record_retention_days: update.record_retention_days,
         max_device_connections: update.max_device_connections,
+        siem_forwarding: update.siem_forwarding,
     };
     let people_change = (
         update.session_idle_timeout_secs,

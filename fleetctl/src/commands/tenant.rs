@@ -44,6 +44,9 @@ pub enum TenantCommand {
         /// devices are refused until one disconnects.
         #[arg(long, value_name = "COUNT", group = "change")]
         max_device_connections: Option<u32>,
+        /// Forward the tenant's audit trail to the installation's SIEM collector (`on`/`off`).
+        #[arg(long, value_name = "on|off", group = "change", value_parser = parse_on_off)]
+        siem_forwarding: Option<bool>,
     },
 }
 
@@ -56,6 +59,7 @@ struct TenantView {
     created_at: OffsetDateTime,
     record_retention_days: Option<i64>,
     max_device_connections: Option<i64>,
+    siem_forwarding: Option<bool>,
 }
 
 /// Runs `fleetctl tenant ...`.
@@ -68,6 +72,7 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             name,
             record_retention_days,
             max_device_connections,
+            siem_forwarding,
         } => {
             let api = ctx.api("tenant set").await?;
             let mut body = Map::new();
@@ -79,6 +84,9 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             }
             if let Some(quota) = max_device_connections {
                 body.insert("max_device_connections".into(), json!(quota));
+            }
+            if let Some(on) = siem_forwarding {
+                body.insert("siem_forwarding".into(), json!(on));
             }
             let value = api.patch("v1/tenant", &Value::Object(body)).await?;
             render(ctx, value)
@@ -103,6 +111,14 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
                 "max device connections",
                 t.max_device_connections
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            )
+            .field(
+                "siem forwarding",
+                match t.siem_forwarding {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "-",
+                },
             );
         Ok(fields.render())
     })
@@ -175,4 +191,25 @@ async fn list(ctx: &Ctx) -> Result<(), Failure> {
         }
         Ok(table.render())
     })
+}
+
+/// `on` or `off` (also `true`/`false`), as the flag's help says.
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod siem_flag_tests {
+    use super::parse_on_off;
+
+    #[test]
+    fn the_siem_flag_takes_on_or_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("off"), Ok(false));
+        assert!(parse_on_off("yes").unwrap_err().contains("on or off"));
+    }
 }
