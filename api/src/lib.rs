@@ -38,6 +38,7 @@ mod error;
 mod extract;
 mod health;
 mod management;
+mod reports;
 mod metrics;
 mod openapi;
 pub mod people;

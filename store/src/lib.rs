@@ -27,6 +27,7 @@ pub mod device_directory;
 pub mod device_groups;
 pub mod devices;
 pub mod enrollment_tokens;
+pub mod evidence;
 mod error;
 mod ids;
 pub mod ingest_state;
