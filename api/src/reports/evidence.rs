@@ -83,11 +83,16 @@ pub struct EvidenceRow {
 }
 
 impl EvidenceRow {
-    fn new(evidence: impl Into<String>, value: impl Into<String>, at: OffsetDateTime, source: &str) -> Self {
+    fn new(
+        evidence: impl Into<String>,
+        value: impl Into<String>,
+        at: OffsetDateTime,
+        source: &str,
+    ) -> Self {
         Self {
             evidence: evidence.into(),
             value: value.into(),
-            observed_at: rfc3339(at),
+            observed_at: rfc3339_seconds(at),
             source: source.to_owned(),
             finding: None,
         }
@@ -198,7 +203,7 @@ async fn build(
         tenant_name: tenant.name,
         from: rfc3339(from),
         to: rfc3339(to),
-        generated_at: rfc3339(now),
+        generated_at: rfc3339_seconds(now),
         generated_by: caller.actor().to_string(),
         findings,
         sections,
@@ -215,8 +220,7 @@ fn section(control: &str, title: &str, statement: &str, rows: Vec<EvidenceRow>) 
 }
 
 async fn isolation(tx: &mut TenantTx, now: OffsetDateTime) -> Result<EvidenceSection, ApiError> {
-    const SOURCE: &str =
-        "catalog pg_class, pg_policy via store::evidence::tenant_table_isolation";
+    const SOURCE: &str = "catalog pg_class, pg_policy via store::evidence::tenant_table_isolation";
     let tables = store::evidence::tenant_table_isolation(tx).await?;
     let mut rows: Vec<EvidenceRow> = tables
         .iter()
@@ -272,9 +276,12 @@ async fn audit_integrity(
         ),
     };
     let row = match verdict {
-        ChainVerdict::Intact { events } => {
-            EvidenceRow::new("audit chain verification", format!("intact: {events} events re-hashed and linked"), now, source)
-        }
+        ChainVerdict::Intact { events } => EvidenceRow::new(
+            "audit chain verification",
+            format!("intact: {events} events re-hashed and linked"),
+            now,
+            source,
+        ),
         ChainVerdict::Broken { seq, reason } => EvidenceRow::new(
             "audit chain verification",
             format!("broken at seq {seq}: {}", reason.describe()),
@@ -332,7 +339,10 @@ async fn audit_integrity(
     ))
 }
 
-async fn access_control(tx: &mut TenantTx, now: OffsetDateTime) -> Result<EvidenceSection, ApiError> {
+async fn access_control(
+    tx: &mut TenantTx,
+    now: OffsetDateTime,
+) -> Result<EvidenceSection, ApiError> {
     const USERS: &str = "table users via store::users::list";
     const KEYS: &str = "table api_keys via store::api_keys::list (no secret or hash)";
     let policy = store::users::policy(tx).await?;
@@ -354,9 +364,17 @@ async fn access_control(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Eviden
         let value = format!(
             "role {}{}; MFA {}; password {}; {}",
             user.role,
-            if user.group_scope.is_some() { " (group-scoped)" } else { "" },
+            if user.group_scope.is_some() {
+                " (group-scoped)"
+            } else {
+                ""
+            },
             if mfa { "on (TOTP)" } else { "off" },
-            if user.has_password { "set" } else { "none (single sign-on only)" },
+            if user.has_password {
+                "set"
+            } else {
+                "none (single sign-on only)"
+            },
             match user.disabled_at {
                 Some(at) => format!("disabled {}", rfc3339(at)),
                 None => "enabled".to_owned(),
@@ -365,7 +383,10 @@ async fn access_control(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Eviden
         let mut row = EvidenceRow::new(format!("user {}", user.email), value, now, USERS);
         let privileged = matches!(user.role, Role::Owner | Role::Admin);
         if privileged && !mfa && user.has_password && user.disabled_at.is_none() {
-            row = row.finding(format!("{} signs in with a password and no second factor", user.role));
+            row = row.finding(format!(
+                "{} signs in with a password and no second factor",
+                user.role
+            ));
         }
         rows.push(row);
     }
@@ -376,7 +397,11 @@ async fn access_control(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Eviden
             "name {:?}; role {}; scope {}; created {} by {}; last used {}; expires {}; {}",
             key.name,
             key.role,
-            if key.group_scope.is_some() { "groups" } else { "tenant" },
+            if key.group_scope.is_some() {
+                "groups"
+            } else {
+                "tenant"
+            },
             rfc3339(key.created_at),
             key.created_by,
             rfc3339_opt(key.last_used_at).unwrap_or_else(|| "never".to_owned()),
@@ -387,10 +412,20 @@ async fn access_control(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Eviden
                 None => "live".to_owned(),
             }
         );
-        rows.push(EvidenceRow::new(format!("API key {}", key.id), value, now, KEYS));
+        rows.push(EvidenceRow::new(
+            format!("API key {}", key.id),
+            value,
+            now,
+            KEYS,
+        ));
     }
     if cut {
-        rows.push(EvidenceRow::new("API keys", format!("only the first {MAX_LISTED} listed"), now, KEYS));
+        rows.push(EvidenceRow::new(
+            "API keys",
+            format!("only the first {MAX_LISTED} listed"),
+            now,
+            KEYS,
+        ));
     }
     Ok(section(
         "access_control",
@@ -407,7 +442,12 @@ fn encryption_in_transit(now: OffsetDateTime) -> EvidenceSection {
     let policy = crate::tls::policy();
     let rows = vec![
         EvidenceRow::new("protocol versions", policy.versions.join(", "), now, SOURCE),
-        EvidenceRow::new("cipher suites", policy.cipher_suites.join(", "), now, SOURCE),
+        EvidenceRow::new(
+            "cipher suites",
+            policy.cipher_suites.join(", "),
+            now,
+            SOURCE,
+        ),
         EvidenceRow::new(
             "key exchange groups",
             policy.key_exchange_groups.join(", "),
@@ -415,7 +455,12 @@ fn encryption_in_transit(now: OffsetDateTime) -> EvidenceSection {
             SOURCE,
         ),
         EvidenceRow::new("ALPN", policy.alpn.join(", "), now, SOURCE),
-        EvidenceRow::new("HSTS", format!("Strict-Transport-Security: {}", policy.hsts), now, "api::HSTS"),
+        EvidenceRow::new(
+            "HSTS",
+            format!("Strict-Transport-Security: {}", policy.hsts),
+            now,
+            "api::HSTS",
+        ),
         EvidenceRow::new(
             "device client certificates",
             policy.device_client_certificates,
@@ -445,14 +490,22 @@ async fn device_identity(
         .map(|d| {
             EvidenceRow::new(
                 format!("revoked device {}", d.device_id),
-                format!("name {:?}, group {:?}: revoked, its certificates refused", d.name, d.device_group),
+                format!(
+                    "name {:?}, group {:?}: revoked, its certificates refused",
+                    d.name, d.device_group
+                ),
                 d.revoked_at,
                 SOURCE,
             )
         })
         .collect();
     if rows.is_empty() {
-        rows.push(EvidenceRow::new("revoked devices in the period", "none", now, SOURCE));
+        rows.push(EvidenceRow::new(
+            "revoked devices in the period",
+            "none",
+            now,
+            SOURCE,
+        ));
     }
     Ok(section(
         "device_identity",
@@ -463,8 +516,12 @@ async fn device_identity(
     ))
 }
 
-async fn enrollment_limits(tx: &mut TenantTx, now: OffsetDateTime) -> Result<EvidenceSection, ApiError> {
-    const SOURCE: &str = "table enrollment_tokens via store::enrollment_tokens::list (no secret or hash)";
+async fn enrollment_limits(
+    tx: &mut TenantTx,
+    now: OffsetDateTime,
+) -> Result<EvidenceSection, ApiError> {
+    const SOURCE: &str =
+        "table enrollment_tokens via store::enrollment_tokens::list (no secret or hash)";
     let tokens = store::enrollment_tokens::list(tx, None, MAX_LISTED).await?;
     let cut = tokens.len() as i64 >= MAX_LISTED;
     let mut rows: Vec<EvidenceRow> = tokens
@@ -489,7 +546,12 @@ async fn enrollment_limits(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Evi
         rows.push(EvidenceRow::new("enrollment tokens", "none", now, SOURCE));
     }
     if cut {
-        rows.push(EvidenceRow::new("enrollment tokens", format!("only the first {MAX_LISTED} listed"), now, SOURCE));
+        rows.push(EvidenceRow::new(
+            "enrollment tokens",
+            format!("only the first {MAX_LISTED} listed"),
+            now,
+            SOURCE,
+        ));
     }
     Ok(section(
         "enrollment_limits",
@@ -501,15 +563,18 @@ async fn enrollment_limits(tx: &mut TenantTx, now: OffsetDateTime) -> Result<Evi
 }
 
 async fn backups(tx: &mut TenantTx, now: OffsetDateTime) -> Result<EvidenceSection, ApiError> {
-    const SOURCE: &str =
-        "table backup_verifications via store::evidence::last_backup_verification";
+    const SOURCE: &str = "table backup_verifications via store::evidence::last_backup_verification";
     let row = match store::evidence::last_backup_verification(tx).await? {
         None => EvidenceRow::new("last backup verification", "none recorded", now, SOURCE)
             .finding("no backup verification recorded (fleetctl backup verify)"),
         Some(v) => {
             let value = format!(
                 "{}: file {}, made {}, dump SHA-256 {}",
-                if v.verified { "verified" } else { "NOT verified" },
+                if v.verified {
+                    "verified"
+                } else {
+                    "NOT verified"
+                },
                 v.file_name,
                 rfc3339_opt(v.backup_created_at).unwrap_or_else(|| "unknown".to_owned()),
                 v.dump_sha256.as_deref().unwrap_or("unknown")
@@ -534,6 +599,12 @@ async fn backups(tx: &mut TenantTx, now: OffsetDateTime) -> Result<EvidenceSecti
          database and checks its row counts and every audit chain.",
         vec![row],
     ))
+}
+
+/// RFC 3339 to the second: evidence times are read by people; the audit trail and the
+/// checkpoints keep the exact ones.
+fn rfc3339_seconds(at: OffsetDateTime) -> String {
+    rfc3339(at.replace_nanosecond(0).unwrap_or(at))
 }
 
 fn on_off(on: bool) -> &'static str {
@@ -580,14 +651,16 @@ table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 th, td { border: 1px solid #c8ccd1; padding: .3em .45em; text-align: left; vertical-align: top;
          overflow-wrap: anywhere; }
 th { background: #eef0f3; }
-col.evidence { width: 22%; } col.value { width: 38%; } col.at { width: 15%; } col.source { width: 25%; }
+col.evidence { width: 21%; } col.value { width: 38%; } col.at { width: 15%; } col.source { width: 26%; }
+td.at { overflow-wrap: normal; }
 tr.finding td { background: #fdecea; }
 .flag { display: inline-block; font-weight: 700; color: #a4161a; margin-top: .2em; }
 .ok { color: #1a7f37; font-weight: 600; }
 .summary.bad { color: #a4161a; font-weight: 700; }
 code, .mono { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 9pt; }
 @media print {
-  body { margin: 0; }
+  body { margin: 0; font-size: 9pt; }
+  code, .mono { font-size: 7.5pt; }
   section { break-before: page; }
   section:first-of-type { break-before: auto; }
   tr { break-inside: avoid; }
@@ -644,11 +717,12 @@ pub fn render_html(report: &EvidenceReport) -> String {
             };
             let _ = write!(
                 out,
-                "<tr{class}><td>{evidence}</td><td>{value}{flag}</td><td class=\"mono\">{at}</td>\
+                "<tr{class}><td>{evidence}</td><td>{value}{flag}</td><td class=\"mono at\">{at}</td>\
                  <td class=\"mono\">{source}</td></tr>",
                 evidence = escape(&row.evidence),
                 value = escape(&row.value),
-                at = escape(&row.observed_at),
+                // A line break may fall between the date and the time, nowhere else.
+                at = escape(&row.observed_at).replacen('T', "<wbr>T", 1),
                 source = escape(&row.source),
             );
         }
@@ -664,16 +738,25 @@ mod tests {
 
     #[test]
     fn html_escapes_what_it_shows() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]
     fn json_is_chosen_by_accept_only() {
         let mut headers = HeaderMap::new();
         assert!(!wants_json(&headers));
-        headers.insert(header::ACCEPT, HeaderValue::from_static("text/html, application/json;q=0.9"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, application/json;q=0.9"),
+        );
         assert!(wants_json(&headers));
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/jsonl"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/jsonl"),
+        );
         assert!(!wants_json(&headers));
     }
 }
