@@ -43,6 +43,7 @@ mod openapi;
 pub mod people;
 pub mod permissions;
 mod renew;
+mod reports;
 mod stream_auth;
 mod tls;
 pub mod views;

@@ -204,6 +204,9 @@ permission_table! {
     get "/v1/devices/{id}/presence" => devices::presence, ALL, SCOPED;
     get "/v1/users/{id}/sessions" => accounts::list_sessions, ADMINISTER_READ, TENANT_WIDE;
     delete "/v1/users/{id}/sessions" => accounts::end_sessions, ADMINISTER, TENANT_WIDE;
+
+    // Issue 15: the compliance evidence report; it reads what the auditor may read already.
+    get "/v1/reports/evidence" => crate::reports::evidence::evidence, ADMINISTER_READ, TENANT_WIDE;
 }
 
 const SESSIONS_ONLY: Callers = Callers::SessionsOnly;

@@ -71,7 +71,7 @@ pub fn tls_server_config(
         )?),
     };
     let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -84,6 +84,55 @@ pub fn tls_server_config_for(
         PrivateKeyDer::Pkcs8(cert.key().to_pkcs8_der()),
         Some(client_root),
     )
+}
+
+/// The one ALPN protocol the API speaks.
+const ALPN: &[u8] = b"http/1.1";
+
+/// The TLS policy in force on the API, as data read from the configuration code itself (for
+/// the compliance evidence report): what [`tls_server_config`] builds from `certs::tls`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TlsPolicy {
+    /// Protocol versions, newest first (e.g. `TLSv1_3`).
+    pub versions: Vec<String>,
+    /// Cipher suites in preference order.
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups in preference order.
+    pub key_exchange_groups: Vec<String>,
+    /// ALPN protocols.
+    pub alpn: Vec<String>,
+    /// The `Strict-Transport-Security` header on every response.
+    pub hsts: String,
+    /// How device client certificates are asked for on the API.
+    pub device_client_certificates: String,
+}
+
+/// The policy of [`tls_server_config`].
+pub fn policy() -> TlsPolicy {
+    let provider = certs::tls::provider();
+    TlsPolicy {
+        versions: certs::tls::PROTOCOL_VERSIONS
+            .iter()
+            .map(|v| format!("{:?}", v.version))
+            .collect(),
+        cipher_suites: provider
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect(),
+        key_exchange_groups: provider
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect(),
+        alpn: vec![String::from_utf8_lossy(ALPN).into_owned()],
+        hsts: crate::HSTS.to_owned(),
+        device_client_certificates: format!(
+            "{:?} on the API, chaining to the tenant issuing CA: /v1/renew requires one, \
+             /v1/enroll takes an enrollment token",
+            ClientCertificates::Optional
+        ),
+    }
 }
 
 /// Bounds on the TLS accept path and on each connection.

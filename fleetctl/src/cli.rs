@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 
 use crate::commands::{
-    api_key, audit, backup, database, device, enrollment_token, group, patch, pki, tenant, user,
+    api_key, audit, backup, database, device, enrollment_token, group, patch, pki, report, tenant,
+    user,
 };
 
 /// The heading of the options every command takes.
@@ -163,6 +164,9 @@ pub enum Command {
     /// owner.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Reports from fleetd's own records: the compliance evidence report (HTML, PDF, JSON).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
 }
 
 #[cfg(test)]

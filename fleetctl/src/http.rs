@@ -35,6 +35,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two reads of an answer (an audit export streams for as long as it needs).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What requests accept unless told otherwise.
+const DEFAULT_ACCEPT: &str = "application/json, text/csv, application/problem+json";
+
 /// A client of one fleetd's management API, authenticated with one API key.
 pub struct ApiClient {
     http: reqwest::Client,
@@ -276,7 +279,21 @@ impl ApiClient {
         query: &[(&str, String)],
         out: &mut dyn Write,
     ) -> Result<u64, Failure> {
-        let mut response = self.send(Method::GET, path, query, None).await?;
+        self.download_as(path, query, DEFAULT_ACCEPT, out).await
+    }
+
+    /// [`Self::download`] asking for the media type `accept` (a route that answers HTML or
+    /// JSON by `Accept`).
+    pub async fn download_as(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        accept: &str,
+        out: &mut dyn Write,
+    ) -> Result<u64, Failure> {
+        let mut response = self
+            .send_accepting(Method::GET, path, query, None, accept)
+            .await?;
         let mut written = 0u64;
         while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
             match out.write_all(&chunk) {
@@ -308,6 +325,18 @@ impl ApiClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<reqwest::Response, Failure> {
+        self.send_accepting(method, path, query, body, DEFAULT_ACCEPT)
+            .await
+    }
+
+    async fn send_accepting(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        accept: &str,
+    ) -> Result<reqwest::Response, Failure> {
         let url = self.base.join(path).map_err(|e| {
             Failure::usage(format!("{path:?} does not make a URL with --server: {e}"))
         })?;
@@ -315,10 +344,7 @@ impl ApiClient {
             .http
             .request(method, url)
             .header(AUTHORIZATION, self.authorization.clone())
-            .header(
-                ACCEPT,
-                "application/json, text/csv, application/problem+json",
-            );
+            .header(ACCEPT, accept);
         if !query.is_empty() {
             request = request.query(query);
         }

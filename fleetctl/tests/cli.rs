@@ -7,6 +7,8 @@ mod backup;
 mod https;
 #[path = "cli/migrations.rs"]
 mod migrations;
+#[path = "cli/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::process::Output;

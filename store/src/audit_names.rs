@@ -216,6 +216,8 @@ actions! {
     TenantSsoDelete => "tenant.sso_delete",
     /// A signed audit checkpoint was written on request (`POST /v1/audit-checkpoints`).
     AuditCheckpoint => "audit.checkpoint",
+    /// The compliance evidence report was exported (`GET /v1/reports/evidence`).
+    ReportEvidenceExport => "report.evidence_export",
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod device_groups;
 pub mod devices;
 pub mod enrollment_tokens;
 mod error;
+pub mod evidence;
 mod ids;
 pub mod ingest_state;
 pub mod metrics;

@@ -10,6 +10,7 @@ pub mod enrollment_token;
 pub mod group;
 pub mod patch;
 pub mod pki;
+pub mod report;
 pub mod tenant;
 pub mod user;
 
@@ -38,6 +39,7 @@ pub async fn run(command: Command, global: Global) -> Result<(), Failure> {
         Command::Db(c) => database::run(&ctx, c).await,
         Command::Backup(c) => backup::run(&ctx, c).await,
         Command::Pki(c) => pki::run(&ctx, c),
+        Command::Report(c) => report::run(&ctx, c).await,
         Command::User(c) => user::run(&ctx, c).await,
     }
 }

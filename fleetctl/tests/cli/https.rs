@@ -13,17 +13,17 @@ use store::{tenants, DeviceId, TenantId};
 use super::{fleetctl, is_display_time, rows, run, Run};
 
 /// A running fleetd with a tenant `acme` and its owner key.
-struct Fleet {
-    running: fleetd::Running,
-    tenant: TenantId,
-    key: String,
+pub(super) struct Fleet {
+    pub(super) running: fleetd::Running,
+    pub(super) tenant: TenantId,
+    pub(super) key: String,
     ca: PathBuf,
-    _data_dir: tempfile::TempDir,
-    _db: TestDb,
+    pub(super) _data_dir: tempfile::TempDir,
+    pub(super) _db: TestDb,
 }
 
 impl Fleet {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let db = TestDb::new().await;
         let data_dir = fleet_tests::data_dir();
         let config = fleetd::Config::on_ephemeral_loopback_ports(
@@ -49,12 +49,12 @@ impl Fleet {
         }
     }
 
-    fn server(&self) -> String {
+    pub(super) fn server(&self) -> String {
         format!("https://127.0.0.1:{}", self.running.api_addr().port())
     }
 
     /// fleetctl pointed at this fleetd, trusting its root, with `key`.
-    fn ctl_with_key(&self, key: &str) -> tokio::process::Command {
+    pub(super) fn ctl_with_key(&self, key: &str) -> tokio::process::Command {
         let mut command = fleetctl();
         command
             .env("FLEETCTL_SERVER", self.server())
@@ -64,19 +64,24 @@ impl Fleet {
     }
 
     /// Runs fleetctl with the owner key.
-    async fn ctl(&self, args: &[&str]) -> Run {
+    pub(super) async fn ctl(&self, args: &[&str]) -> Run {
         run(self.ctl_with_key(&self.key), args).await
     }
 
     /// A key of `role` made in the store.
-    async fn key_with_role(&self, role: Role) -> String {
+    pub(super) async fn key_with_role(&self, role: Role) -> String {
         let app = &self.running.database().app;
         let issued = fleet_tests::tenancy::api_key(app, self.tenant, role, None).await;
         issued.secret.expose().to_owned()
     }
 
     /// A device made in the store, in `group` (created if needed).
-    async fn device(&self, name: &str, group: &str, labels: &[(&str, &str)]) -> DeviceId {
+    pub(super) async fn device(
+        &self,
+        name: &str,
+        group: &str,
+        labels: &[(&str, &str)],
+    ) -> DeviceId {
         let mut tx = self
             .running
             .database()
@@ -100,7 +105,7 @@ impl Fleet {
         device.id
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.running.shutdown().await.unwrap();
     }
 }

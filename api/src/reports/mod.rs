@@ -1,0 +1,3 @@
+//! Reports built from the system's own records.
+
+pub(crate) mod evidence;
