@@ -95,6 +95,8 @@ pub enum Target {
     User(UserId),
     /// An invitation.
     Invitation(InvitationId),
+    /// An event of the tenant's own audit chain, by seq.
+    AuditEvent(i64),
 }
 
 impl fmt::Display for Target {
@@ -107,6 +109,7 @@ impl fmt::Display for Target {
             Target::ApiKey(id) => write!(f, "api_key:{id}"),
             Target::User(id) => write!(f, "user:{id}"),
             Target::Invitation(id) => write!(f, "invitation:{id}"),
+            Target::AuditEvent(seq) => write!(f, "audit_event:{seq}"),
         }
     }
 }
@@ -216,6 +219,10 @@ actions! {
     TenantSsoDelete => "tenant.sso_delete",
     /// A signed audit checkpoint was written on request (`POST /v1/audit-checkpoints`).
     AuditCheckpoint => "audit.checkpoint",
+    /// The details of an audit event were replaced by a tombstone (personal data erased).
+    AuditErase => "audit.erase",
+    /// Events older than the tenant's audit retention were removed behind a signed checkpoint.
+    AuditPrune => "audit.prune",
 }
 
 #[cfg(test)]

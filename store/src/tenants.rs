@@ -97,6 +97,9 @@ pub struct TenantSettings {
     pub record_retention_days: i32,
     /// The most device sessions the tenant may hold on one gateway.
     pub max_device_connections: i32,
+    /// How long audit events are kept before `audit::prune` may remove them (behind a signed
+    /// checkpoint), in days.
+    pub audit_retention_days: i32,
 }
 
 /// What a settings change asks for; `None` keeps the current value.
@@ -108,6 +111,7 @@ pub struct SettingsChange {
     pub record_retention_days: Option<i32>,
     /// A new connection quota, 1 to [`MAX_DEVICE_CONNECTIONS`].
     pub max_device_connections: Option<i32>,
+    pub audit_retention_days: Option<i32>,
 }
 
 /// The transaction's tenant and its settings.
@@ -115,10 +119,12 @@ pub async fn settings(tx: &mut TenantTx) -> Result<TenantSettings, StoreError> {
     let tenant = get(tx).await?;
     let record_retention_days = crate::records::retention_days(tx).await?;
     let max_device_connections = max_device_connections(tx).await?;
+    let audit_retention_days = audit_retention_days(tx).await?;
     Ok(TenantSettings {
         tenant,
         record_retention_days,
         max_device_connections,
+        audit_retention_days,
     })
 }
 
@@ -149,6 +155,9 @@ pub async fn update_settings(
     if let Some(quota) = change.max_device_connections {
         set_max_device_connections(tx, quota).await?;
     }
+    if let Some(days) = change.audit_retention_days {
+        set_audit_retention_days(tx, days).await?;
+    }
     let after = settings(tx).await?;
     audit::append(
         tx,
@@ -164,6 +173,10 @@ pub async fn update_settings(
             "max_device_connections": {
                 "from": before.max_device_connections,
                 "to": after.max_device_connections,
+            },
+            "audit_retention_days": {
+                "from": before.audit_retention_days,
+                "to": after.audit_retention_days,
             },
         }),
     )
@@ -195,6 +208,37 @@ async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreErr
 }
 
 /// Most device sessions a tenant may be given on one gateway (the schema enforces the same).
+/// The bounds of `audit_retention_days` (migration 0017): at least a month, so a slip of the
+/// finger cannot prune a tenant's recent history; at most a century.
+pub const MIN_AUDIT_RETENTION_DAYS: i32 = 30;
+pub const MAX_AUDIT_RETENTION_DAYS: i32 = 36_500;
+
+/// The tenant's audit retention in days (default 365).
+pub async fn audit_retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
+    sqlx::query_scalar("SELECT audit_retention_days FROM tenants WHERE tenant_id = $1")
+        .bind(tx.tenant().0)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(StoreError::NotFound("tenant"))
+}
+
+async fn set_audit_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
+    if !(MIN_AUDIT_RETENTION_DAYS..=MAX_AUDIT_RETENTION_DAYS).contains(&days) {
+        return Err(StoreError::Invalid {
+            field: "audit_retention_days",
+            reason: format!(
+                "{days} days is outside {MIN_AUDIT_RETENTION_DAYS} to {MAX_AUDIT_RETENTION_DAYS}"
+            ),
+        });
+    }
+    sqlx::query("UPDATE tenants SET audit_retention_days = $2 WHERE tenant_id = $1")
+        .bind(tx.tenant().0)
+        .bind(days)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 pub const MAX_DEVICE_CONNECTIONS: i32 = 10_000_000;
 
 /// The most device sessions the transaction's tenant may hold on one gateway: read at every

@@ -211,7 +211,7 @@ pub(crate) async fn verify(
     params(("since" = Option<String>, Query, format = DateTime, description = "occurred at or after (RFC 3339)"),
            ("until" = Option<String>, Query, format = DateTime, description = "occurred before (RFC 3339)")),
     responses((status = 200, content_type = "text/csv", body = String,
-               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash; last record checkpoint,<checkpoint JSON>"),
+               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,canonical_version,erased_by; last record checkpoint,<checkpoint JSON>"),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 pub(crate) async fn export_csv(
@@ -540,6 +540,8 @@ mod tests {
             details: details.into(),
             prev_hash: [0; 32],
             hash: [0xab; 32],
+            canonical_version: 2,
+            erased_by: None,
         }
     }
 
