@@ -116,7 +116,8 @@ fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
         p if p.starts_with("/v1/users/") => &ids["user"],
         _ => &ids["device"],
     };
-    let path = rule.path.replace("{id}", id);
+    // Event 2 exists in every tenant; erasing it again is a 409, never a 403.
+    let path = rule.path.replace("{id}", id).replace("{seq}", "2");
     // The one route with a required query parameter.
     if rule.path.ends_with("/chart.svg") {
         return format!("{path}?metric=cpu_usage_percent");
@@ -131,6 +132,7 @@ fn body_for(rule: &RouteRule, run: usize) -> Option<Value> {
         .unwrap();
     match (rule.method, rule.path) {
         ("PATCH", "/v1/tenant") => Some(json!({ "record_retention_days": 30 })),
+        ("POST", "/v1/audit-events/{seq}/erase") => Some(json!({ "reason": "matrix" })),
         ("POST", "/v1/api-keys") => Some(json!({ "name": "made", "role": "auditor" })),
         ("POST", "/v1/enrollment-tokens") => Some(json!({
             "name": "t", "allowed_cidrs": ["127.0.0.0/8"], "daily_limit": 1, "expires_at": expires,

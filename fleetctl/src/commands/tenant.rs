@@ -44,6 +44,10 @@ pub enum TenantCommand {
         /// devices are refused until one disconnects.
         #[arg(long, value_name = "COUNT", group = "change")]
         max_device_connections: Option<u32>,
+        /// How long audit events are kept, in days (30 to 36500; 365 by default); older ones
+        /// are removed only behind a signed checkpoint (`fleetctl audit prune`).
+        #[arg(long, value_name = "DAYS", group = "change")]
+        audit_retention_days: Option<u32>,
     },
 }
 
@@ -56,6 +60,7 @@ struct TenantView {
     created_at: OffsetDateTime,
     record_retention_days: Option<i64>,
     max_device_connections: Option<i64>,
+    audit_retention_days: Option<i64>,
 }
 
 /// Runs `fleetctl tenant ...`.
@@ -68,6 +73,7 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             name,
             record_retention_days,
             max_device_connections,
+            audit_retention_days,
         } => {
             let api = ctx.api("tenant set").await?;
             let mut body = Map::new();
@@ -79,6 +85,9 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             }
             if let Some(quota) = max_device_connections {
                 body.insert("max_device_connections".into(), json!(quota));
+            }
+            if let Some(days) = audit_retention_days {
+                body.insert("audit_retention_days".into(), json!(days));
             }
             let value = api.patch("v1/tenant", &Value::Object(body)).await?;
             render(ctx, value)
@@ -103,6 +112,11 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
                 "max device connections",
                 t.max_device_connections
                     .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            )
+            .field(
+                "audit retention",
+                t.audit_retention_days
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d} days")),
             );
         Ok(fields.render())
     })
