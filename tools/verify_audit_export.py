@@ -27,6 +27,7 @@ import tempfile
 import uuid
 
 EVENT_TAG = b"fleetplane.audit.v1\x00"
+EVENT_TAG_V2 = b"fleetplane.audit.v2\x00"
 CHECKPOINT_TAG = b"fleetplane.audit.checkpoint.v1\x00"
 SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 GENESIS = bytes(32)
@@ -44,14 +45,37 @@ def text_field(text):
     return struct.pack(">I", len(data)) + data
 
 
+def details_digest(event):
+    """SHA-256 of the details (canonical version 2); an erased event's tombstone carries it."""
+    erased_by = event.get("erased_by")
+    if erased_by is not None:
+        tombstone = json.loads(event["details"])
+        digest = tombstone.get("details_sha256", "")
+        expected = '{"erased":true,"details_sha256":"%s","by_event":%d}' % (digest, erased_by)
+        if event["details"] == expected and len(digest) == 64:
+            return bytes.fromhex(digest)
+    return hashlib.sha256(event["details"].encode("utf-8")).digest()
+
+
 def event_hash(event):
-    canonical = (
-        EVENT_TAG
-        + uuid.UUID(event["tenant_id"]).bytes
+    # Exports from before version 2 have no canonical_version: they are all version 1.
+    version = event.get("canonical_version", 1)
+    head = (
+        uuid.UUID(event["tenant_id"]).bytes
         + struct.pack(">q", event["seq"])
         + struct.pack(">q", event["occurred_at_micros"])
-        + b"".join(text_field(event[k]) for k in ("actor", "action", "target", "details"))
     )
+    if version == 1 and event.get("erased_by") is None:
+        canonical = EVENT_TAG + head + b"".join(
+            text_field(event[k]) for k in ("actor", "action", "target", "details")
+        )
+    else:
+        canonical = (
+            EVENT_TAG_V2
+            + head
+            + b"".join(text_field(event[k]) for k in ("actor", "action", "target"))
+            + details_digest(event)
+        )
     return hashlib.sha256(bytes.fromhex(event["prev_hash"]) + canonical).digest()
 
 

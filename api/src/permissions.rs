@@ -174,6 +174,7 @@ permission_table! {
     get "/v1/audit-events.jsonl" => audit::export_jsonl, ADMINISTER_READ, TENANT_WIDE;
     get "/v1/audit-checkpoints" => audit::list_checkpoints, ADMINISTER_READ, TENANT_WIDE;
     post "/v1/audit-checkpoints" => audit::create_checkpoint, ADMINISTER, TENANT_WIDE;
+    post "/v1/audit-events/{seq}/erase" => audit::erase, ADMINISTER, TENANT_WIDE;
 
     post "/v1/sign-in" => sign_in::sign_in, ALL, SCOPED, ANONYMOUS;
     post "/v1/sign-in/second-factor" => sign_in::second_factor, ALL, SCOPED, ANONYMOUS;

@@ -26,6 +26,29 @@
 //! resolution, and `details` is `text`, not `jsonb`, so no normalisation happens), so a row
 //! re-hashes to the same value after a dump and restore. A change to this encoding needs a new
 //! domain tag and must keep verifying old rows.
+//!
+//! # Canonical encoding (version 2)
+//!
+//! Events written since migration 0017 use version 2, so their personal data can be erased
+//! without breaking the chain ([`erase`]). It is version 1 with the domain tag
+//! `fleetplane.audit.v2` (then `0x00`) and, instead of the `details` field, the 32 raw bytes of
+//! SHA-256 over the exact JSON text of the details (no length prefix). The row's
+//! `canonical_version` column says which encoding it was hashed with. Version 1 rows cannot be
+//! erased: their hash covers the details themselves.
+//!
+//! # Tombstones
+//!
+//! An erased v2 event keeps every column but `details`, which becomes exactly
+//! `{"erased":true,"details_sha256":"<hex>","by_event":<seq>}` (the digest of what was removed,
+//! and the seq of the `audit.erase` event), and `erased_by` holds that seq. The verifier hashes
+//! such a row with the digest from its tombstone. The database computes the tombstone itself and
+//! its append-only trigger lets no other change of a row through.
+//!
+//! # Retention
+//!
+//! [`prune`] deletes a tenant's events older than its `audit_retention_days`, but only up to a
+//! signed checkpoint that covers them, and records that checkpoint as the tenant's anchor: the
+//! first remaining event's `prev_hash` is the anchor's hash, and verification starts there.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,6 +62,10 @@ use crate::{StoreError, TenantId, TenantTx};
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 const DOMAIN_TAG: &[u8; 20] = b"fleetplane.audit.v1\0";
+const DOMAIN_TAG_V2: &[u8; 20] = b"fleetplane.audit.v2\0";
+
+/// The canonical encoding new events are hashed with.
+pub const CURRENT_CANONICAL_VERSION: i16 = 2;
 
 /// Rows read per query while verifying, to keep memory flat on long chains.
 const VERIFY_PAGE_ROWS: i64 = 1_000;
@@ -64,6 +91,10 @@ pub struct AuditEvent {
     pub prev_hash: [u8; 32],
     /// The hash of this event.
     pub hash: [u8; 32],
+    /// The canonical encoding its hash was computed with: 1 or 2 (see the module documentation).
+    pub canonical_version: i16,
+    /// The seq of the `audit.erase` event that replaced `details` by a tombstone, if any.
+    pub erased_by: Option<i64>,
 }
 
 /// The bytes of an event that its hash covers; see the module documentation.
@@ -91,6 +122,52 @@ pub fn canonical_bytes(
     out
 }
 
+/// The bytes of a version 2 event that its hash covers: as version 1 with its own domain tag and
+/// the SHA-256 of the details instead of the details.
+pub fn canonical_bytes_v2(
+    tenant_id: TenantId,
+    seq: i64,
+    occurred_at: OffsetDateTime,
+    actor: &str,
+    action: &str,
+    target: &str,
+    details_sha256: &[u8; 32],
+) -> Vec<u8> {
+    let texts = [actor, action, target];
+    let text_len: usize = texts.iter().map(|t| 4 + t.len()).sum();
+    let mut out = Vec::with_capacity(DOMAIN_TAG_V2.len() + 16 + 8 + 8 + text_len + 32);
+    out.extend_from_slice(DOMAIN_TAG_V2);
+    out.extend_from_slice(tenant_id.0.as_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&unix_micros(occurred_at).to_be_bytes());
+    for text in texts {
+        let len = u32::try_from(text.len()).expect("audit fields are far below 4 GiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    out.extend_from_slice(details_sha256);
+    out
+}
+
+/// The tombstone that replaces erased details; the database builds the same text
+/// (`fleet_audit_tombstone`, migration 0017).
+pub fn tombstone(details_sha256: &[u8; 32], by_event: i64) -> String {
+    format!(
+        r#"{{"erased":true,"details_sha256":"{}","by_event":{by_event}}}"#,
+        hex::encode(details_sha256)
+    )
+}
+
+/// The digest a tombstone carries, when `details` is exactly the tombstone naming `by_event`.
+fn tombstone_digest(details: &str, by_event: i64) -> Option<[u8; 32]> {
+    let value: Value = serde_json::from_str(details).ok()?;
+    let digest: [u8; 32] = hex::decode(value.get("details_sha256")?.as_str()?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    (tombstone(&digest, by_event) == details).then_some(digest)
+}
+
 /// `SHA-256(prev_hash || canonical)`: the link from one event to the next.
 pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -100,16 +177,36 @@ pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
 }
 
 impl AuditEvent {
-    /// Recomputes this event's hash from its fields and its `prev_hash`.
+    /// Recomputes this event's hash from its fields and its `prev_hash`, with the encoding of
+    /// its `canonical_version`. An erased row is hashed with the digest its tombstone carries; a
+    /// row marked erased whose details are not exactly a tombstone naming that erasure (or a v1
+    /// row marked erased) is hashed over its details text as they are, so it fails to verify.
     pub fn recompute_hash(&self) -> [u8; 32] {
-        let canonical = canonical_bytes(
+        if self.canonical_version == 1 && self.erased_by.is_none() {
+            let canonical = canonical_bytes(
+                self.tenant_id,
+                self.seq,
+                self.occurred_at,
+                &self.actor,
+                &self.action,
+                &self.target,
+                &self.details,
+            );
+            return chain_hash(&self.prev_hash, &canonical);
+        }
+        let digest = self
+            .erased_by
+            .filter(|_| self.canonical_version == 2)
+            .and_then(|by| tombstone_digest(&self.details, by))
+            .unwrap_or_else(|| Sha256::digest(self.details.as_bytes()).into());
+        let canonical = canonical_bytes_v2(
             self.tenant_id,
             self.seq,
             self.occurred_at,
             &self.actor,
             &self.action,
             &self.target,
-            &self.details,
+            &digest,
         );
         chain_hash(&self.prev_hash, &canonical)
     }
@@ -221,6 +318,8 @@ fn seal_next_event(
         details,
         prev_hash,
         hash: [0; 32],
+        canonical_version: CURRENT_CANONICAL_VERSION,
+        erased_by: None,
     };
     event.hash = event.recompute_hash();
     Ok(event)
@@ -229,8 +328,9 @@ fn seal_next_event(
 async fn insert_event(tx: &mut TenantTx, event: &AuditEvent) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO audit_events
-             (tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             (tenant_id, seq, occurred_at, actor, action, target, details, prev_hash, hash,
+              canonical_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         event.tenant_id as TenantId,
         event.seq,
         event.occurred_at,
@@ -240,6 +340,7 @@ async fn insert_event(tx: &mut TenantTx, event: &AuditEvent) -> Result<(), Store
         event.details,
         &event.prev_hash[..],
         &event.hash[..],
+        event.canonical_version,
     )
     .execute(tx.conn())
     .await?;
@@ -266,6 +367,8 @@ struct EventRow {
     details: String,
     prev_hash: Vec<u8>,
     hash: Vec<u8>,
+    canonical_version: i16,
+    erased_by: Option<i64>,
 }
 
 impl TryFrom<EventRow> for AuditEvent {
@@ -281,6 +384,8 @@ impl TryFrom<EventRow> for AuditEvent {
             details: row.details,
             prev_hash: stored_hash("prev_hash", row.prev_hash)?,
             hash: stored_hash("hash", row.hash)?,
+            canonical_version: row.canonical_version,
+            erased_by: row.erased_by,
         })
     }
 }
@@ -314,6 +419,9 @@ pub enum ChainBreak {
     CheckpointMismatch,
     /// A signed checkpoint covers events that are gone: the tail was cut or the head rewound.
     BehindCheckpoint,
+    /// The chain starts after an anchor (events were pruned) that no signed checkpoint vouches
+    /// for: its seq and hash are not a checkpoint's (the seq is the anchor's).
+    AnchorUnsigned,
 }
 
 impl ChainBreak {
@@ -333,6 +441,9 @@ impl ChainBreak {
             }
             ChainBreak::BehindCheckpoint => {
                 "a signed checkpoint covers events that are missing (tail cut or head rewound)"
+            }
+            ChainBreak::AnchorUnsigned => {
+                "events were removed up to an anchor no signed checkpoint vouches for"
             }
         }
     }
@@ -355,10 +466,14 @@ pub enum ChainVerdict {
     },
 }
 
-/// Recomputes the transaction's tenant chain from the first event and names the first break.
-/// Counted in `fleet_audit_chain_verifications_total{scope="full"}`.
+/// Recomputes the transaction's tenant chain from its first event (after the anchor, if events
+/// were pruned) and names the first break. Counted in
+/// `fleet_audit_chain_verifications_total{scope="full"}`.
 pub async fn verify(tx: &mut TenantTx) -> Result<ChainVerdict, StoreError> {
-    let outcome = verify_from(tx, 1, GENESIS_HASH, None).await;
+    let outcome = match anchor(tx).await {
+        Ok(anchor) => verify_from(tx, anchor.seq + 1, anchor.hash, None).await,
+        Err(e) => Err(e),
+    };
     tx.metrics().verified("full", &outcome);
     outcome
 }
@@ -373,23 +488,49 @@ pub async fn verify_with_checkpoints(
     checkpoints: Vec<crate::audit_checkpoints::Checkpoint>,
     key: &crate::audit_checkpoints::PublicKey,
 ) -> Result<ChainVerdict, StoreError> {
-    let outcome = match CheckpointVerifier::new(tx.tenant(), checkpoints, key) {
-        Ok(mut verifier) => verify_from(tx, 1, GENESIS_HASH, Some(&mut verifier)).await,
-        Err((seq, reason)) => Ok(ChainVerdict::Broken { seq, reason }),
+    let outcome = match (
+        CheckpointVerifier::new(tx.tenant(), checkpoints, key),
+        anchor(tx).await,
+    ) {
+        (_, Err(e)) => Err(e),
+        (Err((seq, reason)), _) => Ok(ChainVerdict::Broken { seq, reason }),
+        (Ok(mut verifier), Ok(anchor)) => {
+            if anchor.seq > 0 && !verifier.vouches_for(anchor.seq, &anchor.hash) {
+                Ok(ChainVerdict::Broken {
+                    seq: anchor.seq,
+                    reason: ChainBreak::AnchorUnsigned,
+                })
+            } else {
+                verify_from(tx, anchor.seq + 1, anchor.hash, Some(&mut verifier)).await
+            }
+        }
     };
     tx.metrics().verified("checkpoints", &outcome);
     outcome
 }
 
-/// Verifies a whole exported chain (events by seq from 1, e.g. read back from a JSON Lines
-/// export) against checkpoints, without the database: as [`verify_with_checkpoints`] except for
-/// the head row, which an export does not carry.
+/// Verifies a whole exported chain (events by seq, e.g. read back from a JSON Lines export)
+/// against checkpoints, without the database: as [`verify_with_checkpoints`] except for the head
+/// row, which an export does not carry. A chain that starts after seq 1 (events were pruned)
+/// must start from a signed checkpoint: its first `prev_hash` is that checkpoint's last hash.
 pub fn verify_exported(
     events: impl IntoIterator<Item = AuditEvent>,
     verifier: &mut CheckpointVerifier,
 ) -> ChainVerdict {
-    let mut prev_hash = GENESIS_HASH;
-    let mut expected_seq = 1;
+    let mut events = events.into_iter().peekable();
+    let (first_seq, mut prev_hash) = match events.peek() {
+        Some(first) if first.seq > 1 => {
+            if !verifier.vouches_for(first.seq - 1, &first.prev_hash) {
+                return ChainVerdict::Broken {
+                    seq: first.seq - 1,
+                    reason: ChainBreak::AnchorUnsigned,
+                };
+            }
+            (first.seq, first.prev_hash)
+        }
+        _ => (1, GENESIS_HASH),
+    };
+    let mut expected_seq = first_seq;
     for event in events {
         if let Some(reason) = check_event(&event, expected_seq, &prev_hash, Some(&mut *verifier)) {
             return ChainVerdict::Broken {
@@ -403,7 +544,9 @@ pub fn verify_exported(
     let last_seq = expected_seq - 1;
     match verifier.finish(last_seq) {
         Some((seq, reason)) => ChainVerdict::Broken { seq, reason },
-        None => ChainVerdict::Intact { events: last_seq },
+        None => ChainVerdict::Intact {
+            events: last_seq - first_seq + 1,
+        },
     }
 }
 
@@ -438,10 +581,11 @@ pub async fn verify_tail(tx: &mut TenantTx, rows: u32) -> Result<ChainVerdict, S
 }
 
 async fn verify_last(tx: &mut TenantTx, rows: i64) -> Result<ChainVerdict, StoreError> {
-    let last = last_event_seq(tx).await?;
-    let first = (last - rows + 1).max(1);
-    let anchor = if first == 1 {
-        GENESIS_HASH
+    let chain_anchor = anchor(tx).await?;
+    let last = last_event_seq(tx).await?.max(chain_anchor.seq);
+    let first = (last - rows + 1).max(chain_anchor.seq + 1);
+    let anchor = if first == chain_anchor.seq + 1 {
+        chain_anchor.hash
     } else {
         match list_after(tx, first - 2, 1).await?.pop() {
             Some(before) if before.seq == first - 1 => before.hash,
@@ -492,6 +636,135 @@ async fn verify_from(
         .unwrap_or(ChainVerdict::Intact {
             events: last_seq - first_seq + 1,
         }))
+}
+
+/// Where a tenant's remaining chain starts: the signed checkpoint events were pruned up to
+/// ([`prune`]), or seq 0 and [`GENESIS_HASH`] when none were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainAnchor {
+    /// The last pruned seq: the anchor checkpoint's seq.
+    pub seq: i64,
+    /// Its hash: the first remaining event's `prev_hash`.
+    pub hash: [u8; 32],
+}
+
+/// The transaction's tenant anchor ([`ChainAnchor`]).
+pub async fn anchor(tx: &mut TenantTx) -> Result<ChainAnchor, StoreError> {
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, last_hash FROM audit_chain_anchors WHERE tenant_id = $1")
+            .bind(tx.tenant().0)
+            .fetch_optional(tx.conn())
+            .await?;
+    match row {
+        Some((seq, hash)) => Ok(ChainAnchor {
+            seq,
+            hash: stored_hash("last_hash", hash)?,
+        }),
+        None => Ok(ChainAnchor {
+            seq: 0,
+            hash: GENESIS_HASH,
+        }),
+    }
+}
+
+/// Erases the details of the transaction's tenant event `seq` (personal data): appends an
+/// `audit.erase` event naming it, with the reason and the digest of what is removed, then has
+/// the database replace its details by their tombstone (see the module documentation). The
+/// event's hash does not change, so the chain and every checkpoint still verify. Returns the
+/// erasure event. `NotFound` when there is no such event (or it was pruned), `Invalid` for a
+/// version 1 event or an empty reason, `Conflict` when it is erased already.
+pub async fn erase(
+    tx: &mut TenantTx,
+    seq: i64,
+    reason: &str,
+    actor: &Actor,
+) -> Result<AuditEvent, StoreError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.len() > 1_000 || reason.chars().any(char::is_control) {
+        return Err(StoreError::Invalid {
+            field: "reason",
+            reason: "must be 1 to 1000 bytes without control characters".into(),
+        });
+    }
+    let event = list(tx, &AuditFilter::default(), seq - 1, 1)
+        .await?
+        .pop()
+        .filter(|e| e.seq == seq)
+        .ok_or(StoreError::NotFound("audit event"))?;
+    if event.canonical_version < 2 {
+        return Err(StoreError::Invalid {
+            field: "seq",
+            reason: format!(
+                "event {seq} was written with canonical version 1, whose hash covers its \
+                 details: erasing them would break the chain"
+            ),
+        });
+    }
+    if event.erased_by.is_some() {
+        return Err(StoreError::Conflict("the audit event is erased already"));
+    }
+    let digest: [u8; 32] = Sha256::digest(event.details.as_bytes()).into();
+    let erasure = append(
+        tx,
+        actor,
+        Action::AuditErase,
+        &Target::AuditEvent(seq),
+        &serde_json::json!({ "reason": reason, "details_sha256": hex::encode(digest) }),
+    )
+    .await?;
+    sqlx::query("SELECT fleet_audit_erase($1, $2)")
+        .bind(seq)
+        .bind(erasure.seq)
+        .execute(tx.conn())
+        .await?;
+    Ok(erasure)
+}
+
+/// What [`prune`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneOutcome {
+    /// The anchor seq after the prune (0 when the tenant was never pruned).
+    pub anchor_seq: i64,
+    /// How many events were deleted now.
+    pub deleted: i64,
+    /// The `audit.prune` event's seq, when events were deleted.
+    pub event_seq: Option<i64>,
+}
+
+/// Deletes the transaction's tenant events older than its `audit_retention_days`, but only up to
+/// the newest signed checkpoint all of whose events are that old, and makes that checkpoint the
+/// anchor verification starts from. Events after the newest checkpoint are always kept, however
+/// old. When events were deleted, appends an `audit.prune` event (through seq, count, retention).
+pub async fn prune(tx: &mut TenantTx, actor: &Actor) -> Result<PruneOutcome, StoreError> {
+    let (anchor_seq, deleted): (i64, i64) =
+        sqlx::query_as("SELECT anchor_seq, deleted FROM fleet_audit_prune()")
+            .fetch_one(tx.conn())
+            .await?;
+    if deleted == 0 {
+        return Ok(PruneOutcome {
+            anchor_seq,
+            deleted,
+            event_seq: None,
+        });
+    }
+    let retention_days = crate::tenants::audit_retention_days(tx).await?;
+    let event = append(
+        tx,
+        actor,
+        Action::AuditPrune,
+        &Target::Tenant(tx.tenant()),
+        &serde_json::json!({
+            "through_seq": anchor_seq,
+            "deleted": deleted,
+            "audit_retention_days": retention_days,
+        }),
+    )
+    .await?;
+    Ok(PruneOutcome {
+        anchor_seq,
+        deleted,
+        event_seq: Some(event.seq),
+    })
 }
 
 pub(crate) fn check_link(
@@ -592,7 +865,7 @@ pub async fn list(
     let rows = sqlx::query_as!(
         EventRow,
         r#"SELECT tenant_id AS "tenant_id: TenantId", seq, occurred_at, actor, action, target,
-                  details, prev_hash, hash
+                  details, prev_hash, hash, canonical_version, erased_by
            FROM audit_events
           WHERE seq > $1
             AND ($2::text IS NULL OR actor = $2)
@@ -636,6 +909,7 @@ impl ChainBreak {
             ChainBreak::CheckpointSignatureInvalid => "checkpoint_signature_invalid",
             ChainBreak::CheckpointMismatch => "checkpoint_mismatch",
             ChainBreak::BehindCheckpoint => "behind_checkpoint",
+            ChainBreak::AnchorUnsigned => "anchor_unsigned",
         }
     }
 }
@@ -664,13 +938,17 @@ pub fn rfc3339_micros(at: OffsetDateTime) -> String {
 /// enclosed in double quotes with its quotes doubled; no other escaping, so every field is the
 /// stored text byte for byte. Columns: `tenant_id` (hyphenated UUID), `seq`, `occurred_at`
 /// ([`rfc3339_micros`]), `occurred_at_micros` (the integer the hash covers), `actor`, `action`,
-/// `target`, `details` (the exact JSON text hashed), `prev_hash` and `hash` (lowercase hex).
+/// `target`, `details` (the exact JSON text hashed), `prev_hash` and `hash` (lowercase hex),
+/// `canonical_version` (1 or 2) and `erased_by` (the erasing event's seq, or empty).
 /// A third party re-verifies it with SHA-256 and the canonical encoding of this module's
 /// documentation: each row's `hash` is `SHA-256(prev_hash || canonical)`, each row's `prev_hash`
-/// is the previous row's `hash`, and the first event of a tenant has 32 zero bytes before it.
+/// is the previous row's `hash`, and the first event of a tenant has 32 zero bytes before it
+/// (or, after a prune, the hash of the signed checkpoint the chain is anchored at). An erased
+/// row's canonical bytes take the digest from its tombstone.
 /// Fields are not defused for spreadsheets (a leading `=` stays), since that would change them.
 pub const CSV_HEADER: &str =
-    "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash\r\n";
+    "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,\
+     canonical_version,erased_by\r\n";
 
 /// One event as a row of the CSV export ([`CSV_HEADER`]), with its CRLF.
 pub fn csv_row(event: &AuditEvent) -> String {
@@ -694,6 +972,12 @@ pub fn csv_row(event: &AuditEvent) -> String {
     out.push_str(&hex::encode(event.prev_hash));
     out.push(',');
     out.push_str(&hex::encode(event.hash));
+    out.push(',');
+    out.push_str(&event.canonical_version.to_string());
+    out.push(',');
+    if let Some(by) = event.erased_by {
+        out.push_str(&by.to_string());
+    }
     out.push_str("\r\n");
     out
 }
@@ -734,6 +1018,8 @@ pub fn jsonl_event_line(event: &AuditEvent) -> String {
         details: event.details.clone(),
         prev_hash: hex::encode(event.prev_hash),
         hash: hex::encode(event.hash),
+        canonical_version: event.canonical_version,
+        erased_by: event.erased_by,
     };
     let mut out = serde_json::to_string(&line).expect("events serialize");
     out.push('\n');
@@ -772,6 +1058,15 @@ struct ExportedEvent {
     details: String,
     prev_hash: String,
     hash: String,
+    /// Absent in exports written before version 2 existed: those are all version 1.
+    #[serde(default = "version_one")]
+    canonical_version: i16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    erased_by: Option<i64>,
+}
+
+fn version_one() -> i16 {
+    1
 }
 
 /// Parses a JSON Lines export ([`jsonl_event_line`]); a line that is not one of its records is
@@ -788,6 +1083,12 @@ pub fn parse_jsonl(text: &str) -> Result<JsonlExport, StoreError> {
             Some("event") => {
                 let e: ExportedEvent =
                     serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+                if !(1..=CURRENT_CANONICAL_VERSION).contains(&e.canonical_version) {
+                    return Err(bad(format!(
+                        "canonical_version {} is not 1 or 2",
+                        e.canonical_version
+                    )));
+                }
                 let hash = |text: &str| -> Result<[u8; 32], StoreError> {
                     hex::decode(text)
                         .ok()
@@ -810,6 +1111,8 @@ pub fn parse_jsonl(text: &str) -> Result<JsonlExport, StoreError> {
                     details: e.details,
                     prev_hash: hash(&e.prev_hash)?,
                     hash: hash(&e.hash)?,
+                    canonical_version: e.canonical_version,
+                    erased_by: e.erased_by,
                 });
             }
             Some("checkpoint") => {
@@ -855,6 +1158,8 @@ mod tests {
             details: r#"{"reason":"lost"}"#.into(),
             prev_hash: GENESIS_HASH,
             hash: [0; 32],
+            canonical_version: 1,
+            erased_by: None,
         };
         event.hash = event.recompute_hash();
         event
@@ -879,6 +1184,88 @@ mod tests {
         assert_eq!(bytes.len(), 20 + 16 + 8 + 8 + 4 * 4 + 1);
         assert_eq!(&bytes[..20], b"fleetplane.audit.v1\0");
         assert_eq!(&bytes[44..52], &1i64.to_be_bytes());
+    }
+
+    #[test]
+    fn canonical_encoding_v2_is_stable_and_hashes_the_details_digest() {
+        let mut event = sample(1);
+        event.canonical_version = 2;
+        event.hash = event.recompute_hash();
+        assert_ne!(event.hash, sample(1).hash);
+        // Pinned, as v1 above.
+        assert_eq!(
+            hex::encode(event.hash),
+            hex::encode(chain_hash(
+                &GENESIS_HASH,
+                &canonical_bytes_v2(
+                    event.tenant_id,
+                    1,
+                    event.occurred_at,
+                    "operator:alice",
+                    "device.revoke",
+                    "device:1",
+                    &Sha256::digest(br#"{"reason":"lost"}"#).into(),
+                ),
+            ))
+        );
+        let bytes = canonical_bytes_v2(
+            event.tenant_id,
+            1,
+            from_unix_micros(1),
+            "a",
+            "",
+            "",
+            &[7; 32],
+        );
+        assert_eq!(bytes.len(), 20 + 16 + 8 + 8 + 3 * 4 + 1 + 32);
+        assert_eq!(&bytes[..20], b"fleetplane.audit.v2\0");
+        assert_eq!(&bytes[bytes.len() - 32..], &[7; 32]);
+    }
+
+    #[test]
+    fn a_tombstone_keeps_the_hash_and_a_forged_one_does_not() {
+        let mut event = sample(1);
+        event.canonical_version = 2;
+        event.hash = event.recompute_hash();
+        let digest: [u8; 32] = Sha256::digest(event.details.as_bytes()).into();
+        let mut erased = event.clone();
+        erased.details = tombstone(&digest, 5);
+        erased.erased_by = Some(5);
+        assert_eq!(check_link(&erased, 1, &GENESIS_HASH), None);
+        // Another digest, another erasing event, other text, or a tombstone on a v1 row.
+        let mut forged = erased.clone();
+        forged.details = tombstone(&[1; 32], 5);
+        assert_eq!(
+            check_link(&forged, 1, &GENESIS_HASH),
+            Some(ChainBreak::ContentChanged)
+        );
+        let mut forged = erased.clone();
+        forged.erased_by = Some(6);
+        assert_eq!(
+            check_link(&forged, 1, &GENESIS_HASH),
+            Some(ChainBreak::ContentChanged)
+        );
+        let mut forged = erased.clone();
+        forged.details = erased.details.replace("true", "1");
+        assert_eq!(
+            check_link(&forged, 1, &GENESIS_HASH),
+            Some(ChainBreak::ContentChanged)
+        );
+        let v1 = sample(1);
+        let mut forged = v1.clone();
+        forged.details = tombstone(&Sha256::digest(v1.details.as_bytes()).into(), 5);
+        forged.erased_by = Some(5);
+        assert_eq!(
+            check_link(&forged, 1, &GENESIS_HASH),
+            Some(ChainBreak::ContentChanged)
+        );
+        // Details that merely look like a tombstone, without erased_by, are hashed as text.
+        let mut lookalike = event;
+        lookalike.details = erased.details.clone();
+        assert_eq!(
+            check_link(&lookalike, 1, &GENESIS_HASH),
+            Some(ChainBreak::ContentChanged)
+        );
     }
 
     #[test]
@@ -1071,7 +1458,8 @@ mod export_tests {
         let records = parse_csv(text);
         assert_eq!(
             records[0].join(","),
-            "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash"
+            "tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,\
+             canonical_version,erased_by"
         );
         let mut prev = [0u8; 32];
         for (expected_seq, r) in (1i64..).zip(&records[1..]) {
@@ -1082,15 +1470,32 @@ mod export_tests {
             if seq != expected_seq || row_prev != prev {
                 return Err(expected_seq);
             }
+            let v2 = match r[10].as_str() {
+                "1" => false,
+                "2" => true,
+                other => panic!("canonical_version {other}"),
+            };
             let mut hasher = Sha256::new();
             hasher.update(prev);
-            hasher.update(b"fleetplane.audit.v1\0");
+            hasher.update(if v2 {
+                b"fleetplane.audit.v2\0"
+            } else {
+                b"fleetplane.audit.v1\0"
+            });
             hasher.update(decode::<16>(&r[0].replace('-', "")));
             hasher.update(seq.to_be_bytes());
             hasher.update(micros.to_be_bytes());
-            for text in &r[4..8] {
+            let texts = if v2 { &r[4..7] } else { &r[4..8] };
+            for text in texts {
                 hasher.update(u32::try_from(text.len()).unwrap().to_be_bytes());
                 hasher.update(text.as_bytes());
+            }
+            if v2 && r[11].is_empty() {
+                hasher.update(Sha256::digest(r[7].as_bytes()));
+            } else if v2 {
+                let tombstone: Value = serde_json::from_str(&r[7]).unwrap();
+                assert_eq!(tombstone["by_event"].to_string(), r[11]);
+                hasher.update(decode::<32>(tombstone["details_sha256"].as_str().unwrap()));
             }
             let hash: [u8; 32] = hasher.finalize().into();
             if hash != row_hash {
@@ -1125,10 +1530,20 @@ mod export_tests {
         // The event whose hash tests::canonical_encoding_is_stable pins.
         let event = super::tests::sample(1);
         let csv = export(&[event]);
-        assert!(
-            csv.contains(",4c0e565901a45bc9fcc18e22bd4d8bd95f467c910dedbc00432ae0b74ef604f8\r\n")
-        );
+        assert!(csv
+            .contains(",4c0e565901a45bc9fcc18e22bd4d8bd95f467c910dedbc00432ae0b74ef604f8,1,\r\n"));
         assert_eq!(verify_csv(&csv), Ok(1));
+    }
+
+    #[test]
+    fn an_erased_event_re_verifies_from_csv_with_its_tombstone_digest() {
+        let mut events = chain();
+        assert!(events.iter().all(|e| e.canonical_version == 2));
+        let digest: [u8; 32] = Sha256::digest(events[1].details.as_bytes()).into();
+        events[1].details = tombstone(&digest, 4);
+        events[1].erased_by = Some(4);
+        assert_eq!(events[1].recompute_hash(), events[1].hash);
+        assert_eq!(verify_csv(&export(&events)), Ok(events.len()));
     }
 
     #[test]

@@ -695,6 +695,14 @@ impl CheckpointVerifier {
         mismatch.then_some(ChainBreak::CheckpointMismatch)
     }
 
+    /// Whether a checkpoint ends at `seq` with `last_hash`: a chain pruned up to `seq` may start
+    /// there.
+    pub fn vouches_for(&self, seq: i64, last_hash: &[u8; 32]) -> bool {
+        self.checkpoints
+            .iter()
+            .any(|c| c.seq == seq && c.last_hash == *last_hash)
+    }
+
     /// After the last event, `last_seq`: `behind_checkpoint` at `last_seq + 1` when a checkpoint
     /// covers events that are no longer there (a truncated tail or a rewound head).
     pub fn finish(&self, last_seq: i64) -> Option<(i64, ChainBreak)> {
@@ -725,6 +733,8 @@ mod tests {
                     details: "{}".into(),
                     prev_hash: prev,
                     hash: [0; 32],
+                    canonical_version: 2,
+                    erased_by: None,
                 };
                 e.hash = e.recompute_hash();
                 prev = e.hash;

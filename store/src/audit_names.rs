@@ -95,6 +95,8 @@ pub enum Target {
     User(UserId),
     /// An invitation.
     Invitation(InvitationId),
+    /// An event of the tenant's own audit chain, by seq.
+    AuditEvent(i64),
 }
 
 impl fmt::Display for Target {
@@ -107,6 +109,7 @@ impl fmt::Display for Target {
             Target::ApiKey(id) => write!(f, "api_key:{id}"),
             Target::User(id) => write!(f, "user:{id}"),
             Target::Invitation(id) => write!(f, "invitation:{id}"),
+            Target::AuditEvent(seq) => write!(f, "audit_event:{seq}"),
         }
     }
 }
@@ -218,6 +221,10 @@ actions! {
     AuditCheckpoint => "audit.checkpoint",
     /// The compliance evidence report was exported (`GET /v1/reports/evidence`).
     ReportEvidenceExport => "report.evidence_export",
+    /// The details of an audit event were replaced by a tombstone (personal data erased).
+    AuditErase => "audit.erase",
+    /// Events older than the tenant's audit retention were removed behind a signed checkpoint.
+    AuditPrune => "audit.prune",
 }
 
 #[cfg(test)]

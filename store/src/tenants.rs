@@ -99,6 +99,9 @@ pub struct TenantSettings {
     pub max_device_connections: i32,
     /// Whether fleetd forwards the tenant's audit trail to the SIEM collector ([`crate::siem`]).
     pub siem_forwarding: bool,
+    /// How long audit events are kept before `audit::prune` may remove them (behind a signed
+    /// checkpoint), in days.
+    pub audit_retention_days: i32,
 }
 
 /// What a settings change asks for; `None` keeps the current value.
@@ -112,6 +115,7 @@ pub struct SettingsChange {
     pub max_device_connections: Option<i32>,
     /// Turn SIEM forwarding of the audit trail on or off.
     pub siem_forwarding: Option<bool>,
+    pub audit_retention_days: Option<i32>,
 }
 
 /// The transaction's tenant and its settings.
@@ -120,11 +124,13 @@ pub async fn settings(tx: &mut TenantTx) -> Result<TenantSettings, StoreError> {
     let record_retention_days = crate::records::retention_days(tx).await?;
     let max_device_connections = max_device_connections(tx).await?;
     let siem_forwarding = crate::siem::enabled(tx).await?;
+    let audit_retention_days = audit_retention_days(tx).await?;
     Ok(TenantSettings {
         tenant,
         record_retention_days,
         max_device_connections,
         siem_forwarding,
+        audit_retention_days,
     })
 }
 
@@ -158,6 +164,9 @@ pub async fn update_settings(
     if let Some(on) = change.siem_forwarding {
         crate::siem::set_enabled(tx, on).await?;
     }
+    if let Some(days) = change.audit_retention_days {
+        set_audit_retention_days(tx, days).await?;
+    }
     let after = settings(tx).await?;
     audit::append(
         tx,
@@ -177,6 +186,10 @@ pub async fn update_settings(
             "siem_forwarding": {
                 "from": before.siem_forwarding,
                 "to": after.siem_forwarding,
+            },
+            "audit_retention_days": {
+                "from": before.audit_retention_days,
+                "to": after.audit_retention_days,
             },
         }),
     )
@@ -208,6 +221,37 @@ async fn set_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreErr
 }
 
 /// Most device sessions a tenant may be given on one gateway (the schema enforces the same).
+/// The bounds of `audit_retention_days` (migration 0017): at least a month, so a slip of the
+/// finger cannot prune a tenant's recent history; at most a century.
+pub const MIN_AUDIT_RETENTION_DAYS: i32 = 30;
+pub const MAX_AUDIT_RETENTION_DAYS: i32 = 36_500;
+
+/// The tenant's audit retention in days (default 365).
+pub async fn audit_retention_days(tx: &mut TenantTx) -> Result<i32, StoreError> {
+    sqlx::query_scalar("SELECT audit_retention_days FROM tenants WHERE tenant_id = $1")
+        .bind(tx.tenant().0)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or(StoreError::NotFound("tenant"))
+}
+
+async fn set_audit_retention_days(tx: &mut TenantTx, days: i32) -> Result<(), StoreError> {
+    if !(MIN_AUDIT_RETENTION_DAYS..=MAX_AUDIT_RETENTION_DAYS).contains(&days) {
+        return Err(StoreError::Invalid {
+            field: "audit_retention_days",
+            reason: format!(
+                "{days} days is outside {MIN_AUDIT_RETENTION_DAYS} to {MAX_AUDIT_RETENTION_DAYS}"
+            ),
+        });
+    }
+    sqlx::query("UPDATE tenants SET audit_retention_days = $2 WHERE tenant_id = $1")
+        .bind(tx.tenant().0)
+        .bind(days)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 pub const MAX_DEVICE_CONNECTIONS: i32 = 10_000_000;
 
 /// The most device sessions the transaction's tenant may hold on one gateway: read at every

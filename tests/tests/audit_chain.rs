@@ -372,7 +372,7 @@ async fn chain_hashes_survive_a_dump_and_restore_round_trip_of_their_columns() {
     let db = test_db.open().await;
     let tenant = tenant_with_events(&db, 5).await;
     let mut owner = test_db.connect_as_owner().await;
-    sqlx::query("CREATE TABLE audit_copy AS SELECT tenant_id::text, seq::text, occurred_at::text, actor, action, target, details, prev_hash::text, hash::text FROM audit_events")
+    sqlx::query("CREATE TABLE audit_copy AS SELECT tenant_id::text, seq::text, occurred_at::text, actor, action, target, details, prev_hash::text, hash::text, canonical_version::text, erased_by::text FROM audit_events")
         .execute(&mut owner)
         .await
         .unwrap();
@@ -384,7 +384,7 @@ async fn chain_hashes_survive_a_dump_and_restore_round_trip_of_their_columns() {
         .execute(&mut owner)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO audit_events SELECT tenant_id::uuid, seq::bigint, occurred_at::timestamptz, actor, action, target, details, prev_hash::bytea, hash::bytea FROM audit_copy")
+    sqlx::query("INSERT INTO audit_events SELECT tenant_id::uuid, seq::bigint, occurred_at::timestamptz, actor, action, target, details, prev_hash::bytea, hash::bytea, canonical_version::smallint, erased_by::bigint FROM audit_copy")
         .execute(&mut owner)
         .await
         .unwrap();

@@ -757,7 +757,7 @@ async fn revoking_a_device_takes_it_offline_writes_an_audit_event_and_the_csv_ha
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash")
+        Some("tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,canonical_version,erased_by")
     );
     let revocations: Vec<&str> = lines.filter(|l| l.contains(",device.revoke,")).collect();
     assert_eq!(revocations.len(), 1, "{csv}");

@@ -116,7 +116,7 @@ fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
         p if p.starts_with("/v1/users/") => &ids["user"],
         _ => &ids["device"],
     };
-    let path = rule.path.replace("{id}", id);
+    let path = rule.path.replace("{id}", id).replace("{seq}", &ids["seq"]);
     // The one route with a required query parameter.
     if rule.path.ends_with("/chart.svg") {
         return format!("{path}?metric=cpu_usage_percent");
@@ -131,6 +131,7 @@ fn body_for(rule: &RouteRule, run: usize) -> Option<Value> {
         .unwrap();
     match (rule.method, rule.path) {
         ("PATCH", "/v1/tenant") => Some(json!({ "record_retention_days": 30 })),
+        ("POST", "/v1/audit-events/{seq}/erase") => Some(json!({ "reason": "matrix" })),
         ("POST", "/v1/api-keys") => Some(json!({ "name": "made", "role": "auditor" })),
         ("POST", "/v1/enrollment-tokens") => Some(json!({
             "name": "t", "allowed_cidrs": ["127.0.0.0/8"], "daily_limit": 1, "expires_at": expires,
@@ -312,6 +313,9 @@ async fn run_matrix(fleet: &Fleet, lab_id: &str, callers: &[(Role, bool, Credent
                 ("group", group_id),
                 ("device", device.clone()),
                 ("user", user),
+                // Every run appends events (the spare key, token and group above), so event
+                // 2 + run exists and no earlier run erased it.
+                ("seq", (run + 2).to_string()),
             ]);
             let path = concrete(rule, &ids);
             let answer = call_as(

@@ -11,7 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use store::audit::{self, AuditEvent, AuditFilter, ChainVerdict, Target};
 use store::audit_checkpoints::{self, Checkpoint};
 use store::DeviceId;
@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, NoQuery, Page, Query};
+use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// Events read per transaction while exporting.
@@ -46,6 +46,12 @@ pub struct AuditEventView {
     pub prev_hash: String,
     /// SHA-256 of `prev_hash` and the event's canonical encoding (lowercase hex).
     pub hash: String,
+    /// The canonical encoding the hash was computed with: 1 (details hashed as they are) or 2
+    /// (their SHA-256 hashed, so they can be erased).
+    pub canonical_version: i16,
+    /// The seq of the `audit.erase` event that replaced `details` by a tombstone
+    /// (`{"erased":true,"details_sha256":..,"by_event":..}`), if any.
+    pub erased_by: Option<i64>,
 }
 
 impl From<AuditEvent> for AuditEventView {
@@ -61,6 +67,8 @@ impl From<AuditEvent> for AuditEventView {
             details,
             prev_hash: hex(&e.prev_hash),
             hash: hex(&e.hash),
+            canonical_version: e.canonical_version,
+            erased_by: e.erased_by,
         }
     }
 }
@@ -211,7 +219,7 @@ pub(crate) async fn verify(
     params(("since" = Option<String>, Query, format = DateTime, description = "occurred at or after (RFC 3339)"),
            ("until" = Option<String>, Query, format = DateTime, description = "occurred before (RFC 3339)")),
     responses((status = 200, content_type = "text/csv", body = String,
-               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash; last record checkpoint,<checkpoint JSON>"),
+               description = "header tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,canonical_version,erased_by; last record checkpoint,<checkpoint JSON>"),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 pub(crate) async fn export_csv(
@@ -521,6 +529,42 @@ pub(crate) async fn create_checkpoint(
     Ok((answer.0, Json(CheckpointView::from(&answer.1))))
 }
 
+/// Why an event's details are erased.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {
+    /// Recorded in the `audit.erase` event, e.g. the erasure request's reference (1 to 1000
+    /// bytes, no control characters). Must not itself carry the personal data.
+    pub reason: String,
+}
+
+/// Erases the personal data in an event: its details become a tombstone carrying their SHA-256,
+/// so its hash, the chain and every signed checkpoint still verify. The erasure is itself an
+/// `audit.erase` event, which is returned. Only events written with canonical version 2 can be
+/// erased (422 for older ones); 409 when erased already.
+#[utoipa::path(post, path = "/v1/audit-events/{seq}/erase", tag = "audit", request_body = EraseRequest,
+    params(("seq" = i64, Path, description = "the event's seq")),
+    responses((status = 201, body = AuditEventView), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub(crate) async fn erase(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    _no_query: NoQuery,
+    axum::extract::Path(seq): axum::extract::Path<String>,
+    ApiJson(request): ApiJson<EraseRequest>,
+) -> Result<(StatusCode, Json<AuditEventView>), ApiError> {
+    let seq: i64 = seq
+        .parse()
+        .ok()
+        .filter(|seq| *seq >= 1)
+        .ok_or(ApiError::ResourceNotFound("audit event"))?;
+    let mut tx = caller.begin(&ctx).await?;
+    let erasure = audit::erase(&mut tx, seq, &request.reason, &caller.actor()).await?;
+    tx.commit().await?;
+    tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), seq, "audit event details erased");
+    Ok((StatusCode::CREATED, Json(AuditEventView::from(erasure))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +584,8 @@ mod tests {
             details: details.into(),
             prev_hash: [0; 32],
             hash: [0xab; 32],
+            canonical_version: 2,
+            erased_by: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct TenantView {
     /// The most devices connected at once on one gateway; a further device's CONNECT is
     /// refused (CONNACK 0x03) until one disconnects. A reconnecting device is never refused.
     pub max_device_connections: i32,
+    /// Days audit events are kept; older ones are removed only behind a signed checkpoint
+    /// covering them, which the remaining chain then starts from.
+    pub audit_retention_days: i32,
     /// A person's session unused this long ends (seconds; 8 hours by default).
     pub session_idle_timeout_secs: i64,
     /// A person's session this old ends, used or not (seconds; 30 days by default).
@@ -48,6 +51,7 @@ impl TenantView {
             created_at: rfc3339(s.tenant.created_at),
             record_retention_days: s.record_retention_days,
             max_device_connections: s.max_device_connections,
+            audit_retention_days: s.audit_retention_days,
             session_idle_timeout_secs: people.idle_timeout.whole_seconds(),
             session_absolute_timeout_secs: people.absolute_timeout.whole_seconds(),
             totp_required_for_all: people.totp_required_for_all,
@@ -69,6 +73,9 @@ pub struct TenantUpdate {
     /// connections at once; connected devices above a lowered quota stay connected.
     #[schema(minimum = 1, maximum = 10_000_000)]
     pub max_device_connections: Option<i32>,
+    /// Days to keep audit events, 30 to 36500 (365 by default).
+    #[schema(minimum = 30, maximum = 36_500)]
+    pub audit_retention_days: Option<i32>,
     /// Seconds a person's session may stay unused, 60 to 2592000.
     #[schema(minimum = 60, maximum = 2_592_000)]
     pub session_idle_timeout_secs: Option<i32>,
@@ -96,7 +103,7 @@ pub(crate) async fn show(
     Ok(Json(TenantView::new(settings, people)))
 }
 
-/// Changes the tenant's name, record retention, connection quota, or people's session lifetimes
+/// Changes the tenant's name, record or audit retention, connection quota, or people's session lifetimes
 /// and TOTP rule.
 #[utoipa::path(patch, path = "/v1/tenant", tag = "tenant", request_body = TenantUpdate,
     responses((status = 200, body = TenantView), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -112,6 +119,7 @@ pub(crate) async fn update(
         record_retention_days: update.record_retention_days,
         max_device_connections: update.max_device_connections,
         siem_forwarding: update.siem_forwarding,
+        audit_retention_days: update.audit_retention_days,
     };
     let people_change = (
         update.session_idle_timeout_secs,

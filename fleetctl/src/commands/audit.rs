@@ -38,6 +38,25 @@ pub enum AuditCommand {
     Checkpoint,
     /// Print the public key that verifies checkpoints (PEM), from fleetd's checkpoint key file.
     PublicKey(PublicKeyArgs),
+    /// Erase the personal data in an event (owner or admin): its details become a tombstone
+    /// with their SHA-256, so the chain and the checkpoints still verify; audited as
+    /// audit.erase. Events written before canonical version 2 cannot be erased.
+    Erase(EraseArgs),
+    /// Remove events older than each tenant's audit retention, only up to the newest signed
+    /// checkpoint covering them (on the database: every tenant, or --tenant's); audited as
+    /// audit.prune. Verification then starts from that checkpoint.
+    Prune,
+}
+
+/// `fleetctl audit erase`.
+#[derive(Args)]
+pub struct EraseArgs {
+    /// The event's seq.
+    #[arg(value_name = "SEQ")]
+    seq: u64,
+    /// Why, e.g. the erasure request's reference (recorded; must not hold the personal data).
+    #[arg(long)]
+    reason: String,
 }
 
 /// `fleetctl audit verify`.
@@ -158,6 +177,13 @@ pub async fn run(ctx: &Ctx, command: AuditCommand) -> Result<(), Failure> {
         AuditCommand::Export(args) => export(ctx, args).await,
         AuditCommand::Checkpoint => checkpoint(ctx).await,
         AuditCommand::PublicKey(args) => public_key(ctx, args),
+        AuditCommand::Erase(args) => erase(ctx, args).await,
+        AuditCommand::Prune => match ctx.database_location()? {
+            Some(location) => prune_on_database(ctx, &location).await,
+            None => Err(Failure::usage(
+                "audit prune runs on the database: give --data-dir or --database-url",
+            )),
+        },
     }
 }
 
@@ -447,6 +473,68 @@ fn report_verdicts(
         ));
     }
     Ok(())
+}
+
+async fn erase(ctx: &Ctx, args: EraseArgs) -> Result<(), Failure> {
+    let api = ctx.api("audit erase").await?;
+    let path = format!("v1/audit-events/{}/erase", args.seq);
+    let value = api.post(&path, &json!({ "reason": args.reason })).await?;
+    show(ctx, &value, || {
+        let mut table = Table::new(&["SEQ", "ACTION", "TARGET", "ACTOR"]);
+        table.row(vec![
+            value["seq"].to_string(),
+            value["action"].as_str().unwrap_or("-").to_owned(),
+            value["target"].as_str().unwrap_or("-").to_owned(),
+            value["actor"].as_str().unwrap_or("-").to_owned(),
+        ]);
+        Ok(table.render())
+    })
+}
+
+async fn prune_on_database(ctx: &Ctx, location: &Location) -> Result<(), Failure> {
+    let actor = db::operator()?;
+    let database = db::open(location).await?;
+    let outcome = async {
+        let chosen = match ctx.tenant() {
+            Some(wanted) => vec![db::find_tenant(&database, wanted).await?],
+            None => database.admin()?.list_tenants().await?,
+        };
+        let mut rows = Vec::new();
+        for tenant in chosen {
+            let mut tx = database.app.begin(tenant.id).await?;
+            let pruned = audit::prune(&mut tx, &actor).await?;
+            tx.commit().await?;
+            rows.push((tenant, pruned));
+        }
+        Ok::<_, Failure>(rows)
+    }
+    .await;
+    let closed = db::close(database).await;
+    let rows = outcome?;
+    closed?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|(tenant, pruned)| {
+            json!({
+                "tenant_id": tenant.id.to_string(), "name": tenant.name,
+                "anchor_seq": pruned.anchor_seq, "deleted": pruned.deleted,
+                "event_seq": pruned.event_seq,
+            })
+        })
+        .collect();
+    let value = json!({ "items": items });
+    show(ctx, &value, || {
+        let mut table = Table::new(&["TENANT", "NAME", "DELETED", "ANCHOR SEQ"]);
+        for (tenant, pruned) in &rows {
+            table.row(vec![
+                tenant.id.to_string(),
+                tenant.name.clone(),
+                pruned.deleted.to_string(),
+                pruned.anchor_seq.to_string(),
+            ]);
+        }
+        Ok(table.render())
+    })
 }
 
 async fn checkpoint(ctx: &Ctx) -> Result<(), Failure> {

@@ -47,6 +47,10 @@ pub enum TenantCommand {
         /// Forward the tenant's audit trail to the installation's SIEM collector (`on`/`off`).
         #[arg(long, value_name = "on|off", group = "change", value_parser = parse_on_off)]
         siem_forwarding: Option<bool>,
+        /// How long audit events are kept, in days (30 to 36500; 365 by default); older ones
+        /// are removed only behind a signed checkpoint (`fleetctl audit prune`).
+        #[arg(long, value_name = "DAYS", group = "change")]
+        audit_retention_days: Option<u32>,
     },
 }
 
@@ -60,6 +64,7 @@ struct TenantView {
     record_retention_days: Option<i64>,
     max_device_connections: Option<i64>,
     siem_forwarding: Option<bool>,
+    audit_retention_days: Option<i64>,
 }
 
 /// Runs `fleetctl tenant ...`.
@@ -73,6 +78,7 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             record_retention_days,
             max_device_connections,
             siem_forwarding,
+            audit_retention_days,
         } => {
             let api = ctx.api("tenant set").await?;
             let mut body = Map::new();
@@ -87,6 +93,9 @@ pub async fn run(ctx: &Ctx, command: TenantCommand) -> Result<(), Failure> {
             }
             if let Some(on) = siem_forwarding {
                 body.insert("siem_forwarding".into(), json!(on));
+            }
+            if let Some(days) = audit_retention_days {
+                body.insert("audit_retention_days".into(), json!(days));
             }
             let value = api.patch("v1/tenant", &Value::Object(body)).await?;
             render(ctx, value)
@@ -119,6 +128,11 @@ fn render(ctx: &Ctx, value: Value) -> Result<(), Failure> {
                     Some(false) => "off",
                     None => "-",
                 },
+            )
+            .field(
+                "audit retention",
+                t.audit_retention_days
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d} days")),
             );
         Ok(fields.render())
     })

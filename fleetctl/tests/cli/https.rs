@@ -812,7 +812,7 @@ async fn audit_events_are_listed_verified_and_exported() {
     let csv = fleet.ctl(&["audit", "export"]).await.ok();
     assert_eq!(
         csv.lines().next(),
-        Some("tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash")
+        Some("tenant_id,seq,occurred_at,occurred_at_micros,actor,action,target,details,prev_hash,hash,canonical_version,erased_by")
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.csv");
