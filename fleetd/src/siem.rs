@@ -569,6 +569,8 @@ mod tests {
             details: details.into(),
             prev_hash: [0xab; 32],
             hash: [0x01; 32],
+            canonical_version: 2,
+            erased_by: None,
         }
     }
 
