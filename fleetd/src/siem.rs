@@ -538,19 +538,9 @@ fn header_field(text: &str, max: usize) -> String {
     }
 }
 
-/// RFC 5424 TIMESTAMP in UTC with microseconds (the audit trail's resolution).
+/// RFC 5424 TIMESTAMP: the audit trail's own UTC form with microseconds, which RFC 5424 allows.
 fn timestamp(at: OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.microsecond(),
-    )
+    store::audit::rfc3339_micros(at)
 }
 
 #[cfg(test)]

@@ -117,9 +117,12 @@ fn concrete(rule: &RouteRule, ids: &BTreeMap<&str, String>) -> String {
         _ => &ids["device"],
     };
     let path = rule.path.replace("{id}", id).replace("{seq}", &ids["seq"]);
-    // The one route with a required query parameter.
+    // The routes with required query parameters.
     if rule.path.ends_with("/chart.svg") {
         return format!("{path}?metric=cpu_usage_percent");
+    }
+    if rule.path == "/v1/reports/evidence" {
+        return format!("{path}?from=2026-01-01T00:00:00Z&to=2100-01-01T00:00:00Z");
     }
     path
 }

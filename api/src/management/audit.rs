@@ -94,7 +94,9 @@ pub enum ChainStatusView {
     Broken {
         /// The seq of the first broken row.
         seq: i64,
-        /// `content_changed`, `link_broken`, `row_missing`, `head_mismatch` or `head_missing`.
+        /// `content_changed`, `link_broken`, `row_missing`, `head_mismatch`, `head_missing`, or,
+        /// against signed checkpoints, `checkpoint_signature_invalid`, `checkpoint_mismatch`,
+        /// `behind_checkpoint` or `anchor_unsigned`.
         #[schema(example = "content_changed")]
         reason: String,
         /// The reason, for people.
