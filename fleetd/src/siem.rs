@@ -204,8 +204,9 @@ impl Forwarder {
         let mut rewinds: HashMap<TenantId, i64> = HashMap::new();
         tracing::info!(collector = %format!("{}:{}", self.host, self.port), "SIEM forwarding on");
         loop {
-            if *stop.borrow() {
-                return;
+            let stopped = *stop.borrow();
+            if stopped {
+                return self.rewind_before_stopping(&mut rewinds).await;
             }
             let ended = match self.write_rewinds(&mut rewinds).await {
                 Err(e) => Ended::Database(e),
@@ -243,12 +244,8 @@ impl Forwarder {
             let delay = match ended {
                 Ended::Stopped => return,
                 Ended::Failed(e) if *stop.borrow() => {
-                    // Stopping: write the move back now, there is no next connection.
                     tracing::warn!(error = %format!("{e:#}"), "SIEM collector connection failed");
-                    if let Err(e) = self.write_rewinds(&mut rewinds).await {
-                        tracing::error!(error = %format!("{e:#}"), "SIEM cursor not moved back");
-                    }
-                    return;
+                    return self.rewind_before_stopping(&mut rewinds).await;
                 }
                 Ended::Failed(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "SIEM collector connection failed");
@@ -259,10 +256,21 @@ impl Forwarder {
                     backoff.next_delay()
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+            let stopped = tokio::select! {
+                () = tokio::time::sleep(delay) => false,
+                _ = stop.wait_for(|stop| *stop) => true,
+            };
+            if stopped {
+                return self.rewind_before_stopping(&mut rewinds).await;
             }
+        }
+    }
+
+    /// Stopping with a move back still planned (a connection failed, and the stop came before
+    /// the next attempt): write it now, since there is no next connection to write it before.
+    async fn rewind_before_stopping(&self, rewinds: &mut HashMap<TenantId, i64>) {
+        if let Err(e) = self.write_rewinds(rewinds).await {
+            tracing::error!(error = %format!("{e:#}"), "SIEM cursor not moved back");
         }
     }
 

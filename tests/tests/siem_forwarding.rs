@@ -421,3 +421,57 @@ async fn a_collector_requiring_mutual_tls_gets_events_only_with_the_client_certi
     assert!(format!("{err:#}").contains("go together"), "{err:#}");
     database.close().await.unwrap();
 }
+
+/// The case as one story: the collector is down for a while (it crashed holding bytes it
+/// never read) and fleetd is restarted before it comes back; every event still arrives, and after
+/// de-duplication by seq each exactly once, as stored.
+#[tokio::test]
+async fn a_collector_down_across_a_fleetd_restart_still_gets_every_event() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca(dir.path());
+    let mut rsyslog = Rsyslog::start(dir.path(), &ca).await;
+    let data_dir = fleet_tests::data_dir();
+    let mut config =
+        fleetd::Config::on_ephemeral_loopback_ports(data_dir.path(), db.url().parse().unwrap());
+    config.siem = siem_settings(dir.path(), &ca, rsyslog.port);
+
+    let running = fleetd::start(config.clone()).await.unwrap();
+    let app = running.database().app.clone();
+    let forwarded = tenant(&app, "forwarded", true).await;
+    append(&app, forwarded, 10).await;
+    rsyslog
+        .wait_until(ARRIVAL, |r| complete(r, forwarded, 12))
+        .await;
+    // Written into the kernel's buffers but never read, then lost with the collector.
+    rsyslog.pause();
+    append(&app, forwarded, 8).await;
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    while cursor(&app, forwarded).await < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "never flushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rsyslog.kill();
+    append(&app, forwarded, 5).await;
+    // fleetd restarts while the collector is still down, and events keep coming.
+    running.shutdown().await.unwrap();
+    let running = fleetd::start(config).await.unwrap();
+    let app = running.database().app.clone();
+    append(&app, forwarded, 3).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rsyslog.restart().await;
+    append(&app, forwarded, 2).await;
+    let received = rsyslog
+        .wait_until(ARRIVAL, |r| complete(r, forwarded, 30))
+        .await;
+    let stored = events(&app, forwarded).await;
+    assert_eq!(stored.len(), 30);
+    let duplicates = check_arrived(&received, &stored);
+    println!("collector down across a fleetd restart: 30 events, {duplicates} duplicates");
+    assert_eq!(
+        by_seq(&received, forwarded).len(),
+        30,
+        "each seq once after de-duplication"
+    );
+    running.shutdown().await.unwrap();
+}
