@@ -4,12 +4,15 @@
     tools/verify_audit_export.py EXPORT.jsonl --public-key audit-checkpoint.pub.pem
 
 The export is `GET /v1/audit-events.jsonl` (or `fleetctl audit export --format jsonl`): one
-event record per line from seq 1, then the checkpoint record that covers them. This script uses
+event record per line from seq 1, then the checkpoint record that covers them. When old events
+were removed (audit retention), the first line is an anchor record: the signed checkpoint the
+remaining chain starts from, whose last hash is the first event's `prev_hash`. This script uses
 only the Python standard library, and `openssl pkeyutl` (OpenSSL 3) for the Ed25519 signature.
 
 It checks that every event re-hashes to its `hash` (SHA-256 of `prev_hash` and the canonical
 encoding documented in store/src/audit.rs), that each `prev_hash` is the previous `hash` (32 zero
-bytes before seq 1), that the checkpoint is signed by the pinned public key (the signed bytes are
+bytes before seq 1, the anchor's last hash after a prune), that the checkpoints are signed by the
+pinned public key (the signed bytes are
 documented in store/src/audit_checkpoints.rs), that its hashes are the events' hashes, and that
 the export reaches the checkpoint's seq. Exit status 0: intact; 1: broken (the first bad seq and
 the reason on standard output); 2: the file or the key cannot be read.
@@ -114,24 +117,47 @@ def signature_valid(pem_path, message, signature):
         return done.returncode == 0
 
 
+def signed(c, public_key, pem_path):
+    """Whether checkpoint `c` is consistent and signed by the pinned key."""
+    consistent = (
+        c.get("version") == 1
+        and 1 <= c["first_seq"] <= c["seq"]
+        and len(c["event_hashes"]) == c["seq"] - c["first_seq"] + 1
+        and c["event_hashes"][-1] == c["last_hash"]
+        and c["key_fingerprint"] == hashlib.sha256(public_key).hexdigest()
+    )
+    return consistent and signature_valid(pem_path, checkpoint_bytes(c), bytes.fromhex(c["signature"]))
+
+
 def verify(lines, pem_path):
     """The number of events and the checkpoint's seq; raises Broken at the first bad seq."""
     with open(pem_path, encoding="ascii") as f:
         public_key = raw_public_key(f.read())
-    events, checkpoint = [], None
+    anchor, events, checkpoint = None, [], None
     for number, line in enumerate(lines, 1):
         record = json.loads(line)
         kind = record.get("record")
-        if kind == "event" and checkpoint is None:
+        if kind == "anchor" and number == 1:
+            anchor = record["checkpoint"]
+        elif kind == "event" and checkpoint is None:
             events.append(record)
         elif kind == "checkpoint" and checkpoint is None:
             checkpoint = record["checkpoint"]
         else:
-            raise ValueError(f"line {number}: not an event or the one checkpoint at the end")
+            raise ValueError(f"line {number}: not the anchor first, an event or the one checkpoint at the end")
 
-    prev = GENESIS
+    prev, first = GENESIS, 1
+    if anchor is not None:
+        if not signed(anchor, public_key, pem_path):
+            raise Broken(anchor["seq"], "checkpoint_signature_invalid")
+        prev, first = bytes.fromhex(anchor["last_hash"]), anchor["seq"] + 1
+    elif events and events[0]["seq"] > 1:
+        # Events were removed, and no signed checkpoint vouches for where the rest starts.
+        raise Broken(events[0]["seq"] - 1, "anchor_unsigned")
     tenant = events[0]["tenant_id"] if events else None
-    for expected, event in enumerate(events, 1):
+    if anchor is not None and tenant is not None and anchor["tenant_id"] != tenant:
+        raise Broken(anchor["seq"], "checkpoint_mismatch")
+    for expected, event in enumerate(events, first):
         if event["seq"] != expected:
             raise Broken(expected, "row_missing")
         if event["tenant_id"] != tenant:
@@ -143,27 +169,23 @@ def verify(lines, pem_path):
             raise Broken(event["seq"], "content_changed")
         prev = recomputed
 
+    last = first + len(events) - 1
     if checkpoint is None:
-        raise Broken(len(events) + 1, "no checkpoint covers this export")
+        raise Broken(last + 1, "no checkpoint covers this export")
     c = checkpoint
-    consistent = (
-        c.get("version") == 1
-        and 1 <= c["first_seq"] <= c["seq"]
-        and len(c["event_hashes"]) == c["seq"] - c["first_seq"] + 1
-        and c["event_hashes"][-1] == c["last_hash"]
-        and c["key_fingerprint"] == hashlib.sha256(public_key).hexdigest()
-    )
-    if not consistent or not signature_valid(pem_path, checkpoint_bytes(c), bytes.fromhex(c["signature"])):
+    if not signed(c, public_key, pem_path):
         raise Broken(c["seq"], "checkpoint_signature_invalid")
     if tenant is not None and c["tenant_id"] != tenant:
         raise Broken(c["seq"], "checkpoint_mismatch")
     for offset, listed in enumerate(c["event_hashes"]):
         seq = c["first_seq"] + offset
-        if seq > len(events):
-            raise Broken(len(events) + 1, "behind_checkpoint")
-        if events[seq - 1]["hash"] != listed:
+        if seq < first:
+            continue  # removed behind the anchor, which is signed itself
+        if seq > last:
+            raise Broken(last + 1, "behind_checkpoint")
+        if events[seq - first]["hash"] != listed:
             raise Broken(seq, "checkpoint_mismatch")
-    return len(events), c["seq"]
+    return first, last, c["seq"]
 
 
 def main():
@@ -174,16 +196,17 @@ def main():
     try:
         with open(args.export, encoding="utf-8") as f:
             lines = [line for line in f.read().split("\n") if line]
-        events, covered = verify(lines, args.public_key)
+        first, last, covered = verify(lines, args.public_key)
     except Broken as broken:
         print(f"broken at seq {broken.seq}: {broken.reason}")
         return 1
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"cannot verify: {e}", file=sys.stderr)
         return 2
-    print(f"intact: {events} events, signed checkpoint through seq {covered}")
-    if covered < events:
-        print(f"note: events {covered + 1}..{events} are after the checkpoint (not yet signed)")
+    start = f", from the signed anchor at seq {first - 1}" if first > 1 else ""
+    print(f"intact: {last - first + 1} events{start}, signed checkpoint through seq {covered}")
+    if covered < last:
+        print(f"note: events {covered + 1}..{last} are after the checkpoint (not yet signed)")
     return 0
 
 

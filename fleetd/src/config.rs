@@ -512,6 +512,10 @@ pub struct AuditSettings {
     /// or an append-only store. `None`: `<data_dir>/audit-checkpoints`.
     #[serde(deserialize_with = "empty_is_none")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Time between audit retention runs (the first at start): each prunes every tenant's events
+    /// past its `audit_retention_days`, behind the newest signed checkpoint covering them.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
 }
 
 impl Default for AuditSettings {
@@ -520,6 +524,7 @@ impl Default for AuditSettings {
             checkpoint_interval: Duration::from_secs(300),
             checkpoint_key: None,
             checkpoint_dir: None,
+            prune_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -1102,6 +1107,9 @@ impl Config {
         if self.audit.checkpoint_interval < Duration::from_secs(1) {
             return reject("audit.checkpoint_interval", "must be at least 1s");
         }
+        if self.audit.prune_interval < Duration::from_secs(60) {
+            return reject("audit.prune_interval", "must be at least 1m");
+        }
         if let Some((field, reason)) = self
             .connections
             .invalid_field()
@@ -1545,7 +1553,7 @@ audit_tail_check_rows = {audit_tail_check_rows}
 # Ed25519 key kept outside the database, and writes each checkpoint to the database and as a file.
 # `fleetctl audit verify --checkpoints DIR --public-key FILE` then detects a rewritten event, a cut
 # tail or a forged checkpoint. Environment: FLEETD_AUDIT__CHECKPOINT_INTERVAL,
-# FLEETD_AUDIT__CHECKPOINT_KEY, FLEETD_AUDIT__CHECKPOINT_DIR.
+# FLEETD_AUDIT__CHECKPOINT_KEY, FLEETD_AUDIT__CHECKPOINT_DIR, FLEETD_AUDIT__PRUNE_INTERVAL.
 [audit]
 # Time between checkpoint runs (at least 1s).
 checkpoint_interval = "{checkpoint_interval}"
@@ -1555,6 +1563,10 @@ checkpoint_interval = "{checkpoint_interval}"
 # Where each checkpoint is also written, as <tenant>/<seq>.json, never overwritten: best another
 # mount (or an append-only share). Default (unset): <data_dir>/audit-checkpoints.
 # checkpoint_dir = "/mnt/audit/fleetplane"
+# Time between audit retention runs, the first at start (at least 1m). Each removes the events of
+# every tenant older than its audit_retention_days (a tenant setting, default 365), but only behind
+# the newest signed checkpoint that covers them; verification then starts from that checkpoint.
+prune_interval = "{prune_interval}"
 # --- [api]: API keys, and when /readyz says ready. -------------------------------------------
 # Environment: FLEETD_API__<KEY>, e.g. FLEETD_API__READY_MAX_INGEST_LAG=1m.
 [api]
@@ -1633,6 +1645,7 @@ resend_window = {siem_resend_window}"#,
         retention = documented(&d.retention, RETENTION_DOCS),
         api = documented(&d.api, API_DOCS),
         checkpoint_interval = humantime::format_duration(d.audit.checkpoint_interval),
+        prune_interval = humantime::format_duration(d.audit.prune_interval),
         backup_enabled = d.backup.enabled,
         backup_interval = humantime::format_duration(d.backup.interval),
         backup_keep = d.backup.keep,
@@ -1998,6 +2011,7 @@ mod tests {
     fn the_audit_section_defaults_under_the_data_dir_and_reads_its_keys() {
         let d = Config::default();
         assert_eq!(d.audit.checkpoint_interval, Duration::from_secs(300));
+        assert_eq!(d.audit.prune_interval, Duration::from_secs(24 * 3600));
         assert_eq!(
             d.audit_checkpoint_key(),
             d.data_dir.join("audit-checkpoint.key")
@@ -2010,7 +2024,7 @@ mod tests {
         let path = dir.path().join("fleetd.toml");
         std::fs::write(
             &path,
-            "[audit]\ncheckpoint_interval = \"1m\"\ncheckpoint_key = \"/k/audit.key\"\ncheckpoint_dir = \"/mnt/audit\"",
+            "[audit]\ncheckpoint_interval = \"1m\"\ncheckpoint_key = \"/k/audit.key\"\ncheckpoint_dir = \"/mnt/audit\"\nprune_interval = \"6h\"",
         )
         .unwrap();
         let config =
@@ -2018,10 +2032,15 @@ mod tests {
         assert_eq!(config.audit.checkpoint_interval, Duration::from_secs(60));
         assert_eq!(config.audit_checkpoint_key(), PathBuf::from("/k/audit.key"));
         assert_eq!(config.audit_checkpoint_dir(), PathBuf::from("/mnt/audit"));
+        assert_eq!(config.audit.prune_interval, Duration::from_secs(6 * 3600));
         std::env::set_var("CONFIGTEST_AUDITBAD_AUDIT__CHECKPOINT_INTERVAL", "0s");
         let err =
             Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_AUDITBAD_").unwrap_err();
         assert_eq!(err.field().as_deref(), Some("audit.checkpoint_interval"));
+        std::env::set_var("CONFIGTEST_PRUNEBAD_AUDIT__PRUNE_INTERVAL", "30s");
+        let err =
+            Config::load_with_env(None, &Overrides::default(), "CONFIGTEST_PRUNEBAD_").unwrap_err();
+        assert_eq!(err.field().as_deref(), Some("audit.prune_interval"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! in that order, until it is told to stop.
 
 mod audit_checkpoints;
+mod audit_retention;
 mod backups;
 pub mod config;
 mod crl_file;

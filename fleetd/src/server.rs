@@ -29,6 +29,8 @@ pub struct Running {
     clock: api::Clock,
     /// Signs audit checkpoints every `audit.checkpoint_interval` and once at shutdown.
     checkpoints: JoinHandle<()>,
+    /// Prunes audit events past each tenant's retention, at start and every `audit.prune_interval`.
+    audit_prune: JoinHandle<()>,
 }
 
 /// The device side: where device messages come from, ingest, and the background tasks.
@@ -118,8 +120,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         checkpointer,
         database.app.clone(),
         config.audit.checkpoint_interval,
-        stopped,
+        stopped.clone(),
     );
+    let audit_prune =
+        crate::audit_retention::spawn(database.app.clone(), config.audit.prune_interval, stopped);
     tracing::info!(
         api = %format!("https://{api_addr}"),
         broker = %devices.broker_addr().map_or_else(|| config.external_broker.url.as_ref().map(ToString::to_string).unwrap_or_default(), |addr| format!("mqtts://{addr}")),
@@ -138,6 +142,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         devices,
         clock,
         checkpoints,
+        audit_prune,
     })
 }
 
@@ -625,6 +630,9 @@ impl Running {
         // The last checkpoint covers what the requests just finished wrote.
         if let Err(e) = self.checkpoints.await {
             tracing::error!(error = %e, "audit checkpoint task failed");
+        }
+        if let Err(e) = self.audit_prune.await {
+            tracing::error!(error = %e, "audit retention task failed");
         }
         self.devices.stop().await;
         self.database

@@ -767,6 +767,16 @@ pub async fn prune(tx: &mut TenantTx, actor: &Actor) -> Result<PruneOutcome, Sto
     })
 }
 
+/// The tenants [`prune`] may have something to remove for: their oldest event is past their
+/// retention and a signed checkpoint lies after their anchor. At most `max` of them, across
+/// tenants, through the narrow definer function of migration 0019 (fleetd's daily prune task).
+pub async fn tenants_due_for_prune(
+    app: &crate::AppDb,
+    max: i32,
+) -> Result<Vec<TenantId>, StoreError> {
+    crate::device_directory::definer_tenant_ids(app, "SELECT fleet_audit_prune_due($1)", max).await
+}
+
 pub(crate) fn check_link(
     event: &AuditEvent,
     expected_seq: i64,
@@ -997,7 +1007,9 @@ pub fn csv_checkpoint_record(checkpoint: &crate::audit_checkpoints::Checkpoint) 
 ///
 /// # JSON Lines export
 ///
-/// One JSON object per line, LF-terminated: first every event, by seq from 1, as
+/// One JSON object per line, LF-terminated: when events were pruned, first
+/// `{"record":"anchor","checkpoint":{..}}`, the signed checkpoint the chain starts from
+/// ([`jsonl_anchor_line`]); then every event, by seq from 1 (or from the anchor's seq + 1), as
 /// `{"record":"event","tenant_id":..,"seq":..,"occurred_at":..,"occurred_at_micros":..,
 /// "actor":..,"action":..,"target":..,"details":..,"prev_hash":..,"hash":..}` where `details`
 /// is the exact JSON text hashed, as a JSON string, and the hashes are lowercase hex; then, if a
@@ -1026,6 +1038,15 @@ pub fn jsonl_event_line(event: &AuditEvent) -> String {
     out
 }
 
+/// The first line of a JSON Lines export of a pruned chain: the signed checkpoint it is anchored
+/// at, whose last hash is the first event's `prev_hash`.
+pub fn jsonl_anchor_line(checkpoint: &crate::audit_checkpoints::Checkpoint) -> String {
+    let line = serde_json::json!({ "record": "anchor", "checkpoint": checkpoint.to_document() });
+    let mut out = line.to_string();
+    out.push('\n');
+    out
+}
+
 /// The last line of a JSON Lines export: the covering checkpoint.
 pub fn jsonl_checkpoint_line(checkpoint: &crate::audit_checkpoints::Checkpoint) -> String {
     let line =
@@ -1042,6 +1063,8 @@ pub struct JsonlExport {
     pub events: Vec<AuditEvent>,
     /// The covering checkpoint, not yet checked.
     pub checkpoint: Option<crate::audit_checkpoints::Checkpoint>,
+    /// The checkpoint a pruned chain is anchored at, not yet checked.
+    pub anchor: Option<crate::audit_checkpoints::Checkpoint>,
 }
 
 /// One exported event line.
@@ -1115,17 +1138,22 @@ pub fn parse_jsonl(text: &str) -> Result<JsonlExport, StoreError> {
                     erased_by: e.erased_by,
                 });
             }
-            Some("checkpoint") => {
+            Some(kind @ ("checkpoint" | "anchor")) => {
                 let doc: crate::audit_checkpoints::CheckpointDocument = value
                     .get("checkpoint")
                     .cloned()
                     .map(serde_json::from_value)
                     .transpose()
                     .map_err(|e| bad(e.to_string()))?
-                    .ok_or_else(|| bad("checkpoint record without a checkpoint".into()))?;
-                export.checkpoint = Some(doc.try_into()?);
+                    .ok_or_else(|| bad(format!("{kind} record without a checkpoint")))?;
+                let slot = match kind {
+                    "anchor" if number == 1 => &mut export.anchor,
+                    "anchor" => return Err(bad("the anchor record is not the first line".into())),
+                    _ => &mut export.checkpoint,
+                };
+                *slot = Some(doc.try_into()?);
             }
-            _ => return Err(bad("not an event or checkpoint record".into())),
+            _ => return Err(bad("not an anchor, event or checkpoint record".into())),
         }
     }
     Ok(export)

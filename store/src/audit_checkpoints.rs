@@ -421,16 +421,24 @@ pub async fn latest_through(
     row.map(|row| from_row(tenant, row)).transpose()
 }
 
+/// The signed checkpoint the transaction's tenant chain is anchored at after a prune
+/// ([`crate::audit::anchor`]): `None` when nothing was pruned, or when no stored checkpoint
+/// matches the anchor (then a verifier reports `anchor_unsigned`).
+pub async fn anchor_checkpoint(tx: &mut TenantTx) -> Result<Option<Checkpoint>, StoreError> {
+    let anchor = crate::audit::anchor(tx).await?;
+    if anchor.seq == 0 {
+        return Ok(None);
+    }
+    Ok(latest_through(tx, anchor.seq)
+        .await?
+        .filter(|c| c.seq == anchor.seq && c.last_hash == anchor.hash))
+}
+
 /// The tenants with events after their last checkpoint, at most `max` of them (across tenants,
 /// through the narrow definer function of migration 0014).
 pub async fn tenants_due(app: &AppDb, max: i32) -> Result<Vec<TenantId>, StoreError> {
-    let mut tx = crate::device_directory::begin_without_tenant(app).await?;
-    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT fleet_audit_checkpoints_due($1)")
-        .bind(max)
-        .fetch_all(tx.conn())
-        .await?;
-    tx.commit().await?;
-    Ok(ids.into_iter().map(TenantId).collect())
+    crate::device_directory::definer_tenant_ids(app, "SELECT fleet_audit_checkpoints_due($1)", max)
+        .await
 }
 
 /// The file of a checkpoint in a push directory: `<dir>/<tenant>/<seq>.json`.

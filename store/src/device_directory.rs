@@ -52,3 +52,19 @@ pub async fn lookup(app: &AppDb, devices: &[DeviceId]) -> Result<Vec<DirectoryEn
 pub(crate) async fn begin_without_tenant(app: &AppDb) -> Result<TenantTx, StoreError> {
     app.begin(TenantId(Uuid::nil())).await
 }
+
+/// The tenant ids a narrow definer function lists (`SELECT fn($1)` with `max` bound), outside
+/// any tenant (see [`begin_without_tenant`]): how fleetd's tasks find the tenants to visit.
+pub(crate) async fn definer_tenant_ids(
+    app: &AppDb,
+    query: &'static str,
+    max: i32,
+) -> Result<Vec<TenantId>, StoreError> {
+    let mut tx = begin_without_tenant(app).await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(query)
+        .bind(max)
+        .fetch_all(tx.conn())
+        .await?;
+    tx.commit().await?;
+    Ok(ids.into_iter().map(TenantId).collect())
+}

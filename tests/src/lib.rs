@@ -5,6 +5,7 @@
 //! its own (fsync off, in a temporary directory, gone when the test binary exits). Each
 //! [`TestDb`] creates its own database and drops it when dropped.
 
+pub mod audit_export;
 pub mod ceilings;
 pub mod device;
 pub mod enroll;

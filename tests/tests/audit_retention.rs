@@ -522,3 +522,180 @@ async fn audit_retention_is_a_tenant_setting_of_at_least_30_days_and_its_change_
     );
     db.close().await.unwrap();
 }
+
+/// Polls until `tenant`'s chain is anchored at `seq` (fleetd's retention task pruned it).
+async fn wait_for_anchor(db: &store::Database, tenant: TenantId, seq: i64) {
+    for _ in 0..100 {
+        let mut tx = db.app.begin(tenant).await.unwrap();
+        let anchor = audit::anchor(&mut tx).await.unwrap();
+        tx.rollback().await.unwrap();
+        if anchor.seq == seq {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("fleetd did not prune {tenant} up to seq {seq} within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetd_prunes_past_retention_at_start_and_its_export_re_verifies_with_python_from_the_anchor(
+) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let test_db = TestDb::new().await;
+    let db = test_db.open().await;
+    let (created, owner_key) = tenants::create_with_owner_key(
+        &db.app,
+        "retained",
+        &store::api_keys::KeyEnv::live(),
+        &Actor::System,
+    )
+    .await
+    .unwrap();
+    let tenant = created.id;
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    for i in 0..4 {
+        audit::append_for_tests(
+            &mut tx,
+            "operator:alice",
+            "user.invite",
+            "x",
+            &json!({ "i": i }),
+        )
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let old = events(&db, tenant).await.len() as i64;
+    age(&test_db, &db, tenant, 1, old).await;
+    // fleetd signs with the test's key and writes where the test reads.
+    let data_dir = fleet_tests::data_dir();
+    let checkpoint_dir = tempfile::tempdir().unwrap();
+    let anchor = checkpoint(&db, tenant, checkpoint_dir.path())
+        .await
+        .unwrap();
+    assert_eq!(anchor.seq, old);
+    let mut tx = db.app.begin(tenant).await.unwrap();
+    audit::append_for_tests(&mut tx, "operator:alice", "device.revoke", "y", &json!({}))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let key_file = data_dir.path().join("audit-checkpoint.key");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .unwrap()
+        .write_all(&[3; 32])
+        .unwrap();
+    let mut config = fleetd::Config::on_ephemeral_loopback_ports(
+        data_dir.path(),
+        test_db.url().parse().unwrap(),
+    );
+    config.audit.checkpoint_dir = Some(checkpoint_dir.path().to_owned());
+
+    let running = fleetd::start(config).await.unwrap();
+    wait_for_anchor(&db, tenant, anchor.seq).await;
+    let left = events(&db, tenant).await;
+    assert_eq!(left.first().unwrap().seq, anchor.seq + 1);
+    let pruned = left.last().unwrap();
+    assert_eq!(
+        (pruned.actor.as_str(), pruned.action.as_str()),
+        ("system", "audit.prune")
+    );
+    let details: Value = serde_json::from_str(&pruned.details).unwrap();
+    assert_eq!(details["through_seq"], anchor.seq);
+    assert_eq!(details["deleted"], anchor.seq);
+
+    let request = |method: &'static str, path: &'static str| {
+        let auth = format!("Bearer {}", owner_key.secret.expose());
+        let running = &running;
+        async move {
+            fleet_tests::https::https_request(
+                running.api_addr(),
+                &running.pki().issuing_ca,
+                method,
+                path,
+                &[("Authorization", &auth)],
+                b"",
+            )
+            .await
+        }
+    };
+    request("POST", "/v1/audit-checkpoints")
+        .await
+        .assert_status(201);
+    let export = request("GET", "/v1/audit-events.jsonl").await;
+    export.assert_status(200);
+    let text = export.text();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["record"], "anchor", "{text}");
+    assert_eq!(first["checkpoint"]["seq"], anchor.seq);
+    // The store's reader takes the anchor too, and the export verifies against the pushed files.
+    let parsed = audit::parse_jsonl(&text).unwrap();
+    assert_eq!(parsed.anchor.as_ref().map(|c| c.seq), Some(anchor.seq));
+    let mut verifier = audit_checkpoints::CheckpointVerifier::new(
+        tenant,
+        audit_checkpoints::read_dir(checkpoint_dir.path(), tenant).unwrap(),
+        &key().public_key(),
+    )
+    .unwrap();
+    let after = parsed.events.len() as i64;
+    assert_eq!(
+        audit::verify_exported(parsed.events, &mut verifier),
+        ChainVerdict::Intact { events: after }
+    );
+
+    // Outside fleetplane: the standalone script, with the pinned key.
+    let work = tempfile::tempdir().unwrap();
+    let pem = work.path().join("checkpoint.pem");
+    std::fs::write(&pem, key().public_key().to_pem()).unwrap();
+    let file = work.path().join("audit.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    let (code, out) = fleet_tests::audit_export::python_verify(&file, &pem);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "intact: {after} events, from the signed anchor at seq {}, signed checkpoint through seq",
+            anchor.seq
+        )),
+        "{out}"
+    );
+    // Without the anchor, the first link is vouched for by nothing.
+    let (_, rest) = text.split_once('\n').unwrap();
+    std::fs::write(&file, rest).unwrap();
+    assert_eq!(
+        fleet_tests::audit_export::python_verify(&file, &pem),
+        (
+            1,
+            format!("broken at seq {}: anchor_unsigned\n", anchor.seq)
+        )
+    );
+    // A forged anchor (its last hash changed, so the first event no longer links) is refused.
+    let mut forged: Value = first.clone();
+    let hash = forged["checkpoint"]["last_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = format!(
+        "{}{}",
+        if hash.starts_with('0') { '1' } else { '0' },
+        &hash[1..]
+    );
+    forged["checkpoint"]["last_hash"] = json!(flipped);
+    std::fs::write(&file, format!("{forged}\n{rest}")).unwrap();
+    assert_eq!(
+        fleet_tests::audit_export::python_verify(&file, &pem),
+        (
+            1,
+            format!(
+                "broken at seq {}: checkpoint_signature_invalid\n",
+                anchor.seq
+            )
+        )
+    );
+    running.shutdown().await.unwrap();
+    db.close().await.unwrap();
+}

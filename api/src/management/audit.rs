@@ -237,14 +237,17 @@ pub(crate) async fn export_csv(
 
 /// Exports the tenant's whole audit chain as JSON Lines, with its covering checkpoint.
 ///
-/// One JSON object per line, by seq from 1: `{"record":"event",...}` with `seq`, `prev_hash`,
+/// One JSON object per line. After a prune (audit retention), the first is
+/// `{"record":"anchor","checkpoint":{...}}`: the signed checkpoint the remaining chain starts
+/// from, whose `last_hash` is the first event's `prev_hash`. Then by seq from 1 (or from the
+/// anchor's seq + 1): `{"record":"event",...}` with `seq`, `prev_hash`,
 /// `hash` and every field the canonical encoding covers (`details` as the exact text hashed),
 /// then `{"record":"checkpoint","checkpoint":{...}}`, the newest signed checkpoint at or before
 /// the last event (absent while there is none). `tools/verify_audit_export.py` re-verifies the
 /// file with the Python standard library and `openssl`. Streamed like the CSV export.
 #[utoipa::path(get, path = "/v1/audit-events.jsonl", tag = "audit",
     responses((status = 200, content_type = "application/jsonl", body = String,
-               description = "event records, then one checkpoint record"),
+               description = "after a prune one anchor record, then event records, then one checkpoint record"),
               (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 pub(crate) async fn export_jsonl(
@@ -294,6 +297,10 @@ async fn export(
         format,
     };
     let first = read_page_in(&mut tx, &export, 0).await?;
+    let anchor = match format {
+        Format::Jsonl => audit_checkpoints::anchor_checkpoint(&mut tx).await?,
+        Format::Csv => None,
+    };
     tx.commit().await?;
     let (extension, content_type) = match format {
         Format::Csv => ("csv", "text/csv; charset=utf-8"),
@@ -307,7 +314,10 @@ async fn export(
         .map_err(|e| ApiError::Internal(format!("content disposition: {e}")))?;
     let mut chunk = match format {
         Format::Csv => audit::CSV_HEADER.to_owned(),
-        Format::Jsonl => String::new(),
+        Format::Jsonl => anchor
+            .as_ref()
+            .map(audit::jsonl_anchor_line)
+            .unwrap_or_default(),
     };
     let next = render(&mut chunk, &first, format);
     tracing::info!(tenant = %caller.tenant(), by = %caller.actor(), since = ?export.filter.since, until = ?export.filter.until, format = extension, "audit export");

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use fleet_tests::audit_export::python_verify;
 use fleet_tests::TestDb;
 use store::api_keys::{KeyEnv, Role};
 use store::audit::Actor;
@@ -834,22 +835,6 @@ async fn audit_events_are_listed_verified_and_exported() {
         .await
         .fails(2, "usage");
     fleet.stop().await;
-}
-
-/// Runs tools/verify_audit_export.py on `export` with the pinned `pem`: (exit code, stdout).
-fn python_verify(export: &std::path::Path, pem: &std::path::Path) -> (i32, String) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/verify_audit_export.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(export)
-        .arg("--public-key")
-        .arg(pem)
-        .output()
-        .expect("python3 runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
