@@ -15,13 +15,14 @@ use store::tenants;
 
 use super::{fleetctl, run, Run};
 
-async fn on(db: &TestDb, args: &[&str]) -> Run {
+/// fleetctl on `db` (`--database-url`).
+pub(super) async fn on(db: &TestDb, args: &[&str]) -> Run {
     let mut command = fleetctl();
     command.arg("--database-url").arg(db.url());
     run(command, args).await
 }
 
-fn path(p: &Path) -> &str {
+pub(super) fn path(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 

@@ -12,8 +12,9 @@ use store::users::{self, Email, Password};
 use store::{devices, tenants};
 use time::{Duration, OffsetDateTime};
 
+use super::backup::{on, path};
 use super::https::Fleet;
-use super::run;
+use super::{fleetctl, run};
 
 fn key_id(key: &str) -> String {
     PresentedKey::parse(key).unwrap().id().to_string()
@@ -55,7 +56,7 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
     // revoked device, keys of three roles, a checkpoint.
     let mut tx = app.begin(fleet.tenant).await.unwrap();
     fleet_tests::ensure_group(&mut tx, "line-3").await;
-    users::create_owner_break_glass(
+    let root = users::create_owner_break_glass(
         &mut tx,
         &Email::parse("root@acme.example").unwrap(),
         &Password::new("a long enough passphrase 7".into()),
@@ -192,18 +193,45 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
         Some(rows.iter().filter(|r| r["finding"].is_string()).count() as u64)
     );
 
-    // A verification recorded by fleetctl backup verify (as the owner writes it).
-    let mut owner_db = sqlx::PgConnection::connect(fleet._db.url()).await.unwrap();
-    let digest = "ab".repeat(32);
-    sqlx::query(
-        "INSERT INTO public.backup_verifications
-             (file_name, backup_created_at, dump_sha256, verified, detail, checks)
-         VALUES ('nightly-2026.fpbk', now() - interval '1 hour', $1, true, 'verified', '{}')",
+    // A real backup of this database, verified by fleetctl (which records the result).
+    let backup_key = work.path().join("backup.key");
+    let backup_file = work.path().join("nightly-2026.fpbk");
+    run(
+        fleetctl(),
+        &["backup", "keygen", "--out", path(&backup_key)],
     )
-    .bind(&digest)
-    .execute(&mut owner_db)
     .await
-    .unwrap();
+    .ok();
+    let created = on(
+        &fleet._db,
+        &[
+            "--json",
+            "backup",
+            "create",
+            "--out",
+            path(&backup_file),
+            "--key-file",
+            path(&backup_key),
+        ],
+    )
+    .await
+    .json();
+    let digest = created["dump_sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no dump_sha256 in {created}"))
+        .to_owned();
+    on(
+        &fleet._db,
+        &[
+            "backup",
+            "verify",
+            path(&backup_file),
+            "--key-file",
+            path(&backup_key),
+        ],
+    )
+    .await
+    .ok();
 
     // The auditor reads it as HTML: every piece with its source, no secret, no other tenant.
     let html_file = work.path().join("evidence.html");
@@ -258,6 +286,46 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
         !html.contains("globex"),
         "another tenant's data is in the report"
     );
+
+    // The owner enrols a second factor: the finding goes, the row says so.
+    let mut tx = app.begin(fleet.tenant).await.unwrap();
+    users::set_pending_totp(&mut tx, root.id, b"sealed secret")
+        .await
+        .unwrap();
+    let codes = [users::RecoveryCode::new_random()];
+    users::confirm_totp(&mut tx, root.id, 1, &codes, &Actor::System, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    fleet
+        .ctl(&[
+            "report",
+            "evidence",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "json",
+            "-o",
+            json_file.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_file).unwrap()).unwrap();
+    let owner = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["rows"].as_array().unwrap())
+        .find(|r| r["evidence"] == "user root@acme.example")
+        .unwrap();
+    assert!(
+        owner["value"].as_str().unwrap().contains("MFA on (TOTP)"),
+        "{owner}"
+    );
+    assert!(owner["finding"].is_null(), "{owner}");
 
     // PDF through headless Chromium.
     let pdf_file = work.path().join("evidence.pdf");
@@ -327,7 +395,7 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
     // What was refused left the auditor's report in place.
     assert_eq!(std::fs::read_to_string(&html_file).unwrap(), html);
 
-    // Each export is audited: json, html, html (for the PDF).
+    // Each export is audited: json, html, json (after the TOTP enrolment), html (for the PDF).
     let exports = fleet
         .ctl(&[
             "--json",
@@ -339,7 +407,7 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
         .await
         .json();
     let exports = exports["items"].as_array().unwrap();
-    assert_eq!(exports.len(), 3, "{exports:?}");
+    assert_eq!(exports.len(), 4, "{exports:?}");
     assert_eq!(exports[1]["actor"], format!("api_key:{}", key_id(&auditor)));
     fleet.stop().await;
 }
