@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::Connection;
 use store::api_keys::{PresentedKey, Role};
 use store::audit::Actor;
 use store::device_groups::GroupScope;
