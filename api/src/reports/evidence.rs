@@ -25,6 +25,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
 use crate::extract::{invalid, Query};
 use crate::management::{rfc3339, rfc3339_opt};
+use crate::views::markup::escape;
 use crate::Ctx;
 
 /// A backup verified longer ago than this is a finding.
@@ -621,22 +622,6 @@ fn yes_no(yes: bool) -> &'static str {
     } else {
         "no"
     }
-}
-
-/// Text made safe for HTML content and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "

@@ -24,6 +24,7 @@ use std::fmt::Write as _;
 
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+use super::markup::escape;
 use super::telemetry::{BucketPoint, Window};
 
 const WIDTH: f64 = 720.0;
@@ -638,26 +639,6 @@ fn local_text(at: OffsetDateTime, offset: UtcOffset) -> String {
         at.hour(),
         at.minute()
     )
-}
-
-/// Text as XML character data or attribute value: markup characters escaped, and characters
-/// XML 1.0 cannot carry (most control characters) replaced, so that a device's names can neither
-/// add markup nor break the document.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\t' | '\n' | '\r' => out.push(' '),
-            c if c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}') => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

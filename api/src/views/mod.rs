@@ -2,4 +2,5 @@
 //! read rows through `store`, decode bodies with `wire`, and answer with these views.
 
 pub mod chart;
+pub(crate) mod markup;
 pub mod telemetry;
