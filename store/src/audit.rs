@@ -107,19 +107,14 @@ pub fn canonical_bytes(
     target: &str,
     details: &str,
 ) -> Vec<u8> {
-    let texts = [actor, action, target, details];
-    let text_len: usize = texts.iter().map(|t| 4 + t.len()).sum();
-    let mut out = Vec::with_capacity(DOMAIN_TAG.len() + 16 + 8 + 8 + text_len);
-    out.extend_from_slice(DOMAIN_TAG);
-    out.extend_from_slice(tenant_id.0.as_bytes());
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&unix_micros(occurred_at).to_be_bytes());
-    for text in texts {
-        let len = u32::try_from(text.len()).expect("audit fields are far below 4 GiB");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
-    }
-    out
+    encode(
+        DOMAIN_TAG,
+        tenant_id,
+        seq,
+        occurred_at,
+        &[actor, action, target, details],
+        &[],
+    )
 }
 
 /// The bytes of a version 2 event that its hash covers: as version 1 with its own domain tag and
@@ -133,10 +128,29 @@ pub fn canonical_bytes_v2(
     target: &str,
     details_sha256: &[u8; 32],
 ) -> Vec<u8> {
-    let texts = [actor, action, target];
+    encode(
+        DOMAIN_TAG_V2,
+        tenant_id,
+        seq,
+        occurred_at,
+        &[actor, action, target],
+        details_sha256,
+    )
+}
+
+/// What both versions share: the domain tag, the tenant, seq and time, each text with its
+/// 32-bit big-endian length, then `tail`.
+fn encode(
+    tag: &[u8],
+    tenant_id: TenantId,
+    seq: i64,
+    occurred_at: OffsetDateTime,
+    texts: &[&str],
+    tail: &[u8],
+) -> Vec<u8> {
     let text_len: usize = texts.iter().map(|t| 4 + t.len()).sum();
-    let mut out = Vec::with_capacity(DOMAIN_TAG_V2.len() + 16 + 8 + 8 + text_len + 32);
-    out.extend_from_slice(DOMAIN_TAG_V2);
+    let mut out = Vec::with_capacity(tag.len() + 16 + 8 + 8 + text_len + tail.len());
+    out.extend_from_slice(tag);
     out.extend_from_slice(tenant_id.0.as_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&unix_micros(occurred_at).to_be_bytes());
@@ -145,7 +159,7 @@ pub fn canonical_bytes_v2(
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(text.as_bytes());
     }
-    out.extend_from_slice(details_sha256);
+    out.extend_from_slice(tail);
     out
 }
 
