@@ -1,0 +1,621 @@
+//! The isolation harness, API surface: two synthetic tenants, and every route of the OpenAPI
+//! document (which a test holds equal to the router's permission table) attacked as tenant A
+//! (an owner key, an admin's session) with tenant B's ids, and as a group-scoped key of A with the
+//! ids of A's other group, in the path, in every documented query parameter and in the bodies
+//! that carry ids. A leak is: an answer other than 404 (or 403 where the role may not call the
+//! route at all) for another's object, any of the victim's ids or names in any answer, a server
+//! error, or any change to B's rows in any tenant table (a digest of each, found from the
+//! catalog, before and after). The harness prints what it tried and fails on any leak.
+//!
+//! A route it does not know how to attack fails it: a path parameter under an unknown prefix, or
+//! a request body it has not been taught. Teach it in `object_kind` or `body_for`.
+
+use std::collections::BTreeMap;
+
+use api::permissions::{Callers, RouteRule, ROUTES};
+use fleet_tests::fleet::{Fleet, Session};
+use fleet_tests::https::Response;
+use serde_json::{json, Value};
+use store::api_keys::Role;
+use store::audit::Actor;
+use store::devices::{self, NewDevice};
+use store::enrollment_tokens::{self, NewEnrollmentToken};
+use store::{patch_inventory, tenants, users, TenantId};
+use time::OffsetDateTime;
+
+/// The objects of one victim: the ids that go into requests, and every text that must never
+/// come back to the attacker.
+struct Victim {
+    label: &'static str,
+    device: String,
+    group: String,
+    group_name: String,
+    key: String,
+    token: String,
+    user: String,
+    markers: Vec<String>,
+}
+
+/// Who attacks, and how it authenticates.
+struct Attacker {
+    name: &'static str,
+    role: Role,
+    scoped: bool,
+    credential: Credential,
+}
+
+enum Credential {
+    Key(String),
+    Session(Session),
+}
+
+/// One finding.
+struct Leak {
+    surface: &'static str,
+    attacker: &'static str,
+    request: String,
+    what: String,
+}
+
+/// What the harness tried, by surface.
+#[derive(Default)]
+struct Tally {
+    attempts: BTreeMap<&'static str, usize>,
+    leaks: Vec<Leak>,
+}
+
+async fn device_in(app: &store::AppDb, tenant: TenantId, group: &str, name: &str) -> String {
+    let mut tx = app.begin(tenant).await.unwrap();
+    fleet_tests::ensure_group(&mut tx, group).await;
+    let device = devices::create(
+        &mut tx,
+        &NewDevice {
+            name: name.into(),
+            group: group.into(),
+            labels: BTreeMap::from([("site".into(), name.into())]),
+        },
+        &Actor::System,
+    )
+    .await
+    .unwrap();
+    // Telemetry and a patch inventory, as ingest stores them.
+    let now = OffsetDateTime::now_utc();
+    let mut records = store::records::NewRecords::default();
+    let record = fleet_tests::records::telemetry(1);
+    records.push(
+        device.id,
+        1,
+        now,
+        now,
+        store::records::RecordKind::Telemetry,
+        wire::encode_body(&record.body),
+    );
+    store::records::insert(&mut tx, &records).await.unwrap();
+    let report = patch_inventory::PatchReport {
+        seq: 2,
+        recorded_at: now,
+        received_at: now,
+        os_id: "debian".into(),
+        os_version: "12".into(),
+        package_manager: "apt".into(),
+        reboot_required: false,
+        lists_refreshed_at: None,
+        packages: vec![patch_inventory::PackageRow {
+            name: format!("{name}-pkg"),
+            installed: "1".into(),
+            candidate: Some("2".into()),
+            security: true,
+        }],
+    };
+    patch_inventory::apply(&mut tx, device.id, report)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    device.id.to_string()
+}
+
+async fn group_id(app: &store::AppDb, tenant: TenantId, name: &str) -> String {
+    let mut tx = app.begin(tenant).await.unwrap();
+    let group = store::device_groups::find_by_name(&mut tx, name)
+        .await
+        .unwrap()
+        .unwrap();
+    tx.commit().await.unwrap();
+    group.id.to_string()
+}
+
+async fn token_in(app: &store::AppDb, tenant: TenantId, group: &str, name: &str) -> String {
+    let mut tx = app.begin(tenant).await.unwrap();
+    let token = NewEnrollmentToken {
+        name: name.into(),
+        allowed_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
+        daily_limit: 5,
+        max_uses: None,
+        expires_at: OffsetDateTime::now_utc() + time::Duration::days(2),
+        device_group: group.into(),
+        device_labels: BTreeMap::new(),
+    };
+    let issued = enrollment_tokens::create(&mut tx, &token, &Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issued.token.id.to_string()
+}
+
+async fn user_in(app: &store::AppDb, tenant: TenantId, email: &str) -> String {
+    let mut tx = app.begin(tenant).await.unwrap();
+    let (user, _) = users::find_or_create_verified(
+        &mut tx,
+        &users::Email::parse(email).unwrap(),
+        Role::Operator,
+        &Actor::System,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    user.id.to_string()
+}
+
+/// Tenant B, with a group, a device with telemetry and patch data, a token, a user and keys.
+async fn tenant_b(app: &store::AppDb) -> (TenantId, Victim) {
+    let (tenant, owner) = tenants::create_with_owner_key(
+        app,
+        "globex",
+        &store::api_keys::KeyEnv::live(),
+        &Actor::System,
+    )
+    .await
+    .unwrap();
+    let device = device_in(app, tenant.id, "globex-plant", "globex-press").await;
+    let group = group_id(app, tenant.id, "globex-plant").await;
+    let token = token_in(app, tenant.id, "globex-plant", "globex-token").await;
+    let user = user_in(app, tenant.id, "spy@globex.example").await;
+    let key =
+        fleet_tests::tenancy::api_key(app, tenant.id, Role::Admin, Some(&["globex-plant"])).await;
+    let victim = Victim {
+        label: "tenant B",
+        // What the attacker never sends: its ids go into requests and may be echoed back in
+        // the answer or in A's own audit trail, which tells A nothing it did not know.
+        markers: vec![
+            tenant.id.to_string(),
+            owner.key.id.to_string(),
+            "globex-press".into(),
+            "globex-token".into(),
+            "spy@globex.example".into(),
+        ],
+        device,
+        group,
+        group_name: "globex-plant".into(),
+        key: key.key.id.to_string(),
+        token,
+        user,
+    };
+    (tenant.id, victim)
+}
+
+/// A's other group, "plant", as the victim of a key scoped to A's "lab".
+async fn other_group_of_a(fleet: &Fleet) -> Victim {
+    let app = &fleet.running.database().app;
+    let device = device_in(app, fleet.tenant, "plant", "plant-press").await;
+    let group = group_id(app, fleet.tenant, "plant").await;
+    Victim {
+        label: "A's other group",
+        markers: vec!["plant-press".into()],
+        device,
+        group,
+        group_name: "plant".into(),
+        // Keys, tokens and users are tenant-wide objects, which a scoped caller may not
+        // address at all (the permission table): these are A's own, reached through 403s.
+        key: String::new(),
+        token: String::new(),
+        user: String::new(),
+    }
+}
+
+/// Which object a route's `{id}` names, by its prefix. An unknown prefix fails the harness.
+fn object_kind(path: &str) -> &'static str {
+    for (prefix, kind) in [
+        ("/v1/api-keys/", "key"),
+        ("/v1/enrollment-tokens/", "token"),
+        ("/v1/device-groups/", "group"),
+        ("/v1/users/", "user"),
+        ("/v1/devices/", "device"),
+    ] {
+        if path.starts_with(prefix) {
+            return kind;
+        }
+    }
+    panic!("the isolation harness does not know what {path} names: teach object_kind")
+}
+
+fn id_of<'a>(victim: &'a Victim, kind: &str) -> &'a str {
+    match kind {
+        "key" => &victim.key,
+        "token" => &victim.token,
+        "group" => &victim.group,
+        "user" => &victim.user,
+        _ => &victim.device,
+    }
+}
+
+/// The route's path aimed at the victim's object; `{seq}` is tenant-relative (it always names
+/// the caller's own chain), so it gets a seq no chain has.
+fn path_for(rule: &RouteRule, victim: &Victim) -> String {
+    let mut path = rule.path.replace("{seq}", "999999");
+    if path.contains("{id}") {
+        let id = id_of(victim, object_kind(rule.path));
+        // A scoped caller's victim has no tenant-wide objects: its own tenant's fresh id.
+        let id = if id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            id.to_owned()
+        };
+        path = path.replace("{id}", &id);
+    }
+    path
+}
+
+/// The query parameters the OpenAPI document lists for the operation: (name, required).
+fn query_parameters(doc: &Value, rule: &RouteRule) -> Vec<(String, bool)> {
+    let op = &doc["paths"][rule.path][rule.method.to_lowercase()];
+    op["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["in"] == "query")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["required"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// A value for query parameter `name`: the victim's object where the parameter names one,
+/// otherwise a valid value, so that validation does not hide the scope check.
+fn query_value(name: &str, victim: &Victim) -> String {
+    match name {
+        "group" | "group_id" => victim.group.clone(),
+        "device" | "device_id" => victim.device.clone(),
+        "target" => format!("device:{}", victim.device),
+        "actor" => format!("api_key:{}", victim.key),
+        "metric" => "cpu_usage_percent".into(),
+        "from" | "since" => rfc3339(OffsetDateTime::now_utc() - time::Duration::days(1)),
+        "to" | "until" => rfc3339(OffsetDateTime::now_utc() + time::Duration::days(1)),
+        "bucket" => "1h".into(),
+        "label" => format!("site={}", victim.group_name),
+        "search" | "q" | "name" => victim.group_name.clone(),
+        _ => "1".into(),
+    }
+}
+
+/// The query string: the required parameters, plus `attacked` (if any) set to the victim's.
+fn query_string(doc: &Value, rule: &RouteRule, victim: &Victim, attacked: Option<&str>) -> String {
+    let params: Vec<String> = query_parameters(doc, rule)
+        .into_iter()
+        .filter(|(name, required)| *required || Some(name.as_str()) == attacked)
+        .map(|(name, _)| {
+            let value = query_value(&name, victim);
+            format!("{name}={}", urlencode(&value))
+        })
+        .collect();
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    }
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A body for each route that takes one, carrying the victim's ids wherever the body can name
+/// an object. A route with a request body not taught here fails the harness.
+fn body_for(doc: &Value, rule: &RouteRule, victim: &Victim, run: usize) -> Option<Value> {
+    let op = &doc["paths"][rule.path][rule.method.to_lowercase()];
+    op.get("requestBody")?;
+    let expires = rfc3339(OffsetDateTime::now_utc() + time::Duration::days(1));
+    let body = match (rule.method, rule.path) {
+        ("PATCH", "/v1/tenant") => json!({ "record_retention_days": 30 }),
+        ("POST", "/v1/audit-events/{seq}/erase") => json!({ "reason": "isolation harness" }),
+        ("POST", "/v1/api-keys") => json!({
+            "name": format!("stolen-{run}"), "role": "auditor", "group_ids": [victim.group],
+        }),
+        ("POST", "/v1/enrollment-tokens") => json!({
+            "name": format!("stolen-{run}"), "allowed_cidrs": ["127.0.0.0/8"], "daily_limit": 1,
+            "expires_at": expires, "device_group": victim.group_name,
+        }),
+        ("POST", "/v1/device-groups") => json!({ "name": victim.group_name }),
+        ("PATCH", "/v1/device-groups/{id}") => json!({ "name": format!("renamed-{run}") }),
+        ("PATCH", "/v1/devices/{id}") => json!({ "group": victim.group_name }),
+        ("PATCH", "/v1/users/{id}") => json!({ "role": "auditor", "group_ids": [victim.group] }),
+        ("POST", "/v1/invitations") => json!({
+            "email": format!("invited-{run}@acme.example"), "role": "auditor",
+            "group_ids": [victim.group],
+        }),
+        ("PUT", "/v1/tenant/sso") => json!({
+            "issuer": "https://idp.example.com", "client_id": "fleet", "client_secret": "s",
+        }),
+        (method, path) => panic!(
+            "the isolation harness has no body for {method} {path}: teach body_for, putting the \
+             victim's ids wherever the body can name an object"
+        ),
+    };
+    Some(body)
+}
+
+/// The session-only routes that act on the caller's own session: nothing of another tenant or
+/// group can be named in them. Their GETs are still scanned for the victim's markers.
+fn acts_on_own_session_only(rule: &RouteRule) -> bool {
+    rule.callers == Callers::SessionsOnly && rule.method != "GET"
+}
+
+async fn send(
+    fleet: &Fleet,
+    attacker: &Attacker,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
+    match &attacker.credential {
+        Credential::Key(key) => {
+            let auth = format!("Bearer {key}");
+            fleet
+                .send(method, path, &[("Authorization", &auth)], body)
+                .await
+        }
+        Credential::Session(session) => fleet.as_session(session, true, method, path, body).await,
+    }
+}
+
+/// Every tenant table (every public table with a `tenant_id` column, from the catalog): the
+/// number and digest of `tenant`'s rows, read as the owner.
+async fn digest(test_db: &fleet_tests::TestDb, tenant: TenantId) -> BTreeMap<String, String> {
+    let mut owner = test_db.connect_as_owner().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+          WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+            AND a.attname = 'tenant_id' AND NOT a.attisdropped
+          ORDER BY 1",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 15, "tenant tables: {tables:?}");
+    let mut digests = BTreeMap::new();
+    for table in tables {
+        let row: (i64, String) = sqlx::query_as(&format!(
+            "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))
+               FROM public.{table} t WHERE tenant_id = $1"
+        ))
+        .bind(tenant)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+        digests.insert(table, format!("{} rows, md5 {}", row.0, row.1));
+    }
+    digests
+}
+
+/// What an attack must get back, beyond no server error and none of the victim's markers.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// The role or scope may not call the route at all.
+    Forbidden,
+    /// The route names the victim's object: it does not exist for the attacker.
+    NotFound,
+    /// The route names no object (a list, a summary, a create): anything but a leak.
+    NoLeak,
+}
+
+impl Expect {
+    fn of(rule: &RouteRule, attacker: &Attacker) -> Self {
+        if !rule.allows(attacker.role, attacker.scoped) {
+            Expect::Forbidden
+        } else if rule.path.contains("{id}") || rule.path.contains("{seq}") {
+            Expect::NotFound
+        } else {
+            Expect::NoLeak
+        }
+    }
+}
+
+impl Tally {
+    fn check(
+        &mut self,
+        surface: &'static str,
+        attacker: &Attacker,
+        victim: &Victim,
+        request: String,
+        answer: &Response,
+        expect: Expect,
+    ) {
+        *self.attempts.entry(surface).or_default() += 1;
+        let mut leak = |what: String| {
+            self.leaks.push(Leak {
+                surface,
+                attacker: attacker.name,
+                request: request.clone(),
+                what,
+            })
+        };
+        if answer.status >= 500 {
+            leak(format!("server error {}: {}", answer.status, answer.text()));
+        }
+        let expected = match expect {
+            Expect::Forbidden => Some(403),
+            Expect::NotFound => Some(404),
+            Expect::NoLeak => None,
+        };
+        if let Some(expected) = expected.filter(|e| *e != answer.status) {
+            leak(format!(
+                "{} for {}'s object (expected {expected}): {}",
+                answer.status,
+                victim.label,
+                answer.text()
+            ));
+        }
+        let text = answer.text();
+        for marker in &victim.markers {
+            if text.contains(marker.as_str()) {
+                leak(format!("the answer shows {}'s {marker:?}", victim.label));
+            }
+        }
+    }
+}
+
+/// Every route, every way, as `attacker` against `victim`.
+async fn attack(
+    fleet: &Fleet,
+    doc: &Value,
+    attacker: &Attacker,
+    victim: &Victim,
+    tally: &mut Tally,
+    run: &mut usize,
+) {
+    let session = matches!(attacker.credential, Credential::Session(_));
+    for rule in ROUTES.iter().filter(|r| r.callers != Callers::Anonymous) {
+        if !rule.takes(session) || (session && acts_on_own_session_only(rule)) {
+            continue;
+        }
+        *run += 1;
+        let expect = Expect::of(rule, attacker);
+        // The path.
+        let path = format!(
+            "{}{}",
+            path_for(rule, victim),
+            query_string(doc, rule, victim, None)
+        );
+        let body = body_for(doc, rule, victim, *run);
+        let answer = send(fleet, attacker, rule.method, &path, body.clone()).await;
+        let surface = if body.is_some() { "path+body" } else { "path" };
+        let request = format!(
+            "{} {path} {}",
+            rule.method,
+            body.clone().unwrap_or_default()
+        );
+        tally.check(surface, attacker, victim, request, &answer, expect);
+        // Each documented query parameter set to the victim's object (reads only: a write's
+        // query has no parameters today, and the path attack covers it).
+        if rule.method != "GET" {
+            continue;
+        }
+        // A cursor is opaque, issued by the server for its own list: nothing to aim.
+        for (name, _) in query_parameters(doc, rule)
+            .into_iter()
+            .filter(|(name, _)| name != "cursor")
+        {
+            let path = format!(
+                "{}{}",
+                path_for(rule, victim),
+                query_string(doc, rule, victim, Some(&name))
+            );
+            let answer = send(fleet, attacker, "GET", &path, None).await;
+            let request = format!("GET {path}");
+            tally.check("query", attacker, victim, request, &answer, expect);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_lets_tenant_a_or_a_group_scoped_caller_reach_another_tenants_or_groups_data() {
+    let fleet = Fleet::start().await;
+    let app = fleet.running.database().app.clone();
+    let doc = serde_json::to_value(api::openapi()).unwrap();
+    let (b, victim_b) = tenant_b(&app).await;
+    device_in(&app, fleet.tenant, "lab", "lab-press").await;
+    let victim_plant = other_group_of_a(&fleet).await;
+    let lab = group_id(&app, fleet.tenant, "lab").await;
+
+    let admin = fleet.person("admin@acme.example", "admin").await;
+    let scoped_operator =
+        fleet_tests::tenancy::api_key(&app, fleet.tenant, Role::Operator, Some(&["lab"])).await;
+    let scoped_admin = fleet
+        .person_in_groups("lab-admin@acme.example", "admin", Some(&[lab.as_str()]))
+        .await;
+    let against_b = [
+        Attacker {
+            name: "A's owner key",
+            role: Role::Owner,
+            scoped: false,
+            credential: Credential::Key(fleet.owner_key.clone()),
+        },
+        Attacker {
+            name: "A's admin session",
+            role: Role::Admin,
+            scoped: false,
+            credential: Credential::Session(admin.session.clone()),
+        },
+    ];
+    let against_plant = [
+        Attacker {
+            name: "A's operator key scoped to lab",
+            role: Role::Operator,
+            scoped: true,
+            credential: Credential::Key(scoped_operator.secret.expose().to_owned()),
+        },
+        Attacker {
+            name: "A's admin session scoped to lab",
+            role: Role::Admin,
+            scoped: true,
+            credential: Credential::Session(scoped_admin.session.clone()),
+        },
+    ];
+
+    let before = digest(&fleet.db, b).await;
+    let mut tally = Tally::default();
+    let mut run = 0;
+    for attacker in &against_b {
+        attack(&fleet, &doc, attacker, &victim_b, &mut tally, &mut run).await;
+    }
+    for attacker in &against_plant {
+        attack(&fleet, &doc, attacker, &victim_plant, &mut tally, &mut run).await;
+        // A scoped caller is another tenant's attacker too.
+        attack(&fleet, &doc, attacker, &victim_b, &mut tally, &mut run).await;
+    }
+    let after = digest(&fleet.db, b).await;
+    for (table, was) in &before {
+        *tally.attempts.entry("B's rows unchanged").or_default() += 1;
+        if after.get(table) != Some(was) {
+            tally.leaks.push(Leak {
+                surface: "B's rows unchanged",
+                attacker: "all",
+                request: format!("table {table}"),
+                what: format!("{was} before, {:?} after", after.get(table)),
+            });
+        }
+    }
+
+    println!("isolation harness, API surface: {} routes", ROUTES.len());
+    for (surface, attempts) in &tally.attempts {
+        let leaks = tally.leaks.iter().filter(|l| l.surface == *surface).count();
+        println!("  {surface:<20} {attempts:>5} attempts, {leaks} leaks");
+    }
+    for leak in &tally.leaks {
+        println!(
+            "  LEAK [{}] {} via {}: {}",
+            leak.surface, leak.attacker, leak.request, leak.what
+        );
+    }
+    assert!(
+        tally.leaks.is_empty(),
+        "{} leaks found (listed above)",
+        tally.leaks.len()
+    );
+    fleet.running.shutdown().await.unwrap();
+}
