@@ -436,6 +436,45 @@ impl Expect {
 }
 
 impl Tally {
+    /// Counts one attempt on `surface`, and a leak when `leaked` says what leaked.
+    fn record(
+        &mut self,
+        surface: &'static str,
+        attacker: &'static str,
+        request: String,
+        leaked: Option<String>,
+    ) {
+        *self.attempts.entry(surface).or_default() += 1;
+        if let Some(what) = leaked {
+            self.leaks.push(Leak {
+                surface,
+                attacker,
+                request,
+                what,
+            });
+        }
+    }
+
+    /// Prints the attempts and leaks by surface; fails when there is any leak.
+    fn report(&self, title: &str) {
+        println!("isolation harness, {title}");
+        for (surface, attempts) in &self.attempts {
+            let leaks = self.leaks.iter().filter(|l| l.surface == *surface).count();
+            println!("  {surface:<24} {attempts:>5} attempts, {leaks} leaks");
+        }
+        for leak in &self.leaks {
+            println!(
+                "  LEAK [{}] {} via {}: {}",
+                leak.surface, leak.attacker, leak.request, leak.what
+            );
+        }
+        assert!(
+            self.leaks.is_empty(),
+            "{} leaks found (listed above)",
+            self.leaks.len()
+        );
+    }
+
     fn check(
         &mut self,
         surface: &'static str,
@@ -590,32 +629,418 @@ async fn no_route_lets_tenant_a_or_a_group_scoped_caller_reach_another_tenants_o
     }
     let after = digest(&fleet.db, b).await;
     for (table, was) in &before {
-        *tally.attempts.entry("B's rows unchanged").or_default() += 1;
-        if after.get(table) != Some(was) {
-            tally.leaks.push(Leak {
-                surface: "B's rows unchanged",
-                attacker: "all",
-                request: format!("table {table}"),
-                what: format!("{was} before, {:?} after", after.get(table)),
-            });
+        let changed = (after.get(table) != Some(was))
+            .then(|| format!("{was} before, {:?} after", after.get(table)));
+        tally.record(
+            "B's rows unchanged",
+            "all",
+            format!("table {table}"),
+            changed,
+        );
+    }
+
+    tally.report(&format!("API surface: {} routes", ROUTES.len()));
+    fleet.running.shutdown().await.unwrap();
+}
+
+/// How long a refused attempt may take, and how long the harness waits for what must not come.
+const BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const QUIET: std::time::Duration = std::time::Duration::from_millis(1_500);
+
+/// The broker's answer to one connection attempt.
+#[derive(Debug, PartialEq)]
+enum Connected {
+    /// CONNACK success, then these SUBACK codes; then the connection ended or stayed up.
+    Subscribed(Vec<rumqttc::SubscribeReasonCode>),
+    /// CONNACK refused with this code.
+    Refused(rumqttc::ConnectReturnCode),
+    /// The server closed the connection after CONNACK (a refused PUBLISH).
+    Closed,
+    /// Still up after the publish, with nothing refused.
+    StillUp,
+}
+
+/// Connects with `options`, then subscribes to `filters` (if any) or publishes `publish` (if
+/// any), and reports what the broker did. Every message that arrives is kept in `received`.
+async fn broker_attempt(
+    options: rumqttc::MqttOptions,
+    filters: &[String],
+    publish: Option<(String, bool)>,
+    received: &mut Vec<String>,
+) -> Connected {
+    use rumqttc::{ConnectionError, Event, Packet, QoS};
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    for filter in filters {
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    }
+    if let Some((topic, retain)) = &publish {
+        client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                *retain,
+                fleet_tests::records::telemetry_batch(1..=1),
+            )
+            .await
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    let outcome = tokio::time::timeout(BROKER_TIMEOUT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack)))
+                    if ack.code != rumqttc::ConnectReturnCode::Success =>
+                {
+                    return Connected::Refused(ack.code)
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    codes.extend(suback.return_codes);
+                    if codes.len() == filters.len() && publish.is_none() {
+                        return Connected::Subscribed(codes.clone());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => received.push(p.topic),
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => return Connected::Refused(code),
+                Err(_) => return Connected::Closed,
+            }
+        }
+    })
+    .await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(_) if publish.is_some() => Connected::StillUp,
+        Err(_) => panic!("no answer from the broker within {BROKER_TIMEOUT:?}"),
+    };
+    // What a granted subscription would deliver meanwhile.
+    if matches!(outcome, Connected::Subscribed(_)) {
+        let _ = tokio::time::timeout(QUIET, async {
+            while let Ok(event) = events.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = event {
+                    received.push(p.topic);
+                }
+            }
+        })
+        .await;
+    }
+    client.disconnect().await.ok();
+    outcome
+}
+
+/// An API-key (live stream) client of the broker: TLS without a client certificate.
+fn stream_options(
+    fleet: &Fleet,
+    client_id: &str,
+    key: &store::api_keys::IssuedKey,
+) -> rumqttc::MqttOptions {
+    let addr = fleet.running.broker_addr().expect("the embedded broker");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(fleet.running.pki().issuing_ca.root_der().clone())
+        .unwrap();
+    let tls = certs::tls::client_builder(roots)
+        .unwrap()
+        .with_no_client_auth();
+    let mut options = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    options.set_credentials(key.key.id.as_str(), key.secret.expose());
+    options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        std::sync::Arc::new(tls),
+    )));
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_or_stream_key_of_tenant_a_reaches_tenant_bs_topics_or_records() {
+    use fleet_tests::mqtt::DeviceCredentials;
+    use rumqttc::{ConnectReturnCode, LastWill, QoS, SubscribeReasonCode};
+    use wire::topic;
+
+    let fleet = Fleet::start().await;
+    let app = fleet.running.database().app.clone();
+    let ca = &fleet.running.pki().issuing_ca;
+    let addr = fleet.running.broker_addr().expect("the embedded broker");
+    let b = fleet_tests::tenancy::tenant(&app, "globex").await;
+    let b1 = fleet_tests::tenancy::add_device_in_group(&app, b, "globex-plant").await;
+    let a1 = fleet_tests::tenancy::add_device_in_group(&app, fleet.tenant, "lab").await;
+    let a1_creds = DeviceCredentials::issued(ca, fleet.tenant, a1);
+    let b1_creds = DeviceCredentials::issued(ca, b, b1);
+    let a_options = || a1_creds.options(ca.root_der(), addr.ip().to_string(), addr.port());
+    let a_key = fleet_tests::tenancy::api_key(&app, fleet.tenant, Role::Auditor, None).await;
+    let b_key = fleet_tests::tenancy::api_key(&app, b, Role::Auditor, None).await;
+    let mut tally = Tally::default();
+    let mut a_received = Vec::new();
+    let leak_unless = |ok: bool, what: &dyn Fn() -> String| (!ok).then(what);
+
+    // Subscriptions: a device may hold only its own down topics; everything else is refused.
+    let own = topic::device_subscription(a1);
+    let foreign = [
+        topic::ack(b1),
+        topic::command(b1),
+        topic::device_subscription(b1),
+        topic::telemetry(b1),
+        format!("{}/{b1}/#", topic::ROOT),
+        format!("{}/+/down/#", topic::ROOT),
+        format!("{}/#", topic::ROOT),
+        "#".into(),
+        "+/#".into(),
+        "$share/harness/fleet/v1/+/up/#".into(),
+        "$share/harness/#".into(),
+        "$SYS/#".into(),
+        format!("fleet/v1/stream/{b}/#"),
+        "fleet/v1/stream/+/#".into(),
+        "fleet/v1/stream/#".into(),
+    ];
+    let mut device_filters = vec![own.clone()];
+    device_filters.extend(foreign.iter().cloned());
+    let answer = broker_attempt(a_options(), &device_filters, None, &mut a_received).await;
+    let Connected::Subscribed(codes) = answer else {
+        panic!("A's device was not admitted: {answer:?}");
+    };
+    assert_eq!(
+        codes[0],
+        SubscribeReasonCode::Success(QoS::AtLeastOnce),
+        "its own topics"
+    );
+    for (filter, code) in foreign.iter().zip(&codes[1..]) {
+        let leaked = leak_unless(*code == SubscribeReasonCode::Failure, &|| {
+            format!("granted {code:?}")
+        });
+        tally.record(
+            "device subscribe",
+            "A's device",
+            format!("SUBSCRIBE {filter}"),
+            leaked,
+        );
+    }
+
+    // Publishes (plain and retained) to B's topics and to topics no device may write: the
+    // connection is closed.
+    let publishes = [
+        topic::telemetry(b1),
+        topic::patch_status(b1),
+        topic::events(b1),
+        topic::presence(b1),
+        topic::ack(b1),
+        topic::command(b1),
+        format!("fleet/v1/stream/{b}/{b1}/telemetry"),
+        "$SYS/broker/clients".into(),
+    ];
+    for publish in &publishes {
+        for retain in [false, true] {
+            let answer = broker_attempt(
+                a_options(),
+                &[],
+                Some((publish.clone(), retain)),
+                &mut a_received,
+            )
+            .await;
+            let leaked = leak_unless(answer == Connected::Closed, &|| format!("{answer:?}"));
+            let request = format!("PUBLISH {publish} retain={retain}");
+            tally.record("device publish", "A's device", request, leaked);
         }
     }
 
-    println!("isolation harness, API surface: {} routes", ROUTES.len());
-    for (surface, attempts) in &tally.attempts {
-        let leaks = tally.leaks.iter().filter(|l| l.surface == *surface).count();
-        println!("  {surface:<20} {attempts:>5} attempts, {leaks} leaks");
+    // A will on B's topic, and B's device id as the client id: CONNACK refused.
+    let mut options = a_options();
+    options.set_last_will(LastWill::new(
+        topic::telemetry(b1),
+        "x",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let answer = broker_attempt(options, std::slice::from_ref(&own), None, &mut a_received).await;
+    let leaked = leak_unless(matches!(answer, Connected::Refused(_)), &|| {
+        format!("{answer:?}")
+    });
+    tally.record(
+        "device will",
+        "A's device",
+        format!("WILL {}", topic::telemetry(b1)),
+        leaked,
+    );
+    let mut options = a_options();
+    options.set_client_id(b1.to_string());
+    let answer = broker_attempt(options, std::slice::from_ref(&own), None, &mut a_received).await;
+    let leaked = leak_unless(
+        answer == Connected::Refused(ConnectReturnCode::BadClientId),
+        &|| format!("{answer:?}"),
+    );
+    tally.record(
+        "device client id",
+        "A's device",
+        format!("CONNECT client_id={b1}"),
+        leaked,
+    );
+
+    // A's stream key: B's stream, wildcards across tenants and device topics are refused; its
+    // own tenant's stream is granted (and must carry nothing of B).
+    let mut stream_received = Vec::new();
+    let own_stream = format!("fleet/v1/stream/{}/#", fleet.tenant);
+    let foreign_stream = [
+        format!("fleet/v1/stream/{b}/#"),
+        format!("fleet/v1/stream/{b}/{b1}/telemetry"),
+        "fleet/v1/stream/+/#".into(),
+        "fleet/v1/stream/#".into(),
+        "#".into(),
+        topic::telemetry(b1),
+        "$share/harness/fleet/v1/+/up/#".into(),
+        "$SYS/#".into(),
+    ];
+    let mut filters = vec![own_stream.clone()];
+    filters.extend(foreign_stream.iter().cloned());
+    let (a_stream, mut a_stream_events) =
+        rumqttc::AsyncClient::new(stream_options(&fleet, "a-integration", &a_key), 16);
+    for filter in &filters {
+        a_stream.subscribe(filter, QoS::AtMostOnce).await.unwrap();
     }
-    for leak in &tally.leaks {
-        println!(
-            "  LEAK [{}] {} via {}: {}",
-            leak.surface, leak.attacker, leak.request, leak.what
+    let mut codes = Vec::new();
+    tokio::time::timeout(BROKER_TIMEOUT, async {
+        while codes.len() < filters.len() {
+            match a_stream_events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s))) => {
+                    codes.extend(s.return_codes)
+                }
+                Ok(_) => {}
+                Err(e) => panic!("A's stream session ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("SUBACKs for A's stream key");
+    assert_eq!(
+        codes[0],
+        SubscribeReasonCode::Success(QoS::AtMostOnce),
+        "its own stream"
+    );
+    for (filter, code) in foreign_stream.iter().zip(&codes[1..]) {
+        let leaked = leak_unless(*code == SubscribeReasonCode::Failure, &|| {
+            format!("granted {code:?}")
+        });
+        tally.record(
+            "stream subscribe",
+            "A's stream key",
+            format!("SUBSCRIBE {filter}"),
+            leaked,
         );
     }
-    assert!(
-        tally.leaks.is_empty(),
-        "{} leaks found (listed above)",
-        tally.leaks.len()
+    // B's device id as a stream client's id changes nothing for B's device (below).
+    let answer = broker_attempt(
+        stream_options(&fleet, &b1.to_string(), &a_key),
+        std::slice::from_ref(&own_stream),
+        None,
+        &mut stream_received,
+    )
+    .await;
+    let leaked = leak_unless(
+        matches!(answer, Connected::Subscribed(_) | Connected::Refused(_)),
+        &|| format!("{answer:?}"),
     );
+    tally.record(
+        "stream client id",
+        "A's stream key",
+        format!("CONNECT client_id={b1}"),
+        leaked,
+    );
+
+    // A's device, subscribed to every filter again (after its other attempts, which would take
+    // over its session), listens while B's device reports: whatever a wrongly granted filter
+    // delivers is caught.
+    let listened = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (listener, mut listener_events) = rumqttc::AsyncClient::new(a_options(), 16);
+    for filter in &device_filters {
+        listener.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    }
+    let heard = listened.clone();
+    let listening = tokio::spawn(async move {
+        while let Ok(event) = listener_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                heard.lock().unwrap().push(p.topic);
+            }
+        }
+    });
+
+    // Then B's device reports and B's own stream sees it (so the silence on A's side means
+    // something), while A's stream, still subscribed, gets nothing of B.
+    let (b_stream, mut b_stream_events) =
+        rumqttc::AsyncClient::new(stream_options(&fleet, "b-integration", &b_key), 16);
+    b_stream
+        .subscribe(format!("fleet/v1/stream/{b}/#"), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let granted = tokio::time::timeout(BROKER_TIMEOUT, async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s))) =
+                b_stream_events.poll().await
+            {
+                return s.return_codes;
+            }
+        }
+    })
+    .await
+    .expect("SUBACK for B's stream key");
+    assert_eq!(granted, [SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+    let b1_options = b1_creds.options(ca.root_der(), addr.ip().to_string(), addr.port());
+    let (b1_client, mut b1_events) =
+        fleet_tests::mqtt::connect_subscribed(b1_options, topic::ack(b1), BROKER_TIMEOUT).await;
+    b1_client
+        .publish(
+            topic::telemetry(b1),
+            QoS::AtLeastOnce,
+            false,
+            fleet_tests::records::telemetry_batch(1..=3),
+        )
+        .await
+        .unwrap();
+    fleet_tests::mqtt::wait_for_ack(&mut b1_events, 3, BROKER_TIMEOUT).await;
+    let b_seen = tokio::time::timeout(BROKER_TIMEOUT, async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) =
+                b_stream_events.poll().await
+            {
+                return p.topic;
+            }
+        }
+    })
+    .await
+    .expect("B's own stream carries B's record");
+    assert!(
+        b_seen.starts_with(&format!("fleet/v1/stream/{b}/{b1}/")),
+        "{b_seen}"
+    );
+    let _ = tokio::time::timeout(QUIET, async {
+        while let Ok(event) = a_stream_events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                stream_received.push(p.topic);
+            }
+        }
+    })
+    .await;
+    listening.abort();
+    a_received.extend(listened.lock().unwrap().iter().cloned());
+    drop(listener);
+    for (who, received) in [
+        ("A's device", &a_received),
+        ("A's stream key", &stream_received),
+    ] {
+        let of_b: Vec<&String> = received
+            .iter()
+            .filter(|t| t.contains(&b.to_string()) || t.contains(&b1.to_string()))
+            .collect();
+        let leaked = leak_unless(of_b.is_empty(), &|| format!("received {of_b:?}"));
+        tally.record("deliveries", who, "every message received".into(), leaked);
+    }
+    // Nothing A published reached B's records: only B's own three.
+    let mut tx = app.begin(b).await.unwrap();
+    let stored = store::records::count(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    tally.record(
+        "B's records",
+        "all",
+        "device_records of B".into(),
+        leak_unless(stored == 3, &|| format!("{stored} rows, 3 expected")),
+    );
+    b1_client.disconnect().await.ok();
+    tally.report("broker and live streams");
     fleet.running.shutdown().await.unwrap();
 }
