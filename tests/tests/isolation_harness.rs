@@ -1044,3 +1044,194 @@ async fn no_device_or_stream_key_of_tenant_a_reaches_tenant_bs_topics_or_records
     tally.report("broker and live streams");
     fleet.running.shutdown().await.unwrap();
 }
+
+/// `POST /v1/enroll` with `token` and a fresh CSR, from the loopback address `source`.
+async fn enroll_from(fleet: &Fleet, source: [u8; 4], token: &str) -> Response {
+    let (_key, csr) = fleet_tests::device::key_and_csr();
+    let body = json!({ "token": token, "csr": csr }).to_string();
+    fleet_tests::https::https_request_from(
+        std::net::IpAddr::from(source),
+        fleet.running.api_addr(),
+        &fleet.running.pki().issuing_ca,
+        "POST",
+        "/v1/enroll",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A token string of `tenant` and `token` carrying `secret_from`'s secret, with a valid
+/// checksum, so only the lookup can refuse it.
+fn forged_token(tenant: &str, token: &str, secret_from: &str) -> String {
+    let prefix = store::enrollment_tokens::secret::TOKEN_PREFIX;
+    let secret_at = prefix.len() + 32 + 1 + 32 + 1;
+    let secret = &secret_from[secret_at..secret_from.len() - store::credentials::CHECKSUM_LEN];
+    let body = format!("{prefix}{tenant}_{token}_{secret}");
+    let sum = store::credentials::checksum(&body);
+    format!("{body}{}", String::from_utf8_lossy(&sum))
+}
+
+async fn new_token(
+    app: &store::AppDb,
+    tenant: TenantId,
+    group: &str,
+    cidrs: &[&str],
+    daily_limit: u32,
+) -> enrollment_tokens::IssuedToken {
+    let mut tx = app.begin(tenant).await.unwrap();
+    fleet_tests::ensure_group(&mut tx, group).await;
+    let token = NewEnrollmentToken {
+        name: format!("{group}-token"),
+        allowed_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        daily_limit,
+        max_uses: Some(10),
+        expires_at: OffsetDateTime::now_utc() + time::Duration::days(1),
+        device_group: group.into(),
+        device_labels: BTreeMap::new(),
+    };
+    let issued = enrollment_tokens::create(&mut tx, &token, &Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    issued
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_tokens_hold_their_limits_and_never_open_another_tenant() {
+    let fleet = Fleet::start().await;
+    let app = fleet.running.database().app.clone();
+    let b = fleet_tests::tenancy::tenant(&app, "globex").await;
+    let a_token = new_token(&app, fleet.tenant, "lab", &["127.0.0.0/24"], 2).await;
+    let b_token = new_token(&app, b, "globex-plant", &["127.0.0.0/8"], 100).await;
+    let expired = new_token(&app, fleet.tenant, "lab", &["127.0.0.0/8"], 100).await;
+    let mut owner = fleet.db.connect_as_owner().await;
+    sqlx::query(
+        "UPDATE enrollment_tokens SET expires_at = now() - interval '1 second' WHERE token_id = $1",
+    )
+    .bind(expired.token.id)
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    let revoked = new_token(&app, fleet.tenant, "lab", &["127.0.0.0/8"], 100).await;
+    let mut tx = app.begin(fleet.tenant).await.unwrap();
+    enrollment_tokens::revoke(&mut tx, revoked.token.id, &Actor::System)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let b_before = digest(&fleet.db, b).await;
+
+    let a_secret = a_token.secret.expose();
+    let b_secret = b_token.secret.expose();
+    let (a_tenant, a_id) = (&a_secret[4..36], &a_secret[37..69]);
+    let (b_tenant, b_id) = (&b_secret[4..36], &b_secret[37..69]);
+    assert_eq!(a_tenant, fleet.tenant.0.simple().to_string());
+    let random = forged_token(
+        &uuid::Uuid::new_v4().simple().to_string(),
+        &uuid::Uuid::new_v4().simple().to_string(),
+        a_secret,
+    );
+    let unknown = enroll_from(&fleet, [127, 0, 0, 30], &random).await;
+    unknown.assert_status(401);
+
+    let mut tally = Tally::default();
+    let cases: Vec<(&str, [u8; 4], String, Option<u16>)> = vec![
+        (
+            "within its CIDR and limits",
+            [127, 0, 0, 11],
+            a_secret.to_owned(),
+            Some(201),
+        ),
+        (
+            "from outside its CIDR",
+            [127, 0, 1, 12],
+            a_secret.to_owned(),
+            Some(403),
+        ),
+        (
+            "second of its daily 2",
+            [127, 0, 0, 13],
+            a_secret.to_owned(),
+            Some(201),
+        ),
+        (
+            "over its daily limit",
+            [127, 0, 0, 14],
+            a_secret.to_owned(),
+            Some(429),
+        ),
+        (
+            "expired",
+            [127, 0, 0, 15],
+            expired.secret.expose().to_owned(),
+            Some(410),
+        ),
+        (
+            "revoked",
+            [127, 0, 0, 16],
+            revoked.secret.expose().to_owned(),
+            Some(410),
+        ),
+        // Another tenant's ids with A's secret: answered exactly as an unknown token.
+        (
+            "B's tenant and token id, A's secret",
+            [127, 0, 0, 17],
+            forged_token(b_tenant, b_id, a_secret),
+            None,
+        ),
+        (
+            "A's tenant, B's token id",
+            [127, 0, 0, 18],
+            forged_token(a_tenant, b_id, a_secret),
+            None,
+        ),
+        (
+            "B's tenant, A's token id",
+            [127, 0, 0, 19],
+            forged_token(b_tenant, a_id, a_secret),
+            None,
+        ),
+    ];
+    for (case, source, token, expected) in cases {
+        let answer = enroll_from(&fleet, source, &token).await;
+        let leaked = match expected {
+            Some(status) => (answer.status != status)
+                .then(|| format!("{} (expected {status}): {}", answer.status, answer.text())),
+            None => (answer.status != unknown.status || answer.body != unknown.body).then(|| {
+                format!(
+                    "answered {} {} where an unknown token gets {} {}",
+                    answer.status,
+                    answer.text(),
+                    unknown.status,
+                    unknown.text()
+                )
+            }),
+        };
+        tally.record(
+            "enrollment token",
+            "a device with A's token",
+            case.into(),
+            leaked,
+        );
+    }
+    let enrolled: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE tenant_id = $1")
+        .bind(fleet.tenant)
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    tally.record(
+        "enrollment token",
+        "all",
+        "devices enrolled into A".into(),
+        (enrolled != 2).then(|| format!("{enrolled}, 2 expected")),
+    );
+    let changed = digest(&fleet.db, b).await != b_before;
+    tally.record(
+        "B's rows unchanged",
+        "all",
+        "every tenant table".into(),
+        changed.then(|| "B's rows changed".into()),
+    );
+    tally.report("enrollment tokens");
+    fleet.running.shutdown().await.unwrap();
+}
