@@ -1235,3 +1235,190 @@ async fn enrollment_tokens_hold_their_limits_and_never_open_another_tenant() {
     tally.report("enrollment tokens");
     fleet.running.shutdown().await.unwrap();
 }
+
+/// The SQLSTATE of a statement's error, or `None` when it succeeded.
+fn sqlstate<T>(result: &Result<T, sqlx::Error>) -> Option<String> {
+    match result {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(e)) => Some(e.code().map(|c| c.into_owned()).unwrap_or_default()),
+        Err(e) => panic!("not a database error: {e}"),
+    }
+}
+
+/// How to call a `SECURITY DEFINER` function with B's ids (as the application role, tenant A
+/// set), and why what it returns is what it may return. A function not listed here fails the
+/// harness: teach it here.
+fn definer_call(name: &str) -> (&'static str, &'static str) {
+    match name {
+        "fleet_audit_checkpoints_due" | "fleet_audit_prune_due" => (
+            "SELECT x::text FROM public.{name}(100000) x",
+            "tenant ids only, for fleetd's tasks, which then work in each tenant's own transaction",
+        ),
+        "fleet_siem_tenants" => (
+            "SELECT x::text FROM public.{name}() x",
+            "tenant ids only, of the tenants that opted in",
+        ),
+        "fleet_audit_erase" => (
+            "SELECT public.{name}(1, 2)::text",
+            "works on the transaction's tenant only, through the erasure trigger",
+        ),
+        "fleet_audit_prune" => (
+            "SELECT x::text FROM public.{name}() x",
+            "works on the transaction's tenant only",
+        ),
+        "fleet_device_directory" => (
+            "SELECT x::text FROM public.{name}(ARRAY['{b_device}']::uuid[]) x",
+            "the device gateway's admission: tenant and state of a presented device id, no names",
+        ),
+        "fleet_tenant_by_name" => (
+            "SELECT x::text FROM public.{name}('globex') x",
+            "sign-in and fleetctl find a tenant by its name: its id only",
+        ),
+        "fleet_api_key_locate" => (
+            "SELECT x::text FROM public.{name}('{b_key}') x",
+            "one fingerprint, computable only from the whole key: tenant and key id only",
+        ),
+        "fleet_tenant_name_taken" => (
+            "SELECT public.{name}('globex')::text",
+            "whether a tenant name is taken (names are one namespace): yes or no",
+        ),
+        "fleet_certificate_revocations" => (
+            "SELECT x::text FROM public.{name}('0 seconds'::interval) x",
+            "the CRL's revoked serials and times, which the CRL publishes anyway",
+        ),
+        "fleet_last_backup_verification" => (
+            "SELECT x::text FROM public.{name}() x",
+            "the installation's last backup verification: no tenant's data",
+        ),
+        "fleet_delete_expired_records" => (
+            "SELECT public.{name}(1000)::text",
+            "retention: deletes only rows past their tenant's retention (B's are new)",
+        ),
+        "fleet_ensure_record_partitions" => (
+            "SELECT public.{name}(1)::text",
+            "creates next weeks' record partitions: no rows",
+        ),
+        "fleet_drop_expired_record_partitions" => (
+            "SELECT public.{name}(1)::text",
+            "drops only partitions wholly past every tenant's retention",
+        ),
+        other => panic!(
+            "the isolation harness does not know how to call the definer function {other} with \
+             another tenant's ids: teach definer_call"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_the_application_role_tenant_a_reaches_no_row_of_b_in_any_table_or_definer_function() {
+    let fleet = Fleet::start().await;
+    let app = fleet.running.database().app.clone();
+    let (b, victim) = tenant_b(&app).await;
+    let before = digest(&fleet.db, b).await;
+    let mut owner = fleet.db.connect_as_owner().await;
+    let mut app_conn = fleet.db.connect_as_app().await;
+    fleet_tests::tenancy::set_tenant(&mut app_conn, fleet.tenant).await;
+    let mut tally = Tally::default();
+
+    for table in before.keys() {
+        let count = sqlx::query_scalar::<_, i64>(&format!(
+            "SELECT count(*) FROM public.{table} WHERE tenant_id = $1"
+        ))
+        .bind(b)
+        .fetch_one(&mut app_conn)
+        .await;
+        let leaked = match (&count, sqlstate(&count)) {
+            (Ok(0), _) => None,
+            (_, Some(code)) if code == "42501" => None,
+            (Ok(n), _) => Some(format!("{n} of B's rows readable")),
+            (_, code) => Some(format!("SQLSTATE {code:?}")),
+        };
+        tally.record(
+            "SQL select",
+            "app role as A",
+            format!("SELECT {table}"),
+            leaked,
+        );
+        for statement in [
+            format!("UPDATE public.{table} SET tenant_id = tenant_id WHERE tenant_id = $1"),
+            format!("DELETE FROM public.{table} WHERE tenant_id = $1"),
+        ] {
+            let done = sqlx::query(&statement).bind(b).execute(&mut app_conn).await;
+            let leaked = match (&done, sqlstate(&done)) {
+                (Ok(r), _) if r.rows_affected() == 0 => None,
+                // No privilege at all, or the append-only triggers refusing every change.
+                (_, Some(code)) if code == "42501" => None,
+                (Ok(r), _) => Some(format!("{} of B's rows changed", r.rows_affected())),
+                (_, code) => Some(format!("SQLSTATE {code:?}")),
+            };
+            tally.record("SQL update/delete", "app role as A", statement, leaked);
+        }
+        // One of B's own rows inserted again as A: refused by the policy (or the grants) before
+        // any unique index could say whether it exists.
+        let row: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT row_to_json(t)::text FROM public.{table} t WHERE tenant_id = $1 LIMIT 1"
+        ))
+        .bind(b)
+        .fetch_optional(&mut owner)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            let insert = format!(
+                "INSERT INTO public.{table} SELECT * FROM json_populate_record(NULL::public.{table}, $1::json)"
+            );
+            let done = sqlx::query(&insert).bind(&row).execute(&mut app_conn).await;
+            let leaked = match sqlstate(&done) {
+                Some(code) if code == "42501" => None,
+                code => Some(format!("SQLSTATE {code:?} (expected 42501)")),
+            };
+            tally.record(
+                "SQL insert",
+                "app role as A",
+                format!("INSERT {table}"),
+                leaked,
+            );
+        }
+    }
+
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p
+          WHERE p.pronamespace = 'public'::regnamespace AND p.prosecdef ORDER BY 1",
+    )
+    .fetch_all(&mut owner)
+    .await
+    .unwrap();
+    assert!(functions.len() >= 8, "definer functions: {functions:?}");
+    let secrets = ["globex-press", "globex-token", "spy@globex.example"];
+    for name in &functions {
+        let (call, why) = definer_call(name);
+        let sql = call
+            .replace("{name}", name)
+            .replace("{b_device}", &victim.device)
+            .replace("{b_key}", &victim.key);
+        let rows: Result<Vec<Option<String>>, _> =
+            sqlx::query_scalar(&sql).fetch_all(&mut app_conn).await;
+        let text = match &rows {
+            Ok(rows) => rows.iter().flatten().cloned().collect::<Vec<_>>().join(" "),
+            Err(e) => e.to_string(),
+        };
+        let leaked = secrets
+            .iter()
+            .find(|s| text.contains(*s))
+            .map(|s| format!("returned B's {s:?} ({why})"));
+        tally.record("SQL definer function", "app role as A", sql, leaked);
+    }
+
+    let after = digest(&fleet.db, b).await;
+    for (table, was) in &before {
+        let changed = (after.get(table) != Some(was))
+            .then(|| format!("{was} before, {:?} after", after.get(table)));
+        tally.record(
+            "B's rows unchanged",
+            "all",
+            format!("table {table}"),
+            changed,
+        );
+    }
+    tally.report("SQL layer (application role)");
+    fleet.running.shutdown().await.unwrap();
+}
