@@ -34,16 +34,44 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected a body with Content-Type: application/json".into(),
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge
-                } else {
-                    ApiError::InvalidRequest(rejection.body_text())
-                }
-            })?;
+        let bytes = body_bytes(request, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The whole body, within the router's body limit.
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge
+            } else {
+                ApiError::InvalidRequest(rejection.body_text())
+            }
+        })
+}
+
+/// For routes that take no body: none, or an empty JSON object (what generic clients send), is
+/// accepted; anything else is refused, since it would be ignored and what the caller meant by it
+/// (a reason, an option) silently lost.
+pub(crate) struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(request, state).await?;
+        if bytes.trim_ascii().is_empty() {
+            return Ok(NoBody);
+        }
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+            Ok(object) if object.is_empty() => Ok(NoBody),
+            _ => Err(ApiError::InvalidField {
+                field: "body".into(),
+                reason: "this route takes no body: send none, or {}".into(),
+            }),
+        }
     }
 }
 

@@ -69,6 +69,26 @@ impl Fleet {
         }
     }
 
+    /// A request with exactly these headers and body bytes (no JSON encoding, no added
+    /// headers): for hostile input.
+    pub async fn send_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        https_request(
+            self.running.api_addr(),
+            &self.running.pki().issuing_ca,
+            method,
+            path,
+            headers,
+            body,
+        )
+        .await
+    }
+
     pub async fn send(
         &self,
         method: &str,

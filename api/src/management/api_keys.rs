@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::{may_create_key, may_revoke_key, Caller};
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, PathId, Query, Resource};
+use crate::extract::{invalid, ApiJson, NoBody, NoQuery, Page, PathId, Query, Resource};
 use crate::Ctx;
 
 /// A key's role, as the API spells [`Role`]: `owner`, `admin`, `operator` or `auditor` (what
@@ -223,6 +223,7 @@ pub(crate) async fn revoke(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<ApiKeyId>,
+    _no_body: NoBody,
 ) -> Result<Json<ApiKeyView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let target = api_keys::get(&mut tx, &id)

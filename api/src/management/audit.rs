@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, Query};
+use crate::extract::{invalid, ApiJson, NoBody, NoQuery, Page, Query};
 use crate::Ctx;
 
 /// Events read per transaction while exporting.
@@ -511,6 +511,7 @@ pub(crate) async fn create_checkpoint(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
+    _no_body: NoBody,
 ) -> Result<(StatusCode, Json<CheckpointView>), ApiError> {
     let checkpointer = ctx
         .state

@@ -19,7 +19,9 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Page, PageRequest, PathId, Query, Resource};
+use crate::extract::{
+    invalid, ApiJson, NoBody, NoQuery, Page, PageRequest, PathId, Query, Resource,
+};
 use crate::views::chart::{self, ChartInput};
 use crate::views::telemetry::{Aggregation, Aggregator, TelemetrySample, Window};
 use crate::Ctx;
@@ -236,6 +238,7 @@ pub(crate) async fn revoke(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<DeviceId>,
+    _no_body: NoBody,
 ) -> Result<Json<DeviceView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     devices::revoke(&mut tx, id, caller.scope(), &caller.actor()).await?;

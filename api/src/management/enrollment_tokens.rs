@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 use super::{rfc3339, rfc3339_opt};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery, Page, PathId, Query, Resource};
+use crate::extract::{ApiJson, NoBody, NoQuery, Page, PathId, Query, Resource};
 use crate::Ctx;
 
 /// An enrollment token as listed: never its secret.
@@ -202,6 +202,7 @@ pub(crate) async fn revoke(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<EnrollmentTokenId>,
+    _no_body: NoBody,
 ) -> Result<Json<EnrollmentTokenView>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     enrollment_tokens::revoke(&mut tx, id, &caller.actor()).await?;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::rfc3339;
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery, Page, PathId, Query};
+use crate::extract::{ApiJson, NoBody, NoQuery, Page, PathId, Query};
 use crate::Ctx;
 
 /// A device group.
@@ -120,6 +120,7 @@ pub(crate) async fn delete(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<DeviceGroupId>,
+    _no_body: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     device_groups::delete(&mut tx, id, caller.scope(), &caller.actor()).await?;

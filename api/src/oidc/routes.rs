@@ -16,7 +16,7 @@ use super::{Callback, ClientSecret, OidcError, BROWSER_COOKIE};
 use crate::auth::Caller;
 use crate::client_addr::{client_ip, Peer};
 use crate::error::{ApiError, Problem};
-use crate::extract::{invalid, ApiJson, NoQuery, Query};
+use crate::extract::{invalid, ApiJson, NoBody, NoQuery, Query};
 use crate::management::rfc3339;
 use crate::Ctx;
 
@@ -202,6 +202,7 @@ pub(crate) async fn delete(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
+    _no_body: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     sso::delete_provider(&mut tx, &caller.actor()).await?;

@@ -17,7 +17,7 @@ use super::session::{session_infos, SessionInfo, SessionsEnded};
 use super::{may_grant, may_manage};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery, PathId};
+use crate::extract::{ApiJson, NoBody, NoQuery, PathId};
 use crate::management::api_keys::RoleName;
 use crate::management::{rfc3339, rfc3339_opt};
 use crate::Ctx;
@@ -172,6 +172,7 @@ pub(crate) async fn disable(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<UserId>,
+    _no_body: NoBody,
 ) -> Result<Json<UserView>, ApiError> {
     set_disabled(&ctx, &caller, id, true).await
 }
@@ -186,6 +187,7 @@ pub(crate) async fn enable(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<UserId>,
+    _no_body: NoBody,
 ) -> Result<Json<UserView>, ApiError> {
     set_disabled(&ctx, &caller, id, false).await
 }
@@ -200,6 +202,7 @@ pub(crate) async fn remove(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<UserId>,
+    _no_body: NoBody,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let target = existing(&mut tx, id).await?;
@@ -240,6 +243,7 @@ pub(crate) async fn end_sessions(
     caller: Caller,
     _no_query: NoQuery,
     PathId(id): PathId<UserId>,
+    _no_body: NoBody,
 ) -> Result<Json<SessionsEnded>, ApiError> {
     let mut tx = caller.begin(&ctx).await?;
     let target = existing(&mut tx, id).await?;

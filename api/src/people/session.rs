@@ -15,7 +15,7 @@ use super::accounts::UserView;
 use super::{clear_cookie, verify_password, Person};
 use crate::auth::Caller;
 use crate::error::{ApiError, Problem};
-use crate::extract::{ApiJson, NoQuery};
+use crate::extract::{ApiJson, NoBody, NoQuery};
 use crate::management::rfc3339;
 use crate::Ctx;
 
@@ -53,6 +53,7 @@ pub(crate) async fn sign_out(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
+    _no_body: NoBody,
 ) -> Result<Response, ApiError> {
     let person = person(&caller)?;
     let mut tx = caller.begin(&ctx).await?;
@@ -79,6 +80,7 @@ pub(crate) async fn sign_out_everywhere(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
+    _no_body: NoBody,
 ) -> Result<Response, ApiError> {
     let person = person(&caller)?;
     let mut tx = caller.begin(&ctx).await?;
@@ -226,6 +228,7 @@ pub(crate) async fn start_totp(
     State(ctx): State<Ctx>,
     caller: Caller,
     _no_query: NoQuery,
+    _no_body: NoBody,
 ) -> Result<Json<TotpEnrolment>, ApiError> {
     let person = person(&caller)?;
     let user = &person.user;
