@@ -34,6 +34,8 @@ struct Victim {
     token: String,
     user: String,
     markers: Vec<String>,
+    /// Secrets made for the victim (named), which no log line may hold.
+    secrets: Vec<(&'static str, String)>,
 }
 
 /// Who attacks, and how it authenticates.
@@ -184,6 +186,10 @@ async fn tenant_b(app: &store::AppDb) -> (TenantId, Victim) {
             "globex-token".into(),
             "spy@globex.example".into(),
         ],
+        secrets: vec![
+            ("B's owner key", owner.secret.expose().to_owned()),
+            ("B's admin key", key.secret.expose().to_owned()),
+        ],
         device,
         group,
         group_name: "globex-plant".into(),
@@ -202,6 +208,7 @@ async fn other_group_of_a(fleet: &Fleet) -> Victim {
     Victim {
         label: "A's other group",
         markers: vec!["plant-press".into()],
+        secrets: Vec::new(),
         device,
         group,
         group_name: "plant".into(),
@@ -380,6 +387,20 @@ async fn send(
                 .await
         }
         Credential::Session(session) => fleet.as_session(session, true, method, path, body).await,
+    }
+}
+
+/// Counts, as surface "secrets in logs", whether the log lines captured in this test binary
+/// (every level from DEBUG, every test of the file) hold any of `secrets`.
+fn check_logs(tally: &mut Tally, secrets: &[(&'static str, String)]) {
+    let logged = fleet_tests::logs::capture_logs().text();
+    assert!(logged.len() > 1_000, "the log capture is live");
+    for (name, secret) in secrets {
+        assert!(secret.len() >= 8, "{name} is a real secret");
+        let leaked = logged
+            .contains(secret.as_str())
+            .then(|| "logged".to_owned());
+        tally.record("secrets in logs", "logs", (*name).to_owned(), leaked);
     }
 }
 
@@ -639,6 +660,27 @@ async fn no_route_lets_tenant_a_or_a_group_scoped_caller_reach_another_tenants_o
         );
     }
 
+    let mut secrets = victim_b.secrets.clone();
+    secrets.extend([
+        ("A's owner key", fleet.owner_key.clone()),
+        (
+            "A's scoped operator key",
+            scoped_operator.secret.expose().to_owned(),
+        ),
+        ("a password", fleet_tests::fleet::PASSWORD.to_owned()),
+    ]);
+    for person in [&admin, &scoped_admin] {
+        secrets.push(("a session cookie", person.session.cookie.clone()));
+        secrets.push(("a CSRF token", person.session.csrf.clone()));
+        secrets.extend(person.totp.clone().map(|t| ("a TOTP secret", t)));
+        secrets.extend(
+            person
+                .recovery_codes
+                .iter()
+                .map(|c| ("a recovery code", c.clone())),
+        );
+    }
+    check_logs(&mut tally, &secrets);
     tally.report(&format!("API surface: {} routes", ROUTES.len()));
     fleet.running.shutdown().await.unwrap();
 }
@@ -725,6 +767,11 @@ async fn broker_attempt(
     }
     client.disconnect().await.ok();
     outcome
+}
+
+/// The first base64 line of a PEM document: what any logged copy of the key would contain.
+fn pem_body(pem: &str) -> String {
+    pem.lines().nth(1).expect("a PEM body").to_owned()
 }
 
 /// An API-key (live stream) client of the broker: TLS without a client certificate.
@@ -1041,6 +1088,21 @@ async fn no_device_or_stream_key_of_tenant_a_reaches_tenant_bs_topics_or_records
         leak_unless(stored == 3, &|| format!("{stored} rows, 3 expected")),
     );
     b1_client.disconnect().await.ok();
+    check_logs(
+        &mut tally,
+        &[
+            ("A's stream key", a_key.secret.expose().to_owned()),
+            ("B's stream key", b_key.secret.expose().to_owned()),
+            (
+                "A's device private key",
+                pem_body(&a1_creds.key.serialize_pem()),
+            ),
+            (
+                "B's device private key",
+                pem_body(&b1_creds.key.serialize_pem()),
+            ),
+        ],
+    );
     tally.report("broker and live streams");
     fleet.running.shutdown().await.unwrap();
 }
@@ -1231,6 +1293,15 @@ async fn enrollment_tokens_hold_their_limits_and_never_open_another_tenant() {
         "all",
         "every tenant table".into(),
         changed.then(|| "B's rows changed".into()),
+    );
+    check_logs(
+        &mut tally,
+        &[
+            ("A's enrollment token", a_secret.to_owned()),
+            ("B's enrollment token", b_secret.to_owned()),
+            ("an expired token", expired.secret.expose().to_owned()),
+            ("a revoked token", revoked.secret.expose().to_owned()),
+        ],
     );
     tally.report("enrollment tokens");
     fleet.running.shutdown().await.unwrap();
