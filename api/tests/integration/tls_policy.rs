@@ -9,12 +9,19 @@ use crate::common::TestServer;
 /// `openssl s_client` with `flags`, allowing every cipher and protocol on the client side
 /// (SECLEVEL=0), so a refusal can only come from the server.
 async fn s_client(addr: std::net::SocketAddr, flags: &'static [&'static str]) -> Output {
+    let mut args: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+    args.extend(["-cipher".into(), "DEFAULT@SECLEVEL=0".into()]);
+    s_client_with(addr, args).await
+}
+
+/// `openssl s_client` with exactly `args` (and the server name).
+async fn s_client_with(addr: std::net::SocketAddr, args: Vec<String>) -> Output {
     let connect = addr.to_string();
     tokio::task::spawn_blocking(move || {
         Command::new("openssl")
             .args(["s_client", "-connect", &connect])
-            .args(flags)
-            .args(["-cipher", "DEFAULT@SECLEVEL=0", "-servername", "localhost"])
+            .args(&args)
+            .args(["-servername", "localhost"])
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -66,6 +73,64 @@ async fn tls_1_1_is_refused_by_the_server_while_1_2_and_1_3_are_accepted() {
             "{flag:?} did not negotiate {protocol}:\n{out_text}"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn only_aead_suites_are_negotiated_and_the_chain_verifies_to_the_fleet_root() {
+    if fleet_tests::openssl::openssl().is_none() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let args = |list: &[&str]| -> Vec<String> { list.iter().map(|a| (*a).to_owned()).collect() };
+    // CBC and unauthenticated-key-exchange suites, offered alone: refused by the server.
+    let legacy = "AES128-SHA:AES256-SHA:AES128-SHA256:ECDHE-ECDSA-AES128-SHA:\
+                  ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:\
+                  ECDHE-RSA-AES128-SHA:DES-CBC3-SHA:RC4-SHA:NULL-SHA256:@SECLEVEL=0";
+    let out = s_client_with(server.addr, args(&["-tls1_2", "-cipher", legacy])).await;
+    let out_text = text(&out);
+    assert!(
+        !out.status.success(),
+        "a legacy suite was accepted:\n{out_text}"
+    );
+    assert!(
+        out_text.contains("SSL alert number 40"),
+        "refused without the server's alert:\n{out_text}"
+    );
+    // Each AEAD suite of TLS 1.2 works; TLS 1.3 has only AEAD suites.
+    for suite in [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ] {
+        let out = s_client_with(server.addr, args(&["-tls1_2", "-cipher", suite])).await;
+        let out_text = text(&out);
+        assert!(out.status.success(), "{suite} failed:\n{out_text}");
+        assert!(
+            out_text.contains(suite),
+            "{suite} not negotiated:\n{out_text}"
+        );
+    }
+    // The chain the server sends verifies to the fleet root alone, for the name it serves.
+    let root = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(root.path(), server.ca.root_pem()).unwrap();
+    let out = s_client_with(
+        server.addr,
+        vec![
+            "-CAfile".into(),
+            root.path().display().to_string(),
+            "-verify_return_error".into(),
+            "-verify_hostname".into(),
+            "localhost".into(),
+        ],
+    )
+    .await;
+    let out_text = text(&out);
+    assert!(out.status.success(), "{out_text}");
+    assert!(
+        out_text.contains("Verify return code: 0 (ok)"),
+        "{out_text}"
+    );
     server.stop().await;
 }
 
