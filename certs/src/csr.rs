@@ -114,3 +114,39 @@ impl KeyAlgorithm {
         }
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::DeviceCsr;
+
+    #[test]
+    fn the_p256_seeds_parse_and_the_other_keys_are_refused_as_unsupported() {
+        let (pem, der) = (corpus::seeds("csr"), corpus::seeds("csr_der"));
+        assert!(DeviceCsr::from_pem(&pem[0]).is_ok(), "P-256");
+        assert!(DeviceCsr::from_der(&der[0]).is_ok(), "P-256");
+        for refused in [
+            DeviceCsr::from_pem(&pem[1]),
+            DeviceCsr::from_pem(&pem[2]),
+            DeviceCsr::from_der(&der[1]),
+        ] {
+            assert!(
+                matches!(refused, Err(super::CsrError::UnsupportedKey { .. })),
+                "P-384 and RSA"
+            );
+        }
+    }
+
+    corpus::proptest::proptest! {
+        #![proptest_config(corpus::config())]
+
+        /// The stable-toolchain fuzzing of CSR parsing (seeds: corpus/seeds/csr, csr_der).
+        #[test]
+        fn mutated_requests_are_refused_or_parsed_never_a_panic(
+            pem in corpus::mutated("csr"),
+            der in corpus::mutated("csr_der"),
+        ) {
+            let _ = DeviceCsr::from_pem(&pem);
+            let _ = DeviceCsr::from_der(&der);
+        }
+    }
+}

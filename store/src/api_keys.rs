@@ -787,4 +787,24 @@ mod tests {
             assert!(!is_origin(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn the_well_formed_key_seeds_parse() {
+        let seeds = corpus::seeds("api_key");
+        for seed in &seeds[..2] {
+            let text = std::str::from_utf8(seed).unwrap();
+            assert!(PresentedKey::parse(text).is_ok(), "{text}");
+        }
+        assert!(PresentedKey::parse(std::str::from_utf8(&seeds[2]).unwrap()).is_err());
+    }
+
+    corpus::proptest::proptest! {
+        #![proptest_config(corpus::config())]
+
+        /// The stable-toolchain fuzzing of API key parsing (seeds: corpus/seeds/api_key).
+        #[test]
+        fn mutated_keys_are_refused_or_parsed_never_a_panic(bytes in corpus::mutated("api_key")) {
+            let _ = PresentedKey::parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
 }

@@ -279,4 +279,37 @@ mod tests {
             Err(ReadError::Closed)
         ));
     }
+
+    /// Every complete packet of `bytes`, until the reader wants more or refuses the rest.
+    fn read_all(bytes: &[u8]) -> (usize, Result<(), ReadError>) {
+        let mut reader = PacketReader::new(4096);
+        reader.buffer.extend_from_slice(bytes);
+        let mut packets = 0;
+        loop {
+            match reader.buffered() {
+                Ok(Some(_)) => packets += 1,
+                Ok(None) => return (packets, Ok(())),
+                Err(e) => return (packets, Err(e)),
+            }
+            assert!(packets <= bytes.len(), "more packets than bytes");
+        }
+    }
+
+    #[test]
+    fn every_seed_of_the_packet_corpus_reads_as_packets() {
+        for seed in corpus::seeds("mqtt_packet") {
+            let (packets, end) = read_all(&seed);
+            assert!(packets >= 1 && end.is_ok(), "{seed:02x?}");
+        }
+    }
+
+    corpus::proptest::proptest! {
+        #![proptest_config(corpus::config())]
+
+        /// The stable-toolchain fuzzing of the packet reader (seeds: corpus/seeds/mqtt_packet).
+        #[test]
+        fn mutated_packets_never_panic_the_reader(bytes in corpus::mutated("mqtt_packet")) {
+            let _ = read_all(&bytes);
+        }
+    }
 }

@@ -205,4 +205,40 @@ mod tests {
             "must exceed earlier segments"
         );
     }
+
+    #[test]
+    fn the_segment_seeds_scan_as_written() {
+        let seeds = corpus::seeds("outbox_segment");
+        let whole = scan_segment(&seeds[0], 0, 0);
+        assert_eq!(
+            (whole.records, whole.last_seq, whole.end),
+            (8, Some(8), ScanEnd::Clean)
+        );
+        assert_eq!(scan_segment(&seeds[1], 0, 0).end, ScanEnd::Torn);
+        assert_eq!(scan_segment(&seeds[2], 0, 0).records, 8);
+    }
+
+    corpus::proptest::proptest! {
+        #![proptest_config(corpus::config())]
+
+        /// The stable-toolchain fuzzing of outbox recovery (seeds: corpus/seeds/outbox_segment):
+        /// whatever the damage, the valid prefix is within the file, holds increasing sequence
+        /// numbers, and scans again to exactly the same records with a clean end.
+        #[test]
+        fn a_damaged_segment_keeps_a_valid_prefix_and_never_panics(
+            bytes in corpus::mutated("outbox_segment"),
+            prev in 0u64..4,
+        ) {
+            let scan = scan_segment(&bytes, prev, 0);
+            let valid = usize::try_from(scan.valid_len).unwrap();
+            corpus::proptest::prop_assert!(valid <= bytes.len());
+            if let (Some(first), Some(last)) = (scan.first_seq, scan.last_seq) {
+                corpus::proptest::prop_assert!(prev < first && first <= last);
+            }
+            let again = scan_segment(&bytes[..valid], prev, 0);
+            corpus::proptest::prop_assert_eq!(again.records, scan.records);
+            corpus::proptest::prop_assert_eq!(again.last_seq, scan.last_seq);
+            corpus::proptest::prop_assert_eq!(again.end, ScanEnd::Clean);
+        }
+    }
 }

@@ -433,4 +433,23 @@ mod tests {
             assert!(!printed.contains("AAAA"), "{printed}");
         }
     }
+
+    #[test]
+    fn the_well_formed_token_seed_parses_and_a_bad_checksum_does_not() {
+        let seeds = corpus::seeds("enrollment_token");
+        assert!(PresentedToken::parse(std::str::from_utf8(&seeds[0]).unwrap()).is_ok());
+        assert!(PresentedToken::parse(std::str::from_utf8(&seeds[1]).unwrap()).is_err());
+    }
+
+    corpus::proptest::proptest! {
+        #![proptest_config(corpus::config())]
+
+        /// The stable-toolchain fuzzing of token parsing (seeds: corpus/seeds/enrollment_token).
+        #[test]
+        fn mutated_tokens_are_refused_or_parsed_never_a_panic(
+            bytes in corpus::mutated("enrollment_token"),
+        ) {
+            let _ = PresentedToken::parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
 }

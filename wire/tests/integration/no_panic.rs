@@ -1,63 +1,10 @@
-//! The decoders never panic, whatever the input: the stable-toolchain companion
-//! of the cargo-fuzz target in `fuzz/`.
+//! The decoders never panic, whatever the input: the stable-toolchain fuzzing of the CBOR
+//! decoders, with the mutations of the other hostile-input targets (`corpus`).
 
+use corpus::{apply, mutation};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use wire::{decode_ack, decode_batch, decode_body, decode_presence, encode_batch, encode_body};
-
-/// How to damage a valid encoding.
-#[derive(Debug, Clone)]
-enum Mutation {
-    /// Replace the byte at this position (modulo the length).
-    Set(usize, u8),
-    /// Flip one bit.
-    Flip(usize, u8),
-    /// Insert bytes.
-    Insert(usize, Vec<u8>),
-    /// Remove a range.
-    Remove(usize, usize),
-    /// Cut the input short.
-    Truncate(usize),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Set(at, byte)),
-        (any::<usize>(), 0..8u8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
-        (any::<usize>(), vec(any::<u8>(), 1..16))
-            .prop_map(|(at, bytes)| Mutation::Insert(at, bytes)),
-        (any::<usize>(), 1..16usize).prop_map(|(at, len)| Mutation::Remove(at, len)),
-        any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    let position = |at: usize, len: usize| if len == 0 { 0 } else { at % len };
-    match mutation {
-        Mutation::Set(at, byte) if !bytes.is_empty() => {
-            let at = position(*at, bytes.len());
-            bytes[at] = *byte;
-        }
-        Mutation::Flip(at, bit) if !bytes.is_empty() => {
-            let at = position(*at, bytes.len());
-            bytes[at] ^= 1 << bit;
-        }
-        Mutation::Insert(at, inserted) => {
-            let at = position(*at, bytes.len() + 1);
-            bytes.splice(at..at, inserted.iter().copied());
-        }
-        Mutation::Remove(at, len) if !bytes.is_empty() => {
-            let start = position(*at, bytes.len());
-            let end = (start + len).min(bytes.len());
-            bytes.drain(start..end);
-        }
-        Mutation::Truncate(at) => {
-            let at = position(*at, bytes.len() + 1);
-            bytes.truncate(at);
-        }
-        _ => {}
-    }
-}
 
 /// Decodes with every decoder; whatever a batch decodes to must encode and
 /// decode again to the same bytes.
