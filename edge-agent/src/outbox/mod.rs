@@ -38,9 +38,15 @@
 //! Every segment is read and every CRC checked, in order:
 //!
 //! - **Torn tail** (the file ends inside a record, or the rest is zeros, as an append cut
-//!   by power loss leaves it): the file is truncated at the last valid record. The cut
-//!   record was never reported as durable, so nothing acknowledged is lost; the bytes are
-//!   counted in [`OpenReport::truncated_bytes`].
+//!   by power loss leaves it): the file is truncated at the last valid record; the bytes are
+//!   counted in [`OpenReport::truncated_bytes`]. The cut record may have been handed out
+//!   (an append that returned before its flush under [`FsyncPolicy::EveryN`] or
+//!   [`FsyncPolicy::Interval`], or storage that does not honour flushes), so when the last
+//!   segment's tail is torn its sequence number (from the cut header when it is whole, else
+//!   the one after the last valid record) becomes a [`DropReport`] with [`DropReason::Torn`]
+//!   and is never assigned again: a torn record is reported, never silently replaced by
+//!   another under the same number. At worst that reports one record that was never
+//!   accepted (an append cut before it returned).
 //! - **Corruption** (a complete record whose CRC fails, or a sequence number that does not
 //!   increase): the rest of that segment is cut, since record boundaries after a damaged
 //!   length cannot be trusted; later segments are kept. The lost sequence numbers become a
@@ -173,6 +179,8 @@ pub enum DropReason {
     /// Records were appended but lost to power loss before the [`FsyncPolicy`] flushed
     /// them (detected on open from the sequence floor in the state file).
     Unflushed,
+    /// The last record of the last segment was found cut short on open (see the module docs).
+    Torn,
 }
 
 impl DropReason {
@@ -182,6 +190,7 @@ impl DropReason {
             Self::OutboxFull => "outbox-full",
             Self::Corrupted => "corrupted",
             Self::Unflushed => "unflushed",
+            Self::Torn => "torn",
         }
     }
 
@@ -190,6 +199,7 @@ impl DropReason {
             "outbox-full" => Some(Self::OutboxFull),
             "corrupted" => Some(Self::Corrupted),
             "unflushed" => Some(Self::Unflushed),
+            "torn" => Some(Self::Torn),
             _ => None,
         }
     }
@@ -731,16 +741,22 @@ impl Outbox {
                 truncate(&path, scan.valid_len, self.durable())?;
             }
             self.narrow_open_corruption_report(scan.first_seq);
+            let is_last = index + 1 == count;
             match scan.end {
                 ScanEnd::Clean => {}
-                ScanEnd::Torn => report.truncated_bytes += cut_bytes,
+                ScanEnd::Torn => {
+                    report.truncated_bytes += cut_bytes;
+                    if is_last && cut_bytes > 0 {
+                        let tail = &bytes[scan.valid_len as usize..];
+                        self.note_torn(tail, scan.last_seq.unwrap_or(prev_seq));
+                    }
+                }
                 ScanEnd::Corrupt => {
                     report.corrupt_segments.push(CorruptSegment {
                         path: path.clone(),
                         offset: scan.valid_len,
                         cut_bytes,
                     });
-                    let is_last = index + 1 == count;
                     self.note_corruption(scan.last_seq.unwrap_or(prev_seq), cut_bytes, is_last);
                 }
             }
@@ -773,6 +789,30 @@ impl Outbox {
             });
             self.lost_through = last_seq;
         }
+    }
+
+    /// Records the torn record at the end of the last segment, after `last_good`, as dropped
+    /// and keeps its number from being assigned again. Its number is in its header when the
+    /// header survived whole; otherwise it is the next one after `last_good`. A record already
+    /// delivered or evicted is not reported.
+    fn note_torn(&mut self, tail: &[u8], last_good: Seq) {
+        let from_header = tail
+            .first_chunk::<RECORD_HEADER_LEN>()
+            .map(|header| RecordHeader::parse(header).seq)
+            .filter(|seq| *seq > last_good);
+        let seq = from_header.unwrap_or(last_good + 1);
+        // Delivered, evicted, or already reported at an earlier open.
+        if seq <= self.skip_through() || seq <= self.lost_through {
+            return;
+        }
+        self.record_drop(DropReport {
+            reason: DropReason::Torn,
+            count: 1,
+            first_seq: seq,
+            last_seq: seq,
+        });
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.lost_through = self.lost_through.max(seq);
     }
 
     /// Records the sequence numbers lost to corruption after `last_good`. For a middle

@@ -305,10 +305,12 @@ fn foreign_files_are_reported_and_left_alone() {
 }
 
 #[test]
-fn truncated_tail_at_every_offset_loses_only_the_last_record() {
+fn a_torn_last_record_at_every_offset_is_reported_and_its_number_not_reused() {
     let (dir, segment, original, last_start) = closed_with_five_records();
 
-    for cut in last_start..original.len() {
+    // From one byte of the last record kept (none kept is a whole record missing: the
+    // unflushed case, found from the sequence floor).
+    for cut in last_start + 1..original.len() {
         fs::write(&segment, &original[..cut]).unwrap();
         let (mut outbox, report) = open(dir.path(), small_config());
         assert_eq!(
@@ -323,9 +325,47 @@ fn truncated_tail_at_every_offset_loses_only_the_last_record() {
             "cut at {cut}"
         );
         assert_eq!(fs::metadata(&segment).unwrap().len(), last_start as u64);
-        // The torn record's number was never handed out, so it is used again.
-        assert_eq!(outbox.next_seq(), 5);
+        // The torn record may have been handed out: its number is reported and not reused.
+        assert_eq!(
+            outbox.drop_reports(),
+            [DropReport {
+                reason: DropReason::Torn,
+                count: 1,
+                first_seq: 5,
+                last_seq: 5,
+            }],
+            "cut at {cut}"
+        );
+        assert_eq!(outbox.next_seq(), 6, "cut at {cut}");
+        drop(outbox);
+        // The report survives a reopen, and is not made a second time.
+        let (outbox, _) = open(dir.path(), small_config());
+        assert_eq!(outbox.drop_reports().len(), 1, "cut at {cut}");
+        assert_eq!(outbox.next_seq(), 6, "cut at {cut}");
+        drop(outbox);
+        fs::write(&segment, &original).unwrap();
+        fs::remove_file(dir.path().join("outbox.meta")).unwrap();
+        let (outbox, _) = open(dir.path(), small_config());
+        drop(outbox);
     }
+}
+
+#[test]
+fn a_torn_tail_of_a_record_already_acked_is_not_reported() {
+    let (dir, segment, original, last_start) = closed_with_five_records();
+    let (mut outbox, _) = open(dir.path(), small_config());
+    outbox.ack(5).unwrap();
+    drop(outbox);
+    // ack(5) covers the whole segment and deletes it; put it back torn, as a crash before
+    // the delete would leave it.
+    fs::write(&segment, &original[..last_start + 3]).unwrap();
+    let (outbox, _) = open(dir.path(), small_config());
+    assert!(
+        outbox.drop_reports().is_empty(),
+        "{:?}",
+        outbox.drop_reports()
+    );
+    assert_eq!(outbox.next_seq(), 6);
 }
 
 #[test]
