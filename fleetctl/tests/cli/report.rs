@@ -2,6 +2,7 @@
 //! as HTML, JSON and PDF (printed by the installed headless Chromium).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use store::api_keys::{PresentedKey, Role};
 use store::audit::Actor;
@@ -17,6 +18,38 @@ use super::{fleetctl, run};
 
 fn key_id(key: &str) -> String {
     PresentedKey::parse(key).unwrap().id().to_string()
+}
+
+/// The evidence report of tenant acme for `from..to` as JSON, written to `file` by fleetctl.
+async fn json_report(fleet: &Fleet, from: &str, to: &str, file: &Path) -> serde_json::Value {
+    fleet
+        .ctl(&[
+            "report",
+            "evidence",
+            "--tenant",
+            "acme",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--format",
+            "json",
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
+}
+
+/// Every row of every section of a JSON evidence report.
+fn report_rows(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["rows"].as_array().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,31 +132,8 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
     let from = (now - Duration::days(1)).date().to_string();
     let to = now.date().to_string();
     let json_file = work.path().join("evidence.json");
-    fleet
-        .ctl(&[
-            "report",
-            "evidence",
-            "--tenant",
-            "acme",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--format",
-            "json",
-            "-o",
-            json_file.to_str().unwrap(),
-        ])
-        .await
-        .ok();
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_file).unwrap()).unwrap();
-    let rows: Vec<&serde_json::Value> = report["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["rows"].as_array().unwrap())
-        .collect();
+    let report = json_report(&fleet, &from, &to, &json_file).await;
+    let rows = report_rows(&report);
     let row = |evidence: &str| {
         *rows
             .iter()
@@ -296,28 +306,9 @@ async fn the_evidence_report_maps_each_control_to_sourced_evidence_without_secre
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    fleet
-        .ctl(&[
-            "report",
-            "evidence",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--format",
-            "json",
-            "-o",
-            json_file.to_str().unwrap(),
-        ])
-        .await
-        .ok();
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_file).unwrap()).unwrap();
-    let owner = report["sections"]
-        .as_array()
-        .unwrap()
+    let report = json_report(&fleet, &from, &to, &json_file).await;
+    let owner = *report_rows(&report)
         .iter()
-        .flat_map(|s| s["rows"].as_array().unwrap())
         .find(|r| r["evidence"] == "user root@acme.example")
         .unwrap();
     assert!(
