@@ -619,8 +619,11 @@ async fn run_faults() {
         })
         .unwrap();
 
-    // Agent 0 is behind the proxy with a small outbox; agent 1 has its state on a small tmpfs.
+    // Agent 0 is behind the proxy with a small outbox; agent 1 has its state on a small tmpfs
+    // and a proxy of its own (cut while its disk is full, so that the eviction takes records
+    // that never reached the server).
     let proxy = BlackHoleProxy::start(fleetd.broker).await;
+    let disk_proxy = BlackHoleProxy::start(fleetd.broker).await;
     let mut agents = Vec::new();
     let mut tmpfs = None;
     for index in 0..AGENTS {
@@ -664,6 +667,7 @@ async fn run_faults() {
         .unwrap()
     };
     redirect_broker(&agents[0], fleetd.broker, proxy.addr);
+    redirect_broker(&agents[1], fleetd.broker, disk_proxy.addr);
     let mut agents: Vec<Agent> = agents
         .into_iter()
         .zip(enrolled)
@@ -745,7 +749,7 @@ async fn run_faults() {
                     counts.note("torn last record");
                 }
                 Fault::FillDisk => {
-                    fill_disk(&mut agents[1], &agent_binary).await;
+                    fill_disk(&mut agents[1], &disk_proxy.cut).await;
                     counts.note("disk full");
                 }
             }
@@ -804,11 +808,18 @@ async fn run_faults() {
             agent.device
         );
         let mut reported = BTreeSet::new();
-        for range in reported_drops(&mut owner, agent.device).await {
+        for (range, count) in reported_drops(&mut owner, agent.device).await {
             let range: BTreeSet<u64> = range.collect();
             assert!(
                 range.is_disjoint(&seqs),
                 "device {}: a reported drop {range:?} overlaps stored records",
+                agent.device
+            );
+            // Counted exactly: the report's count is the size of its range, none of it stored.
+            assert_eq!(
+                count,
+                range.len() as u64,
+                "device {}: the drop report of {range:?} counts {count}",
                 agent.device
             );
             reported.extend(range);
@@ -858,7 +869,7 @@ async fn run_faults() {
         let reported = reported_drops(&mut owner, agent.device)
             .await
             .iter()
-            .any(|range| range.contains(seq));
+            .any(|(range, _)| range.contains(seq));
         println!(
             "torn record: agent {index} seq {seq}: reported dropped {reported}, stored as written {}",
             stored_body.as_ref() == Some(&written)
@@ -893,11 +904,12 @@ async fn run_faults() {
     );
 }
 
-/// The sequence ranges the device reported dropped (its outbox overflow events in the ledger).
+/// The sequence ranges the device reported dropped, with the count each report gives (its
+/// outbox overflow events in the ledger).
 async fn reported_drops(
     owner: &mut sqlx::PgConnection,
     device: Uuid,
-) -> Vec<std::ops::RangeInclusive<u64>> {
+) -> Vec<(std::ops::RangeInclusive<u64>, u64)> {
     let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
         "SELECT body FROM device_records WHERE device_id = $1 AND kind = 'event' ORDER BY seq",
     )
@@ -909,7 +921,7 @@ async fn reported_drops(
         .iter()
         .filter_map(|body| match wire::decode_body(body).unwrap() {
             wire::Body::Event(wire::AgentEvent::OutboxOverflow(overflow)) => {
-                Some(overflow.first_seq..=overflow.last_seq)
+                Some((overflow.first_seq..=overflow.last_seq, overflow.dropped))
             }
             _ => None,
         })
@@ -977,31 +989,44 @@ fn tear_last_record(outbox: &Path, rng: &mut Rng) -> Option<(u64, Vec<u8>)> {
     ))
 }
 
-/// Fills the agent's tmpfs with a filler file until it is full, waits for the agent to notice
-/// (its outbox cannot take another record), then frees the space and restarts it if it stopped.
-async fn fill_disk(agent: &mut Agent, binary: &Path) {
+/// Fills the agent's tmpfs until its outbox is full: with the agent's link cut, so that what it
+/// appends stays unacknowledged, a filler file takes every free byte; the agent must go on
+/// appending by evicting its oldest records (and say so) rather than stop. Then frees the space
+/// and restores the link.
+async fn fill_disk(agent: &mut Agent, cut: &AtomicBool) {
+    cut.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let evicted_before = agent.log().matches(EVICTED).count();
     let filler = agent.dir.join("state/filler");
     {
         let mut file = std::fs::File::create(&filler).unwrap();
         let chunk = vec![0u8; 4096];
         while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
     }
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline && !agent.has_exited() {
+    // Records of about 300 bytes once a second fill the last page of the segment in about 15 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline
+        && !agent.has_exited()
+        && agent.log().matches(EVICTED).count() == evicted_before
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A few more appends on the full disk, each evicting again if it must.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     std::fs::remove_file(&filler).unwrap();
-    let full = agent.log().matches("No space left on device").count();
-    println!(
-        "disk full: the agent {} ({full} log lines say no space left)",
-        if agent.has_exited() {
-            "stopped"
-        } else {
-            "kept running"
-        }
+    cut.store(false, Ordering::SeqCst);
+    let log = agent.log();
+    assert!(
+        !agent.has_exited(),
+        "the agent stopped on a full disk; its log:\n{log}"
     );
-    if agent.has_exited() {
-        agent.child = None;
-        agent.start(binary);
-    }
+    let evictions = log.matches(EVICTED).count() - evicted_before;
+    println!("disk full: the agent kept running and evicted {evictions} times");
+    assert!(
+        evictions > 0,
+        "the full disk never filled the outbox; the agent's log:\n{log}"
+    );
 }
+
+/// What the agent logs when it evicts records not yet acknowledged.
+const EVICTED: &str = "outbox evicted records not yet acknowledged";

@@ -30,6 +30,7 @@
 //!   `outbox.meta.tmp`, fsyncing it, renaming it over, and fsyncing the directory.
 //! - **`lock`**: held with `flock(2)` while an [`Outbox`] is open, so two agents cannot
 //!   interleave writes.
+//! - **`reserve`**: 16 KiB of zeros held back for the state file (see *Full disk* below).
 //!
 //! Any other file is listed in [`OpenReport::ignored_files`] and left alone.
 //!
@@ -80,9 +81,23 @@
 //! [`DropReport`] ([`DropReason::OutboxFull`]) that is persisted before the file is
 //! deleted and kept until the agent has sent it (see
 //! [`append_drop_events`](Outbox::append_drop_events)): the gap is visible, never silent.
+//!
+//! # Full disk
+//!
+//! When the file system under the outbox fills up before `max_bytes` is reached, an append
+//! that fails with "no space left" (or "quota exceeded") makes room the same way: the oldest
+//! segment is evicted and its unacknowledged records reported ([`DropReason::OutboxFull`]),
+//! and the append is tried again, until it fits or no segment holds anything. Newest data
+//! wins, as when the outbox is full by its own bound. The report is persisted before the
+//! segment is deleted; on a disk with no free byte that rewrite of the state file would fail,
+//! so the outbox keeps a small reserve file and deletes it when the state file cannot be
+//! written, and writes it again once eviction or an ack has freed space. Only when nothing is
+//! left to evict does `append` fail ([`OutboxError::is_storage_full`]), before any sequence
+//! number was assigned: the record was never accepted.
 
 mod meta;
 mod record;
+mod reserve;
 
 #[cfg(test)]
 mod tests;
@@ -98,6 +113,7 @@ use nix::fcntl::{Flock, FlockArg};
 use self::meta::{Loaded, Meta, META_FILE, META_TMP_FILE};
 pub use self::record::RECORD_HEADER_LEN;
 use self::record::{RecordHeader, ScanEnd, SegmentScan};
+use self::reserve::{Reserve, RESERVE_FILE};
 
 /// A per-device sequence number. The first record gets 1; 0 means "none".
 pub type Seq = u64;
@@ -219,6 +235,26 @@ pub struct DropReport {
     pub first_seq: Seq,
     /// Highest dropped sequence number.
     pub last_seq: Seq,
+}
+
+impl DropReport {
+    /// Takes the numbers up to `watermark` out of the report; returns whether any are left.
+    /// A report with gaps in its range (reports merged past [`MAX_DROP_REPORTS`]) cannot say
+    /// how many of its records lie below the watermark, so it shrinks only once it is covered
+    /// whole.
+    fn forget_through(&mut self, watermark: Seq) -> bool {
+        if watermark < self.first_seq {
+            return true;
+        }
+        if watermark >= self.last_seq {
+            return false;
+        }
+        if self.count == self.last_seq - self.first_seq + 1 {
+            self.count -= watermark + 1 - self.first_seq;
+            self.first_seq = watermark + 1;
+        }
+        true
+    }
 }
 
 /// The outbox's sequence space. The server keeps one watermark per device for the epoch it
@@ -370,6 +406,15 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// The file system (or the user's quota) has no room, and the outbox had nothing left to
+    /// evict: the record was not stored and got no sequence number. Not fatal: the next
+    /// append may succeed once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if reserve::is_storage_full(source))
+    }
+}
+
 /// Attaches the path to an I/O error.
 pub(crate) trait ResultExt<T> {
     fn at(self, path: &Path) -> Result<T, OutboxError>;
@@ -431,6 +476,8 @@ pub struct Outbox {
     last_sync: Instant,
     disk_bytes: u64,
     encode_buf: Vec<u8>,
+    /// Space held back for the state file on a full disk.
+    reserve: Reserve,
 }
 
 impl Outbox {
@@ -444,6 +491,7 @@ impl Outbox {
         fs::create_dir_all(&dir).at(&dir)?;
         let lock = lock_dir(&dir)?;
         let (meta, meta_status) = read_meta(&dir)?;
+        let reserve = Reserve::find(&dir);
         let mut outbox = Self {
             dir,
             config,
@@ -461,6 +509,7 @@ impl Outbox {
             last_sync: Instant::now(),
             disk_bytes: 0,
             encode_buf: Vec::new(),
+            reserve,
         };
         let mut report = OpenReport {
             recovered_records: 0,
@@ -495,11 +544,13 @@ impl Outbox {
         report.epoch = outbox.epoch;
         report.recovered_records = outbox.depth().records;
         outbox.store_meta()?;
+        outbox.reserve.refill(outbox.durable())?;
         Ok((outbox, report))
     }
 
     /// Writes `payload` as the next record and returns its sequence number. Flushes as the
-    /// [`FsyncPolicy`] says. May evict the oldest segment (see [`DropReport`]).
+    /// [`FsyncPolicy`] says. May evict the oldest segment (see [`DropReport`]), also when the
+    /// disk is full (see the module docs).
     pub fn append(&mut self, payload: &[u8]) -> Result<Seq, OutboxError> {
         let max = self.config.max_payload_len();
         if payload.len() > max {
@@ -508,6 +559,16 @@ impl Outbox {
                 max,
             });
         }
+        loop {
+            match self.append_record(payload) {
+                // Each round evicts one segment, so this ends when nothing is left to evict.
+                Err(err) if err.is_storage_full() && self.disk_bytes > 0 => self.evict_oldest()?,
+                result => return result,
+            }
+        }
+    }
+
+    fn append_record(&mut self, payload: &[u8]) -> Result<Seq, OutboxError> {
         let record_len = (RECORD_HEADER_LEN + payload.len()) as u64;
         if self.needs_new_segment(record_len) {
             self.start_segment()?;
@@ -541,6 +602,7 @@ impl Outbox {
             return Ok(());
         }
         self.acked = watermark;
+        self.forget_delivered_drops(watermark);
         // State first: a crash before the deletes below only leaves files that the next
         // open recognises as covered and removes.
         self.store_meta()?;
@@ -693,7 +755,8 @@ impl Outbox {
         }
     }
 
-    fn store_meta(&self) -> Result<(), OutboxError> {
+    /// Replaces the state file; on a full disk, releases the reserve and tries once more.
+    fn store_meta(&mut self) -> Result<(), OutboxError> {
         let meta = Meta {
             acked: self.acked,
             evicted_through: self.evicted_through,
@@ -702,7 +765,12 @@ impl Outbox {
             drops: self.drops.clone(),
             epoch: self.epoch,
         };
-        meta::store(&self.dir, &meta, self.durable())
+        match meta::store(&self.dir, &meta, self.durable()) {
+            Err(err) if err.is_storage_full() && self.reserve.release()? => {
+                meta::store(&self.dir, &meta, self.durable())
+            }
+            result => result,
+        }
     }
 
     /// Sorts the directory into segment paths (in sequence order) and everything else.
@@ -712,7 +780,7 @@ impl Outbox {
             let path = entry.at(&self.dir)?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match name {
-                META_FILE | LOCK_FILE => {}
+                META_FILE | LOCK_FILE | RESERVE_FILE => {}
                 // A meta update interrupted before its rename: the old file is intact.
                 META_TMP_FILE => fs::remove_file(&path).at(&path)?,
                 _ if is_segment_name(name) && path.is_file() => segments.push(path),
@@ -793,14 +861,22 @@ impl Outbox {
 
     /// Records the torn record at the end of the last segment, after `last_good`, as dropped
     /// and keeps its number from being assigned again. Its number is in its header when the
-    /// header survived whole; otherwise it is the next one after `last_good`. A record already
-    /// delivered or evicted is not reported.
+    /// header survived whole and names a number the outbox could have given out; otherwise
+    /// it is the one after `last_good` or after the numbers already reported lost, whichever is
+    /// higher (the next append skips those). A record already delivered or evicted is not
+    /// reported.
     fn note_torn(&mut self, tail: &[u8], last_good: Seq) {
+        let unaccounted = last_good.max(self.lost_through) + 1;
+        // No append was given more than that or the state file's floor (which includes every
+        // jump past a lost number). A header naming more is damage (its
+        // checksum cannot be checked without the payload); believing it would make the report,
+        // and every number after it, jump arbitrarily far.
+        let most = unaccounted.max(self.next_seq);
         let from_header = tail
             .first_chunk::<RECORD_HEADER_LEN>()
             .map(|header| RecordHeader::parse(header).seq)
-            .filter(|seq| *seq > last_good);
-        let seq = from_header.unwrap_or(last_good + 1);
+            .filter(|seq| *seq > last_good && *seq <= most);
+        let seq = from_header.unwrap_or(unaccounted);
         // Delivered, evicted, or already reported at an earlier open.
         if seq <= self.skip_through() || seq <= self.lost_through {
             return;
@@ -908,8 +984,11 @@ impl Outbox {
         self.encode_buf.clear();
         record::encode_into(&mut self.encode_buf, seq, payload);
         if let Err(err) = file.write_all(&self.encode_buf) {
-            // Take back a partial write so the file stays a sequence of whole records.
+            // Take back a partial write so the file stays a sequence of whole records, and
+            // move the write position back with it (a segment created by `start_segment` is
+            // not in append mode: the next write would leave a hole of zeros).
             let _ = file.set_len(segment.bytes);
+            let _ = file.seek(SeekFrom::Start(segment.bytes));
             return Err(err).at(&segment.path);
         }
         let len = self.encode_buf.len() as u64;
@@ -952,11 +1031,25 @@ impl Outbox {
         self.evicted_through = self.evicted_through.max(last_seq);
         self.store_meta()?;
         let segment = self.segments.pop_front().expect("caller checked");
+        if self.segments.is_empty() {
+            self.active = None;
+        }
         self.delete_segment(&segment)?;
         if self.durable() {
             sync_dir(&self.dir)?;
         }
-        Ok(())
+        // A no-op unless a full disk took the reserve; the deleted segment freed its space.
+        self.reserve.refill(self.durable())
+    }
+
+    /// Every number up to an ack reached the server (it acks only what it committed or refused
+    /// for good), so a report not yet sent no longer counts them: a record evicted or torn
+    /// after it was delivered but before its ack came back was not lost. This keeps the count
+    /// of an outbox-full report exact when a full outbox or disk evicts records in flight.
+    fn forget_delivered_drops(&mut self, watermark: Seq) {
+        let mut unsent = self.drops.split_off(self.frozen_drops);
+        unsent.retain_mut(|report| report.forget_through(watermark));
+        self.drops.append(&mut unsent);
     }
 
     /// Adds a drop report, extending the last one when the ranges touch.
@@ -994,10 +1087,13 @@ impl Outbox {
             self.delete_segment(&segment)?;
             removed = true;
         }
-        if removed && self.durable() {
+        if !removed {
+            return Ok(());
+        }
+        if self.durable() {
             sync_dir(&self.dir)?;
         }
-        Ok(())
+        self.reserve.refill(self.durable())
     }
 
     fn delete_segment(&mut self, segment: &Segment) -> Result<(), OutboxError> {

@@ -225,6 +225,46 @@ fn drop_count_excludes_records_already_acked() {
 }
 
 #[test]
+fn an_ack_takes_what_it_covers_out_of_a_report_not_yet_sent() {
+    // Records 1..=8 were evicted while in flight; the server had committed 1..=5 and its ack
+    // came late: only 6..=8 were lost.
+    let (_dir, mut outbox) = filled(RECORDS_THAT_FIT + 1);
+    outbox.ack(5).unwrap();
+    assert_eq!(
+        outbox.drop_reports(),
+        &[DropReport {
+            reason: DropReason::OutboxFull,
+            count: 3,
+            first_seq: 6,
+            last_seq: 8
+        }]
+    );
+    // An ack past the whole range: nothing in it was lost.
+    outbox.ack(9).unwrap();
+    assert!(outbox.drop_reports().is_empty());
+}
+
+#[test]
+fn an_ack_inside_a_merged_report_with_gaps_leaves_its_exact_count_alone() {
+    let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
+    drop(outbox);
+    // Merged past the report limit, a report's range can span delivered numbers: its count
+    // stays as it is until an ack covers the whole range.
+    let (mut outbox, _) = open(dir.path(), small_config());
+    outbox.drops[0] = DropReport {
+        reason: DropReason::OutboxFull,
+        count: 2,
+        first_seq: 1,
+        last_seq: 8,
+    };
+    outbox.ack(4).unwrap();
+    assert_eq!(outbox.drop_reports()[0].count, 2);
+    assert_eq!(outbox.drop_reports()[0].first_seq, 1);
+    outbox.ack(8).unwrap();
+    assert!(outbox.drop_reports().is_empty());
+}
+
+#[test]
 fn drop_report_survives_restart_until_taken() {
     let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
     let reports = outbox.drop_reports().to_vec();
@@ -348,6 +388,26 @@ fn a_torn_last_record_at_every_offset_is_reported_and_its_number_not_reused() {
         let (outbox, _) = open(dir.path(), small_config());
         drop(outbox);
     }
+}
+
+#[test]
+fn a_torn_header_naming_a_number_never_given_out_is_not_believed() {
+    let (dir, segment, original, last_start) = closed_with_five_records();
+    // The last record's header whole, its number damaged, the payload cut.
+    let mut torn = original[..last_start + RECORD_HEADER_LEN + 10].to_vec();
+    torn[last_start + 4..last_start + 12].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    fs::write(&segment, &torn).unwrap();
+    let (outbox, _) = open(dir.path(), small_config());
+    assert_eq!(
+        outbox.drop_reports(),
+        [DropReport {
+            reason: DropReason::Torn,
+            count: 1,
+            first_seq: 5,
+            last_seq: 5,
+        }]
+    );
+    assert_eq!(outbox.next_seq(), 6);
 }
 
 #[test]
@@ -645,4 +705,112 @@ fn an_outbox_whose_state_file_is_gone_starts_an_epoch_where_its_records_begin() 
         .and_then(|path| path.file_stem()?.to_str()?.parse::<Seq>().ok())
         .unwrap();
     assert_eq!(outbox.epoch().first_seq, first_on_disk);
+}
+
+/// A tmpfs of `size` mounted on a new temporary directory (needs root, as CI runs), unmounted
+/// when dropped: a file system that really fills up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            output.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file `name` until the disk refuses more; returns its path.
+    fn fill(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = fs::File::create(&path).unwrap();
+        let chunk = [0xa5u8; 512];
+        while std::io::Write::write_all(&mut file, &chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// An outbox bounded far above the disk it is on, so the disk fills first.
+fn config_bigger_than_the_disk() -> OutboxConfig {
+    OutboxConfig {
+        max_bytes: 64 * 1024 * 1024,
+        segment_bytes: 8 * 1024,
+        fsync: FsyncPolicy::Always,
+    }
+}
+
+#[test]
+fn a_full_disk_evicts_the_oldest_records_and_reports_exactly_which() {
+    let disk = SmallDisk::mount("256k");
+    let (mut outbox, _) = open(disk.path(), config_bigger_than_the_disk());
+    assert!(disk.path().join("reserve").exists());
+    append_n(&mut outbox, 150);
+    disk.fill("filler");
+    // The disk is full: every further append still succeeds, by evicting the oldest segment.
+    append_n(&mut outbox, 150);
+    let reports = outbox.drop_reports().to_vec();
+    assert!(!reports.is_empty(), "the full disk evicted nothing");
+    let mut dropped = std::collections::BTreeSet::new();
+    for report in &reports {
+        assert_eq!(report.reason, DropReason::OutboxFull);
+        assert_eq!(report.count, report.last_seq - report.first_seq + 1);
+        dropped.extend(report.first_seq..=report.last_seq);
+    }
+    let pending = pending_seqs(&mut outbox, None);
+    // Every number is either still waiting or in a report, never both, never neither.
+    let mut all: Vec<Seq> = pending
+        .iter()
+        .copied()
+        .chain(dropped.iter().copied())
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=300).collect::<Vec<_>>());
+    // And the reports survive a reopen (they were persisted before each segment went).
+    drop(outbox);
+    let (mut outbox, report) = open(disk.path(), config_bigger_than_the_disk());
+    assert_eq!(report.meta, MetaStatus::Loaded);
+    assert_eq!(outbox.drop_reports(), reports.as_slice());
+    assert_eq!(pending_seqs(&mut outbox, None), pending);
+}
+
+#[test]
+fn with_nothing_left_to_evict_a_full_disk_refuses_the_record_before_numbering_it() {
+    let disk = SmallDisk::mount("128k");
+    let (mut outbox, _) = open(disk.path(), config_bigger_than_the_disk());
+    append_n(&mut outbox, 10);
+    let first_filler = disk.fill("filler-1");
+    // Acks still rewrite the state file on the full disk (the reserve gives the room).
+    outbox.ack(5).unwrap();
+    outbox.ack(10).unwrap();
+    assert_eq!(outbox.last_acked(), Some(10));
+    // Everything is acked and its segment gone, and what that freed is taken too: there is
+    // nothing left to make room with.
+    let second_filler = disk.fill("filler-2");
+    let err = outbox.append(&payload_for(11)).unwrap_err();
+    assert!(err.is_storage_full(), "{err}");
+    assert_eq!(outbox.next_seq(), 11, "a refused record gets no number");
+    assert!(outbox.drop_reports().is_empty());
+    fs::remove_file(first_filler).unwrap();
+    fs::remove_file(second_filler).unwrap();
+    assert_eq!(outbox.append(&payload_for(11)).unwrap(), 11);
+    assert_eq!(pending_seqs(&mut outbox, None), vec![11]);
 }

@@ -328,6 +328,7 @@ impl Agent {
                 }
                 self.state.last_ack = self.outbox.snapshot().last_acked;
                 self.state.last_ack_at = Some(certinfo::now_secs());
+                self.append_drop_events().await?;
                 self.refresh_depth();
                 self.store_state();
                 Ok(())

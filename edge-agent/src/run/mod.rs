@@ -287,11 +287,37 @@ impl Agent {
 
     // ----- records ------------------------------------------------------------------
 
-    /// Validates and appends a record (and the overflow events of any records the outbox
-    /// had to drop), on the blocking pool.
+    /// Validates and appends a record, on the blocking pool. The overflow events of records
+    /// the outbox had to drop are appended when the next ack has come (see
+    /// [`append_drop_events`](Self::append_drop_events)).
     async fn append(&mut self, body: Body) -> Result<(), RunError> {
         self.outbox
             .with(move |outbox| append_to(outbox, body))
+            .await??;
+        self.refresh_depth();
+        Ok(())
+    }
+
+    /// Turns the outbox's drop reports into overflow event records. Called after an ack: the
+    /// ack has taken out of the reports whatever was delivered before its ack was lost (a
+    /// record evicted while in flight), so each event counts exactly the records lost.
+    async fn append_drop_events(&mut self) -> Result<(), RunError> {
+        if !self.outbox.snapshot().drops_waiting {
+            return Ok(());
+        }
+        self.outbox
+            .with(|outbox| {
+                for report in outbox.drop_reports() {
+                    warn!(
+                        count = report.count,
+                        first = report.first_seq,
+                        last = report.last_seq,
+                        reason = report.reason.as_str(),
+                        "outbox dropped records"
+                    );
+                }
+                emit_drop_events(outbox)
+            })
             .await??;
         self.refresh_depth();
         Ok(())
@@ -326,10 +352,30 @@ impl Agent {
     }
 }
 
+/// What [`Agent::append_drop_events`] does on the blocking pool.
+fn emit_drop_events(outbox: &mut Outbox) -> Result<(), RecordsError> {
+    match records::append_drop_events(outbox) {
+        Ok(_) => Ok(()),
+        Err(RecordsError::Outbox(err)) if err.is_storage_full() => {
+            // The reports stay in the state file; the next ack tries again.
+            warn!("the disk is full: drop reports wait for room ({err})");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// What [`Agent::append`] does on the blocking pool.
 fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
+    let drops_before = outbox.drop_reports().to_vec();
     match records::append(outbox, body) {
         Ok(_) => {}
+        Err(RecordsError::Outbox(err)) if err.is_storage_full() => {
+            // Nothing was left to evict: the record got no number and was never accepted.
+            warn!(
+                "the disk is full and the outbox holds nothing to evict: record not stored ({err})"
+            );
+        }
         Err(RecordsError::Outbox(err)) => return Err(RunError::Fatal(format!("outbox: {err}"))),
         // A record that breaks a limit is a bug or a freak system; report, go on.
         Err(err) => {
@@ -338,17 +384,16 @@ fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
             records::append(outbox, body)?;
         }
     }
-    if !outbox.drop_reports().is_empty() {
-        for report in outbox.drop_reports() {
+    for report in outbox.drop_reports() {
+        if !drops_before.contains(report) {
             warn!(
                 count = report.count,
                 first = report.first_seq,
                 last = report.last_seq,
                 reason = report.reason.as_str(),
-                "outbox dropped records"
+                "outbox evicted records not yet acknowledged; reported once the next ack says which of them arrived"
             );
         }
-        records::append_drop_events(outbox)?;
     }
     Ok(())
 }

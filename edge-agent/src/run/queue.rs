@@ -29,6 +29,8 @@ pub(super) struct Snapshot {
     pub(super) last_acked: Option<Seq>,
     /// The sequence space.
     pub(super) epoch: Epoch,
+    /// Drop reports wait to be turned into events.
+    pub(super) drops_waiting: bool,
 }
 
 impl Snapshot {
@@ -38,6 +40,7 @@ impl Snapshot {
             next_seq: outbox.next_seq(),
             last_acked: outbox.last_acked(),
             epoch: outbox.epoch(),
+            drops_waiting: !outbox.drop_reports().is_empty(),
         }
     }
 
