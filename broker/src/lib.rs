@@ -52,6 +52,16 @@ mod stats;
 mod stream;
 mod tls;
 
+/// The seams of the fuzz targets (`fuzz/`, built by cargo fuzz, which sets `cfg(fuzzing)`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// Frames `bytes` with the gateway's MQTT packet reader; returns the complete packets read
+    /// before it wanted more or refused the rest.
+    pub fn read_packets(bytes: &[u8]) -> usize {
+        crate::connection::codec::read_all(bytes).0
+    }
+}
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

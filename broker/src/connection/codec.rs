@@ -151,7 +151,7 @@ fn publish_pkid(raw: &[u8]) -> Option<u16> {
 
 /// Why reading a packet failed.
 #[derive(Debug)]
-pub(super) enum ReadError {
+pub(crate) enum ReadError {
     /// The device closed the connection.
     Closed,
     /// The connection failed.
@@ -234,6 +234,23 @@ impl PacketReader {
     }
 }
 
+/// Every complete packet of `bytes` (a 4 KiB packet limit), until the reader wants more or
+/// refuses the rest: the reader as the fuzz target and the property test drive it.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn read_all(bytes: &[u8]) -> (usize, Result<(), ReadError>) {
+    let mut reader = PacketReader::new(4096);
+    reader.buffer.extend_from_slice(bytes);
+    let mut packets = 0;
+    loop {
+        match reader.buffered() {
+            Ok(Some(_)) => packets += 1,
+            Ok(None) => return (packets, Ok(())),
+            Err(e) => return (packets, Err(e)),
+        }
+        assert!(packets <= bytes.len(), "more packets than bytes");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,21 +295,6 @@ mod tests {
             reader.next(&mut empty).await,
             Err(ReadError::Closed)
         ));
-    }
-
-    /// Every complete packet of `bytes`, until the reader wants more or refuses the rest.
-    fn read_all(bytes: &[u8]) -> (usize, Result<(), ReadError>) {
-        let mut reader = PacketReader::new(4096);
-        reader.buffer.extend_from_slice(bytes);
-        let mut packets = 0;
-        loop {
-            match reader.buffered() {
-                Ok(Some(_)) => packets += 1,
-                Ok(None) => return (packets, Ok(())),
-                Err(e) => return (packets, Err(e)),
-            }
-            assert!(packets <= bytes.len(), "more packets than bytes");
-        }
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! - [`session`]: the session loop, the rules and limits per packet.
 
 mod admission;
-mod codec;
+pub(crate) mod codec;
 mod registration;
 mod session;
 mod subscriber;

@@ -68,3 +68,19 @@ proptest! {
         decode_everything(&bytes);
     }
 }
+
+/// The committed seeds of the `wire_message` fuzz target (fuzz/, corpus/seeds/wire_message)
+/// still decode: a schema change that breaks them must replace them, or the fuzzer starts from
+/// inputs that no longer reach the decoders' depths.
+#[test]
+fn the_message_seeds_decode() {
+    let seeds = corpus::seeds("wire_message"); // ack, batch-0 to batch-5, presence
+    assert_eq!(seeds.len(), 8);
+    decode_ack(&seeds[0]).unwrap();
+    for seed in &seeds[1..7] {
+        let limit = wire::limits::DEFAULT_MAX_MESSAGE_BYTES;
+        wire::decode_message_with_limit(seed, limit).unwrap();
+        wire::decode_message_view(seed, limit).unwrap();
+    }
+    decode_presence(&seeds[7]).unwrap();
+}
