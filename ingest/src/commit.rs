@@ -53,13 +53,16 @@ impl Outcome {
 }
 
 /// One device's ack after the commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AckOut {
     pub(crate) device: DeviceId,
     /// The epoch the watermark counts in (a `wire::Epoch` id, bit for bit).
     pub(crate) epoch: i64,
     /// The durable watermark.
     pub(crate) watermark: i64,
+    /// The lowest handled ranges above the watermark (the ack carries those that fit), so that
+    /// an agent that evicted records it had sent does not report the stored ones as lost.
+    pub(crate) handled_above: Vec<(i64, i64)>,
     /// The device reused sequence numbers of this epoch for other records: it must start a
     /// new epoch (see [`records::devices_reusing_seqs`]).
     pub(crate) new_epoch: bool,
@@ -238,6 +241,7 @@ async fn write_shares_once(
                 device: *device,
                 epoch: device_work.state.epoch,
                 watermark: device_work.handled.watermark(),
+                handled_above: lowest_ranges(device_work.handled.ranges()),
                 new_epoch: false,
             });
         }
@@ -349,10 +353,18 @@ pub(crate) async fn refuse_share(
             device,
             epoch: state.epoch,
             watermark: state.watermark,
+            handled_above: lowest_ranges(&state.pending),
             new_epoch: false,
         });
     }
     Ok(outcome)
+}
+
+/// The handled ranges an ack can carry at most: more never fit in a control message.
+const ACK_RANGES: usize = 16;
+
+fn lowest_ranges(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    ranges.iter().take(ACK_RANGES).copied().collect()
 }
 
 /// Finds the devices whose replays are not replays: a seq already handled, stored with another

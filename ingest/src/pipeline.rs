@@ -364,6 +364,12 @@ impl Writer {
             // The epoch id is stored bit for bit.
             let mut message = wire::Ack::in_epoch(watermark, ack.epoch as u64);
             message.new_epoch = ack.new_epoch;
+            message.fit_handled_above(ack.handled_above.iter().map(|&(first, last)| {
+                (
+                    u64::try_from(first).unwrap_or(0),
+                    u64::try_from(last).unwrap_or(0),
+                )
+            }));
             let payload = wire::encode_ack(&message);
             match self.acks.publish_ack(ack.device, payload).await {
                 Ok(()) => {

@@ -13,7 +13,10 @@ use crate::SchemaVersion;
 /// refused for good (a refused record is never worth resending). The device may
 /// delete those records from its outbox. A watermark never moves backwards;
 /// acks may be lost or repeated, and each one supersedes the earlier ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `handled_above` lists numbers above the watermark that are handled too (a hole below them
+/// is still open): a device that evicted records it had sent must not report those as lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// The schema version the sender wrote. Key `v`.
     #[serde(rename = "v")]
@@ -31,6 +34,13 @@ pub struct Ack {
     /// unacknowledged records again in it. Key `n`; absent means false.
     #[serde(rename = "n", default, skip_serializing_if = "std::ops::Not::not")]
     pub new_epoch: bool,
+    /// Inclusive ranges `(first, last)` of sequence numbers above the watermark that are
+    /// handled as well, lowest first; not necessarily all of them (the ack stays within
+    /// [`MAX_CONTROL_MESSAGE_BYTES`](crate::limits::MAX_CONTROL_MESSAGE_BYTES), see
+    /// [`Ack::fit_handled_above`]). Key `s`; absent means none known. A range with
+    /// `first > last` means nothing.
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    pub handled_above: Vec<(u64, u64)>,
 }
 
 impl Ack {
@@ -41,6 +51,7 @@ impl Ack {
             watermark,
             epoch: None,
             new_epoch: false,
+            handled_above: Vec::new(),
         }
     }
 
@@ -50,6 +61,31 @@ impl Ack {
             epoch: Some(epoch),
             ..Self::new(watermark)
         }
+    }
+
+    /// Adds `ranges` (lowest first) to [`handled_above`](Self::handled_above) while the
+    /// encoded ack stays within
+    /// [`MAX_CONTROL_MESSAGE_BYTES`](crate::limits::MAX_CONTROL_MESSAGE_BYTES), so that
+    /// every agent, old ones included, can still decode it. Returns how many were added.
+    pub fn fit_handled_above(&mut self, ranges: impl IntoIterator<Item = (u64, u64)>) -> usize {
+        let mut added = 0;
+        for range in ranges {
+            self.handled_above.push(range);
+            if crate::encode_ack(self).len() > crate::limits::MAX_CONTROL_MESSAGE_BYTES {
+                self.handled_above.pop();
+                break;
+            }
+            added += 1;
+        }
+        added
+    }
+
+    /// The [`handled_above`](Self::handled_above) ranges that mean something.
+    pub fn handled_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.handled_above
+            .iter()
+            .copied()
+            .filter(|(first, last)| first <= last)
     }
 }
 

@@ -255,6 +255,30 @@ impl DropReport {
         }
         true
     }
+
+    /// This report without the numbers `first..=last`: none, one or two reports. A report
+    /// with gaps is kept whole unless the range covers it (which of its numbers lie inside
+    /// cannot be told).
+    fn without(self, first: Seq, last: Seq) -> (Option<Self>, Option<Self>) {
+        if last < self.first_seq || first > self.last_seq {
+            return (Some(self), None);
+        }
+        if first <= self.first_seq && last >= self.last_seq {
+            return (None, None);
+        }
+        if self.count != self.last_seq - self.first_seq + 1 {
+            return (Some(self), None);
+        }
+        let exact = |first_seq: Seq, last_seq: Seq| Self {
+            reason: self.reason,
+            count: last_seq - first_seq + 1,
+            first_seq,
+            last_seq,
+        };
+        let below = (first > self.first_seq).then(|| exact(self.first_seq, first - 1));
+        let above = (last < self.last_seq).then(|| exact(last + 1, self.last_seq));
+        (below, above)
+    }
 }
 
 /// The outbox's sequence space. The server keeps one watermark per device for the epoch it
@@ -608,6 +632,42 @@ impl Outbox {
         self.store_meta()?;
         self.remove_covered_segments()?;
         self.recount_front_segment()
+    }
+
+    /// Takes numbers the server says it handled above its watermark (the ack's
+    /// `handled_above`) out of the drop reports not yet sent: records evicted after they were
+    /// delivered, while a hole below them kept the watermark back, were not lost. Persisted
+    /// when a report changed.
+    pub fn note_handled(
+        &mut self,
+        ranges: impl IntoIterator<Item = (Seq, Seq)>,
+    ) -> Result<(), OutboxError> {
+        let before = self.drops.clone();
+        for (first, last) in ranges {
+            let unsent = self.drops.split_off(self.frozen_drops);
+            let mut to_come = unsent.len();
+            let mut kept = Vec::with_capacity(unsent.len() + 1);
+            for report in unsent {
+                to_come -= 1;
+                match report.without(first, last) {
+                    (Some(below), Some(above))
+                        if self.frozen_drops + kept.len() + 2 + to_come > MAX_DROP_REPORTS =>
+                    {
+                        // No room for one more report: keep the range, count exactly.
+                        kept.push(DropReport {
+                            count: below.count + above.count,
+                            ..report
+                        });
+                    }
+                    (below, above) => kept.extend(below.into_iter().chain(above)),
+                }
+            }
+            self.drops.append(&mut kept);
+        }
+        if self.drops == before {
+            return Ok(());
+        }
+        self.store_meta()
     }
 
     /// The sequence space the outbox numbers in.

@@ -265,6 +265,81 @@ fn an_ack_inside_a_merged_report_with_gaps_leaves_its_exact_count_alone() {
 }
 
 #[test]
+fn handled_numbers_above_a_hole_are_taken_out_of_a_report_not_yet_sent() {
+    // Records 1..=8 were evicted while in flight; the server had refused a batch with 1
+    // (storage error, to be resent) and committed 3..=5 and 7: its watermark stays at 0, and
+    // only 1, 2, 6 and 8 were lost.
+    let (dir, mut outbox) = filled(RECORDS_THAT_FIT + 1);
+    let report = |count, first_seq, last_seq| DropReport {
+        reason: DropReason::OutboxFull,
+        count,
+        first_seq,
+        last_seq,
+    };
+    outbox.note_handled([(3, 5), (7, 7)]).unwrap();
+    assert_eq!(
+        outbox.drop_reports(),
+        &[report(2, 1, 2), report(1, 6, 6), report(1, 8, 8)]
+    );
+    // Repeated and meaningless ranges change nothing.
+    outbox.note_handled([(3, 5), (100, 200)]).unwrap();
+    assert_eq!(outbox.drop_reports().len(), 3);
+    drop(outbox);
+    let (mut outbox, _) = open(dir.path(), small_config());
+    assert_eq!(
+        outbox.drop_reports(),
+        &[report(2, 1, 2), report(1, 6, 6), report(1, 8, 8)],
+        "persisted"
+    );
+    outbox.note_handled([(1, 2)]).unwrap();
+    assert_eq!(outbox.drop_reports(), &[report(1, 6, 6), report(1, 8, 8)]);
+}
+
+#[test]
+fn handled_numbers_leave_a_report_with_gaps_alone_unless_they_cover_it() {
+    let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
+    drop(outbox);
+    let (mut outbox, _) = open(dir.path(), small_config());
+    let gappy = DropReport {
+        reason: DropReason::OutboxFull,
+        count: 2,
+        first_seq: 1,
+        last_seq: 8,
+    };
+    outbox.drops[0] = gappy;
+    outbox.note_handled([(3, 4)]).unwrap();
+    assert_eq!(outbox.drop_reports(), &[gappy]);
+    outbox.note_handled([(1, 8)]).unwrap();
+    assert!(outbox.drop_reports().is_empty());
+}
+
+#[test]
+fn a_split_past_the_report_limit_keeps_the_range_and_counts_exactly() {
+    let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
+    drop(outbox);
+    let (mut outbox, _) = open(dir.path(), small_config());
+    outbox.drops = (0..MAX_DROP_REPORTS as u64)
+        .map(|i| DropReport {
+            reason: DropReason::OutboxFull,
+            count: 3,
+            first_seq: 1 + 10 * i,
+            last_seq: 3 + 10 * i,
+        })
+        .collect();
+    outbox.note_handled([(2, 2)]).unwrap();
+    assert_eq!(outbox.drop_reports().len(), MAX_DROP_REPORTS);
+    assert_eq!(
+        outbox.drop_reports()[0],
+        DropReport {
+            reason: DropReason::OutboxFull,
+            count: 2,
+            first_seq: 1,
+            last_seq: 3,
+        }
+    );
+}
+
+#[test]
 fn drop_report_survives_restart_until_taken() {
     let (dir, outbox) = filled(RECORDS_THAT_FIT + 1);
     let reports = outbox.drop_reports().to_vec();

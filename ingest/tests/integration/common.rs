@@ -105,9 +105,21 @@ pub struct RecordingSink {
     acks: Arc<Mutex<HashMap<DeviceId, Vec<u64>>>>,
     /// The epoch of every ack that asked for a new one, per device, in order.
     new_epoch: Arc<Mutex<HashMap<DeviceId, Vec<Option<u64>>>>>,
+    /// Each device's last ack.
+    last: Arc<Mutex<HashMap<DeviceId, wire::Ack>>>,
 }
 
 impl RecordingSink {
+    /// What the device's last ack said was handled above its watermark.
+    pub fn last_handled_above(&self, device: DeviceId) -> Vec<(u64, u64)> {
+        self.last
+            .lock()
+            .unwrap()
+            .get(&device)
+            .map(|ack| ack.handled_above.clone())
+            .unwrap_or_default()
+    }
+
     pub fn acks_of(&self, device: DeviceId) -> Vec<u64> {
         self.acks
             .lock()
@@ -180,12 +192,14 @@ impl AckSink for RecordingSink {
                 .or_default()
                 .push(ack.epoch);
         }
+        let watermark = ack.watermark;
+        self.last.lock().unwrap().insert(device, ack);
         self.acks
             .lock()
             .unwrap()
             .entry(device)
             .or_default()
-            .push(ack.watermark);
+            .push(watermark);
         Box::pin(async { Ok(()) })
     }
 }

@@ -106,12 +106,16 @@ async fn the_watermark_waits_for_a_hole_and_jumps_when_it_fills() {
     send(&sender, device, vec![telemetry(5), telemetry(6)]).await;
     wait_for_acks(&sink, device, 2).await;
     assert_eq!(sink.last_ack(device), Some(2), "seq 3 and 4 are missing");
+    // The ack says what is handled above the hole (an agent that evicted 3..=6 lost only 3).
+    assert_eq!(sink.last_handled_above(device), [(5, 6)]);
     send(&sender, device, vec![started(4)]).await;
     wait_for_acks(&sink, device, 3).await;
     assert_eq!(sink.last_ack(device), Some(2));
+    assert_eq!(sink.last_handled_above(device), [(4, 6)]);
     send(&sender, device, vec![telemetry(3)]).await;
     sink.wait_for_watermark(&[device], 6, Duration::from_secs(5))
         .await;
+    assert_eq!(sink.last_handled_above(device), []);
     handle.shutdown().await;
 }
 

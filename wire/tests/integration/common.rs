@@ -234,13 +234,17 @@ pub fn ack() -> impl Strategy<Value = Ack> {
         any::<u64>(),
         any::<Option<u64>>(),
         any::<bool>(),
+        vec(any::<(u64, u64)>(), 0..4),
     )
-        .prop_map(|(version, watermark, epoch, new_epoch)| Ack {
-            version,
-            watermark,
-            epoch,
-            new_epoch,
-        })
+        .prop_map(
+            |(version, watermark, epoch, new_epoch, handled_above)| Ack {
+                version,
+                watermark,
+                epoch,
+                new_epoch,
+                handled_above,
+            },
+        )
 }
 
 pub fn presence() -> impl Strategy<Value = Presence> {

@@ -313,6 +313,7 @@ fn ack_and_presence_follow_the_same_version_rules() {
         watermark: 1,
         epoch: None,
         new_epoch: false,
+        handled_above: Vec::new(),
     };
     assert!(matches!(
         decode_ack(&encode_ack(&ack)),
@@ -360,4 +361,24 @@ fn messages_from_before_epochs_are_epoch_zero_and_epochs_round_trip() {
     let mut ack = Ack::in_epoch(9, u64::MAX);
     ack.new_epoch = true;
     assert_eq!(decode_ack(&encode_ack(&ack)), Ok(ack));
+}
+
+#[test]
+fn an_ack_carries_handled_ranges_above_its_watermark_only_as_far_as_they_fit() {
+    let old = decode_ack(&encode_ack(&Ack::new(9))).unwrap();
+    assert!(old.handled_above.is_empty(), "absent key: none known");
+
+    let mut ack = Ack::in_epoch(70, u64::MAX);
+    let ranges = (0..1000u64).map(|i| (u64::MAX / 2 + 10 * i, u64::MAX / 2 + 10 * i + 5));
+    let added = ack.fit_handled_above(ranges);
+    let bytes = encode_ack(&ack);
+    assert!(bytes.len() <= wire::limits::MAX_CONTROL_MESSAGE_BYTES);
+    assert!((5..100).contains(&added), "added {added}");
+    assert_eq!(ack.handled_above.len(), added);
+    let decoded = decode_ack(&bytes).unwrap();
+    assert_eq!(decoded, ack);
+
+    let mut upside_down = Ack::new(1);
+    upside_down.handled_above = vec![(9, 3), (5, 6)];
+    assert_eq!(upside_down.handled_ranges().collect::<Vec<_>>(), [(5, 6)]);
 }
