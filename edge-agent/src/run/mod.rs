@@ -35,7 +35,7 @@ use crate::collect::system::CpuSampler;
 use crate::collect::FsRoot;
 use crate::config::Config;
 use crate::identity::{self, Identity, StateDir};
-use crate::outbox::{Outbox, Seq};
+use crate::outbox::{DropReport, Outbox, Seq};
 use crate::records::{self, RecordsError};
 use crate::status::{Connection, RunState};
 
@@ -308,13 +308,7 @@ impl Agent {
         self.outbox
             .with(|outbox| {
                 for report in outbox.drop_reports() {
-                    warn!(
-                        count = report.count,
-                        first = report.first_seq,
-                        last = report.last_seq,
-                        reason = report.reason.as_str(),
-                        "outbox dropped records"
-                    );
+                    log_drop(report, "outbox dropped records");
                 }
                 emit_drop_events(outbox)
             })
@@ -367,7 +361,12 @@ fn emit_drop_events(outbox: &mut Outbox) -> Result<(), RecordsError> {
 
 /// What [`Agent::append`] does on the blocking pool.
 fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
-    let drops_before = outbox.drop_reports().to_vec();
+    // Evictions merge into the last report or add one: its number and the last tell.
+    let last_drop = |outbox: &Outbox| {
+        let reports = outbox.drop_reports();
+        (reports.len(), reports.last().copied())
+    };
+    let drops_before = last_drop(outbox);
     match records::append(outbox, body) {
         Ok(_) => {}
         Err(RecordsError::Outbox(err)) if err.is_storage_full() => {
@@ -384,16 +383,22 @@ fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
             records::append(outbox, body)?;
         }
     }
-    for report in outbox.drop_reports() {
-        if !drops_before.contains(report) {
-            warn!(
-                count = report.count,
-                first = report.first_seq,
-                last = report.last_seq,
-                reason = report.reason.as_str(),
-                "outbox evicted records not yet acknowledged; reported once the next ack says which of them arrived"
-            );
-        }
+    match last_drop(outbox) {
+        (_, Some(report)) if last_drop(outbox) != drops_before => log_drop(
+            &report,
+            "outbox evicted records not yet acknowledged; reported once the next ack says which of them arrived",
+        ),
+        _ => {}
     }
     Ok(())
+}
+
+fn log_drop(report: &DropReport, message: &str) {
+    warn!(
+        count = report.count,
+        first = report.first_seq,
+        last = report.last_seq,
+        reason = report.reason.as_str(),
+        "{message}"
+    );
 }
