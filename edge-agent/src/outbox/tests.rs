@@ -889,3 +889,39 @@ fn with_nothing_left_to_evict_a_full_disk_refuses_the_record_before_numbering_it
     assert_eq!(outbox.append(&payload_for(11)).unwrap(), 11);
     assert_eq!(pending_seqs(&mut outbox, None), vec![11]);
 }
+
+#[test]
+fn drop_reports_wait_on_a_full_disk_with_nothing_to_evict_and_go_out_once_there_is_room() {
+    let disk = SmallDisk::mount("128k");
+    let (mut outbox, _) = open(disk.path(), config_bigger_than_the_disk());
+    append_n(&mut outbox, 10);
+    let first_filler = disk.fill("filler-1");
+    outbox.ack(10).unwrap();
+    let second_filler = disk.fill("filler-2");
+    let report = |first_seq: Seq| DropReport {
+        reason: DropReason::OutboxFull,
+        count: 2,
+        first_seq,
+        last_seq: first_seq + 1,
+    };
+    outbox.drops = vec![report(3), report(7)];
+    let err = outbox
+        .append_drop_events(|report| payload_for(report.first_seq))
+        .unwrap_err();
+    assert!(err.is_storage_full(), "{err}");
+    assert_eq!(outbox.next_seq(), 11, "no event got a number");
+    assert_eq!(outbox.drop_reports(), &[report(3), report(7)], "kept");
+    fs::remove_file(first_filler).unwrap();
+    fs::remove_file(second_filler).unwrap();
+    let seqs = outbox
+        .append_drop_events(|report| payload_for(report.first_seq))
+        .unwrap();
+    assert_eq!(seqs, vec![11, 12]);
+    assert!(outbox.drop_reports().is_empty());
+    let events: Vec<(Seq, Vec<u8>)> = outbox
+        .pending(None)
+        .unwrap()
+        .map(|record| record.map(|r| (r.seq, r.payload)).unwrap())
+        .collect();
+    assert_eq!(events, vec![(11, payload_for(3)), (12, payload_for(7))]);
+}
