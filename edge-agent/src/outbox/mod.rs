@@ -749,7 +749,8 @@ impl Outbox {
     /// Turns each pending drop report into a record of this outbox (`encode` builds the
     /// agent event), so the gap notice travels with the same guarantees as data. The
     /// reports are forgotten only after those records are flushed; a crash in between
-    /// sends a report twice, never zero times. Returns the new records' sequence numbers.
+    /// sends a report twice, never zero times. A report whose record a later one's append
+    /// evicted is kept. Returns the sequence numbers of the new records still in the outbox.
     pub fn append_drop_events(
         &mut self,
         mut encode: impl FnMut(&DropReport) -> Vec<u8>,
@@ -770,10 +771,17 @@ impl Outbox {
                 return Err(err);
             }
         };
-        self.drops.drain(..self.frozen_drops);
+        // An event that a later event's append evicted (a full outbox or disk) never leaves
+        // the device: its report stays, to be sent again, and the eviction reported the event's
+        // own number. Evictions go oldest first, so those events are the first ones.
+        let evicted = appended
+            .iter()
+            .take_while(|seq| **seq <= self.evicted_through)
+            .count();
+        self.drops.drain(evicted..self.frozen_drops);
         self.frozen_drops = 0;
         self.store_meta()?;
-        Ok(appended)
+        Ok(appended[evicted..].to_vec())
     }
 
     /// Flushes appended records to stable storage now, whatever the policy.

@@ -925,3 +925,46 @@ fn drop_reports_wait_on_a_full_disk_with_nothing_to_evict_and_go_out_once_there_
         .collect();
     assert_eq!(events, vec![(11, payload_for(3)), (12, payload_for(7))]);
 }
+
+#[test]
+fn a_drop_event_evicted_by_the_next_one_keeps_its_report() {
+    // Five events of almost a segment each in a full four-segment outbox: the fifth evicts the
+    // segment holding the first.
+    let (_dir, mut outbox) = filled(RECORDS_THAT_FIT);
+    let report = |first_seq: Seq| DropReport {
+        reason: DropReason::Corrupted,
+        count: 1,
+        first_seq,
+        last_seq: first_seq,
+    };
+    let reports: Vec<DropReport> = (0..5).map(|i| report(1000 + 10 * i)).collect();
+    outbox.drops = reports.clone();
+    let big = vec![b'x'; 1000];
+    let seqs = outbox.append_drop_events(|_| big.clone()).unwrap();
+    let first_event = RECORDS_THAT_FIT as Seq + 1;
+    assert_eq!(
+        seqs,
+        (first_event + 1..=first_event + 4).collect::<Vec<_>>()
+    );
+    let left = outbox.drop_reports().to_vec();
+    assert_eq!(left[0], reports[0], "the evicted event's report is kept");
+    assert!(
+        left[1..].iter().all(|r| r.reason == DropReason::OutboxFull),
+        "{left:?}"
+    );
+    let evicted_event = left
+        .iter()
+        .any(|r| r.reason == DropReason::OutboxFull && r.last_seq == first_event);
+    assert!(
+        evicted_event,
+        "the eviction reports the event's number: {left:?}"
+    );
+    assert!(!left.contains(&reports[1]), "the others went out");
+    // Once the events are acked (so nothing more is evicted), the kept report goes out again.
+    outbox.ack(first_event + 4).unwrap();
+    let waiting = outbox.drop_reports().to_vec();
+    assert!(waiting.contains(&reports[0]), "{waiting:?}");
+    let again = outbox.append_drop_events(|_| b"small".to_vec()).unwrap();
+    assert_eq!(again.len(), waiting.len());
+    assert!(outbox.drop_reports().is_empty());
+}
