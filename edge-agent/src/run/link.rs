@@ -315,7 +315,7 @@ impl Agent {
             return self.start_epoch(watermark, last_appended).await;
         }
         let acked_before = self.outbox.snapshot().last_acked.unwrap_or(0);
-        let handled: Vec<(crate::outbox::Seq, crate::outbox::Seq)> = ack.handled_ranges().collect();
+        let handled: Vec<_> = ack.handled_ranges().collect();
         match self
             .outbox
             .with(move |outbox| {

@@ -383,12 +383,12 @@ fn append_to(outbox: &mut Outbox, body: Body) -> Result<(), RunError> {
             records::append(outbox, body)?;
         }
     }
-    match last_drop(outbox) {
-        (_, Some(report)) if last_drop(outbox) != drops_before => log_drop(
+    let drops_after = last_drop(outbox);
+    if let (true, (_, Some(report))) = (drops_after != drops_before, drops_after) {
+        log_drop(
             &report,
             "outbox evicted records not yet acknowledged; reported once the next ack says which of them arrived",
-        ),
-        _ => {}
+        );
     }
     Ok(())
 }
