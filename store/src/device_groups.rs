@@ -194,6 +194,24 @@ pub async fn get(
     Ok(found.into_iter().next())
 }
 
+/// The id of the group named `name`, if it exists (any scope): the lookup a reference makes (a
+/// new device's group, a device's move, a token's group). One index probe; [`find_by_name`]
+/// also counts the group's devices, which made every enrollment into a large group cost time
+/// in proportion to the group's size.
+pub async fn id_by_name(
+    tx: &mut TenantTx,
+    name: &str,
+) -> Result<Option<DeviceGroupId>, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, DeviceGroupId>(
+            "SELECT group_id FROM device_groups WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(tx.conn())
+        .await?,
+    )
+}
+
 /// The group with this name, if it exists (any scope: for uniqueness and references).
 pub async fn find_by_name(
     tx: &mut TenantTx,

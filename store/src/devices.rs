@@ -238,7 +238,7 @@ async fn insert(tx: &mut TenantTx, id: DeviceId, new: &NewDevice) -> Result<Devi
 }
 
 async fn require_group(tx: &mut TenantTx, name: &str) -> Result<(), StoreError> {
-    match device_groups::find_by_name(tx, name).await? {
+    match device_groups::id_by_name(tx, name).await? {
         Some(_) => Ok(()),
         None => Err(StoreError::Invalid {
             field: "group",
@@ -464,10 +464,10 @@ pub async fn move_to_group(
     let before = get_scoped(tx, id, scope)
         .await?
         .ok_or(StoreError::NotFound("device"))?;
-    let target = device_groups::find_by_name(tx, group).await?;
+    let target = device_groups::id_by_name(tx, group).await?;
     let target_in_scope = match (&target, scope) {
         (Some(_), GroupScope::All) => true,
-        (Some(g), GroupScope::Only(ids)) => ids.contains(&g.id),
+        (Some(id), GroupScope::Only(ids)) => ids.contains(id),
         (None, _) => false,
     };
     if !target_in_scope {

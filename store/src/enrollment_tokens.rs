@@ -186,7 +186,7 @@ pub async fn create(
     actor: &Actor,
 ) -> Result<IssuedToken, StoreError> {
     check_new(new)?;
-    if device_groups::find_by_name(tx, &new.device_group)
+    if device_groups::id_by_name(tx, &new.device_group)
         .await?
         .is_none()
     {
