@@ -21,7 +21,7 @@
 //! Environment: `BENCH_SECONDS` (default 15), `BENCH_THREADS` (2), `BENCH_CONNECTIONS` (32).
 
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ async fn main() {
         );
         return;
     }
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if !fleet_tests::wrk::installed() {
         println!("api_list_devices: skipped, it needs wrk on PATH (apt-get install -y wrk)");
         return;
     }
@@ -161,13 +161,13 @@ async fn main() {
         let body_len = answer.body.len();
 
         let url = format!("https://{addr}{path}");
-        run_wrk(&url, &key, 1, connections, 3).await;
+        fleet_tests::wrk::run(&url, &key, 1, connections, 3).await;
         let before = CpuSample::take(&mut owner).await;
         let top = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
             top_snapshot()
         });
-        let report = run_wrk(&url, &key, threads, connections, seconds).await;
+        let report = fleet_tests::wrk::run(&url, &key, threads, connections, seconds).await;
         let after = CpuSample::take(&mut owner).await;
         let top = top.await.expect("top");
         let cpu = after.since(&before);
@@ -232,58 +232,6 @@ async fn main() {
     }
     drop(owner);
     db.close().await.expect("close");
-}
-
-/// What wrk said.
-struct WrkReport {
-    text: String,
-    requests_per_sec: f64,
-    p99: String,
-    non_2xx: u64,
-}
-
-async fn run_wrk(url: &str, key: &str, threads: u64, connections: u64, seconds: u64) -> WrkReport {
-    let url = url.to_owned();
-    let header = format!("Authorization: Bearer {key}");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("wrk")
-            .arg(format!("-t{threads}"))
-            .arg(format!("-c{connections}"))
-            .arg(format!("-d{seconds}s"))
-            .arg("--latency")
-            .arg("--timeout")
-            .arg("10s")
-            .arg("-H")
-            .arg(header)
-            .arg(url)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run wrk")
-    })
-    .await
-    .expect("wrk task");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "wrk failed: {text}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|line| line.strip_prefix(prefix))
-            .map(|rest| rest.trim().to_owned())
-    };
-    WrkReport {
-        requests_per_sec: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0),
-        p99: field("99%").unwrap_or_else(|| "?".into()),
-        non_2xx: field("Non-2xx or 3xx responses:")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        text,
-    }
 }
 
 /// CPU time (user + system, in seconds) of this process, of its waited-for children (wrk) and

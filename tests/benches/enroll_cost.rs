@@ -15,22 +15,18 @@
 //! The API is served as fleetd serves it (`api::router` on `api::serve_tls`, default limits,
 //! a pool of 16 connections) on an ephemeral port of 127.0.0.1.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::ApiState;
-use certs::IssuingCa;
+use fleet_tests::https::KeepAlive;
 use fleet_tests::TestDb;
-use rustls::pki_types::ServerName;
 use store::audit::Actor;
-use store::enrollment_tokens::{self, NewEnrollmentToken};
+use store::enrollment_tokens;
 use store::{credentials, tenants, Database, Purpose};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpListener;
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const REAL_DEVICE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -44,67 +40,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// One TLS connection that sends requests one after another (HTTP/1.1 keep-alive).
-struct KeepAlive {
-    tls: TlsStream<TcpStream>,
-}
-
-impl KeepAlive {
-    async fn connect(addr: SocketAddr, ca: &IssuingCa, from: IpAddr) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind(SocketAddr::new(from, 0)).expect("bind");
-        let tcp = socket.connect(addr).await.expect("connect");
-        let connector = TlsConnector::from(fleet_tests::https::client_config(ca));
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.expect("TLS");
-        Self { tls }
-    }
-
-    /// POSTs an enrollment and returns the status, or `None` if the server closed.
-    async fn enroll(&mut self, body: &[u8]) -> Option<u16> {
-        let head = format!(
-            "POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        self.tls.write_all(head.as_bytes()).await.ok()?;
-        self.tls.write_all(body).await.ok()?;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 8192];
-        let split = loop {
-            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break split;
-            }
-            let n = self.tls.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            raw.extend_from_slice(&buf[..n]);
-        };
-        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while raw.len() < split + 4 + length {
-            let n = self.tls.read(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            raw.extend_from_slice(&buf[..n]);
-        }
-        Some(status)
-    }
-}
-
-fn body(token: &str, csr: &str) -> Vec<u8> {
-    serde_json::json!({ "token": token, "csr": csr })
-        .to_string()
-        .into_bytes()
 }
 
 fn csr() -> String {
@@ -124,28 +59,6 @@ fn with_wrong_secret(token: &str) -> String {
     let sum = credentials::checksum(&wrong);
     wrong.push_str(std::str::from_utf8(&sum).unwrap());
     wrong
-}
-
-async fn new_token(db: &Database, tenant: store::TenantId, daily_limit: u32) -> String {
-    let mut tx = db.app.begin(tenant).await.unwrap();
-    fleet_tests::ensure_group(&mut tx, "bench").await;
-    let issued = enrollment_tokens::create(
-        &mut tx,
-        &NewEnrollmentToken {
-            name: "bench".into(),
-            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
-            daily_limit,
-            max_uses: None,
-            expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
-            device_group: "bench".into(),
-            device_labels: Default::default(),
-        },
-        &Actor::System,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    issued.secret.expose().to_owned()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -193,8 +106,11 @@ async fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // 1. The flood.
-    let real = new_token(&db, tenant, 1_000_000).await;
-    let bogus = Arc::new(body(&with_wrong_secret(&real), &csr()));
+    let real = fleet_tests::enroll::shared_token(&db.app, tenant, 1_000_000).await;
+    let bogus = Arc::new(fleet_tests::enroll::enroll_body(
+        &with_wrong_secret(&real),
+        &csr(),
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
     let connections = 8u64;
@@ -224,7 +140,7 @@ async fn main() {
     let started = Instant::now();
     let mut latencies = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
-        let body = body(&real, &csr());
+        let body = fleet_tests::enroll::enroll_body(&real, &csr());
         let asked = Instant::now();
         let answer = fleet_tests::https::https_request_from(
             REAL_DEVICE,
@@ -261,8 +177,10 @@ async fn main() {
     );
 
     // 2. One token shared by many devices.
-    let shared = Arc::new(new_token(&db, tenant, 1_000_000).await);
-    let bodies: Vec<Vec<u8>> = (0..devices).map(|_| body(&shared, &csr())).collect();
+    let shared = Arc::new(fleet_tests::enroll::shared_token(&db.app, tenant, 1_000_000).await);
+    let bodies: Vec<Vec<u8>> = (0..devices)
+        .map(|_| fleet_tests::enroll::enroll_body(&shared, &csr()))
+        .collect();
     let queue = Arc::new(Mutex::new(bodies));
     let started = Instant::now();
     let mut workers = Vec::new();

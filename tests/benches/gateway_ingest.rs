@@ -255,7 +255,7 @@ async fn run(
     let ceiling_rows = (total as usize).div_ceil(10_000) * 10_000;
     let (ceiling_tenant, ceiling_devices) =
         fleet_tests::tenancy::tenant_with_devices(&db.app, "ceiling", 100).await;
-    let body = stored_body(&test_db, tenant).await;
+    let body = fleet_tests::ceilings::stored_body(&test_db, tenant).await;
     println!();
     println!(
         "ceilings, {ceiling_rows} rows each, same {}-byte body:",
@@ -429,18 +429,6 @@ async fn device(
         acks,
         final_ack,
     }
-}
-
-/// A body exactly as ingest stored it (the CBOR of a record's body), for the ceilings' rows.
-async fn stored_body(db: &TestDb, tenant: TenantId) -> Vec<u8> {
-    let mut owner = db.connect_as_owner().await;
-    sqlx::query_scalar(
-        "SELECT body FROM device_records WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(tenant)
-    .fetch_one(&mut owner)
-    .await
-    .unwrap()
 }
 
 // ---- provisioning and MQTT (as tests/tests/device_e2e.rs) ----

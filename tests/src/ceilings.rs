@@ -149,6 +149,19 @@ impl Ceiling<'_> {
     }
 }
 
+/// A body exactly as ingest stored it for `tenant` (the CBOR of a record's body, its latest
+/// row), so that the ceilings' rows have the shape of what was measured end to end.
+pub async fn stored_body(db: &TestDb, tenant: TenantId) -> Vec<u8> {
+    let mut owner = db.connect_as_owner().await;
+    sqlx::query_scalar(
+        "SELECT body FROM device_records WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap()
+}
+
 /// One transaction of [`UNNEST_SQL`] on a raw application-role connection.
 async fn insert_bare(
     conn: &mut sqlx::PgConnection,

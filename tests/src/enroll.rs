@@ -84,3 +84,35 @@ fn credentials(key: rcgen::KeyPair, response: &Response) -> DeviceCredentials {
         chain,
     }
 }
+
+/// A token of `tenant` for any number of devices from loopback (127.0.0.0/8) into the group
+/// "bench", `daily_limit` a day, valid for a day, created by the system: the benchmarks'
+/// shared token. Returns its secret.
+pub async fn shared_token(app: &AppDb, tenant: TenantId, daily_limit: u32) -> String {
+    let mut tx = app.begin(tenant).await.unwrap();
+    crate::ensure_group(&mut tx, "bench").await;
+    let issued = enrollment_tokens::create(
+        &mut tx,
+        &NewEnrollmentToken {
+            name: "bench".into(),
+            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+            daily_limit,
+            max_uses: None,
+            expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
+            device_group: "bench".into(),
+            device_labels: Default::default(),
+        },
+        &store::audit::Actor::System,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    issued.secret.expose().to_owned()
+}
+
+/// The JSON body of `POST /v1/enroll`: `token` and a CSR.
+pub fn enroll_body(token: &str, csr: &str) -> Vec<u8> {
+    serde_json::json!({ "token": token, "csr": csr })
+        .to_string()
+        .into_bytes()
+}

@@ -234,3 +234,75 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// One TLS connection that sends requests one after another (HTTP/1.1 keep-alive), for load:
+/// benchmarks reuse it so that they measure requests, not handshakes.
+pub struct KeepAlive {
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl KeepAlive {
+    /// Connects from `from` to the API at `addr`, trusting `ca`'s root.
+    pub async fn connect(addr: SocketAddr, ca: &IssuingCa, from: IpAddr) -> Self {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(from, 0)).expect("bind");
+        let tcp = socket.connect(addr).await.expect("connect");
+        // As wrk does: a request goes out whole at once, never behind Nagle's wait.
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let connector = TlsConnector::from(client_config(ca));
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.expect("TLS");
+        Self { tls }
+    }
+
+    /// Sends `method path` with `headers` and `body`, reads the whole answer; returns its
+    /// status, or `None` if the server closed the connection.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<u16> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        self.tls.write_all(head.as_bytes()).await.ok()?;
+        self.tls.write_all(body).await.ok()?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16384];
+        let split = loop {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break split;
+            }
+            let n = self.tls.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while raw.len() < split + 4 + length {
+            let n = self.tls.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        Some(status)
+    }
+
+    /// POSTs an enrollment request body to /v1/enroll.
+    pub async fn enroll(&mut self, body: &[u8]) -> Option<u16> {
+        let json = [("Content-Type", "application/json")];
+        self.request("POST", "/v1/enroll", &json, body).await
+    }
+}

@@ -25,6 +25,7 @@ pub mod records;
 // rsyslog as a TLS syslog collector for the SIEM forwarding tests.
 pub mod rsyslog;
 pub mod tenancy;
+pub mod wrk;
 
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -52,6 +52,11 @@ fn write(dir: &Path, name: &str, content: &str) -> String {
 }
 
 impl Mosquitto {
+    /// The broker's process id (fleet-bench reads its CPU time and memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGHUP: Mosquitto reloads its configuration and its listeners' TLS files,
     /// `crlfile` included.
     pub fn reload(&self) {
