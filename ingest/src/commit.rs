@@ -711,16 +711,7 @@ fn patch_report(
         package_manager: status.package_manager.as_str().to_owned(),
         reboot_required: status.reboot_required,
         lists_refreshed_at: status.lists_refreshed_at.map(device_time),
-        packages: status
-            .packages
-            .iter()
-            .map(|p| PackageRow {
-                name: p.name.clone(),
-                installed: p.installed.clone(),
-                candidate: p.candidate.clone(),
-                security: p.security,
-            })
-            .collect(),
+        packages: status.packages.iter().map(PackageRow::from).collect(),
     }
 }
 

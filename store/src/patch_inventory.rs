@@ -28,6 +28,18 @@ pub struct PackageRow {
     pub security: bool,
 }
 
+impl From<&wire::Package> for PackageRow {
+    /// A package as a device reported it.
+    fn from(package: &wire::Package) -> Self {
+        Self {
+            name: package.name.clone(),
+            installed: package.installed.clone(),
+            candidate: package.candidate.clone(),
+            security: package.security,
+        }
+    }
+}
+
 /// A patch status report, as ingest hands it over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PatchReport {
