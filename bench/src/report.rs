@@ -142,6 +142,17 @@ impl Report {
         self.figures.push(figure);
     }
 
+    /// The p50, p99 and max of `sorted` latencies, as figures named `what p50` and so on.
+    pub fn push_latencies(&mut self, what: &str, sorted: &[Duration]) {
+        for (name, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            self.push(Figure::ours(
+                format!("{what} {name}"),
+                "ms",
+                quantile_ms(sorted, q),
+            ));
+        }
+    }
+
     /// The table as printed at the end of a run (and pasted into BENCHMARKS.md).
     pub fn table(&self) -> String {
         let mut out = String::new();

@@ -186,3 +186,42 @@ pub async fn open_all(
     bar.finish_and_clear();
     sessions
 }
+
+/// A tenant `name` of `n` devices provisioned on `fleetd`'s database, every one connected to
+/// its gateway with a session; the pool that provisioned them stays open with it.
+pub struct ConnectedFleet {
+    pub db: store::Database,
+    pub tenant: wire::TenantId,
+    pub credentials: Vec<DeviceCredentials>,
+    pub tally: Arc<Tally>,
+    pub sessions: Vec<Session>,
+}
+
+impl ConnectedFleet {
+    pub async fn connect(
+        run: &crate::run::Run,
+        fleetd: &crate::fleetd_child::Fleetd,
+        name: &str,
+        n: usize,
+    ) -> Self {
+        let db = run.test_db.open().await;
+        let (tenant, credentials) =
+            crate::sim::provision(&run.test_db, &db.app, &fleetd.ca, name, n).await;
+        let tally = Arc::new(Tally::default());
+        let sessions = open_all(
+            &credentials,
+            fleetd.ca.root_der(),
+            fleetd.listening.broker,
+            &tally,
+            32,
+        )
+        .await;
+        Self {
+            db,
+            tenant,
+            credentials,
+            tally,
+            sessions,
+        }
+    }
+}

@@ -42,16 +42,7 @@ async fn inventories(
     packages: usize,
 ) -> anyhow::Result<()> {
     let inventory = super::patch_wave::debian_inventory(packages);
-    let rows: Vec<PackageRow> = inventory
-        .packages
-        .iter()
-        .map(|p| PackageRow {
-            name: p.name.clone(),
-            installed: p.installed.clone(),
-            candidate: p.candidate.clone(),
-            security: p.security,
-        })
-        .collect();
+    let rows: Vec<PackageRow> = inventory.packages.iter().map(PackageRow::from).collect();
     let bar = report::progress(devices.len() as u64, "inventories");
     let now = OffsetDateTime::now_utc();
     for chunk in devices.chunks(500) {

@@ -106,21 +106,7 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Report> {
         "/s",
         enrolled as f64 / elapsed.as_secs_f64(),
     ));
-    report.push(Figure::ours(
-        "request p50",
-        "ms",
-        report::quantile_ms(&sorted, 0.5),
-    ));
-    report.push(Figure::ours(
-        "request p99",
-        "ms",
-        report::quantile_ms(&sorted, 0.99),
-    ));
-    report.push(Figure::ours(
-        "request max",
-        "ms",
-        report::quantile_ms(&sorted, 1.0),
-    ));
+    report.push_latencies("request", &sorted);
     report.notes.push(format!(
         "{} devices, one token (127.0.0.0/8, 1,000,000 a day), {} keep-alive connections from \
          their own loopback addresses; each request: token check, CSR check, certificate issued \

@@ -18,7 +18,7 @@ use rustls::pki_types::CertificateDer;
 use crate::fleetd_child::ServeOptions;
 use crate::report::{self, Figure, Report, Sample};
 use crate::run::{Meter, Run};
-use crate::session::{self, Session, Tally};
+use crate::session::{ConnectedFleet, Session, Tally};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -211,18 +211,14 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Report> {
         args.devices
     );
     let fleetd = run.fleetd(&ServeOptions::default()).await?;
-    let db = run.test_db.open().await;
-    let (tenant, credentials) =
-        crate::sim::provision(&run.test_db, &db.app, &fleetd.ca, "ingest", args.devices).await;
-    let tally = Arc::new(Tally::default());
-    let mut sessions = session::open_all(
-        &credentials,
-        fleetd.ca.root_der(),
-        fleetd.listening.broker,
-        &tally,
-        32,
-    )
-    .await;
+    let fleet = ConnectedFleet::connect(run, &fleetd, "ingest", args.devices).await;
+    let ConnectedFleet {
+        db,
+        tenant,
+        tally,
+        mut sessions,
+        ..
+    } = fleet;
     eprintln!("{} devices connected", sessions.len());
 
     // Committed records, sampled every second, for the chart.
@@ -415,24 +411,14 @@ async fn broker_tier(run: &Run, args: &Args, report: &mut Report) -> anyhow::Res
             unlimited_publish: true,
         })
         .await?;
-    let db = run.test_db.open().await;
-    let (_tenant, credentials) = crate::sim::provision(
-        &run.test_db,
-        &db.app,
-        &fleetd.ca,
-        "broker-tier",
-        args.broker_devices,
-    )
-    .await;
-    let tally = Arc::new(Tally::default());
-    let sessions = session::open_all(
-        &credentials,
-        fleetd.ca.root_der(),
-        fleetd.listening.broker,
-        &tally,
-        32,
-    )
-    .await;
+    let fleet = ConnectedFleet::connect(run, &fleetd, "broker-tier", args.broker_devices).await;
+    let ConnectedFleet {
+        db,
+        credentials,
+        tally,
+        sessions,
+        ..
+    } = fleet;
     let meter = Meter::start(fleetd.pid());
     let start = Instant::now();
     let end = start + length;

@@ -1,7 +1,6 @@
 //! `patch-wave`: every device reports its full package inventory at once (a Debian-like list
 //! of 1,500 packages), as the agent does after `apt update` on a whole fleet at the same hour.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wire::{Body, Package, PackageManager, PatchStatus, UnixMillis};
@@ -9,7 +8,7 @@ use wire::{Body, Package, PackageManager, PatchStatus, UnixMillis};
 use crate::fleetd_child::ServeOptions;
 use crate::report::{self, Figure, Report};
 use crate::run::{Meter, Run};
-use crate::session::{self, Tally};
+use crate::session::ConnectedFleet;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -127,24 +126,13 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Report> {
     let mut report = run.report("patch-wave");
     report.rate_unit = "inventories/s";
     let fleetd = run.fleetd(&ServeOptions::default()).await?;
-    let db = run.test_db.open().await;
-    let (_tenant, credentials) = crate::sim::provision(
-        &run.test_db,
-        &db.app,
-        &fleetd.ca,
-        "patch-wave",
-        args.devices,
-    )
-    .await;
-    let tally = Arc::new(Tally::default());
-    let sessions = session::open_all(
-        &credentials,
-        fleetd.ca.root_der(),
-        fleetd.listening.broker,
-        &tally,
-        32,
-    )
-    .await;
+    let fleet = ConnectedFleet::connect(run, &fleetd, "patch-wave", args.devices).await;
+    let ConnectedFleet {
+        db,
+        tally,
+        sessions,
+        ..
+    } = fleet;
     let inventory = debian_inventory(args.packages);
     let message_bytes = wire::encode_message(&wire::Batch::new(vec![wire::Record {
         seq: 1,
@@ -231,21 +219,7 @@ pub async fn run(run: &Run, args: Args) -> anyhow::Result<Report> {
         "/s",
         (committed * args.packages) as f64 / elapsed.as_secs_f64(),
     ));
-    report.push(Figure::ours(
-        "publish-to-commit p50",
-        "ms",
-        report::quantile_ms(&latencies, 0.5),
-    ));
-    report.push(Figure::ours(
-        "publish-to-commit p99",
-        "ms",
-        report::quantile_ms(&latencies, 0.99),
-    ));
-    report.push(Figure::ours(
-        "publish-to-commit max",
-        "ms",
-        report::quantile_ms(&latencies, 1.0),
-    ));
+    report.push_latencies("publish-to-commit", &latencies);
     report.notes.push(format!(
         "{} devices publish one inventory of {} packages each at the same moment ({message_bytes} bytes per message), QoS 1, mutual TLS; {refused} publishes refused by the client; {} connection errors",
         args.devices,
