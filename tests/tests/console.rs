@@ -1179,6 +1179,9 @@ async fn sign_in_with_sso(browser: &Browser, tenant_id: &str, login: &str) {
     browser.fill("input[name=password]", "any").await;
     browser.screenshot(&format!("provider-login-{login}")).await;
     browser.click("button[type=submit]").await;
+    // The login page has gone before the next one is looked at: its own submit button would
+    // pass for the consent page's, and the consent would never be given (seen in CI).
+    browser.wait_gone("input[name=login]").await;
     // The consent page, then back to fleetd's callback and on to the console.
     browser
         .wait("form input[name=prompt][value=consent] ~ button, form button[type=submit]")
