@@ -41,6 +41,11 @@ impl Run {
         })
     }
 
+    /// This process's open-file limit, raised to its hard limit at the start.
+    pub fn open_files_limit(&self) -> u64 {
+        self.machine.open_files_limit
+    }
+
     pub fn report(&self, scenario: &'static str) -> Report {
         Report::new(scenario, self.machine.clone())
     }

@@ -164,7 +164,7 @@ impl Session {
 }
 
 /// Opens a session for every device, `at_once` connecting at a time.
-pub async fn open_all(
+async fn open_all(
     devices: &[DeviceCredentials],
     root: &CertificateDer<'static>,
     broker: SocketAddr,

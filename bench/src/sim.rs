@@ -68,18 +68,13 @@ pub async fn insert_devices(test_db: &TestDb, tenant: TenantId, n: usize) -> Vec
 }
 
 /// A device's TLS client: the fleet root only, its own chain, and a session cache of its own
-/// when `resume` (a device keeps its last session's ticket for its next connection).
+/// (a device keeps its last session's ticket for its next connection).
 pub fn tls_config(
     root: &CertificateDer<'static>,
     device: &DeviceCredentials,
-    resume: bool,
 ) -> Arc<rustls::ClientConfig> {
     let mut config = fleet_tests::device::device_tls(root, device.chain.clone(), &device.key);
-    config.resumption = if resume {
-        Resumption::store(Arc::new(ClientSessionMemoryCache::new(2)))
-    } else {
-        Resumption::disabled()
-    };
+    config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(2)));
     Arc::new(config)
 }
 

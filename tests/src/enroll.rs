@@ -21,28 +21,11 @@ pub async fn enroll(
     app: &AppDb,
     tenant: TenantId,
 ) -> DeviceCredentials {
-    let mut tx = app.begin(tenant).await.unwrap();
-    crate::ensure_group(&mut tx, "default").await;
-    let token = enrollment_tokens::create(
-        &mut tx,
-        &NewEnrollmentToken {
-            name: "test".into(),
-            allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
-            daily_limit: 10,
-            max_uses: Some(1),
-            expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
-            device_group: "default".into(),
-            device_labels: BTreeMap::new(),
-        },
-        &store::audit::Actor::System,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let token = loopback_token(app, tenant, "default", 10, Some(1)).await;
     let (key, csr) = crate::device::key_and_csr();
-    let body = serde_json::json!({ "token": token.secret.expose(), "csr": csr }).to_string();
+    let body = enroll_body(&token, &csr);
     let headers = [("content-type", "application/json")];
-    let response = https_request(api, ca, "POST", "/v1/enroll", &headers, body.as_bytes()).await;
+    let response = https_request(api, ca, "POST", "/v1/enroll", &headers, &body).await;
     response.assert_status(201);
     credentials(key, &response)
 }
@@ -86,21 +69,32 @@ fn credentials(key: rcgen::KeyPair, response: &Response) -> DeviceCredentials {
 }
 
 /// A token of `tenant` for any number of devices from loopback (127.0.0.0/8) into the group
-/// "bench", `daily_limit` a day, valid for a day, created by the system: the benchmarks'
-/// shared token. Returns its secret.
+/// "bench", `daily_limit` a day: the benchmarks' shared token. Returns its secret.
 pub async fn shared_token(app: &AppDb, tenant: TenantId, daily_limit: u32) -> String {
+    loopback_token(app, tenant, "bench", daily_limit, None).await
+}
+
+/// A token of `tenant` from loopback (127.0.0.0/8) into `group` (created if missing),
+/// `daily_limit` a day, `max_uses` in all, valid for a day, created by the system; its secret.
+async fn loopback_token(
+    app: &AppDb,
+    tenant: TenantId,
+    group: &str,
+    daily_limit: u32,
+    max_uses: Option<u64>,
+) -> String {
     let mut tx = app.begin(tenant).await.unwrap();
-    crate::ensure_group(&mut tx, "bench").await;
+    crate::ensure_group(&mut tx, group).await;
     let issued = enrollment_tokens::create(
         &mut tx,
         &NewEnrollmentToken {
-            name: "bench".into(),
+            name: format!("{group} token"),
             allowed_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
             daily_limit,
-            max_uses: None,
+            max_uses,
             expires_at: time::OffsetDateTime::now_utc() + time::Duration::days(1),
-            device_group: "bench".into(),
-            device_labels: Default::default(),
+            device_group: group.into(),
+            device_labels: BTreeMap::new(),
         },
         &store::audit::Actor::System,
     )

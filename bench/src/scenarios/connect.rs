@@ -56,14 +56,13 @@ fn devices(root: &CertificateDer<'static>, credentials: &[DeviceCredentials]) ->
         .map(|(n, device)| Device {
             client_id: device.device_id.to_string(),
             source: sim::source_address(n),
-            tls: sim::tls_config(root, device, true),
+            tls: sim::tls_config(root, device),
         })
         .collect()
 }
 
 /// What one wave of connections did.
 struct Wave {
-    connected: usize,
     resumed: usize,
     /// Attempts refused (and retried after the agent's backoff).
     retries: usize,
@@ -76,8 +75,13 @@ struct Wave {
 }
 
 impl Wave {
+    /// Devices that connected.
+    fn connected(&self) -> usize {
+        self.latencies.len()
+    }
+
     fn rate(&self) -> f64 {
-        self.connected as f64 / self.elapsed.as_secs_f64()
+        self.connected() as f64 / self.elapsed.as_secs_f64()
     }
 
     fn latency_ms(&self, q: f64) -> f64 {
@@ -87,7 +91,7 @@ impl Wave {
     fn describe(&self, broker: &str, what: &str, n: usize) -> String {
         format!(
             "{broker} {what}: {} of {n} connected in {:.1} s, {} resumed, {} attempts refused and retried, {} failed{}",
-            self.connected,
+            self.connected(),
             self.elapsed.as_secs_f64(),
             self.resumed,
             self.retries,
@@ -166,7 +170,6 @@ async fn wave(
         .collect();
     let mut connections = Vec::with_capacity(devices.len());
     let mut wave = Wave {
-        connected: 0,
         resumed: 0,
         retries: 0,
         failures: 0,
@@ -194,7 +197,6 @@ async fn wave(
         wave.first_failure.get_or_insert(failure);
     }
     wave.elapsed = started.elapsed();
-    wave.connected = connections.len();
     wave.latencies.sort();
     bar.finish_and_clear();
     (wave, connections)
@@ -289,7 +291,7 @@ pub async fn storm(run: &Run, args: StormArgs) -> anyhow::Result<Report> {
         }
     };
     report.push(row("devices connected, storm", "devices", &|f, _| {
-        f.connected as f64
+        f.connected() as f64
     }));
     report.push(row(
         "attempts refused and retried, storm",
@@ -340,7 +342,7 @@ pub async fn idle(run: &Run, args: IdleArgs) -> anyhow::Result<Report> {
     let mut report = run.report("idle-fleet");
     let fleetd = run.fleetd(&ServeOptions::default()).await?;
     let db = run.test_db.open().await;
-    let open_files = crate::procfs::raise_open_files();
+    let open_files = run.open_files_limit();
     let largest = args.devices.iter().copied().max().unwrap_or(0);
     let measurable = |n: usize| n as u64 + SPARE_FILES <= open_files;
     let provisioned = args
